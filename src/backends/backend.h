@@ -1,0 +1,130 @@
+/* The backend interface: memory and kernels, never autograd.
+ *
+ * Every kernel receives tensors whose data lives on the backend's device. The op
+ * layer allocates outputs contiguous; inputs of elementwise kernels may be any
+ * strided view (broadcast inputs have stride 0); inputs of the other kernels are
+ * contiguous unless the comment says otherwise. Kernels return FE_OK or an error
+ * status with the message set. Float kernels accept f32, f64, f16 and bf16. */
+#ifndef FE_BACKEND_H
+#define FE_BACKEND_H
+
+#include "core/internal.h"
+
+typedef enum fe_unary_op {
+    FE_U_NEG,
+    FE_U_EXP,
+    FE_U_LOG,
+    FE_U_SQRT,
+    FE_U_RSQRT,
+    FE_U_TANH,
+    FE_U_SIGMOID,
+    FE_U_RELU,
+    FE_U_GELU_TANH,
+    FE_U_GELU_ERF,
+    FE_U_SILU,
+    FE_U_SQUARE,
+    FE_U_AFFINE, /* x * alpha + beta */
+    FE_U_COUNT
+} fe_unary_op;
+
+typedef enum fe_binary_op {
+    FE_B_ADD, /* a + alpha * b */
+    FE_B_SUB,
+    FE_B_MUL,
+    FE_B_DIV,
+    FE_B_EQ, /* 1 where a == b, else 0 */
+    FE_B_GE, /* 1 where a >= b, else 0 */
+    /* derivative helpers: out = b * f'(a) where a is the op's input x */
+    FE_B_GELU_TANH_GRAD,
+    FE_B_GELU_ERF_GRAD,
+    FE_B_SILU_GRAD,
+    FE_B_RELU_GRAD,
+    /* out = b * f'(x) written with a = y = f(x) */
+    FE_B_SIGMOID_GRAD_Y,
+    FE_B_TANH_GRAD_Y,
+    FE_B_COUNT
+} fe_binary_op;
+
+typedef enum fe_reduce_op { FE_R_SUM, FE_R_MAX } fe_reduce_op;
+typedef enum fe_rand_kind { FE_RAND_UNIFORM, FE_RAND_NORMAL } fe_rand_kind;
+
+typedef struct fe_backend {
+    const char *name;
+    /* memory */
+    fe_status (*alloc)(fe_device dev, size_t nbytes, void **out);
+    void (*free)(fe_device dev, void *p, size_t nbytes);
+    /* copy nbytes between host and device memory (kind: 0 h2d, 1 d2h, 2 d2d) */
+    fe_status (*memcpy)(fe_device dev, void *dst, const void *src, size_t nbytes, int kind);
+    fe_status (*sync)(fe_device dev);
+    size_t (*mem_current)(fe_device dev);
+    size_t (*mem_peak)(fe_device dev);
+    void (*mem_reset_peak)(fe_device dev);
+
+    /* dst[i] = cast(src[i]); both may be strided; same shape */
+    fe_status (*copy)(fe_tensor *dst, const fe_tensor *src);
+    fe_status (*fill)(fe_tensor *t, double v);
+    fe_status (*arange)(fe_tensor *t, double start, double step);
+    /* element k of t = k-th number of the Philox stream (seed, block0) */
+    fe_status (*rand)(fe_tensor *t, uint64_t seed, uint64_t block0, fe_rand_kind kind, double a,
+                      double b);
+
+    /* elementwise; out contiguous, inputs strided and already broadcast to out's shape */
+    fe_status (*unary)(fe_unary_op op, fe_tensor *out, const fe_tensor *a, double alpha,
+                       double beta);
+    fe_status (*binary)(fe_binary_op op, fe_tensor *out, const fe_tensor *a, const fe_tensor *b,
+                        double alpha);
+    fe_status (*where)(fe_tensor *out, const fe_tensor *cond, const fe_tensor *a,
+                       const fe_tensor *b);
+    /* out has a's ndim with reduced dims of size 1; a contiguous */
+    fe_status (*reduce)(fe_reduce_op op, fe_tensor *out, const fe_tensor *a);
+    /* out (..., M, N) = alpha * a (..., M, K) @ b (..., K, N); a and b are views already
+     * broadcast to out's batch dims whose last two dims have one unit stride */
+    fe_status (*matmul)(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha);
+
+    /* row kernels over the last dim */
+    fe_status (*softmax)(fe_tensor *y, const fe_tensor *x, bool log);
+    fe_status (*softmax_backward)(fe_tensor *gx, const fe_tensor *gy, const fe_tensor *y, bool log);
+    /* y = (x + r) / rms * w (r and w may be NULL); h = x + r is written when r != NULL;
+     * rstd (rows, f32) receives 1/rms */
+    fe_status (*rmsnorm)(fe_tensor *y, fe_tensor *h, fe_tensor *rstd, const fe_tensor *x,
+                         const fe_tensor *r, const fe_tensor *w, double eps);
+    /* gx = d/dx (+ gextra when not NULL); gw (may be NULL) is overwritten with the
+     * weight gradient summed over rows */
+    fe_status (*rmsnorm_backward)(fe_tensor *gx, fe_tensor *gw, const fe_tensor *gy,
+                                  const fe_tensor *x, const fe_tensor *w, const fe_tensor *rstd,
+                                  const fe_tensor *gextra);
+    fe_status (*layernorm)(fe_tensor *y, fe_tensor *mean, fe_tensor *rstd, const fe_tensor *x,
+                           const fe_tensor *w, const fe_tensor *b, double eps);
+    fe_status (*layernorm_backward)(fe_tensor *gx, fe_tensor *gw, fe_tensor *gb,
+                                    const fe_tensor *gy, const fe_tensor *x, const fe_tensor *w,
+                                    const fe_tensor *mean, const fe_tensor *rstd);
+    /* rotate-half RoPE; x contiguous with positions along seq_dim; sign -1 inverts */
+    fe_status (*rope)(fe_tensor *out, const fe_tensor *x, const fe_tensor *inv_freq, int seq_dim,
+                      int64_t pos0, int sign);
+    /* out (..., C) = w (V, C)[idx (...)]; idx i32 or i64; error on an index out of range */
+    fe_status (*embedding)(fe_tensor *out, const fe_tensor *w, const fe_tensor *idx);
+    /* gw (V, C) = scatter-add of gout rows at idx (gw overwritten) */
+    fe_status (*embedding_backward)(fe_tensor *gw, const fe_tensor *gout, const fe_tensor *idx);
+    /* loss (1) = mean over rows whose target != ignore of -log softmax(logits)[target] */
+    fe_status (*cross_entropy)(fe_tensor *loss, const fe_tensor *logits, const fe_tensor *targets,
+                               int64_t ignore);
+    /* glogits = gloss[0] * (softmax - onehot) / count, zero on ignored rows */
+    fe_status (*cross_entropy_backward)(fe_tensor *glogits, const fe_tensor *gloss,
+                                        const fe_tensor *logits, const fe_tensor *targets,
+                                        int64_t ignore);
+    fe_status (*silu_gate)(fe_tensor *out, const fe_tensor *a, const fe_tensor *b);
+    fe_status (*silu_gate_backward)(fe_tensor *ga, fe_tensor *gb, const fe_tensor *g,
+                                    const fe_tensor *a, const fe_tensor *b);
+} fe_backend;
+
+/* The backend serving `type`, or NULL when not compiled in. */
+const fe_backend *fe_backend_get(fe_device_type type);
+extern const fe_backend fe_cpu_backend;
+#ifdef FE_HAVE_CUDA
+const fe_backend *fe_cuda_backend_get(void);
+#endif
+
+/* The backend of a tensor's device. */
+static inline const fe_backend *fe__be(const fe_tensor *t) { return fe_backend_get(t->st->dev.type); }
+
+#endif

@@ -1,0 +1,143 @@
+/* CPU matrix products: a packaged CBLAS (OpenBLAS) for f32/f64 when built with one,
+ * else our own cache-blocked loops; f16/bf16 go through f32. */
+#include "backends/cpu/cpu_internal.h"
+
+#ifdef FE_HAVE_CBLAS
+#include <cblas.h>
+#endif
+
+/* A matrix operand: element pointer plus whether it is stored transposed. */
+typedef struct mat {
+    const void *p;
+    bool trans; /* stored as (cols, rows) */
+    int64_t ld;
+} mat;
+
+/* Describe the last two dims (rows, cols) of t at element offset off; false when
+ * neither dim is unit-stride (the caller then packs it). */
+static bool describe(const fe_tensor *t, int64_t off, mat *m) {
+    int n = t->ndim;
+    int64_t rows = t->shape[n - 2], cols = t->shape[n - 1];
+    int64_t sr = t->stride[n - 2], sc = t->stride[n - 1];
+    m->p = cpu_at(fe__ptr(t), t->dtype, off);
+    if ((sc == 1 || cols == 1) && (sr >= cols || rows == 1)) {
+        m->trans = false;
+        m->ld = rows == 1 ? (cols > 0 ? cols : 1) : sr;
+        return true;
+    }
+    if ((sr == 1 || rows == 1) && (sc >= rows || cols == 1)) {
+        m->trans = true;
+        m->ld = cols == 1 ? (rows > 0 ? rows : 1) : sc;
+        return true;
+    }
+    return false;
+}
+
+/* Copy an operand's (rows, cols) block into a dense row-major buffer of dtype dt. */
+static void pack(void *dst, fe_dtype dt, const fe_tensor *t, int64_t off) {
+    int n = t->ndim;
+    int64_t rows = t->shape[n - 2], cols = t->shape[n - 1];
+    const char *base = fe__ptr(t);
+    double buf[FE_CPU_CHUNK];
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t c0 = 0; c0 < cols; c0 += FE_CPU_CHUNK) {
+            int64_t k = cols - c0 < FE_CPU_CHUNK ? cols - c0 : FE_CPU_CHUNK;
+            cpu_load(buf, cpu_at(base, t->dtype, off + r * t->stride[n - 2] + c0 * t->stride[n - 1]),
+                     t->dtype, t->stride[n - 1], k);
+            cpu_store(cpu_at(dst, dt, r * cols + c0), dt, 1, buf, k);
+        }
+}
+
+#ifndef FE_HAVE_CBLAS
+#define GEMM_LOOPS(T)                                                                        \
+    static void gemm_##T(int64_t M, int64_t N, int64_t K, T alpha, const T *A, bool ta,      \
+                         int64_t lda, const T *B, bool tb, int64_t ldb, T *C) {              \
+        _Pragma("omp parallel for if (M * N * K > 65536)") for (int64_t i = 0; i < M; i++) { \
+            T *c = C + i * N;                                                                \
+            for (int64_t j = 0; j < N; j++) c[j] = 0;                                        \
+            for (int64_t k = 0; k < K; k++) {                                                \
+                T av = alpha * (ta ? A[k * lda + i] : A[i * lda + k]);                       \
+                if (!tb) {                                                                   \
+                    const T *b = B + k * ldb;                                                \
+                    for (int64_t j = 0; j < N; j++) c[j] += av * b[j];                       \
+                } else {                                                                     \
+                    for (int64_t j = 0; j < N; j++) c[j] += av * B[j * ldb + k];             \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }
+GEMM_LOOPS(float)
+GEMM_LOOPS(double)
+#endif
+
+static void gemm(fe_dtype dt, int64_t M, int64_t N, int64_t K, double alpha, mat a, mat b,
+                 void *c) {
+#ifdef FE_HAVE_CBLAS
+    if (dt == FE_F32) {
+        cblas_sgemm(CblasRowMajor, a.trans ? CblasTrans : CblasNoTrans,
+                    b.trans ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, (float)alpha,
+                    a.p, (int)a.ld, b.p, (int)b.ld, 0.0f, c, (int)N);
+    } else {
+        cblas_dgemm(CblasRowMajor, a.trans ? CblasTrans : CblasNoTrans,
+                    b.trans ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, a.p,
+                    (int)a.ld, b.p, (int)b.ld, 0.0, c, (int)N);
+    }
+#else
+    if (dt == FE_F32)
+        gemm_float(M, N, K, (float)alpha, a.p, a.trans, a.ld, b.p, b.trans, b.ld, c);
+    else
+        gemm_double(M, N, K, alpha, a.p, a.trans, a.ld, b.p, b.trans, b.ld, c);
+#endif
+}
+
+fe_status cpu_matmul(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha) {
+    int nd = out->ndim;
+    int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[nd - 1];
+    int64_t batch = fe__numel_of(nd - 2, out->shape);
+    if (M == 0 || N == 0) return FE_OK;
+    /* compute type: f64 stays f64; everything else runs in f32 */
+    fe_dtype ct = out->dtype == FE_F64 ? FE_F64 : FE_F32;
+    size_t es = fe_dtype_size(ct);
+    bool direct_out = out->dtype == ct;
+    void *pa = NULL, *pb = NULL, *pc = NULL;
+    pa = malloc((size_t)(M * K > 0 ? M * K : 1) * es);
+    pb = malloc((size_t)(K * N > 0 ? K * N : 1) * es);
+    pc = direct_out ? NULL : malloc((size_t)(M * N) * es);
+    if (!pa || !pb || (!direct_out && !pc)) {
+        free(pa), free(pb), free(pc);
+        return fe_set_error(FE_ERR_OOM, "matmul: out of host memory");
+    }
+    for (int64_t bi = 0; bi < batch; bi++) {
+        int64_t oa = 0, ob = 0, r = bi;
+        for (int d = nd - 3; d >= 0; d--) {
+            int64_t i = r % out->shape[d];
+            r /= out->shape[d];
+            oa += i * a->stride[d];
+            ob += i * b->stride[d];
+        }
+        mat ma, mb;
+        if (a->dtype != ct || !describe(a, oa, &ma)) {
+            pack(pa, ct, a, oa);
+            ma = (mat){pa, false, K > 0 ? K : 1};
+        }
+        if (b->dtype != ct || !describe(b, ob, &mb)) {
+            pack(pb, ct, b, ob);
+            mb = (mat){pb, false, N};
+        }
+        void *c = direct_out ? cpu_at(fe__ptr(out), ct, bi * M * N) : pc;
+        if (K == 0)
+            memset(c, 0, (size_t)(M * N) * es);
+        else
+            gemm(ct, M, N, K, alpha, ma, mb, c);
+        if (!direct_out) {
+            double buf[FE_CPU_CHUNK];
+            for (int64_t i = 0; i < M * N; i += FE_CPU_CHUNK) {
+                int64_t k = M * N - i < FE_CPU_CHUNK ? M * N - i : FE_CPU_CHUNK;
+                cpu_load(buf, cpu_at(pc, ct, i), ct, 1, k);
+                cpu_store(cpu_at(fe__ptr(out), out->dtype, bi * M * N + i), out->dtype, 1, buf, k);
+            }
+        }
+    }
+    free(pa), free(pb), free(pc);
+    return FE_OK;
+}

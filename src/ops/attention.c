@@ -1,0 +1,52 @@
+/* Scaled dot-product attention composed from matmul, masked_fill and softmax,
+ * with grouped KV heads handled by broadcasting (no copies of K and V). */
+#include "ops/ops_internal.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+
+fe_tensor *fe_sdpa(fe_tensor *q, fe_tensor *k, fe_tensor *v, bool causal, double scale) {
+    if (fe__any_null("sdpa", 3, q, k, v)) return NULL;
+    if (fe__check_pair("sdpa", q, k) || fe__check_pair("sdpa", q, v) || fe__check_float("sdpa", q))
+        return NULL;
+    char a[96], b[96], c[96];
+    if (q->ndim != 4 || k->ndim != 4 || !fe__same_shape(k, v) || q->shape[0] != k->shape[0] ||
+        q->shape[3] != k->shape[3] || k->shape[1] == 0 || q->shape[1] % k->shape[1]) {
+        fe_set_error(FE_ERR_SHAPE,
+                     "sdpa: expected q (B, Hq, T, D), k and v (B, Hkv, S, D) with Hq a multiple "
+                     "of Hkv; got q %s, k %s, v %s",
+                     fe_shape_str(q, a, sizeof a), fe_shape_str(k, b, sizeof b),
+                     fe_shape_str(v, c, sizeof c));
+        return NULL;
+    }
+    int64_t B = q->shape[0], Hq = q->shape[1], T = q->shape[2], D = q->shape[3];
+    int64_t Hkv = k->shape[1], S = k->shape[2], G = Hq / Hkv;
+    if (scale <= 0) scale = 1.0 / sqrt((double)D);
+    /* q as (B, Hkv, G, T, D) against k, v as (B, Hkv, 1, S, D) */
+    int64_t qs[5] = {B, Hkv, G, T, D}, ks[5] = {B, Hkv, 1, S, D};
+    fe_tensor *q5 = fe_reshape(q, 5, qs), *k5 = fe_reshape(k, 5, ks), *v5 = fe_reshape(v, 5, ks);
+    fe_tensor *s = q5 && k5 ? fe_matmul(q5, k5, false, true) : NULL; /* (B, Hkv, G, T, S) */
+    fe_tensor *ss = s ? fe_scale(s, scale) : NULL, *sm = ss, *mask = NULL;
+    if (ss && causal) {
+        uint8_t *m = malloc((size_t)(T * S > 0 ? T * S : 1));
+        if (!m) {
+            fe_set_error(FE_ERR_OOM, "sdpa: out of host memory");
+        } else {
+            for (int64_t i = 0; i < T; i++)
+                for (int64_t j = 0; j < S; j++) m[i * S + j] = j > i + (S - T);
+            int64_t ms[2] = {T, S};
+            mask = fe_from_data(m, 2, ms, FE_U8, q->st->dev);
+            free(m);
+        }
+        sm = mask ? fe_masked_fill(ss, mask, -INFINITY) : NULL;
+    }
+    fe_tensor *p = sm ? fe_softmax(sm, -1) : NULL;
+    fe_tensor *o5 = p && v5 ? fe_matmul(p, v5, false, false) : NULL; /* (B, Hkv, G, T, D) */
+    int64_t os[4] = {B, Hq, T, D};
+    fe_tensor *out = o5 ? fe_reshape(o5, 4, os) : NULL;
+    fe_free(q5), fe_free(k5), fe_free(v5), fe_free(s), fe_free(mask), fe_free(p), fe_free(o5);
+    if (sm != ss) fe_free(sm);
+    fe_free(ss);
+    return out;
+}
