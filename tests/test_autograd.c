@@ -1,0 +1,100 @@
+/* Autograd semantics: accumulation, no-grad, detach, explicit output gradients,
+ * shared subexpressions, and gradient checkpointing. */
+#include "test.h"
+
+#define S(...) (int64_t[]){__VA_ARGS__}
+
+TEST(gradients_accumulate_until_zeroed) {
+    fe_tensor *x = t_randn(1, S(5), FE_F64);
+    fe_set_requires_grad(x, true);
+    for (int i = 0; i < 2; i++) CHECK(fe_backward(fe_sum(fe_scale(x, 3), 0, NULL, false), NULL) == FE_OK);
+    CHECK(t_maxdiff(fe_grad(x), fe_full(1, S(5), 6, FE_F64, FE_DEVICE_CPU)) == 0);
+    fe_zero_grad(x);
+    CHECK(fe_grad(x) == NULL);
+}
+
+TEST(shared_subexpression_and_explicit_gout) {
+    fe_tensor *x = t_randn(2, S(3, 4), FE_F64);
+    fe_set_requires_grad(x, true);
+    fe_tensor *y = fe_mul(x, x);           /* used twice below */
+    fe_tensor *z = fe_add(y, fe_exp(y));   /* dz/dx = 2x (1 + e^{x^2}) */
+    fe_tensor *g = t_randn(2, S(3, 4), FE_F64);
+    CHECK(fe_backward(z, g) == FE_OK);
+    fe_tensor *expect = fe_mul(g, fe_mul(fe_scale(x, 2), fe_add_scalar(fe_exp(fe_mul(x, x)), 1)));
+    CHECK(t_maxdiff(fe_grad(x), expect) < 1e-12);
+    CHECK_ERROR(fe_backward(z, t_randn(1, S(3), FE_F64)) != FE_OK, "does not match output");
+}
+
+TEST(no_grad_and_detach) {
+    fe_tensor *x = t_randn(1, S(4), FE_F64);
+    fe_set_requires_grad(x, true);
+    bool prev = fe_set_grad_enabled(false);
+    fe_tensor *y = fe_exp(x);
+    fe_set_grad_enabled(prev);
+    CHECK(!fe_requires_grad(y));
+    fe_tensor *d = fe_detach(x);
+    CHECK(!fe_requires_grad(d) && fe_data(d) == fe_data(x));
+    fe_tensor *z = fe_sum(fe_mul(x, fe_detach(fe_scale(x, 2))), 0, NULL, false); /* d/dx = 2x */
+    CHECK(fe_backward(z, NULL) == FE_OK);
+    CHECK(t_maxdiff(fe_grad(x), fe_scale(x, 2)) < 1e-12);
+}
+
+TEST(leaf_backward_and_cast_gradient) {
+    fe_tensor *x = t_randn(1, S(3), FE_F64);
+    fe_set_requires_grad(x, true);
+    fe_tensor *y = fe_cast(fe_scale(fe_cast(x, FE_F32), 2.0), FE_F64); /* through f32 */
+    CHECK(fe_backward(fe_sum(y, 0, NULL, false), NULL) == FE_OK);
+    CHECK(t_maxdiff(fe_grad(x), fe_full(1, S(3), 2, FE_F64, FE_DEVICE_CPU)) == 0);
+    fe_tensor *leaf = fe_ones(0, NULL, FE_F64, FE_DEVICE_CPU);
+    fe_set_requires_grad(leaf, true);
+    CHECK(fe_backward(leaf, NULL) == FE_OK && fe_item(fe_grad(leaf)) == 1.0);
+}
+
+/* a small MLP block with dropout, to checkpoint */
+typedef struct blk { fe_tensor *w1, *w2; } blk;
+static fe_tensor *block(void *ctx, fe_tensor *const *in, int n) {
+    (void)n;
+    blk *b = ctx;
+    fe_tensor *h = fe_dropout(fe_gelu(fe_matmul(in[0], b->w1, false, false), true), 0.25, true);
+    return fe_add(in[0], fe_matmul(h, b->w2, false, false));
+}
+
+TEST(checkpoint_matches_plain_run) {
+    blk b = {t_randn(2, S(6, 10), FE_F64), t_randn(2, S(10, 6), FE_F64)};
+    fe_set_requires_grad(b.w1, true);
+    fe_set_requires_grad(b.w2, true);
+    fe_tensor *x = t_randn(2, S(5, 6), FE_F64);
+    fe_set_requires_grad(x, true);
+    fe_tensor *grads[2][3];
+    for (int pass = 0; pass < 2; pass++) {
+        fe_manual_seed(99);
+        fe_tensor *h = x;
+        for (int layer = 0; layer < 3; layer++)
+            h = pass ? fe_checkpoint(block, &b, &h, 1) : block(&b, &h, 1);
+        CHECK(h != NULL);
+        CHECK(fe_backward(fe_sum(fe_square(h), 0, NULL, false), NULL) == FE_OK);
+        fe_tensor *ts[3] = {x, b.w1, b.w2};
+        for (int k = 0; k < 3; k++) {
+            grads[pass][k] = fe_contiguous(fe_grad(ts[k]));
+            grads[pass][k] = fe_scale(grads[pass][k], 1.0); /* a copy that outlives zeroing */
+            fe_zero_grad(ts[k]);
+        }
+    }
+    for (int k = 0; k < 3; k++) CHECK(t_maxdiff(grads[0][k], grads[1][k]) < 1e-12);
+}
+
+TEST(checkpoint_keeps_fewer_tensors) {
+    blk b = {t_randn(2, S(6, 10), FE_F64), t_randn(2, S(10, 6), FE_F64)};
+    fe_set_requires_grad(b.w1, true);
+    fe_tensor *x = t_randn(2, S(5, 6), FE_F64);
+    int64_t counts[2];
+    for (int pass = 0; pass < 2; pass++) {
+        fe_scope *s = fe_scope_begin();
+        int64_t before = fe_live_tensors();
+        fe_tensor *h = x;
+        for (int layer = 0; layer < 4; layer++) h = pass ? fe_checkpoint(block, &b, &h, 1) : block(&b, &h, 1);
+        counts[pass] = fe_live_tensors() - before;
+        fe_scope_end(s);
+    }
+    CHECK(counts[1] < counts[0]);
+}
