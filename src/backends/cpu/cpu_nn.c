@@ -291,7 +291,7 @@ static fe_status check_targets(const fe_tensor *targets, int64_t V, int64_t igno
 
 fe_status cpu_cross_entropy(fe_tensor *loss, const fe_tensor *logits, const fe_tensor *targets,
                             int64_t ignore) {
-    int64_t R = cpu_rows(logits), C = cpu_cols(logits), count;
+    int64_t R = cpu_rows(logits), C = cpu_cols(logits), count = 0;
     fe_status s = check_targets(targets, C, ignore, &count);
     if (s) return s;
     double total = 0;
@@ -313,7 +313,7 @@ fe_status cpu_cross_entropy(fe_tensor *loss, const fe_tensor *logits, const fe_t
 fe_status cpu_cross_entropy_backward(fe_tensor *glogits, const fe_tensor *gloss,
                                      const fe_tensor *logits, const fe_tensor *targets,
                                      int64_t ignore) {
-    int64_t R = cpu_rows(logits), C = cpu_cols(logits), count;
+    int64_t R = cpu_rows(logits), C = cpu_cols(logits), count = 0;
     fe_status s = check_targets(targets, C, ignore, &count);
     if (s) return s;
     double scale = count ? fe__load(fe__ptr(gloss), gloss->dtype, 0) / (double)count : 0.0;
