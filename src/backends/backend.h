@@ -115,6 +115,18 @@ typedef struct fe_backend {
     fe_status (*silu_gate)(fe_tensor *out, const fe_tensor *a, const fe_tensor *b);
     fe_status (*silu_gate_backward)(fe_tensor *ga, fe_tensor *gb, const fe_tensor *g,
                                     const fe_tensor *a, const fe_tensor *b);
+
+    /* Optional (NULL when the backend has none): fused attention for bf16/f16, head
+     * dims 64 and 128. q (B, Hq, T, D), k and v (B, Hkv, S, D), all contiguous, Hq a
+     * multiple of Hkv; causal masks key j > i + (S - T). out (B, Hq, T, D); lse
+     * (B, Hq, T) f32 receives each row's log-sum-exp of the scaled scores. */
+    fe_status (*attention)(fe_tensor *out, fe_tensor *lse, const fe_tensor *q, const fe_tensor *k,
+                           const fe_tensor *v, bool causal, double scale);
+    /* gradients of the above; gq, gk, gv shaped like q, k, v (overwritten) */
+    fe_status (*attention_backward)(fe_tensor *gq, fe_tensor *gk, fe_tensor *gv,
+                                    const fe_tensor *gout, const fe_tensor *q, const fe_tensor *k,
+                                    const fe_tensor *v, const fe_tensor *out, const fe_tensor *lse,
+                                    bool causal, double scale);
 } fe_backend;
 
 /* The backend serving `type`, or NULL when not compiled in. */

@@ -6,6 +6,51 @@
 #include <math.h>
 #include <stdio.h>
 
+static fe_status fused_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {
+    fe_tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
+    fe_tensor *gc = fe__contig_raw(g);
+    fe_tensor *gq = fe__alloc(q->ndim, q->shape, q->dtype, q->st->dev);
+    fe_tensor *gk = fe__alloc(k->ndim, k->shape, k->dtype, k->st->dev);
+    fe_tensor *gv = fe__alloc(v->ndim, v->shape, v->dtype, v->st->dev);
+    if (!gc || !gq || !gk || !gv) return fe_last_status();
+    fe_status st = fe__be(q)->attention_backward(gq, gk, gv, gc, n->saved[1], n->saved[2],
+                                                 n->saved[3], out, n->saved[0], n->i[0], n->f[0]);
+    gin[0] = q->requires_grad ? gq : NULL;
+    gin[1] = k->requires_grad ? gk : NULL;
+    gin[2] = v->requires_grad ? gv : NULL;
+    return st;
+}
+
+/* The backend's fused kernel, when it has one for these inputs; NULL with no error
+ * set means "not applicable, compose instead". */
+static fe_tensor *sdpa_fused(fe_tensor *q, fe_tensor *k, fe_tensor *v, bool causal, double scale) {
+    const fe_backend *be = fe__be(q);
+    int64_t D = q->shape[3];
+    if (!be->attention || (q->dtype != FE_BF16 && q->dtype != FE_F16) || (D != 64 && D != 128) ||
+        getenv("FE_NO_FUSED_ATTENTION"))
+        return NULL;
+    fe_tensor *qc = fe__contig_raw(q), *kc = fe__contig_raw(k), *vc = fe__contig_raw(v);
+    int64_t ls[3] = {q->shape[0], q->shape[1], q->shape[2]};
+    fe_tensor *out = fe__alloc(4, q->shape, q->dtype, q->st->dev);
+    fe_tensor *lse = fe__alloc(3, ls, FE_F32, q->st->dev);
+    fe_status st = qc && kc && vc && out && lse ? be->attention(out, lse, qc, kc, vc, causal, scale)
+                                                : fe_last_status();
+    if (!st && fe__needs_grad(3, (fe_tensor *[]){q, k, v})) {
+        fe_node *n = fe__record(out, "attention", fused_backward, 3, (fe_tensor *[]){q, k, v});
+        if (!n) st = FE_ERR_OOM;
+        else {
+            fe__save(n, 0, lse), fe__save(n, 1, qc), fe__save(n, 2, kc), fe__save(n, 3, vc);
+            n->i[0] = causal, n->f[0] = scale;
+        }
+    }
+    fe_free(qc), fe_free(kc), fe_free(vc), fe_free(lse);
+    if (st) {
+        fe_free(out);
+        return NULL;
+    }
+    return out;
+}
+
 fe_tensor *fe_sdpa(fe_tensor *q, fe_tensor *k, fe_tensor *v, bool causal, double scale) {
     if (fe__any_null("sdpa", 3, q, k, v)) return NULL;
     if (fe__check_pair("sdpa", q, k) || fe__check_pair("sdpa", q, v) || fe__check_float("sdpa", q))
@@ -23,6 +68,9 @@ fe_tensor *fe_sdpa(fe_tensor *q, fe_tensor *k, fe_tensor *v, bool causal, double
     int64_t B = q->shape[0], Hq = q->shape[1], T = q->shape[2], D = q->shape[3];
     int64_t Hkv = k->shape[1], S = k->shape[2], G = Hq / Hkv;
     if (scale <= 0) scale = 1.0 / sqrt((double)D);
+    fe_clear_error();
+    fe_tensor *fused = sdpa_fused(q, k, v, causal, scale);
+    if (fused || fe_last_status() != FE_OK) return fused;
     /* q as (B, Hkv, G, T, D) against k, v as (B, Hkv, 1, S, D) */
     int64_t qs[5] = {B, Hkv, G, T, D}, ks[5] = {B, Hkv, 1, S, D};
     fe_tensor *q5 = fe_reshape(q, 5, qs), *k5 = fe_reshape(k, 5, ks), *v5 = fe_reshape(v, 5, ks);
