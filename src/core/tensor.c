@@ -378,19 +378,16 @@ fe_status fe_copy_(fe_tensor *dst, const fe_tensor *src) {
     fe_scope *saved = fe__scope_suspend();
     fe_status st = FE_OK;
     fe_tensor *s = NULL, *d = NULL;
-    if (src->st->dev.type == FE_CPU) {
+    if (src->st->dev.type == FE_CPU || dst->st->dev.type == FE_CPU) {
+        /* pack src contiguously on its device, move the bytes, unpack into dst */
+        bool h2d = src->st->dev.type == FE_CPU;
         s = fe__alloc(src->ndim, src->shape, src->dtype, src->st->dev);
         d = fe__alloc(dst->ndim, dst->shape, src->dtype, dst->st->dev);
         if (!s || !d) st = fe_last_status();
         if (!st) st = fe__be(s)->copy(s, src);
-        if (!st) st = fe__be(d)->memcpy(d->st->dev, d->st->data, s->st->data, s->st->nbytes, 0);
-        if (!st) st = fe__be(dst)->copy(dst, d);
-    } else if (dst->st->dev.type == FE_CPU) {
-        s = fe__alloc(src->ndim, src->shape, src->dtype, src->st->dev);
-        d = fe__alloc(dst->ndim, dst->shape, src->dtype, dst->st->dev);
-        if (!s || !d) st = fe_last_status();
-        if (!st) st = fe__be(s)->copy(s, src);
-        if (!st) st = fe__be(s)->memcpy(s->st->dev, d->st->data, s->st->data, s->st->nbytes, 1);
+        const fe_tensor *gpu = h2d ? d : s;
+        if (!st)
+            st = fe__be(gpu)->memcpy(gpu->st->dev, d->st->data, s->st->data, s->st->nbytes, h2d ? 0 : 1);
         if (!st) st = fe__be(dst)->copy(dst, d);
     } else {
         st = fe_set_error(FE_ERR_DEVICE, "fe_copy_: copies between two GPUs go through the host");

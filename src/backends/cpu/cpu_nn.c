@@ -63,15 +63,19 @@ fe_status cpu_softmax_backward(fe_tensor *gx, const fe_tensor *gy, const fe_tens
     return FE_OK;
 }
 
+/* A 1-D tensor's C values as a malloc'd array of doubles (NULL with an error set). */
+static double *load_vector(const fe_tensor *w, int64_t C) {
+    double *v = malloc((size_t)(C ? C : 1) * sizeof *v);
+    if (!v) fe_set_error(FE_ERR_OOM, "out of host memory for a weight row");
+    else cpu_load(v, fe__ptr(w), w->dtype, 1, C);
+    return v;
+}
+
 fe_status cpu_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd, const fe_tensor *x,
                       const fe_tensor *r, const fe_tensor *w, double eps) {
     int64_t R = cpu_rows(x), C = cpu_cols(x);
     double *wv = NULL;
-    if (w) {
-        if (!(wv = malloc((size_t)(C ? C : 1) * sizeof *wv)))
-            return fe_set_error(FE_ERR_OOM, "rmsnorm: out of host memory");
-        cpu_load(wv, fe__ptr(w), w->dtype, 1, C);
-    }
+    if (w && !(wv = load_vector(w, C))) return fe_last_status();
     ROWS(R, C, 2, {
         double *v = buf_, *t = buf_ + C, ss = 0;
         LOADROW(v, x, row, C);
@@ -96,11 +100,7 @@ fe_status cpu_rmsnorm_backward(fe_tensor *gx, fe_tensor *gw, const fe_tensor *gy
                                const fe_tensor *gextra) {
     int64_t R = cpu_rows(x), C = cpu_cols(x);
     double *wv = NULL;
-    if (w) {
-        if (!(wv = malloc((size_t)(C ? C : 1) * sizeof *wv)))
-            return fe_set_error(FE_ERR_OOM, "rmsnorm: out of host memory");
-        cpu_load(wv, fe__ptr(w), w->dtype, 1, C);
-    }
+    if (w && !(wv = load_vector(w, C))) return fe_last_status();
     if (gx) {
         ROWS(R, C, 3, {
             double *g = buf_, *v = buf_ + C, *e = buf_ + 2 * C, dot = 0;
