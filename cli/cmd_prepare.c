@@ -11,15 +11,14 @@
 int fe_cmd_prepare(int argc, char **argv);
 
 static void prepare_usage(FILE *f) {
-    fprintf(f,
-            "usage: ferric prepare austen --pkg DIR [--out FILE]\n"
-            "       ferric prepare shard --text FILE --out FILE\n"
-            "\n"
-            "  austen   extract Jane Austen's six novels from the unpacked Debian package\n"
-            "           r-cran-janeaustenr (DIR: the dpkg -x root or the R package folder)\n"
-            "           into a UTF-8 text file (default data/austen.txt)\n"
-            "  shard    tokenize a text file with the byte tokenizer and write an llm.c-style\n"
-            "           token shard (uint16 tokens)\n");
+    fprintf(f, "usage: ferric prepare austen --pkg DIR [--out FILE]\n"
+               "       ferric prepare shard --text FILE --out FILE\n"
+               "\n"
+               "  austen   extract Jane Austen's six novels from the unpacked Debian package\n"
+               "           r-cran-janeaustenr (DIR: the dpkg -x root or the R package folder)\n"
+               "           into a UTF-8 text file (default data/austen.txt)\n"
+               "  shard    tokenize a text file with the byte tokenizer and write an llm.c-style\n"
+               "           token shard (uint16 tokens)\n");
 }
 
 /* argv[i] is `name`: take its value from argv[i+1]. */
@@ -63,9 +62,12 @@ int fe_cmd_prepare(int argc, char **argv) {
     const char *what = argv[1], *pkg = NULL, *out = NULL, *text = NULL;
     for (int i = 2; i < argc; i++) {
         const char *v = "";
-        if (take_opt(argc, argv, &i, "--pkg", &v)) pkg = v;
-        else if (take_opt(argc, argv, &i, "--out", &v)) out = v;
-        else if (take_opt(argc, argv, &i, "--text", &v)) text = v;
+        if (take_opt(argc, argv, &i, "--pkg", &v))
+            pkg = v;
+        else if (take_opt(argc, argv, &i, "--out", &v))
+            out = v;
+        else if (take_opt(argc, argv, &i, "--text", &v))
+            text = v;
         else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             prepare_usage(stdout);
             return 0;

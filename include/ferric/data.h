@@ -14,19 +14,19 @@ extern "C" {
 /* Object types; the numbers are R's SEXPTYPE codes. */
 typedef enum fe_rtype {
     FE_R_NULL = 0,
-    FE_R_SYM = 1,   /* a symbol; `chars` holds its name */
-    FE_R_LIST = 2,  /* a pairlist, flattened: `elts` values, `tags` symbols (or NULL) */
-    FE_R_ENV = 4,   /* an environment (contents not kept) */
-    FE_R_LANG = 6,  /* a call, flattened like FE_R_LIST */
-    FE_R_CHAR = 9,  /* one string; `chars` is NULL for NA_STRING */
-    FE_R_LGL = 10,  /* logicals in `ints` (NA = INT32_MIN) */
-    FE_R_INT = 13,  /* integers in `ints` (NA = INT32_MIN) */
-    FE_R_REAL = 14, /* doubles in `reals` */
-    FE_R_STR = 16,  /* a character vector: `elts` are FE_R_CHAR objects */
-    FE_R_VEC = 19,  /* a generic vector (list): `elts` */
-    FE_R_EXPR = 20, /* an expression vector: `elts` */
-    FE_R_RAW = 24,  /* bytes in `raw` */
-    FE_R_S4 = 25,   /* an S4 object: attributes only */
+    FE_R_SYM = 1,       /* a symbol; `chars` holds its name */
+    FE_R_LIST = 2,      /* a pairlist, flattened: `elts` values, `tags` symbols (or NULL) */
+    FE_R_ENV = 4,       /* an environment (contents not kept) */
+    FE_R_LANG = 6,      /* a call, flattened like FE_R_LIST */
+    FE_R_CHAR = 9,      /* one string; `chars` is NULL for NA_STRING */
+    FE_R_LGL = 10,      /* logicals in `ints` (NA = INT32_MIN) */
+    FE_R_INT = 13,      /* integers in `ints` (NA = INT32_MIN) */
+    FE_R_REAL = 14,     /* doubles in `reals` */
+    FE_R_STR = 16,      /* a character vector: `elts` are FE_R_CHAR objects */
+    FE_R_VEC = 19,      /* a generic vector (list): `elts` */
+    FE_R_EXPR = 20,     /* an expression vector: `elts` */
+    FE_R_RAW = 24,      /* bytes in `raw` */
+    FE_R_S4 = 25,       /* an S4 object: attributes only */
     FE_R_SPECIAL = 1000 /* global/base/empty env, base namespace, missing arg, unbound value */
 } fe_rtype;
 
@@ -39,16 +39,16 @@ typedef enum fe_rtype {
 typedef struct fe_robj fe_robj;
 struct fe_robj {
     fe_rtype type;
-    int64_t length;   /* vectors/lists: elements; CHAR and SYM: bytes of text (-1 for NA) */
-    int levels;       /* R's LEVELS bits (CHAR: FE_R_ENC_*); special code for FE_R_SPECIAL */
-    bool is_object;   /* R's OBJECT bit (has a class) */
-    char *chars;      /* CHAR / SYM: text, NUL-terminated (may hold inner NULs) */
-    int32_t *ints;    /* LGL / INT */
-    double *reals;    /* REAL */
-    uint8_t *raw;     /* RAW */
-    fe_robj **elts;   /* STR, VEC, EXPR, LIST, LANG */
-    fe_robj **tags;   /* LIST, LANG: the tag symbol of each element, or NULL */
-    fe_robj *attrib;  /* the attributes as a FE_R_LIST, or NULL */
+    int64_t length;  /* vectors/lists: elements; CHAR and SYM: bytes of text (-1 for NA) */
+    int levels;      /* R's LEVELS bits (CHAR: FE_R_ENC_*); special code for FE_R_SPECIAL */
+    bool is_object;  /* R's OBJECT bit (has a class) */
+    char *chars;     /* CHAR / SYM: text, NUL-terminated (may hold inner NULs) */
+    int32_t *ints;   /* LGL / INT */
+    double *reals;   /* REAL */
+    uint8_t *raw;    /* RAW */
+    fe_robj **elts;  /* STR, VEC, EXPR, LIST, LANG */
+    fe_robj **tags;  /* LIST, LANG: the tag symbol of each element, or NULL */
+    fe_robj *attrib; /* the attributes as a FE_R_LIST, or NULL */
 };
 
 /* A parsed serialization; owns every object reachable from its root. */
@@ -88,8 +88,7 @@ void fe_rdb_close(fe_rdb *db);
  * element, a blank line between novels) to `out_txt_path` atomically. `pkg_root_dir`
  * is the unpacked .deb root, the R library folder or the package folder itself.
  * Returns the number of bytes written in *bytes_out (may be NULL). Errors: IO, FORMAT. */
-fe_status fe_austen_extract(const char *pkg_root_dir, const char *out_txt_path,
-                            int64_t *bytes_out);
+fe_status fe_austen_extract(const char *pkg_root_dir, const char *out_txt_path, int64_t *bytes_out);
 
 /* ---- the byte-level tokenizer ------------------------------------------------- */
 
@@ -153,8 +152,9 @@ typedef struct fe_loader_state {
 typedef struct fe_loader fe_loader;
 /* A loader over windows of T+1 tokens starting at multiples of T (so every token
  * but the first is a target once per epoch); the last partial batch of an epoch is
- * dropped. The dataset must outlive the loader. FE_ERR_ARG/RANGE when it holds
- * fewer than B windows. */
+ * dropped. The loader keeps its own reference to the data (the caller may free
+ * `ds`). FE_ERR_ARG on a bad config, FE_ERR_RANGE when the data holds fewer than B
+ * windows. */
 fe_loader *fe_loader_new(const fe_dataset *ds, const fe_loader_config *cfg);
 /* The next batch: *inputs and *targets are (B, T) i32 on cfg.device, targets being
  * inputs shifted by one token. Wraps to the next epoch (reshuffled) at the end. */

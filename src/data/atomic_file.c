@@ -28,7 +28,8 @@ fe_status fe__atomic_open(fe_atomic_file *af, const char *path) {
     snprintf(af->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
     af->f = fopen(af->tmp_path, "wb");
     if (!af->f) {
-        fe_status st = fe_set_error(FE_ERR_IO, "cannot create '%s': %s", af->tmp_path, strerror(errno));
+        fe_status st =
+            fe_set_error(FE_ERR_IO, "cannot create '%s': %s", af->tmp_path, strerror(errno));
         free(af->path), free(af->tmp_path);
         memset(af, 0, sizeof *af);
         return st;
@@ -41,9 +42,12 @@ static void sync_parent(const char *path) {
     char *dir = dup_str(path);
     if (!dir) return;
     char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = '\0';
-    else if (slash) *slash = '\0';
-    else strcpy(dir, ".");
+    if (slash == dir)
+        slash[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        strcpy(dir, ".");
     int fd = open(dir, O_RDONLY | O_DIRECTORY);
     if (fd >= 0) {
         fsync(fd);
@@ -62,7 +66,8 @@ fe_status fe__atomic_commit(fe_atomic_file *af) {
     }
     af->f = NULL;
     if (!ok) {
-        fe_status st = fe_set_error(FE_ERR_IO, "writing '%s' failed: %s", af->tmp_path, strerror(err));
+        fe_status st =
+            fe_set_error(FE_ERR_IO, "writing '%s' failed: %s", af->tmp_path, strerror(err));
         fe__atomic_abort(af);
         return st;
     }

@@ -7,8 +7,8 @@
 #include <unistd.h>
 
 /* Publication order. */
-static const char *const k_novels[] = {"sensesensibility", "prideprejudice", "mansfieldpark",
-                                       "emma",             "northangerabbey", "persuasion"};
+static const char *const k_novels[] = {
+    "sensesensibility", "prideprejudice", "mansfieldpark", "emma", "northangerabbey", "persuasion"};
 
 /* The database base path ("<dir>/.../data/Rdata") for the layouts we accept. */
 static char *find_db(const char *root) {
@@ -94,7 +94,8 @@ fe_status fe_austen_extract(const char *pkg_root_dir, const char *out_txt_path,
                 fputc('\n', af.f);
                 bytes += 1;
             }
-            for (int64_t i = 0; i < v->length; i++) write_line(af.f, v->elts[i], &bytes);
+            for (int64_t i = 0; i < v->length; i++)
+                write_line(af.f, v->elts[i], &bytes);
         }
         fe_r_free(rf);
     }

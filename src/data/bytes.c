@@ -3,7 +3,8 @@
 
 int64_t fe_bytes_encode(const void *text, size_t n, int32_t *out) {
     const unsigned char *s = text;
-    for (size_t i = 0; i < n; i++) out[i] = s[i];
+    for (size_t i = 0; i < n; i++)
+        out[i] = s[i];
     return (int64_t)n;
 }
 
@@ -12,7 +13,8 @@ fe_status fe_bytes_decode(const int32_t *tokens, int64_t n, char *out) {
         return fe_set_error(FE_ERR_ARG, "fe_bytes_decode: bad arguments");
     for (int64_t i = 0; i < n; i++) {
         if (tokens[i] < 0 || tokens[i] >= FE_BYTES_VOCAB)
-            return fe_set_error(FE_ERR_RANGE, "byte tokenizer: token %d at position %lld is not a byte",
+            return fe_set_error(FE_ERR_RANGE,
+                                "byte tokenizer: token %d at position %lld is not a byte",
                                 tokens[i], (long long)i);
         out[i] = (char)(unsigned char)tokens[i];
     }

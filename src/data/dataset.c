@@ -106,7 +106,8 @@ static inline int32_t token_at(const fe_token_store *st, int64_t i) {
     switch (st->width) {
     case 1: return p[0];
     case 2: return (int32_t)(p[0] | (uint32_t)p[1] << 8);
-    default: return (int32_t)(p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+    default:
+        return (int32_t)(p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
     }
 }
 
@@ -116,7 +117,8 @@ fe_status fe_dataset_read(const fe_dataset *ds, int64_t start, int64_t n, int32_
         return fe_set_error(FE_ERR_RANGE, "dataset: tokens [%lld, %lld) outside the %lld tokens",
                             (long long)start, (long long)(start + n), (long long)ds->len);
     int64_t b = ds->begin + start;
-    for (int64_t i = 0; i < n; i++) out[i] = token_at(ds->st, b + i);
+    for (int64_t i = 0; i < n; i++)
+        out[i] = token_at(ds->st, b + i);
     return FE_OK;
 }
 

@@ -36,7 +36,7 @@ struct fe_loader {
     pthread_cond_t cv_ready, cv_space;
     int head, count;
     bool stop;
-    uint64_t gen;               /* bumped by set_state: batches of older generations are dropped */
+    uint64_t gen;                /* bumped by set_state: batches of older generations are dropped */
     fe_loader_state produce_pos; /* the next batch the thread prepares */
 };
 
@@ -54,7 +54,8 @@ static uint64_t draw(uint64_t seed, int64_t epoch, uint64_t k) {
 
 static void make_perm(fe_loader *l, uint64_t seed, int64_t epoch) {
     if (l->perm_valid && l->perm_seed == seed && l->perm_epoch == epoch) return;
-    for (int64_t i = 0; i < l->nwin; i++) l->perm[i] = i;
+    for (int64_t i = 0; i < l->nwin; i++)
+        l->perm[i] = i;
     if (l->cfg.shuffle) {
         for (int64_t i = l->nwin - 1; i > 0; i--) {
             uint64_t r = draw(seed, epoch, (uint64_t)i);
@@ -88,7 +89,8 @@ static void *prefetch_main(void *arg) {
     fe_loader *l = arg;
     pthread_mutex_lock(&l->mu);
     for (;;) {
-        while (!l->stop && l->count == l->nslots) pthread_cond_wait(&l->cv_space, &l->mu);
+        while (!l->stop && l->count == l->nslots)
+            pthread_cond_wait(&l->cv_space, &l->mu);
         if (l->stop) break;
         uint64_t gen = l->gen;
         fe_loader_state p = l->produce_pos;
@@ -126,7 +128,8 @@ void fe_loader_free(fe_loader *l) {
         pthread_cond_destroy(&l->cv_ready);
         pthread_cond_destroy(&l->cv_space);
     }
-    for (int i = 0; i < l->nslots; i++) free(l->slots[i].x), free(l->slots[i].y);
+    for (int i = 0; i < l->nslots; i++)
+        free(l->slots[i].x), free(l->slots[i].y);
     free(l->slots);
     free(l->direct.x), free(l->direct.y);
     free(l->perm);
@@ -152,9 +155,10 @@ fe_loader *fe_loader_new(const fe_dataset *ds, const fe_loader_config *cfg) {
     }
     int64_t nwin = n > 0 ? (n - 1) / T : 0;
     if (nwin < B) {
-        fe_set_error(FE_ERR_RANGE, "data loader: %lld tokens make %lld windows of %lld+1 tokens, "
-                     "fewer than one batch of %lld", (long long)n, (long long)nwin, (long long)T,
-                     (long long)B);
+        fe_set_error(FE_ERR_RANGE,
+                     "data loader: %lld tokens make %lld windows of %lld+1 tokens, "
+                     "fewer than one batch of %lld",
+                     (long long)n, (long long)nwin, (long long)T, (long long)B);
         return NULL;
     }
     fe_loader *l = calloc(1, sizeof *l);
@@ -214,7 +218,8 @@ fe_status fe_loader_next(fe_loader *l, fe_tensor **inputs, fe_tensor **targets) 
         st = make_tensors(l, &l->direct, inputs, targets);
     } else {
         pthread_mutex_lock(&l->mu);
-        while (l->count == 0) pthread_cond_wait(&l->cv_ready, &l->mu);
+        while (l->count == 0)
+            pthread_cond_wait(&l->cv_ready, &l->mu);
         slot *s = &l->slots[l->head];
         pthread_mutex_unlock(&l->mu);
         /* the slot is ours until we hand it back: the thread only writes free slots */
@@ -239,9 +244,10 @@ fe_loader_state fe_loader_get_state(const fe_loader *l) {
 fe_status fe_loader_set_state(fe_loader *l, fe_loader_state s) {
     if (!l) return fe_set_error(FE_ERR_ARG, "fe_loader_set_state: NULL loader");
     if (s.epoch < 0 || s.index < 0 || s.index >= l->nbatch)
-        return fe_set_error(FE_ERR_RANGE, "data loader: position (epoch %lld, batch %lld) is "
-                            "outside an epoch of %lld batches", (long long)s.epoch,
-                            (long long)s.index, (long long)l->nbatch);
+        return fe_set_error(FE_ERR_RANGE,
+                            "data loader: position (epoch %lld, batch %lld) is "
+                            "outside an epoch of %lld batches",
+                            (long long)s.epoch, (long long)s.index, (long long)l->nbatch);
     if (l->nslots) {
         pthread_mutex_lock(&l->mu);
         l->gen++;

@@ -96,8 +96,8 @@ fe_status fe__inflate(const uint8_t *src, size_t n, size_t expect, size_t cap, u
             return fe_set_error(FE_ERR_FORMAT, "inflate: corrupt compressed data (%s)",
                                 zs.msg ? zs.msg : "data error");
         if (done == capacity && (expect || capacity >= cap))
-            return fe_set_error(FE_ERR_FORMAT,
-                                "inflate: data expands past the expected %zu bytes", capacity);
+            return fe_set_error(FE_ERR_FORMAT, "inflate: data expands past the expected %zu bytes",
+                                capacity);
         return fe_set_error(FE_ERR_FORMAT, "inflate: compressed data is truncated");
     }
     if (expect && done != expect) {
@@ -118,7 +118,8 @@ static char *join(const char *a, const char *b) {
 
 void fe_rdb_close(fe_rdb *db) {
     if (!db) return;
-    for (int i = 0; i < db->count; i++) free(db->names[i]);
+    for (int i = 0; i < db->count; i++)
+        free(db->names[i]);
     free(db->names), free(db->offset), free(db->length), free(db->rdb_path);
     free(db);
 }
@@ -139,8 +140,7 @@ static fe_status parse_index(fe_rdb *db, const fe_robj *root, const char *path) 
         db->compressed = (int)comp->reals[0];
     if (db->compressed < 0 || db->compressed > 3)
         return fe_set_error(FE_ERR_FORMAT, "%s: unknown compression %d", path, db->compressed);
-    if (vars->length > 1000000)
-        return fe_set_error(FE_ERR_FORMAT, "%s: too many objects", path);
+    if (vars->length > 1000000) return fe_set_error(FE_ERR_FORMAT, "%s: too many objects", path);
     int n = (int)vars->length;
     db->names = calloc((size_t)n + 1, sizeof *db->names);
     db->offset = calloc((size_t)n + 1, sizeof *db->offset);
@@ -151,9 +151,13 @@ static fe_status parse_index(fe_rdb *db, const fe_robj *root, const char *path) 
         const fe_robj *e = vars->elts[i];
         const char *name = fe_r_str(names, i);
         double off, len;
-        if (e->type == FE_R_INT && e->length == 2) off = e->ints[0], len = e->ints[1];
-        else if (e->type == FE_R_REAL && e->length == 2) off = e->reals[0], len = e->reals[1];
-        else return fe_set_error(FE_ERR_FORMAT, "%s: entry %d is not an (offset, length) pair", path, i);
+        if (e->type == FE_R_INT && e->length == 2)
+            off = e->ints[0], len = e->ints[1];
+        else if (e->type == FE_R_REAL && e->length == 2)
+            off = e->reals[0], len = e->reals[1];
+        else
+            return fe_set_error(FE_ERR_FORMAT, "%s: entry %d is not an (offset, length) pair", path,
+                                i);
         if (!name || !(off >= 0) || !(len >= 4) || off + len > (double)db->file_size)
             return fe_set_error(FE_ERR_FORMAT,
                                 "%s: entry %d (%s) lies outside the %lld-byte data file", path, i,
@@ -233,7 +237,8 @@ fe_rfile *fe_rdb_fetch(fe_rdb *db, const char *name) {
         return NULL;
     }
     fe_rfile *out = NULL;
-    size_t expect = (size_t)chunk[0] << 24 | (size_t)chunk[1] << 16 | (size_t)chunk[2] << 8 | chunk[3];
+    size_t expect =
+        (size_t)chunk[0] << 24 | (size_t)chunk[1] << 16 | (size_t)chunk[2] << 8 | chunk[3];
     size_t skip = 4;
     char method = db->compressed == 1 ? '1' : '0';
     if (db->compressed >= 2) {
@@ -258,7 +263,10 @@ fe_rfile *fe_rdb_fetch(fe_rdb *db, const char *name) {
             out = fe_r_unserialize(plain, pn);
     } else {
         fe_set_error(FE_ERR_FORMAT, "%s: object '%s' uses %s compression, which is not supported",
-                     db->rdb_path, name, method == '2' ? "bzip2" : method == 'Z' ? "xz" : "unknown");
+                     db->rdb_path, name,
+                     method == '2'   ? "bzip2"
+                     : method == 'Z' ? "xz"
+                                     : "unknown");
         goto done;
     }
     if (!out) {

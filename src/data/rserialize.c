@@ -226,7 +226,8 @@ static fe_robj *read_vector(reader *r, uint32_t flags, int depth) {
         if (!read_length(r, 4, &n)) return NULL;
         o->ints = r_alloc(r, (size_t)n * 4);
         if (!o->ints) return NULL;
-        for (int64_t i = 0; i < n; i++) read_i32(r, &o->ints[i], "integer");
+        for (int64_t i = 0; i < n; i++)
+            read_i32(r, &o->ints[i], "integer");
         break;
     case FE_R_REAL:
         if (!read_length(r, 8, &n)) return NULL;
@@ -262,8 +263,7 @@ static fe_robj *read_vector(reader *r, uint32_t flags, int depth) {
             }
         }
         break;
-    default:
-        return NULL;
+    default: return NULL;
     }
     o->length = n;
     return o;
@@ -283,8 +283,7 @@ static fe_robj *read_item_flags(reader *r, uint32_t flags, int depth) {
     uint32_t t = flags & 0xff;
     fe_robj *o = NULL;
     switch (t) {
-    case SX_NIL:
-        return new_obj(r, FE_R_NULL, 0);
+    case SX_NIL: return new_obj(r, FE_R_NULL, 0);
     case SX_GLOBALENV:
     case SX_UNBOUND:
     case SX_MISSINGARG:
@@ -335,22 +334,16 @@ static fe_robj *read_item_flags(reader *r, uint32_t flags, int depth) {
         return o;
     }
     case FE_R_LIST:
-    case FE_R_LANG:
-        return read_pairlist(r, flags, depth);
-    case FE_R_CHAR:
-        return read_charsxp(r, flags);
+    case FE_R_LANG: return read_pairlist(r, flags, depth);
+    case FE_R_CHAR: return read_charsxp(r, flags);
     case FE_R_LGL:
     case FE_R_INT:
     case FE_R_REAL:
     case FE_R_RAW:
     case FE_R_STR:
     case FE_R_VEC:
-    case FE_R_EXPR:
-        o = read_vector(r, flags, depth);
-        break;
-    case FE_R_S4:
-        o = new_obj(r, FE_R_S4, flags);
-        break;
+    case FE_R_EXPR: o = read_vector(r, flags, depth); break;
+    case FE_R_S4: o = new_obj(r, FE_R_S4, flags); break;
     default: {
         char msg[96];
         snprintf(msg, sizeof msg, "unsupported object type %u%s", t,

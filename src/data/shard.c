@@ -13,7 +13,8 @@
 #define HEADER_BYTES (FE_SHARD_HEADER_WORDS * 4)
 
 static void put_u32(uint8_t *p, uint32_t v) {
-    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16), p[3] = (uint8_t)(v >> 24);
+    p[0] = (uint8_t)v, p[1] = (uint8_t)(v >> 8), p[2] = (uint8_t)(v >> 16),
+    p[3] = (uint8_t)(v >> 24);
 }
 
 static uint32_t get_u32(const uint8_t *p) {
@@ -27,13 +28,17 @@ fe_status fe_shard_write(const char *path, const int32_t *tokens, int64_t n, int
         return fe_set_error(FE_ERR_ARG, "fe_shard_write: token_bytes must be 2 or 4, not %d",
                             token_bytes);
     if (n > INT32_MAX)
-        return fe_set_error(FE_ERR_RANGE, "fe_shard_write: %lld tokens do not fit the header's "
-                            "int32 count", (long long)n);
+        return fe_set_error(FE_ERR_RANGE,
+                            "fe_shard_write: %lld tokens do not fit the header's "
+                            "int32 count",
+                            (long long)n);
     int64_t maxv = token_bytes == 2 ? 0xFFFF : INT32_MAX;
     for (int64_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] > maxv)
-            return fe_set_error(FE_ERR_RANGE, "fe_shard_write: token %d at position %lld does not "
-                                "fit in %d bytes", tokens[i], (long long)i, token_bytes);
+            return fe_set_error(FE_ERR_RANGE,
+                                "fe_shard_write: token %d at position %lld does not "
+                                "fit in %d bytes",
+                                tokens[i], (long long)i, token_bytes);
     uint8_t header[HEADER_BYTES];
     memset(header, 0, sizeof header);
     put_u32(header, FE_SHARD_MAGIC);
@@ -47,8 +52,10 @@ fe_status fe_shard_write(const char *path, const int32_t *tokens, int64_t n, int
     size_t fill = 0;
     for (int64_t i = 0; i < n; i++) {
         uint32_t v = (uint32_t)tokens[i];
-        if (token_bytes == 2) buf[fill] = (uint8_t)v, buf[fill + 1] = (uint8_t)(v >> 8);
-        else put_u32(buf + fill, v);
+        if (token_bytes == 2)
+            buf[fill] = (uint8_t)v, buf[fill + 1] = (uint8_t)(v >> 8);
+        else
+            put_u32(buf + fill, v);
         fill += (size_t)token_bytes;
         if (fill == sizeof buf) {
             fwrite(buf, 1, fill, af.f);
@@ -77,8 +84,8 @@ fe_dataset *fe_dataset_open_shard(const char *path) {
     }
     size_t size = (size_t)sb.st_size;
     if (size < HEADER_BYTES) {
-        fe_set_error(FE_ERR_FORMAT, "shard '%s': truncated header (%zu bytes, need %d)", path,
-                     size, HEADER_BYTES);
+        fe_set_error(FE_ERR_FORMAT, "shard '%s': truncated header (%zu bytes, need %d)", path, size,
+                     HEADER_BYTES);
         close(fd);
         return NULL;
     }
@@ -102,8 +109,10 @@ fe_dataset *fe_dataset_open_shard(const char *path) {
     } else if (count < 0) {
         fe_set_error(FE_ERR_FORMAT, "shard '%s': negative token count %d", path, count);
     } else if ((size_t)count > room) {
-        fe_set_error(FE_ERR_FORMAT, "shard '%s': token count %d runs past the end of the file "
-                     "(room for %zu tokens)", path, count, room);
+        fe_set_error(FE_ERR_FORMAT,
+                     "shard '%s': token count %d runs past the end of the file "
+                     "(room for %zu tokens)",
+                     path, count, room);
     } else if (HEADER_BYTES + (size_t)count * (size_t)width != size) {
         fe_set_error(FE_ERR_FORMAT, "shard '%s': %zu trailing bytes after %d tokens", path,
                      size - HEADER_BYTES - (size_t)count * (size_t)width, count);
