@@ -4,15 +4,23 @@
 #include <stdio.h>
 #include <string.h>
 
+int fe_cmd_prepare(int argc, char **argv);
+
+static const struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} k_commands[] = {
+    {"prepare", fe_cmd_prepare, "prepare data: the Jane Austen corpus, token shards"},
+};
+
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: ferric <command> [options]\n"
-            "\n"
-            "commands:\n"
-            "  --help       show this help\n"
-            "  --version    print the version and the compiled-in backends\n"
-            "\n"
-            "Run 'ferric <command> --help' for a command's options.\n");
+    fprintf(f, "usage: ferric <command> [options]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof k_commands / sizeof *k_commands; i++)
+        fprintf(f, "  %-10s %s\n", k_commands[i].name, k_commands[i].help);
+    fprintf(f, "  --help     show this help\n"
+               "  --version  print the version and the compiled-in backends\n"
+               "\nRun 'ferric <command> --help' for a command's options.\n");
 }
 
 int main(int argc, char **argv) {
@@ -30,6 +38,8 @@ int main(int argc, char **argv) {
                fe_device_available(FE_CUDA) ? ", cuda" : "");
         return 0;
     }
+    for (size_t i = 0; i < sizeof k_commands / sizeof *k_commands; i++)
+        if (!strcmp(cmd, k_commands[i].name)) return k_commands[i].run(argc - 1, argv + 1);
     fprintf(stderr, "ferric: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;

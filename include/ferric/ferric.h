@@ -4,6 +4,7 @@
 
 #include "ferric/autograd.h"
 #include "ferric/core.h"
+#include "ferric/data.h"
 #include "ferric/ops.h"
 
 #endif

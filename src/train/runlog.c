@@ -1,5 +1,6 @@
 /* Run logs: metrics as JSON lines and a loss-curve plot as a standalone SVG. */
 #include "ferric/runlog.h"
+#include "data/data_internal.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -40,35 +41,16 @@ static bool push(series *s, int64_t step, double v) {
 }
 
 fe_status fe_write_file_atomic(const char *path, const void *data, size_t n) {
-    char tmp[1100];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof tmp)
-        return fe_set_error(FE_ERR_ARG, "path too long: %s", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return fe_set_error(FE_ERR_IO, "cannot create %s: %s", tmp, strerror(errno));
-    const char *p = data;
-    size_t left = n;
-    while (left) {
-        ssize_t w = write(fd, p, left);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-            int e = errno;
-            close(fd);
-            unlink(tmp);
-            return fe_set_error(FE_ERR_IO, "cannot write %s: %s", tmp, strerror(e));
-        }
-        p += w, left -= (size_t)w;
+    fe_atomic_file af;
+    fe_status st = fe__atomic_open(&af, path);
+    if (st) return st;
+    if (n && fwrite(data, 1, n, af.f) != n) {
+        fe__atomic_abort(&af);
+        return fe_set_error(FE_ERR_IO, "cannot write %s", path);
     }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return fe_set_error(FE_ERR_IO, "cannot flush %s: %s", tmp, strerror(e));
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return fe_set_error(FE_ERR_IO, "cannot rename %s to %s: %s", tmp, path, strerror(e));
-    }
-    return FE_OK;
+    st = fe__atomic_commit(&af);
+    if (st) fe__atomic_abort(&af);
+    return st;
 }
 
 /* Read the existing metrics, keep records up to resume_step, rewrite the file. */
