@@ -388,3 +388,50 @@ TEST(mixed_precision_bf16_master_weights) {
     CHECK(fe_amp_new(p, FE_I32) == NULL);
     fe_llama_free(m);
 }
+
+TEST(fp16_training_with_loss_scaler) {
+    fe_llama_config c = tiny();
+    fe_llama *m = fe_llama_new(&c, FE_F32, FE_DEVICE_CPU);
+    fe_params *p = fe_llama_params(m);
+    fe_amp *amp = fe_amp_new(p, FE_F16);
+    fe_optimizer *o = fe_adamw_new(fe_amp_master(amp), NULL);
+    /* 2^24 makes the f16 logit gradients, 2^24 * (softmax - onehot) / 14, overflow */
+    fe_grad_scaler_config gc = fe_grad_scaler_defaults();
+    gc.init_scale = 16777216.0;
+    fe_grad_scaler *sc = fe_grad_scaler_new(&gc);
+    fe_tensor *x, *y;
+    batch(0, B, &x, &y);
+    double l0 = loss_of(m, x, y);
+    int skipped = 0, taken = 0;
+    for (int k = 0; k < 20; k++) {
+        fe_scope *s = fe_scope_begin();
+        fe_tensor *loss = fe_llama_loss(fe_llama_forward(m, x), y);
+        CHECK(fe_backward(fe_grad_scaler_scale(sc, loss), NULL) == FE_OK);
+        CHECK(fe_amp_grads_to_master(amp) == FE_OK);
+        CHECK(fe_grad_scaler_unscale(sc, fe_amp_master(amp)) == FE_OK);
+        fe_tensor *norm = fe_clip_grad_norm(fe_amp_master(amp), 1.0);
+        CHECK(norm != NULL);
+        bool ok = false;
+        CHECK(fe_grad_scaler_update(sc, &ok) == FE_OK);
+        if (ok) {
+            CHECK(isfinite(fe_item(norm)));
+            CHECK(fe_optimizer_step(o, 1e-2) == FE_OK);
+            taken++;
+        } else {
+            skipped++;
+        }
+        fe_params_zero_grad(fe_amp_master(amp));
+        CHECK(fe_amp_to_compute(amp) == FE_OK);
+        fe_scope_end(s);
+    }
+    double l = loss_of(m, x, y);
+    printf("  fp16: %d steps skipped, %d taken, scale %g, loss %.4f -> %.4f\n", skipped, taken,
+           fe_grad_scaler_get_scale(sc), l0, l);
+    CHECK(skipped >= 1 && fe_grad_scaler_get_scale(sc) == 16777216.0 / (1 << skipped));
+    CHECK(fe_optimizer_steps(o) == taken);
+    CHECK(l < l0 - 0.5);
+    fe_grad_scaler_free(sc);
+    fe_optimizer_free(o);
+    fe_amp_free(amp);
+    fe_llama_free(m);
+}
