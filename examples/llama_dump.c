@@ -72,7 +72,8 @@ static int write_tensor(const char *dir, const char *name, const fe_tensor *t, f
     size_t n = (size_t)fe_numel(t), es = fe_dtype_size(dt);
     unsigned char *buf = malloc(n * es + 1);
     if (!buf || fe_to_host(t, buf, dt) != FE_OK) {
-        fprintf(stderr, "llama_dump: reading %s: %s\n", name, buf ? fe_last_error() : "out of memory");
+        fprintf(stderr, "llama_dump: reading %s: %s\n", name,
+                buf ? fe_last_error() : "out of memory");
         free(buf);
         return -1;
     }
@@ -90,7 +91,8 @@ static int write_tensor(const char *dir, const char *name, const fe_tensor *t, f
 
 static cJSON *shape_json(const fe_tensor *t) {
     cJSON *a = cJSON_CreateArray();
-    for (int d = 0; d < fe_ndim(t); d++) cJSON_AddItemToArray(a, cJSON_CreateNumber((double)fe_dim(t, d)));
+    for (int d = 0; d < fe_ndim(t); d++)
+        cJSON_AddItemToArray(a, cJSON_CreateNumber((double)fe_dim(t, d)));
     return a;
 }
 
@@ -99,10 +101,14 @@ int main(int argc, char **argv) {
     uint64_t seed = 1;
     bool tied = false, scaling = false;
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--seed") && i + 1 < argc) seed = strtoull(argv[++i], NULL, 10);
-        else if (!strcmp(argv[i], "--tied")) tied = true;
-        else if (!strcmp(argv[i], "--llama3-scaling")) scaling = true;
-        else if (argv[i][0] != '-' && !dir) dir = argv[i];
+        if (!strcmp(argv[i], "--seed") && i + 1 < argc)
+            seed = strtoull(argv[++i], NULL, 10);
+        else if (!strcmp(argv[i], "--tied"))
+            tied = true;
+        else if (!strcmp(argv[i], "--llama3-scaling"))
+            scaling = true;
+        else if (argv[i][0] != '-' && !dir)
+            dir = argv[i];
         else {
             fprintf(stderr, "usage: %s OUT_DIR [--seed N] [--tied] [--llama3-scaling]\n", argv[0]);
             return 2;
@@ -116,9 +122,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "llama_dump: cannot create %s: %s\n", dir, strerror(errno));
         return 1;
     }
-    fe_llama_config c = {.vocab_size = 61, .dim = 24, .n_layers = 2, .n_heads = 4, .n_kv_heads = 2,
-                         .head_dim = 6, .ffn_dim = 40, .max_seq = T, .norm_eps = 1e-5,
-                         .rope_theta = 10000.0, .tie_embeddings = tied, .init_std = 0.2};
+    fe_llama_config c = {.vocab_size = 61,
+                         .dim = 24,
+                         .n_layers = 2,
+                         .n_heads = 4,
+                         .n_kv_heads = 2,
+                         .head_dim = 6,
+                         .ffn_dim = 40,
+                         .max_seq = T,
+                         .norm_eps = 1e-5,
+                         .rope_theta = 10000.0,
+                         .tie_embeddings = tied,
+                         .init_std = 0.2};
     if (scaling) c.rope_scaling = (fe_rope_scaling){true, 8.0, 1.0, 4.0, 256};
     fe_manual_seed(seed);
     fe_llama *m = fe_llama_new(&c, FE_F32, FE_DEVICE_CPU);
@@ -173,7 +188,8 @@ int main(int argc, char **argv) {
     cJSON_AddStringToObject(man, "targets", "targets.bin");
     cJSON_AddStringToObject(man, "logits", "logits.bin");
     cJSON_AddStringToObject(man, "inv_freq", "inv_freq.bin");
-    int bad = write_tensor(dir, "tokens.bin", x, FE_I32) | write_tensor(dir, "targets.bin", y, FE_I32) |
+    int bad = write_tensor(dir, "tokens.bin", x, FE_I32) |
+              write_tensor(dir, "targets.bin", y, FE_I32) |
               write_tensor(dir, "logits.bin", logits, FE_F32) |
               write_tensor(dir, "inv_freq.bin", fe_llama_inv_freq(m), FE_F32);
     cJSON *plist = cJSON_AddArrayToObject(man, "params");

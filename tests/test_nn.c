@@ -8,8 +8,14 @@
 #define T 7
 
 static fe_llama_config tiny(void) {
-    return (fe_llama_config){.vocab_size = 61, .dim = 24, .n_layers = 2, .n_heads = 4,
-                             .n_kv_heads = 2, .ffn_dim = 40, .max_seq = T, .norm_eps = 1e-5,
+    return (fe_llama_config){.vocab_size = 61,
+                             .dim = 24,
+                             .n_layers = 2,
+                             .n_heads = 4,
+                             .n_kv_heads = 2,
+                             .ffn_dim = 40,
+                             .max_seq = T,
+                             .norm_eps = 1e-5,
                              .rope_theta = 10000.0};
 }
 
@@ -64,7 +70,8 @@ TEST(parameter_names_count_and_flags) {
                            "model.layers.1.post_attention_layernorm.weight",
                            "model.norm.weight",
                            "lm_head.weight"};
-    for (size_t i = 0; i < sizeof names / sizeof *names; i++) CHECK(fe_params_find(p, names[i]) >= 0);
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++)
+        CHECK(fe_params_find(p, names[i]) >= 0);
     fe_tensor *k = fe_params_get(p, "model.layers.0.self_attn.k_proj.weight");
     CHECK(fe_dim(k, 0) == 12 && fe_dim(k, 1) == 24);
     fe_tensor *g = fe_params_get(p, "model.layers.1.mlp.down_proj.weight");
@@ -97,7 +104,8 @@ TEST(same_seed_same_model) {
     fe_manual_seed(7);
     fe_llama *b = fe_llama_new(&c, FE_F32, FE_DEVICE_CPU);
     for (int i = 0; i < fe_params_count(fe_llama_params(a)); i++)
-        CHECK(t_maxdiff(fe_params_at(fe_llama_params(a), i), fe_params_at(fe_llama_params(b), i)) == 0);
+        CHECK(t_maxdiff(fe_params_at(fe_llama_params(a), i), fe_params_at(fe_llama_params(b), i)) ==
+              0);
     fe_llama_free(a), fe_llama_free(b);
 }
 
@@ -151,7 +159,8 @@ static void gradcheck(fe_llama *m, const char **names, int n) {
             double fd = (lp - lm) / (2 * h);
             double err = fabs(fd - g[j]) / fmax(1e-6, fabs(fd) + fabs(g[j]));
             if (!(err < 1e-5))
-                printf("  %s[%lld]: analytic %.10g, numeric %.10g\n", names[i], (long long)j, g[j], fd);
+                printf("  %s[%lld]: analytic %.10g, numeric %.10g\n", names[i], (long long)j, g[j],
+                       fd);
             CHECK(err < 1e-5);
         }
     }
@@ -162,14 +171,17 @@ TEST(gradcheck_f64_untied) {
     c.init_std = 0.3; /* larger weights so every path carries gradient */
     c.rope_scaling = (fe_rope_scaling){true, 8.0, 1.0, 4.0, 256};
     fe_llama *m = fe_llama_new(&c, FE_F64, FE_DEVICE_CPU);
-    const char *names[] = {"model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+    const char *names[] = {"model.embed_tokens.weight",
+                           "model.layers.0.self_attn.q_proj.weight",
                            "model.layers.0.self_attn.k_proj.weight",
                            "model.layers.1.self_attn.v_proj.weight",
                            "model.layers.1.self_attn.o_proj.weight",
-                           "model.layers.0.mlp.gate_proj.weight", "model.layers.0.mlp.up_proj.weight",
+                           "model.layers.0.mlp.gate_proj.weight",
+                           "model.layers.0.mlp.up_proj.weight",
                            "model.layers.1.mlp.down_proj.weight",
                            "model.layers.0.input_layernorm.weight",
-                           "model.layers.1.post_attention_layernorm.weight", "model.norm.weight",
+                           "model.layers.1.post_attention_layernorm.weight",
+                           "model.norm.weight",
                            "lm_head.weight"};
     gradcheck(m, names, 12);
     fe_llama_free(m);
@@ -307,7 +319,8 @@ TEST(generate_greedy_and_sampled) {
     for (int i = 1; i < 61; i++)
         if (row[i] > row[best]) best = i;
     CHECK(out[3] == best);
-    for (int i = 0; i < 13; i++) CHECK(out[i] >= 0 && out[i] < 61);
+    for (int i = 0; i < 13; i++)
+        CHECK(out[i] >= 0 && out[i] < 61);
     fe_sample_config sc = {.temperature = 1.0, .top_k = 1, .seed = 3};
     CHECK(fe_llama_generate(m, prompt, 3, 10, &sc, out2) == FE_OK);
     CHECK(!memcmp(out, out2, sizeof out)); /* top-1 sampling is greedy */
@@ -370,7 +383,8 @@ TEST(mixed_precision_bf16_master_weights) {
         CHECK(backward_loss(m, x, y, 1) == FE_OK);
         CHECK(fe_dtype_of(fe_grad(fe_params_at(p, 0))) == FE_BF16);
         CHECK(fe_amp_grads_to_master(amp) == FE_OK);
-        CHECK(fe_grad(fe_params_at(p, 0)) == NULL && fe_dtype_of(fe_grad(fe_params_at(master, 0))) == FE_F32);
+        CHECK(fe_grad(fe_params_at(p, 0)) == NULL &&
+              fe_dtype_of(fe_grad(fe_params_at(master, 0))) == FE_F32);
         CHECK(fe_optimizer_step(o, 1e-2) == FE_OK);
         fe_params_zero_grad(master);
         CHECK(fe_amp_to_compute(amp) == FE_OK);

@@ -51,7 +51,8 @@ TEST(sgd_momentum_weight_decay_three_steps) {
     CHECK_NEAR(at(fe_params_at(p, 0), 1), -2.08, 1e-14);
     CHECK_NEAR(at(fe_params_at(p, 1), 0), 0.45, 1e-14);
     CHECK_NEAR(at(fe_params_at(p, 1), 1), 2.9, 1e-14);
-    /* steps 2 and 3 by the formula: g = grad + wd*p (decayed only); buf = 0.9 buf + g; p -= lr buf */
+    /* steps 2 and 3 by the formula: g = grad + wd*p (decayed only); buf = 0.9 buf + g; p -= lr buf
+     */
     double w[2][2] = {{0.94, -2.08}, {0.45, 2.9}}, buf[2][2] = {{0.6, 0.8}, {0.5, 1.0}};
     for (int k = 1; k < 3; k++) {
         fe_params_zero_grad(p);
@@ -65,7 +66,8 @@ TEST(sgd_momentum_weight_decay_three_steps) {
             }
     }
     for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 2; j++) CHECK_NEAR(at(fe_params_at(p, i), j), w[i][j], 1e-14);
+        for (int j = 0; j < 2; j++)
+            CHECK_NEAR(at(fe_params_at(p, i), j), w[i][j], 1e-14);
     /* step 2 for w[0] spelled out: g = -1 + 0.1*0.94 = -0.906; buf = 0.54 - 0.906 = -0.366;
      * w = 0.94 + 0.0366 = 0.9766 */
     CHECK(fe_optimizer_steps(o) == 3);
@@ -125,7 +127,8 @@ TEST(adamw_three_steps) {
             }
     }
     for (int i = 0; i < 2; i++)
-        for (int j = 0; j < 2; j++) CHECK_NEAR(at(fe_params_at(p, i), j), w[i][j], 1e-13);
+        for (int j = 0; j < 2; j++)
+            CHECK_NEAR(at(fe_params_at(p, i), j), w[i][j], 1e-13);
     /* state is reachable by name */
     CHECK(fe_optimizer_state_count(o) == 5);
     fe_state_item it;
@@ -206,11 +209,11 @@ TEST(clip_grad_norm_scales_to_max) {
     fe_params_add_full(p, "unused", 1, &s1, 1.0, FE_F64, FE_DEVICE_CPU, false);
     /* grads a = [3, 4], b = [12]: norm sqrt(9 + 16 + 144) = 13 */
     double ca[2] = {3, 4}, cb[1] = {12};
-    fe_backward(fe_sum(fe_mul(fe_from_data(ca, 1, &s2, FE_F64, FE_DEVICE_CPU), fe_params_at(p, 0)), 0,
-                       NULL, false),
+    fe_backward(fe_sum(fe_mul(fe_from_data(ca, 1, &s2, FE_F64, FE_DEVICE_CPU), fe_params_at(p, 0)),
+                       0, NULL, false),
                 NULL);
-    fe_backward(fe_sum(fe_mul(fe_from_data(cb, 1, &s1, FE_F64, FE_DEVICE_CPU), fe_params_at(p, 1)), 0,
-                       NULL, false),
+    fe_backward(fe_sum(fe_mul(fe_from_data(cb, 1, &s1, FE_F64, FE_DEVICE_CPU), fe_params_at(p, 1)),
+                       0, NULL, false),
                 NULL);
     fe_tensor *n0 = fe_clip_grad_norm(p, 100.0); /* below the limit: unchanged */
     CHECK_NEAR(fe_item(n0), 13.0, 1e-14);
@@ -259,7 +262,8 @@ TEST(grad_scaler_skips_and_recovers) {
         CHECK_NEAR(fe_grad_scaler_get_scale(s), want_scale[k], 0);
     }
     fe_state_item it;
-    CHECK(fe_grad_scaler_state_item(s, 0, &it) == FE_OK && !strcmp(it.name, "scale") && it.value == 4);
+    CHECK(fe_grad_scaler_state_item(s, 0, &it) == FE_OK && !strcmp(it.name, "scale") &&
+          it.value == 4);
     CHECK(fe_grad_scaler_state_item(s, 1, &it) == FE_OK && it.value == 0);
     CHECK(fe_grad_scaler_set_scalar(s, "growth_tracker", 2) == FE_OK);
     fe_params_zero_grad(p);
@@ -267,7 +271,8 @@ TEST(grad_scaler_skips_and_recovers) {
     fe_grad_scaler_unscale(s, p);
     fe_grad_scaler_update(s, &ok);
     CHECK(ok && fe_grad_scaler_get_scale(s) == 8);
-    CHECK_ERROR(fe_grad_scaler_new(&(fe_grad_scaler_config){.init_scale = 0}) == NULL, "init_scale");
+    CHECK_ERROR(fe_grad_scaler_new(&(fe_grad_scaler_config){.init_scale = 0}) == NULL,
+                "init_scale");
     fe_params_free(p);
     fe_grad_scaler_free(s);
 }
@@ -282,14 +287,16 @@ TEST(grad_accum_loss_scales) {
 TEST(params_registry) {
     fe_params *p = two_params();
     CHECK(fe_params_count(p) == 2 && fe_params_numel(p) == 4);
-    CHECK(fe_params_find(p, "norm.weight") == 1 && fe_params_no_decay(p, 1) && !fe_params_no_decay(p, 0));
+    CHECK(fe_params_find(p, "norm.weight") == 1 && fe_params_no_decay(p, 1) &&
+          !fe_params_no_decay(p, 0));
     CHECK(fe_params_get(p, "w") == fe_params_at(p, 0));
     CHECK_ERROR(fe_params_get(p, "missing") == NULL, "missing");
     int64_t s = 2;
     CHECK_ERROR(fe_params_add(p, "w", fe_zeros(1, &s, FE_F64, FE_DEVICE_CPU), false) < 0,
                 "already exists");
     int64_t s3 = 3;
-    CHECK_ERROR(fe_params_replace(p, 0, fe_zeros(1, &s3, FE_F64, FE_DEVICE_CPU)) != FE_OK, "is (2,)");
+    CHECK_ERROR(fe_params_replace(p, 0, fe_zeros(1, &s3, FE_F64, FE_DEVICE_CPU)) != FE_OK,
+                "is (2,)");
     CHECK(fe_params_replace(p, 0, fe_zeros(1, &s, FE_F64, FE_DEVICE_CPU)) == FE_OK);
     CHECK_NEAR(at(fe_params_at(p, 0), 0), 0.0, 0);
     CHECK(fe_params_name(p, 5) == NULL && fe_params_at(p, -1) == NULL);

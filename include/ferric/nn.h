@@ -28,11 +28,11 @@ void fe_params_free(fe_params *p);
  * (duplicate name, NULL argument, OOM). */
 int fe_params_add(fe_params *p, const char *name, fe_tensor *t, bool no_decay);
 /* Create and add a tensor drawn from N(0, std) (global generator) that requires grad. */
-int fe_params_add_normal(fe_params *p, const char *name, int ndim, const int64_t *shape,
-                         double std, fe_dtype dt, fe_device dev, bool no_decay);
+int fe_params_add_normal(fe_params *p, const char *name, int ndim, const int64_t *shape, double std,
+                         fe_dtype dt, fe_device dev, bool no_decay);
 /* Create and add a tensor filled with `value` that requires grad. */
-int fe_params_add_full(fe_params *p, const char *name, int ndim, const int64_t *shape,
-                       double value, fe_dtype dt, fe_device dev, bool no_decay);
+int fe_params_add_full(fe_params *p, const char *name, int ndim, const int64_t *shape, double value,
+                       fe_dtype dt, fe_device dev, bool no_decay);
 /* Number of tensors in the registry. */
 int fe_params_count(const fe_params *p);
 /* Total number of elements over all tensors. */
@@ -120,8 +120,8 @@ fe_tensor *fe_nn_attention_forward(const fe_nn_attention *m, fe_tensor *x, fe_te
 typedef struct fe_nn_mlp {
     fe_nn_linear gate_proj, up_proj, down_proj;
 } fe_nn_mlp;
-fe_status fe_nn_mlp_init(fe_nn_mlp *m, fe_params *p, const char *name, int64_t dim,
-                         int64_t hidden, double std, fe_dtype dt, fe_device dev);
+fe_status fe_nn_mlp_init(fe_nn_mlp *m, fe_params *p, const char *name, int64_t dim, int64_t hidden,
+                         double std, fe_dtype dt, fe_device dev);
 /* x (..., C) -> (..., C). */
 fe_tensor *fe_nn_mlp_forward(const fe_nn_mlp *m, fe_tensor *x);
 
@@ -133,8 +133,8 @@ typedef struct fe_nn_llama_block {
     fe_nn_mlp mlp;
 } fe_nn_llama_block;
 /* h (B, T, C) -> h + attn(norm(h)) then + mlp(norm(.)), (B, T, C). */
-fe_tensor *fe_nn_llama_block_forward(const fe_nn_llama_block *m, fe_tensor *h,
-                                     fe_tensor *inv_freq, int64_t pos0);
+fe_tensor *fe_nn_llama_block_forward(const fe_nn_llama_block *m, fe_tensor *h, fe_tensor *inv_freq,
+                                     int64_t pos0);
 
 /* ---- the Llama model --------------------------------------------------------------- */
 

@@ -73,11 +73,11 @@ fe_status fe_optimizer_set_scalar(fe_optimizer *o, const char *name, double valu
 /* ---- learning-rate schedules --------------------------------------------------------- */
 
 typedef enum fe_lr_kind {
-    FE_LR_CONSTANT,       /* lr */
-    FE_LR_LINEAR_WARMUP,  /* lr * min(1, (step+1)/warmup_steps) */
-    FE_LR_COSINE,         /* min_lr + (lr-min_lr)/2 * (1 + cos(pi * min(step, total)/total)) */
-    FE_LR_WARMUP_COSINE,  /* linear warmup, then cosine from lr to min_lr over the remaining
-                             total_steps - warmup_steps steps, min_lr afterwards */
+    FE_LR_CONSTANT,      /* lr */
+    FE_LR_LINEAR_WARMUP, /* lr * min(1, (step+1)/warmup_steps) */
+    FE_LR_COSINE,        /* min_lr + (lr-min_lr)/2 * (1 + cos(pi * min(step, total)/total)) */
+    FE_LR_WARMUP_COSINE, /* linear warmup, then cosine from lr to min_lr over the remaining
+                            total_steps - warmup_steps steps, min_lr afterwards */
 } fe_lr_kind;
 
 typedef struct fe_lr_schedule {

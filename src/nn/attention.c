@@ -25,8 +25,10 @@ fe_status fe_nn_attention_init(fe_nn_attention *m, fe_params *p, const char *nam
     m->head_dim = head_dim;
     m->attn = NULL;
     fe_status st = fe_nn_linear_init(&m->q_proj, p, q, dim, n_heads * head_dim, bias, std, dt, dev);
-    if (!st) st = fe_nn_linear_init(&m->k_proj, p, k, dim, n_kv_heads * head_dim, bias, std, dt, dev);
-    if (!st) st = fe_nn_linear_init(&m->v_proj, p, v, dim, n_kv_heads * head_dim, bias, std, dt, dev);
+    if (!st)
+        st = fe_nn_linear_init(&m->k_proj, p, k, dim, n_kv_heads * head_dim, bias, std, dt, dev);
+    if (!st)
+        st = fe_nn_linear_init(&m->v_proj, p, v, dim, n_kv_heads * head_dim, bias, std, dt, dev);
     if (!st) st = fe_nn_linear_init(&m->o_proj, p, o, n_heads * head_dim, dim, bias, std, dt, dev);
     return st;
 }

@@ -48,8 +48,9 @@ fe_status fe_llama_generate(fe_llama *m, const int32_t *prompt, int64_t n_prompt
     int64_t V = c->vocab_size;
     for (int64_t i = 0; i < n_prompt; i++) {
         if (prompt[i] < 0 || prompt[i] >= V)
-            return fe_set_error(FE_ERR_RANGE, "generate: prompt token %" PRId32 " at %" PRId64
-                                              " is outside the vocabulary of %" PRId64,
+            return fe_set_error(FE_ERR_RANGE,
+                                "generate: prompt token %" PRId32 " at %" PRId64
+                                " is outside the vocabulary of %" PRId64,
                                 prompt[i], i, V);
         out[i] = prompt[i];
     }

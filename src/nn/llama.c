@@ -24,16 +24,17 @@ struct fe_llama {
 
 fe_status fe_llama_config_check(const fe_llama_config *c) {
     if (!c) return fe_set_error(FE_ERR_ARG, "llama config: NULL");
-#define POS(f)                                                                         \
-    if (c->f <= 0)                                                                     \
-        return fe_set_error(FE_ERR_ARG, "llama config: " #f " must be positive, got %" PRId64, \
+#define POS(f)                                                                                     \
+    if (c->f <= 0)                                                                                 \
+        return fe_set_error(FE_ERR_ARG, "llama config: " #f " must be positive, got %" PRId64,     \
                             (int64_t)c->f);
-    POS(vocab_size) POS(dim) POS(n_layers) POS(n_heads) POS(n_kv_heads) POS(ffn_dim) POS(max_seq)
+    POS(vocab_size)
+    POS(dim) POS(n_layers) POS(n_heads) POS(n_kv_heads) POS(ffn_dim) POS(max_seq)
 #undef POS
-    if (c->n_heads % c->n_kv_heads)
-        return fe_set_error(FE_ERR_ARG, "llama config: n_heads %" PRId64
-                                        " is not a multiple of n_kv_heads %" PRId64,
-                            c->n_heads, c->n_kv_heads);
+        if (c->n_heads % c->n_kv_heads) return fe_set_error(
+            FE_ERR_ARG,
+            "llama config: n_heads %" PRId64 " is not a multiple of n_kv_heads %" PRId64,
+            c->n_heads, c->n_kv_heads);
     int64_t hd = c->head_dim ? c->head_dim : (c->dim % c->n_heads ? 0 : c->dim / c->n_heads);
     if (hd <= 0 || hd % 2)
         return fe_set_error(FE_ERR_ARG,
@@ -64,8 +65,8 @@ static fe_status build(fe_llama *m, fe_dtype dt, fe_device dev) {
     for (int64_t l = 0; l < c->n_layers && !st; l++) {
         fe_nn_llama_block *b = &m->layers[l];
         snprintf(name, sizeof name, "model.layers.%" PRId64 ".self_attn", l);
-        st = fe_nn_attention_init(&b->self_attn, m->params, name, c->dim, c->n_heads,
-                                  c->n_kv_heads, c->head_dim, false, std, dt, dev);
+        st = fe_nn_attention_init(&b->self_attn, m->params, name, c->dim, c->n_heads, c->n_kv_heads,
+                                  c->head_dim, false, std, dt, dev);
         snprintf(name, sizeof name, "model.layers.%" PRId64 ".mlp", l);
         if (!st) st = fe_nn_mlp_init(&b->mlp, m->params, name, c->dim, c->ffn_dim, std, dt, dev);
         snprintf(name, sizeof name, "model.layers.%" PRId64 ".input_layernorm", l);
@@ -78,12 +79,14 @@ static fe_status build(fe_llama *m, fe_dtype dt, fe_device dev) {
                                     c->norm_eps, dt, dev);
         m->ctx[l] = (block_ctx){m, (int)l};
     }
-    if (!st) st = fe_nn_rmsnorm_init(&m->norm, m->params, "model.norm", c->dim, c->norm_eps, dt, dev);
+    if (!st)
+        st = fe_nn_rmsnorm_init(&m->norm, m->params, "model.norm", c->dim, c->norm_eps, dt, dev);
     if (!st && !c->tie_embeddings)
-        st = fe_nn_linear_init(&m->lm_head, m->params, "lm_head", c->dim, c->vocab_size, false,
-                               std, dt, dev);
+        st = fe_nn_linear_init(&m->lm_head, m->params, "lm_head", c->dim, c->vocab_size, false, std,
+                               dt, dev);
     if (!st) {
-        m->inv_freq = fe_keep(fe_nn_rope_inv_freq(c->head_dim, c->rope_theta, &c->rope_scaling, dev));
+        m->inv_freq =
+            fe_keep(fe_nn_rope_inv_freq(c->head_dim, c->rope_theta, &c->rope_scaling, dev));
         if (!m->inv_freq) st = fe_last_status();
     }
     return st;
@@ -130,7 +133,8 @@ void fe_llama_set_checkpointing(fe_llama *m, bool on) {
     if (m) m->checkpointing = on;
 }
 void fe_llama_set_attention(fe_llama *m, fe_attention_fn fn) {
-    for (int64_t l = 0; m && l < m->cfg.n_layers; l++) m->layers[l].self_attn.attn = fn;
+    for (int64_t l = 0; m && l < m->cfg.n_layers; l++)
+        m->layers[l].self_attn.attn = fn;
 }
 
 static fe_tensor *block_fn(void *ctx, fe_tensor *const *in, int n) {
@@ -146,7 +150,8 @@ fe_tensor *fe_llama_forward(fe_llama *m, fe_tensor *idx) {
     }
     if (fe_ndim(idx) != 2 || fe_dim(idx, 1) < 1 || fe_dim(idx, 1) > m->cfg.max_seq) {
         char s[96];
-        fe_set_error(FE_ERR_SHAPE, "llama: expected tokens (B, T) with 1 <= T <= %" PRId64 ", got %s",
+        fe_set_error(FE_ERR_SHAPE,
+                     "llama: expected tokens (B, T) with 1 <= T <= %" PRId64 ", got %s",
                      m->cfg.max_seq, fe_shape_str(idx, s, sizeof s));
         return NULL;
     }
@@ -173,7 +178,8 @@ fe_tensor *fe_llama_loss(fe_tensor *logits, fe_tensor *targets) {
     if (fe_ndim(logits) != 3 || fe_ndim(targets) != 2 || fe_dim(logits, 0) != fe_dim(targets, 0) ||
         fe_dim(logits, 1) != fe_dim(targets, 1)) {
         char a[96], b[96];
-        fe_set_error(FE_ERR_SHAPE, "llama loss: expected logits (B, T, V) and targets (B, T), got %s and %s",
+        fe_set_error(FE_ERR_SHAPE,
+                     "llama loss: expected logits (B, T, V) and targets (B, T), got %s and %s",
                      fe_shape_str(logits, a, sizeof a), fe_shape_str(targets, b, sizeof b));
         return NULL;
     }

@@ -3,13 +3,13 @@
 #include "core/internal.h"
 #include "ferric/nn.h"
 
-fe_tensor *fe_nn_llama_block_forward(const fe_nn_llama_block *m, fe_tensor *h,
-                                     fe_tensor *inv_freq, int64_t pos0) {
+fe_tensor *fe_nn_llama_block_forward(const fe_nn_llama_block *m, fe_tensor *h, fe_tensor *inv_freq,
+                                     int64_t pos0) {
     if (!m || !h) {
         if (!m) fe_set_error(FE_ERR_ARG, "llama block: NULL module");
         return NULL;
     }
-    fe_tensor *x = fe_nn_rmsnorm_forward(&m->input_layernorm, h);      /* (B, T, C) */
+    fe_tensor *x = fe_nn_rmsnorm_forward(&m->input_layernorm, h); /* (B, T, C) */
     fe_tensor *a = fe_nn_attention_forward(&m->self_attn, x, inv_freq, pos0);
     fe_free(x);
     fe_tensor *h2 = NULL, *y = NULL; /* h2 = h + a, y = rmsnorm(h2) * w */

@@ -4,8 +4,8 @@
 
 #include <stdio.h>
 
-fe_status fe_nn_mlp_init(fe_nn_mlp *m, fe_params *p, const char *name, int64_t dim,
-                         int64_t hidden, double std, fe_dtype dt, fe_device dev) {
+fe_status fe_nn_mlp_init(fe_nn_mlp *m, fe_params *p, const char *name, int64_t dim, int64_t hidden,
+                         double std, fe_dtype dt, fe_device dev) {
     if (!m || !p || !name) return fe_set_error(FE_ERR_ARG, "mlp: NULL module, registry or name");
     char g[256], u[256], d[256];
     if (snprintf(g, sizeof g, "%s.gate_proj", name) >= (int)sizeof g ||

@@ -82,8 +82,8 @@ static int add_made(fe_params *p, const char *name, fe_tensor *t, bool no_decay)
     return fe_params_add(p, name, t, no_decay);
 }
 
-int fe_params_add_normal(fe_params *p, const char *name, int ndim, const int64_t *shape,
-                         double std, fe_dtype dt, fe_device dev, bool no_decay) {
+int fe_params_add_normal(fe_params *p, const char *name, int ndim, const int64_t *shape, double std,
+                         fe_dtype dt, fe_device dev, bool no_decay) {
     if (!p || !name) {
         fe_set_error(FE_ERR_ARG, "fe_params_add_normal: NULL registry or name");
         return -1;
@@ -91,8 +91,8 @@ int fe_params_add_normal(fe_params *p, const char *name, int ndim, const int64_t
     return add_made(p, name, fe_randn(ndim, shape, 0.0, std, dt, dev), no_decay);
 }
 
-int fe_params_add_full(fe_params *p, const char *name, int ndim, const int64_t *shape,
-                       double value, fe_dtype dt, fe_device dev, bool no_decay) {
+int fe_params_add_full(fe_params *p, const char *name, int ndim, const int64_t *shape, double value,
+                       fe_dtype dt, fe_device dev, bool no_decay) {
     if (!p || !name) {
         fe_set_error(FE_ERR_ARG, "fe_params_add_full: NULL registry or name");
         return -1;
@@ -104,7 +104,8 @@ int fe_params_count(const fe_params *p) { return p ? p->n : 0; }
 
 int64_t fe_params_numel(const fe_params *p) {
     int64_t n = 0;
-    for (int i = 0; p && i < p->n; i++) n += fe_numel(p->items[i].t);
+    for (int i = 0; p && i < p->n; i++)
+        n += fe_numel(p->items[i].t);
     return n;
 }
 
@@ -137,9 +138,9 @@ fe_status fe_params_replace(fe_params *p, int i, fe_tensor *t) {
     }
     if (!fe__same_shape(t, p->items[i].t)) {
         char a[96], b[96];
-        fe_status st = fe_set_error(FE_ERR_SHAPE, "fe_params_replace: '%s' is %s, the new tensor %s",
-                                    p->items[i].name, fe_shape_str(p->items[i].t, a, sizeof a),
-                                    fe_shape_str(t, b, sizeof b));
+        fe_status st = fe_set_error(
+            FE_ERR_SHAPE, "fe_params_replace: '%s' is %s, the new tensor %s", p->items[i].name,
+            fe_shape_str(p->items[i].t, a, sizeof a), fe_shape_str(t, b, sizeof b));
         fe_free(t);
         return st;
     }
@@ -149,7 +150,8 @@ fe_status fe_params_replace(fe_params *p, int i, fe_tensor *t) {
 }
 
 void fe_params_zero_grad(fe_params *p) {
-    for (int i = 0; p && i < p->n; i++) fe_zero_grad(p->items[i].t);
+    for (int i = 0; p && i < p->n; i++)
+        fe_zero_grad(p->items[i].t);
 }
 
 fe_status fe_params_set_requires_grad(fe_params *p, bool on) {

@@ -47,8 +47,10 @@ fe_amp *fe_amp_new(fe_params *model, fe_dtype compute_dt) {
     for (int i = 0; i < n && !st; i++) {
         fe_tensor *t = fe_params_at(model, i);
         copies[i] = fe_dtype_is_float(fe_dtype_of(t)) ? fe_cast(t, compute_dt) : fe_detach(t);
-        if (!copies[i]) st = fe_last_status();
-        else if (fe_requires_grad(t)) st = fe_set_requires_grad(copies[i], true);
+        if (!copies[i])
+            st = fe_last_status();
+        else if (fe_requires_grad(t))
+            st = fe_set_requires_grad(copies[i], true);
     }
     for (int i = 0; i < n && !st; i++) {
         fe_tensor *t = fe_params_at(model, i);
@@ -58,10 +60,13 @@ fe_amp *fe_amp_new(fe_params *model, fe_dtype compute_dt) {
             st = fe_last_status();
         fe_tensor *c = copies[i];
         copies[i] = NULL;
-        if (!st) st = fe_params_replace(model, i, c); /* releases the model's reference to t */
-        else fe_free(c);
+        if (!st)
+            st = fe_params_replace(model, i, c); /* releases the model's reference to t */
+        else
+            fe_free(c);
     }
-    for (int i = 0; copies && i < n; i++) fe_free(copies[i]);
+    for (int i = 0; copies && i < n; i++)
+        fe_free(copies[i]);
     free(copies);
     fe_set_grad_enabled(prev);
     fe__scope_resume(s);

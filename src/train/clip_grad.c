@@ -1,6 +1,6 @@
 /* Global-norm gradient clipping, computed on the device. */
-#include "ops/ops_internal.h"
 #include "ferric/train.h"
+#include "ops/ops_internal.h"
 
 fe_tensor *fe_clip_grad_norm(fe_params *p, double max_norm) {
     if (!p) {
@@ -39,7 +39,8 @@ fe_tensor *fe_clip_grad_norm(fe_params *p, double max_norm) {
         fe_tensor *coef = fe_div(fe_full(1, (int64_t[]){1}, max_norm, acc, fe_device_of(norm)),
                                  fe_add_scalar(norm, 1e-6));
         fe_tensor *one = fe_ones(1, (int64_t[]){1}, acc, fe_device_of(norm));
-        fe_tensor *big = coef && one ? fe__binary_raw(FE_B_GE, coef, one, 1.0, "clip_grad_norm") : NULL;
+        fe_tensor *big =
+            coef && one ? fe__binary_raw(FE_B_GE, coef, one, 1.0, "clip_grad_norm") : NULL;
         fe_tensor *c = big ? fe_where(big, one, coef) : NULL;
         st = c ? FE_OK : fe_last_status();
         for (int i = 0; i < n && !st; i++) {

@@ -1,8 +1,8 @@
 /* Dynamic loss scaling for fp16 training. The overflow check is made of device
  * ops: inf * 0 and NaN * 0 are NaN, so sum(g * 0) is 0 for a finite gradient and
  * NaN otherwise; the flag is 1 - (total == total). */
-#include "ops/ops_internal.h"
 #include "ferric/train.h"
+#include "ops/ops_internal.h"
 
 #include <math.h>
 
@@ -14,8 +14,10 @@ struct fe_grad_scaler {
 };
 
 fe_grad_scaler_config fe_grad_scaler_defaults(void) {
-    return (fe_grad_scaler_config){.init_scale = 65536.0, .growth_factor = 2.0,
-                                   .backoff_factor = 0.5, .growth_interval = 2000};
+    return (fe_grad_scaler_config){.init_scale = 65536.0,
+                                   .growth_factor = 2.0,
+                                   .backoff_factor = 0.5,
+                                   .growth_interval = 2000};
 }
 
 fe_grad_scaler *fe_grad_scaler_new(const fe_grad_scaler_config *cfg) {
@@ -72,7 +74,8 @@ fe_status fe_grad_scaler_unscale(fe_grad_scaler *s, fe_params *p) {
         if (!st && !total) st = fe_last_status();
     }
     fe_tensor *finite = st ? NULL : fe__binary_raw(FE_B_EQ, total, total, 1.0, "grad scaler");
-    fe_tensor *flag = finite ? fe__unary_raw(FE_U_AFFINE, finite, -1.0, 1.0) : NULL; /* 1 - finite */
+    fe_tensor *flag =
+        finite ? fe__unary_raw(FE_U_AFFINE, finite, -1.0, 1.0) : NULL; /* 1 - finite */
     if (!st && !flag) st = fe_last_status();
     if (flag) fe_keep(flag);
     fe_scope_end(sc);
@@ -90,8 +93,7 @@ fe_tensor *fe_grad_scaler_found_inf(const fe_grad_scaler *s) { return s ? s->fou
 
 fe_status fe_grad_scaler_update(fe_grad_scaler *s, bool *step_ok) {
     if (!s || !step_ok) return fe_set_error(FE_ERR_ARG, "grad scaler: NULL scaler or step_ok");
-    if (!s->found_inf)
-        return fe_set_error(FE_ERR_STATE, "grad scaler: update before any unscale");
+    if (!s->found_inf) return fe_set_error(FE_ERR_STATE, "grad scaler: update before any unscale");
     double f = fe_item(s->found_inf);
     fe_free(s->found_inf);
     s->found_inf = NULL;
@@ -115,7 +117,8 @@ double fe_grad_scaler_get_scale(const fe_grad_scaler *s) { return s ? s->scale :
 int fe_grad_scaler_state_count(const fe_grad_scaler *s) { return s ? 2 : 0; }
 
 fe_status fe_grad_scaler_state_item(const fe_grad_scaler *s, int i, fe_state_item *out) {
-    if (!s || !out || i < 0 || i > 1) return fe_set_error(FE_ERR_ARG, "grad scaler: no state item %d", i);
+    if (!s || !out || i < 0 || i > 1)
+        return fe_set_error(FE_ERR_ARG, "grad scaler: no state item %d", i);
     *out = i == 0 ? (fe_state_item){"scale", NULL, s->scale}
                   : (fe_state_item){"growth_tracker", NULL, (double)s->growth_tracker};
     return FE_OK;
@@ -125,13 +128,15 @@ fe_status fe_grad_scaler_set_scalar(fe_grad_scaler *s, const char *name, double 
     if (!s || !name) return fe_set_error(FE_ERR_ARG, "grad scaler: NULL scaler or name");
     if (!strcmp(name, "scale")) {
         if (!(value > 0) || isinf(value))
-            return fe_set_error(FE_ERR_ARG, "grad scaler: scale must be finite and > 0, got %g", value);
+            return fe_set_error(FE_ERR_ARG, "grad scaler: scale must be finite and > 0, got %g",
+                                value);
         s->scale = value;
         return FE_OK;
     }
     if (!strcmp(name, "growth_tracker")) {
         if (!(value >= 0) || value != floor(value))
-            return fe_set_error(FE_ERR_ARG, "grad scaler: growth_tracker must be a whole number >= 0");
+            return fe_set_error(FE_ERR_ARG,
+                                "grad scaler: growth_tracker must be a whole number >= 0");
         s->growth_tracker = (int64_t)value;
         return FE_OK;
     }

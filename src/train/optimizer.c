@@ -10,8 +10,8 @@
 typedef enum opt_kind { OPT_SGD, OPT_ADAMW } opt_kind;
 
 typedef struct slot {
-    int param;               /* index in the registry */
-    fe_tensor *s0, *s1;      /* SGD: momentum buffer (or NULL); AdamW: m, v */
+    int param;          /* index in the registry */
+    fe_tensor *s0, *s1; /* SGD: momentum buffer (or NULL); AdamW: m, v */
     char *name0, *name1;
 } slot;
 
@@ -85,7 +85,8 @@ static fe_optimizer *make(opt_kind kind, fe_params *p) {
     }
     fe__scope_resume(s);
     if (!ok) {
-        if (fe_last_status() == FE_OK) fe_set_error(FE_ERR_OOM, "optimizer: out of memory for state");
+        if (fe_last_status() == FE_OK)
+            fe_set_error(FE_ERR_OOM, "optimizer: out of memory for state");
         fe_optimizer_free(o);
         return NULL;
     }
@@ -125,8 +126,9 @@ fe_optimizer *fe_adamw_new(fe_params *p, const fe_adamw_config *cfg) {
     fe_adamw_config c = cfg ? *cfg : fe_adamw_defaults();
     if (!(c.beta1 >= 0 && c.beta1 < 1) || !(c.beta2 >= 0 && c.beta2 < 1) || !(c.eps >= 0) ||
         !(c.weight_decay >= 0)) {
-        fe_set_error(FE_ERR_ARG, "adamw: betas (%g, %g) must lie in [0, 1), eps %g and weight "
-                                 "decay %g must be >= 0",
+        fe_set_error(FE_ERR_ARG,
+                     "adamw: betas (%g, %g) must lie in [0, 1), eps %g and weight "
+                     "decay %g must be >= 0",
                      c.beta1, c.beta2, c.eps, c.weight_decay);
         return NULL;
     }
@@ -185,7 +187,8 @@ static fe_status adamw_update(fe_optimizer *o, slot *sl, fe_tensor *p, fe_tensor
 fe_status fe_optimizer_step(fe_optimizer *o, double lr) {
     if (!o) return fe_set_error(FE_ERR_ARG, "optimizer step: NULL optimizer");
     if (!(lr >= 0) || isinf(lr))
-        return fe_set_error(FE_ERR_ARG, "optimizer step: learning rate %g must be finite and >= 0", lr);
+        return fe_set_error(FE_ERR_ARG, "optimizer step: learning rate %g must be finite and >= 0",
+                            lr);
     o->step++;
     bool prev = fe_set_grad_enabled(false);
     fe_status st = FE_OK;
@@ -207,7 +210,8 @@ int64_t fe_optimizer_steps(const fe_optimizer *o) { return o ? o->step : 0; }
 int fe_optimizer_state_count(const fe_optimizer *o) {
     if (!o) return 0;
     int n = 1;
-    for (int i = 0; i < o->n; i++) n += (o->slots[i].s0 != NULL) + (o->slots[i].s1 != NULL);
+    for (int i = 0; i < o->n; i++)
+        n += (o->slots[i].s0 != NULL) + (o->slots[i].s1 != NULL);
     return n;
 }
 
@@ -238,7 +242,8 @@ fe_status fe_optimizer_set_scalar(fe_optimizer *o, const char *name, double valu
     if (strcmp(name, "step") != 0)
         return fe_set_error(FE_ERR_ARG, "optimizer: no scalar state named '%s'", name);
     if (!(value >= 0) || value != floor(value))
-        return fe_set_error(FE_ERR_ARG, "optimizer: step must be a whole number >= 0, got %g", value);
+        return fe_set_error(FE_ERR_ARG, "optimizer: step must be a whole number >= 0, got %g",
+                            value);
     o->step = (int64_t)value;
     return FE_OK;
 }
