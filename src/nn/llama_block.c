@@ -1,0 +1,27 @@
+/* One Llama decoder layer: pre-norm attention and pre-norm SwiGLU, each with a
+ * residual connection; the first residual add is fused with the second norm. */
+#include "core/internal.h"
+#include "ferric/nn.h"
+
+fe_tensor *fe_nn_llama_block_forward(const fe_nn_llama_block *m, fe_tensor *h, fe_tensor *inv_freq,
+                                     int64_t pos0) {
+    if (!m || !h) {
+        if (!m) fe_set_error(FE_ERR_ARG, "llama block: NULL module");
+        return NULL;
+    }
+    fe_tensor *x = fe_nn_rmsnorm_forward(&m->input_layernorm, h); /* (B, T, C) */
+    fe_tensor *a = fe_nn_attention_forward(&m->self_attn, x, inv_freq, pos0);
+    fe_free(x);
+    fe_tensor *h2 = NULL, *y = NULL; /* h2 = h + a, y = rmsnorm(h2) * w */
+    const fe_nn_rmsnorm *pn = &m->post_attention_layernorm;
+    if (a && fe_rmsnorm_residual(h, a, fe_params_at(pn->params, pn->weight), pn->eps, &h2, &y)) {
+        fe_free(a);
+        return NULL;
+    }
+    fe_free(a);
+    fe_tensor *f = fe_nn_mlp_forward(&m->mlp, y);
+    fe_free(y);
+    fe_tensor *out = f ? fe_add(h2, f) : NULL; /* (B, T, C) */
+    fe_free(h2), fe_free(f);
+    return out;
+}

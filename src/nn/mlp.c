@@ -1,0 +1,33 @@
+/* The SwiGLU feed-forward block of Llama. */
+#include "core/internal.h"
+#include "ferric/nn.h"
+
+#include <stdio.h>
+
+fe_status fe_nn_mlp_init(fe_nn_mlp *m, fe_params *p, const char *name, int64_t dim, int64_t hidden,
+                         double std, fe_dtype dt, fe_device dev) {
+    if (!m || !p || !name) return fe_set_error(FE_ERR_ARG, "mlp: NULL module, registry or name");
+    char g[256], u[256], d[256];
+    if (snprintf(g, sizeof g, "%s.gate_proj", name) >= (int)sizeof g ||
+        snprintf(u, sizeof u, "%s.up_proj", name) >= (int)sizeof u ||
+        snprintf(d, sizeof d, "%s.down_proj", name) >= (int)sizeof d)
+        return fe_set_error(FE_ERR_ARG, "mlp: name '%s' is too long", name);
+    fe_status st = fe_nn_linear_init(&m->gate_proj, p, g, dim, hidden, false, std, dt, dev);
+    if (!st) st = fe_nn_linear_init(&m->up_proj, p, u, dim, hidden, false, std, dt, dev);
+    if (!st) st = fe_nn_linear_init(&m->down_proj, p, d, hidden, dim, false, std, dt, dev);
+    return st;
+}
+
+fe_tensor *fe_nn_mlp_forward(const fe_nn_mlp *m, fe_tensor *x) {
+    if (!m) {
+        fe_set_error(FE_ERR_ARG, "mlp: NULL module");
+        return NULL;
+    }
+    fe_tensor *g = fe_nn_linear_forward(&m->gate_proj, x); /* (..., F) */
+    fe_tensor *u = fe_nn_linear_forward(&m->up_proj, x);   /* (..., F) */
+    fe_tensor *a = g && u ? fe_silu_gate(g, u) : NULL;     /* silu(g) * u */
+    fe_free(g), fe_free(u);
+    fe_tensor *y = fe_nn_linear_forward(&m->down_proj, a); /* (..., C) */
+    fe_free(a);
+    return y;
+}
