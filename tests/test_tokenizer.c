@@ -132,6 +132,8 @@ static fe_tokenizer *load_shared(const char *name) {
         SKIP("no tokenizer files at " TK_DATA "/" name " (clone shared/ beside the repo)");  \
     }
 
+static char *mutate(const char *from, const char *to);
+
 /* ---- tiny tokenizers ---- */
 
 TEST(tiny_bpe_merges_by_rank) {
@@ -166,6 +168,29 @@ TEST(tiny_added_tokens_strip_template_fuse) {
     CHECK(fe_tokenizer_id_to_token(t, 13) == NULL);
     CHECK(fe_tokenizer_is_special(t, 11) && !fe_tokenizer_is_special(t, 3));
     CHECK(fe_tokenizer_vocab_size(t) == 13);
+    fe_tokenizer_free(t);
+}
+
+TEST(tiny_sequence_post_processor) {
+    /* Llama 3's official files wrap the template in Sequence[ByteLevel, TemplateProcessing] */
+    char *a = mutate("\"post_processor\":{", "\"post_processor\":{\"type\":\"Sequence\",\"processors\":"
+                                             "[{\"type\":\"ByteLevel\",\"trim_offsets\":false},{");
+    CHECK(a != NULL);
+    if (!a) return;
+    char *p = strstr(a, ",\"decoder\":null");
+    CHECK(p != NULL);
+    if (!p) return free(a);
+    size_t at = (size_t)(p - a), n = strlen(a);
+    char *b = malloc(n + 3);
+    memcpy(b, a, at);
+    memcpy(b + at, "]}", 2);
+    memcpy(b + at + 2, a + at, n - at + 1);
+    fe_tokenizer *t = fe_tokenizer_from_json(b, strlen(b));
+    free(a), free(b);
+    CHECK(t != NULL);
+    if (!t) return;
+    IDS(t, "abcd", true, 11, 5, 8, 12);
+    IDS(t, "abcd", false, 5, 8);
     fe_tokenizer_free(t);
 }
 

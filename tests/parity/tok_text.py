@@ -92,6 +92,9 @@ def _random_char(r):
               (0x2500, 0x27bf), (0x3000, 0x30ff), (0x4e00, 0x9fff), (0xac00, 0xd7a3),
               (0xe000, 0xe0ff), (0xff00, 0xffef), (0x1f300, 0x1faff), (0x10000, 0x1014f),
               (0x1d400, 0x1d7ff), (0x20000, 0x2a6df), (0x1, 0x1f)]
+    if r.random() < 0.25:  # any scalar value, assigned or not
+        c = r.randrange(1, 0x110000 - 0x800)
+        return chr(c + 0x800 if c >= 0xD800 else c)
     a, b = r.choice(ranges)
     c = r.randint(a, b)
     return chr(c) if c != 0 else " "
