@@ -10,20 +10,19 @@
 int fe_cmd_tokenize(int argc, char **argv);
 
 static void tokenize_usage(FILE *f) {
-    fprintf(f,
-            "usage: ferric tokenize --tokenizer PATH [--decode] [options] < in > out\n"
-            "\n"
-            "Encodes UTF-8 text from stdin into token ids, one per line, or with --decode\n"
-            "reads ids (separated by white space) and writes the text.\n"
-            "\n"
-            "  --tokenizer PATH  a tokenizer.json, a folder holding one, or a folder with\n"
-            "                    GPT-2's encoder.json + vocab.bpe\n"
-            "  --decode          ids -> text\n"
-            "  --no-special      encode without the post-processor's tokens (bos, ...)\n"
-            "  --keep-special    decode special tokens too (they are skipped by default)\n"
-            "  -0, --null        many documents: encode NUL-separated texts, printing an empty\n"
-            "                    line after the ids of each; decode groups of ids separated by\n"
-            "                    empty lines, printing a NUL after each text\n");
+    fprintf(f, "usage: ferric tokenize --tokenizer PATH [--decode] [options] < in > out\n"
+               "\n"
+               "Encodes UTF-8 text from stdin into token ids, one per line, or with --decode\n"
+               "reads ids (separated by white space) and writes the text.\n"
+               "\n"
+               "  --tokenizer PATH  a tokenizer.json, a folder holding one, or a folder with\n"
+               "                    GPT-2's encoder.json + vocab.bpe\n"
+               "  --decode          ids -> text\n"
+               "  --no-special      encode without the post-processor's tokens (bos, ...)\n"
+               "  --keep-special    decode special tokens too (they are skipped by default)\n"
+               "  -0, --null        many documents: encode NUL-separated texts, printing an empty\n"
+               "                    line after the ids of each; decode groups of ids separated by\n"
+               "                    empty lines, printing a NUL after each text\n");
 }
 
 static char *read_all(FILE *f, size_t *n) {
@@ -52,7 +51,8 @@ static int encode_text(fe_tokenizer *t, const char *s, size_t n, bool special, F
         fprintf(stderr, "ferric tokenize: %s\n", fe_last_error());
         return 1;
     }
-    for (size_t i = 0; i < m; i++) fprintf(out, "%d\n", (int)ids[i]);
+    for (size_t i = 0; i < m; i++)
+        fprintf(out, "%d\n", (int)ids[i]);
     free(ids);
     return 0;
 }
@@ -63,11 +63,13 @@ static int decode_text(fe_tokenizer *t, const char *s, size_t n, bool skip, FILE
     int32_t *ids = malloc(cap * sizeof *ids);
     if (!ids) return fprintf(stderr, "ferric tokenize: out of memory\n"), 1;
     for (size_t i = 0; i < n;) {
-        while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r')) i++;
+        while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+            i++;
         if (i == n) break;
         char num[24];
         size_t k = 0;
-        while (i < n && k < sizeof num - 1 && !(s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        while (i < n && k < sizeof num - 1 &&
+               !(s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
             num[k++] = s[i++];
         num[k] = 0;
         char *end;
@@ -104,12 +106,18 @@ int fe_cmd_tokenize(int argc, char **argv) {
     bool decode = false, special = true, keep_special = false, docs = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
-        if (!strcmp(a, "--tokenizer") && i + 1 < argc) path = argv[++i];
-        else if (!strncmp(a, "--tokenizer=", 12)) path = a + 12;
-        else if (!strcmp(a, "--decode")) decode = true;
-        else if (!strcmp(a, "--no-special")) special = false;
-        else if (!strcmp(a, "--keep-special")) keep_special = true;
-        else if (!strcmp(a, "-0") || !strcmp(a, "--null")) docs = true;
+        if (!strcmp(a, "--tokenizer") && i + 1 < argc)
+            path = argv[++i];
+        else if (!strncmp(a, "--tokenizer=", 12))
+            path = a + 12;
+        else if (!strcmp(a, "--decode"))
+            decode = true;
+        else if (!strcmp(a, "--no-special"))
+            special = false;
+        else if (!strcmp(a, "--keep-special"))
+            keep_special = true;
+        else if (!strcmp(a, "-0") || !strcmp(a, "--null"))
+            docs = true;
         else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
             tokenize_usage(stdout);
             return 0;
@@ -140,7 +148,8 @@ int fe_cmd_tokenize(int argc, char **argv) {
     setvbuf(stdout, obuf, _IOFBF, sizeof obuf);
     int rc = 0;
     if (!docs) {
-        rc = decode ? decode_text(t, in, n, !keep_special, stdout) : encode_text(t, in, n, special, stdout);
+        rc = decode ? decode_text(t, in, n, !keep_special, stdout)
+                    : encode_text(t, in, n, special, stdout);
     } else if (!decode) {
         for (size_t i = 0; !rc && i < n;) {
             const char *z = memchr(in + i, 0, n - i);
@@ -153,7 +162,8 @@ int fe_cmd_tokenize(int argc, char **argv) {
         /* groups of ids separated by empty lines */
         for (size_t i = 0; !rc && i < n;) {
             size_t e = i;
-            while (e < n && !(in[e] == '\n' && (e == i || in[e - 1] == '\n'))) e++;
+            while (e < n && !(in[e] == '\n' && (e == i || in[e - 1] == '\n')))
+                e++;
             rc = decode_text(t, in + i, e - i, !keep_special, stdout);
             putchar(0);
             i = e + 1;

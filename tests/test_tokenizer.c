@@ -71,18 +71,20 @@ static bool ids_are(fe_tokenizer *t, const char *text, bool special, const int32
     bool eq = m == n && (n == 0 || !memcmp(ids, want, n * sizeof *ids));
     if (!eq) {
         fprintf(stderr, "  encode(\"%s\"): got", text);
-        for (size_t i = 0; i < m; i++) fprintf(stderr, " %d", ids[i]);
+        for (size_t i = 0; i < m; i++)
+            fprintf(stderr, " %d", ids[i]);
         fprintf(stderr, ", want");
-        for (size_t i = 0; i < n; i++) fprintf(stderr, " %d", want[i]);
+        for (size_t i = 0; i < n; i++)
+            fprintf(stderr, " %d", want[i]);
         fprintf(stderr, "\n");
     }
     free(ids);
     return eq;
 }
-#define IDS(t, text, special, ...)                                                         \
-    do {                                                                                   \
-        static const int32_t want_[] = {__VA_ARGS__};                                      \
-        CHECK(ids_are((t), (text), (special), want_, NELEM(want_)));                       \
+#define IDS(t, text, special, ...)                                                                 \
+    do {                                                                                           \
+        static const int32_t want_[] = {__VA_ARGS__};                                              \
+        CHECK(ids_are((t), (text), (special), want_, NELEM(want_)));                               \
     } while (0)
 
 static bool decodes_to(fe_tokenizer *t, const int32_t *ids, size_t n, bool skip, const char *want) {
@@ -94,10 +96,10 @@ static bool decodes_to(fe_tokenizer *t, const int32_t *ids, size_t n, bool skip,
     free(s);
     return eq;
 }
-#define DEC(t, skip, want, ...)                                                            \
-    do {                                                                                   \
-        static const int32_t ids_[] = {__VA_ARGS__};                                       \
-        CHECK(decodes_to((t), ids_, NELEM(ids_), (skip), (want)));                         \
+#define DEC(t, skip, want, ...)                                                                    \
+    do {                                                                                           \
+        static const int32_t ids_[] = {__VA_ARGS__};                                               \
+        CHECK(decodes_to((t), ids_, NELEM(ids_), (skip), (want)));                                 \
     } while (0)
 
 /* decode(encode(text)) == text */
@@ -124,12 +126,12 @@ static fe_tokenizer *load_shared(const char *name) {
     return t;
 }
 
-#define NEED_SHARED(t, name)                                                                \
-    fe_tokenizer *t = load_shared(name);                                                    \
-    if (!t) {                                                                               \
-        struct stat st_;                                                                    \
-        CHECK(stat(TK_DATA "/" name, &st_) != 0); /* present but failed to load: a failure */ \
-        SKIP("no tokenizer files at " TK_DATA "/" name " (clone shared/ beside the repo)");  \
+#define NEED_SHARED(t, name)                                                                       \
+    fe_tokenizer *t = load_shared(name);                                                           \
+    if (!t) {                                                                                      \
+        struct stat st_;                                                                           \
+        CHECK(stat(TK_DATA "/" name, &st_) != 0); /* present but failed to load: a failure */      \
+        SKIP("no tokenizer files at " TK_DATA "/" name " (clone shared/ beside the repo)");        \
     }
 
 static char *mutate(const char *from, const char *to);
@@ -154,7 +156,7 @@ TEST(tiny_added_tokens_strip_template_fuse) {
     if (!t) return;
     IDS(t, "abcd", true, 11, 5, 8, 12);
     IDS(t, "abcd", false, 5, 8);
-    IDS(t, "xxab", true, 11, 6, 3, 12); /* fused unk */
+    IDS(t, "xxab", true, 11, 6, 3, 12);         /* fused unk */
     IDS(t, "ab [X] cd", true, 11, 3, 7, 9, 12); /* [X] swallows the spaces around it */
     IDS(t, "ab  [X]cd [X] xy", true, 11, 3, 7, 9, 7, 6, 12);
     /* no decoder: tokens joined by spaces; special ones skipped on request */
@@ -173,8 +175,9 @@ TEST(tiny_added_tokens_strip_template_fuse) {
 
 TEST(tiny_sequence_post_processor) {
     /* Llama 3's official files wrap the template in Sequence[ByteLevel, TemplateProcessing] */
-    char *a = mutate("\"post_processor\":{", "\"post_processor\":{\"type\":\"Sequence\",\"processors\":"
-                                             "[{\"type\":\"ByteLevel\",\"trim_offsets\":false},{");
+    char *a =
+        mutate("\"post_processor\":{", "\"post_processor\":{\"type\":\"Sequence\",\"processors\":"
+                                       "[{\"type\":\"ByteLevel\",\"trim_offsets\":false},{");
     CHECK(a != NULL);
     if (!a) return;
     char *p = strstr(a, ",\"decoder\":null");
@@ -214,10 +217,11 @@ TEST(gpt2_pair_matches_hf) {
     IDS(t, "I'm here  with\ttabs\n\nand <|endoftext|> end", true, 40, 1101, 994, 220, 351, 197,
         8658, 82, 198, 198, 392, 220, 50256, 886);
     IDS(t, "caf\xc3\xa9 \xf0\x9f\x98\x80 12345", true, 66, 1878, 2634, 30325, 222, 17031, 2231);
-    DEC(t, true, "I'm here  with\ttabs\n\nand  end", 40, 1101, 994, 220, 351, 197, 8658, 82,
-        198, 198, 392, 220, 50256, 886);
+    DEC(t, true, "I'm here  with\ttabs\n\nand  end", 40, 1101, 994, 220, 351, 197, 8658, 82, 198,
+        198, 392, 220, 50256, 886);
     DEC(t, false, "and <|endoftext|> end", 392, 220, 50256, 886);
-    CHECK(round_trips(t, "  Leading spaces, tabs\t\tand\r\nnewlines \xe4\xbd\xa0\xe5\xa5\xbd", true));
+    CHECK(
+        round_trips(t, "  Leading spaces, tabs\t\tand\r\nnewlines \xe4\xbd\xa0\xe5\xa5\xbd", true));
     CHECK(fe_tokenizer_vocab_size(t) == 50257);
     fe_tokenizer_free(t);
 }
@@ -232,9 +236,13 @@ TEST(llama3_matches_hf) {
     DEC(t, true, "Hi", 128000, 13347, 128009);
     DEC(t, false, "<|begin_of_text|>Hi<|eot_id|>", 128000, 13347, 128009);
     /* invalid UTF-8 reads as U+FFFD, as Python's errors="replace" would give the reference */
-    IDS(t, "a\xff" "b", true, 64, 5809, 65);
+    IDS(t,
+        "a\xff"
+        "b",
+        true, 64, 5809, 65);
     IDS(t, "\xef\xbf\xbd", true, 5809);
-    CHECK(round_trips(t, "Mixed: caf\xc3\xa9, \xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd, x\xe2\x80\x8dy  \n", true));
+    CHECK(round_trips(t, "Mixed: caf\xc3\xa9, \xf0\x9f\x91\x8d\xf0\x9f\x8f\xbd, x\xe2\x80\x8dy  \n",
+                      true));
     CHECK(fe_tokenizer_vocab_size(t) == 128256);
     CHECK(fe_tokenizer_is_special(t, 128000) && !fe_tokenizer_is_special(t, 9906));
     fe_tokenizer_free(t);
@@ -253,7 +261,8 @@ TEST(mistral_matches_hf) {
     DEC(t, false, "<s> Hello world", 1, 22557, 1526);
     DEC(t, true, "a  b", 1, 1, 264, 2, 28705, 287);
     DEC(t, true, "\xef\xbf\xbd\xef\xbf\xbd x", 243, 162, 1318); /* cut bytes: one U+FFFD each */
-    CHECK(round_trips(t, "Byte fallback \xf0\x9f\xa7\xa0\xf0\x9f\xa7\xa0 and \xe2\x80\x8d joiners", true));
+    CHECK(round_trips(t, "Byte fallback \xf0\x9f\xa7\xa0\xf0\x9f\xa7\xa0 and \xe2\x80\x8d joiners",
+                      true));
     fe_tokenizer_free(t);
 }
 
@@ -292,15 +301,18 @@ TEST(malformed_json_is_an_error) {
     CHECK_ERROR(fails_with("\"c d\"", "\"cd\""), "is not \"a b\"");
     CHECK_ERROR(fails_with("\"c d\"", "7"), "neither");
     CHECK_ERROR(fails_with("{\"String\":\" \"}", "{\"Regex\":\"(unclosed\"}"), "bad regex");
-    CHECK_ERROR(fails_with("{\"String\":\" \"}", "{\"Nothing\":1}"), "needs a \"String\" or a \"Regex\"");
+    CHECK_ERROR(fails_with("{\"String\":\" \"}", "{\"Nothing\":1}"),
+                "needs a \"String\" or a \"Regex\"");
     CHECK_ERROR(fails_with("\"Isolated\"", "\"Sideways\""), "unknown behavior");
     CHECK_ERROR(fails_with("\"normalizer\":null", "\"normalizer\":{\"type\":\"NFKC\"}"),
                 "unsupported normalizer type \"NFKC\"");
-    CHECK_ERROR(fails_with("\"normalizer\":null", "\"normalizer\":{\"type\":7}"), "\"type\" is not a string");
+    CHECK_ERROR(fails_with("\"normalizer\":null", "\"normalizer\":{\"type\":7}"),
+                "\"type\" is not a string");
     CHECK_ERROR(fails_with("\"decoder\":null", "\"decoder\":{\"type\":\"WordPiece\"}"),
                 "unsupported decoder type");
     CHECK_ERROR(fails_with("\"decoder\":null", "\"decoder\":[1]"), "decoder is not an object");
-    CHECK_ERROR(fails_with("\"content\":\"[X]\"", "\"content\":false"), "\"content\" is not a string");
+    CHECK_ERROR(fails_with("\"content\":\"[X]\"", "\"content\":false"),
+                "\"content\" is not a string");
     CHECK_ERROR(fails_with("\"id\":7,", "\"id\":\"seven\","), "added token \"id\"");
     CHECK_ERROR(fails_with("\"lstrip\":true", "\"lstrip\":\"yes\""), "not true/false");
     CHECK_ERROR(fails_with("\"ids\":[11]", "\"ids\":11"), "has no \"ids\"");
@@ -317,7 +329,8 @@ TEST(truncated_json_never_crashes) {
     for (size_t k = 0; k < n; k++) {
         fe_clear_error();
         fe_tokenizer *t = fe_tokenizer_from_json(TINY, k);
-        if (t) fe_tokenizer_free(t);
+        if (t)
+            fe_tokenizer_free(t);
         else if (fe_last_status() == FE_ERR_FORMAT && strstr(fe_last_error(), "JSON"))
             failures++;
     }
@@ -335,7 +348,8 @@ TEST(missing_files_are_io_errors) {
     CHECK(fe_last_status() == FE_ERR_IO);
     CHECK_ERROR(fe_tokenizer_load(FE_SOURCE_DIR "/tests") == NULL, "neither tokenizer.json");
     CHECK_ERROR(fe_tokenizer_load(FE_SOURCE_DIR "/CMakeLists.txt") == NULL, "not valid JSON");
-    CHECK_ERROR(fe_tokenizer_load_gpt2("/nonexistent/encoder.json", "/nonexistent/vocab.bpe") == NULL,
+    CHECK_ERROR(fe_tokenizer_load_gpt2("/nonexistent/encoder.json", "/nonexistent/vocab.bpe") ==
+                    NULL,
                 "cannot open");
     CHECK_ERROR(fe_tokenizer_load(NULL) == NULL, "NULL");
 }

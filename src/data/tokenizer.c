@@ -12,7 +12,8 @@ fe_tokenizer *tk_new(void) {
         return NULL;
     }
     t->unk_id = -1;
-    for (int b = 0; b < 256; b++) t->byte_ids[b] = -1;
+    for (int b = 0; b < 256; b++)
+        t->byte_ids[b] = -1;
     return t;
 }
 
@@ -26,18 +27,23 @@ void fe_tokenizer_free(fe_tokenizer *t) {
     tk_strmap_free(&t->vocab);
     tk_pairmap_free(&t->merges);
     free(t->cont_prefix), free(t->eow_suffix);
-    for (int32_t i = 0; i < t->n_ids; i++) free(t->id_str[i]);
+    for (int32_t i = 0; i < t->n_ids; i++)
+        free(t->id_str[i]);
     free(t->id_str), free(t->id_len), free(t->id_special);
-    for (int i = 0; i < t->n_added; i++) free(t->added[i].content);
+    for (int i = 0; i < t->n_added; i++)
+        free(t->added[i].content);
     free(t->added);
     tk_strmap_free(&t->added_map);
     trie_free(&t->trie_raw), trie_free(&t->trie_norm);
-    for (int i = 0; i < t->n_norms; i++) tk_norm_free(&t->norms[i]);
+    for (int i = 0; i < t->n_norms; i++)
+        tk_norm_free(&t->norms[i]);
     free(t->norms);
-    for (int i = 0; i < t->n_pretoks; i++) tk_pretok_free(&t->pretoks[i]);
+    for (int i = 0; i < t->n_pretoks; i++)
+        tk_pretok_free(&t->pretoks[i]);
     free(t->pretoks);
     tk_ids_free(&t->prefix), tk_ids_free(&t->suffix);
-    for (int i = 0; i < t->n_decs; i++) tk_dec_free(&t->decs[i]);
+    for (int i = 0; i < t->n_decs; i++)
+        tk_dec_free(&t->decs[i]);
     free(t->decs);
     tk_strmap_free(&t->cache);
     tk_ids_free(&t->cache_ids);
@@ -50,7 +56,8 @@ bool tk_set_id(fe_tokenizer *t, int32_t id, const char *s, size_t n) {
     if (id < 0) return fe_set_error(FE_ERR_FORMAT, "tokenizer: negative token id %d", id), false;
     if (id >= t->n_ids) {
         int32_t cap = t->n_ids ? t->n_ids : 1024;
-        while (cap <= id) cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
+        while (cap <= id)
+            cap = cap > INT32_MAX / 2 ? INT32_MAX : cap * 2;
         char **s2 = realloc(t->id_str, (size_t)cap * sizeof *s2);
         if (s2) t->id_str = s2;
         uint32_t *l2 = realloc(t->id_len, (size_t)cap * sizeof *l2);
@@ -58,7 +65,8 @@ bool tk_set_id(fe_tokenizer *t, int32_t id, const char *s, size_t n) {
         uint8_t *p2 = realloc(t->id_special, (size_t)cap);
         if (p2) t->id_special = p2;
         if (!s2 || !l2 || !p2) return fe_set_error(FE_ERR_OOM, "tokenizer: out of memory"), false;
-        for (int32_t i = t->n_ids; i < cap; i++) t->id_str[i] = NULL, t->id_len[i] = 0, t->id_special[i] = 0;
+        for (int32_t i = t->n_ids; i < cap; i++)
+            t->id_str[i] = NULL, t->id_len[i] = 0, t->id_special[i] = 0;
         t->n_ids = cap;
     }
     char *c = malloc(n + 1);
@@ -99,8 +107,9 @@ bool tk_add_merge(fe_tokenizer *t, const char *a, size_t an, const char *b, size
     int32_t im = tk_strmap_get(&t->vocab, ab, an + bn);
     if (ab != stackbuf) free(ab);
     if (ia < 0 || ib < 0 || im < 0) {
-        fe_set_error(FE_ERR_FORMAT, "tokenizer: merge %d (\"%.*s\" \"%.*s\") uses a token that "
-                                    "is not in the vocabulary",
+        fe_set_error(FE_ERR_FORMAT,
+                     "tokenizer: merge %d (\"%.*s\" \"%.*s\") uses a token that "
+                     "is not in the vocabulary",
                      rank, (int)(an > 64 ? 64 : an), a, (int)(bn > 64 ? 64 : bn), b);
         return false;
     }
@@ -150,7 +159,8 @@ static bool trie_insert(tk_trie *tr, const char *s, size_t n, int32_t token) {
                 if (et) tr->et = et;
                 int32_t *en = realloc(tr->enext, cp * sizeof *en);
                 if (en) tr->enext = en;
-                if (!eb || !et || !en) return fe_set_error(FE_ERR_OOM, "tokenizer: out of memory"), false;
+                if (!eb || !et || !en)
+                    return fe_set_error(FE_ERR_OOM, "tokenizer: out of memory"), false;
                 tr->ecap = cp;
             }
             size_t e = tr->ne++;
@@ -189,9 +199,12 @@ static bool in_ranges(const tk_ranges *r, uint32_t cp) {
     size_t lo = 0, hi = r->n;
     while (lo < hi) {
         size_t m = (lo + hi) / 2;
-        if (cp < r->r[m][0]) hi = m;
-        else if (cp > r->r[m][1]) lo = m + 1;
-        else return true;
+        if (cp < r->r[m][0])
+            hi = m;
+        else if (cp > r->r[m][1])
+            lo = m + 1;
+        else
+            return true;
     }
     return false;
 }
@@ -209,7 +222,8 @@ static uint32_t cp_at(const char *s, size_t n, size_t i, int *k) {
 
 static size_t char_before(const char *s, size_t i) {
     size_t j = i - 1;
-    while (j > 0 && ((unsigned char)s[j] & 0xC0) == 0x80) j--;
+    while (j > 0 && ((unsigned char)s[j] & 0xC0) == 0x80)
+        j--;
     return j;
 }
 
@@ -255,7 +269,8 @@ static bool split_added(fe_tokenizer *t, const tk_trie *tr, const char *s, size_
             mstart = ns > start_offset ? ns : start_offset;
         }
         if (a->rstrip)
-            while (mstop < n && is_space_cp(cp_at(s, n, mstop, &k))) mstop += (size_t)k;
+            while (mstop < n && is_space_cp(cp_at(s, n, mstop, &k)))
+                mstop += (size_t)k;
         if (mstart > start_offset &&
             !fn(t, s + start_offset, mstart - start_offset, first && start_offset == 0, out))
             return false;
@@ -283,9 +298,9 @@ static bool encode_words(fe_tokenizer *t, const char *s, size_t n, bool first, t
  * added tokens. */
 static bool encode_raw_piece(fe_tokenizer *t, const char *s, size_t n, bool first, tk_ids *out) {
     tk_buf norm = {0};
-    bool ok = tk_normalize(t->norms, t->n_norms, s, n, &norm) &&
-              split_added(t, &t->trie_norm, norm.p ? norm.p : "", norm.len, first, encode_words,
-                          out);
+    bool ok =
+        tk_normalize(t->norms, t->n_norms, s, n, &norm) &&
+        split_added(t, &t->trie_norm, norm.p ? norm.p : "", norm.len, first, encode_words, out);
     tk_buf_free(&norm);
     return ok;
 }
@@ -307,7 +322,8 @@ fe_status fe_tokenizer_encode(fe_tokenizer *t, const char *text, size_t n, bool 
     tk_buf_free(&clean);
     if (!ok) {
         tk_ids_free(&out);
-        return fe_last_status() ? fe_last_status() : fe_set_error(FE_ERR_STATE, "tokenizer: encode failed");
+        return fe_last_status() ? fe_last_status()
+                                : fe_set_error(FE_ERR_STATE, "tokenizer: encode failed");
     }
     *ids = out.p, *n_ids = out.len;
     return FE_OK;
@@ -343,7 +359,8 @@ fe_status fe_tokenizer_decode(const fe_tokenizer *t, const int32_t *ids, size_t 
     if (ok && !out.p) ok = tk_buf_put(&out, "", 0);
     if (!ok) {
         tk_buf_free(&out);
-        return fe_last_status() ? fe_last_status() : fe_set_error(FE_ERR_OOM, "tokenizer: out of memory");
+        return fe_last_status() ? fe_last_status()
+                                : fe_set_error(FE_ERR_OOM, "tokenizer: out of memory");
     }
     *text = out.p;
     if (len) *len = out.len;
@@ -355,7 +372,8 @@ fe_status fe_tokenizer_decode(const fe_tokenizer *t, const int32_t *ids, size_t 
 int32_t fe_tokenizer_vocab_size(const fe_tokenizer *t) {
     if (!t) return 0;
     int32_t n = t->n_ids;
-    while (n > 0 && !t->id_str[n - 1]) n--;
+    while (n > 0 && !t->id_str[n - 1])
+        n--;
     return n;
 }
 

@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define TK_CACHE_MAX_WORD 256   /* longer words are not cached */
+#define TK_CACHE_MAX_WORD 256 /* longer words are not cached */
 #define TK_CACHE_MAX_ENTRIES 100000
 
 typedef struct sym {
@@ -102,7 +102,8 @@ static bool merge_all(const fe_tokenizer *t, word *w) {
             !heap_push(w, (cand){rank, cur->prev, merged}))
             return false;
         cur = &w->s[top.pos];
-        if (cur->next >= 0 && tk_pairmap_get(&t->merges, cur->id, w->s[cur->next].id, &rank, &merged) &&
+        if (cur->next >= 0 &&
+            tk_pairmap_get(&t->merges, cur->id, w->s[cur->next].id, &rank, &merged) &&
             !heap_push(w, (cand){rank, top.pos, merged}))
             return false;
     }
@@ -137,7 +138,8 @@ static bool initial_symbols(const fe_tokenizer *t, const char *s, size_t n, word
             bool done = false;
             if (t->byte_fallback) {
                 bool all = true;
-                for (size_t j = 0; j < plen; j++) all = all && t->byte_ids[(uint8_t)piece[j]] >= 0;
+                for (size_t j = 0; j < plen; j++)
+                    all = all && t->byte_ids[(uint8_t)piece[j]] >= 0;
                 if (all) {
                     for (size_t j = 0; j < plen; j++)
                         if (!sym_add(w, t->byte_ids[(uint8_t)piece[j]], 1)) return false;

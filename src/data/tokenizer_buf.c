@@ -7,7 +7,8 @@
 static bool grow(void **p, size_t *cap, size_t need, size_t elem) {
     if (need <= *cap) return true;
     size_t c = *cap ? *cap : 16;
-    while (c < need) c *= 2;
+    while (c < need)
+        c *= 2;
     void *q = realloc(*p, c * elem);
     if (!q) {
         fe_set_error(FE_ERR_OOM, "tokenizer: out of memory (%zu bytes)", c * elem);

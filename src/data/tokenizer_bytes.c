@@ -27,7 +27,8 @@ static int valid_prefix(const unsigned char *p, size_t n, int need) {
     int k = 1;
     if (need > 1 && n > 1 && second_ok(p[0], p[1])) {
         k = 2;
-        while (k < need && (size_t)k < n && (p[k] & 0xC0) == 0x80) k++;
+        while (k < need && (size_t)k < n && (p[k] & 0xC0) == 0x80)
+            k++;
     }
     return k;
 }

@@ -83,7 +83,8 @@ static bool dec_one(const tk_dec *d, tk_pieces *in, tk_pieces *out) {
                 continue;
             }
             if (tmp.len) {
-                if (tk_utf8_is_valid(tmp.p, tmp.len)) ok = tk_pieces_add(out, tmp.p, tmp.len, false);
+                if (tk_utf8_is_valid(tmp.p, tmp.len))
+                    ok = tk_pieces_add(out, tmp.p, tmp.len, false);
                 else
                     for (size_t j = 0; ok && j < tmp.len; j++)
                         ok = tk_pieces_add(out, "\xEF\xBF\xBD", 3, false);
@@ -94,7 +95,8 @@ static bool dec_one(const tk_dec *d, tk_pieces *in, tk_pieces *out) {
         break;
     }
     case TK_DEC_FUSE:
-        for (size_t i = 0; ok && i < in->n; i++) ok = tk_buf_put(&tmp, PIECE(in, i), in->len[i]);
+        for (size_t i = 0; ok && i < in->n; i++)
+            ok = tk_buf_put(&tmp, PIECE(in, i), in->len[i]);
         ok = ok && tk_pieces_add(out, tmp.p ? tmp.p : "", tmp.len, false);
         break;
     case TK_DEC_STRIP:
@@ -103,8 +105,8 @@ static bool dec_one(const tk_dec *d, tk_pieces *in, tk_pieces *out) {
             size_t a = 0, b = in->len[i];
             for (int k = 0; k < d->start && a + d->alen <= b && !memcmp(s + a, d->a, d->alen); k++)
                 a += d->alen;
-            for (int k = 0; k < d->stop && b >= a + d->alen && !memcmp(s + b - d->alen, d->a, d->alen);
-                 k++)
+            for (int k = 0;
+                 k < d->stop && b >= a + d->alen && !memcmp(s + b - d->alen, d->a, d->alen); k++)
                 b -= d->alen;
             ok = tk_pieces_add(out, s + a, b - a, false);
         }
@@ -137,14 +139,16 @@ bool tk_decode_tokens(const fe_tokenizer *t, const char **toks, const size_t *le
                       tk_buf *out) {
     tk_pieces a = {0}, b = {0};
     bool ok = true;
-    for (size_t i = 0; ok && i < n; i++) ok = tk_pieces_add(&a, toks[i], lens[i], false);
+    for (size_t i = 0; ok && i < n; i++)
+        ok = tk_pieces_add(&a, toks[i], lens[i], false);
     for (int k = 0; ok && k < t->n_decs; k++) {
         ok = dec_one(&t->decs[k], &a, &b);
         tk_pieces sw = a;
         a = b;
         b = sw;
     }
-    for (size_t i = 0; ok && i < a.n; i++) ok = tk_buf_put(out, PIECE(&a, i), a.len[i]);
+    for (size_t i = 0; ok && i < a.n; i++)
+        ok = tk_buf_put(out, PIECE(&a, i), a.len[i]);
     tk_pieces_free(&a), tk_pieces_free(&b);
     return ok;
 }

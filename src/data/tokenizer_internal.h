@@ -120,24 +120,23 @@ tk_regex *tk_regex_compile(const char *pat, size_t n);
 /* Iteration over the matches of a regex the way Oniguruma's find_iter does it: empty matches
  * are reported, except one right at the end of the previous match. */
 typedef struct tk_regex_iter {
-    size_t pos;       /* where the next search starts */
-    size_t last_end;  /* end of the previous match */
-    bool any;         /* a match was reported */
+    size_t pos;      /* where the next search starts */
+    size_t last_end; /* end of the previous match */
+    bool any;        /* a match was reported */
 } tk_regex_iter;
 
 /* Next match in s (n bytes, valid UTF-8): 1 with [*ms, *me), 0 at the end, -1 + error when
  * the matcher fails (resource limits). Start with a zeroed iterator. */
-int tk_regex_next(tk_regex *re, const char *s, size_t n, tk_regex_iter *it, size_t *ms,
-                  size_t *me);
+int tk_regex_next(tk_regex *re, const char *s, size_t n, tk_regex_iter *it, size_t *ms, size_t *me);
 void tk_regex_free(tk_regex *re);
 
 /* ---- normalizers and pre-tokenizers (tokenizer_pretok.c) ---------------------------------- */
 
 typedef enum {
     TK_NORM_PREPEND,
-    TK_NORM_REPLACE,     /* literal string pattern */
-    TK_NORM_REPLACE_RE,  /* regex pattern */
-    TK_NORM_STRIP,       /* strip whitespace left/right */
+    TK_NORM_REPLACE,    /* literal string pattern */
+    TK_NORM_REPLACE_RE, /* regex pattern */
+    TK_NORM_STRIP,      /* strip whitespace left/right */
 } tk_norm_kind;
 
 typedef struct tk_norm {
@@ -161,8 +160,8 @@ typedef enum { TK_PREPEND_ALWAYS, TK_PREPEND_FIRST, TK_PREPEND_NEVER } tk_prepen
 
 typedef struct tk_pretok {
     tk_pretok_kind kind;
-    tk_regex *re;      /* Split (pattern), ByteLevel with use_regex (GPT-2's pattern) */
-    char *literal;     /* Split with a String pattern */
+    tk_regex *re;  /* Split (pattern), ByteLevel with use_regex (GPT-2's pattern) */
+    char *literal; /* Split with a String pattern */
     size_t literal_len;
     tk_split_behavior behavior;
     bool invert;
@@ -197,7 +196,7 @@ typedef struct tk_dec {
     tk_dec_kind kind;
     char *a, *b; /* replace: pattern a -> content b; strip: content a (one char) */
     size_t alen, blen;
-    int start, stop;        /* strip */
+    int start, stop;          /* strip */
     tk_prepend_scheme scheme; /* metaspace */
 } tk_dec;
 
@@ -248,7 +247,7 @@ struct fe_tokenizer {
     /* added tokens */
     tk_added *added;
     int n_added;
-    tk_strmap added_map; /* content -> index into added[] */
+    tk_strmap added_map;         /* content -> index into added[] */
     tk_trie trie_raw, trie_norm; /* non-normalized / normalized contents */
 
     tk_norm *norms;

@@ -65,9 +65,12 @@ static bool get_pattern(const cJSON *o, const char *where, const char **str, con
     *str = *regex = NULL;
     if (!cJSON_IsObject(p)) return FMT("%s: missing \"pattern\" object", where);
     const cJSON *s = field(p, "String"), *r = field(p, "Regex");
-    if (cJSON_IsString(s)) *str = s->valuestring;
-    else if (cJSON_IsString(r)) *regex = r->valuestring;
-    else return FMT("%s: \"pattern\" needs a \"String\" or a \"Regex\"", where);
+    if (cJSON_IsString(s))
+        *str = s->valuestring;
+    else if (cJSON_IsString(r))
+        *regex = r->valuestring;
+    else
+        return FMT("%s: \"pattern\" needs a \"String\" or a \"Regex\"", where);
     return true;
 }
 
@@ -76,10 +79,14 @@ static bool get_scheme(const cJSON *o, const char *where, tk_prepend_scheme *out
     bool aps;
     if (!get_str(o, "prepend_scheme", false, where, &s)) return false;
     if (s) {
-        if (!strcmp(s, "always")) *out = TK_PREPEND_ALWAYS;
-        else if (!strcmp(s, "first")) *out = TK_PREPEND_FIRST;
-        else if (!strcmp(s, "never")) *out = TK_PREPEND_NEVER;
-        else return FMT("%s: unknown prepend_scheme \"%s\"", where, s);
+        if (!strcmp(s, "always"))
+            *out = TK_PREPEND_ALWAYS;
+        else if (!strcmp(s, "first"))
+            *out = TK_PREPEND_FIRST;
+        else if (!strcmp(s, "never"))
+            *out = TK_PREPEND_NEVER;
+        else
+            return FMT("%s: unknown prepend_scheme \"%s\"", where, s);
         return true;
     }
     if (!get_bool(o, "add_prefix_space", true, where, &aps)) return false; /* older files */
@@ -141,7 +148,8 @@ static bool add_pretok(fe_tokenizer *t, const cJSON *o) {
     if (!get_type(o, "pre_tokenizer", &type)) return false;
     if (!strcmp(type, "Sequence")) {
         const cJSON *arr = field(o, "pretokenizers"), *e;
-        if (!cJSON_IsArray(arr)) return FMT("pre_tokenizer Sequence: \"pretokenizers\" is not a list");
+        if (!cJSON_IsArray(arr))
+            return FMT("pre_tokenizer Sequence: \"pretokenizers\" is not a list");
         cJSON_ArrayForEach(e, arr) if (!add_pretok(t, e)) return false;
         return true;
     }
@@ -165,7 +173,8 @@ static bool add_pretok(fe_tokenizer *t, const cJSON *o) {
     } else if (!strcmp(type, "ByteLevel")) {
         bool use_regex;
         pt.kind = TK_PRE_BYTELEVEL;
-        if (!get_bool(o, "add_prefix_space", true, "pre_tokenizer ByteLevel", &pt.add_prefix_space) ||
+        if (!get_bool(o, "add_prefix_space", true, "pre_tokenizer ByteLevel",
+                      &pt.add_prefix_space) ||
             !get_bool(o, "use_regex", true, "pre_tokenizer ByteLevel", &use_regex))
             return false;
         if (use_regex && !(pt.re = tk_regex_compile(tk_gpt2_pattern, strlen(tk_gpt2_pattern))))
@@ -178,7 +187,8 @@ static bool add_pretok(fe_tokenizer *t, const cJSON *o) {
             !get_bool(o, "split", true, "pre_tokenizer Metaspace", &pt.split))
             return false;
         pt.repl_len = strlen(r);
-        if (!pt.repl_len || pt.repl_len > 4 || !tk_utf8_valid_len((const unsigned char *)r, pt.repl_len) ||
+        if (!pt.repl_len || pt.repl_len > 4 ||
+            !tk_utf8_valid_len((const unsigned char *)r, pt.repl_len) ||
             (size_t)tk_utf8_valid_len((const unsigned char *)r, pt.repl_len) != pt.repl_len)
             return FMT("pre_tokenizer Metaspace: \"replacement\" must be one character");
         memcpy(pt.repl, r, pt.repl_len);
@@ -221,14 +231,16 @@ static bool add_post(fe_tokenizer *t, const cJSON *o) {
     if (!get_type(o, "post_processor", &type)) return false;
     if (!strcmp(type, "Sequence")) {
         const cJSON *arr = field(o, "processors"), *e;
-        if (!cJSON_IsArray(arr)) return FMT("post_processor Sequence: \"processors\" is not a list");
+        if (!cJSON_IsArray(arr))
+            return FMT("post_processor Sequence: \"processors\" is not a list");
         cJSON_ArrayForEach(e, arr) if (!add_post(t, e)) return false;
         return true;
     }
     if (!strcmp(type, "ByteLevel")) return true; /* only moves offsets */
     if (!strcmp(type, "TemplateProcessing")) {
         const cJSON *single = field(o, "single"), *specials = field(o, "special_tokens"), *e;
-        if (!cJSON_IsArray(single)) return FMT("post_processor TemplateProcessing: no \"single\" list");
+        if (!cJSON_IsArray(single))
+            return FMT("post_processor TemplateProcessing: no \"single\" list");
         bool seen_a = false;
         t->prefix.len = t->suffix.len = 0;
         cJSON_ArrayForEach(e, single) {
@@ -239,10 +251,12 @@ static bool add_post(fe_tokenizer *t, const cJSON *o) {
                     !special_ids(t, specials, id, seen_a ? &t->suffix : &t->prefix))
                     return false;
             } else if (sq) {
-                if (seen_a) return FMT("post_processor TemplateProcessing: two sequences in \"single\"");
+                if (seen_a)
+                    return FMT("post_processor TemplateProcessing: two sequences in \"single\"");
                 seen_a = true;
             } else {
-                return FMT("post_processor TemplateProcessing: an item is neither SpecialToken nor Sequence");
+                return FMT("post_processor TemplateProcessing: an item is neither SpecialToken nor "
+                           "Sequence");
             }
         }
         if (!seen_a) return FMT("post_processor TemplateProcessing: \"single\" has no sequence");
@@ -280,7 +294,8 @@ static bool add_dec(fe_tokenizer *t, const cJSON *o) {
         if (!get_pattern(o, "decoder Replace", &str, &re) ||
             !get_str(o, "content", true, "decoder Replace", &content))
             return false;
-        if (!str || !*str) return FMT("decoder Replace: only non-empty String patterns are supported");
+        if (!str || !*str)
+            return FMT("decoder Replace: only non-empty String patterns are supported");
         d.kind = TK_DEC_REPLACE;
         if (!(d.a = dup_str(str, &d.alen))) return false;
         if (!(d.b = dup_str(content, &d.blen))) return tk_dec_free(&d), false;
@@ -322,8 +337,9 @@ static bool load_vocab(fe_tokenizer *t, const cJSON *vocab, const char *where) {
     cJSON_ArrayForEach(e, vocab) {
         int64_t id;
         if (!get_int(e, "a vocabulary id", 0, INT32_MAX - 1, &id)) {
-            fe_set_error(FE_ERR_FORMAT, "%s: the id of token \"%.64s\" is not an integer in [0, 2^31)",
-                         where, e->string ? e->string : "");
+            fe_set_error(FE_ERR_FORMAT,
+                         "%s: the id of token \"%.64s\" is not an integer in [0, 2^31)", where,
+                         e->string ? e->string : "");
             return false;
         }
         size_t n = strlen(e->string);
@@ -341,11 +357,14 @@ static bool load_merges(fe_tokenizer *t, const cJSON *merges) {
     cJSON_ArrayForEach(e, merges) {
         if (cJSON_IsString(e)) {
             const char *s = e->valuestring, *sp = strchr(s, ' ');
-            if (!sp || strchr(sp + 1, ' ')) return FMT("merge %d \"%.64s\" is not \"a b\"", rank, s);
+            if (!sp || strchr(sp + 1, ' '))
+                return FMT("merge %d \"%.64s\" is not \"a b\"", rank, s);
             if (!tk_add_merge(t, s, (size_t)(sp - s), sp + 1, strlen(sp + 1), rank)) return false;
         } else if (cJSON_IsArray(e) && cJSON_GetArraySize(e) == 2 &&
-                   cJSON_IsString(cJSON_GetArrayItem(e, 0)) && cJSON_IsString(cJSON_GetArrayItem(e, 1))) {
-            const char *a = cJSON_GetArrayItem(e, 0)->valuestring, *b = cJSON_GetArrayItem(e, 1)->valuestring;
+                   cJSON_IsString(cJSON_GetArrayItem(e, 0)) &&
+                   cJSON_IsString(cJSON_GetArrayItem(e, 1))) {
+            const char *a = cJSON_GetArrayItem(e, 0)->valuestring,
+                       *b = cJSON_GetArrayItem(e, 1)->valuestring;
             if (!tk_add_merge(t, a, strlen(a), b, strlen(b), rank)) return false;
         } else {
             return FMT("merge %d is neither \"a b\" nor [\"a\", \"b\"]", rank);
@@ -408,7 +427,8 @@ fe_tokenizer *tk_load_json_text(const char *json, size_t n) {
     cJSON *root = cJSON_ParseWithLengthOpts(json, n, &end, false);
     if (!root) {
         size_t at = end && end >= json ? (size_t)(end - json) : 0;
-        fe_set_error(FE_ERR_FORMAT, "tokenizer.json: not valid JSON (error near byte %zu of %zu)", at, n);
+        fe_set_error(FE_ERR_FORMAT, "tokenizer.json: not valid JSON (error near byte %zu of %zu)",
+                     at, n);
         return NULL;
     }
     fe_tokenizer *t = tk_new();
@@ -448,7 +468,8 @@ static char *read_file(const char *path, size_t *n) {
     char chunk[1 << 16];
     size_t k;
     bool ok = true;
-    while (ok && (k = fread(chunk, 1, sizeof chunk, f)) > 0) ok = tk_buf_put(&b, chunk, k);
+    while (ok && (k = fread(chunk, 1, sizeof chunk, f)) > 0)
+        ok = tk_buf_put(&b, chunk, k);
     if (ok && ferror(f)) {
         fe_set_error(FE_ERR_IO, "tokenizer: cannot read %s: %s", path, strerror(errno));
         ok = false;
@@ -502,15 +523,18 @@ fe_tokenizer *fe_tokenizer_load_gpt2(const char *encoder_json, const char *vocab
     int32_t rank = 0;
     for (size_t i = 0; ok && i < vn;) {
         size_t j = i;
-        while (j < vn && vs[j] != '\n') j++;
+        while (j < vn && vs[j] != '\n')
+            j++;
         size_t e = j > i && vs[j - 1] == '\r' ? j - 1 : j;
         if (e > i && !(e - i >= 8 && !memcmp(vs + i, "#version", 8))) {
             const char *sp = memchr(vs + i, ' ', e - i);
             if (!sp || memchr(sp + 1, ' ', (size_t)(vs + e - sp - 1))) {
-                fe_set_error(FE_ERR_FORMAT, "%s: merge line %d is not \"a b\"", vocab_bpe, rank + 1);
+                fe_set_error(FE_ERR_FORMAT, "%s: merge line %d is not \"a b\"", vocab_bpe,
+                             rank + 1);
                 ok = false;
             } else {
-                ok = tk_add_merge(t, vs + i, (size_t)(sp - vs - i), sp + 1, (size_t)(vs + e - sp - 1), rank++);
+                ok = tk_add_merge(t, vs + i, (size_t)(sp - vs - i), sp + 1,
+                                  (size_t)(vs + e - sp - 1), rank++);
             }
         }
         i = j + 1;
@@ -569,10 +593,12 @@ fe_tokenizer *fe_tokenizer_load(const char *path) {
         } else {
             snprintf(a, n, "%s/encoder.json", path);
             snprintf(b, n, "%s/vocab.bpe", path);
-            if (is_file(a) && is_file(b)) t = fe_tokenizer_load_gpt2(a, b);
+            if (is_file(a) && is_file(b))
+                t = fe_tokenizer_load_gpt2(a, b);
             else
-                fe_set_error(FE_ERR_IO, "tokenizer: %s holds neither tokenizer.json nor "
-                                        "encoder.json + vocab.bpe",
+                fe_set_error(FE_ERR_IO,
+                             "tokenizer: %s holds neither tokenizer.json nor "
+                             "encoder.json + vocab.bpe",
                              path);
         }
     }

@@ -6,7 +6,8 @@
 
 uint64_t tk_hash_bytes(const char *p, size_t n) {
     uint64_t h = 0xcbf29ce484222325ull ^ n; /* FNV-1a, then a final mix */
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)p[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)p[i]) * 0x100000001b3ull;
     h ^= h >> 33;
     h *= 0xff51afd7ed558ccdull;
     h ^= h >> 33;
@@ -32,7 +33,8 @@ static bool strmap_rehash(tk_strmap *m, size_t cap) {
     }
     for (size_t e = 0; e < m->n; e++) {
         size_t i = m->hash[e] & (cap - 1);
-        while (s[i]) i = (i + 1) & (cap - 1);
+        while (s[i])
+            i = (i + 1) & (cap - 1);
         s[i] = (uint32_t)e + 1;
     }
     free(m->slots);
@@ -72,7 +74,8 @@ bool tk_strmap_put(tk_strmap *m, const char *k, size_t n, int32_t v) {
         if (hs) m->hash = hs;
         int32_t *vs = realloc(m->val, c * sizeof *vs);
         if (vs) m->val = vs;
-        if (!ko || !kl || !hs || !vs) return fe_set_error(FE_ERR_OOM, "tokenizer: out of memory"), false;
+        if (!ko || !kl || !hs || !vs)
+            return fe_set_error(FE_ERR_OOM, "tokenizer: out of memory"), false;
         m->ncap = c;
     }
     m->key_off[m->n] = m->keys.len;
@@ -118,7 +121,8 @@ static bool pairmap_rehash(tk_pairmap *m, size_t cap) {
     for (size_t j = 0; j < m->cap; j++) {
         if (!m->key[j]) continue;
         size_t i = mix64(m->key[j]) & (cap - 1);
-        while (k[i]) i = (i + 1) & (cap - 1);
+        while (k[i])
+            i = (i + 1) & (cap - 1);
         k[i] = m->key[j], r[i] = m->rank[j], g[i] = m->merged[j];
     }
     free(m->key), free(m->rank), free(m->merged);
@@ -130,7 +134,8 @@ bool tk_pairmap_put(tk_pairmap *m, int32_t a, int32_t b, int32_t rank, int32_t m
     if ((m->n + 1) * 2 > m->cap && !pairmap_rehash(m, m->cap ? m->cap * 2 : 1024)) return false;
     uint64_t key = pair_key(a, b);
     size_t i = mix64(key) & (m->cap - 1);
-    while (m->key[i] && m->key[i] != key) i = (i + 1) & (m->cap - 1);
+    while (m->key[i] && m->key[i] != key)
+        i = (i + 1) & (m->cap - 1);
     if (!m->key[i]) m->n++;
     m->key[i] = key, m->rank[i] = rank, m->merged[i] = merged;
     return true;

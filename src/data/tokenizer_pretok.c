@@ -56,11 +56,13 @@ static bool norm_one(const tk_norm *nm, const char *s, size_t n, tk_buf *out) {
         size_t a = 0, b = n;
         int k;
         if (nm->left)
-            while (a < b && (k = space_len(s, n, a))) a += (size_t)k;
+            while (a < b && (k = space_len(s, n, a)))
+                a += (size_t)k;
         if (nm->right)
             while (b > a) {
                 size_t j = b - 1;
-                while (j > a && ((unsigned char)s[j] & 0xC0) == 0x80) j--;
+                while (j > a && ((unsigned char)s[j] & 0xC0) == 0x80)
+                    j--;
                 if (!space_len(s, n, j)) break;
                 b = j;
             }
@@ -139,7 +141,8 @@ static bool find_segments(const tk_pretok *pt, tk_regex *re, const char *lit, si
     }
     if (prev != n && !seg_push(out, prev, n, false)) return false;
     if (pt && pt->invert)
-        for (size_t i = 0; i < out->n; i++) out->p[i].match = !out->p[i].match;
+        for (size_t i = 0; i < out->n; i++)
+            out->p[i].match = !out->p[i].match;
     return true;
 }
 
@@ -149,7 +152,8 @@ static bool emit_split(tk_split_behavior bh, segs *sg, const char *s, bool first
     bool ok = true, prev = false;
     switch (bh) {
     case TK_SPLIT_ISOLATED:
-        for (size_t i = 0; i < sg->n; i++) ok = ok && seg_push(&r, sg->p[i].a, sg->p[i].b, false);
+        for (size_t i = 0; i < sg->n; i++)
+            ok = ok && seg_push(&r, sg->p[i].a, sg->p[i].b, false);
         break;
     case TK_SPLIT_REMOVED:
         for (size_t i = 0; i < sg->n; i++)
@@ -157,15 +161,19 @@ static bool emit_split(tk_split_behavior bh, segs *sg, const char *s, bool first
         break;
     case TK_SPLIT_MERGED_PREV:
         for (size_t i = 0; i < sg->n && ok; i++) {
-            if (sg->p[i].match && !prev && r.n) r.p[r.n - 1].b = sg->p[i].b;
-            else ok = seg_push(&r, sg->p[i].a, sg->p[i].b, false);
+            if (sg->p[i].match && !prev && r.n)
+                r.p[r.n - 1].b = sg->p[i].b;
+            else
+                ok = seg_push(&r, sg->p[i].a, sg->p[i].b, false);
             prev = sg->p[i].match;
         }
         break;
     case TK_SPLIT_MERGED_NEXT:
         for (size_t k = sg->n; k-- > 0 && ok;) {
-            if (sg->p[k].match && !prev && r.n) r.p[r.n - 1].a = sg->p[k].a;
-            else ok = seg_push(&r, sg->p[k].a, sg->p[k].b, false);
+            if (sg->p[k].match && !prev && r.n)
+                r.p[r.n - 1].a = sg->p[k].a;
+            else
+                ok = seg_push(&r, sg->p[k].a, sg->p[k].b, false);
             prev = sg->p[k].match;
         }
         for (size_t i = 0; ok && i < r.n / 2; i++) { /* back to text order */
@@ -176,8 +184,10 @@ static bool emit_split(tk_split_behavior bh, segs *sg, const char *s, bool first
         break;
     case TK_SPLIT_CONTIGUOUS:
         for (size_t i = 0; i < sg->n && ok; i++) {
-            if (sg->p[i].match == prev && r.n) r.p[r.n - 1].b = sg->p[i].b;
-            else ok = seg_push(&r, sg->p[i].a, sg->p[i].b, false);
+            if (sg->p[i].match == prev && r.n)
+                r.p[r.n - 1].b = sg->p[i].b;
+            else
+                ok = seg_push(&r, sg->p[i].a, sg->p[i].b, false);
             prev = sg->p[i].match;
         }
         break;
@@ -230,8 +240,8 @@ static bool metaspace(const tk_pretok *pt, const char *s, size_t n, bool first, 
     bool starts = n >= pt->repl_len && !memcmp(s, pt->repl, pt->repl_len);
     /* the replacement of spaces can create a leading replacement character too */
     if (!starts && n && s[0] == ' ') starts = true;
-    bool prepend = !starts && (pt->scheme == TK_PREPEND_ALWAYS ||
-                               (pt->scheme == TK_PREPEND_FIRST && first));
+    bool prepend =
+        !starts && (pt->scheme == TK_PREPEND_ALWAYS || (pt->scheme == TK_PREPEND_FIRST && first));
     if (prepend && !tk_buf_put(tmp, pt->repl, pt->repl_len)) return false;
     for (size_t i = 0; i < n; i++) {
         bool ok = s[i] == ' ' ? tk_buf_put(tmp, pt->repl, pt->repl_len) : tk_buf_put(tmp, s + i, 1);

@@ -75,7 +75,8 @@ static bool rewrite(const char *p, size_t n, tk_buf *o) {
             if (d == 'p' || d == 'P') {
                 char prop = 0;
                 size_t len = 0;
-                if (i + 2 < n && (p[i + 2] == 'L' || p[i + 2] == 'N')) prop = p[i + 2], len = 3;
+                if (i + 2 < n && (p[i + 2] == 'L' || p[i + 2] == 'N'))
+                    prop = p[i + 2], len = 3;
                 else if (i + 4 < n && p[i + 2] == '{' && (p[i + 3] == 'L' || p[i + 3] == 'N') &&
                          p[i + 4] == '}')
                     prop = p[i + 3], len = 5;
@@ -169,7 +170,8 @@ int tk_regex_next(tk_regex *re, const char *s, size_t n, tk_regex_iter *it, size
         if (a == b && it->any && a == it->last_end) {
             /* an empty match right after the previous one: step one character on */
             size_t p = it->pos + 1;
-            while (p < n && ((unsigned char)s[p] & 0xC0) == 0x80) p++;
+            while (p < n && ((unsigned char)s[p] & 0xC0) == 0x80)
+                p++;
             it->pos = p;
             continue;
         }
