@@ -5,13 +5,17 @@
 #include <string.h>
 
 int fe_cmd_prepare(int argc, char **argv);
+int fe_cmd_tokenize(int argc, char **argv);
+int fe_cmd_train(int argc, char **argv);
 
 static const struct command {
     const char *name;
     int (*run)(int argc, char **argv);
     const char *help;
 } k_commands[] = {
+    {"train", fe_cmd_train, "train a Llama-architecture model (the main job)"},
     {"prepare", fe_cmd_prepare, "prepare data: the Jane Austen corpus, token shards"},
+    {"tokenize", fe_cmd_tokenize, "encode text to token ids (or decode) with a Hugging Face tokenizer"},
 };
 
 static void usage(FILE *f) {

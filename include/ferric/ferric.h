@@ -5,6 +5,10 @@
 #include "ferric/autograd.h"
 #include "ferric/core.h"
 #include "ferric/data.h"
+#include "ferric/nn.h"
 #include "ferric/ops.h"
+#include "ferric/runlog.h"
+#include "ferric/tokenizer.h"
+#include "ferric/train.h"
 
 #endif

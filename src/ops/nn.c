@@ -233,8 +233,9 @@ fe_tensor *fe_rope_inv_freq(int64_t head_dim, double theta, fe_device dev) {
         fe_set_error(FE_ERR_OOM, "rope: out of host memory");
         return NULL;
     }
+    /* in f32 like Hugging Face: 1 / theta ** (arange(0, D, 2).float() / D) */
     for (int64_t i = 0; i < half; i++)
-        f[i] = (float)(1.0 / pow(theta, (double)(float)((double)(2 * i) / (double)head_dim)));
+        f[i] = 1.0f / powf((float)theta, (float)(2 * i) / (float)head_dim);
     fe_tensor *t = fe_from_data(f, 1, &half, FE_F32, dev);
     free(f);
     return t;
