@@ -164,7 +164,8 @@ fe_status fe_llama_config_validate(const fe_llama_config *c);
 char *fe_llama_config_to_json(const fe_llama_config *c);
 /* Write that text to path atomically. */
 fe_status fe_llama_config_save(const char *path, const fe_llama_config *c);
-/* Parameters of the model the config describes (embeddings, layers, norm, head unless tied). */
+/* Parameters of the model the config describes (embeddings, layers, norm, head unless
+ * tied); -1 when the count does not fit in int64. */
 int64_t fe_llama_config_num_params(const fe_llama_config *c);
 
 #ifdef __cplusplus

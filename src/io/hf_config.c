@@ -371,12 +371,32 @@ fe_status fe_llama_config_save(const char *path, const fe_llama_config *c) {
     return fe_atomic_commit(f);
 }
 
+/* a*b and a+b that latch *ovf instead of overflowing */
+static int64_t mul(int64_t a, int64_t b, bool *ovf) {
+    int64_t r;
+    if (__builtin_mul_overflow(a, b, &r)) *ovf = true;
+    return *ovf ? 0 : r;
+}
+
+static int64_t add(int64_t a, int64_t b, bool *ovf) {
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r)) *ovf = true;
+    return *ovf ? 0 : r;
+}
+
 int64_t fe_llama_config_num_params(const fe_llama_config *c) {
     if (!c) return 0;
+    bool o = false;
     int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, D = c->head_dim;
-    int64_t q = c->num_attention_heads * D, kv = c->num_key_value_heads * D;
-    int64_t attn = H * q + 2 * H * kv + q * H + (c->attention_bias ? q + 2 * kv + H : 0);
-    int64_t mlp = 3 * H * I + (c->mlp_bias ? 2 * I + H : 0);
-    int64_t layer = attn + mlp + 2 * H;
-    return V * H + c->num_hidden_layers * layer + H + (c->tie_word_embeddings ? 0 : V * H);
+    int64_t q = mul(c->num_attention_heads, D, &o), kv = mul(c->num_key_value_heads, D, &o);
+    /* q, k, v, o projections (+ biases) */
+    int64_t attn = add(add(mul(2, mul(H, q, &o), &o), mul(2, mul(H, kv, &o), &o), &o),
+                       c->attention_bias ? add(add(q, mul(2, kv, &o), &o), H, &o) : 0, &o);
+    /* gate, up, down (+ biases) */
+    int64_t mlp = add(mul(3, mul(H, I, &o), &o), c->mlp_bias ? add(mul(2, I, &o), H, &o) : 0, &o);
+    int64_t layer = add(add(attn, mlp, &o), mul(2, H, &o), &o);
+    int64_t embed = mul(V, H, &o);
+    int64_t total = add(add(embed, mul(c->num_hidden_layers, layer, &o), &o), H, &o);
+    if (!c->tie_word_embeddings) total = add(total, embed, &o);
+    return o ? -1 : total;
 }

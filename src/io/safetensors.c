@@ -431,9 +431,11 @@ static fe_tensor *load(const fe_safetensors *f, const char *name, bool cast, fe_
     }
     /* copy the bytes into an aligned host tensor of the file's dtype (the mapping may
      * not be aligned for the element type), then cast / move as asked */
+    if (ti->numel == 0) /* nothing to copy (and the core's kernels dislike NULL data) */
+        return fe_empty(ti->ndim, ti->shape, dt, dev);
     fe_tensor *h = fe_empty(ti->ndim, ti->shape, ti->dtype, FE_DEVICE_CPU);
     if (!h) return NULL;
-    if (ti->nbytes) memcpy(fe_data(h), f->data + ti->offset, (size_t)ti->nbytes);
+    memcpy(fe_data(h), f->data + ti->offset, (size_t)ti->nbytes);
     if (dev.type == FE_CPU && dt == ti->dtype) return h;
     fe_tensor *o = fe_empty(ti->ndim, ti->shape, dt, dev);
     if (o && fe_copy_(o, h) != FE_OK) {
