@@ -214,5 +214,8 @@ TEST(default_config_needs_sizes) {
     CHECK(s && parse(s, &d) == FE_OK);
     CHECK(d.num_key_value_heads == 2 && d.bos_token_id == 1 && d.eos_token_id == 2);
     CHECK(!strcmp(d.torch_dtype, "float32")); /* the writer names a dtype */
+    /* a count past int64 is reported as -1, not wrapped */
+    d.vocab_size = (int64_t)1 << 40, d.hidden_size = (int64_t)1 << 40;
+    CHECK(fe_llama_config_num_params(&d) == -1);
     free(s);
 }

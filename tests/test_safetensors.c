@@ -332,6 +332,11 @@ TEST(refuses_bad_files) {
                 "overlapping data_offsets");
     CHECK_ERROR(refuses("{\"a\":" ENTRY("U8", "[2]", "0", "2") ",\"a\":" ENTRY("U8", "[2]", "2", "4") "}", 4),
                 "duplicate tensor name 'a'");
+    /* names must be UTF-8, like the reference requires */
+    CHECK_ERROR(refuses("{\"\xff\xfe\":" ENTRY("U8", "[1]", "0", "1") "}", 1), "not valid UTF-8");
+    CHECK_ERROR(refuses("{\"\xc3\":" ENTRY("U8", "[1]", "0", "1") "}", 1), "not valid UTF-8");
+    CHECK_ERROR(refuses("{\"\xed\xa0\x80\":" ENTRY("U8", "[1]", "0", "1") "}", 1), "not valid UTF-8");
+    CHECK(!refuses("{\"w\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\":" ENTRY("U8", "[1]", "0", "1") "}", 1));
     /* metadata */
     CHECK_ERROR(refuses("{\"__metadata__\":{\"k\":1}}", 0), "__metadata__ value of 'k' is not a string");
     CHECK_ERROR(refuses("{\"__metadata__\":[1]}", 0), "__metadata__ is not a JSON object");

@@ -194,6 +194,38 @@ static fe_status parse_metadata(fe_safetensors *f, const cJSON *m) {
     return FE_OK;
 }
 
+/* True when s[0..n) is well-formed UTF-8 (no overlongs, surrogates or values past U+10FFFF). */
+static bool utf8_ok(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        size_t k;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xc2 && c <= 0xdf) {
+            k = 1;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            k = 2;
+            if (c == 0xe0) lo = 0xa0;
+            if (c == 0xed) hi = 0x9f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            k = 3;
+            if (c == 0xf0) lo = 0x90;
+            if (c == 0xf4) hi = 0x8f;
+        } else {
+            return false;
+        }
+        if (i + k >= n) return false; /* truncated sequence */
+        if (s[i + 1] < lo || s[i + 1] > hi) return false;
+        for (size_t j = 2; j <= k; j++)
+            if (s[i + j] < 0x80 || s[i + j] > 0xbf) return false;
+        i += k + 1;
+    }
+    return true;
+}
+
 /* Validate the header of f->base[0..size) and fill f. */
 static fe_status parse(fe_safetensors *f) {
     if (f->size < 8)
@@ -214,6 +246,8 @@ static fe_status parse(fe_safetensors *f) {
     const char *h = (const char *)f->base + 8;
     f->data = f->base + 8 + hlen;
     f->data_size = f->size - 8 - hlen;
+    if (!utf8_ok((const unsigned char *)h, (size_t)hlen))
+        return fe_set_error(FE_ERR_FORMAT, "safetensors: header is not valid UTF-8");
     const char *end = NULL;
     cJSON *root = cJSON_ParseWithLengthOpts(h, (size_t)hlen, &end, false);
     if (!root) {
