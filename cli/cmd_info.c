@@ -50,7 +50,7 @@ static const char *shape_text(const fe_st_info *t, char *buf, size_t n) {
     return buf;
 }
 
-static void config_line(const fe_llama_config *c) {
+static void config_line(const fe_hf_config *c) {
     printf("config: llama, %" PRId64 " layers, hidden %" PRId64 ", heads %" PRId64 " (kv %" PRId64
            ", head_dim %" PRId64 "), ffn %" PRId64 ", vocab %" PRId64 ", context %" PRId64 "\n",
            c->num_hidden_layers, c->hidden_size, c->num_attention_heads, c->num_key_value_heads,
@@ -62,14 +62,14 @@ static void config_line(const fe_llama_config *c) {
            c->mlp_bias ? ", mlp bias" : "", c->torch_dtype[0] ? c->torch_dtype : "unspecified");
     printf("        bos %" PRId64 ", eos", c->bos_token_id);
     for (int i = 0; i < c->n_eos_token_ids; i++) printf(" %" PRId64, c->eos_token_ids[i]);
-    printf("; %" PRId64 " parameters by config\n", fe_llama_config_num_params(c));
+    printf("; %" PRId64 " parameters by config\n", fe_hf_config_num_params(c));
 }
 
-static cJSON *config_json(const fe_llama_config *c) {
-    char *s = fe_llama_config_to_json(c);
+static cJSON *config_json(const fe_hf_config *c) {
+    char *s = fe_hf_config_to_json(c);
     cJSON *o = s ? cJSON_Parse(s) : NULL;
     free(s);
-    if (o) cJSON_AddNumberToObject(o, "num_parameters", (double)fe_llama_config_num_params(c));
+    if (o) cJSON_AddNumberToObject(o, "num_parameters", (double)fe_hf_config_num_params(c));
     return o;
 }
 
@@ -178,7 +178,7 @@ int fe_cmd_info(int argc, char **argv) {
     }
 
     /* what the path holds: config, weights, or both */
-    fe_llama_config cfg;
+    fe_hf_config cfg;
     bool have_cfg = false, cfg_tried = false;
     char cfg_err[1024] = "";
     fe_weights *w = NULL;
@@ -189,7 +189,7 @@ int fe_cmd_info(int argc, char **argv) {
         struct stat sb;
         if (stat(p, &sb) == 0) {
             cfg_tried = true;
-            have_cfg = fe_llama_config_load(p, &cfg) == FE_OK;
+            have_cfg = fe_hf_config_load(p, &cfg) == FE_OK;
             if (!have_cfg) snprintf(cfg_err, sizeof cfg_err, "%s", fe_last_error());
         }
         w = fe_weights_open(path);
@@ -199,7 +199,7 @@ int fe_cmd_info(int argc, char **argv) {
         }
     } else if (ends_with(path, ".json") && !ends_with(path, "index.json")) {
         cfg_tried = true;
-        if (fe_llama_config_load(path, &cfg) != FE_OK) {
+        if (fe_hf_config_load(path, &cfg) != FE_OK) {
             fprintf(stderr, "ferric info: %s\n", fe_last_error());
             return 1;
         }
@@ -286,9 +286,9 @@ int fe_cmd_info(int argc, char **argv) {
     }
     if (have_cfg) {
         config_line(&cfg);
-        if (w && fe_llama_config_num_params(&cfg) != params)
+        if (w && fe_hf_config_num_params(&cfg) != params)
             printf("note: the config describes %" PRId64 " parameters, the weights hold %" PRId64 "\n",
-                   fe_llama_config_num_params(&cfg), params);
+                   fe_hf_config_num_params(&cfg), params);
     } else if (cfg_tried) {
         printf("config: %s\n", cfg_err);
     }

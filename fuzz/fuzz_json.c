@@ -9,7 +9,7 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static int same(const fe_llama_config *a, const fe_llama_config *b) {
+static int same(const fe_hf_config *a, const fe_hf_config *b) {
     int eq = a->vocab_size == b->vocab_size && a->hidden_size == b->hidden_size &&
              a->intermediate_size == b->intermediate_size &&
              a->num_hidden_layers == b->num_hidden_layers &&
@@ -27,13 +27,13 @@ static int same(const fe_llama_config *a, const fe_llama_config *b) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     const char *text = (const char *)data;
-    fe_llama_config c, d;
-    if (fe_llama_config_parse(text, size, &c) == FE_OK) {
-        char *s = fe_llama_config_to_json(&c);
+    fe_hf_config c, d;
+    if (fe_hf_config_parse(text, size, &c) == FE_OK) {
+        char *s = fe_hf_config_to_json(&c);
         if (!s) __builtin_trap(); /* a parsed config always validates */
-        if (fe_llama_config_parse(s, strlen(s), &d) != FE_OK) __builtin_trap();
+        if (fe_hf_config_parse(s, strlen(s), &d) != FE_OK) __builtin_trap();
         if (!same(&c, &d)) __builtin_trap();
-        (void)fe_llama_config_num_params(&c);
+        (void)fe_hf_config_num_params(&c);
         free(s);
     } else if (fe_last_error()[0] == 0) {
         __builtin_trap();

@@ -5,11 +5,11 @@
 #include <cjson/cJSON.h>
 #include <unistd.h>
 
-static fe_status parse(const char *json, fe_llama_config *c) {
-    return fe_llama_config_parse(json, strlen(json), c);
+static fe_status parse(const char *json, fe_hf_config *c) {
+    return fe_hf_config_parse(json, strlen(json), c);
 }
 
-static bool cfg_equal(const fe_llama_config *a, const fe_llama_config *b) {
+static bool cfg_equal(const fe_hf_config *a, const fe_hf_config *b) {
     bool eq = a->vocab_size == b->vocab_size && a->hidden_size == b->hidden_size &&
               a->intermediate_size == b->intermediate_size && a->num_hidden_layers == b->num_hidden_layers &&
               a->num_attention_heads == b->num_attention_heads &&
@@ -64,7 +64,7 @@ static const char *k_llama32_1b =
     "}\n";
 
 TEST(llama32_gqa_tied_llama3_rope) {
-    fe_llama_config c;
+    fe_hf_config c;
     CHECK(parse(k_llama32_1b, &c) == FE_OK);
     CHECK(c.hidden_size == 2048 && c.intermediate_size == 8192 && c.num_hidden_layers == 16);
     CHECK(c.num_attention_heads == 32 && c.num_key_value_heads == 8 && c.head_dim == 64);
@@ -81,7 +81,7 @@ TEST(llama32_gqa_tied_llama3_rope) {
     CHECK(c.bos_token_id == 128000 && c.eos_token_id == 128001 && c.n_eos_token_ids == 3);
     CHECK(c.eos_token_ids[2] == 128009);
     /* 1,235,814,400 parameters: the published size of Llama 3.2 1B */
-    CHECK(fe_llama_config_num_params(&c) == 1235814400LL);
+    CHECK(fe_hf_config_num_params(&c) == 1235814400LL);
 }
 
 TEST(defaults_for_a_minimal_config) {
@@ -89,7 +89,7 @@ TEST(defaults_for_a_minimal_config) {
     const char *j = "{\"vocab_size\": 512, \"hidden_size\": 96, \"intermediate_size\": 256,"
                     " \"num_hidden_layers\": 2, \"num_attention_heads\": 6, \"eos_token_id\": 3,"
                     " \"rope_scaling\": null, \"bos_token_id\": null}";
-    fe_llama_config c;
+    fe_hf_config c;
     CHECK(parse(j, &c) == FE_OK);
     CHECK(c.num_key_value_heads == 6 && c.head_dim == 16);
     CHECK_NEAR(c.rms_norm_eps, 1e-6, 1e-20);
@@ -99,7 +99,7 @@ TEST(defaults_for_a_minimal_config) {
     CHECK(c.bos_token_id == -1 && c.eos_token_id == 3 && c.n_eos_token_ids == 1);
     CHECK(c.torch_dtype[0] == 0);
     /* untied: embed 512*96 + head 512*96 + 2 layers * (4*96*96 + 3*96*256 + 2*96) + 96 */
-    CHECK(fe_llama_config_num_params(&c) == 2 * 512 * 96 + 2 * (4 * 96 * 96 + 3 * 96 * 256 + 2 * 96) + 96);
+    CHECK(fe_hf_config_num_params(&c) == 2 * 512 * 96 + 2 * (4 * 96 * 96 + 3 * 96 * 256 + 2 * 96) + 96);
     /* without bos/eos at all LlamaConfig's 1 and 2 apply */
     const char *j2 = "{\"vocab_size\": 512, \"hidden_size\": 96, \"intermediate_size\": 256,"
                      " \"num_hidden_layers\": 2, \"num_attention_heads\": 6, \"num_key_value_heads\": 2,"
@@ -112,7 +112,7 @@ TEST(defaults_for_a_minimal_config) {
 #define BASE "\"vocab_size\": 100, \"hidden_size\": 64, \"intermediate_size\": 128, \"num_hidden_layers\": 2"
 
 TEST(refuses_bad_configs) {
-    fe_llama_config c;
+    fe_hf_config c;
     CHECK_ERROR(parse("{\"vocab_size\": 10", &c) != FE_OK, "not valid JSON");
     CHECK_ERROR(parse("[1, 2]", &c) != FE_OK, "not a JSON object");
     CHECK_ERROR(parse("{\"vocab_size\": 100, \"intermediate_size\": 128, \"num_hidden_layers\": 2,"
@@ -163,23 +163,23 @@ TEST(refuses_bad_configs) {
                 "model_type 'gpt2' is not a Llama model");
     CHECK_ERROR(parse("{" BASE ", \"num_attention_heads\": 4, \"hidden_act\": \"gelu\"}", &c) != FE_OK,
                 "hidden_act 'gelu' is not supported");
-    CHECK_ERROR(fe_llama_config_load("/nonexistent/config.json", &c) != FE_OK, "cannot open");
+    CHECK_ERROR(fe_hf_config_load("/nonexistent/config.json", &c) != FE_OK, "cannot open");
 }
 
 TEST(writer_round_trip_and_transformers_fields) {
-    fe_llama_config c;
+    fe_hf_config c;
     CHECK(parse(k_llama32_1b, &c) == FE_OK);
     char dir[] = "/tmp/fe_cfg_test_XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     char path[256];
     snprintf(path, sizeof path, "%s/config.json", dir);
-    CHECK(fe_llama_config_save(path, &c) == FE_OK);
-    fe_llama_config d;
-    CHECK(fe_llama_config_load(dir, &d) == FE_OK); /* a folder works too */
+    CHECK(fe_hf_config_save(path, &c) == FE_OK);
+    fe_hf_config d;
+    CHECK(fe_hf_config_load(dir, &d) == FE_OK); /* a folder works too */
     CHECK(cfg_equal(&c, &d));
 
     /* the fields LlamaForCausalLM's config loader looks at */
-    char *s = fe_llama_config_to_json(&c);
+    char *s = fe_hf_config_to_json(&c);
     cJSON *o = cJSON_Parse(s);
     CHECK(o != NULL);
     const cJSON *arch = cJSON_GetObjectItem(o, "architectures");
@@ -195,27 +195,27 @@ TEST(writer_round_trip_and_transformers_fields) {
     free(s);
 
     /* an invalid config is not written, and the old file stays */
-    fe_llama_config bad = c;
+    fe_hf_config bad = c;
     bad.num_key_value_heads = 5;
-    CHECK_ERROR(fe_llama_config_save(path, &bad) != FE_OK, "does not divide");
-    CHECK(fe_llama_config_load(path, &d) == FE_OK && d.num_key_value_heads == 8);
+    CHECK_ERROR(fe_hf_config_save(path, &bad) != FE_OK, "does not divide");
+    CHECK(fe_hf_config_load(path, &d) == FE_OK && d.num_key_value_heads == 8);
     unlink(path);
     rmdir(dir);
 }
 
 TEST(default_config_needs_sizes) {
-    fe_llama_config c = fe_llama_config_default();
-    CHECK_ERROR(fe_llama_config_validate(&c) != FE_OK, "\"vocab_size\" must be a positive integer");
+    fe_hf_config c = fe_hf_config_default();
+    CHECK_ERROR(fe_hf_config_validate(&c) != FE_OK, "\"vocab_size\" must be a positive integer");
     c.vocab_size = 32, c.hidden_size = 16, c.intermediate_size = 32, c.num_hidden_layers = 1;
     c.num_attention_heads = 4, c.num_key_value_heads = 2, c.head_dim = 4;
-    CHECK(fe_llama_config_validate(&c) == FE_OK);
-    char *s = fe_llama_config_to_json(&c);
-    fe_llama_config d;
+    CHECK(fe_hf_config_validate(&c) == FE_OK);
+    char *s = fe_hf_config_to_json(&c);
+    fe_hf_config d;
     CHECK(s && parse(s, &d) == FE_OK);
     CHECK(d.num_key_value_heads == 2 && d.bos_token_id == 1 && d.eos_token_id == 2);
     CHECK(!strcmp(d.torch_dtype, "float32")); /* the writer names a dtype */
     /* a count past int64 is reported as -1, not wrapped */
     d.vocab_size = (int64_t)1 << 40, d.hidden_size = (int64_t)1 << 40;
-    CHECK(fe_llama_config_num_params(&d) == -1);
+    CHECK(fe_hf_config_num_params(&d) == -1);
     free(s);
 }

@@ -117,7 +117,7 @@ TEST(round_trip_every_dtype) {
     CHECK(fe_safetensors_save(path, nt, FE_DTYPE_COUNT + 2, meta, 2) == FE_OK);
 
     /* the raw layout: padded header, every tensor aligned to its element size */
-    size_t n;
+    size_t n = 0;
     unsigned char *raw = read_all(path, &n);
     uint64_t hlen;
     memcpy(&hlen, raw, 8);
@@ -177,7 +177,7 @@ TEST(load_as_casts_and_open_memory_matches_file) {
     CHECK(d && fe_dtype_of(d) == FE_F64 && t_maxdiff(d, x) == 0);
     CHECK_ERROR(fe_safetensors_load(f, "y", FE_DEVICE_CPU) == NULL, "no tensor named 'y'");
     fe_safetensors_close(f);
-    size_t n;
+    size_t n = 0;
     unsigned char *raw = read_all(path, &n);
     fe_safetensors *m = fe_safetensors_open_memory(raw, n);
     CHECK(m && fe_safetensors_count(m) == 1);
@@ -357,7 +357,7 @@ TEST(failed_writes_leave_the_old_file) {
     fe_tensor *small = pattern(1, shape, FE_F32);
     fe_named_tensor nt = {"w", small};
     CHECK(fe_safetensors_save(path, &nt, 1, NULL, 0) == FE_OK);
-    size_t n0;
+    size_t n0 = 0;
     unsigned char *before = read_all(path, &n0);
 
     /* a write that fails half-way: the file size limit stops it after 64 KiB */
@@ -388,7 +388,7 @@ TEST(failed_writes_leave_the_old_file) {
     CHECK_ERROR(fe_safetensors_save(path_in(dir, "no/such/dir/x.safetensors"), &nt, 1, NULL, 0) != FE_OK,
                 "cannot create a temporary file");
 
-    size_t n1;
+    size_t n1 = 0;
     unsigned char *after = read_all(path, &n1);
     CHECK(n1 == n0 && !memcmp(before, after, n0));
     CHECK(count_files(dir) == 1); /* no temporary file left behind */

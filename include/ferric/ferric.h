@@ -4,7 +4,9 @@
 
 #include "ferric/autograd.h"
 #include "ferric/core.h"
+#include "ferric/checkpoint.h"
 #include "ferric/data.h"
+#include "ferric/io.h"
 #include "ferric/nn.h"
 #include "ferric/ops.h"
 #include "ferric/runlog.h"

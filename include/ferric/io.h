@@ -124,7 +124,7 @@ fe_tensor *fe_weights_load_as(const fe_weights *w, const char *name, fe_dtype dt
 
 #define FE_MAX_EOS_IDS 8
 
-typedef struct fe_llama_config {
+typedef struct fe_hf_config {
     int64_t vocab_size;
     int64_t hidden_size;
     int64_t intermediate_size;
@@ -147,26 +147,26 @@ typedef struct fe_llama_config {
     int64_t eos_token_id; /* the first id (default 2); -1 when null or [] */
     int n_eos_token_ids;  /* all ids (a list in the file, or just one) */
     int64_t eos_token_ids[FE_MAX_EOS_IDS];
-} fe_llama_config;
+} fe_hf_config;
 
 /* A config with Hugging Face's LlamaConfig defaults for the optional fields
  * (eps 1e-6, theta 10000, 2048 positions, bos 1, eos 2, no scaling, untied, no biases);
  * sizes are 0, so it does not validate until they are filled in. */
-fe_llama_config fe_llama_config_default(void);
+fe_hf_config fe_hf_config_default(void);
 /* Parse config.json text. FE_ERR_FORMAT naming the field: missing, wrong type, out of
  * range, heads not dividing hidden_size, kv heads not dividing heads, bad rope_scaling. */
-fe_status fe_llama_config_parse(const char *json, size_t len, fe_llama_config *out);
+fe_status fe_hf_config_parse(const char *json, size_t len, fe_hf_config *out);
 /* Read a config.json file, or the config.json inside a folder. */
-fe_status fe_llama_config_load(const char *path, fe_llama_config *out);
+fe_status fe_hf_config_load(const char *path, fe_hf_config *out);
 /* Check the sizes fit together (the checks parse runs); FE_ERR_FORMAT naming the field. */
-fe_status fe_llama_config_validate(const fe_llama_config *c);
+fe_status fe_hf_config_validate(const fe_hf_config *c);
 /* The config as JSON text that transformers' LlamaForCausalLM accepts; malloc'ed, NULL on error. */
-char *fe_llama_config_to_json(const fe_llama_config *c);
+char *fe_hf_config_to_json(const fe_hf_config *c);
 /* Write that text to path atomically. */
-fe_status fe_llama_config_save(const char *path, const fe_llama_config *c);
+fe_status fe_hf_config_save(const char *path, const fe_hf_config *c);
 /* Parameters of the model the config describes (embeddings, layers, norm, head unless
  * tied); -1 when the count does not fit in int64. */
-int64_t fe_llama_config_num_params(const fe_llama_config *c);
+int64_t fe_hf_config_num_params(const fe_hf_config *c);
 
 #ifdef __cplusplus
 }

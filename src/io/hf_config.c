@@ -10,8 +10,8 @@
 
 #define CONFIG_MAX_BYTES (16u << 20)
 
-fe_llama_config fe_llama_config_default(void) {
-    fe_llama_config c;
+fe_hf_config fe_hf_config_default(void) {
+    fe_hf_config c;
     memset(&c, 0, sizeof c);
     c.max_position_embeddings = 2048;
     c.rms_norm_eps = 1e-6;
@@ -101,7 +101,7 @@ static int get_str(const cJSON *o, const char *key, char *out, size_t cap) {
     return 1;
 }
 
-static fe_status parse_rope_scaling(const cJSON *root, fe_llama_config *c) {
+static fe_status parse_rope_scaling(const cJSON *root, fe_hf_config *c) {
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     if (!rs || cJSON_IsNull(rs)) return FE_OK;
     if (!cJSON_IsObject(rs))
@@ -136,7 +136,7 @@ static fe_status parse_rope_scaling(const cJSON *root, fe_llama_config *c) {
     return FE_OK;
 }
 
-static fe_status parse_eos(const cJSON *root, fe_llama_config *c) {
+static fe_status parse_eos(const cJSON *root, fe_hf_config *c) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(root, "eos_token_id");
     if (!j) return FE_OK; /* keep the default */
     c->n_eos_token_ids = 0;
@@ -166,8 +166,8 @@ static fe_status parse_eos(const cJSON *root, fe_llama_config *c) {
     return FE_OK;
 }
 
-fe_status fe_llama_config_validate(const fe_llama_config *c) {
-    if (!c) return fe_set_error(FE_ERR_ARG, "fe_llama_config_validate: config is NULL");
+fe_status fe_hf_config_validate(const fe_hf_config *c) {
+    if (!c) return fe_set_error(FE_ERR_ARG, "fe_hf_config_validate: config is NULL");
     const struct {
         const char *name;
         int64_t v;
@@ -205,11 +205,11 @@ fe_status fe_llama_config_validate(const fe_llama_config *c) {
     return FE_OK;
 }
 
-fe_status fe_llama_config_parse(const char *json, size_t len, fe_llama_config *out) {
-    if (!json || !out) return fe_set_error(FE_ERR_ARG, "fe_llama_config_parse: NULL argument");
+fe_status fe_hf_config_parse(const char *json, size_t len, fe_hf_config *out) {
+    if (!json || !out) return fe_set_error(FE_ERR_ARG, "fe_hf_config_parse: NULL argument");
     cJSON *root = cJSON_ParseWithLength(json, len);
     if (!root) return fe_set_error(FE_ERR_FORMAT, "config: not valid JSON");
-    fe_llama_config c = fe_llama_config_default();
+    fe_hf_config c = fe_hf_config_default();
     fe_status st = FE_OK;
     char model_type[32] = "", act[32] = "";
     if (!cJSON_IsObject(root)) {
@@ -268,7 +268,7 @@ fe_status fe_llama_config_parse(const char *json, size_t len, fe_llama_config *o
         goto done;
     }
     if (parse_eos(root, &c) || parse_rope_scaling(root, &c)) goto fail;
-    st = fe_llama_config_validate(&c);
+    st = fe_hf_config_validate(&c);
     if (!st) *out = c;
     goto done;
 fail:
@@ -278,13 +278,13 @@ done:
     return st;
 }
 
-fe_status fe_llama_config_load(const char *path, fe_llama_config *out) {
-    if (!path || !out) return fe_set_error(FE_ERR_ARG, "fe_llama_config_load: NULL argument");
+fe_status fe_hf_config_load(const char *path, fe_hf_config *out) {
+    if (!path || !out) return fe_set_error(FE_ERR_ARG, "fe_hf_config_load: NULL argument");
     char *file = fe__is_dir(path) ? fe__path_join(path, "config.json") : strdup(path);
     if (!file) return fe_set_error(FE_ERR_OOM, "out of host memory");
     size_t len;
     char *text = fe__read_text_file(file, CONFIG_MAX_BYTES, &len);
-    fe_status st = text ? fe_llama_config_parse(text, len, out) : fe_last_status();
+    fe_status st = text ? fe_hf_config_parse(text, len, out) : fe_last_status();
     if (st && text) {
         char msg[900];
         snprintf(msg, sizeof msg, "%s", fe_last_error());
@@ -295,8 +295,8 @@ fe_status fe_llama_config_load(const char *path, fe_llama_config *out) {
     return st;
 }
 
-char *fe_llama_config_to_json(const fe_llama_config *c) {
-    if (fe_llama_config_validate(c) != FE_OK) return NULL;
+char *fe_hf_config_to_json(const fe_hf_config *c) {
+    if (fe_hf_config_validate(c) != FE_OK) return NULL;
     cJSON *o = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(o, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
@@ -347,18 +347,18 @@ char *fe_llama_config_to_json(const fe_llama_config *c) {
     char *s = cJSON_Print(o);
     cJSON_Delete(o);
     if (!s) {
-        fe_set_error(FE_ERR_OOM, "fe_llama_config_to_json: out of host memory");
+        fe_set_error(FE_ERR_OOM, "fe_hf_config_to_json: out of host memory");
         return NULL;
     }
     /* hand back memory the caller frees with free() */
     char *r = strdup(s);
     cJSON_free(s);
-    if (!r) fe_set_error(FE_ERR_OOM, "fe_llama_config_to_json: out of host memory");
+    if (!r) fe_set_error(FE_ERR_OOM, "fe_hf_config_to_json: out of host memory");
     return r;
 }
 
-fe_status fe_llama_config_save(const char *path, const fe_llama_config *c) {
-    char *s = fe_llama_config_to_json(c);
+fe_status fe_hf_config_save(const char *path, const fe_hf_config *c) {
+    char *s = fe_hf_config_to_json(c);
     if (!s) return fe_last_status();
     fe_atomic_file *f = fe_atomic_open(path);
     fe_status st = f ? fe_atomic_write(f, s, strlen(s)) : fe_last_status();
@@ -384,7 +384,7 @@ static int64_t add(int64_t a, int64_t b, bool *ovf) {
     return *ovf ? 0 : r;
 }
 
-int64_t fe_llama_config_num_params(const fe_llama_config *c) {
+int64_t fe_hf_config_num_params(const fe_hf_config *c) {
     if (!c) return 0;
     bool o = false;
     int64_t H = c->hidden_size, I = c->intermediate_size, V = c->vocab_size, D = c->head_dim;

@@ -137,7 +137,7 @@ fe_status cpu_fill(fe_tensor *t, double v) {
         float *q = p;
         for (int64_t i = 0; i < n; i++) q[i] = (float)v;
     } else if (v == 0.0) {
-        memset(p, 0, (size_t)n * fe_dtype_size(t->dtype));
+        if (n) memset(p, 0, (size_t)n * fe_dtype_size(t->dtype));
     } else {
         for (int64_t i = 0; i < n; i++) fe__store(p, t->dtype, i, v);
     }
