@@ -13,15 +13,14 @@
 int fe_cmd_info(int argc, char **argv);
 
 static void info_usage(FILE *f) {
-    fprintf(f,
-            "usage: ferric info PATH [--json] [--dump NAME] [--limit N]\n"
-            "\n"
-            "PATH is a .safetensors file, a model.safetensors.index.json, a config.json, or a\n"
-            "model folder holding config.json and model.safetensors (or an index and shards).\n"
-            "\n"
-            "  --json       print everything as one JSON object\n"
-            "  --dump NAME  print the values of tensor NAME, one per line\n"
-            "  --limit N    with --dump, print at most N values\n");
+    fprintf(f, "usage: ferric info PATH [--json] [--dump NAME] [--limit N]\n"
+               "\n"
+               "PATH is a .safetensors file, a model.safetensors.index.json, a config.json, or a\n"
+               "model folder holding config.json and model.safetensors (or an index and shards).\n"
+               "\n"
+               "  --json       print everything as one JSON object\n"
+               "  --dump NAME  print the values of tensor NAME, one per line\n"
+               "  --limit N    with --dump, print at most N values\n");
 }
 
 static bool ends_with(const char *s, const char *suf) {
@@ -37,7 +36,8 @@ static bool is_dir(const char *p) {
 static const char *human_bytes(double b, char *buf, size_t n) {
     const char *u[] = {"B", "KB", "MB", "GB", "TB"};
     int i = 0;
-    while (b >= 1000 && i < 4) b /= 1000, i++;
+    while (b >= 1000 && i < 4)
+        b /= 1000, i++;
     snprintf(buf, n, i ? "%.2f %s" : "%.0f %s", b, u[i]);
     return buf;
 }
@@ -61,7 +61,8 @@ static void config_line(const fe_hf_config *c) {
            c->tie_word_embeddings ? "tied" : "untied", c->attention_bias ? ", attention bias" : "",
            c->mlp_bias ? ", mlp bias" : "", c->torch_dtype[0] ? c->torch_dtype : "unspecified");
     printf("        bos %" PRId64 ", eos", c->bos_token_id);
-    for (int i = 0; i < c->n_eos_token_ids; i++) printf(" %" PRId64, c->eos_token_ids[i]);
+    for (int i = 0; i < c->n_eos_token_ids; i++)
+        printf(" %" PRId64, c->eos_token_ids[i]);
     printf("; %" PRId64 " parameters by config\n", fe_hf_config_num_params(c));
 }
 
@@ -87,7 +88,8 @@ static int dump(const fe_weights *w, const char *name, int64_t limit) {
         fe_tensor *x = fe_weights_load_as(w, name, FE_F64, FE_DEVICE_CPU);
         const double *v = x ? fe_data(x) : NULL;
         if (!x) fprintf(stderr, "ferric info: %s\n", fe_last_error());
-        for (int64_t i = 0; v && i < n; i++) printf("%.17g\n", v[i]);
+        for (int64_t i = 0; v && i < n; i++)
+            printf("%.17g\n", v[i]);
         fe_scope_end(s);
         return x ? 0 : 1;
     }
@@ -108,14 +110,22 @@ static int dump(const fe_weights *w, const char *name, int64_t limit) {
             int64_t i64;
             uint64_t u64;
         } v;
-        if (!strcmp(dt, "I8")) memcpy(&v.i8, p + i, 1), printf("%d\n", v.i8);
-        else if (!strcmp(dt, "U8") || !strcmp(dt, "BOOL")) memcpy(&v.u8, p + i, 1), printf("%u\n", v.u8);
-        else if (!strcmp(dt, "I16")) memcpy(&v.i16, p + 2 * i, 2), printf("%d\n", v.i16);
-        else if (!strcmp(dt, "U16")) memcpy(&v.u16, p + 2 * i, 2), printf("%u\n", v.u16);
-        else if (!strcmp(dt, "I32")) memcpy(&v.i32, p + 4 * i, 4), printf("%" PRId32 "\n", v.i32);
-        else if (!strcmp(dt, "U32")) memcpy(&v.u32, p + 4 * i, 4), printf("%" PRIu32 "\n", v.u32);
-        else if (!strcmp(dt, "I64")) memcpy(&v.i64, p + 8 * i, 8), printf("%" PRId64 "\n", v.i64);
-        else if (!strcmp(dt, "U64")) memcpy(&v.u64, p + 8 * i, 8), printf("%" PRIu64 "\n", v.u64);
+        if (!strcmp(dt, "I8"))
+            memcpy(&v.i8, p + i, 1), printf("%d\n", v.i8);
+        else if (!strcmp(dt, "U8") || !strcmp(dt, "BOOL"))
+            memcpy(&v.u8, p + i, 1), printf("%u\n", v.u8);
+        else if (!strcmp(dt, "I16"))
+            memcpy(&v.i16, p + 2 * i, 2), printf("%d\n", v.i16);
+        else if (!strcmp(dt, "U16"))
+            memcpy(&v.u16, p + 2 * i, 2), printf("%u\n", v.u16);
+        else if (!strcmp(dt, "I32"))
+            memcpy(&v.i32, p + 4 * i, 4), printf("%" PRId32 "\n", v.i32);
+        else if (!strcmp(dt, "U32"))
+            memcpy(&v.u32, p + 4 * i, 4), printf("%" PRIu32 "\n", v.u32);
+        else if (!strcmp(dt, "I64"))
+            memcpy(&v.i64, p + 8 * i, 8), printf("%" PRId64 "\n", v.i64);
+        else if (!strcmp(dt, "U64"))
+            memcpy(&v.u64, p + 8 * i, 8), printf("%" PRIu64 "\n", v.u64);
         else {
             fprintf(stderr, "ferric info: cannot print values of dtype %s\n", dt);
             return 1;
@@ -250,7 +260,8 @@ int fe_cmd_info(int argc, char **argv) {
                 cJSON_AddStringToObject(e, "name", t.name);
                 cJSON_AddStringToObject(e, "dtype", t.dtype_name);
                 cJSON *sh = cJSON_AddArrayToObject(e, "shape");
-                for (int d = 0; d < t.ndim; d++) cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t.shape[d]));
+                for (int d = 0; d < t.ndim; d++)
+                    cJSON_AddItemToArray(sh, cJSON_CreateNumber((double)t.shape[d]));
                 cJSON_AddNumberToObject(e, "offset", (double)t.offset);
                 cJSON_AddNumberToObject(e, "nbytes", (double)t.nbytes);
                 cJSON_AddItemToArray(ts, e);
@@ -259,8 +270,10 @@ int fe_cmd_info(int argc, char **argv) {
             cJSON_AddNumberToObject(o, "num_parameters", (double)params);
             cJSON_AddNumberToObject(o, "nbytes", (double)bytes);
         }
-        if (have_cfg) cJSON_AddItemToObject(o, "config", config_json(&cfg));
-        else if (cfg_tried) cJSON_AddStringToObject(o, "config_error", cfg_err);
+        if (have_cfg)
+            cJSON_AddItemToObject(o, "config", config_json(&cfg));
+        else if (cfg_tried)
+            cJSON_AddStringToObject(o, "config_error", cfg_err);
         char *s = cJSON_Print(o);
         if (s) puts(s);
         cJSON_free(s);
@@ -272,9 +285,11 @@ int fe_cmd_info(int argc, char **argv) {
     char hb[32];
     if (w) {
         int64_t nf = fe_weights_file_count(w);
-        if (nf == 1) printf("file: %s\n", fe_weights_file_path(w, 0));
-        else printf("files: %" PRId64 " shards (%s ... %s)\n", nf, fe_weights_file_path(w, 0),
-                    fe_weights_file_path(w, nf - 1));
+        if (nf == 1)
+            printf("file: %s\n", fe_weights_file_path(w, 0));
+        else
+            printf("files: %" PRId64 " shards (%s ... %s)\n", nf, fe_weights_file_path(w, 0),
+                   fe_weights_file_path(w, nf - 1));
         const fe_safetensors *f0 = n ? fe_weights_file_of(w, fe_weights_name(w, 0)) : NULL;
         for (int64_t i = 0; f0 && i < fe_safetensors_metadata_count(f0); i++) {
             const char *k = fe_safetensors_metadata_key(f0, i);
@@ -287,7 +302,8 @@ int fe_cmd_info(int argc, char **argv) {
     if (have_cfg) {
         config_line(&cfg);
         if (w && fe_hf_config_num_params(&cfg) != params)
-            printf("note: the config describes %" PRId64 " parameters, the weights hold %" PRId64 "\n",
+            printf("note: the config describes %" PRId64 " parameters, the weights hold %" PRId64
+                   "\n",
                    fe_hf_config_num_params(&cfg), params);
     } else if (cfg_tried) {
         printf("config: %s\n", cfg_err);

@@ -21,7 +21,8 @@ static int same(const fe_hf_config *a, const fe_hf_config *b) {
              a->tie_word_embeddings == b->tie_word_embeddings &&
              a->bos_token_id == b->bos_token_id && a->eos_token_id == b->eos_token_id &&
              a->n_eos_token_ids == b->n_eos_token_ids;
-    for (int i = 0; eq && i < a->n_eos_token_ids; i++) eq = a->eos_token_ids[i] == b->eos_token_ids[i];
+    for (int i = 0; eq && i < a->n_eos_token_ids; i++)
+        eq = a->eos_token_ids[i] == b->eos_token_ids[i];
     return eq;
 }
 

@@ -58,7 +58,8 @@ static void write_raw_len(const char *path, uint64_t hlen, const char *header, s
     FILE *f = fopen(path, "wb");
     fwrite(&hlen, 8, 1, f);
     fwrite(header, 1, strlen(header), f);
-    for (size_t i = 0; i < n_data; i++) fputc((int)(i & 0xff), f);
+    for (size_t i = 0; i < n_data; i++)
+        fputc((int)(i & 0xff), f);
     fclose(f);
 }
 
@@ -81,10 +82,12 @@ static unsigned char *read_all(const char *path, size_t *n) {
 /* A tensor of dtype dt with distinct, exactly representable values i * 0.5 - 3 (ints: i - 3). */
 static fe_tensor *pattern(int nd, const int64_t *shape, fe_dtype dt) {
     int64_t n = 1;
-    for (int i = 0; i < nd; i++) n *= shape[i];
+    for (int i = 0; i < nd; i++)
+        n *= shape[i];
     double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
     for (int64_t i = 0; i < n; i++)
-        v[i] = fe_dtype_is_float(dt) ? (double)i * 0.5 - 3 : (double)((i * 7) % 100) - (dt == FE_U8 ? 0 : 3);
+        v[i] = fe_dtype_is_float(dt) ? (double)i * 0.5 - 3
+                                     : (double)((i * 7) % 100) - (dt == FE_U8 ? 0 : 3);
     fe_tensor *t = fe_from_data(v, nd, shape, FE_F64, FE_DEVICE_CPU);
     fe_tensor *c = fe_cast(t, dt);
     free(v);
@@ -97,9 +100,9 @@ TEST(round_trip_every_dtype) {
     const char *dir = tmpdir();
     CHECK(dir != NULL);
     const char *path = path_in(dir, "all.safetensors");
-    static const char *st_names[FE_DTYPE_COUNT] = {[FE_F32] = "F32", [FE_F64] = "F64", [FE_F16] = "F16",
-                                                   [FE_BF16] = "BF16", [FE_I32] = "I32", [FE_I64] = "I64",
-                                                   [FE_U8] = "U8", [FE_I8] = "I8"};
+    static const char *st_names[FE_DTYPE_COUNT] = {
+        [FE_F32] = "F32", [FE_F64] = "F64", [FE_F16] = "F16", [FE_BF16] = "BF16",
+        [FE_I32] = "I32", [FE_I64] = "I64", [FE_U8] = "U8",   [FE_I8] = "I8"};
     fe_named_tensor nt[FE_DTYPE_COUNT + 2];
     char names[FE_DTYPE_COUNT][16];
     int64_t shape[3] = {2, 3, 5};
@@ -130,8 +133,10 @@ TEST(round_trip_every_dtype) {
     if (!f) return;
     CHECK(fe_safetensors_count(f) == FE_DTYPE_COUNT + 2);
     CHECK(fe_safetensors_metadata_count(f) == 2);
-    CHECK(fe_safetensors_metadata(f, "format") && !strcmp(fe_safetensors_metadata(f, "format"), "pt"));
-    CHECK(fe_safetensors_metadata(f, "note") && !strcmp(fe_safetensors_metadata(f, "note"), meta[1].value));
+    CHECK(fe_safetensors_metadata(f, "format") &&
+          !strcmp(fe_safetensors_metadata(f, "format"), "pt"));
+    CHECK(fe_safetensors_metadata(f, "note") &&
+          !strcmp(fe_safetensors_metadata(f, "note"), meta[1].value));
     CHECK(fe_safetensors_metadata(f, "nope") == NULL);
     for (int d = 0; d < FE_DTYPE_COUNT; d++) {
         fe_st_info info;
@@ -239,11 +244,13 @@ TEST(reads_reference_layout_and_foreign_dtypes) {
     fe_tensor *ta = fe_safetensors_load(f, "a", FE_DEVICE_CPU);
     CHECK(ta && ((float *)fe_data(ta))[0] == 1.5f && ((float *)fe_data(ta))[1] == -2.25f);
     fe_st_info info;
-    CHECK(fe_safetensors_info(f, "b", &info) == FE_OK && !info.has_fe_dtype && !strcmp(info.dtype_name, "I16"));
+    CHECK(fe_safetensors_info(f, "b", &info) == FE_OK && !info.has_fe_dtype &&
+          !strcmp(info.dtype_name, "I16"));
     CHECK_ERROR(fe_safetensors_load(f, "b", FE_DEVICE_CPU) == NULL, "unsupported dtype I16");
     CHECK_ERROR(fe_safetensors_load_as(f, "b", FE_F32, FE_DEVICE_CPU) == NULL, "unsupported dtype");
     fe_tensor *tc = fe_safetensors_load(f, "c", FE_DEVICE_CPU);
-    CHECK(tc && fe_dtype_of(tc) == FE_U8 && ((uint8_t *)fe_data(tc))[0] == 1 && ((uint8_t *)fe_data(tc))[1] == 0);
+    CHECK(tc && fe_dtype_of(tc) == FE_U8 && ((uint8_t *)fe_data(tc))[0] == 1 &&
+          ((uint8_t *)fe_data(tc))[1] == 0);
     CHECK(!strcmp(fe_safetensors_metadata(f, "k"), "v"));
     fe_safetensors_close(f);
     rm_rf(dir);
@@ -275,7 +282,8 @@ static bool refuses(const char *header, size_t n_data) {
     return f == NULL;
 }
 
-#define ENTRY(dt, shape, b, e) "{\"dtype\":\"" dt "\",\"shape\":" shape ",\"data_offsets\":[" b "," e "]}"
+#define ENTRY(dt, shape, b, e)                                                                     \
+    "{\"dtype\":\"" dt "\",\"shape\":" shape ",\"data_offsets\":[" b "," e "]}"
 
 TEST(refuses_bad_files) {
     const char *dir = tmpdir();
@@ -311,34 +319,51 @@ TEST(refuses_bad_files) {
     CHECK_ERROR(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[1]}}", 4), "missing data_offsets");
     CHECK_ERROR(refuses("{\"a\":" ENTRY("Q4", "[1]", "0", "4") "}", 4), "unknown dtype 'Q4'");
     CHECK_ERROR(refuses("{\"a\":" ENTRY("f32", "[1]", "0", "4") "}", 4), "unknown dtype 'f32'");
-    CHECK_ERROR(refuses("{\"a\":{\"dtype\":7,\"shape\":[1],\"data_offsets\":[0,4]}}", 4), "dtype that is not a string");
-    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[-1]", "0", "4") "}", 4), "not a non-negative integer");
-    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[2.5]", "0", "10") "}", 10), "not a non-negative integer");
-    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[\"2\"]", "0", "8") "}", 8), "not a non-negative integer");
-    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "3", "0", "12") "}", 12), "shape that is not a list");
+    CHECK_ERROR(refuses("{\"a\":{\"dtype\":7,\"shape\":[1],\"data_offsets\":[0,4]}}", 4),
+                "dtype that is not a string");
+    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[-1]", "0", "4") "}", 4),
+                "not a non-negative integer");
+    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[2.5]", "0", "10") "}", 10),
+                "not a non-negative integer");
+    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[\"2\"]", "0", "8") "}", 8),
+                "not a non-negative integer");
+    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "3", "0", "12") "}", 12),
+                "shape that is not a list");
     CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[1,1,1,1,1,1,1,1,1]", "0", "4") "}", 4), "rank 9");
-    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[4294967296,4294967296,4294967296]", "0", "4") "}", 4),
-                "too large");
+    CHECK_ERROR(
+        refuses("{\"a\":" ENTRY("F32", "[4294967296,4294967296,4294967296]", "0", "4") "}", 4),
+        "too large");
     /* offsets */
-    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[2]", "0", "8") "}", 4), "data_offsets out of range");
+    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[2]", "0", "8") "}", 4),
+                "data_offsets out of range");
     CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[2]", "8", "0") "}", 8), "before it begins");
     CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[2]", "0", "12") "}", 12), "size mismatch");
     CHECK_ERROR(refuses("{\"a\":" ENTRY("F16", "[3]", "0", "4") "}", 4), "size mismatch");
     CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[1]", "-4", "0") "}", 4), "non-negative integers");
-    CHECK_ERROR(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", 4), "[begin, end] pair");
-    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[2]", "0", "8") ",\"b\":" ENTRY("F32", "[2]", "4", "12") "}", 12),
+    CHECK_ERROR(refuses("{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0]}}", 4),
+                "[begin, end] pair");
+    CHECK_ERROR(refuses("{\"a\":" ENTRY("F32", "[2]", "0", "8") ",\"b\":" ENTRY("F32", "[2]", "4",
+                                                                                "12") "}",
+                        12),
                 "overlapping data_offsets");
-    CHECK_ERROR(refuses("{\"b\":" ENTRY("U8", "[8]", "0", "8") ",\"a\":" ENTRY("U8", "[2]", "3", "5") "}", 8),
-                "overlapping data_offsets");
-    CHECK_ERROR(refuses("{\"a\":" ENTRY("U8", "[2]", "0", "2") ",\"a\":" ENTRY("U8", "[2]", "2", "4") "}", 4),
-                "duplicate tensor name 'a'");
+    CHECK_ERROR(
+        refuses("{\"b\":" ENTRY("U8", "[8]", "0", "8") ",\"a\":" ENTRY("U8", "[2]", "3", "5") "}",
+                8),
+        "overlapping data_offsets");
+    CHECK_ERROR(
+        refuses("{\"a\":" ENTRY("U8", "[2]", "0", "2") ",\"a\":" ENTRY("U8", "[2]", "2", "4") "}",
+                4),
+        "duplicate tensor name 'a'");
     /* names must be UTF-8, like the reference requires */
     CHECK_ERROR(refuses("{\"\xff\xfe\":" ENTRY("U8", "[1]", "0", "1") "}", 1), "not valid UTF-8");
     CHECK_ERROR(refuses("{\"\xc3\":" ENTRY("U8", "[1]", "0", "1") "}", 1), "not valid UTF-8");
-    CHECK_ERROR(refuses("{\"\xed\xa0\x80\":" ENTRY("U8", "[1]", "0", "1") "}", 1), "not valid UTF-8");
-    CHECK(!refuses("{\"w\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\":" ENTRY("U8", "[1]", "0", "1") "}", 1));
+    CHECK_ERROR(refuses("{\"\xed\xa0\x80\":" ENTRY("U8", "[1]", "0", "1") "}", 1),
+                "not valid UTF-8");
+    CHECK(!refuses("{\"w\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\":" ENTRY("U8", "[1]", "0", "1") "}",
+                   1));
     /* metadata */
-    CHECK_ERROR(refuses("{\"__metadata__\":{\"k\":1}}", 0), "__metadata__ value of 'k' is not a string");
+    CHECK_ERROR(refuses("{\"__metadata__\":{\"k\":1}}", 0),
+                "__metadata__ value of 'k' is not a string");
     CHECK_ERROR(refuses("{\"__metadata__\":[1]}", 0), "__metadata__ is not a JSON object");
     /* the message names the file */
     CHECK_ERROR(refuses("nope", 0), "bad.safetensors");
@@ -385,7 +410,8 @@ TEST(failed_writes_leave_the_old_file) {
     CHECK_ERROR(fe_safetensors_save(path, &null_t, 1, NULL, 0) != FE_OK, "tensor 'w' is NULL");
     fe_named_tensor reserved = {"__metadata__", small};
     CHECK_ERROR(fe_safetensors_save(path, &reserved, 1, NULL, 0) != FE_OK, "reserved");
-    CHECK_ERROR(fe_safetensors_save(path_in(dir, "no/such/dir/x.safetensors"), &nt, 1, NULL, 0) != FE_OK,
+    CHECK_ERROR(fe_safetensors_save(path_in(dir, "no/such/dir/x.safetensors"), &nt, 1, NULL, 0) !=
+                    FE_OK,
                 "cannot create a temporary file");
 
     size_t n1 = 0;
@@ -410,10 +436,13 @@ TEST(failed_writes_leave_the_old_file) {
 TEST(sharded_index) {
     const char *dir = tmpdir();
     int64_t s1[2] = {2, 2}, s2[1] = {3};
-    fe_tensor *a = pattern(2, s1, FE_F32), *b = pattern(1, s2, FE_BF16), *c = pattern(1, s2, FE_I64);
+    fe_tensor *a = pattern(2, s1, FE_F32), *b = pattern(1, s2, FE_BF16),
+              *c = pattern(1, s2, FE_I64);
     fe_named_tensor sh1[2] = {{"model.a", a}, {"model.c", c}}, sh2[1] = {{"lm_head.b", b}};
-    CHECK(fe_safetensors_save(path_in(dir, "model-00001-of-00002.safetensors"), sh1, 2, NULL, 0) == FE_OK);
-    CHECK(fe_safetensors_save(path_in(dir, "model-00002-of-00002.safetensors"), sh2, 1, NULL, 0) == FE_OK);
+    CHECK(fe_safetensors_save(path_in(dir, "model-00001-of-00002.safetensors"), sh1, 2, NULL, 0) ==
+          FE_OK);
+    CHECK(fe_safetensors_save(path_in(dir, "model-00002-of-00002.safetensors"), sh2, 1, NULL, 0) ==
+          FE_OK);
     FILE *fp = fopen(path_in(dir, "model.safetensors.index.json"), "w");
     fprintf(fp, "{\"metadata\": {\"total_size\": 46}, \"weight_map\": {"
                 "\"model.a\": \"model-00001-of-00002.safetensors\","
@@ -444,7 +473,8 @@ TEST(sharded_index) {
     /* broken indexes */
     const char *idx = path_in(dir, "bad.index.json");
     const char *bad[][2] = {
-        {"{\"weight_map\": {\"model.zzz\": \"model-00001-of-00002.safetensors\"}}", "is not in its shard"},
+        {"{\"weight_map\": {\"model.zzz\": \"model-00001-of-00002.safetensors\"}}",
+         "is not in its shard"},
         {"{\"weight_map\": {\"x\": \"missing.safetensors\"}}", "cannot open"},
         {"{\"weight_map\": {\"x\": \"../etc/passwd\"}}", "leaves the model folder"},
         {"{\"weight_map\": {\"x\": \"/etc/passwd\"}}", "leaves the model folder"},
@@ -452,7 +482,8 @@ TEST(sharded_index) {
         {"{\"weight_map\": [1]}", "\"weight_map\" is not a JSON object"},
         {"{\"metadata\": {}}", "missing \"weight_map\""},
         {"{\"weight_map\": {", "not valid JSON"},
-        {"{\"weight_map\": {\"x\": \"a.safetensors\", \"x\": \"b.safetensors\"}}", "duplicate tensor name 'x'"},
+        {"{\"weight_map\": {\"x\": \"a.safetensors\", \"x\": \"b.safetensors\"}}",
+         "duplicate tensor name 'x'"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         fp = fopen(idx, "w");

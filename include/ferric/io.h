@@ -33,7 +33,7 @@ typedef struct fe_st_info {
     const char *name;       /* owned by the handle */
     const char *dtype_name; /* the file's dtype string: "F32", "BF16", "BOOL", "I16", ... */
     bool has_fe_dtype;      /* false for dtypes ferric cannot hold (I16, U16, U32, U64, F8_*) */
-    fe_dtype dtype;         /* the ferric dtype it loads as (BOOL loads as u8); valid when has_fe_dtype */
+    fe_dtype dtype; /* the ferric dtype it loads as (BOOL loads as u8); valid when has_fe_dtype */
     int ndim;
     int64_t shape[FE_MAX_DIMS];
     int64_t numel;

@@ -68,7 +68,8 @@ static int get_num(const cJSON *o, const char *key, bool required, double *out) 
         return 0;
     }
     if (!cJSON_IsNumber(j) || !isfinite(j->valuedouble)) {
-        fe_set_error(FE_ERR_FORMAT, "config: \"%s\" must be a number, got %s", key, json_type_name(j));
+        fe_set_error(FE_ERR_FORMAT, "config: \"%s\" must be a number, got %s", key,
+                     json_type_name(j));
         return -1;
     }
     *out = j->valuedouble;
@@ -79,7 +80,8 @@ static int get_bool(const cJSON *o, const char *key, bool *out) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!j) return 0;
     if (!cJSON_IsBool(j)) {
-        fe_set_error(FE_ERR_FORMAT, "config: \"%s\" must be true or false, got %s", key, json_type_name(j));
+        fe_set_error(FE_ERR_FORMAT, "config: \"%s\" must be true or false, got %s", key,
+                     json_type_name(j));
         return -1;
     }
     *out = cJSON_IsTrue(j);
@@ -90,11 +92,13 @@ static int get_str(const cJSON *o, const char *key, char *out, size_t cap) {
     const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
     if (!j || cJSON_IsNull(j)) return 0;
     if (!cJSON_IsString(j)) {
-        fe_set_error(FE_ERR_FORMAT, "config: \"%s\" must be a string, got %s", key, json_type_name(j));
+        fe_set_error(FE_ERR_FORMAT, "config: \"%s\" must be a string, got %s", key,
+                     json_type_name(j));
         return -1;
     }
     if (strlen(j->valuestring) >= cap) {
-        fe_set_error(FE_ERR_FORMAT, "config: \"%s\" value '%.40s' is too long", key, j->valuestring);
+        fe_set_error(FE_ERR_FORMAT, "config: \"%s\" value '%.40s' is too long", key,
+                     j->valuestring);
         return -1;
     }
     snprintf(out, cap, "%s", j->valuestring);
@@ -105,22 +109,27 @@ static fe_status parse_rope_scaling(const cJSON *root, fe_hf_config *c) {
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
     if (!rs || cJSON_IsNull(rs)) return FE_OK;
     if (!cJSON_IsObject(rs))
-        return fe_set_error(FE_ERR_FORMAT, "config: \"rope_scaling\" must be an object or null, got %s",
+        return fe_set_error(FE_ERR_FORMAT,
+                            "config: \"rope_scaling\" must be an object or null, got %s",
                             json_type_name(rs));
     char type[16] = "";
     int r = get_str(rs, "rope_type", type, sizeof type);
     if (r == 0) r = get_str(rs, "type", type, sizeof type);
     if (r < 0) return fe_last_status();
-    if (r == 0) return fe_set_error(FE_ERR_FORMAT, "config: rope_scaling has no \"rope_type\" (or \"type\")");
+    if (r == 0)
+        return fe_set_error(FE_ERR_FORMAT,
+                            "config: rope_scaling has no \"rope_type\" (or \"type\")");
     if (!strcmp(type, "default")) return FE_OK;
     if (strcmp(type, "llama3") && strcmp(type, "linear") && strcmp(type, "dynamic"))
-        return fe_set_error(FE_ERR_FORMAT,
-                            "config: unsupported rope_scaling type '%s' (ferric knows llama3, linear, dynamic)",
-                            type);
+        return fe_set_error(
+            FE_ERR_FORMAT,
+            "config: unsupported rope_scaling type '%s' (ferric knows llama3, linear, dynamic)",
+            type);
     snprintf(c->rope_scaling_type, sizeof c->rope_scaling_type, "%s", type);
     if (get_num(rs, "factor", true, &c->rope_factor) < 0) return fe_last_status();
     if (!(c->rope_factor > 0))
-        return fe_set_error(FE_ERR_FORMAT, "config: rope_scaling factor must be positive, got %g", c->rope_factor);
+        return fe_set_error(FE_ERR_FORMAT, "config: rope_scaling factor must be positive, got %g",
+                            c->rope_factor);
     if (strcmp(type, "llama3")) return FE_OK;
     if (get_num(rs, "low_freq_factor", true, &c->rope_low_freq_factor) < 0 ||
         get_num(rs, "high_freq_factor", true, &c->rope_high_freq_factor) < 0 ||
@@ -128,11 +137,14 @@ static fe_status parse_rope_scaling(const cJSON *root, fe_hf_config *c) {
                 &c->rope_original_max_position_embeddings) < 0)
         return fe_last_status();
     if (!(c->rope_low_freq_factor > 0) || !(c->rope_high_freq_factor > c->rope_low_freq_factor))
-        return fe_set_error(FE_ERR_FORMAT,
-                            "config: rope_scaling needs 0 < low_freq_factor < high_freq_factor, got %g and %g",
-                            c->rope_low_freq_factor, c->rope_high_freq_factor);
+        return fe_set_error(
+            FE_ERR_FORMAT,
+            "config: rope_scaling needs 0 < low_freq_factor < high_freq_factor, got %g and %g",
+            c->rope_low_freq_factor, c->rope_high_freq_factor);
     if (c->rope_original_max_position_embeddings <= 0)
-        return fe_set_error(FE_ERR_FORMAT, "config: rope_scaling original_max_position_embeddings must be positive");
+        return fe_set_error(
+            FE_ERR_FORMAT,
+            "config: rope_scaling original_max_position_embeddings must be positive");
     return FE_OK;
 }
 
@@ -147,15 +159,18 @@ static fe_status parse_eos(const cJSON *root, fe_hf_config *c) {
     } else if (cJSON_IsArray(j)) {
         for (const cJSON *x = j->child; x; x = x->next) {
             if (!is_int(x))
-                return fe_set_error(FE_ERR_FORMAT, "config: \"eos_token_id\" list holds %s, not an integer",
+                return fe_set_error(FE_ERR_FORMAT,
+                                    "config: \"eos_token_id\" list holds %s, not an integer",
                                     json_type_name(x));
             if (c->n_eos_token_ids == FE_MAX_EOS_IDS)
-                return fe_set_error(FE_ERR_FORMAT, "config: \"eos_token_id\" lists more than %d ids",
+                return fe_set_error(FE_ERR_FORMAT,
+                                    "config: \"eos_token_id\" lists more than %d ids",
                                     FE_MAX_EOS_IDS);
             c->eos_token_ids[c->n_eos_token_ids++] = (int64_t)x->valuedouble;
         }
     } else {
-        return fe_set_error(FE_ERR_FORMAT, "config: \"eos_token_id\" must be an integer or a list, got %s",
+        return fe_set_error(FE_ERR_FORMAT,
+                            "config: \"eos_token_id\" must be an integer or a list, got %s",
                             json_type_name(j));
     }
     for (int i = 0; i < c->n_eos_token_ids; i++)
@@ -181,26 +196,36 @@ fe_status fe_hf_config_validate(const fe_hf_config *c) {
                {"max_position_embeddings", c->max_position_embeddings}};
     for (size_t i = 0; i < sizeof pos / sizeof *pos; i++)
         if (pos[i].v <= 0 || pos[i].v > ((int64_t)1 << 40))
-            return fe_set_error(FE_ERR_FORMAT, "config: \"%s\" must be a positive integer, got %" PRId64,
+            return fe_set_error(FE_ERR_FORMAT,
+                                "config: \"%s\" must be a positive integer, got %" PRId64,
                                 pos[i].name, pos[i].v);
     if (c->num_attention_heads % c->num_key_value_heads)
         return fe_set_error(FE_ERR_FORMAT,
-                            "config: num_key_value_heads (%" PRId64 ") does not divide num_attention_heads (%" PRId64 ")",
+                            "config: num_key_value_heads (%" PRId64
+                            ") does not divide num_attention_heads (%" PRId64 ")",
                             c->num_key_value_heads, c->num_attention_heads);
     if (c->num_key_value_heads > c->num_attention_heads)
-        return fe_set_error(FE_ERR_FORMAT, "config: num_key_value_heads exceeds num_attention_heads");
+        return fe_set_error(FE_ERR_FORMAT,
+                            "config: num_key_value_heads exceeds num_attention_heads");
     if (!(c->rms_norm_eps > 0) || !isfinite(c->rms_norm_eps))
-        return fe_set_error(FE_ERR_FORMAT, "config: \"rms_norm_eps\" must be positive, got %g", c->rms_norm_eps);
+        return fe_set_error(FE_ERR_FORMAT, "config: \"rms_norm_eps\" must be positive, got %g",
+                            c->rms_norm_eps);
     if (!(c->rope_theta > 0) || !isfinite(c->rope_theta))
-        return fe_set_error(FE_ERR_FORMAT, "config: \"rope_theta\" must be positive, got %g", c->rope_theta);
+        return fe_set_error(FE_ERR_FORMAT, "config: \"rope_theta\" must be positive, got %g",
+                            c->rope_theta);
     if (c->bos_token_id >= c->vocab_size)
-        return fe_set_error(FE_ERR_FORMAT, "config: bos_token_id %" PRId64 " is outside the vocabulary (%" PRId64 ")",
+        return fe_set_error(FE_ERR_FORMAT,
+                            "config: bos_token_id %" PRId64 " is outside the vocabulary (%" PRId64
+                            ")",
                             c->bos_token_id, c->vocab_size);
     if (c->n_eos_token_ids < 0 || c->n_eos_token_ids > FE_MAX_EOS_IDS)
-        return fe_set_error(FE_ERR_FORMAT, "config: bad number of eos_token_ids %d", c->n_eos_token_ids);
+        return fe_set_error(FE_ERR_FORMAT, "config: bad number of eos_token_ids %d",
+                            c->n_eos_token_ids);
     for (int i = 0; i < c->n_eos_token_ids; i++)
         if (c->eos_token_ids[i] < 0 || c->eos_token_ids[i] >= c->vocab_size)
-            return fe_set_error(FE_ERR_FORMAT, "config: eos_token_id %" PRId64 " is outside the vocabulary (%" PRId64 ")",
+            return fe_set_error(FE_ERR_FORMAT,
+                                "config: eos_token_id %" PRId64
+                                " is outside the vocabulary (%" PRId64 ")",
                                 c->eos_token_ids[i], c->vocab_size);
     return FE_OK;
 }
@@ -218,12 +243,14 @@ fe_status fe_hf_config_parse(const char *json, size_t len, fe_hf_config *out) {
     }
     if (get_str(root, "model_type", model_type, sizeof model_type) < 0) goto fail;
     if (*model_type && strcmp(model_type, "llama")) {
-        st = fe_set_error(FE_ERR_FORMAT, "config: model_type '%s' is not a Llama model", model_type);
+        st =
+            fe_set_error(FE_ERR_FORMAT, "config: model_type '%s' is not a Llama model", model_type);
         goto done;
     }
     if (get_str(root, "hidden_act", act, sizeof act) < 0) goto fail;
     if (*act && strcmp(act, "silu")) {
-        st = fe_set_error(FE_ERR_FORMAT, "config: hidden_act '%s' is not supported (Llama uses silu)", act);
+        st = fe_set_error(FE_ERR_FORMAT,
+                          "config: hidden_act '%s' is not supported (Llama uses silu)", act);
         goto done;
     }
     if (get_int(root, "vocab_size", true, false, &c.vocab_size) < 0 ||
@@ -233,8 +260,10 @@ fe_status fe_hf_config_parse(const char *json, size_t len, fe_hf_config *out) {
         get_int(root, "num_attention_heads", true, false, &c.num_attention_heads) < 0)
         goto fail;
     if (c.num_attention_heads <= 0) {
-        st = fe_set_error(FE_ERR_FORMAT, "config: \"num_attention_heads\" must be a positive integer, got %" PRId64,
-                          c.num_attention_heads);
+        st =
+            fe_set_error(FE_ERR_FORMAT,
+                         "config: \"num_attention_heads\" must be a positive integer, got %" PRId64,
+                         c.num_attention_heads);
         goto done;
     }
     c.num_key_value_heads = c.num_attention_heads;
@@ -244,7 +273,8 @@ fe_status fe_hf_config_parse(const char *json, size_t len, fe_hf_config *out) {
     if (r == 0) {
         if (c.hidden_size % c.num_attention_heads) {
             st = fe_set_error(FE_ERR_FORMAT,
-                              "config: num_attention_heads (%" PRId64 ") does not divide hidden_size (%" PRId64 ")",
+                              "config: num_attention_heads (%" PRId64
+                              ") does not divide hidden_size (%" PRId64 ")",
                               c.num_attention_heads, c.hidden_size);
             goto done;
         }
@@ -261,8 +291,10 @@ fe_status fe_hf_config_parse(const char *json, size_t len, fe_hf_config *out) {
     if (r == 0) r = get_str(root, "dtype", c.torch_dtype, sizeof c.torch_dtype);
     if (r < 0) goto fail;
     const cJSON *bos = cJSON_GetObjectItemCaseSensitive(root, "bos_token_id");
-    if (bos && cJSON_IsNull(bos)) c.bos_token_id = -1;
-    else if (get_int(root, "bos_token_id", false, false, &c.bos_token_id) < 0) goto fail;
+    if (bos && cJSON_IsNull(bos))
+        c.bos_token_id = -1;
+    else if (get_int(root, "bos_token_id", false, false, &c.bos_token_id) < 0)
+        goto fail;
     if (c.bos_token_id < -1) {
         st = fe_set_error(FE_ERR_FORMAT, "config: \"bos_token_id\" is negative");
         goto done;
@@ -302,8 +334,10 @@ char *fe_hf_config_to_json(const fe_hf_config *c) {
     cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
     cJSON_AddBoolToObject(o, "attention_bias", c->attention_bias);
     cJSON_AddNumberToObject(o, "attention_dropout", 0.0);
-    if (c->bos_token_id >= 0) cJSON_AddNumberToObject(o, "bos_token_id", (double)c->bos_token_id);
-    else cJSON_AddNullToObject(o, "bos_token_id");
+    if (c->bos_token_id >= 0)
+        cJSON_AddNumberToObject(o, "bos_token_id", (double)c->bos_token_id);
+    else
+        cJSON_AddNullToObject(o, "bos_token_id");
     if (c->n_eos_token_ids == 0) {
         cJSON_AddNullToObject(o, "eos_token_id");
     } else if (c->n_eos_token_ids == 1) {

@@ -21,7 +21,7 @@
 #error "the safetensors reader assumes a little-endian host"
 #endif
 
-#define ST_MAX_HEADER 100000000ull /* the reference implementation's limit */
+#define ST_MAX_HEADER 100000000ull    /* the reference implementation's limit */
 #define ST_MAX_INT 9007199254740992.0 /* 2^53: larger JSON numbers are not exact doubles */
 
 /* ---- dtypes ------------------------------------------------------------------ */
@@ -32,11 +32,11 @@ static const struct {
     bool has_fe;
     fe_dtype dt;
 } k_st_dtypes[] = {
-    {"F64", 8, true, FE_F64},  {"F32", 4, true, FE_F32},   {"F16", 2, true, FE_F16},
-    {"BF16", 2, true, FE_BF16}, {"I64", 8, true, FE_I64},  {"I32", 4, true, FE_I32},
-    {"I16", 2, false, FE_F32}, {"I8", 1, true, FE_I8},     {"U8", 1, true, FE_U8},
-    {"BOOL", 1, true, FE_U8},  {"U16", 2, false, FE_F32},  {"U32", 4, false, FE_F32},
-    {"U64", 8, false, FE_F32}, {"F8_E4M3", 1, false, FE_F32}, {"F8_E5M2", 1, false, FE_F32},
+    {"F64", 8, true, FE_F64},   {"F32", 4, true, FE_F32},      {"F16", 2, true, FE_F16},
+    {"BF16", 2, true, FE_BF16}, {"I64", 8, true, FE_I64},      {"I32", 4, true, FE_I32},
+    {"I16", 2, false, FE_F32},  {"I8", 1, true, FE_I8},        {"U8", 1, true, FE_U8},
+    {"BOOL", 1, true, FE_U8},   {"U16", 2, false, FE_F32},     {"U32", 4, false, FE_F32},
+    {"U64", 8, false, FE_F32},  {"F8_E4M3", 1, false, FE_F32}, {"F8_E5M2", 1, false, FE_F32},
 };
 #define ST_NDTYPES ((int)(sizeof k_st_dtypes / sizeof *k_st_dtypes))
 
@@ -65,20 +65,22 @@ static const char *st_dtype_of_fe(fe_dtype dt) {
 struct fe_safetensors {
     const uint8_t *base; /* the whole file */
     size_t size;
-    bool mapped;          /* base is our mmap */
-    const uint8_t *data;  /* the data area */
+    bool mapped;         /* base is our mmap */
+    const uint8_t *data; /* the data area */
     uint64_t data_size;
     int64_t n;
-    fe_st_info *t;        /* header order */
-    int64_t *by_name;     /* indices sorted by name */
+    fe_st_info *t;    /* header order */
+    int64_t *by_name; /* indices sorted by name */
     int64_t n_meta;
     char **meta_key, **meta_val;
 };
 
 void fe_safetensors_close(fe_safetensors *f) {
     if (!f) return;
-    for (int64_t i = 0; i < f->n; i++) free((char *)f->t[i].name);
-    for (int64_t i = 0; i < f->n_meta; i++) free(f->meta_key[i]), free(f->meta_val[i]);
+    for (int64_t i = 0; i < f->n; i++)
+        free((char *)f->t[i].name);
+    for (int64_t i = 0; i < f->n_meta; i++)
+        free(f->meta_key[i]), free(f->meta_val[i]);
     free(f->t);
     free(f->by_name);
     free(f->meta_key);
@@ -134,8 +136,10 @@ static fe_status parse_entry(const cJSON *e, fe_st_info *ti, uint64_t data_size)
     if (!cJSON_IsArray(js)) return bad("bad shape", "has a shape that is not a list", name);
     int nd = cJSON_GetArraySize(js);
     if (nd > FE_MAX_DIMS)
-        return fe_set_error(FE_ERR_FORMAT, "safetensors: bad shape: tensor '%s' has rank %d, ferric holds at most %d",
-                            name, nd, FE_MAX_DIMS);
+        return fe_set_error(
+            FE_ERR_FORMAT,
+            "safetensors: bad shape: tensor '%s' has rank %d, ferric holds at most %d", name, nd,
+            FE_MAX_DIMS);
     ti->ndim = nd;
     uint64_t numel = 1;
     bool overflow = false;
@@ -145,8 +149,10 @@ static fe_status parse_entry(const cJSON *e, fe_st_info *ti, uint64_t data_size)
         if (!json_uint(x, &v))
             return bad("bad shape", "has a shape entry that is not a non-negative integer", name);
         ti->shape[d] = (int64_t)v;
-        if (v && numel > UINT64_MAX / v) overflow = true;
-        else numel *= v;
+        if (v && numel > UINT64_MAX / v)
+            overflow = true;
+        else
+            numel *= v;
     }
     unsigned esz = k_st_dtypes[k].size;
     if (overflow || numel > UINT64_MAX / esz)
@@ -159,16 +165,21 @@ static fe_status parse_entry(const cJSON *e, fe_st_info *ti, uint64_t data_size)
     if (!json_uint(jo->child, &b) || !json_uint(jo->child->next, &en))
         return bad("bad data_offsets", "has data_offsets that are not non-negative integers", name);
     if (en < b)
-        return fe_set_error(FE_ERR_FORMAT, "safetensors: bad data_offsets: tensor '%s' ends (%" PRIu64
-                            ") before it begins (%" PRIu64 ")", name, en, b);
+        return fe_set_error(FE_ERR_FORMAT,
+                            "safetensors: bad data_offsets: tensor '%s' ends (%" PRIu64
+                            ") before it begins (%" PRIu64 ")",
+                            name, en, b);
     if (en > data_size)
         return fe_set_error(FE_ERR_FORMAT,
                             "safetensors: data_offsets out of range: tensor '%s' ends at %" PRIu64
-                            " but the data area holds %" PRIu64 " bytes", name, en, data_size);
+                            " but the data area holds %" PRIu64 " bytes",
+                            name, en, data_size);
     if (en - b != ti->nbytes)
-        return fe_set_error(FE_ERR_FORMAT,
-                            "safetensors: size mismatch: tensor '%s' of shape and dtype %s needs %" PRIu64
-                            " bytes but data_offsets span %" PRIu64, name, ti->dtype_name, ti->nbytes, en - b);
+        return fe_set_error(
+            FE_ERR_FORMAT,
+            "safetensors: size mismatch: tensor '%s' of shape and dtype %s needs %" PRIu64
+            " bytes but data_offsets span %" PRIu64,
+            name, ti->dtype_name, ti->nbytes, en - b);
     ti->offset = b;
     return FE_OK;
 }
@@ -180,10 +191,12 @@ static fe_status parse_metadata(fe_safetensors *f, const cJSON *m) {
     int n = cJSON_GetArraySize(m);
     f->meta_key = calloc((size_t)n + 1, sizeof *f->meta_key);
     f->meta_val = calloc((size_t)n + 1, sizeof *f->meta_val);
-    if (!f->meta_key || !f->meta_val) return fe_set_error(FE_ERR_OOM, "safetensors: out of host memory");
+    if (!f->meta_key || !f->meta_val)
+        return fe_set_error(FE_ERR_OOM, "safetensors: out of host memory");
     for (const cJSON *x = m->child; x; x = x->next) {
         if (!cJSON_IsString(x))
-            return fe_set_error(FE_ERR_FORMAT, "safetensors: __metadata__ value of '%s' is not a string",
+            return fe_set_error(FE_ERR_FORMAT,
+                                "safetensors: __metadata__ value of '%s' is not a string",
                                 x->string);
         f->meta_key[f->n_meta] = strdup(x->string);
         f->meta_val[f->n_meta] = strdup(x->valuestring);
@@ -229,20 +242,23 @@ static bool utf8_ok(const unsigned char *s, size_t n) {
 /* Validate the header of f->base[0..size) and fill f. */
 static fe_status parse(fe_safetensors *f) {
     if (f->size < 8)
-        return fe_set_error(FE_ERR_FORMAT,
-                            "safetensors: truncated file: %zu bytes, too short for the 8-byte header length",
-                            f->size);
+        return fe_set_error(
+            FE_ERR_FORMAT,
+            "safetensors: truncated file: %zu bytes, too short for the 8-byte header length",
+            f->size);
     uint64_t hlen;
     memcpy(&hlen, f->base, 8);
     if (hlen > ST_MAX_HEADER)
-        return fe_set_error(FE_ERR_FORMAT,
-                            "safetensors: header length %" PRIu64 " exceeds the 100 MB limit", hlen);
+        return fe_set_error(
+            FE_ERR_FORMAT, "safetensors: header length %" PRIu64 " exceeds the 100 MB limit", hlen);
     if (hlen > f->size - 8)
         return fe_set_error(FE_ERR_FORMAT,
-                            "safetensors: header length %" PRIu64 " runs past the end of the file (%zu bytes)",
+                            "safetensors: header length %" PRIu64
+                            " runs past the end of the file (%zu bytes)",
                             hlen, f->size);
     if (hlen < 2)
-        return fe_set_error(FE_ERR_FORMAT, "safetensors: header is not JSON (%" PRIu64 " bytes)", hlen);
+        return fe_set_error(FE_ERR_FORMAT, "safetensors: header is not JSON (%" PRIu64 " bytes)",
+                            hlen);
     const char *h = (const char *)f->base + 8;
     f->data = f->base + 8 + hlen;
     f->data_size = f->size - 8 - hlen;
@@ -252,16 +268,21 @@ static fe_status parse(fe_safetensors *f) {
     cJSON *root = cJSON_ParseWithLengthOpts(h, (size_t)hlen, &end, false);
     if (!root) {
         size_t at = end && end >= h && end <= h + hlen ? (size_t)(end - h) : 0;
-        return fe_set_error(FE_ERR_FORMAT, "safetensors: header is not valid JSON (error near byte %zu)", at);
+        return fe_set_error(FE_ERR_FORMAT,
+                            "safetensors: header is not valid JSON (error near byte %zu)", at);
     }
     fe_status st = FE_OK;
     for (const char *p = end; p < h + hlen; p++)
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
-            st = fe_set_error(FE_ERR_FORMAT, "safetensors: header is not valid JSON (trailing bytes after the object)");
+            st = fe_set_error(
+                FE_ERR_FORMAT,
+                "safetensors: header is not valid JSON (trailing bytes after the object)");
             goto done;
         }
     if (!cJSON_IsObject(root)) {
-        st = fe_set_error(FE_ERR_FORMAT, "safetensors: header is not valid JSON object (it is another JSON value)");
+        st =
+            fe_set_error(FE_ERR_FORMAT,
+                         "safetensors: header is not valid JSON object (it is another JSON value)");
         goto done;
     }
     int64_t cap = cJSON_GetArraySize(root);
@@ -274,8 +295,10 @@ static fe_status parse(fe_safetensors *f) {
     bool seen_meta = false;
     for (const cJSON *e = root->child; e && !st; e = e->next) {
         if (!strcmp(e->string, "__metadata__")) {
-            if (seen_meta) st = fe_set_error(FE_ERR_FORMAT, "safetensors: duplicate __metadata__");
-            else st = parse_metadata(f, e);
+            if (seen_meta)
+                st = fe_set_error(FE_ERR_FORMAT, "safetensors: duplicate __metadata__");
+            else
+                st = parse_metadata(f, e);
             seen_meta = true;
             continue;
         }
@@ -290,11 +313,13 @@ static fe_status parse(fe_safetensors *f) {
     }
     if (st) goto done;
     /* names must be unique; ranges must not overlap (empty ranges overlap nothing) */
-    for (int64_t i = 0; i < f->n; i++) f->by_name[i] = i;
+    for (int64_t i = 0; i < f->n; i++)
+        f->by_name[i] = i;
     qsort_r(f->by_name, (size_t)f->n, sizeof *f->by_name, cmp_by_name, f);
     for (int64_t i = 1; i < f->n; i++)
         if (!strcmp(f->t[f->by_name[i]].name, f->t[f->by_name[i - 1]].name)) {
-            st = fe_set_error(FE_ERR_FORMAT, "safetensors: duplicate tensor name '%s'", f->t[f->by_name[i]].name);
+            st = fe_set_error(FE_ERR_FORMAT, "safetensors: duplicate tensor name '%s'",
+                              f->t[f->by_name[i]].name);
             goto done;
         }
     int64_t *ord = malloc(((size_t)f->n + 1) * sizeof *ord);
@@ -310,8 +335,8 @@ static fe_status parse(fe_safetensors *f) {
         const fe_st_info *a = &f->t[ord[i - 1]], *b = &f->t[ord[i]];
         if (b->offset < a->offset + a->nbytes)
             st = fe_set_error(FE_ERR_FORMAT,
-                              "safetensors: overlapping data_offsets: tensors '%s' [%" PRIu64 ", %" PRIu64
-                              ") and '%s' [%" PRIu64 ", %" PRIu64 ")",
+                              "safetensors: overlapping data_offsets: tensors '%s' [%" PRIu64
+                              ", %" PRIu64 ") and '%s' [%" PRIu64 ", %" PRIu64 ")",
                               a->name, a->offset, a->offset + a->nbytes, b->name, b->offset,
                               b->offset + b->nbytes);
     }
@@ -404,8 +429,10 @@ int64_t fe_safetensors_find(const fe_safetensors *f, const char *name) {
         int64_t mid = lo + (hi - lo) / 2;
         int c = strcmp(name, f->t[f->by_name[mid]].name);
         if (!c) return f->by_name[mid];
-        if (c < 0) hi = mid - 1;
-        else lo = mid + 1;
+        if (c < 0)
+            hi = mid - 1;
+        else
+            lo = mid + 1;
     }
     return -1;
 }
@@ -454,8 +481,9 @@ static fe_tensor *load(const fe_safetensors *f, const char *name, bool cast, fe_
     const fe_st_info *ti = lookup(f, name, op);
     if (!ti) return NULL;
     if (!ti->has_fe_dtype) {
-        fe_set_error(FE_ERR_DTYPE, "%s: unsupported dtype %s of tensor '%s' (ferric has no such dtype)",
-                     op, ti->dtype_name, name);
+        fe_set_error(FE_ERR_DTYPE,
+                     "%s: unsupported dtype %s of tensor '%s' (ferric has no such dtype)", op,
+                     ti->dtype_name, name);
         return NULL;
     }
     if (!cast) dt = ti->dtype;
@@ -501,7 +529,8 @@ static void sb_put(sbuf *b, const char *s, size_t n) {
     if (b->oom) return;
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
+        while (cap < b->n + n + 1)
+            cap *= 2;
         char *p = realloc(b->p, cap);
         if (!p) {
             b->oom = true;
@@ -531,10 +560,14 @@ static void sb_fmt(sbuf *b, const char *fmt, ...) {
 static void sb_json_string(sbuf *b, const char *s) {
     sb_str(b, "\"");
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p == '"') sb_str(b, "\\\"");
-        else if (*p == '\\') sb_str(b, "\\\\");
-        else if (*p < 0x20) sb_fmt(b, "\\u%04x", *p);
-        else sb_put(b, (const char *)p, 1);
+        if (*p == '"')
+            sb_str(b, "\\\"");
+        else if (*p == '\\')
+            sb_str(b, "\\\\");
+        else if (*p < 0x20)
+            sb_fmt(b, "\\u%04x", *p);
+        else
+            sb_put(b, (const char *)p, 1);
     }
     sb_str(b, "\"");
 }
@@ -559,20 +592,25 @@ fe_status fe_safetensors_save(const char *path, const fe_named_tensor *tensors, 
         return fe_set_error(FE_ERR_ARG, "fe_safetensors_save: bad tensor or metadata list");
     for (int64_t i = 0; i < n; i++) {
         const char *nm = tensors[i].name;
-        if (!nm || !*nm) return fe_set_error(FE_ERR_ARG, "fe_safetensors_save: tensor %" PRId64 " has an empty name", i);
+        if (!nm || !*nm)
+            return fe_set_error(FE_ERR_ARG,
+                                "fe_safetensors_save: tensor %" PRId64 " has an empty name", i);
         if (!strcmp(nm, "__metadata__"))
             return fe_set_error(FE_ERR_ARG, "fe_safetensors_save: '__metadata__' is reserved");
         if (!tensors[i].tensor)
             return fe_set_error(FE_ERR_ARG, "fe_safetensors_save: tensor '%s' is NULL", nm);
         if (!st_dtype_of_fe(fe_dtype_of(tensors[i].tensor)))
-            return fe_set_error(FE_ERR_DTYPE, "fe_safetensors_save: tensor '%s' has an unknown dtype", nm);
+            return fe_set_error(FE_ERR_DTYPE,
+                                "fe_safetensors_save: tensor '%s' has an unknown dtype", nm);
     }
     for (int64_t i = 0; i < n_meta; i++)
         if (!meta[i].key || !meta[i].value)
-            return fe_set_error(FE_ERR_ARG, "fe_safetensors_save: metadata entry %" PRId64 " is NULL", i);
+            return fe_set_error(FE_ERR_ARG,
+                                "fe_safetensors_save: metadata entry %" PRId64 " is NULL", i);
     int64_t *ord = malloc(((size_t)n + 1) * sizeof *ord);
     if (!ord) return fe_set_error(FE_ERR_OOM, "fe_safetensors_save: out of host memory");
-    for (int64_t i = 0; i < n; i++) ord[i] = i;
+    for (int64_t i = 0; i < n; i++)
+        ord[i] = i;
     qsort_r(ord, (size_t)n, sizeof *ord, cmp_name_only, (void *)tensors);
     for (int64_t i = 1; i < n; i++)
         if (!strcmp(tensors[ord[i]].name, tensors[ord[i - 1]].name)) {
@@ -605,12 +643,14 @@ fe_status fe_safetensors_save(const char *path, const fe_named_tensor *tensors, 
         first = false;
         sb_json_string(&h, tensors[ord[k]].name);
         sb_fmt(&h, ":{\"dtype\":\"%s\",\"shape\":[", st_dtype_of_fe(fe_dtype_of(t)));
-        for (int d = 0; d < fe_ndim(t); d++) sb_fmt(&h, d ? ",%" PRId64 : "%" PRId64, fe_shape(t)[d]);
+        for (int d = 0; d < fe_ndim(t); d++)
+            sb_fmt(&h, d ? ",%" PRId64 : "%" PRId64, fe_shape(t)[d]);
         sb_fmt(&h, "],\"data_offsets\":[%" PRIu64 ",%" PRIu64 "]}", off, off + nb);
         off += nb;
     }
     sb_str(&h, "}");
-    while (!h.oom && h.n % 8) sb_str(&h, " ");
+    while (!h.oom && h.n % 8)
+        sb_str(&h, " ");
     if (h.oom) {
         free(h.p);
         free(ord);

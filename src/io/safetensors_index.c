@@ -60,8 +60,8 @@ static int cmp_pair(const void *a, const void *b, void *ctx) {
     return strcmp(names[*(const int64_t *)a], names[*(const int64_t *)b]);
 }
 
-fe_status fe_weights_parse_index(const char *json, size_t len, char ***names_out,
-                                 char ***files_out, int64_t *n_out) {
+fe_status fe_weights_parse_index(const char *json, size_t len, char ***names_out, char ***files_out,
+                                 int64_t *n_out) {
     if (!json || !names_out || !files_out || !n_out)
         return fe_set_error(FE_ERR_ARG, "fe_weights_parse_index: NULL argument");
     *names_out = *files_out = NULL;
@@ -83,11 +83,13 @@ fe_status fe_weights_parse_index(const char *json, size_t len, char ***names_out
     if (!st) {
         names = calloc((size_t)cnt + 1, sizeof *names);
         files = calloc((size_t)cnt + 1, sizeof *files);
-        if (!names || !files) st = fe_set_error(FE_ERR_OOM, "safetensors index: out of host memory");
+        if (!names || !files)
+            st = fe_set_error(FE_ERR_OOM, "safetensors index: out of host memory");
     }
     for (const cJSON *e = st ? NULL : wm->child; e && !st; e = e->next) {
         if (!cJSON_IsString(e)) {
-            st = fe_set_error(FE_ERR_FORMAT, "safetensors index: weight_map entry '%s' is not a file name",
+            st = fe_set_error(FE_ERR_FORMAT,
+                              "safetensors index: weight_map entry '%s' is not a file name",
                               e->string);
         } else if (!shard_name_ok(e->valuestring)) {
             st = fe_set_error(FE_ERR_FORMAT,
@@ -111,16 +113,19 @@ fe_status fe_weights_parse_index(const char *json, size_t len, char ***names_out
             free(sn);
             free(sf);
         } else {
-            for (int64_t i = 0; i < n; i++) ord[i] = i;
+            for (int64_t i = 0; i < n; i++)
+                ord[i] = i;
             qsort_r(ord, (size_t)n, sizeof *ord, cmp_pair, names);
-            for (int64_t i = 0; i < n; i++) sn[i] = names[ord[i]], sf[i] = files[ord[i]];
+            for (int64_t i = 0; i < n; i++)
+                sn[i] = names[ord[i]], sf[i] = files[ord[i]];
             free(names);
             free(files);
             names = sn;
             files = sf;
             for (int64_t i = 1; i < n && !st; i++)
                 if (!strcmp(names[i], names[i - 1]))
-                    st = fe_set_error(FE_ERR_FORMAT, "safetensors index: duplicate tensor name '%s'", names[i]);
+                    st = fe_set_error(FE_ERR_FORMAT,
+                                      "safetensors index: duplicate tensor name '%s'", names[i]);
         }
         free(ord);
     }
@@ -207,7 +212,8 @@ static fe_weights *open_index(const char *path) {
     char *dir = slash ? strndup(path, (size_t)(slash - path + 1)) : strdup("");
     for (int64_t i = 0; i < n && !st; i++) {
         int64_t k = 0;
-        while (k < w->nfiles && strcmp(w->paths[k] + (dir ? strlen(dir) : 0), files[i])) k++;
+        while (k < w->nfiles && strcmp(w->paths[k] + (dir ? strlen(dir) : 0), files[i]))
+            k++;
         if (k == w->nfiles) {
             w->paths[k] = dir ? fe__path_join(dir, files[i]) : NULL;
             if (!w->paths[k]) {
@@ -223,8 +229,9 @@ static fe_weights *open_index(const char *path) {
         }
         w->file[i] = k;
         if (fe_safetensors_find(w->files[k], names[i]) < 0)
-            st = fe_set_error(FE_ERR_FORMAT, "safetensors index: tensor '%s' is not in its shard '%s'",
-                              names[i], w->paths[k]);
+            st = fe_set_error(FE_ERR_FORMAT,
+                              "safetensors index: tensor '%s' is not in its shard '%s'", names[i],
+                              w->paths[k]);
     }
     free(dir);
     fe_weights_free_map(NULL, files, n);
@@ -249,10 +256,13 @@ fe_weights *fe_weights_open(const char *path) {
         char *idx = fe__path_join(path, "model.safetensors.index.json");
         char *one = fe__path_join(path, "model.safetensors");
         fe_weights *w = NULL;
-        if (idx && fe__is_file(idx)) w = open_index(idx);
-        else if (one && fe__is_file(one)) w = open_single(one);
+        if (idx && fe__is_file(idx))
+            w = open_index(idx);
+        else if (one && fe__is_file(one))
+            w = open_single(one);
         else if (idx && one)
-            fe_set_error(FE_ERR_IO, "no model.safetensors or model.safetensors.index.json in '%s'", path);
+            fe_set_error(FE_ERR_IO, "no model.safetensors or model.safetensors.index.json in '%s'",
+                         path);
         free(idx);
         free(one);
         return w;
@@ -285,8 +295,10 @@ const fe_safetensors *fe_weights_file_of(const fe_weights *w, const char *name) 
             int64_t mid = lo + (hi - lo) / 2;
             int c = strcmp(name, w->names[mid]);
             if (!c) return w->files[w->file[mid]];
-            if (c < 0) hi = mid - 1;
-            else lo = mid + 1;
+            if (c < 0)
+                hi = mid - 1;
+            else
+                lo = mid + 1;
         }
     }
     fe_set_error(FE_ERR_ARG, "fe_weights: no tensor named '%s'", name);

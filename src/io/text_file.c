@@ -77,7 +77,8 @@ char *fe__read_text_file(const char *path, size_t max_bytes, size_t *len) {
             break;
         }
     }
-    if (!buf && fe_last_status() == FE_OK) fe_set_error(FE_ERR_OOM, "out of host memory reading '%s'", path);
+    if (!buf && fe_last_status() == FE_OK)
+        fe_set_error(FE_ERR_OOM, "out of host memory reading '%s'", path);
     fclose(fp);
     if (!buf) return NULL;
     if (n > max_bytes) {
