@@ -46,6 +46,10 @@ typedef struct fe_cuda_mem_stats {
 fe_status fe_cuda_mem_stats_get(int index, fe_cuda_mem_stats *out);
 /* Give every cached (free) block of device `index` back to the driver (synchronises). */
 fe_status fe_cuda_empty_cache(int index);
+/* Debugging aid: while on, every block the allocator hands out is first filled with
+ * 0xFF bytes (NaN in every float dtype), so a kernel that leaves part of its output
+ * unwritten shows up. Also switched on by the environment variable FE_CUDA_POISON=1. */
+void fe_cuda_set_poison(bool on);
 /* The compute stream (a cudaStream_t) of device `index`, for other CUDA modules that
  * must queue work in order with the backend's kernels; NULL with the error set when
  * the device does not exist. */

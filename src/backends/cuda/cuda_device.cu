@@ -184,6 +184,27 @@ static fe_status release_cached(cu_dev *d, cu_pool *pl) {
     return st;
 }
 
+static int g_poison = -1; /* -1: not read from the environment yet */
+
+extern "C" void fe_cuda_set_poison(bool on) { __atomic_store_n(&g_poison, on ? 1 : 0, __ATOMIC_RELAXED); }
+
+static bool poison_on(void) {
+    int v = __atomic_load_n(&g_poison, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv("FE_CUDA_POISON");
+        v = e && !strcmp(e, "1");
+        __atomic_store_n(&g_poison, v, __ATOMIC_RELAXED);
+    }
+    return v == 1;
+}
+
+/* The block handed out: poisoned first in debug mode. */
+static fe_status hand_out(cu_dev *d, void *p, size_t size, void **out) {
+    *out = p;
+    if (!poison_on()) return FE_OK;
+    return cu_check(cudaMemsetAsync(p, 0xFF, size, d->stream), "cudaMemsetAsync (poison)");
+}
+
 static void note_alloc(cu_pool *pl, size_t nbytes) {
     pl->current += nbytes;
     if (pl->current > pl->peak) pl->peak = pl->current;
@@ -208,9 +229,9 @@ extern "C" fe_status fe_cuda_alloc(fe_device dev, size_t nbytes, void **out) {
         pl->n_reused++;
         note_alloc(pl, nbytes);
         pthread_mutex_unlock(&pl->lock);
-        *out = k->p;
+        void *p = k->p;
         free(k);
-        return FE_OK;
+        return hand_out(d, p, size, out);
     }
     pthread_mutex_unlock(&pl->lock);
     void *p = NULL;
@@ -244,8 +265,7 @@ extern "C" fe_status fe_cuda_alloc(fe_device dev, size_t nbytes, void **out) {
     pl->n_malloc++;
     note_alloc(pl, nbytes);
     pthread_mutex_unlock(&pl->lock);
-    *out = p;
-    return FE_OK;
+    return hand_out(d, p, size, out);
 }
 
 extern "C" void fe_cuda_free(fe_device dev, void *p, size_t nbytes) {

@@ -113,7 +113,9 @@ typedef struct gemm_call {
             st = fe_set_error(FE_ERR_DEVICE, "matmul (cuda): %s failed: %s", what, lt_status(s_)); \
     } while (0)
 
-static fe_status run_lt(cu_dev *d, const gemm_call *g) {
+/* Sets *no_algo (and returns FE_OK) when cuBLASLt offers no algorithm for the call. */
+static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
+    *no_algo = false;
     cudaDataType_t ty = g->dtype == FE_F32 ? CUDA_R_32F : g->dtype == FE_F16 ? CUDA_R_16F : CUDA_R_16BF;
     cublasComputeType_t ct = (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32
                                                              : CUBLAS_COMPUTE_32F;
@@ -183,20 +185,17 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g) {
                    "set MIN_ALIGNMENT_D_BYTES");
         cublasLtMatmulHeuristicResult_t res;
         int got = 0;
-        if (!st)
-            LT_TRY(cublasLtMatmulAlgoGetHeuristic(d->lt, op, la, lb, lc, lc, pref, 1, &res, &got),
-                   "cublasLtMatmulAlgoGetHeuristic");
-        if (!st && got < 1)
-            st = fe_set_error(FE_ERR_DEVICE,
-                              "matmul (cuda): cuBLASLt has no algorithm for %s m=%" PRId64 " n=%" PRId64
-                              " k=%" PRId64 " batch=%" PRId64,
-                              fe_dtype_name((fe_dtype)g->dtype), g->m, g->n, g->k, g->batch);
         if (!st) {
+            cublasStatus_t hs =
+                cublasLtMatmulAlgoGetHeuristic(d->lt, op, la, lb, lc, lc, pref, 1, &res, &got);
+            if (hs != CUBLAS_STATUS_SUCCESS || got < 1) *no_algo = true; /* caller falls back */
+        }
+        if (!st && !*no_algo) {
             algo = res.algo;
             algo_put(&key, &algo);
         }
     }
-    if (!st) {
+    if (!st && !*no_algo) {
         float alpha = (float)g->alpha, beta = 0.0f;
         LT_TRY(cublasLtMatmul(d->lt, op, &alpha, g->A, la, g->B, lb, &beta, g->C, lc, g->C, lc, &algo,
                               d->workspace, d->workspace_size, d->stream),
@@ -224,6 +223,27 @@ static fe_status run_f64(cu_dev *d, const gemm_call *g) {
                                      (int)g->ldc, g->sc, (int)g->batch),
            "cublasDgemmStridedBatched");
     if (!st) st = cu_launched("cublasDgemmStridedBatched");
+    return st;
+}
+
+/* The same call through cublasGemmStridedBatchedEx: the fallback for shapes and
+ * alignments that cuBLASLt's heuristic turns down. */
+static fe_status run_ex(cu_dev *d, const gemm_call *g) {
+    cudaDataType_t ty = g->dtype == FE_F32 ? CUDA_R_32F : g->dtype == FE_F16 ? CUDA_R_16F : CUDA_R_16BF;
+    cublasComputeType_t ct = (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32
+                                                             : CUBLAS_COMPUTE_32F;
+    if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
+        g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
+        return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): product too large for cuBLAS");
+    float alpha = (float)g->alpha, beta = 0.0f;
+    fe_status st = FE_OK;
+    LT_TRY(cublasGemmStridedBatchedEx(d->blas, g->ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                      g->tb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m, (int)g->n,
+                                      (int)g->k, &alpha, g->A, ty, (int)g->lda, g->sa, g->B, ty,
+                                      (int)g->ldb, g->sb, &beta, g->C, ty, (int)g->ldc, g->sc,
+                                      (int)g->batch, ct, CUBLAS_GEMM_DEFAULT),
+           "cublasGemmStridedBatchedEx");
+    if (!st) st = cu_launched("cublasGemmStridedBatchedEx");
     return st;
 }
 
@@ -313,7 +333,13 @@ extern "C" fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe
         g.ldc = N, g.sc = so;
         g.batch = inner;
         g.alpha = alpha;
-        st = out->dtype == FE_F64 ? run_f64(d, &g) : run_lt(d, &g);
+        if (out->dtype == FE_F64) {
+            st = run_f64(d, &g);
+        } else {
+            bool no_algo = false;
+            st = run_lt(d, &g, &no_algo);
+            if (!st && no_algo) st = run_ex(d, &g);
+        }
     }
     fe_free(pa);
     fe_free(pb);

@@ -95,7 +95,7 @@ __device__ __forceinline__ void row_max_sumexp(const T *x, int64_t n, const rows
 /* ---- softmax -------------------------------------------------------------------------------------- */
 
 template <typename T, bool WARP>
-__global__ void k_softmax(T *y, const T *x, int64_t R, int64_t C, bool take_log) {
+__global__ void __launch_bounds__(1024) k_softmax(T *y, const T *x, int64_t R, int64_t C, bool take_log) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
@@ -115,7 +115,7 @@ __global__ void k_softmax(T *y, const T *x, int64_t R, int64_t C, bool take_log)
 }
 
 template <typename T, bool WARP>
-__global__ void k_softmax_bwd(T *gx, const T *gy, const T *y, int64_t R, int64_t C, bool take_log) {
+__global__ void __launch_bounds__(1024) k_softmax_bwd(T *gx, const T *gy, const T *y, int64_t R, int64_t C, bool take_log) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
@@ -262,7 +262,7 @@ static fe_status colsum(cu_dev *d, fe_tensor *gw, fe_tensor *gb, const fe_tensor
 /* ---- RMSNorm ------------------------------------------------------------------------------------------ */
 
 template <typename T, bool WARP>
-__global__ void k_rmsnorm(T *y, T *h, void *rstd, int stat_dt, const T *x, const T *r, const T *w,
+__global__ void __launch_bounds__(1024) k_rmsnorm(T *y, T *h, void *rstd, int stat_dt, const T *x, const T *r, const T *w,
                           int64_t R, int64_t C, double eps) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
@@ -295,7 +295,7 @@ __global__ void k_rmsnorm(T *y, T *h, void *rstd, int stat_dt, const T *x, const
 }
 
 template <typename T, bool WARP>
-__global__ void k_rmsnorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *rstd,
+__global__ void __launch_bounds__(1024) k_rmsnorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *rstd,
                               int stat_dt, const T *gextra, int64_t R, int64_t C) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
@@ -361,7 +361,7 @@ extern "C" fe_status fe_cuda_rmsnorm_backward(fe_tensor *gx, fe_tensor *gw, cons
 /* ---- LayerNorm --------------------------------------------------------------------------------------------- */
 
 template <typename T, bool WARP>
-__global__ void k_layernorm(T *y, void *mean, void *rstd, int stat_dt, const T *x, const T *w,
+__global__ void __launch_bounds__(1024) k_layernorm(T *y, void *mean, void *rstd, int stat_dt, const T *x, const T *w,
                             const T *b, int64_t R, int64_t C, double eps) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
@@ -391,7 +391,7 @@ __global__ void k_layernorm(T *y, void *mean, void *rstd, int stat_dt, const T *
 }
 
 template <typename T, bool WARP>
-__global__ void k_layernorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *mean,
+__global__ void __launch_bounds__(1024) k_layernorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *mean,
                                 const void *rstd, int stat_dt, int64_t R, int64_t C) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
@@ -642,7 +642,7 @@ extern "C" fe_status fe_cuda_embedding_backward(fe_tensor *gw, const fe_tensor *
 /* row_loss[row] = logsumexp(logits[row]) - logits[row][t], 0 on ignored rows, NaN (and a
  * recorded error) on targets out of range. */
 template <typename T, bool WARP>
-__global__ void k_ce_rows(double *row_loss, const T *logits, const void *tg, bool i64, int64_t R,
+__global__ void __launch_bounds__(1024) k_ce_rows(double *row_loss, const T *logits, const void *tg, bool i64, int64_t R,
                           int64_t V, long long ignore, unsigned long long *err) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
@@ -675,7 +675,7 @@ __device__ double ce_count(const void *tg, bool i64, int64_t R, long long ignore
 }
 
 /* loss = sum of row losses / count, summed in a fixed order (one block). */
-__global__ void k_ce_final(void *loss, int loss_dt, const double *row_loss, const void *tg, bool i64,
+__global__ void __launch_bounds__(1024) k_ce_final(void *loss, int loss_dt, const double *row_loss, const void *tg, bool i64,
                            int64_t R, long long ignore) {
     __shared__ double sh[32];
     double s = 0;
@@ -715,7 +715,7 @@ extern "C" fe_status fe_cuda_cross_entropy(fe_tensor *loss, const fe_tensor *log
 }
 
 /* scale[0] = gloss[0] / count (0 when no row counts), on the device. */
-__global__ void k_ce_scale(double *scale, const void *gloss, int gloss_dt, const void *tg, bool i64,
+__global__ void __launch_bounds__(1024) k_ce_scale(double *scale, const void *gloss, int gloss_dt, const void *tg, bool i64,
                            int64_t R, long long ignore) {
     __shared__ double sh[32];
     double c = ce_count(tg, i64, R, ignore, sh);
@@ -723,7 +723,7 @@ __global__ void k_ce_scale(double *scale, const void *gloss, int gloss_dt, const
 }
 
 template <typename T, bool WARP>
-__global__ void k_ce_bwd(T *gl, const T *logits, const void *tg, bool i64, int64_t R, int64_t V,
+__global__ void __launch_bounds__(1024) k_ce_bwd(T *gl, const T *logits, const void *tg, bool i64, int64_t R, int64_t V,
                          long long ignore, const double *scale_p, unsigned long long *err) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
