@@ -46,7 +46,8 @@ static fe_status dev_init(int i, cu_dev **out) {
                            "cudaDeviceGetAttribute");
     if (!st) st = cu_check(cudaMalloc((void **)&d->err, 4 * sizeof(unsigned long long)),
                            "cudaMalloc (error record)");
-    if (!st) st = cu_check(cudaMemset(d->err, 0, 4 * sizeof(unsigned long long)), "cudaMemset");
+    if (!st) st = cu_check(cudaMemsetAsync(d->err, 0, 4 * sizeof(unsigned long long), d->stream),
+                           "cudaMemsetAsync");
     if (!st && cublasLtCreate(&d->lt) != CUBLAS_STATUS_SUCCESS)
         st = fe_set_error(FE_ERR_DEVICE, "cuda:%d: cublasLtCreate failed", i);
     if (!st && cublasCreate(&d->blas) != CUBLAS_STATUS_SUCCESS)
