@@ -49,9 +49,10 @@ if step configure cmake -S . -B build-gpu -DFE_CUDA=ON -DCMAKE_BUILD_TYPE=Releas
     step build cmake --build build-gpu -j "$JOBS"; then
     step ctest ctest --test-dir build-gpu --output-on-failure -j 4 --timeout 300
     if [ -x "$SAN" ] || command -v "$SAN" >/dev/null; then
-        # poison mode is on inside the test; the sanitizers catch out-of-bounds and races
-        step memcheck timeout "$(left 240)" "$SAN" --tool memcheck --error-exitcode 99 \
-            build-gpu/test_cuda_ops
+        # poison mode is on inside the test; FE_CUDA_NO_CACHE=1 gives every tensor its own
+        # exact-size cudaMalloc so that memcheck knows its true bounds
+        step memcheck env FE_CUDA_NO_CACHE=1 timeout "$(left 240)" "$SAN" --tool memcheck \
+            --error-exitcode 99 build-gpu/test_cuda_ops
         for part in reductions softmax rmsnorm cross_entropy embedding; do
             t=$(left 60)
             if [ "$t" -lt 10 ]; then

@@ -715,6 +715,8 @@ TEST(cuda_attention_composed_and_grads) {
 TEST(cuda_allocator_reuses_blocks) {
     NEED_GPU();
     if (GPU.type == FE_CPU) SKIP("needs a real GPU");
+    const char *nc = getenv("FE_CUDA_NO_CACHE");
+    if (nc && !strcmp(nc, "1")) SKIP("the cache is off (FE_CUDA_NO_CACHE=1)");
 #ifdef FE_HAVE_CUDA
     int64_t n = 3 * 37 * 129 * 61; /* ~3.5 MB of f32: a large (2 MiB-grain) block */
     fe_cuda_mem_stats s0, s1, s2, s3;

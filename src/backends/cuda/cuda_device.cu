@@ -199,6 +199,20 @@ static bool poison_on(void) {
     return v == 1;
 }
 
+static int g_no_cache = -1;
+
+/* FE_CUDA_NO_CACHE=1 (read once): exact-size cudaMalloc/cudaFree for every tensor, so that
+ * compute-sanitizer sees each allocation's true bounds. Slow; for checking only. */
+static bool no_cache(void) {
+    int v = __atomic_load_n(&g_no_cache, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv("FE_CUDA_NO_CACHE");
+        v = e && !strcmp(e, "1");
+        __atomic_store_n(&g_no_cache, v, __ATOMIC_RELAXED);
+    }
+    return v == 1;
+}
+
 /* The block handed out: poisoned first in debug mode. */
 static fe_status hand_out(cu_dev *d, void *p, size_t size, void **out) {
     *out = p;
@@ -217,12 +231,13 @@ extern "C" fe_status fe_cuda_alloc(fe_device dev, size_t nbytes, void **out) {
     if (!d) return fe_last_status();
     if (nbytes == 0) return FE_OK;
     cu_pool *pl = pool_of(d->index);
-    size_t size = round_size(nbytes);
+    bool exact = no_cache();
+    size_t size = exact ? nbytes : round_size(nbytes);
     if (size == 0)
         return fe_set_error(FE_ERR_OOM, "CUDA out of memory on cuda:%d: asked for %zu bytes",
                             d->index, nbytes);
     pthread_mutex_lock(&pl->lock);
-    cu_bin *b = find_bin(pl, size, false);
+    cu_bin *b = exact ? NULL : find_bin(pl, size, false);
     if (b && b->free) {
         cu_blk *k = b->free;
         b->free = k->next;
@@ -272,8 +287,9 @@ extern "C" fe_status fe_cuda_alloc(fe_device dev, size_t nbytes, void **out) {
 extern "C" void fe_cuda_free(fe_device dev, void *p, size_t nbytes) {
     if (!p || dev.type != FE_CUDA || dev.index < 0 || dev.index >= CU_MAX_DEVICES) return;
     cu_pool *pl = pool_of(dev.index);
-    size_t size = round_size(nbytes);
-    cu_blk *k = (cu_blk *)malloc(sizeof *k);
+    bool exact = no_cache();
+    size_t size = exact ? nbytes : round_size(nbytes);
+    cu_blk *k = exact ? NULL : (cu_blk *)malloc(sizeof *k);
     pthread_mutex_lock(&pl->lock);
     cu_bin *b = k ? find_bin(pl, size, true) : NULL;
     pl->current -= nbytes;
@@ -289,7 +305,8 @@ extern "C" void fe_cuda_free(fe_device dev, void *p, size_t nbytes) {
     pl->reserved -= size;
     pthread_mutex_unlock(&pl->lock);
     free(k);
-    /* no host memory for bookkeeping: give the block back (cudaFree synchronises) */
+    /* no-cache mode, or no host memory for bookkeeping: give the block back now, after
+     * the queued kernels that may still use it */
     cu_dev *d = cu_dev_get(dev);
     if (d) cudaStreamSynchronize(d->stream);
     cudaFree(p);
