@@ -691,6 +691,8 @@ extern "C" fe_status fe_cuda_cross_entropy(fe_tensor *loss, const fe_tensor *log
     if (!d) return fe_last_status();
     if (targets->dtype != FE_I32 && targets->dtype != FE_I64)
         return fe_set_error(FE_ERR_DTYPE, "cross_entropy (cuda): targets must be i32 or i64");
+    if (!fe_dtype_is_float(logits->dtype))
+        return fe_set_error(FE_ERR_DTYPE, "cross_entropy (cuda): logits must be float");
     int64_t R = rows_of(logits), V = cols_of(logits);
     bool i64 = targets->dtype == FE_I64;
     double *rl = NULL;
@@ -757,6 +759,8 @@ extern "C" fe_status fe_cuda_cross_entropy_backward(fe_tensor *glogits, const fe
         return fe_set_error(FE_ERR_DTYPE, "cross_entropy backward (cuda): targets must be i32 or i64");
     const fe_tensor *ts[1] = {glogits};
     if (same_dtype("cross_entropy backward", logits->dtype, 1, ts)) return fe_last_status();
+    if (!fe_dtype_is_float(logits->dtype))
+        return fe_set_error(FE_ERR_DTYPE, "cross_entropy backward (cuda): logits must be float");
     if (!fe_dtype_is_float(gloss->dtype) || fe_numel(gloss) != 1)
         return fe_set_error(FE_ERR_ARG, "cross_entropy backward (cuda): gloss must be one float");
     int64_t R = rows_of(logits), V = cols_of(logits);
