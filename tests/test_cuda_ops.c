@@ -35,9 +35,9 @@ static bool gpu_ready(void) {
     return true;
 }
 
-#define NEED_GPU()                                                                        \
-    do {                                                                                  \
-        if (!gpu_ready()) SKIP("no CUDA device (or ferric was built without CUDA)");      \
+#define NEED_GPU()                                                                                 \
+    do {                                                                                           \
+        if (!gpu_ready()) SKIP("no CUDA device (or ferric was built without CUDA)");               \
     } while (0)
 
 static double tol_of(fe_dtype dt) {
@@ -62,7 +62,8 @@ static void expect_close(const char *what, const fe_tensor *gpu, const fe_tensor
 /* Exact equality of all elements (NaN matches NaN, infinities match). */
 static void expect_equal(const char *what, const fe_tensor *gpu, const fe_tensor *cpu) {
     int64_t n = fe_numel(cpu), bad = -1;
-    double *x = malloc((size_t)(n ? n : 1) * sizeof *x), *y = malloc((size_t)(n ? n : 1) * sizeof *y);
+    double *x = malloc((size_t)(n ? n : 1) * sizeof *x),
+           *y = malloc((size_t)(n ? n : 1) * sizeof *y);
     bool ok = gpu && cpu && x && y && fe_numel(gpu) == n && !fe_to_host(gpu, x, FE_F64) &&
               !fe_to_host(cpu, y, FE_F64);
     for (int64_t i = 0; ok && i < n; i++)
@@ -99,7 +100,8 @@ static void check_op(const char *name, op_fn f, const void *ctx, int n, fe_tenso
         gin[i] = fe_to_device(cin[i], GPU);
         if (!gin[i]) {
             fe_fails_in_case++;
-            fprintf(stderr, "  %s: moving input %d to the GPU failed: %s\n", name, i, fe_last_error());
+            fprintf(stderr, "  %s: moving input %d to the GPU failed: %s\n", name, i,
+                    fe_last_error());
             return;
         }
         if ((grad_mask >> i) & 1) {
@@ -112,7 +114,8 @@ static void check_op(const char *name, op_fn f, const void *ctx, int n, fe_tenso
     fe_tensor *yg = f(gin, ctx);
     if (!yc || !yg) {
         fe_fails_in_case++;
-        fprintf(stderr, "  %s: forward failed on the %s: %s\n", name, yc ? "GPU" : "CPU", fe_last_error());
+        fprintf(stderr, "  %s: forward failed on the %s: %s\n", name, yc ? "GPU" : "CPU",
+                fe_last_error());
         return;
     }
     char what[128];
@@ -124,7 +127,8 @@ static void check_op(const char *name, op_fn f, const void *ctx, int n, fe_tenso
     fe_status sc = fe_backward(yc, g), sg = fe_backward(yg, gg);
     if (sc || sg) {
         fe_fails_in_case++;
-        fprintf(stderr, "  %s: backward failed on the %s: %s\n", name, sc ? "CPU" : "GPU", fe_last_error());
+        fprintf(stderr, "  %s: backward failed on the %s: %s\n", name, sc ? "CPU" : "GPU",
+                fe_last_error());
         return;
     }
     for (int i = 0; i < n; i++) {
@@ -137,7 +141,8 @@ static void check_op(const char *name, op_fn f, const void *ctx, int n, fe_tenso
 
 static const fe_dtype k_float_dtypes[] = {FE_F32, FE_BF16, FE_F16};
 
-/* ---- elementwise ------------------------------------------------------------------------------ */
+/* ---- elementwise ------------------------------------------------------------------------------
+ */
 
 typedef struct {
     int which;
@@ -158,7 +163,8 @@ TEST(cuda_binary_broadcast_and_grads) {
     for (size_t k = 0; k < 3; k++) {
         fe_dtype dt = k_float_dtypes[k];
         for (int op = 0; op < 4; op++) {
-            fe_tensor *a = op == 3 ? randpos_cpu(3, sa, dt) : randn_cpu(3, sa, dt); /* divisors too */
+            fe_tensor *a =
+                op == 3 ? randpos_cpu(3, sa, dt) : randn_cpu(3, sa, dt); /* divisors too */
             fe_tensor *b = op == 3 ? randpos_cpu(2, sb, dt) : randn_cpu(2, sb, dt);
             fe_tensor *c = op == 3 ? randpos_cpu(1, sc, dt) : randn_cpu(1, sc, dt);
             const char *names[4] = {"add", "sub", "mul", "div"};
@@ -172,8 +178,8 @@ TEST(cuda_binary_broadcast_and_grads) {
 static fe_tensor *f_strided(fe_tensor *const *in, const void *ctx) {
     (void)ctx;
     /* a transposed view plus a sliced view with a step: strided inputs everywhere */
-    fe_tensor *t = fe_transpose(in[0], 0, 2);                /* (129, 37, 3) */
-    fe_tensor *s = fe_slice(in[1], 0, 1, 259, 2);             /* (129, 37, 3) of (259, 37, 3) */
+    fe_tensor *t = fe_transpose(in[0], 0, 2);     /* (129, 37, 3) */
+    fe_tensor *s = fe_slice(in[1], 0, 1, 259, 2); /* (129, 37, 3) of (259, 37, 3) */
     return fe_mul(fe_add(t, s), t);
 }
 
@@ -209,9 +215,9 @@ static fe_tensor *f_unary(fe_tensor *const *in, const void *ctx) {
 
 TEST(cuda_unary_and_grads) {
     NEED_GPU();
-    static const char *names[14] = {"neg", "exp", "log", "sqrt", "rsqrt", "tanh", "sigmoid",
-                                    "relu", "gelu_tanh", "gelu_erf", "silu", "square", "scale",
-                                    "add_scalar"};
+    static const char *names[14] = {"neg",  "exp",     "log",   "sqrt",      "rsqrt",
+                                    "tanh", "sigmoid", "relu",  "gelu_tanh", "gelu_erf",
+                                    "silu", "square",  "scale", "add_scalar"};
     int64_t s[3] = {3, 37, 129};
     for (size_t k = 0; k < 3; k++) {
         fe_dtype dt = k_float_dtypes[k];
@@ -256,7 +262,8 @@ TEST(cuda_in_place_add_and_scale) {
     }
 }
 
-/* ---- copies, casts, fills ------------------------------------------------------------------------ */
+/* ---- copies, casts, fills
+ * ------------------------------------------------------------------------ */
 
 TEST(cuda_cast_every_dtype_pair_exactly) {
     NEED_GPU();
@@ -292,7 +299,8 @@ TEST(cuda_strided_copies_concat_contiguous) {
                      fe_contiguous(fe_permute(x, perm)));
         expect_equal("slice with step", fe_contiguous(fe_slice(xg, 2, 1, 37, 3)),
                      fe_contiguous(fe_slice(x, 2, 1, 37, 3)));
-        fe_tensor *cc[3] = {x, fe_slice(x, 1, 0, 2, 1), x}, *cg[3] = {xg, fe_slice(xg, 1, 0, 2, 1), xg};
+        fe_tensor *cc[3] = {x, fe_slice(x, 1, 0, 2, 1), x},
+                  *cg[3] = {xg, fe_slice(xg, 1, 0, 2, 1), xg};
         expect_equal("concat", fe_concat(3, cg, 1), fe_concat(3, cc, 1));
         /* host round trip of an odd byte count */
         size_t nb = (size_t)fe_numel(x) * fe_dtype_size((fe_dtype)dt);
@@ -328,7 +336,8 @@ TEST(cuda_fill_full_arange) {
     }
 }
 
-/* ---- random numbers ---------------------------------------------------------------------------------- */
+/* ---- random numbers
+ * ---------------------------------------------------------------------------------- */
 
 TEST(cuda_rand_matches_cpu_stream) {
     NEED_GPU();
@@ -362,7 +371,8 @@ TEST(cuda_rand_matches_cpu_stream) {
     expect_equal("dropout mask", dg, dc);
 }
 
-/* ---- reductions ---------------------------------------------------------------------------------------- */
+/* ---- reductions
+ * ---------------------------------------------------------------------------------------- */
 
 typedef struct {
     int kind; /* 0 sum, 1 mean, 2 max */
@@ -384,9 +394,9 @@ TEST(cuda_reductions_and_grads) {
     NEED_GPU();
     int64_t s[3] = {3, 37, 129};
     red_ctx cases[] = {
-        {0, 0, {0}, false},    {0, 1, {0}, true},     {0, 1, {1}, false}, {0, 1, {2}, true},
-        {0, 2, {0, 2}, false}, {0, 2, {0, 1}, true},  {1, 1, {-1}, false}, {1, 2, {1, 2}, true},
-        {2, 1, {2}, false},    {2, 1, {0}, true},     {2, 2, {0, 2}, false}, {2, 0, {0}, false},
+        {0, 0, {0}, false},    {0, 1, {0}, true},    {0, 1, {1}, false},    {0, 1, {2}, true},
+        {0, 2, {0, 2}, false}, {0, 2, {0, 1}, true}, {1, 1, {-1}, false},   {1, 2, {1, 2}, true},
+        {2, 1, {2}, false},    {2, 1, {0}, true},    {2, 2, {0, 2}, false}, {2, 0, {0}, false},
     };
     for (size_t k = 0; k < 4; k++) {
         fe_dtype dt = k < 3 ? k_float_dtypes[k] : FE_F64;
@@ -419,7 +429,8 @@ TEST(cuda_reductions_large_and_chunked) {
     }
 }
 
-/* ---- matrix products -------------------------------------------------------------------------------------- */
+/* ---- matrix products
+ * -------------------------------------------------------------------------------------- */
 
 typedef struct {
     bool ta, tb;
@@ -429,7 +440,8 @@ typedef struct {
 static fe_tensor *f_matmul(fe_tensor *const *in, const void *ctx) {
     const mm_ctx *m = ctx;
     if (m->variant == 1) return fe_linear(in[0], in[1], in[2]);
-    if (m->variant == 2) return fe_matmul(fe_slice(in[0], -1, 0, fe_dim(in[0], -1), 2), in[1], false, false);
+    if (m->variant == 2)
+        return fe_matmul(fe_slice(in[0], -1, 0, fe_dim(in[0], -1), 2), in[1], false, false);
     return fe_matmul(in[0], in[1], m->ta, m->tb);
 }
 
@@ -441,7 +453,8 @@ TEST(cuda_matmul_layouts_batches_and_grads) {
         /* plain and transposed operands, M=37 K=129 N=65 */
         for (int t = 0; t < 4; t++) {
             mm_ctx c = {t & 1, (t >> 1) & 1, 0};
-            int64_t sa[2] = {c.ta ? 129 : 37, c.ta ? 37 : 129}, sb[2] = {c.tb ? 65 : 129, c.tb ? 129 : 65};
+            int64_t sa[2] = {c.ta ? 129 : 37, c.ta ? 37 : 129},
+                    sb[2] = {c.tb ? 65 : 129, c.tb ? 129 : 65};
             fe_tensor *a = randn_cpu(2, sa, dt), *b = randn_cpu(2, sb, dt);
             check_op("matmul 2-D", f_matmul, &c, 2, (fe_tensor *[]){a, b}, 3, tol);
         }
@@ -472,8 +485,8 @@ TEST(cuda_matmul_layouts_batches_and_grads) {
         mm_ctx lin = {false, false, 1};
         int64_t w[2] = {65, 129}, bias[1] = {65};
         check_op("linear", f_matmul, &lin, 3,
-                 (fe_tensor *[]){randn_cpu(3, ba, dt), randn_cpu(2, w, dt), randn_cpu(1, bias, dt)}, 7,
-                 tol);
+                 (fe_tensor *[]){randn_cpu(3, ba, dt), randn_cpu(2, w, dt), randn_cpu(1, bias, dt)},
+                 7, tol);
         /* vector cases */
         int64_t v[1] = {129};
         check_op("matmul vector", f_matmul, &plain, 2,
@@ -490,7 +503,8 @@ TEST(cuda_matmul_empty_inner_dim) {
     if (c) expect_equal("matmul with K = 0", c, fe_zeros(2, (int64_t[]){5, 7}, FE_F32, CPU));
 }
 
-/* ---- softmax and norms ----------------------------------------------------------------------------------------- */
+/* ---- softmax and norms
+ * ----------------------------------------------------------------------------------------- */
 
 typedef struct {
     int dim;
@@ -515,14 +529,15 @@ TEST(cuda_softmax_and_grads) {
                      (fe_tensor *[]){fe_randn(3, s, 0.0, 3.0, dt, CPU)}, 1, tol_of(dt));
             check_op(lg ? "log_softmax long rows" : "softmax long rows", f_softmax, &last, 1,
                      (fe_tensor *[]){fe_randn(2, wide, 0.0, 3.0, dt, CPU)}, 1, tol_of(dt));
-            check_op(lg ? "log_softmax very long rows" : "softmax very long rows", f_softmax, &last, 1,
-                     (fe_tensor *[]){fe_randn(2, huge, 0.0, 3.0, dt, CPU)}, 1, tol_of(dt));
+            check_op(lg ? "log_softmax very long rows" : "softmax very long rows", f_softmax, &last,
+                     1, (fe_tensor *[]){fe_randn(2, huge, 0.0, 3.0, dt, CPU)}, 1, tol_of(dt));
         }
     }
 }
 
 typedef struct {
-    int variant; /* 0 rmsnorm with w, 1 without, 2 residual (h + y), 3 layernorm w+b, 4 layernorm bare */
+    int variant; /* 0 rmsnorm with w, 1 without, 2 residual (h + y), 3 layernorm w+b, 4 layernorm
+                    bare */
 } norm_ctx;
 
 static fe_tensor *f_norm(fe_tensor *const *in, const void *ctx) {
@@ -561,7 +576,8 @@ TEST(cuda_rmsnorm_layernorm_and_grads) {
     }
 }
 
-/* ---- rope, embedding, cross-entropy, silu gate ------------------------------------------------------------- */
+/* ---- rope, embedding, cross-entropy, silu gate
+ * ------------------------------------------------------------- */
 
 typedef struct {
     int64_t pos0;
@@ -583,8 +599,10 @@ TEST(cuda_rope_and_grads) {
     for (size_t k = 0; k < 4; k++) {
         fe_dtype dt = k < 3 ? k_float_dtypes[k] : FE_F64;
         rope_ctx a = {5, 1, FE_F32}, b = {1000, 2, FE_F32}, c = {77, 1, FE_F64};
-        check_op("rope (B, T, H, D)", f_rope, &a, 1, (fe_tensor *[]){randn_cpu(4, s, dt)}, 1, tol_of(dt));
-        check_op("rope (B, H, T, D)", f_rope, &b, 1, (fe_tensor *[]){randn_cpu(4, s2, dt)}, 1, tol_of(dt));
+        check_op("rope (B, T, H, D)", f_rope, &a, 1, (fe_tensor *[]){randn_cpu(4, s, dt)}, 1,
+                 tol_of(dt));
+        check_op("rope (B, H, T, D)", f_rope, &b, 1, (fe_tensor *[]){randn_cpu(4, s2, dt)}, 1,
+                 tol_of(dt));
         check_op("rope f64 frequencies", f_rope, &c, 1, (fe_tensor *[]){randn_cpu(4, s, dt)}, 1,
                  tol_of(dt));
     }
@@ -654,8 +672,10 @@ TEST(cuda_cross_entropy_and_grads) {
             /* targets with every fourth row ignored */
             fe_tensor *t = rand_index(2, ts, 1000, FE_I64);
             int64_t *tp = fe_data(t);
-            for (int64_t i = 0; i < 3 * 37; i += 4) tp[i] = -100;
-            check_op("cross_entropy", f_ce, &c, 2, (fe_tensor *[]){logits, fe_cast(t, idt)}, 1, tol_of(dt));
+            for (int64_t i = 0; i < 3 * 37; i += 4)
+                tp[i] = -100;
+            check_op("cross_entropy", f_ce, &c, 2, (fe_tensor *[]){logits, fe_cast(t, idt)}, 1,
+                     tol_of(dt));
             fe_tensor *wide = fe_randn(2, lw, 0.0, 2.0, dt, CPU);
             check_op("cross_entropy long rows", f_ce, &c, 2,
                      (fe_tensor *[]){wide, rand_index(1, lw, 20000, idt)}, 1, tol_of(dt));
@@ -670,13 +690,15 @@ TEST(cuda_cross_entropy_and_grads) {
     fe_tensor *loss = fe_cross_entropy(lg, fe_from_data(all_ignored, 1, &n, FE_I64, GPU), -100);
     CHECK(loss && fe_item(loss) == 0.0);
     CHECK(loss && fe_backward(loss, NULL) == FE_OK);
-    if (fe_grad(lg)) expect_equal("all-ignored gradient", fe_grad(lg), fe_zeros(2, l2, FE_F32, CPU));
+    if (fe_grad(lg))
+        expect_equal("all-ignored gradient", fe_grad(lg), fe_zeros(2, l2, FE_F32, CPU));
     /* a target out of range: reported when the loss is read */
     if (GPU.type == FE_CPU) return;
     int64_t bad[3] = {1, 9, 2};
     fe_tensor *l3 = fe_cross_entropy(lg, fe_from_data(bad, 1, &n, FE_I64, GPU), -100);
     CHECK(l3 != NULL);
-    CHECK_ERROR(l3 && fe_to_host(l3, &(float){0}, FE_F32) != FE_OK, "target 9 at row 1 is out of range");
+    CHECK_ERROR(l3 && fe_to_host(l3, &(float){0}, FE_F32) != FE_OK,
+                "target 9 at row 1 is out of range");
 }
 
 static fe_tensor *f_silu_gate(fe_tensor *const *in, const void *ctx) {
@@ -690,7 +712,8 @@ TEST(cuda_silu_gate_and_grads) {
     for (size_t k = 0; k < 4; k++) {
         fe_dtype dt = k < 3 ? k_float_dtypes[k] : FE_F64;
         check_op("silu_gate", f_silu_gate, NULL, 2,
-                 (fe_tensor *[]){fe_randn(3, s, 0.0, 2.0, dt, CPU), randn_cpu(3, s, dt)}, 3, tol_of(dt));
+                 (fe_tensor *[]){fe_randn(3, s, 0.0, 2.0, dt, CPU), randn_cpu(3, s, dt)}, 3,
+                 tol_of(dt));
     }
 }
 
@@ -705,12 +728,14 @@ TEST(cuda_attention_composed_and_grads) {
     for (size_t k = 0; k < 2; k++) {
         fe_dtype dt = k == 0 ? FE_F32 : FE_BF16;
         check_op("sdpa causal", f_sdpa, NULL, 3,
-                 (fe_tensor *[]){randn_cpu(4, qs, dt), randn_cpu(4, ks, dt), randn_cpu(4, ks, dt)}, 7,
-                 tol_of(dt));
+                 (fe_tensor *[]){randn_cpu(4, qs, dt), randn_cpu(4, ks, dt), randn_cpu(4, ks, dt)},
+                 7, tol_of(dt));
     }
 }
 
-/* ---- memory ------------------------------------------------------------------------------------------------------ */
+/* ---- memory
+ * ------------------------------------------------------------------------------------------------------
+ */
 
 TEST(cuda_allocator_reuses_blocks) {
     NEED_GPU();

@@ -90,8 +90,8 @@ fe_status fe_cuda_rope(fe_tensor *out, const fe_tensor *x, const fe_tensor *inv_
                        int64_t pos0, int sign);
 fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const fe_tensor *idx);
 fe_status fe_cuda_embedding_backward(fe_tensor *gw, const fe_tensor *gout, const fe_tensor *idx);
-fe_status fe_cuda_cross_entropy(fe_tensor *loss, const fe_tensor *logits,
-                                const fe_tensor *targets, int64_t ignore);
+fe_status fe_cuda_cross_entropy(fe_tensor *loss, const fe_tensor *logits, const fe_tensor *targets,
+                                int64_t ignore);
 fe_status fe_cuda_cross_entropy_backward(fe_tensor *glogits, const fe_tensor *gloss,
                                          const fe_tensor *logits, const fe_tensor *targets,
                                          int64_t ignore);

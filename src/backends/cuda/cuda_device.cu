@@ -6,8 +6,8 @@
 #include <pthread.h>
 
 #define CU_MAX_DEVICES 64
-#define CU_SMALL_MAX ((size_t)1 << 20)  /* sizes up to 1 MiB round to powers of two */
-#define CU_SMALL_MIN ((size_t)512)      /* ... of at least 512 bytes */
+#define CU_SMALL_MAX ((size_t)1 << 20)   /* sizes up to 1 MiB round to powers of two */
+#define CU_SMALL_MIN ((size_t)512)       /* ... of at least 512 bytes */
 #define CU_LARGE_GRAIN ((size_t)2 << 20) /* larger sizes round to 2 MiB */
 #define CU_WORKSPACE ((size_t)32 << 20)  /* cuBLASLt workspace */
 
@@ -40,14 +40,18 @@ static fe_status dev_init(int i, cu_dev **out) {
     if (!d) return fe_set_error(FE_ERR_OOM, "cuda:%d: out of host memory for device state", i);
     d->index = i;
     fe_status st = cu_check(cudaSetDevice(i), "cudaSetDevice");
-    if (!st) st = cu_check(cudaStreamCreateWithFlags(&d->stream, cudaStreamNonBlocking),
-                           "cudaStreamCreate");
-    if (!st) st = cu_check(cudaDeviceGetAttribute(&d->sm_count, cudaDevAttrMultiProcessorCount, i),
-                           "cudaDeviceGetAttribute");
-    if (!st) st = cu_check(cudaMalloc((void **)&d->err, 4 * sizeof(unsigned long long)),
-                           "cudaMalloc (error record)");
-    if (!st) st = cu_check(cudaMemsetAsync(d->err, 0, 4 * sizeof(unsigned long long), d->stream),
-                           "cudaMemsetAsync");
+    if (!st)
+        st = cu_check(cudaStreamCreateWithFlags(&d->stream, cudaStreamNonBlocking),
+                      "cudaStreamCreate");
+    if (!st)
+        st = cu_check(cudaDeviceGetAttribute(&d->sm_count, cudaDevAttrMultiProcessorCount, i),
+                      "cudaDeviceGetAttribute");
+    if (!st)
+        st = cu_check(cudaMalloc((void **)&d->err, 4 * sizeof(unsigned long long)),
+                      "cudaMalloc (error record)");
+    if (!st)
+        st = cu_check(cudaMemsetAsync(d->err, 0, 4 * sizeof(unsigned long long), d->stream),
+                      "cudaMemsetAsync");
     if (!st && cublasLtCreate(&d->lt) != CUBLAS_STATUS_SUCCESS)
         st = fe_set_error(FE_ERR_DEVICE, "cuda:%d: cublasLtCreate failed", i);
     if (!st && cublasCreate(&d->blas) != CUBLAS_STATUS_SUCCESS)
@@ -56,7 +60,8 @@ static fe_status dev_init(int i, cu_dev **out) {
         st = fe_set_error(FE_ERR_DEVICE, "cuda:%d: cublasSetStream failed", i);
     if (!st) st = cu_check(cudaMalloc(&d->workspace, CU_WORKSPACE), "cudaMalloc (BLAS workspace)");
     if (!st) d->workspace_size = CU_WORKSPACE;
-    if (!st && cublasSetWorkspace(d->blas, d->workspace, d->workspace_size) != CUBLAS_STATUS_SUCCESS)
+    if (!st &&
+        cublasSetWorkspace(d->blas, d->workspace, d->workspace_size) != CUBLAS_STATUS_SUCCESS)
         st = fe_set_error(FE_ERR_DEVICE, "cuda:%d: cublasSetWorkspace failed", i);
     const char *tf = getenv("FE_TF32");
     d->tf32 = tf && !strcmp(tf, "1");
@@ -126,7 +131,8 @@ static cu_pool g_pools[CU_MAX_DEVICES];
 static pthread_once_t g_pools_once = PTHREAD_ONCE_INIT;
 
 static void pools_init(void) {
-    for (int i = 0; i < CU_MAX_DEVICES; i++) pthread_mutex_init(&g_pools[i].lock, NULL);
+    for (int i = 0; i < CU_MAX_DEVICES; i++)
+        pthread_mutex_init(&g_pools[i].lock, NULL);
 }
 
 static cu_pool *pool_of(int index) {
@@ -140,7 +146,8 @@ static size_t round_size(size_t n) {
     if (n <= CU_SMALL_MIN) return CU_SMALL_MIN;
     if (n <= CU_SMALL_MAX) {
         size_t s = CU_SMALL_MIN;
-        while (s < n) s <<= 1;
+        while (s < n)
+            s <<= 1;
         return s;
     }
     return (n + CU_LARGE_GRAIN - 1) / CU_LARGE_GRAIN * CU_LARGE_GRAIN;
@@ -187,7 +194,9 @@ static fe_status release_cached(cu_dev *d, cu_pool *pl) {
 
 static int g_poison = -1; /* -1: not read from the environment yet */
 
-extern "C" void fe_cuda_set_poison(bool on) { __atomic_store_n(&g_poison, on ? 1 : 0, __ATOMIC_RELAXED); }
+extern "C" void fe_cuda_set_poison(bool on) {
+    __atomic_store_n(&g_poison, on ? 1 : 0, __ATOMIC_RELAXED);
+}
 
 static bool poison_on(void) {
     int v = __atomic_load_n(&g_poison, __ATOMIC_RELAXED);
@@ -366,8 +375,9 @@ extern "C" fe_status fe_cuda_empty_cache(int index) {
 static fe_status check_record(cu_dev *d) {
     if (!d->check_pending) return FE_OK;
     unsigned long long rec[4] = {0, 0, 0, 0};
-    fe_status st = cu_check(cudaMemcpyAsync(rec, d->err, sizeof rec, cudaMemcpyDeviceToHost,
-                                            d->stream), "cudaMemcpyAsync (error record)");
+    fe_status st =
+        cu_check(cudaMemcpyAsync(rec, d->err, sizeof rec, cudaMemcpyDeviceToHost, d->stream),
+                 "cudaMemcpyAsync (error record)");
     if (!st) st = cu_check(cudaStreamSynchronize(d->stream), "cudaStreamSynchronize");
     if (st) return st;
     d->check_pending = false;
@@ -439,16 +449,19 @@ void cu_iter_init(cu_iter *it, int nops, const fe_tensor *const *ts, int ndim,
             merge = it->stride[k][n - 1] == ts[k]->stride[d] * shape[d];
         if (merge) {
             it->shape[n - 1] *= shape[d];
-            for (int k = 0; k < nops; k++) it->stride[k][n - 1] = ts[k]->stride[d];
+            for (int k = 0; k < nops; k++)
+                it->stride[k][n - 1] = ts[k]->stride[d];
         } else {
             it->shape[n] = shape[d];
-            for (int k = 0; k < nops; k++) it->stride[k][n] = ts[k]->stride[d];
+            for (int k = 0; k < nops; k++)
+                it->stride[k][n] = ts[k]->stride[d];
             n++;
         }
     }
     if (n == 0) {
         it->shape[0] = fe__numel_of(ndim, shape) ? 1 : 0;
-        for (int k = 0; k < nops; k++) it->stride[k][0] = 1;
+        for (int k = 0; k < nops; k++)
+            it->stride[k][0] = 1;
         n = 1;
     }
     it->ndim = n;

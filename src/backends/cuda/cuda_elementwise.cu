@@ -15,21 +15,32 @@
 template <int OP, typename C> struct cu_un {
     C al, be;
     __device__ __forceinline__ C operator()(C x, C) const {
-        if constexpr (OP == FE_U_NEG) return -x;
-        else if constexpr (OP == FE_U_EXP) return cu_exp(x);
-        else if constexpr (OP == FE_U_LOG) return cu_log(x);
-        else if constexpr (OP == FE_U_SQRT) return cu_sqrt(x);
-        else if constexpr (OP == FE_U_RSQRT) return (C)1 / cu_sqrt(x);
-        else if constexpr (OP == FE_U_TANH) return cu_tanh(x);
-        else if constexpr (OP == FE_U_SIGMOID) return cu_sigmoid(x);
-        else if constexpr (OP == FE_U_RELU) return x > (C)0 ? x : (C)0;
+        if constexpr (OP == FE_U_NEG)
+            return -x;
+        else if constexpr (OP == FE_U_EXP)
+            return cu_exp(x);
+        else if constexpr (OP == FE_U_LOG)
+            return cu_log(x);
+        else if constexpr (OP == FE_U_SQRT)
+            return cu_sqrt(x);
+        else if constexpr (OP == FE_U_RSQRT)
+            return (C)1 / cu_sqrt(x);
+        else if constexpr (OP == FE_U_TANH)
+            return cu_tanh(x);
+        else if constexpr (OP == FE_U_SIGMOID)
+            return cu_sigmoid(x);
+        else if constexpr (OP == FE_U_RELU)
+            return x > (C)0 ? x : (C)0;
         else if constexpr (OP == FE_U_GELU_TANH)
             return (C)0.5 * x * ((C)1 + cu_tanh((C)CU_GELU_K * (x + (C)CU_GELU_C * x * x * x)));
         else if constexpr (OP == FE_U_GELU_ERF)
             return (C)0.5 * x * ((C)1 + cu_erf(x * (C)CU_SQRT1_2));
-        else if constexpr (OP == FE_U_SILU) return x * cu_sigmoid(x);
-        else if constexpr (OP == FE_U_SQUARE) return x * x;
-        else return x * al + be; /* FE_U_AFFINE */
+        else if constexpr (OP == FE_U_SILU)
+            return x * cu_sigmoid(x);
+        else if constexpr (OP == FE_U_SQUARE)
+            return x * x;
+        else
+            return x * al + be; /* FE_U_AFFINE */
     }
 };
 
@@ -37,33 +48,40 @@ template <int OP, typename C> struct cu_un {
 template <int OP, typename C> struct cu_bin {
     C al;
     __device__ __forceinline__ C operator()(C a, C b) const {
-        if constexpr (OP == FE_B_ADD) return a + al * b;
-        else if constexpr (OP == FE_B_SUB) return a - b;
-        else if constexpr (OP == FE_B_MUL) return a * b;
-        else if constexpr (OP == FE_B_DIV) return a / b;
-        else if constexpr (OP == FE_B_EQ) return a == b ? (C)1 : (C)0;
-        else if constexpr (OP == FE_B_GE) return a >= b ? (C)1 : (C)0;
+        if constexpr (OP == FE_B_ADD)
+            return a + al * b;
+        else if constexpr (OP == FE_B_SUB)
+            return a - b;
+        else if constexpr (OP == FE_B_MUL)
+            return a * b;
+        else if constexpr (OP == FE_B_DIV)
+            return a / b;
+        else if constexpr (OP == FE_B_EQ)
+            return a == b ? (C)1 : (C)0;
+        else if constexpr (OP == FE_B_GE)
+            return a >= b ? (C)1 : (C)0;
         else if constexpr (OP == FE_B_GELU_TANH_GRAD) {
             C t = cu_tanh((C)CU_GELU_K * (a + (C)CU_GELU_C * a * a * a));
-            return b * ((C)0.5 * ((C)1 + t) +
-                        (C)0.5 * a * ((C)1 - t * t) * (C)CU_GELU_K * ((C)1 + (C)(3 * CU_GELU_C) * a * a));
+            return b * ((C)0.5 * ((C)1 + t) + (C)0.5 * a * ((C)1 - t * t) * (C)CU_GELU_K *
+                                                  ((C)1 + (C)(3 * CU_GELU_C) * a * a));
         } else if constexpr (OP == FE_B_GELU_ERF_GRAD) {
             return b * ((C)0.5 * ((C)1 + cu_erf(a * (C)CU_SQRT1_2)) +
                         a * cu_exp((C)-0.5 * a * a) * (C)CU_INV_SQRT_2PI);
         } else if constexpr (OP == FE_B_SILU_GRAD) {
             C s = cu_sigmoid(a);
             return b * s * ((C)1 + a * ((C)1 - s));
-        } else if constexpr (OP == FE_B_RELU_GRAD) return a > (C)0 ? b : (C)0;
-        else if constexpr (OP == FE_B_SIGMOID_GRAD_Y) return b * a * ((C)1 - a);
-        else return b * ((C)1 - a * a); /* FE_B_TANH_GRAD_Y */
+        } else if constexpr (OP == FE_B_RELU_GRAD)
+            return a > (C)0 ? b : (C)0;
+        else if constexpr (OP == FE_B_SIGMOID_GRAD_Y)
+            return b * a * ((C)1 - a);
+        else
+            return b * ((C)1 - a * a); /* FE_B_TANH_GRAD_Y */
     }
 };
 
 /* ---- map kernels ------------------------------------------------------------------------ */
 
-template <typename T> struct alignas(16) cu_vec {
-    T v[16 / sizeof(T)];
-};
+template <typename T> struct alignas(16) cu_vec { T v[16 / sizeof(T)]; };
 
 /* out[i] = f(a[i], b[i]) over contiguous arrays, 16 bytes at a time (all pointers 16-byte
  * aligned), the tail element by element. NIN = 1 leaves b unread. */
@@ -105,8 +123,8 @@ static bool aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
 
 /* Launch the best map kernel for operands of one dtype T. */
 template <typename T, int NIN, class F>
-static fe_status launch_map(cu_dev *d, fe_tensor *out, const fe_tensor *a, const fe_tensor *b,
-                            F f, const char *what) {
+static fe_status launch_map(cu_dev *d, fe_tensor *out, const fe_tensor *a, const fe_tensor *b, F f,
+                            const char *what) {
     const fe_tensor *ts[3] = {out, a, NIN == 2 ? b : a};
     cu_iter it;
     cu_iter_init(&it, NIN + 1, ts, out->ndim, out->shape);
@@ -115,14 +133,15 @@ static fe_status launch_map(cu_dev *d, fe_tensor *out, const fe_tensor *a, const
     const T *pa = (const T *)fe__ptr(a), *pb = (const T *)fe__ptr(NIN == 2 ? b : a);
     if (cu_iter_contiguous(&it)) {
         if (aligned16(po) && aligned16(pa) && aligned16(pb) && it.n >= (int64_t)(16 / sizeof(T)))
-            k_map_vec<T, NIN, F><<<cu_blocks(d, it.n / (16 / sizeof(T)), CU_THREADS), CU_THREADS, 0,
-                                   d->stream>>>(po, pa, pb, it.n, f);
+            k_map_vec<T, NIN, F>
+                <<<cu_blocks(d, it.n / (16 / sizeof(T)), CU_THREADS), CU_THREADS, 0, d->stream>>>(
+                    po, pa, pb, it.n, f);
         else
-            k_map<T, NIN, true, F><<<cu_blocks(d, it.n, CU_THREADS), CU_THREADS, 0, d->stream>>>(
-                po, pa, pb, it, f);
+            k_map<T, NIN, true, F>
+                <<<cu_blocks(d, it.n, CU_THREADS), CU_THREADS, 0, d->stream>>>(po, pa, pb, it, f);
     } else {
-        k_map<T, NIN, false, F><<<cu_blocks(d, it.n, CU_THREADS), CU_THREADS, 0, d->stream>>>(
-            po, pa, pb, it, f);
+        k_map<T, NIN, false, F>
+            <<<cu_blocks(d, it.n, CU_THREADS), CU_THREADS, 0, d->stream>>>(po, pa, pb, it, f);
     }
     return cu_launched(what);
 }
@@ -154,7 +173,8 @@ static fe_status launch_map_dyn(cu_dev *d, fe_tensor *out, const fe_tensor *a, c
     return cu_launched(what);
 }
 
-/* ---- unary and binary entry points ------------------------------------------------------------- */
+/* ---- unary and binary entry points -------------------------------------------------------------
+ */
 
 template <int OP>
 static fe_status unary_op(cu_dev *d, fe_tensor *out, const fe_tensor *a, double al, double be) {
@@ -167,12 +187,12 @@ static fe_status unary_op(cu_dev *d, fe_tensor *out, const fe_tensor *a, double 
     return FE_OK;
 }
 
-extern "C" fe_status fe_cuda_unary(fe_unary_op op, fe_tensor *out, const fe_tensor *a,
-                                   double alpha, double beta) {
+extern "C" fe_status fe_cuda_unary(fe_unary_op op, fe_tensor *out, const fe_tensor *a, double alpha,
+                                   double beta) {
     cu_dev *d = cu_of(out);
     if (!d) return fe_last_status();
     switch (op) {
-#define CU_UN_CASE(X) \
+#define CU_UN_CASE(X)                                                                              \
     case X: return unary_op<X>(d, out, a, alpha, beta);
         CU_UN_CASE(FE_U_NEG)
         CU_UN_CASE(FE_U_EXP)
@@ -209,7 +229,7 @@ extern "C" fe_status fe_cuda_binary(fe_binary_op op, fe_tensor *out, const fe_te
     cu_dev *d = cu_of(out);
     if (!d) return fe_last_status();
     switch (op) {
-#define CU_BIN_CASE(X) \
+#define CU_BIN_CASE(X)                                                                             \
     case X: return binary_op<X>(d, out, a, b, alpha);
         CU_BIN_CASE(FE_B_ADD)
         CU_BIN_CASE(FE_B_SUB)
@@ -228,7 +248,8 @@ extern "C" fe_status fe_cuda_binary(fe_binary_op op, fe_tensor *out, const fe_te
     }
 }
 
-/* ---- where ------------------------------------------------------------------------------------ */
+/* ---- where ------------------------------------------------------------------------------------
+ */
 
 template <typename T>
 __global__ void k_where(T *out, const void *cond, int dtc, const T *a, const T *b, cu_iter it) {
@@ -247,7 +268,7 @@ __global__ void k_where_dyn(void *out, int dto, const void *cond, int dtc, const
         int64_t off[4];
         cu_offsets<4>(it, i, off);
         double v = cu_load_dyn(cond, dtc, off[1]) != 0.0 ? cu_load_dyn(a, dta, off[2])
-                                                          : cu_load_dyn(b, dtb, off[3]);
+                                                         : cu_load_dyn(b, dtb, off[3]);
         cu_store_dyn(out, dto, off[0], v);
     }
 }
@@ -269,17 +290,17 @@ extern "C" fe_status fe_cuda_where(fe_tensor *out, const fe_tensor *cond, const 
         })
     } else {
         k_where_dyn<<<nb, CU_THREADS, 0, d->stream>>>(fe__ptr(out), out->dtype, fe__ptr(cond),
-                                                      cond->dtype, fe__ptr(a), a->dtype,
-                                                      fe__ptr(b), b->dtype, it);
+                                                      cond->dtype, fe__ptr(a), a->dtype, fe__ptr(b),
+                                                      b->dtype, it);
     }
     return cu_launched("where kernel");
 }
 
-/* ---- copy ---------------------------------------------------------------------------------------- */
+/* ---- copy
+ * ---------------------------------------------------------------------------------------- */
 
 /* Same dtype, strided: move elements of `W` bytes (index math in 32 bits when it fits). */
-template <typename W, typename I>
-__global__ void k_copy_raw(W *dst, const W *src, cu_iter it) {
+template <typename W, typename I> __global__ void k_copy_raw(W *dst, const W *src, cu_iter it) {
     I n = (I)it.n, step = (I)gridDim.x * blockDim.x;
     for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += step) {
         int64_t o0 = 0, o1 = 0;
@@ -295,8 +316,7 @@ __global__ void k_copy_raw(W *dst, const W *src, cu_iter it) {
 }
 
 /* Float to float cast over contiguous arrays. */
-template <typename D, typename S>
-__global__ void k_cast(D *dst, const S *src, int64_t n) {
+template <typename D, typename S> __global__ void k_cast(D *dst, const S *src, int64_t n) {
     int64_t step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step)
         dst[i] = cu_cast<D>(cu_to_f(src[i]));
@@ -344,8 +364,9 @@ extern "C" fe_status fe_cuda_copy(fe_tensor *dst, const fe_tensor *src) {
     if (dst->dtype == src->dtype) {
         if (pd == ps && flat) return FE_OK;
         if (flat)
-            return cu_check(cudaMemcpyAsync(pd, ps, (size_t)it.n * es, cudaMemcpyDeviceToDevice,
-                                            d->stream), "cudaMemcpyAsync (copy)");
+            return cu_check(
+                cudaMemcpyAsync(pd, ps, (size_t)it.n * es, cudaMemcpyDeviceToDevice, d->stream),
+                "cudaMemcpyAsync (copy)");
         switch (es) {
         case 1: launch_copy_raw<uint8_t>(d, pd, ps, it); break;
         case 2: launch_copy_raw<uint16_t>(d, pd, ps, it); break;
@@ -355,14 +376,16 @@ extern "C" fe_status fe_cuda_copy(fe_tensor *dst, const fe_tensor *src) {
         return cu_launched("copy kernel");
     }
     if (flat && fe_dtype_is_float(dst->dtype) && fe_dtype_is_float(src->dtype)) {
-        CU_FLOAT_DISPATCH(dst->dtype, "copy", { return launch_cast_from<T>(d, (T *)pd, src, it.n); })
+        CU_FLOAT_DISPATCH(dst->dtype, "copy",
+                          { return launch_cast_from<T>(d, (T *)pd, src, it.n); })
     }
     k_copy_dyn<<<cu_blocks(d, it.n, CU_THREADS), CU_THREADS, 0, d->stream>>>(pd, dst->dtype, ps,
-                                                                            src->dtype, it);
+                                                                             src->dtype, it);
     return cu_launched("cast kernel");
 }
 
-/* ---- fill and arange ------------------------------------------------------------------------------- */
+/* ---- fill and arange
+ * ------------------------------------------------------------------------------- */
 
 template <typename W> __global__ void k_fill(W *p, W v, cu_iter it) {
     int64_t step = (int64_t)gridDim.x * blockDim.x;
@@ -375,7 +398,8 @@ template <typename W> __global__ void k_fill(W *p, W v, cu_iter it) {
 
 template <typename W> __global__ void k_fill_flat(W *p, W v, int64_t n) {
     int64_t step = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step) p[i] = v;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step)
+        p[i] = v;
 }
 
 template <typename W>
@@ -401,7 +425,8 @@ extern "C" fe_status fe_cuda_fill(fe_tensor *t, double v) {
     fe__store(bits, t->dtype, 0, v);
     size_t es = fe_dtype_size(t->dtype);
     bool zero = true;
-    for (size_t i = 0; i < es; i++) zero = zero && bits[i] == 0;
+    for (size_t i = 0; i < es; i++)
+        zero = zero && bits[i] == 0;
     if (zero && cu_iter_contiguous(&it))
         return cu_check(cudaMemsetAsync(fe__ptr(t), 0, (size_t)it.n * es, d->stream),
                         "cudaMemsetAsync (fill)");
@@ -417,7 +442,8 @@ extern "C" fe_status fe_cuda_fill(fe_tensor *t, double v) {
 __global__ void k_arange(void *p, int dt, int64_t n, double start, double step) {
     int64_t gs = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += gs)
-        cu_store_dyn(p, dt, i, __dadd_rn(start, __dmul_rn((double)i, step))); /* no FMA: as the CPU */
+        cu_store_dyn(p, dt, i,
+                     __dadd_rn(start, __dmul_rn((double)i, step))); /* no FMA: as the CPU */
 }
 
 extern "C" fe_status fe_cuda_arange(fe_tensor *t, double start, double step) {
@@ -430,7 +456,8 @@ extern "C" fe_status fe_cuda_arange(fe_tensor *t, double start, double step) {
     return cu_launched("arange kernel");
 }
 
-/* ---- random numbers: Philox4x32-10, bit for bit as src/core/rng.c -------------------------------- */
+/* ---- random numbers: Philox4x32-10, bit for bit as src/core/rng.c
+ * -------------------------------- */
 
 __device__ __forceinline__ void cu_philox(unsigned long long seed, unsigned long long ctr,
                                           uint32_t out[4]) {

@@ -16,11 +16,11 @@
 
 typedef struct cu_dev {
     int index;
-    cudaStream_t stream;     /* the one compute stream of this device */
+    cudaStream_t stream; /* the one compute stream of this device */
     int sm_count;
-    cublasLtHandle_t lt;     /* created on first use by the matmul */
-    cublasHandle_t blas;     /* f64 products */
-    void *workspace;         /* cuBLASLt workspace, allocated once */
+    cublasLtHandle_t lt; /* created on first use by the matmul */
+    cublasHandle_t blas; /* f64 products */
+    void *workspace;     /* cuBLASLt workspace, allocated once */
     size_t workspace_size;
     bool tf32;               /* FE_TF32=1: f32 products may use TF32 tensor cores */
     unsigned long long *err; /* device-side error record: code, value, position, limit */
@@ -80,7 +80,9 @@ __device__ __forceinline__ float cu_to_f(__nv_bfloat16 v) { return __bfloat162fl
 template <typename T> __device__ __forceinline__ T cu_from(float v);
 template <> __device__ __forceinline__ float cu_from<float>(float v) { return v; }
 template <> __device__ __forceinline__ double cu_from<double>(float v) { return v; }
-template <> __device__ __forceinline__ __half cu_from<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __half cu_from<__half>(float v) {
+    return __float2half_rn(v);
+}
 template <> __device__ __forceinline__ __nv_bfloat16 cu_from<__nv_bfloat16>(float v) {
     return __float2bfloat16_rn(v);
 }
@@ -139,15 +141,27 @@ __device__ __forceinline__ void cu_store_dyn(void *p, int dt, int64_t i, double 
 }
 
 /* Run `body` with T bound to the C++ type of float dtype dt; else set a dtype error. */
-#define CU_FLOAT_DISPATCH(dt, opname, ...)                                                  \
-    switch (dt) {                                                                           \
-    case FE_F32: { typedef float T; __VA_ARGS__ } break;                                    \
-    case FE_F64: { typedef double T; __VA_ARGS__ } break;                                   \
-    case FE_F16: { typedef __half T; __VA_ARGS__ } break;                                   \
-    case FE_BF16: { typedef __nv_bfloat16 T; __VA_ARGS__ } break;                           \
-    default:                                                                                \
-        return fe_set_error(FE_ERR_DTYPE, "%s (cuda): dtype %s is not supported", opname,  \
-                            fe_dtype_name(dt));                                             \
+#define CU_FLOAT_DISPATCH(dt, opname, ...)                                                         \
+    switch (dt) {                                                                                  \
+    case FE_F32: {                                                                                 \
+        typedef float T;                                                                           \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    case FE_F64: {                                                                                 \
+        typedef double T;                                                                          \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    case FE_F16: {                                                                                 \
+        typedef __half T;                                                                          \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    case FE_BF16: {                                                                                \
+        typedef __nv_bfloat16 T;                                                                   \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    default:                                                                                       \
+        return fe_set_error(FE_ERR_DTYPE, "%s (cuda): dtype %s is not supported", opname,          \
+                            fe_dtype_name(dt));                                                    \
     }
 
 /* ---- math in the compute type ------------------------------------------------------ */
@@ -191,20 +205,23 @@ bool cu_iter_contiguous(const cu_iter *it);
 template <int NOPS>
 __device__ __forceinline__ void cu_offsets(const cu_iter &it, int64_t i, int64_t *off) {
 #pragma unroll
-    for (int k = 0; k < NOPS; k++) off[k] = 0;
+    for (int k = 0; k < NOPS; k++)
+        off[k] = 0;
     for (int d = it.ndim - 1; d >= 0; d--) {
         int64_t s = it.shape[d];
         int64_t q = i / s, r = i - q * s;
         i = q;
 #pragma unroll
-        for (int k = 0; k < NOPS; k++) off[k] += r * it.stride[k][d];
+        for (int k = 0; k < NOPS; k++)
+            off[k] += r * it.stride[k][d];
     }
 }
 
 /* Warp-level sums. */
 template <typename C> __device__ __forceinline__ C cu_warp_sum(C v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
 template <typename C> __device__ __forceinline__ C cu_warp_max(C v) {

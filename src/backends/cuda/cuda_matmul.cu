@@ -76,7 +76,8 @@ static int alignment(const void *p, int64_t batch_stride_bytes, int64_t batch) {
     uint64_t v = (uint64_t)(uintptr_t)p;
     if (batch > 1) v |= (uint64_t)batch_stride_bytes;
     int a = 1;
-    while (a < 256 && !(v & (uint64_t)a)) a <<= 1;
+    while (a < 256 && !(v & (uint64_t)a))
+        a <<= 1;
     return a;
 }
 
@@ -106,23 +107,26 @@ typedef struct gemm_call {
     double alpha;
 } gemm_call;
 
-#define LT_TRY(call, what)                                                                     \
-    do {                                                                                       \
-        cublasStatus_t s_ = (call);                                                            \
-        if (s_ != CUBLAS_STATUS_SUCCESS && !st)                                                \
+#define LT_TRY(call, what)                                                                         \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS && !st)                                                    \
             st = fe_set_error(FE_ERR_DEVICE, "matmul (cuda): %s failed: %s", what, lt_status(s_)); \
     } while (0)
 
 /* Sets *no_algo (and returns FE_OK) when cuBLASLt offers no algorithm for the call. */
 static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
     *no_algo = false;
-    cudaDataType_t ty = g->dtype == FE_F32 ? CUDA_R_32F : g->dtype == FE_F16 ? CUDA_R_16F : CUDA_R_16BF;
-    cublasComputeType_t ct = (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                             : CUBLAS_COMPUTE_32F;
+    cudaDataType_t ty = g->dtype == FE_F32   ? CUDA_R_32F
+                        : g->dtype == FE_F16 ? CUDA_R_16F
+                                             : CUDA_R_16BF;
+    cublasComputeType_t ct =
+        (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     size_t es = fe_dtype_size((fe_dtype)g->dtype);
     gemm_key key;
     memset(&key, 0, sizeof key);
-    key.dtype = g->dtype, key.tf32 = ct == CUBLAS_COMPUTE_32F_FAST_TF32, key.ta = g->ta, key.tb = g->tb;
+    key.dtype = g->dtype, key.tf32 = ct == CUBLAS_COMPUTE_32F_FAST_TF32, key.ta = g->ta,
+    key.tb = g->tb;
     key.m = g->m, key.n = g->n, key.k = g->k, key.lda = g->lda, key.ldb = g->ldb, key.ldc = g->ldc;
     key.batch = g->batch, key.sa = g->sa, key.sb = g->sb, key.sc = g->sc, key.dev = d->index;
     key.al_a = alignment(g->A, g->sa * (int64_t)es, g->batch);
@@ -133,27 +137,38 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
     cublasLtMatmulDesc_t op = NULL;
     cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
     cublasLtMatmulPreference_t pref = NULL;
-    cublasOperation_t opa = g->ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = g->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opa = g->ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      opb = g->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
     LT_TRY(cublasLtMatmulDescCreate(&op, ct, CUDA_R_32F), "cublasLtMatmulDescCreate");
-    if (!st) LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa),
-                    "set TRANSA");
-    if (!st) LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb),
-                    "set TRANSB");
+    if (!st)
+        LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa),
+               "set TRANSA");
+    if (!st)
+        LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb),
+               "set TRANSB");
     /* stored shapes: op(A) is (m, k), so A is (m, k) or (k, m) as stored */
-    if (!st) LT_TRY(cublasLtMatrixLayoutCreate(&la, ty, g->ta ? g->k : g->m, g->ta ? g->m : g->k, g->lda),
-                    "cublasLtMatrixLayoutCreate (A)");
-    if (!st) LT_TRY(cublasLtMatrixLayoutCreate(&lb, ty, g->tb ? g->n : g->k, g->tb ? g->k : g->n, g->ldb),
-                    "cublasLtMatrixLayoutCreate (B)");
-    if (!st) LT_TRY(cublasLtMatrixLayoutCreate(&lc, ty, g->m, g->n, g->ldc), "cublasLtMatrixLayoutCreate (C)");
+    if (!st)
+        LT_TRY(
+            cublasLtMatrixLayoutCreate(&la, ty, g->ta ? g->k : g->m, g->ta ? g->m : g->k, g->lda),
+            "cublasLtMatrixLayoutCreate (A)");
+    if (!st)
+        LT_TRY(
+            cublasLtMatrixLayoutCreate(&lb, ty, g->tb ? g->n : g->k, g->tb ? g->k : g->n, g->ldb),
+            "cublasLtMatrixLayoutCreate (B)");
+    if (!st)
+        LT_TRY(cublasLtMatrixLayoutCreate(&lc, ty, g->m, g->n, g->ldc),
+               "cublasLtMatrixLayoutCreate (C)");
     if (!st && g->batch > 1) {
         int32_t bc = (int32_t)g->batch;
         cublasLtMatrixLayout_t ls[3] = {la, lb, lc};
         int64_t strides[3] = {g->sa, g->sb, g->sc};
         for (int i = 0; i < 3 && !st; i++) {
-            LT_TRY(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc),
+            LT_TRY(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc,
+                                                    sizeof bc),
                    "set BATCH_COUNT");
             if (!st)
-                LT_TRY(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                LT_TRY(cublasLtMatrixLayoutSetAttribute(ls[i],
+                                                        CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
                                                         &strides[i], sizeof strides[i]),
                        "set STRIDED_BATCH_OFFSET");
         }
@@ -164,24 +179,24 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
         uint64_t ws = d->workspace_size;
         uint32_t al[3] = {(uint32_t)key.al_a, (uint32_t)key.al_b, (uint32_t)key.al_c};
         if (!st)
-            LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                                        sizeof ws),
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
                    "set MAX_WORKSPACE_BYTES");
         if (!st)
-            LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                                                        &al[0], sizeof al[0]),
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], sizeof al[0]),
                    "set MIN_ALIGNMENT_A_BYTES");
         if (!st)
-            LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                                                        &al[1], sizeof al[1]),
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], sizeof al[1]),
                    "set MIN_ALIGNMENT_B_BYTES");
         if (!st)
-            LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                                                        &al[2], sizeof al[2]),
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], sizeof al[2]),
                    "set MIN_ALIGNMENT_C_BYTES");
         if (!st)
-            LT_TRY(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                                                        &al[2], sizeof al[2]),
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], sizeof al[2]),
                    "set MIN_ALIGNMENT_D_BYTES");
         cublasLtMatmulHeuristicResult_t res;
         int got = 0;
@@ -197,8 +212,8 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
     }
     if (!st && !*no_algo) {
         float alpha = (float)g->alpha, beta = 0.0f;
-        LT_TRY(cublasLtMatmul(d->lt, op, &alpha, g->A, la, g->B, lb, &beta, g->C, lc, g->C, lc, &algo,
-                              d->workspace, d->workspace_size, d->stream),
+        LT_TRY(cublasLtMatmul(d->lt, op, &alpha, g->A, la, g->B, lb, &beta, g->C, lc, g->C, lc,
+                              &algo, d->workspace, d->workspace_size, d->stream),
                "cublasLtMatmul");
     }
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
@@ -217,10 +232,10 @@ static fe_status run_f64(cu_dev *d, const gemm_call *g) {
         g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
         return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): f64 product too large for cuBLAS");
     LT_TRY(cublasDgemmStridedBatched(d->blas, g->ta ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                     g->tb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m, (int)g->n, (int)g->k,
-                                     &alpha, (const double *)g->A, (int)g->lda, g->sa,
-                                     (const double *)g->B, (int)g->ldb, g->sb, &beta, (double *)g->C,
-                                     (int)g->ldc, g->sc, (int)g->batch),
+                                     g->tb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m, (int)g->n,
+                                     (int)g->k, &alpha, (const double *)g->A, (int)g->lda, g->sa,
+                                     (const double *)g->B, (int)g->ldb, g->sb, &beta,
+                                     (double *)g->C, (int)g->ldc, g->sc, (int)g->batch),
            "cublasDgemmStridedBatched");
     if (!st) st = cu_launched("cublasDgemmStridedBatched");
     return st;
@@ -229,9 +244,11 @@ static fe_status run_f64(cu_dev *d, const gemm_call *g) {
 /* The same call through cublasGemmStridedBatchedEx: the fallback for shapes and
  * alignments that cuBLASLt's heuristic turns down. */
 static fe_status run_ex(cu_dev *d, const gemm_call *g) {
-    cudaDataType_t ty = g->dtype == FE_F32 ? CUDA_R_32F : g->dtype == FE_F16 ? CUDA_R_16F : CUDA_R_16BF;
-    cublasComputeType_t ct = (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32
-                                                             : CUBLAS_COMPUTE_32F;
+    cudaDataType_t ty = g->dtype == FE_F32   ? CUDA_R_32F
+                        : g->dtype == FE_F16 ? CUDA_R_16F
+                                             : CUDA_R_16BF;
+    cublasComputeType_t ct =
+        (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
         g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
         return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): product too large for cuBLAS");
@@ -268,7 +285,8 @@ extern "C" fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe
         return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): operands must share out's rank (>= 2)");
     if (a->dtype != out->dtype || b->dtype != out->dtype || !fe_dtype_is_float(out->dtype))
         return fe_set_error(FE_ERR_DTYPE, "matmul (cuda): dtypes %s @ %s -> %s are not supported",
-                            fe_dtype_name(a->dtype), fe_dtype_name(b->dtype), fe_dtype_name(out->dtype));
+                            fe_dtype_name(a->dtype), fe_dtype_name(b->dtype),
+                            fe_dtype_name(out->dtype));
     if (!fe_is_contiguous(out))
         return fe_set_error(FE_ERR_ARG, "matmul (cuda): the output must be contiguous");
     int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[nd - 1];

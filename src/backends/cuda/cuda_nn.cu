@@ -31,12 +31,16 @@ template <bool WARP> struct rows_t {
 };
 
 template <bool WARP, typename C> __device__ __forceinline__ C rsum(C v, C *sh) {
-    if constexpr (WARP) return cu_warp_sum(v);
-    else return cu_block_sum(v, sh);
+    if constexpr (WARP)
+        return cu_warp_sum(v);
+    else
+        return cu_block_sum(v, sh);
 }
 template <bool WARP, typename C> __device__ __forceinline__ C rmax(C v, C *sh) {
-    if constexpr (WARP) return cu_warp_max(v);
-    else return cu_block_max(v, sh);
+    if constexpr (WARP)
+        return cu_warp_max(v);
+    else
+        return cu_block_max(v, sh);
 }
 
 /* Grid for R rows of length C. */
@@ -56,14 +60,16 @@ static void row_grid(const cu_dev *d, int64_t R, int64_t C, bool *warp, unsigned
 }
 
 /* Launch KERNEL<T, WARP> over R rows of length C with the arguments that follow. */
-#define ROW_LAUNCH(KERNEL, d, R, C, ...)                                              \
-    do {                                                                              \
-        bool w_;                                                                      \
-        unsigned nb_;                                                                 \
-        int nt_;                                                                      \
-        row_grid(d, R, C, &w_, &nb_, &nt_);                                           \
-        if (w_) KERNEL<T, true><<<nb_, nt_, 0, (d)->stream>>>(__VA_ARGS__);            \
-        else KERNEL<T, false><<<nb_, nt_, 0, (d)->stream>>>(__VA_ARGS__);              \
+#define ROW_LAUNCH(KERNEL, d, R, C, ...)                                                           \
+    do {                                                                                           \
+        bool w_;                                                                                   \
+        unsigned nb_;                                                                              \
+        int nt_;                                                                                   \
+        row_grid(d, R, C, &w_, &nb_, &nt_);                                                        \
+        if (w_)                                                                                    \
+            KERNEL<T, true><<<nb_, nt_, 0, (d)->stream>>>(__VA_ARGS__);                            \
+        else                                                                                       \
+            KERNEL<T, false><<<nb_, nt_, 0, (d)->stream>>>(__VA_ARGS__);                           \
     } while (0)
 
 static int64_t rows_of(const fe_tensor *t) {
@@ -92,10 +98,12 @@ __device__ __forceinline__ void row_max_sumexp(const T *x, int64_t n, const rows
     *m_out = M;
 }
 
-/* ---- softmax -------------------------------------------------------------------------------------- */
+/* ---- softmax
+ * -------------------------------------------------------------------------------------- */
 
 template <typename T, bool WARP>
-__global__ void __launch_bounds__(1024) k_softmax(T *y, const T *x, int64_t R, int64_t C, bool take_log) {
+__global__ void __launch_bounds__(1024)
+    k_softmax(T *y, const T *x, int64_t R, int64_t C, bool take_log) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
@@ -106,7 +114,8 @@ __global__ void __launch_bounds__(1024) k_softmax(T *y, const T *x, int64_t R, i
         row_max_sumexp<WARP, T, A>(xr, C, rw, sh, &m, &s);
         if (take_log) {
             A l = m + cu_log(s);
-            for (int64_t j = rw.lane; j < C; j += rw.nthr) yr[j] = cu_cast<T>((A)cu_to_f(xr[j]) - l);
+            for (int64_t j = rw.lane; j < C; j += rw.nthr)
+                yr[j] = cu_cast<T>((A)cu_to_f(xr[j]) - l);
         } else {
             for (int64_t j = rw.lane; j < C; j += rw.nthr)
                 yr[j] = cu_cast<T>(cu_exp((A)cu_to_f(xr[j]) - m) / s);
@@ -115,7 +124,8 @@ __global__ void __launch_bounds__(1024) k_softmax(T *y, const T *x, int64_t R, i
 }
 
 template <typename T, bool WARP>
-__global__ void __launch_bounds__(1024) k_softmax_bwd(T *gx, const T *gy, const T *y, int64_t R, int64_t C, bool take_log) {
+__global__ void __launch_bounds__(1024)
+    k_softmax_bwd(T *gx, const T *gy, const T *y, int64_t R, int64_t C, bool take_log) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
@@ -154,8 +164,8 @@ extern "C" fe_status fe_cuda_softmax(fe_tensor *y, const fe_tensor *x, bool take
     return cu_launched("softmax kernel");
 }
 
-extern "C" fe_status fe_cuda_softmax_backward(fe_tensor *gx, const fe_tensor *gy, const fe_tensor *y,
-                                              bool take_log) {
+extern "C" fe_status fe_cuda_softmax_backward(fe_tensor *gx, const fe_tensor *gy,
+                                              const fe_tensor *y, bool take_log) {
     cu_dev *d = cu_of(gx);
     if (!d) return fe_last_status();
     const fe_tensor *ts[2] = {gx, gy};
@@ -169,7 +179,8 @@ extern "C" fe_status fe_cuda_softmax_backward(fe_tensor *gx, const fe_tensor *gy
     return cu_launched("softmax backward kernel");
 }
 
-/* ---- column sums over rows (weight gradients), two deterministic stages ----------------------------- */
+/* ---- column sums over rows (weight gradients), two deterministic stages
+ * ----------------------------- */
 
 /* What a column sum adds up for row r, column j. */
 enum { COL_RMS_W = 0, COL_LN_W = 1, COL_LN_B = 2 };
@@ -204,18 +215,19 @@ __global__ void k_colsum(double *part, double *part2, const T *gy, const T *x, c
     __syncthreads();
     if (ty == 0 && j < C) {
         double s = 0, s2 = 0;
-        for (int k = 0; k < COL_TY; k++) s += sh[k][tx], s2 += sh2[k][tx];
+        for (int k = 0; k < COL_TY; k++)
+            s += sh[k][tx], s2 += sh2[k][tx];
         part[blockIdx.y * C + j] = s;
         if (part2) part2[blockIdx.y * C + j] = s2;
     }
 }
 
-template <typename T>
-__global__ void k_colsum_final(T *out, const double *part, int64_t C, int P) {
+template <typename T> __global__ void k_colsum_final(T *out, const double *part, int64_t C, int P) {
     int64_t step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < C; j += step) {
         double s = 0;
-        for (int p = 0; p < P; p++) s += part[(int64_t)p * C + j];
+        for (int p = 0; p < P; p++)
+            s += part[(int64_t)p * C + j];
         out[j] = cu_cast<T>(s);
     }
 }
@@ -259,11 +271,13 @@ static fe_status colsum(cu_dev *d, fe_tensor *gw, fe_tensor *gb, const fe_tensor
     return st;
 }
 
-/* ---- RMSNorm ------------------------------------------------------------------------------------------ */
+/* ---- RMSNorm
+ * ------------------------------------------------------------------------------------------ */
 
 template <typename T, bool WARP>
-__global__ void __launch_bounds__(1024) k_rmsnorm(T *y, T *h, void *rstd, int stat_dt, const T *x, const T *r, const T *w,
-                          int64_t R, int64_t C, double eps) {
+__global__ void __launch_bounds__(1024)
+    k_rmsnorm(T *y, T *h, void *rstd, int stat_dt, const T *x, const T *r, const T *w, int64_t R,
+              int64_t C, double eps) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
@@ -295,8 +309,9 @@ __global__ void __launch_bounds__(1024) k_rmsnorm(T *y, T *h, void *rstd, int st
 }
 
 template <typename T, bool WARP>
-__global__ void __launch_bounds__(1024) k_rmsnorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *rstd,
-                              int stat_dt, const T *gextra, int64_t R, int64_t C) {
+__global__ void __launch_bounds__(1024)
+    k_rmsnorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *rstd, int stat_dt,
+                  const T *gextra, int64_t R, int64_t C) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
@@ -318,8 +333,9 @@ __global__ void __launch_bounds__(1024) k_rmsnorm_bwd(T *gx, const T *gy, const 
     }
 }
 
-extern "C" fe_status fe_cuda_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd, const fe_tensor *x,
-                                     const fe_tensor *r, const fe_tensor *w, double eps) {
+extern "C" fe_status fe_cuda_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd,
+                                     const fe_tensor *x, const fe_tensor *r, const fe_tensor *w,
+                                     double eps) {
     cu_dev *d = cu_of(y);
     if (!d) return fe_last_status();
     const fe_tensor *ts[4] = {y, h, r, w};
@@ -358,18 +374,21 @@ extern "C" fe_status fe_cuda_rmsnorm_backward(fe_tensor *gx, fe_tensor *gw, cons
     return st;
 }
 
-/* ---- LayerNorm --------------------------------------------------------------------------------------------- */
+/* ---- LayerNorm
+ * --------------------------------------------------------------------------------------------- */
 
 template <typename T, bool WARP>
-__global__ void __launch_bounds__(1024) k_layernorm(T *y, void *mean, void *rstd, int stat_dt, const T *x, const T *w,
-                            const T *b, int64_t R, int64_t C, double eps) {
+__global__ void __launch_bounds__(1024)
+    k_layernorm(T *y, void *mean, void *rstd, int stat_dt, const T *x, const T *w, const T *b,
+                int64_t R, int64_t C, double eps) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
     for (int64_t row = rw.first; row < R; row += rw.step) {
         const T *xr = x + row * C;
         A s = 0;
-        for (int64_t j = rw.lane; j < C; j += rw.nthr) s += (A)cu_to_f(xr[j]);
+        for (int64_t j = rw.lane; j < C; j += rw.nthr)
+            s += (A)cu_to_f(xr[j]);
         A m = rsum<WARP>(s, sh) / (A)C, var = 0;
         for (int64_t j = rw.lane; j < C; j += rw.nthr) {
             A t = (A)cu_to_f(xr[j]) - m;
@@ -391,8 +410,9 @@ __global__ void __launch_bounds__(1024) k_layernorm(T *y, void *mean, void *rstd
 }
 
 template <typename T, bool WARP>
-__global__ void __launch_bounds__(1024) k_layernorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *mean,
-                                const void *rstd, int stat_dt, int64_t R, int64_t C) {
+__global__ void __launch_bounds__(1024)
+    k_layernorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *mean, const void *rstd,
+                    int stat_dt, int64_t R, int64_t C) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
@@ -458,7 +478,9 @@ extern "C" fe_status fe_cuda_layernorm_backward(fe_tensor *gx, fe_tensor *gw, fe
     return st;
 }
 
-/* ---- RoPE ------------------------------------------------------------------------------------------------- */
+/* ---- RoPE
+ * -------------------------------------------------------------------------------------------------
+ */
 
 /* One thread per (row, i < half) pair. F32_ANGLE: inv_freq is f32 and x not f64, so the
  * angle float(pos) * inv_freq[i] and its sine and cosine are computed in f32 (the CPU
@@ -501,9 +523,11 @@ extern "C" fe_status fe_cuda_rope(fe_tensor *out, const fe_tensor *x, const fe_t
     const fe_tensor *ts[1] = {out};
     if (same_dtype("rope", x->dtype, 1, ts)) return fe_last_status();
     if (!fe_dtype_is_float(inv_freq->dtype) || !fe_is_contiguous(inv_freq))
-        return fe_set_error(FE_ERR_DTYPE, "rope (cuda): frequencies must be a contiguous float tensor");
+        return fe_set_error(FE_ERR_DTYPE,
+                            "rope (cuda): frequencies must be a contiguous float tensor");
     int64_t R = rows_of(x), D = cols_of(x), Tl = x->shape[seq_dim], inner = 1;
-    for (int k = seq_dim + 1; k < x->ndim - 1; k++) inner *= x->shape[k];
+    for (int k = seq_dim + 1; k < x->ndim - 1; k++)
+        inner *= x->shape[k];
     if (R == 0 || D < 2 || Tl == 0) return FE_OK;
     unsigned nb = cu_blocks(d, R * (D / 2), 256);
     bool f32a = inv_freq->dtype == FE_F32 && x->dtype != FE_F64;
@@ -514,13 +538,14 @@ extern "C" fe_status fe_cuda_rope(fe_tensor *out, const fe_tensor *x, const fe_t
                                                        inner, (long long)pos0, sign);
         else
             k_rope<T, false><<<nb, 256, 0, d->stream>>>((T *)fe__ptr(out), (const T *)fe__ptr(x),
-                                                        fe__ptr(inv_freq), inv_freq->dtype, R, D, Tl,
-                                                        inner, (long long)pos0, sign);
+                                                        fe__ptr(inv_freq), inv_freq->dtype, R, D,
+                                                        Tl, inner, (long long)pos0, sign);
     })
     return cu_launched("rope kernel");
 }
 
-/* ---- embedding ---------------------------------------------------------------------------------------------- */
+/* ---- embedding
+ * ---------------------------------------------------------------------------------------------- */
 
 __device__ __forceinline__ long long index_at(const void *idx, bool i64, int64_t i) {
     return i64 ? ((const long long *)idx)[i] : (long long)((const int32_t *)idx)[i];
@@ -561,14 +586,19 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
     bool i64 = idx->dtype == FE_I64;
     uintptr_t al = (uintptr_t)po | (uintptr_t)pw | (uintptr_t)rb;
     d->check_pending = true;
-#define EMB_LAUNCH(W)                                                                         \
-    k_embedding<W><<<cu_blocks(d, n * (int64_t)(rb / sizeof(W)), 256), 256, 0, d->stream>>>( \
+#define EMB_LAUNCH(W)                                                                              \
+    k_embedding<W><<<cu_blocks(d, n *(int64_t)(rb / sizeof(W)), 256), 256, 0, d->stream>>>(        \
         (W *)po, (const W *)pw, fe__ptr(idx), i64, n, V, (int64_t)(rb / sizeof(W)), d->err)
-    if (!(al & 15)) EMB_LAUNCH(uint4);
-    else if (!(al & 7)) EMB_LAUNCH(unsigned long long);
-    else if (!(al & 3)) EMB_LAUNCH(uint32_t);
-    else if (!(al & 1)) EMB_LAUNCH(uint16_t);
-    else EMB_LAUNCH(uint8_t);
+    if (!(al & 15))
+        EMB_LAUNCH(uint4);
+    else if (!(al & 7))
+        EMB_LAUNCH(unsigned long long);
+    else if (!(al & 3))
+        EMB_LAUNCH(uint32_t);
+    else if (!(al & 1))
+        EMB_LAUNCH(uint16_t);
+    else
+        EMB_LAUNCH(uint8_t);
 #undef EMB_LAUNCH
     return cu_launched("embedding kernel");
 }
@@ -585,8 +615,7 @@ __global__ void k_embedding_bwd(A *acc, const T *gout, const void *idx, bool i64
     }
 }
 
-template <typename T>
-__global__ void k_from_f32(T *dst, const float *src, int64_t n) {
+template <typename T> __global__ void k_from_f32(T *dst, const float *src, int64_t n) {
     int64_t step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step)
         dst[i] = cu_cast<T>(src[i]);
@@ -607,7 +636,8 @@ extern "C" fe_status fe_cuda_embedding_backward(fe_tensor *gw, const fe_tensor *
     fe_status st = FE_OK;
     if (gw->dtype == FE_F32 || gw->dtype == FE_F64) {
         size_t es = fe_dtype_size(gw->dtype);
-        st = cu_check(cudaMemsetAsync(fe__ptr(gw), 0, (size_t)VC * es, d->stream), "cudaMemsetAsync");
+        st = cu_check(cudaMemsetAsync(fe__ptr(gw), 0, (size_t)VC * es, d->stream),
+                      "cudaMemsetAsync");
         if (st || n == 0) return st;
         if (gw->dtype == FE_F32)
             k_embedding_bwd<float, float><<<nb, 256, 0, d->stream>>>(
@@ -637,13 +667,16 @@ extern "C" fe_status fe_cuda_embedding_backward(fe_tensor *gw, const fe_tensor *
     return st;
 }
 
-/* ---- cross-entropy ----------------------------------------------------------------------------------------------- */
+/* ---- cross-entropy
+ * -----------------------------------------------------------------------------------------------
+ */
 
 /* row_loss[row] = logsumexp(logits[row]) - logits[row][t], 0 on ignored rows, NaN (and a
  * recorded error) on targets out of range. */
 template <typename T, bool WARP>
-__global__ void __launch_bounds__(1024) k_ce_rows(double *row_loss, const T *logits, const void *tg, bool i64, int64_t R,
-                          int64_t V, long long ignore, unsigned long long *err) {
+__global__ void __launch_bounds__(1024)
+    k_ce_rows(double *row_loss, const T *logits, const void *tg, bool i64, int64_t R, int64_t V,
+              long long ignore, unsigned long long *err) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
@@ -670,16 +703,19 @@ __global__ void __launch_bounds__(1024) k_ce_rows(double *row_loss, const T *log
 /* Count of rows whose target is not `ignore` (one block). */
 __device__ double ce_count(const void *tg, bool i64, int64_t R, long long ignore, double *sh) {
     double c = 0;
-    for (int64_t r = threadIdx.x; r < R; r += blockDim.x) c += index_at(tg, i64, r) != ignore;
+    for (int64_t r = threadIdx.x; r < R; r += blockDim.x)
+        c += index_at(tg, i64, r) != ignore;
     return cu_block_sum(c, sh);
 }
 
 /* loss = sum of row losses / count, summed in a fixed order (one block). */
-__global__ void __launch_bounds__(1024) k_ce_final(void *loss, int loss_dt, const double *row_loss, const void *tg, bool i64,
-                           int64_t R, long long ignore) {
+__global__ void __launch_bounds__(1024)
+    k_ce_final(void *loss, int loss_dt, const double *row_loss, const void *tg, bool i64, int64_t R,
+               long long ignore) {
     __shared__ double sh[32];
     double s = 0;
-    for (int64_t r = threadIdx.x; r < R; r += blockDim.x) s += row_loss[r];
+    for (int64_t r = threadIdx.x; r < R; r += blockDim.x)
+        s += row_loss[r];
     s = cu_block_sum(s, sh);
     double c = ce_count(tg, i64, R, ignore, sh);
     if (threadIdx.x == 0) cu_store_dyn(loss, loss_dt, 0, c > 0 ? s / c : 0.0);
@@ -717,16 +753,18 @@ extern "C" fe_status fe_cuda_cross_entropy(fe_tensor *loss, const fe_tensor *log
 }
 
 /* scale[0] = gloss[0] / count (0 when no row counts), on the device. */
-__global__ void __launch_bounds__(1024) k_ce_scale(double *scale, const void *gloss, int gloss_dt, const void *tg, bool i64,
-                           int64_t R, long long ignore) {
+__global__ void __launch_bounds__(1024)
+    k_ce_scale(double *scale, const void *gloss, int gloss_dt, const void *tg, bool i64, int64_t R,
+               long long ignore) {
     __shared__ double sh[32];
     double c = ce_count(tg, i64, R, ignore, sh);
     if (threadIdx.x == 0) scale[0] = c > 0 ? cu_load_dyn(gloss, gloss_dt, 0) / c : 0.0;
 }
 
 template <typename T, bool WARP>
-__global__ void __launch_bounds__(1024) k_ce_bwd(T *gl, const T *logits, const void *tg, bool i64, int64_t R, int64_t V,
-                         long long ignore, const double *scale_p, unsigned long long *err) {
+__global__ void __launch_bounds__(1024)
+    k_ce_bwd(T *gl, const T *logits, const void *tg, bool i64, int64_t R, int64_t V,
+             long long ignore, const double *scale_p, unsigned long long *err) {
     typedef typename cu_acc<T>::type A;
     __shared__ A sh[32];
     rows_t<WARP> rw;
@@ -735,7 +773,8 @@ __global__ void __launch_bounds__(1024) k_ce_bwd(T *gl, const T *logits, const v
         long long t = index_at(tg, i64, row);
         T *g = gl + row * V;
         if (t == ignore || t < 0 || t >= V) {
-            for (int64_t j = rw.lane; j < V; j += rw.nthr) g[j] = cu_cast<T>((A)0);
+            for (int64_t j = rw.lane; j < V; j += rw.nthr)
+                g[j] = cu_cast<T>((A)0);
             if (t != ignore && rw.lane == 0) cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
             continue;
         }
@@ -751,12 +790,13 @@ __global__ void __launch_bounds__(1024) k_ce_bwd(T *gl, const T *logits, const v
 }
 
 extern "C" fe_status fe_cuda_cross_entropy_backward(fe_tensor *glogits, const fe_tensor *gloss,
-                                                    const fe_tensor *logits, const fe_tensor *targets,
-                                                    int64_t ignore) {
+                                                    const fe_tensor *logits,
+                                                    const fe_tensor *targets, int64_t ignore) {
     cu_dev *d = cu_of(glogits);
     if (!d) return fe_last_status();
     if (targets->dtype != FE_I32 && targets->dtype != FE_I64)
-        return fe_set_error(FE_ERR_DTYPE, "cross_entropy backward (cuda): targets must be i32 or i64");
+        return fe_set_error(FE_ERR_DTYPE,
+                            "cross_entropy backward (cuda): targets must be i32 or i64");
     const fe_tensor *ts[1] = {glogits};
     if (same_dtype("cross_entropy backward", logits->dtype, 1, ts)) return fe_last_status();
     if (!fe_dtype_is_float(logits->dtype))
@@ -768,8 +808,8 @@ extern "C" fe_status fe_cuda_cross_entropy_backward(fe_tensor *glogits, const fe
     bool i64 = targets->dtype == FE_I64;
     double *scale = NULL;
     if (cu_scratch(d, sizeof(double), (void **)&scale)) return fe_last_status();
-    k_ce_scale<<<1, 1024, 0, d->stream>>>(scale, fe__ptr(gloss), gloss->dtype, fe__ptr(targets), i64,
-                                          R, (long long)ignore);
+    k_ce_scale<<<1, 1024, 0, d->stream>>>(scale, fe__ptr(gloss), gloss->dtype, fe__ptr(targets),
+                                          i64, R, (long long)ignore);
     fe_status st = cu_launched("cross_entropy backward kernel (scale)");
     d->check_pending = true;
     if (!st) {
@@ -783,10 +823,11 @@ extern "C" fe_status fe_cuda_cross_entropy_backward(fe_tensor *glogits, const fe
     return st;
 }
 
-/* ---- SiLU gate --------------------------------------------------------------------------------------------------- */
+/* ---- SiLU gate
+ * ---------------------------------------------------------------------------------------------------
+ */
 
-template <typename T>
-__global__ void k_silu_gate(T *out, const T *a, const T *b, int64_t n) {
+template <typename T> __global__ void k_silu_gate(T *out, const T *a, const T *b, int64_t n) {
     typedef typename cu_acc<T>::type A;
     int64_t step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step) {

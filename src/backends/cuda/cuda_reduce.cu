@@ -70,7 +70,8 @@ template <int OP> __device__ __forceinline__ double red_comb(double acc, double 
 }
 template <int OP> __device__ __forceinline__ double red_warp(double v) {
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v = red_comb<OP>(v, __shfl_xor_sync(0xffffffffu, v, o));
+    for (int o = 16; o > 0; o >>= 1)
+        v = red_comb<OP>(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
@@ -78,20 +79,22 @@ template <int OP> __device__ __forceinline__ double red_warp(double v) {
 template <typename T>
 __device__ __forceinline__ void red_put(T *out, double *part, int64_t nout, int64_t o, int p,
                                         double v) {
-    if (part) part[(int64_t)p * nout + o] = v;
-    else out[o] = cu_cast<T>(v);
+    if (part)
+        part[(int64_t)p * nout + o] = v;
+    else
+        out[o] = cu_cast<T>(v);
 }
 
 /* Reduced elements adjacent in memory, short rows: one warp per output. */
-template <typename T, int OP>
-__global__ void k_red_warp(T *out, const T *a, red_layout L) {
+template <typename T, int OP> __global__ void k_red_warp(T *out, const T *a, red_layout L) {
     int lane = threadIdx.x & 31;
     int64_t w = (blockIdx.x * (int64_t)blockDim.x + threadIdx.x) >> 5;
     int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
     for (int64_t o = w; o < L.nout; o += nw) {
         const T *base = a + kept_off(L, o);
         double acc = red_init<OP>();
-        for (int64_t r = lane; r < L.R; r += 32) acc = red_comb<OP>(acc, (double)cu_to_f(base[red_off(L, r)]));
+        for (int64_t r = lane; r < L.R; r += 32)
+            acc = red_comb<OP>(acc, (double)cu_to_f(base[red_off(L, r)]));
         acc = red_warp<OP>(acc);
         if (lane == 0) out[o] = cu_cast<T>(acc);
     }
@@ -133,7 +136,8 @@ __global__ void k_red_cols(T *out, double *part, const T *a, red_layout L, int P
     for (int64_t o = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; o < L.nout; o += step) {
         const T *base = a + kept_off(L, o);
         double acc = red_init<OP>();
-        for (int64_t r = r0; r < r1; r++) acc = red_comb<OP>(acc, (double)cu_to_f(base[red_off(L, r)]));
+        for (int64_t r = r0; r < r1; r++)
+            acc = red_comb<OP>(acc, (double)cu_to_f(base[red_off(L, r)]));
         red_put<T>(out, part, L.nout, o, p, acc);
     }
 }
@@ -144,7 +148,8 @@ __global__ void k_red_final(T *out, const double *part, int64_t nout, int P) {
     int64_t step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t o = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; o < nout; o += step) {
         double acc = red_init<OP>();
-        for (int p = 0; p < P; p++) acc = red_comb<OP>(acc, part[(int64_t)p * nout + o]);
+        for (int p = 0; p < P; p++)
+            acc = red_comb<OP>(acc, part[(int64_t)p * nout + o]);
         out[o] = cu_cast<T>(acc);
     }
 }
@@ -188,7 +193,8 @@ static fe_status reduce_t(cu_dev *d, fe_tensor *out, const fe_tensor *a) {
     }
     if (inner_reduced) {
         int64_t items = L.nout * P;
-        unsigned nb = (unsigned)(items < (int64_t)d->sm_count * 64 ? items : (int64_t)d->sm_count * 64);
+        unsigned nb =
+            (unsigned)(items < (int64_t)d->sm_count * 64 ? items : (int64_t)d->sm_count * 64);
         k_red_block<T, OP><<<nb, 256, 0, d->stream>>>(po, part, pa, L, P);
     } else {
         unsigned bx = (unsigned)((L.nout + 255) / 256);
