@@ -1,0 +1,365 @@
+/* CUDA matrix products: cuBLASLt for f32 (TF32 tensor cores only with FE_TF32=1), f16
+ * and bf16 (f32 accumulation), cuBLAS for f64. Row-major operands map onto cuBLAS's
+ * column-major convention as C^T = B^T A^T; either operand may be a transposed view.
+ * Batch dims that collapse to one stride per operand run as one strided-batched call,
+ * the rest loop on the host. Chosen algorithms are cached per shape. */
+#include "backends/cuda/cuda_internal.cuh"
+
+#include <inttypes.h>
+#include <pthread.h>
+
+/* A matrix operand: whether it is stored transposed (column-major) and its leading dim. */
+typedef struct mat {
+    bool trans;
+    int64_t ld;
+} mat;
+
+/* Describe the last two dims (rows, cols) of t; false when neither has unit stride. */
+static bool describe(const fe_tensor *t, mat *m) {
+    int n = t->ndim;
+    int64_t rows = t->shape[n - 2], cols = t->shape[n - 1];
+    int64_t sr = t->stride[n - 2], sc = t->stride[n - 1];
+    if ((sc == 1 || cols == 1) && (sr >= cols || rows == 1)) {
+        m->trans = false;
+        m->ld = rows == 1 ? (cols > 0 ? cols : 1) : sr;
+        return true;
+    }
+    if ((sr == 1 || rows == 1) && (sc >= rows || cols == 1)) {
+        m->trans = true;
+        m->ld = cols == 1 ? (rows > 0 ? rows : 1) : sc;
+        return true;
+    }
+    return false;
+}
+
+/* ---- the cuBLASLt algorithm cache ----------------------------------------------------------- */
+
+typedef struct gemm_key {
+    int dtype, tf32, ta, tb;
+    int64_t m, n, k, lda, ldb, ldc, batch, sa, sb, sc;
+    int al_a, al_b, al_c, dev;
+} gemm_key;
+
+#define CU_ALGO_CACHE 256
+static struct {
+    gemm_key key;
+    cublasLtMatmulAlgo_t algo;
+    bool used;
+} g_algos[CU_ALGO_CACHE];
+static int g_algo_next = 0;
+static pthread_mutex_t g_algo_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static bool algo_find(const gemm_key *k, cublasLtMatmulAlgo_t *algo) {
+    bool found = false;
+    pthread_mutex_lock(&g_algo_lock);
+    for (int i = 0; i < CU_ALGO_CACHE && !found; i++)
+        if (g_algos[i].used && !memcmp(&g_algos[i].key, k, sizeof *k)) {
+            *algo = g_algos[i].algo;
+            found = true;
+        }
+    pthread_mutex_unlock(&g_algo_lock);
+    return found;
+}
+
+static void algo_put(const gemm_key *k, const cublasLtMatmulAlgo_t *algo) {
+    pthread_mutex_lock(&g_algo_lock);
+    int i = g_algo_next;
+    g_algo_next = (g_algo_next + 1) % CU_ALGO_CACHE;
+    g_algos[i].key = *k;
+    g_algos[i].algo = *algo;
+    g_algos[i].used = true;
+    pthread_mutex_unlock(&g_algo_lock);
+}
+
+/* Largest power of two (at most 256) dividing the byte address of every batch's matrix. */
+static int alignment(const void *p, int64_t batch_stride_bytes, int64_t batch) {
+    uint64_t v = (uint64_t)(uintptr_t)p;
+    if (batch > 1) v |= (uint64_t)batch_stride_bytes;
+    int a = 1;
+    while (a < 256 && !(v & (uint64_t)a))
+        a <<= 1;
+    return a;
+}
+
+static const char *lt_status(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "success";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "not initialized";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "allocation failed";
+    case CUBLAS_STATUS_INVALID_VALUE: return "invalid value";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "architecture mismatch";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "mapping error";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "execution failed";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "internal error";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "not supported";
+    default: return "unknown status";
+    }
+}
+
+/* One GEMM call in cuBLAS's column-major terms: D (m, n) = alpha * op(A) (m, k) op(B) (k, n),
+ * repeated `batch` times with element strides sa, sb, sc. */
+typedef struct gemm_call {
+    int dtype;
+    bool ta, tb;
+    int64_t m, n, k, lda, ldb, ldc, batch, sa, sb, sc;
+    const void *A, *B;
+    void *C;
+    double alpha;
+} gemm_call;
+
+#define LT_TRY(call, what)                                                                         \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS && !st)                                                    \
+            st = fe_set_error(FE_ERR_DEVICE, "matmul (cuda): %s failed: %s", what, lt_status(s_)); \
+    } while (0)
+
+/* Sets *no_algo (and returns FE_OK) when cuBLASLt offers no algorithm for the call. */
+static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
+    *no_algo = false;
+    cudaDataType_t ty = g->dtype == FE_F32   ? CUDA_R_32F
+                        : g->dtype == FE_F16 ? CUDA_R_16F
+                                             : CUDA_R_16BF;
+    cublasComputeType_t ct =
+        (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    size_t es = fe_dtype_size((fe_dtype)g->dtype);
+    gemm_key key;
+    memset(&key, 0, sizeof key);
+    key.dtype = g->dtype, key.tf32 = ct == CUBLAS_COMPUTE_32F_FAST_TF32, key.ta = g->ta,
+    key.tb = g->tb;
+    key.m = g->m, key.n = g->n, key.k = g->k, key.lda = g->lda, key.ldb = g->ldb, key.ldc = g->ldc;
+    key.batch = g->batch, key.sa = g->sa, key.sb = g->sb, key.sc = g->sc, key.dev = d->index;
+    key.al_a = alignment(g->A, g->sa * (int64_t)es, g->batch);
+    key.al_b = alignment(g->B, g->sb * (int64_t)es, g->batch);
+    key.al_c = alignment(g->C, g->sc * (int64_t)es, g->batch);
+
+    fe_status st = FE_OK;
+    cublasLtMatmulDesc_t op = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasOperation_t opa = g->ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      opb = g->tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    LT_TRY(cublasLtMatmulDescCreate(&op, ct, CUDA_R_32F), "cublasLtMatmulDescCreate");
+    if (!st)
+        LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa),
+               "set TRANSA");
+    if (!st)
+        LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb),
+               "set TRANSB");
+    /* stored shapes: op(A) is (m, k), so A is (m, k) or (k, m) as stored */
+    if (!st)
+        LT_TRY(
+            cublasLtMatrixLayoutCreate(&la, ty, g->ta ? g->k : g->m, g->ta ? g->m : g->k, g->lda),
+            "cublasLtMatrixLayoutCreate (A)");
+    if (!st)
+        LT_TRY(
+            cublasLtMatrixLayoutCreate(&lb, ty, g->tb ? g->n : g->k, g->tb ? g->k : g->n, g->ldb),
+            "cublasLtMatrixLayoutCreate (B)");
+    if (!st)
+        LT_TRY(cublasLtMatrixLayoutCreate(&lc, ty, g->m, g->n, g->ldc),
+               "cublasLtMatrixLayoutCreate (C)");
+    if (!st && g->batch > 1) {
+        int32_t bc = (int32_t)g->batch;
+        cublasLtMatrixLayout_t ls[3] = {la, lb, lc};
+        int64_t strides[3] = {g->sa, g->sb, g->sc};
+        for (int i = 0; i < 3 && !st; i++) {
+            LT_TRY(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc,
+                                                    sizeof bc),
+                   "set BATCH_COUNT");
+            if (!st)
+                LT_TRY(cublasLtMatrixLayoutSetAttribute(ls[i],
+                                                        CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                        &strides[i], sizeof strides[i]),
+                       "set STRIDED_BATCH_OFFSET");
+        }
+    }
+    cublasLtMatmulAlgo_t algo;
+    if (!st && !algo_find(&key, &algo)) {
+        LT_TRY(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+        uint64_t ws = d->workspace_size;
+        uint32_t al[3] = {(uint32_t)key.al_a, (uint32_t)key.al_b, (uint32_t)key.al_c};
+        if (!st)
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
+                   "set MAX_WORKSPACE_BYTES");
+        if (!st)
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0], sizeof al[0]),
+                   "set MIN_ALIGNMENT_A_BYTES");
+        if (!st)
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1], sizeof al[1]),
+                   "set MIN_ALIGNMENT_B_BYTES");
+        if (!st)
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2], sizeof al[2]),
+                   "set MIN_ALIGNMENT_C_BYTES");
+        if (!st)
+            LT_TRY(cublasLtMatmulPreferenceSetAttribute(
+                       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2], sizeof al[2]),
+                   "set MIN_ALIGNMENT_D_BYTES");
+        cublasLtMatmulHeuristicResult_t res;
+        int got = 0;
+        if (!st) {
+            cublasStatus_t hs =
+                cublasLtMatmulAlgoGetHeuristic(d->lt, op, la, lb, lc, lc, pref, 1, &res, &got);
+            if (hs != CUBLAS_STATUS_SUCCESS || got < 1) *no_algo = true; /* caller falls back */
+        }
+        if (!st && !*no_algo) {
+            algo = res.algo;
+            algo_put(&key, &algo);
+        }
+    }
+    if (!st && !*no_algo) {
+        float alpha = (float)g->alpha, beta = 0.0f;
+        LT_TRY(cublasLtMatmul(d->lt, op, &alpha, g->A, la, g->B, lb, &beta, g->C, lc, g->C, lc,
+                              &algo, d->workspace, d->workspace_size, d->stream),
+               "cublasLtMatmul");
+    }
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (op) cublasLtMatmulDescDestroy(op);
+    if (!st) st = cu_launched("cublasLtMatmul");
+    return st;
+}
+
+static fe_status run_f64(cu_dev *d, const gemm_call *g) {
+    double alpha = g->alpha, beta = 0.0;
+    fe_status st = FE_OK;
+    if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
+        g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
+        return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): f64 product too large for cuBLAS");
+    LT_TRY(cublasDgemmStridedBatched(d->blas, g->ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                     g->tb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m, (int)g->n,
+                                     (int)g->k, &alpha, (const double *)g->A, (int)g->lda, g->sa,
+                                     (const double *)g->B, (int)g->ldb, g->sb, &beta,
+                                     (double *)g->C, (int)g->ldc, g->sc, (int)g->batch),
+           "cublasDgemmStridedBatched");
+    if (!st) st = cu_launched("cublasDgemmStridedBatched");
+    return st;
+}
+
+/* The same call through cublasGemmStridedBatchedEx: the fallback for shapes and
+ * alignments that cuBLASLt's heuristic turns down. */
+static fe_status run_ex(cu_dev *d, const gemm_call *g) {
+    cudaDataType_t ty = g->dtype == FE_F32   ? CUDA_R_32F
+                        : g->dtype == FE_F16 ? CUDA_R_16F
+                                             : CUDA_R_16BF;
+    cublasComputeType_t ct =
+        (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
+        g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
+        return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): product too large for cuBLAS");
+    float alpha = (float)g->alpha, beta = 0.0f;
+    fe_status st = FE_OK;
+    LT_TRY(cublasGemmStridedBatchedEx(d->blas, g->ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                      g->tb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m, (int)g->n,
+                                      (int)g->k, &alpha, g->A, ty, (int)g->lda, g->sa, g->B, ty,
+                                      (int)g->ldb, g->sb, &beta, g->C, ty, (int)g->ldc, g->sc,
+                                      (int)g->batch, ct, CUBLAS_GEMM_DEFAULT),
+           "cublasGemmStridedBatchedEx");
+    if (!st) st = cu_launched("cublasGemmStridedBatchedEx");
+    return st;
+}
+
+/* A contiguous copy of t (same shape and dtype), outside any scope. */
+static fe_tensor *packed(const fe_tensor *t) {
+    fe_scope *s = fe__scope_suspend();
+    fe_tensor *c = fe__alloc(t->ndim, t->shape, t->dtype, t->st->dev);
+    if (c && fe_cuda_copy(c, t) != FE_OK) {
+        fe_free(c);
+        c = NULL;
+    }
+    fe__scope_resume(s);
+    return c;
+}
+
+extern "C" fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe_tensor *b,
+                                    double alpha) {
+    cu_dev *d = cu_of(out);
+    if (!d) return fe_last_status();
+    int nd = out->ndim;
+    if (nd < 2 || a->ndim != nd || b->ndim != nd)
+        return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): operands must share out's rank (>= 2)");
+    if (a->dtype != out->dtype || b->dtype != out->dtype || !fe_dtype_is_float(out->dtype))
+        return fe_set_error(FE_ERR_DTYPE, "matmul (cuda): dtypes %s @ %s -> %s are not supported",
+                            fe_dtype_name(a->dtype), fe_dtype_name(b->dtype),
+                            fe_dtype_name(out->dtype));
+    if (!fe_is_contiguous(out))
+        return fe_set_error(FE_ERR_ARG, "matmul (cuda): the output must be contiguous");
+    int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[nd - 1];
+    int64_t batch = fe__numel_of(nd - 2, out->shape);
+    if (M == 0 || N == 0 || batch == 0) return FE_OK;
+    if (K == 0) return fe_cuda_fill(out, 0.0);
+
+    /* operands whose matrices have no unit-stride dim are packed first */
+    fe_tensor *pa = NULL, *pb = NULL;
+    mat ma, mb;
+    if (!describe(a, &ma)) {
+        if (!(pa = packed(a))) return fe_last_status();
+        a = pa;
+        describe(a, &ma);
+    }
+    if (!describe(b, &mb)) {
+        if (!(pb = packed(b))) {
+            fe_free(pa);
+            return fe_last_status();
+        }
+        b = pb;
+        describe(b, &mb);
+    }
+
+    /* the longest run of inner batch dims with one stride per operand */
+    int nbd = nd - 2, split = nbd; /* dims [split, nbd) form the strided batch */
+    int64_t inner = 1, sa = 0, sb = 0, so = M * N;
+    for (int j = nbd - 1; j >= 0; j--) {
+        int64_t s = out->shape[j];
+        if (s == 1) {
+            split = j;
+            continue;
+        }
+        if (inner == 1) {
+            sa = a->stride[j], sb = b->stride[j];
+        } else if (a->stride[j] != sa * inner || b->stride[j] != sb * inner) {
+            break;
+        }
+        inner *= s;
+        split = j;
+    }
+    int64_t outer = batch / inner;
+    /* sa/sb are the strides of the innermost collapsed dim; the run's stride is that */
+    size_t es = fe_dtype_size(out->dtype);
+    fe_status st = FE_OK;
+    for (int64_t ob = 0; ob < outer && !st; ob++) {
+        int64_t oa = 0, obb = 0, r = ob;
+        for (int j = split - 1; j >= 0; j--) {
+            int64_t i = r % out->shape[j];
+            r /= out->shape[j];
+            oa += i * a->stride[j];
+            obb += i * b->stride[j];
+        }
+        gemm_call g;
+        g.dtype = out->dtype;
+        g.m = N, g.n = M, g.k = K;
+        g.A = (const char *)fe__ptr(b) + obb * (int64_t)es; /* column-major: C^T = B^T A^T */
+        g.ta = mb.trans, g.lda = mb.ld, g.sa = sb;
+        g.B = (const char *)fe__ptr(a) + oa * (int64_t)es;
+        g.tb = ma.trans, g.ldb = ma.ld, g.sb = sa;
+        g.C = (char *)fe__ptr(out) + ob * inner * M * N * (int64_t)es;
+        g.ldc = N, g.sc = so;
+        g.batch = inner;
+        g.alpha = alpha;
+        if (out->dtype == FE_F64) {
+            st = run_f64(d, &g);
+        } else {
+            bool no_algo = false;
+            st = run_lt(d, &g, &no_algo);
+            if (!st && no_algo) st = run_ex(d, &g);
+        }
+    }
+    fe_free(pa);
+    fe_free(pb);
+    return st;
+}

@@ -1,0 +1,879 @@
+/* CUDA row kernels: softmax, RMSNorm, LayerNorm, RoPE, embedding, cross-entropy and
+ * the SiLU gate. A row of up to 1024 elements is handled by one warp, a longer one by
+ * one block. Float dtypes compute in f32 (f64 for f64). Weight gradients summed over
+ * rows use two deterministic stages (partial sums per row chunk, then a fixed-order
+ * sum), never atomics; only the embedding gradient scatter-adds with atomics. */
+#include "backends/cuda/cuda_internal.cuh"
+
+/* ---- rows: one warp or one block each ---------------------------------------------------- */
+
+#define ROW_WARP_MAX 1024 /* longest row a warp handles */
+#define ROW_WARP_THREADS 256
+#define ROW_BLOCK_THREADS 512
+
+template <bool WARP> struct rows_t {
+    int lane, nthr;
+    int64_t first, step;
+    __device__ __forceinline__ rows_t() {
+        if (WARP) {
+            int wpb = blockDim.x >> 5;
+            lane = threadIdx.x & 31;
+            nthr = 32;
+            first = (int64_t)blockIdx.x * wpb + (threadIdx.x >> 5);
+            step = (int64_t)gridDim.x * wpb;
+        } else {
+            lane = threadIdx.x;
+            nthr = blockDim.x;
+            first = blockIdx.x;
+            step = gridDim.x;
+        }
+    }
+};
+
+template <bool WARP, typename C> __device__ __forceinline__ C rsum(C v, C *sh) {
+    if constexpr (WARP)
+        return cu_warp_sum(v);
+    else
+        return cu_block_sum(v, sh);
+}
+template <bool WARP, typename C> __device__ __forceinline__ C rmax(C v, C *sh) {
+    if constexpr (WARP)
+        return cu_warp_max(v);
+    else
+        return cu_block_max(v, sh);
+}
+
+/* Grid for R rows of length C. */
+static void row_grid(const cu_dev *d, int64_t R, int64_t C, bool *warp, unsigned *blocks,
+                     int *threads) {
+    *warp = C <= ROW_WARP_MAX;
+    int64_t cap = (int64_t)d->sm_count * 32, b;
+    if (*warp) {
+        *threads = ROW_WARP_THREADS;
+        b = (R + ROW_WARP_THREADS / 32 - 1) / (ROW_WARP_THREADS / 32);
+    } else {
+        *threads = C >= 16384 ? 1024 : ROW_BLOCK_THREADS;
+        b = R;
+    }
+    if (b > cap) b = cap;
+    *blocks = (unsigned)(b > 0 ? b : 1);
+}
+
+/* Launch KERNEL<T, WARP> over R rows of length C with the arguments that follow. */
+#define ROW_LAUNCH(KERNEL, d, R, C, ...)                                                           \
+    do {                                                                                           \
+        bool w_;                                                                                   \
+        unsigned nb_;                                                                              \
+        int nt_;                                                                                   \
+        row_grid(d, R, C, &w_, &nb_, &nt_);                                                        \
+        if (w_)                                                                                    \
+            KERNEL<T, true><<<nb_, nt_, 0, (d)->stream>>>(__VA_ARGS__);                            \
+        else                                                                                       \
+            KERNEL<T, false><<<nb_, nt_, 0, (d)->stream>>>(__VA_ARGS__);                           \
+    } while (0)
+
+static int64_t rows_of(const fe_tensor *t) {
+    int64_t c = t->ndim ? t->shape[t->ndim - 1] : 1;
+    return c ? fe_numel(t) / c : 0;
+}
+static int64_t cols_of(const fe_tensor *t) { return t->ndim ? t->shape[t->ndim - 1] : 1; }
+
+/* Row maximum and sum of exp(x - max) of a row, online, reduced over the row's threads. */
+template <bool WARP, typename T, typename C>
+__device__ __forceinline__ void row_max_sumexp(const T *x, int64_t n, const rows_t<WARP> &rw, C *sh,
+                                               C *m_out, C *s_out) {
+    C m = (C)-INFINITY, s = (C)0;
+    for (int64_t j = rw.lane; j < n; j += rw.nthr) {
+        C v = (C)cu_to_f(x[j]);
+        if (v > m) {
+            s = s * cu_exp(m - v) + (C)1; /* exp(-inf) = 0 on the first element */
+            m = v;
+        } else if (v != (C)-INFINITY) {
+            s += cu_exp(v - m);
+        }
+    }
+    C M = rmax<WARP>(m, sh);
+    C part = m == (C)-INFINITY ? (C)0 : s * cu_exp(m - M);
+    *s_out = rsum<WARP>(part, sh);
+    *m_out = M;
+}
+
+/* ---- softmax
+ * -------------------------------------------------------------------------------------- */
+
+template <typename T, bool WARP>
+__global__ void __launch_bounds__(1024)
+    k_softmax(T *y, const T *x, int64_t R, int64_t C, bool take_log) {
+    typedef typename cu_acc<T>::type A;
+    __shared__ A sh[32];
+    rows_t<WARP> rw;
+    for (int64_t row = rw.first; row < R; row += rw.step) {
+        const T *xr = x + row * C;
+        T *yr = y + row * C;
+        A m, s;
+        row_max_sumexp<WARP, T, A>(xr, C, rw, sh, &m, &s);
+        if (take_log) {
+            A l = m + cu_log(s);
+            for (int64_t j = rw.lane; j < C; j += rw.nthr)
+                yr[j] = cu_cast<T>((A)cu_to_f(xr[j]) - l);
+        } else {
+            for (int64_t j = rw.lane; j < C; j += rw.nthr)
+                yr[j] = cu_cast<T>(cu_exp((A)cu_to_f(xr[j]) - m) / s);
+        }
+    }
+}
+
+template <typename T, bool WARP>
+__global__ void __launch_bounds__(1024)
+    k_softmax_bwd(T *gx, const T *gy, const T *y, int64_t R, int64_t C, bool take_log) {
+    typedef typename cu_acc<T>::type A;
+    __shared__ A sh[32];
+    rows_t<WARP> rw;
+    for (int64_t row = rw.first; row < R; row += rw.step) {
+        const T *g = gy + row * C, *yr = y + row * C;
+        T *o = gx + row * C;
+        A s = 0;
+        for (int64_t j = rw.lane; j < C; j += rw.nthr)
+            s += take_log ? (A)cu_to_f(g[j]) : (A)cu_to_f(g[j]) * (A)cu_to_f(yr[j]);
+        s = rsum<WARP>(s, sh);
+        for (int64_t j = rw.lane; j < C; j += rw.nthr) {
+            A gv = (A)cu_to_f(g[j]), yv = (A)cu_to_f(yr[j]);
+            o[j] = cu_cast<T>(take_log ? gv - cu_exp(yv) * s : yv * (gv - s));
+        }
+    }
+}
+
+static fe_status same_dtype(const char *op, fe_dtype dt, int n, const fe_tensor *const *ts) {
+    for (int i = 0; i < n; i++)
+        if (ts[i] && ts[i]->dtype != dt)
+            return fe_set_error(FE_ERR_DTYPE, "%s (cuda): operand %d is %s, expected %s", op, i,
+                                fe_dtype_name(ts[i]->dtype), fe_dtype_name(dt));
+    return FE_OK;
+}
+
+extern "C" fe_status fe_cuda_softmax(fe_tensor *y, const fe_tensor *x, bool take_log) {
+    cu_dev *d = cu_of(y);
+    if (!d) return fe_last_status();
+    const fe_tensor *ts[1] = {y};
+    if (same_dtype("softmax", x->dtype, 1, ts)) return fe_last_status();
+    int64_t R = rows_of(x), C = cols_of(x);
+    if (R == 0 || C == 0) return FE_OK;
+    CU_FLOAT_DISPATCH(x->dtype, "softmax", {
+        ROW_LAUNCH(k_softmax, d, R, C, (T *)fe__ptr(y), (const T *)fe__ptr(x), R, C, take_log);
+    })
+    return cu_launched("softmax kernel");
+}
+
+extern "C" fe_status fe_cuda_softmax_backward(fe_tensor *gx, const fe_tensor *gy,
+                                              const fe_tensor *y, bool take_log) {
+    cu_dev *d = cu_of(gx);
+    if (!d) return fe_last_status();
+    const fe_tensor *ts[2] = {gx, gy};
+    if (same_dtype("softmax backward", y->dtype, 2, ts)) return fe_last_status();
+    int64_t R = rows_of(y), C = cols_of(y);
+    if (R == 0 || C == 0) return FE_OK;
+    CU_FLOAT_DISPATCH(y->dtype, "softmax backward", {
+        ROW_LAUNCH(k_softmax_bwd, d, R, C, (T *)fe__ptr(gx), (const T *)fe__ptr(gy),
+                   (const T *)fe__ptr(y), R, C, take_log);
+    })
+    return cu_launched("softmax backward kernel");
+}
+
+/* ---- column sums over rows (weight gradients), two deterministic stages
+ * ----------------------------- */
+
+/* What a column sum adds up for row r, column j. */
+enum { COL_RMS_W = 0, COL_LN_W = 1, COL_LN_B = 2 };
+
+#define COL_TX 32
+#define COL_TY 8
+
+/* part[p][j] (and part2[p][j]) = sum over rows of chunk p of the term(s) of column j. */
+template <typename T, int MODE>
+__global__ void k_colsum(double *part, double *part2, const T *gy, const T *x, const void *mean,
+                         const void *rstd, int stat_dt, int64_t R, int64_t C, int64_t chunk) {
+    __shared__ double sh[COL_TY][COL_TX + 1], sh2[COL_TY][COL_TX + 1];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    int64_t j = (int64_t)blockIdx.x * COL_TX + tx;
+    int64_t r0 = (int64_t)blockIdx.y * chunk, r1 = r0 + chunk < R ? r0 + chunk : R;
+    double acc = 0, acc2 = 0;
+    if (j < C) {
+        for (int64_t r = r0 + ty; r < r1; r += COL_TY) {
+            double g = cu_to_f(gy[r * C + j]);
+            if (MODE == COL_RMS_W) {
+                acc += g * (double)cu_to_f(x[r * C + j]) * cu_load_dyn(rstd, stat_dt, r);
+            } else {
+                double xh = ((double)cu_to_f(x[r * C + j]) - cu_load_dyn(mean, stat_dt, r)) *
+                            cu_load_dyn(rstd, stat_dt, r);
+                acc += g * xh;
+                acc2 += g;
+            }
+        }
+    }
+    sh[ty][tx] = acc;
+    sh2[ty][tx] = acc2;
+    __syncthreads();
+    if (ty == 0 && j < C) {
+        double s = 0, s2 = 0;
+        for (int k = 0; k < COL_TY; k++)
+            s += sh[k][tx], s2 += sh2[k][tx];
+        part[blockIdx.y * C + j] = s;
+        if (part2) part2[blockIdx.y * C + j] = s2;
+    }
+}
+
+template <typename T> __global__ void k_colsum_final(T *out, const double *part, int64_t C, int P) {
+    int64_t step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < C; j += step) {
+        double s = 0;
+        for (int p = 0; p < P; p++)
+            s += part[(int64_t)p * C + j];
+        out[j] = cu_cast<T>(s);
+    }
+}
+
+/* gw (and gb) = column sums of the MODE terms; either output may be NULL. */
+template <typename T, int MODE>
+static fe_status colsum(cu_dev *d, fe_tensor *gw, fe_tensor *gb, const fe_tensor *gy,
+                        const fe_tensor *x, const fe_tensor *mean, const fe_tensor *rstd) {
+    int64_t R = rows_of(x), C = cols_of(x);
+    if (C == 0) return FE_OK;
+    if (R == 0) {
+        fe_status st = gw ? fe_cuda_fill(gw, 0.0) : FE_OK;
+        return st || !gb ? st : fe_cuda_fill(gb, 0.0);
+    }
+    int64_t tiles = (C + COL_TX - 1) / COL_TX, want = (int64_t)d->sm_count * 8;
+    int64_t P = (want + tiles - 1) / tiles, pmax = (R + COL_TY - 1) / COL_TY;
+    if (P > pmax) P = pmax;
+    if (P > 1024) P = 1024;
+    if (P < 1) P = 1;
+    int64_t chunk = (R + P - 1) / P;
+    P = (R + chunk - 1) / chunk;
+    size_t bytes = (size_t)P * (size_t)C * sizeof(double) * (MODE == COL_RMS_W ? 1 : 2);
+    double *part = NULL;
+    if (cu_scratch(d, bytes, (void **)&part)) return fe_last_status();
+    double *part2 = MODE == COL_RMS_W ? NULL : part + P * C;
+    dim3 grid((unsigned)tiles, (unsigned)P), block(COL_TX, COL_TY);
+    k_colsum<T, MODE><<<grid, block, 0, d->stream>>>(
+        part, part2, (const T *)fe__ptr(gy), (const T *)fe__ptr(x), mean ? fe__ptr(mean) : NULL,
+        fe__ptr(rstd), rstd->dtype, R, C, chunk);
+    fe_status st = cu_launched("weight-gradient kernel");
+    unsigned nb = cu_blocks(d, C, 256);
+    if (!st && gw) {
+        k_colsum_final<T><<<nb, 256, 0, d->stream>>>((T *)fe__ptr(gw), part, C, (int)P);
+        st = cu_launched("weight-gradient kernel (final)");
+    }
+    if (!st && gb && part2) {
+        k_colsum_final<T><<<nb, 256, 0, d->stream>>>((T *)fe__ptr(gb), part2, C, (int)P);
+        st = cu_launched("bias-gradient kernel (final)");
+    }
+    cu_scratch_free(d, part, bytes);
+    return st;
+}
+
+/* ---- RMSNorm
+ * ------------------------------------------------------------------------------------------ */
+
+template <typename T, bool WARP>
+__global__ void __launch_bounds__(1024)
+    k_rmsnorm(T *y, T *h, void *rstd, int stat_dt, const T *x, const T *r, const T *w, int64_t R,
+              int64_t C, double eps) {
+    typedef typename cu_acc<T>::type A;
+    __shared__ A sh[32];
+    rows_t<WARP> rw;
+    for (int64_t row = rw.first; row < R; row += rw.step) {
+        const T *xr = x + row * C;
+        const T *rr = r ? r + row * C : NULL;
+        T *hr = h ? h + row * C : NULL;
+        A ss = 0;
+        for (int64_t j = rw.lane; j < C; j += rw.nthr) {
+            A v;
+            if (rr) { /* normalise the rounded h that backward will see */
+                T hv = cu_cast<T>((A)cu_to_f(xr[j]) + (A)cu_to_f(rr[j]));
+                hr[j] = hv;
+                v = (A)cu_to_f(hv);
+            } else {
+                v = (A)cu_to_f(xr[j]);
+            }
+            ss += v * v;
+        }
+        ss = rsum<WARP>(ss, sh);
+        A rs = (A)1 / cu_sqrt(ss / (A)C + (A)eps);
+        const T *src = rr ? hr : xr; /* each thread rereads only what it wrote */
+        for (int64_t j = rw.lane; j < C; j += rw.nthr) {
+            A v = (A)cu_to_f(src[j]) * rs;
+            y[row * C + j] = cu_cast<T>(w ? v * (A)cu_to_f(w[j]) : v);
+        }
+        if (rw.lane == 0) cu_store_dyn(rstd, stat_dt, row, (double)rs);
+    }
+}
+
+template <typename T, bool WARP>
+__global__ void __launch_bounds__(1024)
+    k_rmsnorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *rstd, int stat_dt,
+                  const T *gextra, int64_t R, int64_t C) {
+    typedef typename cu_acc<T>::type A;
+    __shared__ A sh[32];
+    rows_t<WARP> rw;
+    for (int64_t row = rw.first; row < R; row += rw.step) {
+        const T *g = gy + row * C, *xr = x + row * C;
+        A rs = (A)cu_load_dyn(rstd, stat_dt, row), dot = 0;
+        for (int64_t j = rw.lane; j < C; j += rw.nthr) {
+            A gv = (A)cu_to_f(g[j]) * (w ? (A)cu_to_f(w[j]) : (A)1);
+            dot += gv * (A)cu_to_f(xr[j]) * rs;
+        }
+        dot = rsum<WARP>(dot, sh) / (A)C;
+        for (int64_t j = rw.lane; j < C; j += rw.nthr) {
+            A gv = (A)cu_to_f(g[j]) * (w ? (A)cu_to_f(w[j]) : (A)1);
+            A v = (A)cu_to_f(xr[j]) * rs;
+            A o = rs * (gv - v * dot);
+            if (gextra) o += (A)cu_to_f(gextra[row * C + j]);
+            gx[row * C + j] = cu_cast<T>(o);
+        }
+    }
+}
+
+extern "C" fe_status fe_cuda_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd,
+                                     const fe_tensor *x, const fe_tensor *r, const fe_tensor *w,
+                                     double eps) {
+    cu_dev *d = cu_of(y);
+    if (!d) return fe_last_status();
+    const fe_tensor *ts[4] = {y, h, r, w};
+    if (same_dtype("rmsnorm", x->dtype, 4, ts)) return fe_last_status();
+    if (r && !h) return fe_set_error(FE_ERR_ARG, "rmsnorm (cuda): a residual needs an h output");
+    int64_t R = rows_of(x), C = cols_of(x);
+    if (R == 0) return FE_OK;
+    CU_FLOAT_DISPATCH(x->dtype, "rmsnorm", {
+        ROW_LAUNCH(k_rmsnorm, d, R, C, (T *)fe__ptr(y), r ? (T *)fe__ptr(h) : (T *)NULL,
+                   fe__ptr(rstd), rstd->dtype, (const T *)fe__ptr(x),
+                   r ? (const T *)fe__ptr(r) : (const T *)NULL,
+                   w ? (const T *)fe__ptr(w) : (const T *)NULL, R, C, eps);
+    })
+    return cu_launched("rmsnorm kernel");
+}
+
+extern "C" fe_status fe_cuda_rmsnorm_backward(fe_tensor *gx, fe_tensor *gw, const fe_tensor *gy,
+                                              const fe_tensor *x, const fe_tensor *w,
+                                              const fe_tensor *rstd, const fe_tensor *gextra) {
+    cu_dev *d = cu_of(x);
+    if (!d) return fe_last_status();
+    const fe_tensor *ts[5] = {gx, gw, gy, w, gextra};
+    if (same_dtype("rmsnorm backward", x->dtype, 5, ts)) return fe_last_status();
+    int64_t R = rows_of(x), C = cols_of(x);
+    fe_status st = FE_OK;
+    CU_FLOAT_DISPATCH(x->dtype, "rmsnorm backward", {
+        if (gx && R > 0) {
+            ROW_LAUNCH(k_rmsnorm_bwd, d, R, C, (T *)fe__ptr(gx), (const T *)fe__ptr(gy),
+                       (const T *)fe__ptr(x), w ? (const T *)fe__ptr(w) : (const T *)NULL,
+                       fe__ptr(rstd), rstd->dtype,
+                       gextra ? (const T *)fe__ptr(gextra) : (const T *)NULL, R, C);
+            st = cu_launched("rmsnorm backward kernel");
+        }
+        if (!st && gw) st = colsum<T, COL_RMS_W>(d, gw, NULL, gy, x, NULL, rstd);
+    })
+    return st;
+}
+
+/* ---- LayerNorm
+ * --------------------------------------------------------------------------------------------- */
+
+template <typename T, bool WARP>
+__global__ void __launch_bounds__(1024)
+    k_layernorm(T *y, void *mean, void *rstd, int stat_dt, const T *x, const T *w, const T *b,
+                int64_t R, int64_t C, double eps) {
+    typedef typename cu_acc<T>::type A;
+    __shared__ A sh[32];
+    rows_t<WARP> rw;
+    for (int64_t row = rw.first; row < R; row += rw.step) {
+        const T *xr = x + row * C;
+        A s = 0;
+        for (int64_t j = rw.lane; j < C; j += rw.nthr)
+            s += (A)cu_to_f(xr[j]);
+        A m = rsum<WARP>(s, sh) / (A)C, var = 0;
+        for (int64_t j = rw.lane; j < C; j += rw.nthr) {
+            A t = (A)cu_to_f(xr[j]) - m;
+            var += t * t;
+        }
+        var = rsum<WARP>(var, sh);
+        A rs = (A)1 / cu_sqrt(var / (A)C + (A)eps);
+        for (int64_t j = rw.lane; j < C; j += rw.nthr) {
+            A v = ((A)cu_to_f(xr[j]) - m) * rs;
+            if (w) v *= (A)cu_to_f(w[j]);
+            if (b) v += (A)cu_to_f(b[j]);
+            y[row * C + j] = cu_cast<T>(v);
+        }
+        if (rw.lane == 0) {
+            cu_store_dyn(mean, stat_dt, row, (double)m);
+            cu_store_dyn(rstd, stat_dt, row, (double)rs);
+        }
+    }
+}
+
+template <typename T, bool WARP>
+__global__ void __launch_bounds__(1024)
+    k_layernorm_bwd(T *gx, const T *gy, const T *x, const T *w, const void *mean, const void *rstd,
+                    int stat_dt, int64_t R, int64_t C) {
+    typedef typename cu_acc<T>::type A;
+    __shared__ A sh[32];
+    rows_t<WARP> rw;
+    for (int64_t row = rw.first; row < R; row += rw.step) {
+        const T *g = gy + row * C, *xr = x + row * C;
+        A m = (A)cu_load_dyn(mean, stat_dt, row), rs = (A)cu_load_dyn(rstd, stat_dt, row);
+        A mg = 0, mgx = 0;
+        for (int64_t j = rw.lane; j < C; j += rw.nthr) {
+            A gv = (A)cu_to_f(g[j]) * (w ? (A)cu_to_f(w[j]) : (A)1);
+            mg += gv;
+            mgx += gv * ((A)cu_to_f(xr[j]) - m) * rs;
+        }
+        mg = rsum<WARP>(mg, sh) / (A)C;
+        mgx = rsum<WARP>(mgx, sh) / (A)C;
+        for (int64_t j = rw.lane; j < C; j += rw.nthr) {
+            A gv = (A)cu_to_f(g[j]) * (w ? (A)cu_to_f(w[j]) : (A)1);
+            A v = ((A)cu_to_f(xr[j]) - m) * rs;
+            gx[row * C + j] = cu_cast<T>(rs * (gv - mg - v * mgx));
+        }
+    }
+}
+
+extern "C" fe_status fe_cuda_layernorm(fe_tensor *y, fe_tensor *mean, fe_tensor *rstd,
+                                       const fe_tensor *x, const fe_tensor *w, const fe_tensor *b,
+                                       double eps) {
+    cu_dev *d = cu_of(y);
+    if (!d) return fe_last_status();
+    const fe_tensor *ts[3] = {y, w, b};
+    if (same_dtype("layernorm", x->dtype, 3, ts)) return fe_last_status();
+    if (mean->dtype != rstd->dtype)
+        return fe_set_error(FE_ERR_DTYPE, "layernorm (cuda): mean and rstd dtypes differ");
+    int64_t R = rows_of(x), C = cols_of(x);
+    if (R == 0) return FE_OK;
+    CU_FLOAT_DISPATCH(x->dtype, "layernorm", {
+        ROW_LAUNCH(k_layernorm, d, R, C, (T *)fe__ptr(y), fe__ptr(mean), fe__ptr(rstd), rstd->dtype,
+                   (const T *)fe__ptr(x), w ? (const T *)fe__ptr(w) : (const T *)NULL,
+                   b ? (const T *)fe__ptr(b) : (const T *)NULL, R, C, eps);
+    })
+    return cu_launched("layernorm kernel");
+}
+
+extern "C" fe_status fe_cuda_layernorm_backward(fe_tensor *gx, fe_tensor *gw, fe_tensor *gb,
+                                                const fe_tensor *gy, const fe_tensor *x,
+                                                const fe_tensor *w, const fe_tensor *mean,
+                                                const fe_tensor *rstd) {
+    cu_dev *d = cu_of(x);
+    if (!d) return fe_last_status();
+    const fe_tensor *ts[5] = {gx, gw, gb, gy, w};
+    if (same_dtype("layernorm backward", x->dtype, 5, ts)) return fe_last_status();
+    if (mean->dtype != rstd->dtype)
+        return fe_set_error(FE_ERR_DTYPE, "layernorm backward (cuda): mean and rstd dtypes differ");
+    int64_t R = rows_of(x), C = cols_of(x);
+    fe_status st = FE_OK;
+    CU_FLOAT_DISPATCH(x->dtype, "layernorm backward", {
+        if (gx && R > 0) {
+            ROW_LAUNCH(k_layernorm_bwd, d, R, C, (T *)fe__ptr(gx), (const T *)fe__ptr(gy),
+                       (const T *)fe__ptr(x), w ? (const T *)fe__ptr(w) : (const T *)NULL,
+                       fe__ptr(mean), fe__ptr(rstd), rstd->dtype, R, C);
+            st = cu_launched("layernorm backward kernel");
+        }
+        if (!st && (gw || gb)) st = colsum<T, COL_LN_W>(d, gw, gb, gy, x, mean, rstd);
+    })
+    return st;
+}
+
+/* ---- RoPE
+ * -------------------------------------------------------------------------------------------------
+ */
+
+/* One thread per (row, i < half) pair. F32_ANGLE: inv_freq is f32 and x not f64, so the
+ * angle float(pos) * inv_freq[i] and its sine and cosine are computed in f32 (the CPU
+ * computes the same f32 angle); otherwise everything is f64. */
+template <typename T, bool F32_ANGLE>
+__global__ void k_rope(T *out, const T *x, const void *inv, int inv_dt, int64_t R, int64_t D,
+                       int64_t T_len, int64_t inner, long long pos0, int sign) {
+    int64_t half = D / 2, n = R * half, step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += step) {
+        int64_t row = e / half, i = e - row * half;
+        long long pos = pos0 + (row / inner) % T_len;
+        const T *xr = x + row * D;
+        T *o = out + row * D;
+        if constexpr (F32_ANGLE) {
+            float ang = __fmul_rn(__ll2float_rn(pos), ((const float *)inv)[i]);
+            float s, c;
+            sincosf(ang, &s, &c);
+            s *= (float)sign;
+            float a = cu_to_f(xr[i]), b = cu_to_f(xr[i + half]);
+            o[i] = cu_cast<T>(a * c - b * s);
+            o[i + half] = cu_cast<T>(b * c + a * s);
+        } else {
+            double ang = inv_dt == FE_F32
+                             ? (double)__fmul_rn(__ll2float_rn(pos), ((const float *)inv)[i])
+                             : __dmul_rn((double)pos, cu_load_dyn(inv, inv_dt, i));
+            double s, c;
+            sincos(ang, &s, &c);
+            s *= (double)sign;
+            double a = cu_to_f(xr[i]), b = cu_to_f(xr[i + half]);
+            o[i] = cu_cast<T>(a * c - b * s);
+            o[i + half] = cu_cast<T>(b * c + a * s);
+        }
+    }
+}
+
+extern "C" fe_status fe_cuda_rope(fe_tensor *out, const fe_tensor *x, const fe_tensor *inv_freq,
+                                  int seq_dim, int64_t pos0, int sign) {
+    cu_dev *d = cu_of(out);
+    if (!d) return fe_last_status();
+    const fe_tensor *ts[1] = {out};
+    if (same_dtype("rope", x->dtype, 1, ts)) return fe_last_status();
+    if (!fe_dtype_is_float(inv_freq->dtype) || !fe_is_contiguous(inv_freq))
+        return fe_set_error(FE_ERR_DTYPE,
+                            "rope (cuda): frequencies must be a contiguous float tensor");
+    int64_t R = rows_of(x), D = cols_of(x), Tl = x->shape[seq_dim], inner = 1;
+    for (int k = seq_dim + 1; k < x->ndim - 1; k++)
+        inner *= x->shape[k];
+    if (R == 0 || D < 2 || Tl == 0) return FE_OK;
+    unsigned nb = cu_blocks(d, R * (D / 2), 256);
+    bool f32a = inv_freq->dtype == FE_F32 && x->dtype != FE_F64;
+    CU_FLOAT_DISPATCH(x->dtype, "rope", {
+        if (f32a)
+            k_rope<T, true><<<nb, 256, 0, d->stream>>>((T *)fe__ptr(out), (const T *)fe__ptr(x),
+                                                       fe__ptr(inv_freq), inv_freq->dtype, R, D, Tl,
+                                                       inner, (long long)pos0, sign);
+        else
+            k_rope<T, false><<<nb, 256, 0, d->stream>>>((T *)fe__ptr(out), (const T *)fe__ptr(x),
+                                                        fe__ptr(inv_freq), inv_freq->dtype, R, D,
+                                                        Tl, inner, (long long)pos0, sign);
+    })
+    return cu_launched("rope kernel");
+}
+
+/* ---- embedding
+ * ---------------------------------------------------------------------------------------------- */
+
+__device__ __forceinline__ long long index_at(const void *idx, bool i64, int64_t i) {
+    return i64 ? ((const long long *)idx)[i] : (long long)((const int32_t *)idx)[i];
+}
+
+/* out row i = w row idx[i], moved in words of W bytes; rows of bad indices are zeroed
+ * and the first bad index is recorded for the next synchronisation to report. */
+template <typename W>
+__global__ void k_embedding(W *out, const W *w, const void *idx, bool i64, int64_t n, int64_t V,
+                            int64_t rw, unsigned long long *err) {
+    int64_t total = n * rw, step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += step) {
+        int64_t i = e / rw, j = e - i * rw;
+        long long k = index_at(idx, i64, i);
+        if (k < 0 || k >= V) {
+            W z;
+            memset(&z, 0, sizeof z);
+            out[e] = z;
+            if (j == 0) cu_flag_error(err, CU_ERR_EMBEDDING_INDEX, k, i, V);
+        } else {
+            out[e] = w[k * rw + j];
+        }
+    }
+}
+
+extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const fe_tensor *idx) {
+    cu_dev *d = cu_of(out);
+    if (!d) return fe_last_status();
+    if (idx->dtype != FE_I32 && idx->dtype != FE_I64)
+        return fe_set_error(FE_ERR_DTYPE, "embedding (cuda): indices must be i32 or i64");
+    if (out->dtype != w->dtype)
+        return fe_set_error(FE_ERR_DTYPE, "embedding (cuda): output and weight dtypes differ");
+    int64_t n = fe_numel(idx), V = w->shape[0], C = w->shape[1];
+    size_t rb = (size_t)C * fe_dtype_size(w->dtype);
+    if (n == 0 || rb == 0) return FE_OK;
+    void *po = fe__ptr(out);
+    const void *pw = fe__ptr(w);
+    bool i64 = idx->dtype == FE_I64;
+    uintptr_t al = (uintptr_t)po | (uintptr_t)pw | (uintptr_t)rb;
+    d->check_pending = true;
+#define EMB_LAUNCH(W)                                                                              \
+    k_embedding<W><<<cu_blocks(d, n *(int64_t)(rb / sizeof(W)), 256), 256, 0, d->stream>>>(        \
+        (W *)po, (const W *)pw, fe__ptr(idx), i64, n, V, (int64_t)(rb / sizeof(W)), d->err)
+    if (!(al & 15))
+        EMB_LAUNCH(uint4);
+    else if (!(al & 7))
+        EMB_LAUNCH(unsigned long long);
+    else if (!(al & 3))
+        EMB_LAUNCH(uint32_t);
+    else if (!(al & 1))
+        EMB_LAUNCH(uint16_t);
+    else
+        EMB_LAUNCH(uint8_t);
+#undef EMB_LAUNCH
+    return cu_launched("embedding kernel");
+}
+
+/* acc[idx[i]][j] += gout[i][j] for indices in range (the forward flagged the others). */
+template <typename T, typename A>
+__global__ void k_embedding_bwd(A *acc, const T *gout, const void *idx, bool i64, int64_t n,
+                                int64_t V, int64_t C) {
+    int64_t total = n * C, step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += step) {
+        int64_t i = e / C, j = e - i * C;
+        long long k = index_at(idx, i64, i);
+        if (k >= 0 && k < V) atomicAdd(&acc[k * C + j], (A)cu_to_f(gout[e]));
+    }
+}
+
+template <typename T> __global__ void k_from_f32(T *dst, const float *src, int64_t n) {
+    int64_t step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step)
+        dst[i] = cu_cast<T>(src[i]);
+}
+
+extern "C" fe_status fe_cuda_embedding_backward(fe_tensor *gw, const fe_tensor *gout,
+                                                const fe_tensor *idx) {
+    cu_dev *d = cu_of(gw);
+    if (!d) return fe_last_status();
+    if (idx->dtype != FE_I32 && idx->dtype != FE_I64)
+        return fe_set_error(FE_ERR_DTYPE, "embedding backward (cuda): indices must be i32 or i64");
+    const fe_tensor *ts[1] = {gout};
+    if (same_dtype("embedding backward", gw->dtype, 1, ts)) return fe_last_status();
+    int64_t n = fe_numel(idx), V = gw->shape[0], C = gw->shape[1], VC = V * C;
+    if (VC == 0) return FE_OK;
+    bool i64 = idx->dtype == FE_I64;
+    unsigned nb = cu_blocks(d, n * C, 256);
+    fe_status st = FE_OK;
+    if (gw->dtype == FE_F32 || gw->dtype == FE_F64) {
+        size_t es = fe_dtype_size(gw->dtype);
+        st = cu_check(cudaMemsetAsync(fe__ptr(gw), 0, (size_t)VC * es, d->stream),
+                      "cudaMemsetAsync");
+        if (st || n == 0) return st;
+        if (gw->dtype == FE_F32)
+            k_embedding_bwd<float, float><<<nb, 256, 0, d->stream>>>(
+                (float *)fe__ptr(gw), (const float *)fe__ptr(gout), fe__ptr(idx), i64, n, V, C);
+        else
+            k_embedding_bwd<double, double><<<nb, 256, 0, d->stream>>>(
+                (double *)fe__ptr(gw), (const double *)fe__ptr(gout), fe__ptr(idx), i64, n, V, C);
+        return cu_launched("embedding backward kernel");
+    }
+    /* f16 / bf16: accumulate in an f32 scratch, then round once */
+    float *acc = NULL;
+    size_t bytes = (size_t)VC * sizeof(float);
+    if (cu_scratch(d, bytes, (void **)&acc)) return fe_last_status();
+    st = cu_check(cudaMemsetAsync(acc, 0, bytes, d->stream), "cudaMemsetAsync");
+    CU_FLOAT_DISPATCH(gw->dtype, "embedding backward", {
+        if (!st && n > 0) {
+            k_embedding_bwd<T, float><<<nb, 256, 0, d->stream>>>(acc, (const T *)fe__ptr(gout),
+                                                                 fe__ptr(idx), i64, n, V, C);
+            st = cu_launched("embedding backward kernel");
+        }
+        if (!st) {
+            k_from_f32<T><<<cu_blocks(d, VC, 256), 256, 0, d->stream>>>((T *)fe__ptr(gw), acc, VC);
+            st = cu_launched("embedding backward kernel (cast)");
+        }
+    })
+    cu_scratch_free(d, acc, bytes);
+    return st;
+}
+
+/* ---- cross-entropy
+ * -----------------------------------------------------------------------------------------------
+ */
+
+/* row_loss[row] = logsumexp(logits[row]) - logits[row][t], 0 on ignored rows, NaN (and a
+ * recorded error) on targets out of range. */
+template <typename T, bool WARP>
+__global__ void __launch_bounds__(1024)
+    k_ce_rows(double *row_loss, const T *logits, const void *tg, bool i64, int64_t R, int64_t V,
+              long long ignore, unsigned long long *err) {
+    typedef typename cu_acc<T>::type A;
+    __shared__ A sh[32];
+    rows_t<WARP> rw;
+    for (int64_t row = rw.first; row < R; row += rw.step) {
+        long long t = index_at(tg, i64, row);
+        if (t == ignore) {
+            if (rw.lane == 0) row_loss[row] = 0.0;
+            continue;
+        }
+        if (t < 0 || t >= V) {
+            if (rw.lane == 0) {
+                row_loss[row] = __longlong_as_double(0x7ff8000000000000ll);
+                cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
+            }
+            continue;
+        }
+        const T *x = logits + row * V;
+        A m, s;
+        row_max_sumexp<WARP, T, A>(x, V, rw, sh, &m, &s);
+        if (rw.lane == 0) row_loss[row] = (double)(m + cu_log(s)) - (double)cu_to_f(x[t]);
+    }
+}
+
+/* Count of rows whose target is not `ignore` (one block). */
+__device__ double ce_count(const void *tg, bool i64, int64_t R, long long ignore, double *sh) {
+    double c = 0;
+    for (int64_t r = threadIdx.x; r < R; r += blockDim.x)
+        c += index_at(tg, i64, r) != ignore;
+    return cu_block_sum(c, sh);
+}
+
+/* loss = sum of row losses / count, summed in a fixed order (one block). */
+__global__ void __launch_bounds__(1024)
+    k_ce_final(void *loss, int loss_dt, const double *row_loss, const void *tg, bool i64, int64_t R,
+               long long ignore) {
+    __shared__ double sh[32];
+    double s = 0;
+    for (int64_t r = threadIdx.x; r < R; r += blockDim.x)
+        s += row_loss[r];
+    s = cu_block_sum(s, sh);
+    double c = ce_count(tg, i64, R, ignore, sh);
+    if (threadIdx.x == 0) cu_store_dyn(loss, loss_dt, 0, c > 0 ? s / c : 0.0);
+}
+
+extern "C" fe_status fe_cuda_cross_entropy(fe_tensor *loss, const fe_tensor *logits,
+                                           const fe_tensor *targets, int64_t ignore) {
+    cu_dev *d = cu_of(loss);
+    if (!d) return fe_last_status();
+    if (targets->dtype != FE_I32 && targets->dtype != FE_I64)
+        return fe_set_error(FE_ERR_DTYPE, "cross_entropy (cuda): targets must be i32 or i64");
+    if (!fe_dtype_is_float(logits->dtype))
+        return fe_set_error(FE_ERR_DTYPE, "cross_entropy (cuda): logits must be float");
+    int64_t R = rows_of(logits), V = cols_of(logits);
+    bool i64 = targets->dtype == FE_I64;
+    double *rl = NULL;
+    size_t bytes = (size_t)(R > 0 ? R : 1) * sizeof(double);
+    if (cu_scratch(d, bytes, (void **)&rl)) return fe_last_status();
+    fe_status st = FE_OK;
+    d->check_pending = true;
+    if (R > 0) {
+        CU_FLOAT_DISPATCH(logits->dtype, "cross_entropy", {
+            ROW_LAUNCH(k_ce_rows, d, R, V, rl, (const T *)fe__ptr(logits), fe__ptr(targets), i64, R,
+                       V, (long long)ignore, d->err);
+        })
+        st = cu_launched("cross_entropy kernel");
+    }
+    if (!st) {
+        k_ce_final<<<1, 1024, 0, d->stream>>>(fe__ptr(loss), loss->dtype, rl, fe__ptr(targets), i64,
+                                              R, (long long)ignore);
+        st = cu_launched("cross_entropy kernel (final)");
+    }
+    cu_scratch_free(d, rl, bytes);
+    return st;
+}
+
+/* scale[0] = gloss[0] / count (0 when no row counts), on the device. */
+__global__ void __launch_bounds__(1024)
+    k_ce_scale(double *scale, const void *gloss, int gloss_dt, const void *tg, bool i64, int64_t R,
+               long long ignore) {
+    __shared__ double sh[32];
+    double c = ce_count(tg, i64, R, ignore, sh);
+    if (threadIdx.x == 0) scale[0] = c > 0 ? cu_load_dyn(gloss, gloss_dt, 0) / c : 0.0;
+}
+
+template <typename T, bool WARP>
+__global__ void __launch_bounds__(1024)
+    k_ce_bwd(T *gl, const T *logits, const void *tg, bool i64, int64_t R, int64_t V,
+             long long ignore, const double *scale_p, unsigned long long *err) {
+    typedef typename cu_acc<T>::type A;
+    __shared__ A sh[32];
+    rows_t<WARP> rw;
+    A scale = (A)scale_p[0];
+    for (int64_t row = rw.first; row < R; row += rw.step) {
+        long long t = index_at(tg, i64, row);
+        T *g = gl + row * V;
+        if (t == ignore || t < 0 || t >= V) {
+            for (int64_t j = rw.lane; j < V; j += rw.nthr)
+                g[j] = cu_cast<T>((A)0);
+            if (t != ignore && rw.lane == 0) cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
+            continue;
+        }
+        const T *x = logits + row * V;
+        A m, s;
+        row_max_sumexp<WARP, T, A>(x, V, rw, sh, &m, &s);
+        A l = m + cu_log(s);
+        for (int64_t j = rw.lane; j < V; j += rw.nthr) {
+            A p = cu_exp((A)cu_to_f(x[j]) - l) * scale;
+            g[j] = cu_cast<T>(j == t ? p - scale : p);
+        }
+    }
+}
+
+extern "C" fe_status fe_cuda_cross_entropy_backward(fe_tensor *glogits, const fe_tensor *gloss,
+                                                    const fe_tensor *logits,
+                                                    const fe_tensor *targets, int64_t ignore) {
+    cu_dev *d = cu_of(glogits);
+    if (!d) return fe_last_status();
+    if (targets->dtype != FE_I32 && targets->dtype != FE_I64)
+        return fe_set_error(FE_ERR_DTYPE,
+                            "cross_entropy backward (cuda): targets must be i32 or i64");
+    const fe_tensor *ts[1] = {glogits};
+    if (same_dtype("cross_entropy backward", logits->dtype, 1, ts)) return fe_last_status();
+    if (!fe_dtype_is_float(logits->dtype))
+        return fe_set_error(FE_ERR_DTYPE, "cross_entropy backward (cuda): logits must be float");
+    if (!fe_dtype_is_float(gloss->dtype) || fe_numel(gloss) != 1)
+        return fe_set_error(FE_ERR_ARG, "cross_entropy backward (cuda): gloss must be one float");
+    int64_t R = rows_of(logits), V = cols_of(logits);
+    if (R == 0 || V == 0) return FE_OK;
+    bool i64 = targets->dtype == FE_I64;
+    double *scale = NULL;
+    if (cu_scratch(d, sizeof(double), (void **)&scale)) return fe_last_status();
+    k_ce_scale<<<1, 1024, 0, d->stream>>>(scale, fe__ptr(gloss), gloss->dtype, fe__ptr(targets),
+                                          i64, R, (long long)ignore);
+    fe_status st = cu_launched("cross_entropy backward kernel (scale)");
+    d->check_pending = true;
+    if (!st) {
+        CU_FLOAT_DISPATCH(logits->dtype, "cross_entropy backward", {
+            ROW_LAUNCH(k_ce_bwd, d, R, V, (T *)fe__ptr(glogits), (const T *)fe__ptr(logits),
+                       fe__ptr(targets), i64, R, V, (long long)ignore, scale, d->err);
+        })
+        st = cu_launched("cross_entropy backward kernel");
+    }
+    cu_scratch_free(d, scale, sizeof(double));
+    return st;
+}
+
+/* ---- SiLU gate
+ * ---------------------------------------------------------------------------------------------------
+ */
+
+template <typename T> __global__ void k_silu_gate(T *out, const T *a, const T *b, int64_t n) {
+    typedef typename cu_acc<T>::type A;
+    int64_t step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step) {
+        A x = (A)cu_to_f(a[i]);
+        out[i] = cu_cast<T>(x * cu_sigmoid(x) * (A)cu_to_f(b[i]));
+    }
+}
+
+template <typename T>
+__global__ void k_silu_gate_bwd(T *ga, T *gb, const T *g, const T *a, const T *b, int64_t n) {
+    typedef typename cu_acc<T>::type A;
+    int64_t step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step) {
+        A x = (A)cu_to_f(a[i]), y = (A)cu_to_f(b[i]), gg = (A)cu_to_f(g[i]);
+        A s = cu_sigmoid(x);
+        if (ga) ga[i] = cu_cast<T>(gg * y * s * ((A)1 + x * ((A)1 - s)));
+        if (gb) gb[i] = cu_cast<T>(gg * x * s);
+    }
+}
+
+extern "C" fe_status fe_cuda_silu_gate(fe_tensor *out, const fe_tensor *a, const fe_tensor *b) {
+    cu_dev *d = cu_of(out);
+    if (!d) return fe_last_status();
+    const fe_tensor *ts[2] = {out, b};
+    if (same_dtype("silu_gate", a->dtype, 2, ts)) return fe_last_status();
+    int64_t n = fe_numel(a);
+    if (n == 0) return FE_OK;
+    CU_FLOAT_DISPATCH(a->dtype, "silu_gate", {
+        k_silu_gate<T><<<cu_blocks(d, n, 256), 256, 0, d->stream>>>(
+            (T *)fe__ptr(out), (const T *)fe__ptr(a), (const T *)fe__ptr(b), n);
+    })
+    return cu_launched("silu_gate kernel");
+}
+
+extern "C" fe_status fe_cuda_silu_gate_backward(fe_tensor *ga, fe_tensor *gb, const fe_tensor *g,
+                                                const fe_tensor *a, const fe_tensor *b) {
+    cu_dev *d = cu_of(a);
+    if (!d) return fe_last_status();
+    const fe_tensor *ts[4] = {ga, gb, g, b};
+    if (same_dtype("silu_gate backward", a->dtype, 4, ts)) return fe_last_status();
+    int64_t n = fe_numel(a);
+    if (n == 0 || (!ga && !gb)) return FE_OK;
+    CU_FLOAT_DISPATCH(a->dtype, "silu_gate backward", {
+        k_silu_gate_bwd<T><<<cu_blocks(d, n, 256), 256, 0, d->stream>>>(
+            ga ? (T *)fe__ptr(ga) : (T *)NULL, gb ? (T *)fe__ptr(gb) : (T *)NULL,
+            (const T *)fe__ptr(g), (const T *)fe__ptr(a), (const T *)fe__ptr(b), n);
+    })
+    return cu_launched("silu_gate backward kernel");
+}
