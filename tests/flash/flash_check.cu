@@ -309,8 +309,8 @@ static bool check_errors() {
     fe_flash_args a;
     memset(&a, 0, sizeof a);
     a.dtype = FE_BF16, a.B = 1, a.Hq = 2, a.Hkv = 1, a.T = 8, a.S = 8, a.D = 96, a.scale = 0.1;
-    float dummy_lse;
-    a.q = a.k = a.v = a.out = &dummy_lse, a.lse = &dummy_lse;
+    static float dummy[8] __attribute__((aligned(16)));
+    a.q = a.k = a.v = a.out = dummy, a.lse = dummy;
     bool ok = fe_flash_attention_forward(&a, NULL) == FE_ERR_SHAPE;
     a.D = 64, a.dtype = FE_F32;
     ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_DTYPE;
@@ -320,6 +320,8 @@ static bool check_errors() {
     ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_ARG;
     a.scale = 0.1;
     ok = ok && fe_flash_attention_backward(&a, NULL, NULL) == FE_ERR_ARG; /* gout etc. NULL */
+    a.k = dummy + 1; /* misaligned */
+    ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_ARG;
     printf("argument errors: %s\n", ok ? "PASS" : "FAIL");
     return ok;
 }

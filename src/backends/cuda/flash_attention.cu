@@ -578,6 +578,11 @@ static fe_status fa_check(const fe_flash_args *a, const char *what, bool bwd) {
     if (!a->q || !a->k || !a->v || !a->out || !a->lse ||
         (bwd && (!a->gout || !a->gq || !a->gk || !a->gv)))
         return fe_set_error(FE_ERR_ARG, "%s: NULL data pointer", what);
+    /* tiles move in 16-byte pieces */
+    const void *ptrs[8] = {a->q, a->k, a->v, a->out, a->gout, a->gq, a->gk, a->gv};
+    for (int i = 0; i < (bwd ? 8 : 4); i++)
+        if ((uintptr_t)ptrs[i] % 16)
+            return fe_set_error(FE_ERR_ARG, "%s: data pointers must be 16-byte aligned", what);
     int cur = -1;
     if (cudaGetDevice(&cur) == cudaSuccess && cur != a->device) {
         fe_status st = fa_cuda_err(cudaSetDevice(a->device), "cudaSetDevice");
