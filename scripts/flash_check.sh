@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Build the flash-attention check with nvcc alone, run it, then (unless --no-bench) the
+# benchmarks: ours (flash_check --bench --all) and PyTorch's SDPA beside it
+# (bench/attention.py, when torch is installed). Needs an sm_90 GPU (H100/H200).
+# Logs go to $OUT when it is set, else to build-flash/. Exit status 1 when a check fails.
+#   scripts/flash_check.sh [--no-bench] [--emu]
+#     --emu  also run the CPU emulation of the kernels (g++ only, no GPU needed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bench=1
+emu=0
+for a in "$@"; do
+  case "$a" in
+    --no-bench) bench=0 ;;
+    --emu) emu=1 ;;
+    *) echo "usage: $0 [--no-bench] [--emu]" >&2; exit 2 ;;
+  esac
+done
+log=${OUT:-build-flash}
+mkdir -p build-flash "$log"
+
+if [ "$emu" = 1 ]; then
+  g++ -O2 -std=c++17 -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-clobbered -Iinclude -Isrc \
+    tests/flash/flash_emu.cpp -o build-flash/flash_emu
+  ./build-flash/flash_emu 2>&1 | tee "$log/flash_emu.log"
+fi
+
+echo "== build (registers and spills per kernel in $log/flash_build.log)"
+nvcc -O3 -std=c++17 -arch=sm_90 -lineinfo -Iinclude -Isrc -Xcompiler -Wall,-Wextra,-Werror \
+  -Xptxas -v tests/flash/flash_check.cu src/backends/cuda/flash_attention.cu \
+  -o build-flash/flash_check >"$log/flash_build.log" 2>&1 || { cat "$log/flash_build.log"; exit 1; }
+awk -F"'" '/Compiling entry function/ {k = $2} /spill stores/ {sp = $0; sub(/^ */, "", sp)}
+  /Used [0-9]+ registers/ && k ~ /fa_/ {match($0, /Used [0-9]+ registers/)
+  printf "  %-48s %s, %s\n", k, substr($0, RSTART, RLENGTH), sp}' "$log/flash_build.log"
+
+echo "== check"
+rc=0
+./build-flash/flash_check 2>&1 | tee "$log/flash_check.log" || rc=1
+
+if [ "$bench" = 1 ]; then
+  echo "== benchmark"
+  ./build-flash/flash_check --bench --all 2>&1 | tee "$log/flash_bench.log"
+  if python3 -c 'import torch' 2>/dev/null; then
+    python3 bench/attention.py --binary build-flash/flash_check 2>&1 | tee "$log/attention_bench.log"
+  else
+    echo "torch not installed: PyTorch comparison skipped"
+  fi
+fi
+exit $rc

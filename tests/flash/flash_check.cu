@@ -1,0 +1,433 @@
+/* Standalone GPU check and benchmark of the flash-attention kernels.
+ *
+ *   nvcc -O3 -std=c++17 -arch=sm_90 -Iinclude -Isrc tests/flash/flash_check.cu \
+ *        src/backends/cuda/flash_attention.cu -o flash_check
+ *   ./flash_check            correctness: every case against an f32 reference computed
+ *                            on the GPU by plain kernels; exit status 1 on any FAIL
+ *   ./flash_check --bench    TFLOP/s, B=4 H=16 D=128 causal, T=S=1024..8192
+ *        [--all]             also non-causal and D=64
+ *
+ * Errors are relative Frobenius norms ||x - ref|| / ||ref|| of out, lse, gq, gk, gv,
+ * plus the largest element error relative to max |ref|; PASS below 1e-2.
+ * FLOP conventions: forward 4 B H T S D (halved when causal), backward 2.5x forward. */
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <vector>
+
+#include "backends/cuda/flash_attention.h"
+
+/* The library's error setter (this program links only the kernels). */
+static char g_err[512];
+extern "C" fe_status fe_set_error(fe_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(g_err, sizeof g_err, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+#define CK(x)                                                                                     \
+    do {                                                                                          \
+        cudaError_t e_ = (x);                                                                     \
+        if (e_ != cudaSuccess) {                                                                  \
+            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
+            exit(2);                                                                              \
+        }                                                                                         \
+    } while (0)
+#define CKF(x)                                                                                    \
+    do {                                                                                          \
+        fe_status s_ = (x);                                                                       \
+        if (s_ != FE_OK) {                                                                        \
+            fprintf(stderr, "%s:%d: %s failed (%d): %s\n", __FILE__, __LINE__, #x, (int)s_, g_err); \
+            exit(2);                                                                              \
+        }                                                                                         \
+    } while (0)
+
+/* ---- 16-bit floats on the host and device -------------------------------------------- */
+
+static float h_bf16_to_f(uint16_t x) {
+    uint32_t u = (uint32_t)x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static uint16_t h_f_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
+}
+static float h_f16_to_f(uint16_t x) { /* exact: subnormals, normals, inf */
+    int e = (x >> 10) & 31, m = x & 1023;
+    float v = e == 0 ? ldexpf((float)m, -24) : e == 31 ? INFINITY : ldexpf((float)(m | 1024), e - 25);
+    return (x & 0x8000) ? -v : v;
+}
+static uint16_t h_f_to_f16(float f) { /* round to nearest even, finite inputs of modest size */
+    uint16_t best = 0;
+    float a = fabsf(f);
+    int lo = 0, hi = 0x7bff; /* binary search over the positive finite codes */
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (h_f16_to_f((uint16_t)mid) <= a) lo = mid;
+        else hi = mid - 1;
+    }
+    best = (uint16_t)lo;
+    if (lo < 0x7bff) {
+        float d0 = a - h_f16_to_f((uint16_t)lo), d1 = h_f16_to_f((uint16_t)(lo + 1)) - a;
+        if (d1 < d0 || (d1 == d0 && (lo & 1))) best = (uint16_t)(lo + 1);
+    }
+    return (uint16_t)(best | (f < 0 ? 0x8000 : 0));
+}
+
+__device__ __forceinline__ float d_to_f(uint16_t x, bool bf) {
+    if (bf) return __uint_as_float((uint32_t)x << 16);
+    return __half2float(__ushort_as_half(x));
+}
+
+/* ---- f32 reference kernels ----------------------------------------------------------- */
+
+struct RefArgs {
+    const uint16_t *q, *k, *v, *go;
+    bool bf;
+    int B, Hq, Hkv, T, S, D;
+    bool causal;
+    float scale;
+    float *out, *lse, *gq, *gk, *gv; /* f32 results */
+    float *P, *dS;                   /* (B, Hq, T, S) scratch */
+};
+
+__device__ float block_reduce(float x, bool is_max, float *red) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float y = __shfl_xor_sync(0xffffffffu, x, o);
+        x = is_max ? fmaxf(x, y) : x + y;
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = x;
+    __syncthreads();
+    x = red[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++) x = is_max ? fmaxf(x, red[w]) : x + red[w];
+    return x;
+}
+
+/* One block per query row (i, h, b): out, lse, P, dS, gq of that row. */
+__global__ void ref_rows(RefArgs a) {
+    extern __shared__ float sh[]; /* p[S], dp[S] */
+    __shared__ float red[32];
+    float *p = sh, *dp = sh + a.S;
+    const int i = blockIdx.x, h = blockIdx.y, b = blockIdx.z, G = a.Hq / a.Hkv, D = a.D;
+    const size_t row = ((size_t)b * a.Hq + h) * a.T + i;
+    const uint16_t *q = a.q + row * D, *go = a.go + row * D;
+    const uint16_t *k = a.k + ((size_t)b * a.Hkv + h / G) * a.S * D;
+    const uint16_t *v = a.v + ((size_t)b * a.Hkv + h / G) * a.S * D;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < a.S; j += blockDim.x) {
+        float s = 0;
+        for (int d = 0; d < D; d++) s += d_to_f(q[d], a.bf) * d_to_f(k[(size_t)j * D + d], a.bf);
+        s = (a.causal && j > i + a.S - a.T) ? -INFINITY : s * a.scale;
+        p[j] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = block_reduce(mx, true, red);
+    float l = 0;
+    for (int j = threadIdx.x; j < a.S; j += blockDim.x) {
+        p[j] = mx == -INFINITY ? 0.f : expf(p[j] - mx);
+        l += p[j];
+    }
+    l = block_reduce(l, false, red);
+    if (threadIdx.x == 0) a.lse[row] = l > 0 ? mx + logf(l) : -INFINITY;
+    float di = 0;
+    for (int j = threadIdx.x; j < a.S; j += blockDim.x) {
+        p[j] = l > 0 ? p[j] / l : 0.f;
+        float s = 0;
+        for (int d = 0; d < D; d++) s += d_to_f(go[d], a.bf) * d_to_f(v[(size_t)j * D + d], a.bf);
+        dp[j] = s;
+        di += p[j] * s;
+    }
+    di = block_reduce(di, false, red);
+    for (int j = threadIdx.x; j < a.S; j += blockDim.x) {
+        const float ds = p[j] * (dp[j] - di);
+        a.P[row * a.S + j] = p[j];
+        a.dS[row * a.S + j] = ds;
+        dp[j] = ds;
+    }
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float o = 0, g = 0;
+        for (int j = 0; j < a.S; j++) {
+            o += p[j] * d_to_f(v[(size_t)j * D + d], a.bf);
+            g += dp[j] * d_to_f(k[(size_t)j * D + d], a.bf);
+        }
+        a.out[row * D + d] = o;
+        a.gq[row * D + d] = a.scale * g;
+    }
+}
+
+/* One block per key (j, kv head, b): gk, gv of that key, summed over the group. */
+__global__ void ref_cols(RefArgs a) {
+    const int j = blockIdx.x, hk = blockIdx.y, b = blockIdx.z, G = a.Hq / a.Hkv, D = a.D;
+    const size_t krow = ((size_t)b * a.Hkv + hk) * a.S + j;
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        float gk = 0, gv = 0;
+        for (int h = hk * G; h < hk * G + G; h++)
+            for (int i = 0; i < a.T; i++) {
+                const size_t row = ((size_t)b * a.Hq + h) * a.T + i;
+                gk += a.dS[row * a.S + j] * d_to_f(a.q[row * D + d], a.bf);
+                gv += a.P[row * a.S + j] * d_to_f(a.go[row * D + d], a.bf);
+            }
+        a.gk[krow * D + d] = a.scale * gk;
+        a.gv[krow * D + d] = gv;
+    }
+}
+
+/* ---- the check ----------------------------------------------------------------------- */
+
+struct Case {
+    fe_dtype dt;
+    int D, B, Hq, Hkv, T, S;
+    bool causal;
+};
+
+static uint64_t g_seed = 0x243f6a8885a308d3ull;
+static float rnd() { /* uniform in [-1, 1) */
+    g_seed ^= g_seed << 13, g_seed ^= g_seed >> 7, g_seed ^= g_seed << 17;
+    return (float)((double)(g_seed >> 11) / (double)(1ull << 52) - 1.0);
+}
+
+static uint16_t *upload_random(size_t n, bool bf, float amp) {
+    std::vector<uint16_t> h(n);
+    for (auto &x : h) x = bf ? h_f_to_bf16(amp * rnd()) : h_f_to_f16(amp * rnd());
+    uint16_t *d;
+    CK(cudaMalloc(&d, n * 2 + 16));
+    CK(cudaMemcpy(d, h.data(), n * 2, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static std::vector<float> download16(const uint16_t *d, size_t n, bool bf) {
+    std::vector<uint16_t> h(n);
+    CK(cudaMemcpy(h.data(), d, n * 2, cudaMemcpyDeviceToHost));
+    std::vector<float> f(n);
+    for (size_t i = 0; i < n; i++) f[i] = bf ? h_bf16_to_f(h[i]) : h_f16_to_f(h[i]);
+    return f;
+}
+static std::vector<float> download32(const float *d, size_t n) {
+    std::vector<float> f(n);
+    CK(cudaMemcpy(f.data(), d, n * 4, cudaMemcpyDeviceToHost));
+    return f;
+}
+
+/* relative Frobenius error; *maxrel = max |x - ref| / max |ref|; -inf matching -inf counts 0 */
+static double compare(const std::vector<float> &x, const std::vector<float> &ref, double *maxrel) {
+    double num = 0, den = 0, mx = 0, mref = 0;
+    for (size_t i = 0; i < x.size(); i++) {
+        if (isinf(ref[i]) && x[i] == ref[i]) continue;
+        double d = (double)x[i] - ref[i];
+        if (isnan(d) || isinf(d)) d = INFINITY;
+        num += d * d, den += (double)ref[i] * ref[i];
+        mx = fmax(mx, fabs(d)), mref = fmax(mref, fabs((double)ref[i]));
+    }
+    *maxrel = mref > 0 ? mx / mref : mx;
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static bool run_case(const Case &c, cudaStream_t stream) {
+    const bool bf = c.dt == FE_BF16;
+    const size_t nq = (size_t)c.B * c.Hq * c.T * c.D, nk = (size_t)c.B * c.Hkv * c.S * c.D;
+    const size_t rows = (size_t)c.B * c.Hq * c.T;
+    uint16_t *q = upload_random(nq, bf, 2.f), *k = upload_random(nk, bf, 2.f);
+    uint16_t *v = upload_random(nk, bf, 1.f), *go = upload_random(nq, bf, 1.f);
+    uint16_t *out, *gq, *gk, *gv;
+    float *lse;
+    CK(cudaMalloc(&out, nq * 2 + 16));
+    CK(cudaMalloc(&gq, nq * 2 + 16));
+    CK(cudaMalloc(&gk, nk * 2 + 16));
+    CK(cudaMalloc(&gv, nk * 2 + 16));
+    CK(cudaMalloc(&lse, rows * 4 + 16));
+    /* garbage in the outputs: every element must be written */
+    CK(cudaMemset(out, 0xff, nq * 2));
+    CK(cudaMemset(gq, 0xff, nq * 2));
+    CK(cudaMemset(gk, 0xff, nk * 2));
+    CK(cudaMemset(gv, 0xff, nk * 2));
+    CK(cudaMemset(lse, 0xff, rows * 4));
+
+    fe_flash_args a;
+    memset(&a, 0, sizeof a);
+    a.dtype = c.dt, a.device = 0;
+    a.B = c.B, a.Hq = c.Hq, a.Hkv = c.Hkv, a.T = c.T, a.S = c.S, a.D = c.D;
+    a.causal = c.causal, a.scale = 1.0 / sqrt((double)c.D);
+    a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse, a.gout = go;
+    a.gq = gq, a.gk = gk, a.gv = gv;
+    CKF(fe_flash_attention_forward(&a, stream));
+    CKF(fe_flash_attention_backward(&a, NULL, stream));
+    CK(cudaStreamSynchronize(stream));
+
+    RefArgs r;
+    r.q = q, r.k = k, r.v = v, r.go = go, r.bf = bf;
+    r.B = c.B, r.Hq = c.Hq, r.Hkv = c.Hkv, r.T = c.T, r.S = c.S, r.D = c.D;
+    r.causal = c.causal, r.scale = (float)a.scale;
+    CK(cudaMalloc(&r.out, nq * 4));
+    CK(cudaMalloc(&r.gq, nq * 4));
+    CK(cudaMalloc(&r.gk, nk * 4));
+    CK(cudaMalloc(&r.gv, nk * 4));
+    CK(cudaMalloc(&r.lse, rows * 4));
+    CK(cudaMalloc(&r.P, rows * c.S * 4 + 4));
+    CK(cudaMalloc(&r.dS, rows * c.S * 4 + 4));
+    ref_rows<<<dim3(c.T, c.Hq, c.B), 128, 2 * c.S * sizeof(float)>>>(r);
+    CK(cudaGetLastError());
+    ref_cols<<<dim3(c.S, c.Hkv, c.B), 128>>>(r);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+
+    const char *names[5] = {"out", "lse", "gq", "gk", "gv"};
+    std::vector<float> got[5] = {download16(out, nq, bf), download32(lse, rows),
+                                 download16(gq, nq, bf), download16(gk, nk, bf),
+                                 download16(gv, nk, bf)};
+    std::vector<float> ref[5] = {download32(r.out, nq), download32(r.lse, rows),
+                                 download32(r.gq, nq), download32(r.gk, nk), download32(r.gv, nk)};
+    bool ok = true;
+    printf("%-4s D=%-3d B=%d Hq=%d Hkv=%d T=%-4d S=%-4d %-10s", bf ? "bf16" : "f16", c.D, c.B,
+           c.Hq, c.Hkv, c.T, c.S, c.causal ? "causal" : "non-causal");
+    for (int t = 0; t < 5; t++) {
+        double mr, e = compare(got[t], ref[t], &mr);
+        ok = ok && e < 1e-2;
+        printf(" %s %.1e/%.1e", names[t], e, mr);
+    }
+    printf("  %s\n", ok ? "PASS" : "FAIL");
+    for (void *p : {(void *)q, (void *)k, (void *)v, (void *)go, (void *)out, (void *)gq,
+                    (void *)gk, (void *)gv, (void *)lse, (void *)r.out, (void *)r.gq, (void *)r.gk,
+                    (void *)r.gv, (void *)r.lse, (void *)r.P, (void *)r.dS})
+        CK(cudaFree(p));
+    return ok;
+}
+
+/* The launchers refuse what they cannot do, with the error set and nothing launched. */
+static bool check_errors() {
+    fe_flash_args a;
+    memset(&a, 0, sizeof a);
+    a.dtype = FE_BF16, a.B = 1, a.Hq = 2, a.Hkv = 1, a.T = 8, a.S = 8, a.D = 96, a.scale = 0.1;
+    static float dummy[8] __attribute__((aligned(16)));
+    a.q = a.k = a.v = a.out = dummy, a.lse = dummy;
+    bool ok = fe_flash_attention_forward(&a, NULL) == FE_ERR_SHAPE;
+    a.D = 64, a.dtype = FE_F32;
+    ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_DTYPE;
+    a.dtype = FE_F16, a.Hkv = 3;
+    ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_SHAPE;
+    a.Hkv = 1, a.scale = -1;
+    ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_ARG;
+    a.scale = 0.1;
+    ok = ok && fe_flash_attention_backward(&a, NULL, NULL) == FE_ERR_ARG; /* gout etc. NULL */
+    a.k = dummy + 1; /* misaligned */
+    ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_ARG;
+    printf("argument errors: %s\n", ok ? "PASS" : "FAIL");
+    return ok;
+}
+
+/* ---- benchmark ----------------------------------------------------------------------- */
+
+static void bench(int B, int H, int D, bool causal, fe_dtype dt) {
+    const int Ts[4] = {1024, 2048, 4096, 8192};
+    for (int T : Ts) {
+        const size_t n = (size_t)B * H * T * D;
+        uint16_t *q = upload_random(n, dt == FE_BF16, 1.f), *k = upload_random(n, dt == FE_BF16, 1.f);
+        uint16_t *v = upload_random(n, dt == FE_BF16, 1.f), *go = upload_random(n, dt == FE_BF16, 1.f);
+        uint16_t *out, *gq, *gk, *gv;
+        float *lse;
+        void *ws;
+        CK(cudaMalloc(&out, n * 2));
+        CK(cudaMalloc(&gq, n * 2));
+        CK(cudaMalloc(&gk, n * 2));
+        CK(cudaMalloc(&gv, n * 2));
+        CK(cudaMalloc(&lse, (size_t)B * H * T * 4));
+        fe_flash_args a;
+        memset(&a, 0, sizeof a);
+        a.dtype = dt, a.device = 0, a.B = B, a.Hq = H, a.Hkv = H, a.T = T, a.S = T, a.D = D;
+        a.causal = causal, a.scale = 1.0 / sqrt((double)D);
+        a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse, a.gout = go;
+        a.gq = gq, a.gk = gk, a.gv = gv;
+        CK(cudaMalloc(&ws, fe_flash_attention_workspace_size(&a)));
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        const int iters = T >= 4096 ? 10 : 30;
+        float ms_f, ms_b;
+        for (int w = 0; w < 3; w++) {
+            CKF(fe_flash_attention_forward(&a, NULL));
+            CKF(fe_flash_attention_backward(&a, ws, NULL));
+        }
+        CK(cudaEventRecord(e0));
+        for (int it = 0; it < iters; it++) CKF(fe_flash_attention_forward(&a, NULL));
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms_f, e0, e1));
+        CK(cudaEventRecord(e0));
+        for (int it = 0; it < iters; it++) CKF(fe_flash_attention_backward(&a, ws, NULL));
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        CK(cudaEventElapsedTime(&ms_b, e0, e1));
+        ms_f /= iters, ms_b /= iters;
+        const double fwd = 4.0 * B * H * (double)T * T * D * (causal ? 0.5 : 1.0), bwd = 2.5 * fwd;
+        printf("BENCH ours %s D=%d B=%d H=%d T=%d causal=%d fwd_ms=%.3f fwd_tflops=%.1f "
+               "bwd_ms=%.3f bwd_tflops=%.1f\n",
+               dt == FE_BF16 ? "bf16" : "f16", D, B, H, T, (int)causal, ms_f,
+               fwd / (ms_f * 1e-3) / 1e12, ms_b, bwd / (ms_b * 1e-3) / 1e12);
+        fflush(stdout);
+        for (void *p : {(void *)q, (void *)k, (void *)v, (void *)go, (void *)out, (void *)gq,
+                        (void *)gk, (void *)gv, (void *)lse, ws})
+            CK(cudaFree(p));
+        CK(cudaEventDestroy(e0));
+        CK(cudaEventDestroy(e1));
+    }
+}
+
+int main(int argc, char **argv) {
+    bool do_bench = false, all = false;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--bench")) do_bench = true;
+        else if (!strcmp(argv[i], "--all")) all = true;
+        else {
+            fprintf(stderr, "usage: %s [--bench [--all]]\n", argv[0]);
+            return 2;
+        }
+    }
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        printf("SKIP: no CUDA device\n");
+        return 0;
+    }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+    if (do_bench) {
+        bench(4, 16, 128, true, FE_BF16);
+        if (all) {
+            bench(4, 16, 128, false, FE_BF16);
+            bench(4, 16, 64, true, FE_BF16);
+            bench(4, 16, 64, false, FE_BF16);
+        }
+        return 0;
+    }
+    /* a non-blocking stream: the launchers must honour the stream they are given */
+    cudaStream_t stream;
+    CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    std::vector<Case> cases;
+    for (fe_dtype dt : {FE_BF16, FE_F16})
+        for (int D : {64, 128}) {
+            cases.push_back({dt, D, 1, 8, 2, 1000, 1000, true});
+            cases.push_back({dt, D, 1, 8, 2, 1000, 1000, false});
+            cases.push_back({dt, D, 2, 8, 2, 77, 77, true});
+            cases.push_back({dt, D, 2, 8, 2, 77, 77, false});
+            cases.push_back({dt, D, 1, 8, 2, 64, 200, false});
+            cases.push_back({dt, D, 1, 8, 2, 64, 200, true});
+            cases.push_back({dt, D, 1, 4, 4, 200, 64, true}); /* rows with no visible key */
+            cases.push_back({dt, D, 2, 4, 1, 256, 256, true});
+        }
+    int fails = !check_errors();
+    for (const Case &c : cases) fails += !run_case(c, stream);
+    CK(cudaStreamDestroy(stream));
+    printf("%zu cases, %d failed: %s\n", cases.size() + 1, fails, fails ? "FAIL" : "PASS");
+    return fails ? 1 : 0;
+}
