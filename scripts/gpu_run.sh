@@ -6,17 +6,18 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/device_env.sh
 OUT="${OUT:-$PWD/gpu-out}"
+LOGS=$(mktemp -d)   # every log; packed into $OUT/logs.tgz at the end
 mkdir -p "$OUT"
 JOBS=$(nproc)
 declare -a SUMMARY=()
 stage() { # name, command...
     local name=$1; shift
     local t0=$(date +%s)
-    echo "=== $name" | tee -a "$OUT/summary.log"
-    "$@" >"$OUT/$name.log" 2>&1
+    echo "=== $name"
+    "$@" >"$LOGS/$name.log" 2>&1
     local rc=$?
     SUMMARY+=("$name rc=$rc $(( $(date +%s) - t0 ))s")
-    tail -n 25 "$OUT/$name.log"
+    tail -n "${TAIL:-25}" "$LOGS/$name.log"
     return 0
 }
 
@@ -26,19 +27,27 @@ do_build() {
     cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DFE_CUDA=ON -DFE_CUDA_ARCH=90 &&
         cmake --build build-gpu -j"$JOBS"
 }
-do_test() { ctest --test-dir build-gpu --output-on-failure -j4; }
-do_sanitize() {
-    for tool in memcheck racecheck; do
-        echo "--- compute-sanitizer $tool"
-        compute-sanitizer --tool $tool --error-exitcode 9 build-gpu/test_cuda_ops || return 1
-    done
+do_test() {
+    ctest --test-dir build-gpu --output-on-failure -j4 --timeout 300
+    local rc=$?
+    mkdir -p data; [ -s data/austen.txt ] || cp .shared/austen.txt data/
+    build-gpu/ferric train --device cuda --steps 60 --eval-every 30 --run-dir "$LOGS/run-gpu" || rc=1
+    return $rc
 }
-do_flash() { [ -x scripts/flash_check.sh ] && scripts/flash_check.sh; }
+do_sanitize() {
+    local rc=0
+    FE_CUDA_NO_CACHE=1 timeout 200 compute-sanitizer --tool memcheck --error-exitcode 99 build-gpu/test_cuda_ops || rc=1
+    for part in reductions softmax rmsnorm cross_entropy embedding attention; do
+        timeout 60 compute-sanitizer --tool racecheck --error-exitcode 99 build-gpu/test_cuda_ops $part || rc=1
+    done
+    return $rc
+}
+do_flash() { OUT="$LOGS/flash" scripts/flash_check.sh; }
 do_parity() {
     python3 tests/parity/llama_parity.py --build build-gpu
 }
 do_bench() {
-    python3 ../shared/bench/torch_llama_baseline.py --configs small --modes eager,compile 2>&1 || true
+    python3 .shared/torch_llama_baseline.py --configs small --modes eager,compile 2>&1 || true
     for cfg in small; do
         build-gpu/ferric train --preset $cfg --synthetic --steps 13 --bench --device cuda
     done
@@ -55,4 +64,5 @@ for s in "$@"; do
     *) echo "unknown stage $s" ;;
     esac
 done
-printf '%s\n' "${SUMMARY[@]}" | tee -a "$OUT/summary.log"
+printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.log"
+tar czf "$OUT/logs.tgz" -C "$LOGS" .

@@ -1,5 +1,6 @@
 /* The CUDA backend's kernel table, handed out only when a GPU is present. */
 #include "backends/cuda/cuda_backend.h"
+#include "backends/cuda/flash_attention.h"
 
 static const fe_backend k_cuda_backend = {
     .name = "cuda",
@@ -32,6 +33,8 @@ static const fe_backend k_cuda_backend = {
     .cross_entropy_backward = fe_cuda_cross_entropy_backward,
     .silu_gate = fe_cuda_silu_gate,
     .silu_gate_backward = fe_cuda_silu_gate_backward,
+    .attention = fe_cuda_attention,
+    .attention_backward = fe_cuda_attention_backward,
 };
 
 /* 0: not probed yet, 1: a GPU is present, 2: none (probing twice is harmless) */
@@ -41,6 +44,8 @@ const fe_backend *fe_cuda_backend_get(void) {
     int s = __atomic_load_n(&g_probe, __ATOMIC_ACQUIRE);
     if (s == 0) {
         s = fe_cuda_probe() ? 1 : 2;
+        if (s == 1) /* flash attention runs on the backend's stream and allocator */
+            fe_cuda_attention_set_hooks(&(fe_flash_hooks){fe_cuda_stream, fe_cuda_alloc, fe_cuda_free});
         __atomic_store_n(&g_probe, s, __ATOMIC_RELEASE);
     }
     return s == 1 ? &k_cuda_backend : NULL;
