@@ -24,14 +24,16 @@ stage() { # name, command...
 do_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     nvcc --version | tail -2
+    gcc --version | head -1
     cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DFE_CUDA=ON -DFE_CUDA_ARCH=90 &&
-        cmake --build build-gpu -j"$JOBS"
+        cmake --build build-gpu -j"$JOBS" -- -k 2>&1 | grep -E -B2 -A6 "error|warning:|Error " | head -80
+    return "${PIPESTATUS[0]}"
 }
 do_test() {
     ctest --test-dir build-gpu --output-on-failure -j4 --timeout 300
     local rc=$?
     mkdir -p data; [ -s data/austen.txt ] || cp .shared/austen.txt data/
-    build-gpu/ferric train --device cuda --steps 60 --eval-every 30 --run-dir "$LOGS/run-gpu" || rc=1
+    build-gpu/ferric train --device cuda --steps 60 --eval-every 30 --run-dir /tmp/run-gpu || rc=1
     return $rc
 }
 do_sanitize() {
