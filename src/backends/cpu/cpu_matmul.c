@@ -49,22 +49,43 @@ static void pack(void *dst, fe_dtype dt, const fe_tensor *t, int64_t off) {
 }
 
 #ifndef FE_HAVE_CBLAS
-#define GEMM_LOOPS(T)                                                                        \
-    static void gemm_##T(int64_t M, int64_t N, int64_t K, T alpha, const T *A, bool ta,      \
-                         int64_t lda, const T *B, bool tb, int64_t ldb, T *C) {              \
-        _Pragma("omp parallel for if (M * N * K > 65536)") for (int64_t i = 0; i < M; i++) { \
-            T *c = C + i * N;                                                                \
-            for (int64_t j = 0; j < N; j++) c[j] = 0;                                        \
-            for (int64_t k = 0; k < K; k++) {                                                \
-                T av = alpha * (ta ? A[k * lda + i] : A[i * lda + k]);                       \
-                if (!tb) {                                                                   \
-                    const T *b = B + k * ldb;                                                \
-                    for (int64_t j = 0; j < N; j++) c[j] += av * b[j];                       \
-                } else {                                                                     \
-                    for (int64_t j = 0; j < N; j++) c[j] += av * B[j * ldb + k];             \
-                }                                                                            \
-            }                                                                                \
-        }                                                                                    \
+/* Cache-blocked GEMM: threads take 64-row blocks of C; for each (k, n) block the B
+ * panel is packed contiguously (which also removes B's transpose from the inner loop)
+ * and streamed against the rows, so a panel is reused from cache across 64 rows. */
+#define GEMM_MB 64
+#define GEMM_KB 128
+#define GEMM_NB 256
+#define GEMM_LOOPS(T)                                                                          \
+    static void gemm_##T(int64_t M, int64_t N, int64_t K, T alpha, const T *A, bool ta,        \
+                         int64_t lda, const T *B, bool tb, int64_t ldb, T *C) {                \
+        int64_t nblk = (M + GEMM_MB - 1) / GEMM_MB;                                            \
+        _Pragma("omp parallel if (M * N * K > 65536)") {                                       \
+            T *bp = malloc(sizeof(T) * GEMM_KB * GEMM_NB);                                     \
+            _Pragma("omp for schedule(dynamic)") for (int64_t blk = 0; blk < nblk; blk++) {    \
+                int64_t i0 = blk * GEMM_MB, i1 = i0 + GEMM_MB < M ? i0 + GEMM_MB : M;          \
+                for (int64_t i = i0; i < i1; i++)                                              \
+                    for (int64_t j = 0; j < N; j++) C[i * N + j] = 0;                          \
+                for (int64_t j0 = 0; j0 < N && bp; j0 += GEMM_NB) {                            \
+                    int64_t nb = N - j0 < GEMM_NB ? N - j0 : GEMM_NB;                          \
+                    for (int64_t k0 = 0; k0 < K; k0 += GEMM_KB) {                              \
+                        int64_t kb = K - k0 < GEMM_KB ? K - k0 : GEMM_KB;                      \
+                        for (int64_t k = 0; k < kb; k++)                                       \
+                            for (int64_t j = 0; j < nb; j++)                                   \
+                                bp[k * nb + j] = tb ? B[(j0 + j) * ldb + k0 + k]               \
+                                                    : B[(k0 + k) * ldb + j0 + j];              \
+                        for (int64_t i = i0; i < i1; i++) {                                    \
+                            T *c = C + i * N + j0;                                             \
+                            for (int64_t k = 0; k < kb; k++) {                                 \
+                                T av = alpha * (ta ? A[(k0 + k) * lda + i] : A[i * lda + k0 + k]); \
+                                const T *b = bp + k * nb;                                      \
+                                for (int64_t j = 0; j < nb; j++) c[j] += av * b[j];            \
+                            }                                                                  \
+                        }                                                                      \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+            free(bp);                                                                          \
+        }                                                                                      \
     }
 GEMM_LOOPS(float)
 GEMM_LOOPS(double)
