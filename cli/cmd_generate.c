@@ -149,7 +149,7 @@ int fe_cmd_generate(int argc, char **argv) {
         return 2;
     }
     fe_hf_config hf;
-    if (fe_hf_config_load(model, &hf)) {
+    if (fe_hf_folder_config(model, &hf)) {
         fprintf(stderr, "ferric generate: %s\n", fe_last_error());
         return 1;
     }

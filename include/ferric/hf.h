@@ -23,7 +23,12 @@ fe_status fe_llama_config_from_hf(const fe_hf_config *hf, fe_llama_config *out);
  * when the vocabulary has room, else none). FE_ERR_ARG / FE_ERR_FORMAT on a bad config. */
 fe_status fe_hf_config_from_llama(const fe_llama_config *c, fe_dtype dt, fe_hf_config *out);
 
-/* Load a Hugging Face Llama folder (config.json and model.safetensors or a sharded index)
+/* Read the config.json of a folder (or a config.json path) like fe_hf_config_load, also
+ * accepting transformers 5's "rope_parameters" object (rope_theta and the scaling
+ * moved inside it). Errors as fe_hf_config_load. */
+fe_status fe_hf_folder_config(const char *path, fe_hf_config *out);
+
+/* Load a Hugging Face Llama folder (config.json, read by fe_hf_folder_config, and model.safetensors or a sharded index)
  * onto dev, casting the weights to dt, or keeping their stored dtype (that of
  * model.embed_tokens.weight) with FE_DTYPE_STORED. NULL with FE_ERR_IO / FE_ERR_FORMAT
  * naming the file, the missing tensor or the tensor with the wrong shape and the shape
