@@ -350,3 +350,49 @@ TEST(sampling_top_k_top_p_and_stop) {
     CHECK(fe_sample_logits(lg, 4, NULL, 0, scratch) == 0);
     fe_llama_free(m);
 }
+
+TEST(reads_transformers5_rope_parameters) {
+    char dir[64], path[256];
+    CHECK(tmpdir(dir, sizeof dir) != NULL);
+    fe_llama_config c = small_cfg();
+    c.rope_theta = 500000.0;
+    c.rope_scaling = (fe_rope_scaling){true, 8.0, 1.0, 4.0, 16};
+    fe_manual_seed(2);
+    fe_llama *m = fe_llama_new(&c, FE_F32, FE_DEVICE_CPU);
+    CHECK(fe_llama_save_hf(m, dir) == FE_OK);
+    /* the config as transformers 5 writes it: theta and scaling inside rope_parameters */
+    const char *v5 =
+        "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"dtype\": "
+        "\"float32\", \"hidden_size\": 24, \"intermediate_size\": 40, \"head_dim\": 6, "
+        "\"num_attention_heads\": 4, \"num_key_value_heads\": 4, \"num_hidden_layers\": 2, "
+        "\"max_position_embeddings\": 48, \"rms_norm_eps\": 1e-05, \"vocab_size\": 61, "
+        "\"rope_parameters\": {\"factor\": 8.0, \"high_freq_factor\": 4.0, \"low_freq_factor\": "
+        "1.0, \"original_max_position_embeddings\": 16, \"rope_theta\": 500000.0, "
+        "\"rope_type\": \"llama3\"}, \"tie_word_embeddings\": false}";
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *f = fopen(path, "w");
+    CHECK(f && fputs(v5, f) >= 0 && fclose(f) == 0);
+    fe_hf_config hf;
+    CHECK(fe_hf_folder_config(dir, &hf) == FE_OK);
+    CHECK(hf.rope_theta == 500000.0 && !strcmp(hf.rope_scaling_type, "llama3"));
+    CHECK(hf.rope_factor == 8.0 && hf.rope_original_max_position_embeddings == 16);
+    fe_llama *r = fe_llama_load_hf(dir, FE_DTYPE_STORED, FE_DEVICE_CPU);
+    CHECK(r != NULL);
+    if (r) {
+        CHECK(fe_llama_config_of(r)->rope_theta == 500000.0);
+        CHECK(fe_llama_config_of(r)->rope_scaling.llama3);
+        double *a = logits_of(m), *b = logits_of(r);
+        CHECK(a && b && !memcmp(a, b, sizeof(double) * 9 * 61));
+        free(a), free(b);
+    }
+    /* plain RoPE in the new form */
+    f = fopen(path, "w");
+    const char *plain = "{\"model_type\": \"llama\", \"hidden_size\": 24, \"intermediate_size\": 40,"
+                        " \"num_attention_heads\": 4, \"num_hidden_layers\": 2, \"vocab_size\": 61,"
+                        " \"rope_parameters\": {\"rope_theta\": 1234.5, \"rope_type\": \"default\"}}";
+    CHECK(f && fputs(plain, f) >= 0 && fclose(f) == 0);
+    CHECK(fe_hf_folder_config(dir, &hf) == FE_OK);
+    CHECK(hf.rope_theta == 1234.5 && hf.rope_scaling_type[0] == 0 && hf.num_key_value_heads == 4);
+    fe_llama_free(m), fe_llama_free(r);
+    rm_tree(dir);
+}
