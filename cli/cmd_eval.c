@@ -60,7 +60,8 @@ static char *read_file(const char *path, size_t *n) {
  * ids + starts[i]; adds to *nll. */
 static fe_status run_windows(fe_llama *m, const int32_t *ids, const int64_t *starts, int64_t rows,
                              int64_t T, fe_device dev, double *nll) {
-    int32_t *x = malloc((size_t)(rows * T) * sizeof *x), *y = malloc((size_t)(rows * T) * sizeof *y);
+    int32_t *x = malloc((size_t)(rows * T) * sizeof *x),
+            *y = malloc((size_t)(rows * T) * sizeof *y);
     if (!x || !y) {
         free(x), free(y);
         return fe_set_error(FE_ERR_OOM, "eval: out of host memory");
@@ -101,10 +102,14 @@ int fe_cmd_eval(int argc, char **argv) {
             return 2;
         }
         char *end = NULL;
-        if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--data")) data = v;
-        else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--dtype")) dtype = v;
+        if (!strcmp(a, "--model"))
+            model = v;
+        else if (!strcmp(a, "--data"))
+            data = v;
+        else if (!strcmp(a, "--device"))
+            device = v;
+        else if (!strcmp(a, "--dtype"))
+            dtype = v;
         else if (!strcmp(a, "--seq") || !strcmp(a, "--batch")) {
             errno = 0;
             long n = strtol(v, &end, 10);
@@ -131,8 +136,7 @@ int fe_cmd_eval(int argc, char **argv) {
         return 2;
     }
     fe_dtype dt = FE_DTYPE_STORED;
-    if (dtype && (!fe_dtype_parse(dtype, &dt) ||
-                  (dt != FE_F32 && dt != FE_BF16 && dt != FE_F16))) {
+    if (dtype && (!fe_dtype_parse(dtype, &dt) || (dt != FE_F32 && dt != FE_BF16 && dt != FE_F16))) {
         fprintf(stderr, "ferric eval: --dtype must be f32, bf16 or f16, not '%s'\n", dtype);
         return 2;
     }
@@ -160,8 +164,9 @@ int fe_cmd_eval(int argc, char **argv) {
         }
     } else {
         if (V < 256) {
-            fprintf(stderr, "ferric eval: no tokenizer in '%s' and the vocabulary (%lld) is too "
-                            "small for bytes\n",
+            fprintf(stderr,
+                    "ferric eval: no tokenizer in '%s' and the vocabulary (%lld) is too "
+                    "small for bytes\n",
                     model, (long long)V);
             goto done;
         }

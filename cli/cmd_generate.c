@@ -12,22 +12,21 @@
 int fe_cmd_generate(int argc, char **argv);
 
 static void generate_usage(FILE *f) {
-    fprintf(f,
-            "usage: ferric generate --model DIR --prompt TEXT [options]\n"
-            "\n"
-            "Continues TEXT with the Llama model in DIR (config.json, safetensors weights and\n"
-            "tokenizer.json), printing the text as it is made and the speed on stderr.\n"
-            "\n"
-            "  --model DIR        a Hugging Face Llama folder\n"
-            "  --prompt TEXT      the text to continue\n"
-            "  --max-tokens N     new tokens at most (default 128)\n"
-            "  --temperature T    0 is greedy (default 0.8)\n"
-            "  --top-k K          sample among the K likeliest tokens (default 0: all)\n"
-            "  --top-p P          sample from the nucleus of probability P (default 0.95)\n"
-            "  --seed S           sampling seed (default 0)\n"
-            "  --device D         cpu or cuda[:N] (default cuda when available)\n"
-            "  --dtype T          f32, bf16 or f16 (default: as stored)\n"
-            "  --ignore-eos       keep going past the end-of-sequence token\n");
+    fprintf(f, "usage: ferric generate --model DIR --prompt TEXT [options]\n"
+               "\n"
+               "Continues TEXT with the Llama model in DIR (config.json, safetensors weights and\n"
+               "tokenizer.json), printing the text as it is made and the speed on stderr.\n"
+               "\n"
+               "  --model DIR        a Hugging Face Llama folder\n"
+               "  --prompt TEXT      the text to continue\n"
+               "  --max-tokens N     new tokens at most (default 128)\n"
+               "  --temperature T    0 is greedy (default 0.8)\n"
+               "  --top-k K          sample among the K likeliest tokens (default 0: all)\n"
+               "  --top-p P          sample from the nucleus of probability P (default 0.95)\n"
+               "  --seed S           sampling seed (default 0)\n"
+               "  --device D         cpu or cuda[:N] (default cuda when available)\n"
+               "  --dtype T          f32, bf16 or f16 (default: as stored)\n"
+               "  --ignore-eos       keep going past the end-of-sequence token\n");
 }
 
 typedef struct stream {
@@ -112,15 +111,24 @@ int fe_cmd_generate(int argc, char **argv) {
             fprintf(stderr, "ferric generate: unknown option or missing value: %s\n\n", a);
             generate_usage(stderr);
             return 2;
-        } else if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--prompt")) prompt = v;
-        else if (!strcmp(a, "--device")) device = v;
-        else if (!strcmp(a, "--dtype")) dtype = v;
-        else if (!strcmp(a, "--max-tokens")) ok = parse_num(v, 1, 1e9, &max_tokens);
-        else if (!strcmp(a, "--temperature")) ok = parse_num(v, 0, 1e6, &temperature);
-        else if (!strcmp(a, "--top-k")) ok = parse_num(v, 0, 1e9, &top_k);
-        else if (!strcmp(a, "--top-p")) ok = parse_num(v, 0, 1, &top_p);
-        else if (!strcmp(a, "--seed")) ok = parse_num(v, 0, 1.8e19, &seed);
+        } else if (!strcmp(a, "--model"))
+            model = v;
+        else if (!strcmp(a, "--prompt"))
+            prompt = v;
+        else if (!strcmp(a, "--device"))
+            device = v;
+        else if (!strcmp(a, "--dtype"))
+            dtype = v;
+        else if (!strcmp(a, "--max-tokens"))
+            ok = parse_num(v, 1, 1e9, &max_tokens);
+        else if (!strcmp(a, "--temperature"))
+            ok = parse_num(v, 0, 1e6, &temperature);
+        else if (!strcmp(a, "--top-k"))
+            ok = parse_num(v, 0, 1e9, &top_k);
+        else if (!strcmp(a, "--top-p"))
+            ok = parse_num(v, 0, 1, &top_p);
+        else if (!strcmp(a, "--seed"))
+            ok = parse_num(v, 0, 1.8e19, &seed);
         else {
             fprintf(stderr, "ferric generate: unknown option %s\n\n", a);
             generate_usage(stderr);
@@ -143,8 +151,7 @@ int fe_cmd_generate(int argc, char **argv) {
         return 2;
     }
     fe_dtype dt = FE_DTYPE_STORED;
-    if (dtype && (!fe_dtype_parse(dtype, &dt) ||
-                  (dt != FE_F32 && dt != FE_BF16 && dt != FE_F16))) {
+    if (dtype && (!fe_dtype_parse(dtype, &dt) || (dt != FE_F32 && dt != FE_BF16 && dt != FE_F16))) {
         fprintf(stderr, "ferric generate: --dtype must be f32, bf16 or f16, not '%s'\n", dtype);
         return 2;
     }
@@ -167,8 +174,8 @@ int fe_cmd_generate(int argc, char **argv) {
     int rc = 1;
     int32_t *pids = NULL, *out = NULL;
     size_t np = 0;
-    stream s = {.tok = tok, .eos = hf.eos_token_ids, .n_eos = hf.n_eos_token_ids,
-                .ignore_eos = ignore_eos};
+    stream s = {
+        .tok = tok, .eos = hf.eos_token_ids, .n_eos = hf.n_eos_token_ids, .ignore_eos = ignore_eos};
     if (fe_tokenizer_encode(tok, prompt, strlen(prompt), true, &pids, &np)) {
         fprintf(stderr, "ferric generate: %s\n", fe_last_error());
         goto done;
@@ -185,7 +192,8 @@ int fe_cmd_generate(int argc, char **argv) {
     }
     if ((int64_t)np + n_new > max_seq) {
         n_new = max_seq - (int64_t)np;
-        fprintf(stderr, "ferric generate: stopping at the model's %lld positions (%lld new tokens)\n",
+        fprintf(stderr,
+                "ferric generate: stopping at the model's %lld positions (%lld new tokens)\n",
                 (long long)max_seq, (long long)n_new);
     }
     out = malloc((np + (size_t)n_new) * sizeof *out);
@@ -204,8 +212,8 @@ int fe_cmd_generate(int argc, char **argv) {
     fwrite(ptext, 1, s.prompt_len, stdout);
     fflush(stdout);
     free(ptext);
-    fe_sample_config sc = {.temperature = temperature, .top_k = (int)top_k,
-                           .seed = (uint64_t)seed, .top_p = top_p};
+    fe_sample_config sc = {
+        .temperature = temperature, .top_k = (int)top_k, .seed = (uint64_t)seed, .top_p = top_p};
     fe_generate_stats st;
     if (fe_llama_generate_cached(m, pids, (int64_t)np, n_new, &sc, out, on_token, &s, &st)) {
         fprintf(stderr, "\nferric generate: %s\n", fe_last_error());

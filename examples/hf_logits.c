@@ -41,25 +41,46 @@ static int64_t parse_ids(const char *s, int32_t **out) {
 }
 
 static int save_random(const char *dir, fe_dtype dt, int argc, char **argv) {
-    fe_llama_config c = {.vocab_size = 1000, .dim = 96, .n_layers = 2, .n_heads = 6,
-                         .n_kv_heads = 2, .head_dim = 16, .ffn_dim = 200, .max_seq = 256,
-                         .norm_eps = 1e-5, .rope_theta = 10000.0, .init_std = 0.05};
+    fe_llama_config c = {.vocab_size = 1000,
+                         .dim = 96,
+                         .n_layers = 2,
+                         .n_heads = 6,
+                         .n_kv_heads = 2,
+                         .head_dim = 16,
+                         .ffn_dim = 200,
+                         .max_seq = 256,
+                         .norm_eps = 1e-5,
+                         .rope_theta = 10000.0,
+                         .init_std = 0.05};
     uint64_t seed = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : "0";
-        if (!strcmp(a, "--tied")) c.tie_embeddings = true;
-        else if (!strcmp(a, "--llama3")) c.rope_scaling = (fe_rope_scaling){true, 8.0, 1.0, 4.0, 64};
-        else if (!strcmp(a, "--vocab")) c.vocab_size = atoll(v);
-        else if (!strcmp(a, "--dim")) c.dim = atoll(v);
-        else if (!strcmp(a, "--layers")) c.n_layers = atoll(v);
-        else if (!strcmp(a, "--heads")) c.n_heads = atoll(v);
-        else if (!strcmp(a, "--kv-heads")) c.n_kv_heads = atoll(v);
-        else if (!strcmp(a, "--head-dim")) c.head_dim = atoll(v);
-        else if (!strcmp(a, "--ffn")) c.ffn_dim = atoll(v);
-        else if (!strcmp(a, "--max-seq")) c.max_seq = atoll(v);
-        else if (!strcmp(a, "--theta")) c.rope_theta = atof(v);
-        else if (!strcmp(a, "--std")) c.init_std = atof(v);
-        else if (!strcmp(a, "--seed")) seed = strtoull(v, NULL, 10);
+        if (!strcmp(a, "--tied"))
+            c.tie_embeddings = true;
+        else if (!strcmp(a, "--llama3"))
+            c.rope_scaling = (fe_rope_scaling){true, 8.0, 1.0, 4.0, 64};
+        else if (!strcmp(a, "--vocab"))
+            c.vocab_size = atoll(v);
+        else if (!strcmp(a, "--dim"))
+            c.dim = atoll(v);
+        else if (!strcmp(a, "--layers"))
+            c.n_layers = atoll(v);
+        else if (!strcmp(a, "--heads"))
+            c.n_heads = atoll(v);
+        else if (!strcmp(a, "--kv-heads"))
+            c.n_kv_heads = atoll(v);
+        else if (!strcmp(a, "--head-dim"))
+            c.head_dim = atoll(v);
+        else if (!strcmp(a, "--ffn"))
+            c.ffn_dim = atoll(v);
+        else if (!strcmp(a, "--max-seq"))
+            c.max_seq = atoll(v);
+        else if (!strcmp(a, "--theta"))
+            c.rope_theta = atof(v);
+        else if (!strcmp(a, "--std"))
+            c.init_std = atof(v);
+        else if (!strcmp(a, "--seed"))
+            seed = strtoull(v, NULL, 10);
     }
     fe_manual_seed(seed);
     fe_llama *m = fe_llama_new(&c, dt == FE_DTYPE_STORED ? FE_F32 : dt, FE_DEVICE_CPU);
@@ -87,15 +108,24 @@ int main(int argc, char **argv) {
     bool cached = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--cached")) cached = true;
-        else if (!v) continue;
-        else if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--ids")) ids_s = v;
-        else if (!strcmp(a, "--out")) out = v;
-        else if (!strcmp(a, "--save-random")) save = v;
-        else if (!strcmp(a, "--greedy")) greedy = atol(v);
-        else if (!strcmp(a, "--bench")) bench = atol(v);
-        else if (!strcmp(a, "--repeat")) repeat = atol(v);
+        if (!strcmp(a, "--cached"))
+            cached = true;
+        else if (!v)
+            continue;
+        else if (!strcmp(a, "--model"))
+            model = v;
+        else if (!strcmp(a, "--ids"))
+            ids_s = v;
+        else if (!strcmp(a, "--out"))
+            out = v;
+        else if (!strcmp(a, "--save-random"))
+            save = v;
+        else if (!strcmp(a, "--greedy"))
+            greedy = atol(v);
+        else if (!strcmp(a, "--bench"))
+            bench = atol(v);
+        else if (!strcmp(a, "--repeat"))
+            repeat = atol(v);
         else if (!strcmp(a, "--device")) {
             if (!fe_device_parse(v, &dev)) return fprintf(stderr, "hf_logits: bad device\n"), 2;
         } else if (!strcmp(a, "--dtype")) {

@@ -9,9 +9,17 @@
 #include <unistd.h>
 
 static fe_llama_config small_cfg(void) {
-    return (fe_llama_config){.vocab_size = 61, .dim = 24, .n_layers = 2, .n_heads = 4,
-                             .n_kv_heads = 4, .head_dim = 6, .ffn_dim = 40, .max_seq = 48,
-                             .norm_eps = 1e-5, .rope_theta = 10000.0, .init_std = 0.3};
+    return (fe_llama_config){.vocab_size = 61,
+                             .dim = 24,
+                             .n_layers = 2,
+                             .n_heads = 4,
+                             .n_kv_heads = 4,
+                             .head_dim = 6,
+                             .ffn_dim = 40,
+                             .max_seq = 48,
+                             .norm_eps = 1e-5,
+                             .rope_theta = 10000.0,
+                             .init_std = 0.3};
 }
 
 /* A fresh temporary folder (path in buf). */
@@ -201,7 +209,8 @@ TEST(bad_folders_name_the_problem) {
     CHECK_ERROR(fe_llama_load_hf(dir, FE_DTYPE_STORED, FE_DEVICE_CPU) == NULL,
                 "missing tensor model.embed_tokens.weight");
     write_folder(dir, "lm_head.weight", NULL);
-    CHECK_ERROR(fe_llama_load_hf(dir, FE_F32, FE_DEVICE_CPU) == NULL, "missing tensor lm_head.weight");
+    CHECK_ERROR(fe_llama_load_hf(dir, FE_F32, FE_DEVICE_CPU) == NULL,
+                "missing tensor lm_head.weight");
     /* a wrong shape */
     write_folder(dir, NULL, "model.layers.0.mlp.down_proj.weight");
     CHECK_ERROR(fe_llama_load_hf(dir, FE_DTYPE_STORED, FE_DEVICE_CPU) == NULL,
@@ -387,9 +396,10 @@ TEST(reads_transformers5_rope_parameters) {
     }
     /* plain RoPE in the new form */
     f = fopen(path, "w");
-    const char *plain = "{\"model_type\": \"llama\", \"hidden_size\": 24, \"intermediate_size\": 40,"
-                        " \"num_attention_heads\": 4, \"num_hidden_layers\": 2, \"vocab_size\": 61,"
-                        " \"rope_parameters\": {\"rope_theta\": 1234.5, \"rope_type\": \"default\"}}";
+    const char *plain =
+        "{\"model_type\": \"llama\", \"hidden_size\": 24, \"intermediate_size\": 40,"
+        " \"num_attention_heads\": 4, \"num_hidden_layers\": 2, \"vocab_size\": 61,"
+        " \"rope_parameters\": {\"rope_theta\": 1234.5, \"rope_type\": \"default\"}}";
     CHECK(f && fputs(plain, f) >= 0 && fclose(f) == 0);
     CHECK(fe_hf_folder_config(dir, &hf) == FE_OK);
     CHECK(hf.rope_theta == 1234.5 && hf.rope_scaling_type[0] == 0 && hf.num_key_value_heads == 4);

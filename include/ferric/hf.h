@@ -28,8 +28,8 @@ fe_status fe_hf_config_from_llama(const fe_llama_config *c, fe_dtype dt, fe_hf_c
  * moved inside it). Errors as fe_hf_config_load. */
 fe_status fe_hf_folder_config(const char *path, fe_hf_config *out);
 
-/* Load a Hugging Face Llama folder (config.json, read by fe_hf_folder_config, and model.safetensors or a sharded index)
- * onto dev, casting the weights to dt, or keeping their stored dtype (that of
+/* Load a Hugging Face Llama folder (config.json, read by fe_hf_folder_config, and model.safetensors
+ * or a sharded index) onto dev, casting the weights to dt, or keeping their stored dtype (that of
  * model.embed_tokens.weight) with FE_DTYPE_STORED. NULL with FE_ERR_IO / FE_ERR_FORMAT
  * naming the file, the missing tensor or the tensor with the wrong shape and the shape
  * expected. The global random generator is left as it was. */

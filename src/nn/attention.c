@@ -92,8 +92,9 @@ fe_tensor *fe_nn_attention_forward_cached(const fe_nn_attention *m, fe_tensor *x
     }
     char s1[96], s2[96];
     if (fe_ndim(x) != 3 || fe_ndim(k_cache) != 4 || fe_ndim(v_cache) != 4) {
-        fe_set_error(FE_ERR_SHAPE, "attention (cached): expected x (B, T, C) and caches "
-                                   "(B, Hkv, L, D), got x %s, k cache %s",
+        fe_set_error(FE_ERR_SHAPE,
+                     "attention (cached): expected x (B, T, C) and caches "
+                     "(B, Hkv, L, D), got x %s, k cache %s",
                      fe_shape_str(x, s1, sizeof s1), fe_shape_str(k_cache, s2, sizeof s2));
         return NULL;
     }

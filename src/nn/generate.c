@@ -95,7 +95,8 @@ fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n
     memmove(out, prompt, (size_t)n_prompt * sizeof *out);
     if (n_new == 0) return FE_OK;
     int64_t V = c->vocab_size;
-    double *row = malloc((size_t)V * sizeof *row), *scratch = malloc(2 * (size_t)V * sizeof *scratch);
+    double *row = malloc((size_t)V * sizeof *row),
+           *scratch = malloc(2 * (size_t)V * sizeof *scratch);
     fe_kv_cache *cache = row && scratch ? fe_kv_cache_new(m, n_prompt + n_new) : NULL;
     if (!cache) {
         free(row), free(scratch);
@@ -142,7 +143,8 @@ fe_status fe_llama_generate(fe_llama *m, const int32_t *prompt, int64_t n_prompt
         return fe_llama_generate_cached(m, prompt, n_prompt, n_new, cfg, out, NULL, NULL, NULL);
     int64_t V = c->vocab_size;
     memmove(out, prompt, (size_t)n_prompt * sizeof *out);
-    double *row = malloc((size_t)V * sizeof *row), *scratch = malloc(2 * (size_t)V * sizeof *scratch);
+    double *row = malloc((size_t)V * sizeof *row),
+           *scratch = malloc(2 * (size_t)V * sizeof *scratch);
     if (!row || !scratch) {
         free(row), free(scratch);
         return fe_set_error(FE_ERR_OOM, "generate: out of host memory");

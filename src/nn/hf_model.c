@@ -1,10 +1,10 @@
 /* Hugging Face Llama folders <-> fe_llama: the config mapping, loading every tensor by
  * its Hugging Face name with shape checks, and saving config.json + model.safetensors. */
 #include "core/internal.h"
-#include "io/io_internal.h"
 #include "ferric/hf.h"
 #include "ferric/io.h"
 #include "ferric/nn.h"
+#include "io/io_internal.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -34,9 +34,9 @@ fe_status fe_llama_config_from_hf(const fe_hf_config *hf, fe_llama_config *out) 
             return fe_set_error(FE_ERR_FORMAT,
                                 "config: rope_scaling type '%s' is not supported (only llama3)",
                                 hf->rope_scaling_type);
-        rs = (fe_rope_scaling){true, hf->rope_factor, hf->rope_low_freq_factor,
-                               hf->rope_high_freq_factor,
-                               hf->rope_original_max_position_embeddings};
+        rs =
+            (fe_rope_scaling){true, hf->rope_factor, hf->rope_low_freq_factor,
+                              hf->rope_high_freq_factor, hf->rope_original_max_position_embeddings};
     }
     fe_llama_config c = {
         .vocab_size = hf->vocab_size,
@@ -181,12 +181,12 @@ static fe_status load_params(fe_llama *m, const fe_weights *w, const char *dir, 
             same = info.shape[d] == fe_dim(want, d);
         if (!same) {
             shape_text(info.ndim, info.shape, fs, sizeof fs);
-            return fe_set_error(FE_ERR_FORMAT, "%s: tensor %s has shape %s, expected %s", dir,
-                                name, fs, es);
+            return fe_set_error(FE_ERR_FORMAT, "%s: tensor %s has shape %s, expected %s", dir, name,
+                                fs, es);
         }
         if (!info.has_fe_dtype || !fe_dtype_is_float(info.dtype))
-            return fe_set_error(FE_ERR_FORMAT, "%s: tensor %s has dtype %s, expected a float",
-                                dir, name, info.dtype_name);
+            return fe_set_error(FE_ERR_FORMAT, "%s: tensor %s has dtype %s, expected a float", dir,
+                                name, info.dtype_name);
         fe_tensor *t = fe_weights_load_as(w, name, dt, dev);
         if (!t) {
             char where[1200];
@@ -261,7 +261,8 @@ fe_status fe_llama_save_hf(const fe_llama *m, const char *dir) {
     fe_params *p = fe_llama_params(mm);
     int n = fe_params_count(p);
     fe_hf_config hf;
-    fe_status st = fe_hf_config_from_llama(fe_llama_config_of(m), fe_dtype_of(fe_params_at(p, 0)), &hf);
+    fe_status st =
+        fe_hf_config_from_llama(fe_llama_config_of(m), fe_dtype_of(fe_params_at(p, 0)), &hf);
     if (st) return st;
     if (mkdir(dir, 0755) && errno != EEXIST)
         return fe_set_error(FE_ERR_IO, "cannot create folder '%s': %s", dir, strerror(errno));

@@ -29,8 +29,8 @@ fe_kv_cache *fe_kv_cache_new(fe_llama *m, int64_t max_len) {
     }
     if (max_len < 1 || max_len > cfg->max_seq) {
         fe_set_error(FE_ERR_RANGE,
-                     "kv cache: max_len %" PRId64 " must be in [1, max_seq = %" PRId64 "]",
-                     max_len, cfg->max_seq);
+                     "kv cache: max_len %" PRId64 " must be in [1, max_seq = %" PRId64 "]", max_len,
+                     cfg->max_seq);
         return NULL;
     }
     fe_tensor *w = fe_params_at(fe_llama_params(m), 0);
