@@ -115,6 +115,13 @@ fe_status fe_nn_attention_init(fe_nn_attention *m, fe_params *p, const char *nam
 /* x (B, T, C) -> (B, T, C); RoPE with inv_freq (head_dim/2) at positions pos0.. */
 fe_tensor *fe_nn_attention_forward(const fe_nn_attention *m, fe_tensor *x, fe_tensor *inv_freq,
                                    int64_t pos0);
+/* Like fe_nn_attention_forward for inference with a KV cache: k_cache and v_cache are
+ * (B, Hkv, L, D) in the weights' dtype; the new keys/values of x (B, T, C) are written at
+ * positions pos0..pos0+T-1 (pos0 + T <= L) and the queries attend to positions 0..pos0+T-1
+ * causally. FE_ERR_SHAPE on mismatched caches or overflow. Not differentiable. */
+fe_tensor *fe_nn_attention_forward_cached(const fe_nn_attention *m, fe_tensor *x,
+                                          fe_tensor *inv_freq, fe_tensor *k_cache,
+                                          fe_tensor *v_cache, int64_t pos0);
 
 /* SwiGLU MLP: down(silu(gate(x)) * up(x)), "<name>.{gate,up,down}_proj.weight". */
 typedef struct fe_nn_mlp {
@@ -135,6 +142,11 @@ typedef struct fe_nn_llama_block {
 /* h (B, T, C) -> h + attn(norm(h)) then + mlp(norm(.)), (B, T, C). */
 fe_tensor *fe_nn_llama_block_forward(const fe_nn_llama_block *m, fe_tensor *h, fe_tensor *inv_freq,
                                      int64_t pos0);
+/* The same with the attention reading and appending to a KV cache (see
+ * fe_nn_attention_forward_cached). */
+fe_tensor *fe_nn_llama_block_forward_cached(const fe_nn_llama_block *m, fe_tensor *h,
+                                            fe_tensor *inv_freq, fe_tensor *k_cache,
+                                            fe_tensor *v_cache, int64_t pos0);
 
 /* ---- the Llama model --------------------------------------------------------------- */
 
@@ -179,12 +191,61 @@ typedef struct fe_sample_config {
     double temperature;
     int top_k;
     uint64_t seed;
+    double top_p; /* nucleus sampling: keep the smallest set of tokens whose probability
+                     reaches top_p; <= 0 or >= 1 keeps every token */
 } fe_sample_config;
-/* Continue `prompt` (n_prompt >= 1 tokens) by n_new tokens, recomputing the whole
- * (last max_seq tokens of the) prefix each step. out receives n_prompt + n_new tokens.
- * cfg NULL means greedy. FE_ERR_RANGE on a token outside the vocabulary. */
+/* Continue `prompt` (n_prompt >= 1 tokens) by n_new tokens. out receives n_prompt + n_new
+ * tokens. Uses a KV cache when n_prompt + n_new <= max_seq, otherwise recomputes the last
+ * max_seq tokens each step. cfg NULL means greedy. FE_ERR_RANGE on a token outside the
+ * vocabulary. */
 fe_status fe_llama_generate(fe_llama *m, const int32_t *prompt, int64_t n_prompt, int64_t n_new,
                             const fe_sample_config *cfg, int32_t *out);
+
+/* ---- KV cache and cached generation ------------------------------------------------ */
+
+/* Per-layer key/value buffers (1, n_kv_heads, max_len, head_dim) for batch-1 inference,
+ * preallocated on the model's device in its parameter dtype, and the number of
+ * positions filled so far. */
+typedef struct fe_kv_cache fe_kv_cache;
+/* A cache for m of max_len positions (1 <= max_len <= max_seq); NULL on error/OOM. */
+fe_kv_cache *fe_kv_cache_new(fe_llama *m, int64_t max_len);
+void fe_kv_cache_free(fe_kv_cache *c);
+/* Positions filled so far / capacity. */
+int64_t fe_kv_cache_len(const fe_kv_cache *c);
+int64_t fe_kv_cache_capacity(const fe_kv_cache *c);
+/* Forget positions from len on (0 empties it); FE_ERR_RANGE when len exceeds the fill. */
+fe_status fe_kv_cache_truncate(fe_kv_cache *c, int64_t len);
+/* Layer l's key / value buffer (1, Hkv, max_len, D), owned by the cache; NULL when out of range. */
+fe_tensor *fe_kv_cache_k(const fe_kv_cache *c, int64_t l);
+fe_tensor *fe_kv_cache_v(const fe_kv_cache *c, int64_t l);
+
+/* Run tokens idx (1, T) at positions len..len+T-1 of the cache, append their keys and
+ * values, and return logits (1, T, V) (or (1, 1, V) for the last position when
+ * last_only) in the parameter dtype. No gradients are recorded. FE_ERR_RANGE when the
+ * cache would overflow; the cache is unchanged on error. */
+fe_tensor *fe_llama_forward_cached(fe_llama *m, fe_tensor *idx, fe_kv_cache *c, bool last_only);
+
+/* Pick a token from one row of logits (V doubles): greedy when cfg is NULL or its
+ * temperature <= 0, else temperature / top-k / top-p sampling driven by Philox(seed, step).
+ * scratch needs room for 2*V doubles. */
+int32_t fe_sample_logits(const double *logits, int64_t V, const fe_sample_config *cfg,
+                         uint64_t step, double *scratch);
+
+/* Called with each new token; return false to stop generating (after this token). */
+typedef bool (*fe_token_fn)(void *ctx, int32_t token);
+/* Timings of one fe_llama_generate_cached call (device-synchronised). */
+typedef struct fe_generate_stats {
+    int64_t n_prompt, n_generated;
+    double prefill_s, decode_s; /* prefill: prompt + first token; decode: the rest */
+} fe_generate_stats;
+/* Continue `prompt` by up to n_new tokens with a KV cache (n_prompt + n_new <= max_seq):
+ * one prefill over the prompt, then one step per token, reading back only the last logits
+ * row. out (room for n_prompt + n_new) receives the prompt and the tokens made; on_token
+ * (may be NULL) sees each new token and can stop early; stats may be NULL. FE_ERR_RANGE on
+ * tokens outside the vocabulary or a too long request. */
+fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n_prompt,
+                                   int64_t n_new, const fe_sample_config *cfg, int32_t *out,
+                                   fe_token_fn on_token, void *ctx, fe_generate_stats *stats);
 
 #ifdef __cplusplus
 }

@@ -1,67 +1,156 @@
-/* Short samples from a Llama model without a KV cache: every step runs the whole
- * (window of the) prefix and samples the next token from the last position. */
+/* Sampling and text generation from a Llama model: with a KV cache (one prefill, then
+ * one position per step), or by recomputing a window of the prefix each step when the
+ * sequence outgrows max_seq. Either way only the last logits row is read back. */
 #include "core/internal.h"
 #include "ferric/nn.h"
 
 #include <inttypes.h>
 #include <math.h>
+#include <time.h>
 
 static int cmp_desc(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x < y) - (x > y);
 }
 
-/* Pick a token from one row of logits (V). scratch has room for V doubles. */
-static int32_t sample_row(const double *logits, int64_t V, const fe_sample_config *c, uint64_t step,
-                          double *scratch) {
+int32_t fe_sample_logits(const double *logits, int64_t V, const fe_sample_config *c, uint64_t step,
+                         double *scratch) {
+    if (!logits || V < 1) return 0;
     int64_t best = 0;
     for (int64_t i = 1; i < V; i++)
         if (logits[i] > logits[best]) best = i;
-    if (!c || !(c->temperature > 0)) return (int32_t)best;
+    if (!c || !(c->temperature > 0) || !scratch) return (int32_t)best;
+    double *w = scratch, *sorted = scratch + V;
     double cut = -INFINITY; /* keep logits >= the k-th largest */
     if (c->top_k > 0 && c->top_k < V) {
-        memcpy(scratch, logits, (size_t)V * sizeof *scratch);
-        qsort(scratch, (size_t)V, sizeof *scratch, cmp_desc);
-        cut = scratch[c->top_k - 1];
+        memcpy(sorted, logits, (size_t)V * sizeof *sorted);
+        qsort(sorted, (size_t)V, sizeof *sorted, cmp_desc);
+        cut = sorted[c->top_k - 1];
     }
     double total = 0;
     for (int64_t i = 0; i < V; i++) {
-        scratch[i] = logits[i] >= cut ? exp((logits[i] - logits[best]) / c->temperature) : 0.0;
-        total += scratch[i];
+        w[i] = logits[i] >= cut ? exp((logits[i] - logits[best]) / c->temperature) : 0.0;
+        total += w[i];
+    }
+    if (c->top_p > 0 && c->top_p < 1) {
+        /* the smallest weight still inside the nucleus: walk the weights in descending
+         * order until their share reaches top_p */
+        memcpy(sorted, w, (size_t)V * sizeof *sorted);
+        qsort(sorted, (size_t)V, sizeof *sorted, cmp_desc);
+        double acc = 0, floor_w = sorted[0];
+        for (int64_t i = 0; i < V && sorted[i] > 0; i++) {
+            acc += sorted[i];
+            floor_w = sorted[i];
+            if (acc >= c->top_p * total) break;
+        }
+        total = 0;
+        for (int64_t i = 0; i < V; i++) {
+            if (w[i] < floor_w) w[i] = 0;
+            total += w[i];
+        }
     }
     uint32_t r[4];
     fe__philox(c->seed, step, r);
     double u = ((double)(r[0] >> 8) / 16777216.0) * total, acc = 0;
     for (int64_t i = 0; i < V; i++) {
-        acc += scratch[i];
-        if (scratch[i] > 0 && u < acc) return (int32_t)i;
+        acc += w[i];
+        if (w[i] > 0 && u < acc) return (int32_t)i;
     }
     return (int32_t)best; /* rounding left u at the very top */
 }
 
-fe_status fe_llama_generate(fe_llama *m, const int32_t *prompt, int64_t n_prompt, int64_t n_new,
-                            const fe_sample_config *cfg, int32_t *out) {
+static fe_status check_prompt(const fe_llama *m, const int32_t *prompt, int64_t n_prompt,
+                              int64_t n_new, int32_t *out) {
     if (!m || !prompt || !out || n_prompt < 1 || n_new < 0)
         return fe_set_error(FE_ERR_ARG, "generate: needs a model, a prompt of at least one token, "
                                         "n_new >= 0 and an output buffer");
-    const fe_llama_config *c = fe_llama_config_of(m);
-    int64_t V = c->vocab_size;
-    for (int64_t i = 0; i < n_prompt; i++) {
+    int64_t V = fe_llama_config_of(m)->vocab_size;
+    for (int64_t i = 0; i < n_prompt; i++)
         if (prompt[i] < 0 || prompt[i] >= V)
             return fe_set_error(FE_ERR_RANGE,
                                 "generate: prompt token %" PRId32 " at %" PRId64
                                 " is outside the vocabulary of %" PRId64,
                                 prompt[i], i, V);
-        out[i] = prompt[i];
+    return FE_OK;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n_prompt,
+                                   int64_t n_new, const fe_sample_config *cfg, int32_t *out,
+                                   fe_token_fn on_token, void *ctx, fe_generate_stats *stats) {
+    fe_status st = check_prompt(m, prompt, n_prompt, n_new, out);
+    if (st) return st;
+    const fe_llama_config *c = fe_llama_config_of(m);
+    if (n_prompt + n_new > c->max_seq)
+        return fe_set_error(FE_ERR_RANGE,
+                            "generate: %" PRId64 " prompt + %" PRId64
+                            " new tokens exceed max_seq %" PRId64,
+                            n_prompt, n_new, c->max_seq);
+    if (stats) *stats = (fe_generate_stats){.n_prompt = n_prompt};
+    memmove(out, prompt, (size_t)n_prompt * sizeof *out);
+    if (n_new == 0) return FE_OK;
+    int64_t V = c->vocab_size;
+    double *row = malloc((size_t)V * sizeof *row),
+           *scratch = malloc(2 * (size_t)V * sizeof *scratch);
+    fe_kv_cache *cache = row && scratch ? fe_kv_cache_new(m, n_prompt + n_new) : NULL;
+    if (!cache) {
+        free(row), free(scratch);
+        return row && scratch ? fe_last_status()
+                              : fe_set_error(FE_ERR_OOM, "generate: out of host memory");
     }
-    double *row = malloc((size_t)V * sizeof *row), *scratch = malloc((size_t)V * sizeof *scratch);
+    fe_device dev = fe_device_of(fe_llama_inv_freq(m));
+    bool prev = fe_set_grad_enabled(false);
+    double t0 = now_s(), t1 = t0;
+    int64_t made = 0;
+    for (int64_t s = 0; s < n_new && !st; s++) {
+        int64_t len = n_prompt + s;
+        fe_scope *sc = fe_scope_begin();
+        /* the first step feeds the whole prompt, later ones the last token */
+        int64_t T = s == 0 ? n_prompt : 1;
+        fe_tensor *idx = fe_from_data(out + (len - T), 2, (int64_t[]){1, T}, FE_I32, dev);
+        fe_tensor *logits = idx ? fe_llama_forward_cached(m, idx, cache, true) : NULL; /* (1,1,V) */
+        st = logits ? fe_to_host(logits, row, FE_F64) : fe_last_status();
+        fe_scope_end(sc);
+        if (st) break;
+        out[len] = fe_sample_logits(row, V, cfg, (uint64_t)s, scratch);
+        made = s + 1;
+        if (s == 0) t1 = now_s();
+        if (on_token && !on_token(ctx, out[len])) break;
+    }
+    double t2 = now_s();
+    fe_set_grad_enabled(prev);
+    fe_kv_cache_free(cache);
+    free(row), free(scratch);
+    if (stats) {
+        stats->n_generated = made;
+        stats->prefill_s = t1 - t0;
+        stats->decode_s = made > 1 ? t2 - t1 : 0.0;
+    }
+    return st;
+}
+
+fe_status fe_llama_generate(fe_llama *m, const int32_t *prompt, int64_t n_prompt, int64_t n_new,
+                            const fe_sample_config *cfg, int32_t *out) {
+    fe_status st = check_prompt(m, prompt, n_prompt, n_new, out);
+    if (st) return st;
+    const fe_llama_config *c = fe_llama_config_of(m);
+    if (n_prompt + n_new <= c->max_seq)
+        return fe_llama_generate_cached(m, prompt, n_prompt, n_new, cfg, out, NULL, NULL, NULL);
+    int64_t V = c->vocab_size;
+    memmove(out, prompt, (size_t)n_prompt * sizeof *out);
+    double *row = malloc((size_t)V * sizeof *row),
+           *scratch = malloc(2 * (size_t)V * sizeof *scratch);
     if (!row || !scratch) {
         free(row), free(scratch);
         return fe_set_error(FE_ERR_OOM, "generate: out of host memory");
     }
     fe_device dev = fe_device_of(fe_llama_inv_freq(m));
     bool prev = fe_set_grad_enabled(false);
-    fe_status st = FE_OK;
     for (int64_t s = 0; s < n_new && !st; s++) {
         int64_t len = n_prompt + s, T = len < c->max_seq ? len : c->max_seq;
         fe_scope *sc = fe_scope_begin();
@@ -70,7 +159,7 @@ fe_status fe_llama_generate(fe_llama *m, const int32_t *prompt, int64_t n_prompt
         fe_tensor *last = fe_slice(logits, 1, T - 1, T, 1);
         st = last ? fe_to_host(last, row, FE_F64) : fe_last_status();
         fe_scope_end(sc);
-        if (!st) out[len] = sample_row(row, V, cfg, (uint64_t)s, scratch);
+        if (!st) out[len] = fe_sample_logits(row, V, cfg, (uint64_t)s, scratch);
     }
     fe_set_grad_enabled(prev);
     free(row), free(scratch);

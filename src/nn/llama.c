@@ -137,6 +137,8 @@ void fe_llama_set_attention(fe_llama *m, fe_attention_fn fn) {
         m->layers[l].self_attn.attn = fn;
 }
 
+static fe_tensor *head(fe_llama *m, fe_tensor *h);
+
 static fe_tensor *block_fn(void *ctx, fe_tensor *const *in, int n) {
     (void)n;
     block_ctx *c = ctx;
@@ -162,14 +164,65 @@ fe_tensor *fe_llama_forward(fe_llama *m, fe_tensor *idx) {
         fe_free(h);
         h = next;
     }
-    fe_tensor *x = fe_nn_rmsnorm_forward(&m->norm, h); /* (B, T, C) */
+    fe_tensor *logits = h ? head(m, h) : NULL; /* (B, T, V) */
     fe_free(h);
-    fe_tensor *logits; /* (B, T, V) */
+    return logits;
+}
+
+/* Final norm and LM head: h (B, T, C) -> logits (B, T, V). */
+static fe_tensor *head(fe_llama *m, fe_tensor *h) {
+    fe_tensor *x = fe_nn_rmsnorm_forward(&m->norm, h); /* (B, T, C) */
+    fe_tensor *logits;                                 /* (B, T, V) */
     if (m->cfg.tie_embeddings)
         logits = fe_linear(x, fe_params_at(m->params, m->embed_tokens.weight), NULL);
     else
         logits = fe_nn_linear_forward(&m->lm_head, x);
     fe_free(x);
+    return logits;
+}
+
+fe_status fe__kv_cache_set_len(fe_kv_cache *c, int64_t len); /* kv_cache.c */
+
+fe_tensor *fe_llama_forward_cached(fe_llama *m, fe_tensor *idx, fe_kv_cache *c, bool last_only) {
+    if (!m || !idx || !c) {
+        fe_set_error(FE_ERR_ARG, "llama (cached): NULL model, tokens or cache");
+        return NULL;
+    }
+    int64_t pos0 = fe_kv_cache_len(c), T = fe_ndim(idx) == 2 ? fe_dim(idx, 1) : 0;
+    if (fe_ndim(idx) != 2 || fe_dim(idx, 0) != 1 || T < 1) {
+        char s[96];
+        fe_set_error(FE_ERR_SHAPE, "llama (cached): expected tokens (1, T) with T >= 1, got %s",
+                     fe_shape_str(idx, s, sizeof s));
+        return NULL;
+    }
+    if (pos0 + T > fe_kv_cache_capacity(c)) {
+        fe_set_error(FE_ERR_RANGE,
+                     "llama (cached): %" PRId64 " more tokens overflow the cache (%" PRId64
+                     " of %" PRId64 " positions used)",
+                     T, pos0, fe_kv_cache_capacity(c));
+        return NULL;
+    }
+    if (!fe_kv_cache_k(c, m->cfg.n_layers - 1) || fe_kv_cache_k(c, m->cfg.n_layers)) {
+        fe_set_error(FE_ERR_ARG, "llama (cached): the cache was made for another model");
+        return NULL;
+    }
+    bool prev = fe_set_grad_enabled(false);
+    fe_tensor *h = fe_nn_embedding_forward(&m->embed_tokens, idx); /* (1, T, C) */
+    for (int64_t l = 0; l < m->cfg.n_layers && h; l++) {
+        fe_tensor *next = fe_nn_llama_block_forward_cached(
+            &m->layers[l], h, m->inv_freq, fe_kv_cache_k(c, l), fe_kv_cache_v(c, l), pos0);
+        fe_free(h);
+        h = next;
+    }
+    if (h && last_only && T > 1) {
+        fe_tensor *lh = fe_slice(h, 1, T - 1, T, 1); /* (1, 1, C) */
+        fe_free(h);
+        h = lh;
+    }
+    fe_tensor *logits = h ? head(m, h) : NULL;
+    fe_free(h);
+    fe_set_grad_enabled(prev);
+    if (logits) fe__kv_cache_set_len(c, pos0 + T);
     return logits;
 }
 
