@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <string.h>
 
+int fe_cmd_eval(int argc, char **argv);
+int fe_cmd_generate(int argc, char **argv);
 int fe_cmd_info(int argc, char **argv);
 int fe_cmd_prepare(int argc, char **argv);
 int fe_cmd_tokenize(int argc, char **argv);
@@ -16,6 +18,8 @@ static const struct command {
 } k_commands[] = {
     {"train", fe_cmd_train, "train a Llama-architecture model (the main job)"},
     {"prepare", fe_cmd_prepare, "prepare data: the Jane Austen corpus, token shards"},
+    {"generate", fe_cmd_generate, "continue a prompt with a Hugging Face Llama folder"},
+    {"eval", fe_cmd_eval, "perplexity of a Hugging Face Llama folder on a text file"},
     {"info", fe_cmd_info, "list the tensors, dtypes, shapes and config of a model file or folder"},
     {"tokenize", fe_cmd_tokenize, "encode text to token ids (or decode) with a Hugging Face tokenizer"},
 };

@@ -6,6 +6,7 @@
 #include "ferric/core.h"
 #include "ferric/checkpoint.h"
 #include "ferric/data.h"
+#include "ferric/hf.h"
 #include "ferric/io.h"
 #include "ferric/nn.h"
 #include "ferric/ops.h"
