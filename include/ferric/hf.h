@@ -23,9 +23,8 @@ fe_status fe_llama_config_from_hf(const fe_hf_config *hf, fe_llama_config *out);
  * when the vocabulary has room, else none). FE_ERR_ARG / FE_ERR_FORMAT on a bad config. */
 fe_status fe_hf_config_from_llama(const fe_llama_config *c, fe_dtype dt, fe_hf_config *out);
 
-/* Read the config.json of a folder (or a config.json path) like fe_hf_config_load, also
- * accepting transformers 5's "rope_parameters" object (rope_theta and the scaling
- * moved inside it). Errors as fe_hf_config_load. */
+/* Read the config.json of a folder (or a config.json path): the same as
+ * fe_hf_config_load, which also reads transformers 5's "rope_parameters" object. */
 fe_status fe_hf_folder_config(const char *path, fe_hf_config *out);
 
 /* Load a Hugging Face Llama folder (config.json, read by fe_hf_folder_config, and model.safetensors

@@ -107,7 +107,11 @@ static int get_str(const cJSON *o, const char *key, char *out, size_t cap) {
 
 static fe_status parse_rope_scaling(const cJSON *root, fe_hf_config *c) {
     const cJSON *rs = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-    if (!rs || cJSON_IsNull(rs)) return FE_OK;
+    if (!rs || cJSON_IsNull(rs)) {
+        /* transformers 5 writes "rope_parameters": {"rope_type", "rope_theta", factor, ...} */
+        rs = cJSON_GetObjectItemCaseSensitive(root, "rope_parameters");
+        if (!cJSON_IsObject(rs)) return FE_OK;
+    }
     if (!cJSON_IsObject(rs))
         return fe_set_error(FE_ERR_FORMAT,
                             "config: \"rope_scaling\" must be an object or null, got %s",
@@ -283,6 +287,10 @@ fe_status fe_hf_config_parse(const char *json, size_t len, fe_hf_config *out) {
     if (get_int(root, "max_position_embeddings", false, false, &c.max_position_embeddings) < 0 ||
         get_num(root, "rms_norm_eps", false, &c.rms_norm_eps) < 0 ||
         get_num(root, "rope_theta", false, &c.rope_theta) < 0 ||
+        (!cJSON_GetObjectItemCaseSensitive(root, "rope_theta") &&
+         cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(root, "rope_parameters")) &&
+         get_num(cJSON_GetObjectItemCaseSensitive(root, "rope_parameters"), "rope_theta", false,
+                 &c.rope_theta) < 0) ||
         get_bool(root, "tie_word_embeddings", &c.tie_word_embeddings) < 0 ||
         get_bool(root, "attention_bias", &c.attention_bias) < 0 ||
         get_bool(root, "mlp_bias", &c.mlp_bias) < 0)

@@ -58,54 +58,9 @@ fe_status fe_llama_config_from_hf(const fe_hf_config *hf, fe_llama_config *out) 
     return FE_OK;
 }
 
-/* transformers 5 writes "rope_parameters": {"rope_type", "rope_theta", factor, ...} where
- * older versions wrote top-level "rope_theta" and "rope_scaling"; rewrite the new form into
- * the old one (when the old keys are absent) so that fe_hf_config_parse reads both. */
-static char *legacy_rope_json(const char *text, size_t len) {
-    cJSON *root = cJSON_ParseWithLength(text, len);
-    cJSON *rp = root ? cJSON_GetObjectItemCaseSensitive(root, "rope_parameters") : NULL;
-    char *out = NULL;
-    if (cJSON_IsObject(rp)) {
-        const cJSON *theta = cJSON_GetObjectItemCaseSensitive(rp, "rope_theta");
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(rp, "rope_type");
-        if (theta && !cJSON_GetObjectItemCaseSensitive(root, "rope_theta"))
-            cJSON_AddItemToObject(root, "rope_theta", cJSON_Duplicate(theta, true));
-        const cJSON *old = cJSON_GetObjectItemCaseSensitive(root, "rope_scaling");
-        bool plain = cJSON_IsString(type) && !strcmp(type->valuestring, "default");
-        if ((!old || cJSON_IsNull(old)) && !plain) {
-            cJSON *rs = cJSON_Duplicate(rp, true);
-            cJSON_DeleteItemFromObjectCaseSensitive(rs, "rope_theta");
-            cJSON_DeleteItemFromObjectCaseSensitive(root, "rope_scaling");
-            cJSON_AddItemToObject(root, "rope_scaling", rs);
-        }
-        char *p = cJSON_PrintUnformatted(root);
-        if (p) {
-            out = strdup(p);
-            cJSON_free(p);
-        }
-    }
-    cJSON_Delete(root);
-    return out;
-}
-
 fe_status fe_hf_folder_config(const char *path, fe_hf_config *out) {
     if (!path || !out) return fe_set_error(FE_ERR_ARG, "fe_hf_folder_config: NULL argument");
-    char *file = fe__is_dir(path) ? fe__path_join(path, "config.json") : strdup(path);
-    if (!file) return fe_set_error(FE_ERR_OOM, "out of host memory");
-    size_t len = 0;
-    char *text = fe__read_text_file(file, 16u << 20, &len);
-    char *legacy = text ? legacy_rope_json(text, len) : NULL;
-    free(text);
-    free(file);
-    if (!legacy) return fe_hf_config_load(path, out); /* also reports a missing file */
-    fe_status st = fe_hf_config_parse(legacy, strlen(legacy), out);
-    free(legacy);
-    if (st) {
-        char where[1100];
-        snprintf(where, sizeof where, "%s (config.json)", path);
-        return prefix_error(st, where);
-    }
-    return FE_OK;
+    return fe_hf_config_load(path, out);
 }
 
 static const char *torch_dtype_name(fe_dtype dt) {
