@@ -48,6 +48,20 @@ typedef enum fe_binary_op {
 typedef enum fe_reduce_op { FE_R_SUM, FE_R_MAX } fe_reduce_op;
 typedef enum fe_rand_kind { FE_RAND_UNIFORM, FE_RAND_NORMAL } fe_rand_kind;
 
+/* Arguments of fe_backend.adamw, the update PyTorch's AdamW makes, with g = grad * gs:
+ *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+ *   p = p (1 - lr wd_i) - lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
+ * gs = grad_scale[0] when grad_scale is not NULL, else 1 (a device scalar: clipping or
+ * loss-scale factors without a pass over the grads); when skip is not NULL and
+ * skip[0] != 0 nothing is written (an fp16 overflow step, decided on the device). */
+typedef struct fe_adamw_args {
+    double lr, beta1, beta2, eps;
+    double bc1, bc2;            /* bias corrections 1 - beta^t */
+    const double *weight_decay; /* n entries, 0 for no-decay tensors */
+    const fe_tensor *grad_scale; /* 1 element, any float dtype, or NULL */
+    const fe_tensor *skip;       /* 1 element, any dtype, or NULL */
+} fe_adamw_args;
+
 typedef struct fe_backend {
     const char *name;
     /* memory */
@@ -127,6 +141,20 @@ typedef struct fe_backend {
                                     const fe_tensor *gout, const fe_tensor *q, const fe_tensor *k,
                                     const fe_tensor *v, const fe_tensor *out, const fe_tensor *lse,
                                     bool causal, double scale);
+
+    /* Optional multi-tensor optimizer kernels (NULL when absent; callers fall back to
+     * composed ops). Tensors are contiguous and all on one device. */
+    /* AdamW over n tensors in one pass each (see fe_adamw_args). For tensor i: p[i] is
+     * f32/f64/f16/bf16, m[i] and v[i] are f32 (f64 for f64 params), g[i] any float dtype,
+     * all with p[i]'s element count; updated in place. */
+    fe_status (*adamw)(int n, fe_tensor *const *p, const fe_tensor *const *g, fe_tensor *const *m,
+                       fe_tensor *const *v, const fe_adamw_args *args);
+    /* out (1 element, f32 or f64) = sum over the n tensors g[i] (any float dtype) of
+     * their squared elements, accumulated in f64 in a fixed order (deterministic). */
+    fe_status (*grad_norm_sq)(fe_tensor *out, int n, const fe_tensor *const *g);
+    /* t[i] *= s[0] for the n tensors (any float dtype); s is a 1-element float tensor
+     * on the same device, read on the device. */
+    fe_status (*scale_multi)(int n, fe_tensor *const *t, const fe_tensor *s);
 } fe_backend;
 
 /* The backend serving `type`, or NULL when not compiled in. */

@@ -1,6 +1,12 @@
 /* The CPU backend: host memory (64-byte aligned, counted) and its kernel table. */
 #include "backends/cpu/cpu_internal.h"
 
+/* multi-tensor optimizer kernels (cpu_optim.c) */
+fe_status cpu_adamw(int n, fe_tensor *const *p, const fe_tensor *const *g, fe_tensor *const *m,
+                    fe_tensor *const *v, const fe_adamw_args *a);
+fe_status cpu_grad_norm_sq(fe_tensor *out, int n, const fe_tensor *const *g);
+fe_status cpu_scale_multi(int n, fe_tensor *const *t, const fe_tensor *s);
+
 static size_t g_cur = 0, g_peak = 0;
 
 static fe_status cpu_alloc(fe_device dev, size_t nbytes, void **out) {
@@ -82,4 +88,7 @@ const fe_backend fe_cpu_backend = {
     .cross_entropy_backward = cpu_cross_entropy_backward,
     .silu_gate = cpu_silu_gate,
     .silu_gate_backward = cpu_silu_gate_backward,
+    .adamw = cpu_adamw,
+    .grad_norm_sq = cpu_grad_norm_sq,
+    .scale_multi = cpu_scale_multi,
 };

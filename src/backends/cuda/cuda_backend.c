@@ -35,6 +35,9 @@ static const fe_backend k_cuda_backend = {
     .silu_gate_backward = fe_cuda_silu_gate_backward,
     .attention = fe_cuda_attention,
     .attention_backward = fe_cuda_attention_backward,
+    .adamw = fe_cuda_adamw,
+    .grad_norm_sq = fe_cuda_grad_norm_sq,
+    .scale_multi = fe_cuda_scale_multi,
 };
 
 /* 0: not probed yet, 1: a GPU is present, 2: none (probing twice is harmless) */
