@@ -1,11 +1,6 @@
 /* The CPU backend: host memory (64-byte aligned, counted) and its kernel table. */
 #include "backends/cpu/cpu_internal.h"
 
-/* multi-tensor optimizer kernels (cpu_optim.c) */
-fe_status cpu_adamw(int n, fe_tensor *const *p, const fe_tensor *const *g, fe_tensor *const *m,
-                    fe_tensor *const *v, const fe_adamw_args *a);
-fe_status cpu_grad_norm_sq(fe_tensor *out, int n, const fe_tensor *const *g);
-fe_status cpu_scale_multi(int n, fe_tensor *const *t, const fe_tensor *s);
 
 static size_t g_cur = 0, g_peak = 0;
 
