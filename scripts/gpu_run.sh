@@ -55,6 +55,11 @@ do_bench() {
     done
 }
 
+do_kernels() { timeout 200 python3 bench/kernels.py --build build-gpu; }
+do_hfparity() { timeout 200 python3 tests/parity/hf_parity.py --build build-gpu; }
+do_decode() { timeout 200 python3 bench/decode.py --build build-gpu; }
+do_trainbench() { timeout 400 bash bench/train_llama.sh; }
+
 for s in "$@"; do
     case "$s" in
     build) stage build do_build ;;
@@ -63,6 +68,10 @@ for s in "$@"; do
     flash) stage flash do_flash ;;
     parity) stage parity do_parity ;;
     bench) stage bench do_bench ;;
+    kernels) stage kernels do_kernels ;;
+    hfparity) stage hfparity do_hfparity ;;
+    decode) stage decode do_decode ;;
+    trainbench) stage trainbench do_trainbench ;;
     *) echo "unknown stage $s" ;;
     esac
 done
