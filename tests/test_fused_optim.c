@@ -194,7 +194,8 @@ static void entries_by_hand(fe_device dev, fe_dtype pdt, double tol) {
     CHECK_NEAR(at(p, 0), 0.99 - 0.1 / (1 + 1e-8), tol);
     CHECK_NEAR(at(p, 1), -1.98 - 0.2 / (2 + 1e-8), tol);
     CHECK_NEAR(at(m, 1), 0.2, tol);
-    CHECK_NEAR(at(v, 1), 0.004, tol * 0.01);
+    /* f32 state holds 1 - beta2 = 0.001 only to ~1e-5 relative; f64 state exactly */
+    CHECK_NEAR(at(v, 1), 0.004, 0.004 * (pdt == FE_F64 ? 1e-12 : 3e-5));
     /* no scale, no skip, no decay: plain Adam from the state above */
     a.grad_scale = NULL, a.skip = NULL, wd = 0.0, a.bc1 = 1 - 0.81, a.bc2 = 1 - 0.999 * 0.999;
     double p0 = at(p, 0), m0 = 0.9 * 0.1 + 0.1 * 0.5, v0 = 0.999 * 0.001 + 0.001 * 0.25;
