@@ -730,6 +730,31 @@ TEST(cuda_cross_entropy_and_grads) {
                 "target 9 at row 1 is out of range");
 }
 
+/* Rows a multiple of 16 bytes long (the vector kernels): all rows ignored, and a target out
+ * of range reported at the next read, as on the generic path. */
+TEST(cuda_cross_entropy_vector_rows_edge_cases) {
+    NEED_GPU();
+    int64_t n = 3, l2[2] = {3, 1024};
+    int64_t all_ignored[3] = {-100, -100, -100};
+    for (size_t k = 0; k < 3; k++) {
+        fe_tensor *lg = fe_to_device(randn_cpu(2, l2, k_float_dtypes[k]), GPU);
+        fe_set_requires_grad(lg, true);
+        fe_tensor *loss =
+            fe_cross_entropy(lg, fe_from_data(all_ignored, 1, &n, FE_I64, GPU), -100);
+        CHECK(loss && fe_item(loss) == 0.0);
+        CHECK(loss && fe_backward(loss, NULL) == FE_OK);
+        if (fe_grad(lg))
+            expect_equal("all-ignored gradient (vector rows)", fe_grad(lg),
+                         fe_zeros(2, l2, k_float_dtypes[k], CPU));
+        if (GPU.type == FE_CPU) continue;
+        int64_t bad[3] = {1, 1024, 2};
+        fe_tensor *l3 = fe_cross_entropy(lg, fe_from_data(bad, 1, &n, FE_I64, GPU), -100);
+        CHECK(l3 != NULL);
+        CHECK_ERROR(l3 && fe_to_host(l3, &(float){0}, FE_F32) != FE_OK,
+                    "target 1024 at row 1 is out of range");
+    }
+}
+
 static fe_tensor *f_silu_gate(fe_tensor *const *in, const void *ctx) {
     (void)ctx;
     return fe_silu_gate(in[0], in[1]);

@@ -1133,6 +1133,132 @@ __global__ void __launch_bounds__(1024)
     }
 }
 
+/* ---- cross-entropy over rows read in 16-byte vectors, one block per row ---- */
+
+#define CE_THREADS 512
+#define CE_U 4 /* vectors in flight per thread */
+#define CE_LOG2E 1.4426950408889634f
+
+/* Maximum and sum of exp(x - max) of one row of nv vectors, online over the block's threads
+ * (the row read once), reduced over the block; every thread gets both. -inf elements add
+ * nothing; a NaN makes the sum NaN. exp is taken as exp2 of a log2(e)-scaled argument. */
+template <typename T>
+__device__ __forceinline__ void ce_row_stats(const T *__restrict__ x, int64_t nv, float *sh,
+                                             float *m_out, float *s_out) {
+    constexpr int N = cu_vn<T>::n;
+    float m = -INFINITY, s = 0.f;
+    for (int64_t j = threadIdx.x; j < nv; j += (int64_t)blockDim.x * CE_U) {
+        uint4 u[CE_U];
+#pragma unroll
+        for (int k = 0; k < CE_U; k++) {
+            int64_t q = j + (int64_t)k * blockDim.x;
+            if (q < nv) u[k] = cu_ld16(x + q * N);
+        }
+#pragma unroll
+        for (int k = 0; k < CE_U; k++) {
+            int64_t q = j + (int64_t)k * blockDim.x;
+            if (q < nv) {
+                float vm = cu_vget<T>(u[k], 0);
+#pragma unroll
+                for (int e = 1; e < N; e++)
+                    vm = fmaxf(vm, cu_vget<T>(u[k], e));
+                if (vm > m) {
+                    s *= exp2f((m - vm) * CE_LOG2E); /* 0 while m is -inf */
+                    m = vm;
+                }
+                float m2 = m * CE_LOG2E;
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float v = cu_vget<T>(u[k], e);
+                    if (v != -INFINITY) s += exp2f(fmaf(v, CE_LOG2E, -m2));
+                }
+            }
+        }
+    }
+    float M = cu_block_max(m, sh);
+    float part = m == -INFINITY ? 0.f : s * exp2f((m - M) * CE_LOG2E);
+    *s_out = cu_block_sum(part, sh);
+    *m_out = M;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(CE_THREADS)
+    k_ce_rows_vec(double *row_loss, const T *__restrict__ logits, const void *tg, bool i64,
+                  int64_t R, int64_t V, long long ignore, unsigned long long *err) {
+    __shared__ float sh[32];
+    int64_t nv = V / cu_vn<T>::n;
+    for (int64_t row = blockIdx.x; row < R; row += gridDim.x) {
+        long long t = index_at(tg, i64, row);
+        if (t == ignore) {
+            if (threadIdx.x == 0) row_loss[row] = 0.0;
+            continue;
+        }
+        if (t < 0 || t >= V) {
+            if (threadIdx.x == 0) {
+                row_loss[row] = __longlong_as_double(0x7ff8000000000000ll);
+                cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
+            }
+            continue;
+        }
+        const T *x = logits + row * V;
+        float m, s;
+        ce_row_stats<T>(x, nv, sh, &m, &s);
+        if (threadIdx.x == 0) row_loss[row] = (double)(m + logf(s)) - (double)cu_to_f(x[t]);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(CE_THREADS)
+    k_ce_bwd_vec(T *__restrict__ gl, const T *__restrict__ logits, const void *tg, bool i64,
+                 int64_t R, int64_t V, long long ignore, const double *scale_p,
+                 unsigned long long *err) {
+    constexpr int N = cu_vn<T>::n;
+    __shared__ float sh[32];
+    int64_t nv = V / N;
+    float scale = (float)scale_p[0];
+    for (int64_t row = blockIdx.x; row < R; row += gridDim.x) {
+        long long t = index_at(tg, i64, row);
+        T *g = gl + row * V;
+        if (t == ignore || t < 0 || t >= V) {
+            for (int64_t j = threadIdx.x; j < nv; j += blockDim.x)
+                cu_st16(g + j * N, make_uint4(0, 0, 0, 0));
+            if (t != ignore && threadIdx.x == 0) cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
+            continue;
+        }
+        const T *x = logits + row * V;
+        float m, s;
+        ce_row_stats<T>(x, nv, sh, &m, &s);
+        float l2 = (m + logf(s)) * CE_LOG2E;
+        for (int64_t j = threadIdx.x; j < nv; j += (int64_t)blockDim.x * CE_U) {
+            uint4 u[CE_U];
+#pragma unroll
+            for (int k = 0; k < CE_U; k++) {
+                int64_t q = j + (int64_t)k * blockDim.x;
+                if (q < nv) u[k] = cu_ld16(x + q * N);
+            }
+#pragma unroll
+            for (int k = 0; k < CE_U; k++) {
+                int64_t q = j + (int64_t)k * blockDim.x;
+                if (q < nv) {
+                    float f[N];
+#pragma unroll
+                    for (int e = 0; e < N; e++) {
+                        float p = exp2f(fmaf(cu_vget<T>(u[k], e), CE_LOG2E, -l2)) * scale;
+                        f[e] = q * N + e == t ? p - scale : p;
+                    }
+                    cu_st16(g + q * N, cu_vpack<T>(f));
+                }
+            }
+        }
+    }
+}
+
+/* Blocks for the one-block-per-row cross-entropy kernels. */
+static unsigned ce_blocks(const cu_dev *d, int64_t R) {
+    int64_t cap = (int64_t)d->sm_count * 32;
+    return (unsigned)(R < cap ? (R > 0 ? R : 1) : cap);
+}
+
 /* Count of rows whose target is not `ignore` (one block). */
 __device__ double ce_count(const void *tg, bool i64, int64_t R, long long ignore, double *sh) {
     double c = 0;
@@ -1169,7 +1295,15 @@ extern "C" fe_status fe_cuda_cross_entropy(fe_tensor *loss, const fe_tensor *log
     if (cu_scratch(d, bytes, (void **)&rl)) return fe_last_status();
     fe_status st = FE_OK;
     d->check_pending = true;
-    if (R > 0) {
+    const void *pl[1] = {fe__ptr(logits)};
+    if (R > 0 && fr_ok(V, fe_dtype_size(logits->dtype), pl, 1, 1 << 20)) {
+        FR_DISPATCH(logits->dtype, {
+            k_ce_rows_vec<T><<<ce_blocks(d, R), CE_THREADS, 0, d->stream>>>(
+                rl, (const T *)fe__ptr(logits), fe__ptr(targets), i64, R, V, (long long)ignore,
+                d->err);
+        })
+        st = cu_launched("cross_entropy kernel");
+    } else if (R > 0) {
         CU_FLOAT_DISPATCH(logits->dtype, "cross_entropy", {
             ROW_LAUNCH(k_ce_rows, d, R, V, rl, (const T *)fe__ptr(logits), fe__ptr(targets), i64, R,
                        V, (long long)ignore, d->err);
@@ -1245,7 +1379,15 @@ extern "C" fe_status fe_cuda_cross_entropy_backward(fe_tensor *glogits, const fe
                                           i64, R, (long long)ignore);
     fe_status st = cu_launched("cross_entropy backward kernel (scale)");
     d->check_pending = true;
-    if (!st) {
+    const void *pl[2] = {fe__ptr(logits), fe__ptr(glogits)};
+    if (!st && fr_ok(V, fe_dtype_size(logits->dtype), pl, 2, 1 << 20)) {
+        FR_DISPATCH(logits->dtype, {
+            k_ce_bwd_vec<T><<<ce_blocks(d, R), CE_THREADS, 0, d->stream>>>(
+                (T *)fe__ptr(glogits), (const T *)fe__ptr(logits), fe__ptr(targets), i64, R, V,
+                (long long)ignore, scale, d->err);
+        })
+        st = cu_launched("cross_entropy backward kernel");
+    } else if (!st) {
         CU_FLOAT_DISPATCH(logits->dtype, "cross_entropy backward", {
             ROW_LAUNCH(k_ce_bwd, d, R, V, (T *)fe__ptr(glogits), (const T *)fe__ptr(logits),
                        fe__ptr(targets), i64, R, V, (long long)ignore, scale, d->err);
