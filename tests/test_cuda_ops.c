@@ -576,6 +576,35 @@ TEST(cuda_rmsnorm_layernorm_and_grads) {
     }
 }
 
+/* Rows a multiple of 16 bytes long take the register-resident fast kernels: groups of 32 to
+ * 512 threads per row, odd row counts (partial groups), and rows past the backward's limit. */
+TEST(cuda_fast_rows_softmax_rmsnorm) {
+    NEED_GPU();
+    int64_t shapes[6][2] = {{67, 256}, {5, 2048}, {3, 4096}, {9, 8192}, {2, 16384}, {33, 64}};
+    for (size_t k = 0; k < 3; k++) {
+        fe_dtype dt = k_float_dtypes[k];
+        for (int sh = 0; sh < 6; sh++) {
+            int64_t C = shapes[sh][1];
+            for (int lg = 0; lg < 2; lg++) {
+                sm_ctx last = {-1, lg};
+                check_op(lg ? "fast log_softmax" : "fast softmax", f_softmax, &last, 1,
+                         (fe_tensor *[]){fe_randn(2, shapes[sh], 0.0, 3.0, dt, CPU)}, 1, tol_of(dt));
+            }
+            for (int v = 0; v < 3; v++) {
+                fe_tensor *x = fe_randn(2, shapes[sh], 0.3, 1.5, dt, CPU);
+                fe_tensor *w = fe_randn(1, &C, 1.0, 0.3, dt, CPU);
+                fe_tensor *third = v == 2 ? randn_cpu(2, shapes[sh], dt) : randn_cpu(1, &C, dt);
+                static const char *names[3] = {"fast rmsnorm", "fast rmsnorm no weight",
+                                               "fast rmsnorm residual"};
+                static const unsigned masks[3] = {3, 1, 7};
+                norm_ctx c = {v};
+                check_op(names[v], f_norm, &c, 3, (fe_tensor *[]){x, w, third}, masks[v],
+                         tol_of(dt));
+            }
+        }
+    }
+}
+
 /* ---- rope, embedding, cross-entropy, silu gate
  * ------------------------------------------------------------- */
 
@@ -699,6 +728,31 @@ TEST(cuda_cross_entropy_and_grads) {
     CHECK(l3 != NULL);
     CHECK_ERROR(l3 && fe_to_host(l3, &(float){0}, FE_F32) != FE_OK,
                 "target 9 at row 1 is out of range");
+}
+
+/* Rows a multiple of 16 bytes long (the vector kernels): all rows ignored, and a target out
+ * of range reported at the next read, as on the generic path. */
+TEST(cuda_cross_entropy_vector_rows_edge_cases) {
+    NEED_GPU();
+    int64_t n = 3, l2[2] = {3, 1024};
+    int64_t all_ignored[3] = {-100, -100, -100};
+    for (size_t k = 0; k < 3; k++) {
+        fe_tensor *lg = fe_to_device(randn_cpu(2, l2, k_float_dtypes[k]), GPU);
+        fe_set_requires_grad(lg, true);
+        fe_tensor *loss =
+            fe_cross_entropy(lg, fe_from_data(all_ignored, 1, &n, FE_I64, GPU), -100);
+        CHECK(loss && fe_item(loss) == 0.0);
+        CHECK(loss && fe_backward(loss, NULL) == FE_OK);
+        if (fe_grad(lg))
+            expect_equal("all-ignored gradient (vector rows)", fe_grad(lg),
+                         fe_zeros(2, l2, k_float_dtypes[k], CPU));
+        if (GPU.type == FE_CPU) continue;
+        int64_t bad[3] = {1, 1024, 2};
+        fe_tensor *l3 = fe_cross_entropy(lg, fe_from_data(bad, 1, &n, FE_I64, GPU), -100);
+        CHECK(l3 != NULL);
+        CHECK_ERROR(l3 && fe_to_host(l3, &(float){0}, FE_F32) != FE_OK,
+                    "target 1024 at row 1 is out of range");
+    }
 }
 
 static fe_tensor *f_silu_gate(fe_tensor *const *in, const void *ctx) {

@@ -257,4 +257,64 @@ template <typename C> __device__ __forceinline__ C cu_block_max(C v, C *sh) {
     return t;
 }
 
+/* ---- 16-byte vectors of float dtypes (f32, f16, bf16) -------------------------------------- */
+
+/* Elements of T in one 16-byte vector. */
+template <typename T> struct cu_vn { static constexpr int n = 16 / sizeof(T); };
+
+/* 32-bit word k (0..3) of a vector; k is a compile-time constant after unrolling. */
+__device__ __forceinline__ uint32_t cu_word(const uint4 &u, int k) {
+    return k == 0 ? u.x : k == 1 ? u.y : k == 2 ? u.z : u.w;
+}
+__device__ __forceinline__ void cu_set_word(uint4 &u, int k, uint32_t w) {
+    if (k == 0) u.x = w;
+    else if (k == 1) u.y = w;
+    else if (k == 2) u.z = w;
+    else u.w = w;
+}
+
+/* Element i of a 16-byte vector of T, as float. */
+template <typename T> __device__ __forceinline__ float cu_vget(const uint4 &u, int i);
+template <> __device__ __forceinline__ float cu_vget<float>(const uint4 &u, int i) {
+    return __uint_as_float(cu_word(u, i));
+}
+template <> __device__ __forceinline__ float cu_vget<__nv_bfloat16>(const uint4 &u, int i) {
+    uint32_t w = cu_word(u, i >> 1);
+    return __uint_as_float((i & 1) ? (w & 0xffff0000u) : (w << 16));
+}
+template <> __device__ __forceinline__ float cu_vget<__half>(const uint4 &u, int i) {
+    uint32_t w = cu_word(u, i >> 1);
+    return __half2float(__ushort_as_half((unsigned short)((i & 1) ? (w >> 16) : (w & 0xffffu))));
+}
+
+/* Bits of f rounded to T (f16/bf16: low 16 bits). */
+template <typename T> __device__ __forceinline__ uint32_t cu_bits(float f);
+template <> __device__ __forceinline__ uint32_t cu_bits<__nv_bfloat16>(float f) {
+    return __bfloat16_as_ushort(__float2bfloat16_rn(f));
+}
+template <> __device__ __forceinline__ uint32_t cu_bits<__half>(float f) {
+    return __half_as_ushort(__float2half_rn(f));
+}
+
+/* A 16-byte vector of T holding f[0..n) rounded to T. */
+template <typename T> __device__ __forceinline__ uint4 cu_vpack(const float *f) {
+    uint4 u;
+    if constexpr (sizeof(T) == 4) {
+        u = make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]),
+                       __float_as_uint(f[3]));
+    } else {
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            cu_set_word(u, k, cu_bits<T>(f[2 * k]) | (cu_bits<T>(f[2 * k + 1]) << 16));
+    }
+    return u;
+}
+
+/* 16-byte load and store (the address must be 16-byte aligned). */
+__device__ __forceinline__ uint4 cu_ld16(const void *p) { return *(const uint4 *)p; }
+__device__ __forceinline__ void cu_st16(void *p, uint4 v) { *(uint4 *)p = v; }
+
+/* True when T has a 16-byte vector path (f32, f16, bf16). */
+template <typename T> struct cu_has_v16 { static constexpr bool value = sizeof(T) <= 4; };
+
 #endif

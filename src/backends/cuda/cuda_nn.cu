@@ -98,6 +98,355 @@ __device__ __forceinline__ void row_max_sumexp(const T *x, int64_t n, const rows
     *m_out = M;
 }
 
+/* ---- fast rows: the whole row in registers, read once in 16-byte vectors ----------------------
+ * A group of tpr threads (a power of two, 32..1024) owns a row; thread `lane` of the group holds
+ * vectors lane, lane + tpr, ... (at most FR_NV of them). A block holds blockDim / tpr groups and
+ * walks the rows in steps of gridDim * groups, every thread taking part in every barrier. The
+ * rows must be contiguous, C a multiple of the vector length and the pointers 16-byte aligned;
+ * f64 and other rows take the generic kernels above. */
+
+#define FR_NV 4 /* most 16-byte vectors a thread holds of one row */
+#define FR_THREADS 256
+
+/* Threads per row for rows of nvec vectors: the fewest (power of two >= 32) that hold it. */
+static int fr_tpr(int64_t nvec) {
+    int t = 32;
+    while ((int64_t)t * FR_NV < nvec && t < 1024)
+        t *= 2;
+    return t;
+}
+
+/* Whether rows of C elements of dtype size es fit the fast path with these pointers, with at
+ * most max_tpr threads per row. */
+static bool fr_ok(int64_t C, size_t es, const void *const *ps, int np, int max_tpr = 1024) {
+    if (es > 4 || C <= 0) return false;
+    int64_t vn = 16 / (int64_t)es;
+    if (C % vn || C / vn > (int64_t)max_tpr * FR_NV) return false;
+    for (int i = 0; i < np; i++)
+        if ((uintptr_t)ps[i] & 15u) return false;
+    return true;
+}
+
+/* Blocks for R rows with groups of tpr threads in blocks of `threads`. */
+static unsigned fr_blocks(const cu_dev *d, int64_t R, int tpr, int threads) {
+    int64_t rpb = threads / tpr, b = (R + rpb - 1) / rpb, cap = (int64_t)d->sm_count * 64;
+    if (b > cap) b = cap;
+    return (unsigned)(b > 0 ? b : 1);
+}
+
+/* Run `body` with T bound to f32, f16 or bf16 (other dtypes: nothing). */
+#define FR_DISPATCH(dt, ...)                                                                       \
+    switch (dt) {                                                                                  \
+    case FE_F32: {                                                                                 \
+        typedef float T;                                                                           \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    case FE_F16: {                                                                                 \
+        typedef __half T;                                                                          \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    case FE_BF16: {                                                                                \
+        typedef __nv_bfloat16 T;                                                                   \
+        __VA_ARGS__                                                                                \
+    } break;                                                                                       \
+    default: break;                                                                                \
+    }
+
+/* Threads per row (tpr) and per block for fast rows of C elements of size es. */
+static void fr_shape(int64_t C, size_t es, int *tpr, int *threads) {
+    *tpr = fr_tpr(C / (16 / (int64_t)es));
+    *threads = *tpr > FR_THREADS ? *tpr : FR_THREADS;
+}
+
+/* Sum (MAX: maximum, NaN winning) of v over the tpr threads of this thread's group; every
+ * thread of the block must call it (barriers when tpr > 32). */
+template <bool MAX> __device__ __forceinline__ float fr_reduce(float v, float *sh, int tpr) {
+    v = MAX ? cu_warp_max(v) : cu_warp_sum(v);
+    if (tpr == 32) return v;
+    int w = threadIdx.x >> 5, wpg = tpr >> 5, g0 = (w / wpg) * wpg;
+    if ((threadIdx.x & 31) == 0) sh[w] = v;
+    __syncthreads();
+    float t = sh[g0];
+    for (int k = 1; k < wpg; k++) {
+        float u = sh[g0 + k];
+        if (MAX)
+            t = (u > t || u != u) ? u : t;
+        else
+            t += u;
+    }
+    __syncthreads();
+    return t;
+}
+
+/* y = x * rstd (* w); with a residual r, h = round(x + r) is stored and normalised. */
+template <typename T>
+__global__ void __launch_bounds__(1024)
+    k_rmsnorm_fast(T *__restrict__ y, T *__restrict__ h, void *rstd, int stat_dt,
+                   const T *__restrict__ x, const T *__restrict__ r, const T *__restrict__ w,
+                   int64_t R, int C, int tpr, float eps) {
+    constexpr int N = cu_vn<T>::n;
+    __shared__ float sh[32];
+    int g = threadIdx.x / tpr, lane = threadIdx.x % tpr, rpb = blockDim.x / tpr, nvec = C / N;
+    for (int64_t base = (int64_t)blockIdx.x * rpb; base < R; base += (int64_t)gridDim.x * rpb) {
+        int64_t row = base + g;
+        bool ok = row < R;
+        uint4 xv[FR_NV], rv[FR_NV];
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+                xv[k] = cu_ld16(x + row * C + (int64_t)j * N);
+                if (r) rv[k] = cu_ld16(r + row * C + (int64_t)j * N);
+            }
+        }
+        float ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+                if (r) { /* normalise the rounded h that backward will see */
+                    float f[N];
+#pragma unroll
+                    for (int e = 0; e < N; e++)
+                        f[e] = cu_vget<T>(xv[k], e) + cu_vget<T>(rv[k], e);
+                    xv[k] = cu_vpack<T>(f);
+                    cu_st16(h + row * C + (int64_t)j * N, xv[k]);
+                }
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float v = cu_vget<T>(xv[k], e);
+                    ss += v * v;
+                }
+            }
+        }
+        ss = fr_reduce<false>(ss, sh, tpr);
+        float rs = 1.f / sqrtf(ss / (float)C + eps);
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+                uint4 wv = w ? cu_ld16(w + (int64_t)j * N) : make_uint4(0, 0, 0, 0);
+                float f[N];
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float v = cu_vget<T>(xv[k], e) * rs;
+                    f[e] = w ? v * cu_vget<T>(wv, e) : v;
+                }
+                cu_st16(y + row * C + (int64_t)j * N, cu_vpack<T>(f));
+            }
+        }
+        if (ok && lane == 0) cu_store_dyn(rstd, stat_dt, row, (double)rs);
+    }
+}
+
+/* gx = rstd * (g*w - xhat * mean(g*w*xhat)) (+ gextra); with PART, each block also writes
+ * part[blockIdx.x][j] = sum over its rows of gy * x * rstd (f32, in a fixed order), using
+ * C floats of dynamic shared memory. gx may be NULL (weight gradient only). */
+#define FR_BWD_MAX_TPR 256 /* rows of up to 1024 vectors (8192 bf16, 4096 f32) */
+template <typename T, bool PART>
+__global__ void __launch_bounds__(FR_BWD_MAX_TPR, 2)
+    k_rmsnorm_bwd_fast(T *__restrict__ gx, float *__restrict__ part, const T *__restrict__ gy,
+                       const T *__restrict__ x, const T *__restrict__ w, const void *rstd,
+                       int stat_dt, const T *__restrict__ gextra, int64_t R, int C, int tpr) {
+    constexpr int N = cu_vn<T>::n;
+    __shared__ float sh[32];
+    extern __shared__ float shp[];
+    int g = threadIdx.x / tpr, lane = threadIdx.x % tpr, rpb = blockDim.x / tpr, nvec = C / N;
+    float acc[PART ? FR_NV : 1][PART ? N : 1];
+    if (PART) {
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++)
+#pragma unroll
+            for (int e = 0; e < N; e++)
+                acc[k][e] = 0.f;
+    }
+    for (int64_t base = (int64_t)blockIdx.x * rpb; base < R; base += (int64_t)gridDim.x * rpb) {
+        int64_t row = base + g;
+        bool ok = row < R;
+        uint4 gv[FR_NV], xv[FR_NV], ev[FR_NV], wv[FR_NV];
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+                if (w) wv[k] = cu_ld16(w + (int64_t)j * N); /* 16 registers fewer than keeping it */
+                gv[k] = cu_ld16(gy + row * C + (int64_t)j * N);
+                xv[k] = cu_ld16(x + row * C + (int64_t)j * N);
+                if (gx && gextra) ev[k] = cu_ld16(gextra + row * C + (int64_t)j * N);
+            }
+        }
+        float rs = ok ? (float)cu_load_dyn(rstd, stat_dt, row) : 0.f, dot = 0.f;
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float gf = cu_vget<T>(gv[k], e), xf = cu_vget<T>(xv[k], e);
+                    float gw = w ? gf * cu_vget<T>(wv[k], e) : gf;
+                    dot += gw * xf * rs;
+                    if (PART) acc[k][e] += gf * xf * rs;
+                }
+            }
+        }
+        if (!gx) continue; /* uniform over the block */
+        dot = fr_reduce<false>(dot, sh, tpr) / (float)C;
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+                float f[N];
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float gf = cu_vget<T>(gv[k], e);
+                    float gw = w ? gf * cu_vget<T>(wv[k], e) : gf;
+                    float o = rs * (gw - cu_vget<T>(xv[k], e) * rs * dot);
+                    f[e] = gextra ? o + cu_vget<T>(ev[k], e) : o;
+                }
+                cu_st16(gx + row * C + (int64_t)j * N, cu_vpack<T>(f));
+            }
+        }
+    }
+    if constexpr (PART) {
+        /* the groups add their sums into shp one after another, then the block writes them */
+        for (int gi = 0; gi < rpb; gi++) {
+            if (g == gi) {
+#pragma unroll
+                for (int k = 0; k < FR_NV; k++) {
+                    int j = lane + k * tpr;
+                    if (j < nvec) {
+#pragma unroll
+                        for (int e = 0; e < N; e++)
+                            shp[j * N + e] = gi == 0 ? acc[k][e] : shp[j * N + e] + acc[k][e];
+                    }
+                }
+            }
+            __syncthreads();
+        }
+        for (int j = threadIdx.x; j < C; j += blockDim.x)
+            part[(int64_t)blockIdx.x * C + j] = shp[j];
+    }
+}
+
+/* out[j] = sum over p of part[p][j] in order p = 0, 1, ... (f32 partials, f64 sum). */
+template <typename T>
+__global__ void k_colsum_final_f(T *out, const float *part, int64_t C, int P) {
+    int64_t step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < C; j += step) {
+        double s = 0;
+        for (int p = 0; p < P; p++)
+            s += (double)part[(int64_t)p * C + j];
+        out[j] = cu_cast<T>(s);
+    }
+}
+
+/* Softmax (LOG: log-softmax) of rows held in registers. */
+template <typename T>
+__global__ void __launch_bounds__(1024)
+    k_softmax_fast(T *__restrict__ y, const T *__restrict__ x, int64_t R, int C, int tpr,
+                   bool take_log) {
+    constexpr int N = cu_vn<T>::n;
+    __shared__ float sh[32];
+    int g = threadIdx.x / tpr, lane = threadIdx.x % tpr, rpb = blockDim.x / tpr, nvec = C / N;
+    for (int64_t base = (int64_t)blockIdx.x * rpb; base < R; base += (int64_t)gridDim.x * rpb) {
+        int64_t row = base + g;
+        bool ok = row < R;
+        uint4 xv[FR_NV];
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) xv[k] = cu_ld16(x + row * C + (int64_t)j * N);
+        }
+        float m = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float v = cu_vget<T>(xv[k], e);
+                    m = (v > m || v != v) ? v : m;
+                }
+            }
+        }
+        m = fr_reduce<true>(m, sh, tpr);
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float v = cu_vget<T>(xv[k], e);
+                    if (v != -INFINITY) s += expf(v - m);
+                }
+            }
+        }
+        s = fr_reduce<false>(s, sh, tpr);
+        float l = m + logf(s);
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+                float f[N];
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float v = cu_vget<T>(xv[k], e);
+                    f[e] = take_log ? v - l : expf(v - m) / s;
+                }
+                cu_st16(y + row * C + (int64_t)j * N, cu_vpack<T>(f));
+            }
+        }
+    }
+}
+
+/* Softmax backward with gy and y rows held in registers. */
+template <typename T>
+__global__ void __launch_bounds__(1024)
+    k_softmax_bwd_fast(T *__restrict__ gx, const T *__restrict__ gy, const T *__restrict__ y,
+                       int64_t R, int C, int tpr, bool take_log) {
+    constexpr int N = cu_vn<T>::n;
+    __shared__ float sh[32];
+    int g = threadIdx.x / tpr, lane = threadIdx.x % tpr, rpb = blockDim.x / tpr, nvec = C / N;
+    for (int64_t base = (int64_t)blockIdx.x * rpb; base < R; base += (int64_t)gridDim.x * rpb) {
+        int64_t row = base + g;
+        bool ok = row < R;
+        uint4 gv[FR_NV], yv[FR_NV];
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+                gv[k] = cu_ld16(gy + row * C + (int64_t)j * N);
+                yv[k] = cu_ld16(y + row * C + (int64_t)j * N);
+            }
+        }
+        float s = 0.f;
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+#pragma unroll
+                for (int e = 0; e < N; e++)
+                    s += take_log ? cu_vget<T>(gv[k], e)
+                                  : cu_vget<T>(gv[k], e) * cu_vget<T>(yv[k], e);
+            }
+        }
+        s = fr_reduce<false>(s, sh, tpr);
+#pragma unroll
+        for (int k = 0; k < FR_NV; k++) {
+            int j = lane + k * tpr;
+            if (ok && j < nvec) {
+                float f[N];
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float gf = cu_vget<T>(gv[k], e), yf = cu_vget<T>(yv[k], e);
+                    f[e] = take_log ? gf - expf(yf) * s : yf * (gf - s);
+                }
+                cu_st16(gx + row * C + (int64_t)j * N, cu_vpack<T>(f));
+            }
+        }
+    }
+}
+
 /* ---- softmax
  * -------------------------------------------------------------------------------------- */
 
@@ -158,6 +507,16 @@ extern "C" fe_status fe_cuda_softmax(fe_tensor *y, const fe_tensor *x, bool take
     if (same_dtype("softmax", x->dtype, 1, ts)) return fe_last_status();
     int64_t R = rows_of(x), C = cols_of(x);
     if (R == 0 || C == 0) return FE_OK;
+    const void *ps[2] = {fe__ptr(y), fe__ptr(x)};
+    if (fr_ok(C, fe_dtype_size(x->dtype), ps, 2)) {
+        int tpr, thr;
+        fr_shape(C, fe_dtype_size(x->dtype), &tpr, &thr);
+        FR_DISPATCH(x->dtype, {
+            k_softmax_fast<T><<<fr_blocks(d, R, tpr, thr), thr, 0, d->stream>>>(
+                (T *)fe__ptr(y), (const T *)fe__ptr(x), R, (int)C, tpr, take_log);
+            return cu_launched("softmax kernel");
+        })
+    }
     CU_FLOAT_DISPATCH(x->dtype, "softmax", {
         ROW_LAUNCH(k_softmax, d, R, C, (T *)fe__ptr(y), (const T *)fe__ptr(x), R, C, take_log);
     })
@@ -172,6 +531,17 @@ extern "C" fe_status fe_cuda_softmax_backward(fe_tensor *gx, const fe_tensor *gy
     if (same_dtype("softmax backward", y->dtype, 2, ts)) return fe_last_status();
     int64_t R = rows_of(y), C = cols_of(y);
     if (R == 0 || C == 0) return FE_OK;
+    const void *ps[3] = {fe__ptr(gx), fe__ptr(gy), fe__ptr(y)};
+    if (fr_ok(C, fe_dtype_size(y->dtype), ps, 3)) {
+        int tpr, thr;
+        fr_shape(C, fe_dtype_size(y->dtype), &tpr, &thr);
+        FR_DISPATCH(y->dtype, {
+            k_softmax_bwd_fast<T><<<fr_blocks(d, R, tpr, thr), thr, 0, d->stream>>>(
+                (T *)fe__ptr(gx), (const T *)fe__ptr(gy), (const T *)fe__ptr(y), R, (int)C, tpr,
+                take_log);
+            return cu_launched("softmax backward kernel");
+        })
+    }
     CU_FLOAT_DISPATCH(y->dtype, "softmax backward", {
         ROW_LAUNCH(k_softmax_bwd, d, R, C, (T *)fe__ptr(gx), (const T *)fe__ptr(gy),
                    (const T *)fe__ptr(y), R, C, take_log);
@@ -343,6 +713,19 @@ extern "C" fe_status fe_cuda_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd
     if (r && !h) return fe_set_error(FE_ERR_ARG, "rmsnorm (cuda): a residual needs an h output");
     int64_t R = rows_of(x), C = cols_of(x);
     if (R == 0) return FE_OK;
+    const void *ps[5] = {fe__ptr(y), fe__ptr(x), r ? fe__ptr(h) : NULL, r ? fe__ptr(r) : NULL,
+                         w ? fe__ptr(w) : NULL};
+    if (fr_ok(C, fe_dtype_size(x->dtype), ps, 5)) {
+        int tpr, thr;
+        fr_shape(C, fe_dtype_size(x->dtype), &tpr, &thr);
+        FR_DISPATCH(x->dtype, {
+            k_rmsnorm_fast<T><<<fr_blocks(d, R, tpr, thr), thr, 0, d->stream>>>(
+                (T *)fe__ptr(y), r ? (T *)fe__ptr(h) : (T *)NULL, fe__ptr(rstd), rstd->dtype,
+                (const T *)fe__ptr(x), r ? (const T *)fe__ptr(r) : (const T *)NULL,
+                w ? (const T *)fe__ptr(w) : (const T *)NULL, R, (int)C, tpr, (float)eps);
+            return cu_launched("rmsnorm kernel");
+        })
+    }
     CU_FLOAT_DISPATCH(x->dtype, "rmsnorm", {
         ROW_LAUNCH(k_rmsnorm, d, R, C, (T *)fe__ptr(y), r ? (T *)fe__ptr(h) : (T *)NULL,
                    fe__ptr(rstd), rstd->dtype, (const T *)fe__ptr(x),
@@ -350,6 +733,52 @@ extern "C" fe_status fe_cuda_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd
                    w ? (const T *)fe__ptr(w) : (const T *)NULL, R, C, eps);
     })
     return cu_launched("rmsnorm kernel");
+}
+
+/* Fast RMSNorm backward: gx in one pass over rows in registers; gw from per-block f32 partial
+ * sums in scratch, then a fixed-order sum per column (deterministic for a device). */
+static fe_status rmsnorm_bwd_fast(cu_dev *d, fe_tensor *gx, fe_tensor *gw, const fe_tensor *gy,
+                                  const fe_tensor *x, const fe_tensor *w, const fe_tensor *rstd,
+                                  const fe_tensor *gextra, int64_t R, int64_t C) {
+    int tpr, thr;
+    fr_shape(C, fe_dtype_size(x->dtype), &tpr, &thr);
+    unsigned nb = fr_blocks(d, R, tpr, thr);
+    fe_status st = FE_OK;
+    FR_DISPATCH(x->dtype, {
+        T *pgx = gx ? (T *)fe__ptr(gx) : (T *)NULL;
+        const T *pw = w ? (const T *)fe__ptr(w) : (const T *)NULL;
+        const T *pe = gx && gextra ? (const T *)fe__ptr(gextra) : (const T *)NULL;
+        if (!gw) {
+            k_rmsnorm_bwd_fast<T, false><<<nb, thr, 0, d->stream>>>(
+                pgx, NULL, (const T *)fe__ptr(gy), (const T *)fe__ptr(x), pw, fe__ptr(rstd),
+                rstd->dtype, pe, R, (int)C, tpr);
+            return cu_launched("rmsnorm backward kernel");
+        }
+        size_t smem = (size_t)C * sizeof(float);
+        int occ = 0;
+        st = cu_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                          &occ, k_rmsnorm_bwd_fast<T, true>, thr, smem),
+                      "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+        if (st) return st;
+        int64_t cap = (int64_t)d->sm_count * (occ > 0 ? occ : 1);
+        if ((int64_t)nb > cap) nb = (unsigned)cap;
+        size_t bytes = (size_t)nb * (size_t)C * sizeof(float);
+        float *part = NULL;
+        if (cu_scratch(d, bytes, (void **)&part)) return fe_last_status();
+        k_rmsnorm_bwd_fast<T, true><<<nb, thr, smem, d->stream>>>(
+            pgx, part, (const T *)fe__ptr(gy), (const T *)fe__ptr(x), pw, fe__ptr(rstd),
+            rstd->dtype, pe, R, (int)C, tpr);
+        st = cu_launched("rmsnorm backward kernel");
+        if (!st) {
+            k_colsum_final_f<T><<<cu_blocks(d, C, 256), 256, 0, d->stream>>>(
+                (T *)fe__ptr(gw), part, C, (int)nb);
+            st = cu_launched("weight-gradient kernel (final)");
+        }
+        cu_scratch_free(d, part, bytes);
+        return st;
+    })
+    return fe_set_error(FE_ERR_DTYPE, "rmsnorm backward (cuda): dtype %s is not supported",
+                        fe_dtype_name(x->dtype));
 }
 
 extern "C" fe_status fe_cuda_rmsnorm_backward(fe_tensor *gx, fe_tensor *gw, const fe_tensor *gy,
@@ -361,6 +790,10 @@ extern "C" fe_status fe_cuda_rmsnorm_backward(fe_tensor *gx, fe_tensor *gw, cons
     if (same_dtype("rmsnorm backward", x->dtype, 5, ts)) return fe_last_status();
     int64_t R = rows_of(x), C = cols_of(x);
     fe_status st = FE_OK;
+    const void *ps[5] = {gx ? fe__ptr(gx) : NULL, fe__ptr(gy), fe__ptr(x), w ? fe__ptr(w) : NULL,
+                         gx && gextra ? fe__ptr(gextra) : NULL};
+    if (R > 0 && (gx || gw) && fr_ok(C, fe_dtype_size(x->dtype), ps, 5, FR_BWD_MAX_TPR))
+        return rmsnorm_bwd_fast(d, gx, gw, gy, x, w, rstd, gextra, R, C);
     CU_FLOAT_DISPATCH(x->dtype, "rmsnorm backward", {
         if (gx && R > 0) {
             ROW_LAUNCH(k_rmsnorm_bwd, d, R, C, (T *)fe__ptr(gx), (const T *)fe__ptr(gy),
@@ -700,6 +1133,132 @@ __global__ void __launch_bounds__(1024)
     }
 }
 
+/* ---- cross-entropy over rows read in 16-byte vectors, one block per row ---- */
+
+#define CE_THREADS 512
+#define CE_U 4 /* vectors in flight per thread */
+#define CE_LOG2E 1.4426950408889634f
+
+/* Maximum and sum of exp(x - max) of one row of nv vectors, online over the block's threads
+ * (the row read once), reduced over the block; every thread gets both. -inf elements add
+ * nothing; a NaN makes the sum NaN. exp is taken as exp2 of a log2(e)-scaled argument. */
+template <typename T>
+__device__ __forceinline__ void ce_row_stats(const T *__restrict__ x, int64_t nv, float *sh,
+                                             float *m_out, float *s_out) {
+    constexpr int N = cu_vn<T>::n;
+    float m = -INFINITY, s = 0.f;
+    for (int64_t j = threadIdx.x; j < nv; j += (int64_t)blockDim.x * CE_U) {
+        uint4 u[CE_U];
+#pragma unroll
+        for (int k = 0; k < CE_U; k++) {
+            int64_t q = j + (int64_t)k * blockDim.x;
+            if (q < nv) u[k] = cu_ld16(x + q * N);
+        }
+#pragma unroll
+        for (int k = 0; k < CE_U; k++) {
+            int64_t q = j + (int64_t)k * blockDim.x;
+            if (q < nv) {
+                float vm = cu_vget<T>(u[k], 0);
+#pragma unroll
+                for (int e = 1; e < N; e++)
+                    vm = fmaxf(vm, cu_vget<T>(u[k], e));
+                if (vm > m) {
+                    s *= exp2f((m - vm) * CE_LOG2E); /* 0 while m is -inf */
+                    m = vm;
+                }
+                float m2 = m * CE_LOG2E;
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float v = cu_vget<T>(u[k], e);
+                    if (v != -INFINITY) s += exp2f(fmaf(v, CE_LOG2E, -m2));
+                }
+            }
+        }
+    }
+    float M = cu_block_max(m, sh);
+    float part = m == -INFINITY ? 0.f : s * exp2f((m - M) * CE_LOG2E);
+    *s_out = cu_block_sum(part, sh);
+    *m_out = M;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(CE_THREADS)
+    k_ce_rows_vec(double *row_loss, const T *__restrict__ logits, const void *tg, bool i64,
+                  int64_t R, int64_t V, long long ignore, unsigned long long *err) {
+    __shared__ float sh[32];
+    int64_t nv = V / cu_vn<T>::n;
+    for (int64_t row = blockIdx.x; row < R; row += gridDim.x) {
+        long long t = index_at(tg, i64, row);
+        if (t == ignore) {
+            if (threadIdx.x == 0) row_loss[row] = 0.0;
+            continue;
+        }
+        if (t < 0 || t >= V) {
+            if (threadIdx.x == 0) {
+                row_loss[row] = __longlong_as_double(0x7ff8000000000000ll);
+                cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
+            }
+            continue;
+        }
+        const T *x = logits + row * V;
+        float m, s;
+        ce_row_stats<T>(x, nv, sh, &m, &s);
+        if (threadIdx.x == 0) row_loss[row] = (double)(m + logf(s)) - (double)cu_to_f(x[t]);
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(CE_THREADS)
+    k_ce_bwd_vec(T *__restrict__ gl, const T *__restrict__ logits, const void *tg, bool i64,
+                 int64_t R, int64_t V, long long ignore, const double *scale_p,
+                 unsigned long long *err) {
+    constexpr int N = cu_vn<T>::n;
+    __shared__ float sh[32];
+    int64_t nv = V / N;
+    float scale = (float)scale_p[0];
+    for (int64_t row = blockIdx.x; row < R; row += gridDim.x) {
+        long long t = index_at(tg, i64, row);
+        T *g = gl + row * V;
+        if (t == ignore || t < 0 || t >= V) {
+            for (int64_t j = threadIdx.x; j < nv; j += blockDim.x)
+                cu_st16(g + j * N, make_uint4(0, 0, 0, 0));
+            if (t != ignore && threadIdx.x == 0) cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
+            continue;
+        }
+        const T *x = logits + row * V;
+        float m, s;
+        ce_row_stats<T>(x, nv, sh, &m, &s);
+        float l2 = (m + logf(s)) * CE_LOG2E;
+        for (int64_t j = threadIdx.x; j < nv; j += (int64_t)blockDim.x * CE_U) {
+            uint4 u[CE_U];
+#pragma unroll
+            for (int k = 0; k < CE_U; k++) {
+                int64_t q = j + (int64_t)k * blockDim.x;
+                if (q < nv) u[k] = cu_ld16(x + q * N);
+            }
+#pragma unroll
+            for (int k = 0; k < CE_U; k++) {
+                int64_t q = j + (int64_t)k * blockDim.x;
+                if (q < nv) {
+                    float f[N];
+#pragma unroll
+                    for (int e = 0; e < N; e++) {
+                        float p = exp2f(fmaf(cu_vget<T>(u[k], e), CE_LOG2E, -l2)) * scale;
+                        f[e] = q * N + e == t ? p - scale : p;
+                    }
+                    cu_st16(g + q * N, cu_vpack<T>(f));
+                }
+            }
+        }
+    }
+}
+
+/* Blocks for the one-block-per-row cross-entropy kernels. */
+static unsigned ce_blocks(const cu_dev *d, int64_t R) {
+    int64_t cap = (int64_t)d->sm_count * 32;
+    return (unsigned)(R < cap ? (R > 0 ? R : 1) : cap);
+}
+
 /* Count of rows whose target is not `ignore` (one block). */
 __device__ double ce_count(const void *tg, bool i64, int64_t R, long long ignore, double *sh) {
     double c = 0;
@@ -736,7 +1295,15 @@ extern "C" fe_status fe_cuda_cross_entropy(fe_tensor *loss, const fe_tensor *log
     if (cu_scratch(d, bytes, (void **)&rl)) return fe_last_status();
     fe_status st = FE_OK;
     d->check_pending = true;
-    if (R > 0) {
+    const void *pl[1] = {fe__ptr(logits)};
+    if (R > 0 && fr_ok(V, fe_dtype_size(logits->dtype), pl, 1, 1 << 20)) {
+        FR_DISPATCH(logits->dtype, {
+            k_ce_rows_vec<T><<<ce_blocks(d, R), CE_THREADS, 0, d->stream>>>(
+                rl, (const T *)fe__ptr(logits), fe__ptr(targets), i64, R, V, (long long)ignore,
+                d->err);
+        })
+        st = cu_launched("cross_entropy kernel");
+    } else if (R > 0) {
         CU_FLOAT_DISPATCH(logits->dtype, "cross_entropy", {
             ROW_LAUNCH(k_ce_rows, d, R, V, rl, (const T *)fe__ptr(logits), fe__ptr(targets), i64, R,
                        V, (long long)ignore, d->err);
@@ -812,7 +1379,15 @@ extern "C" fe_status fe_cuda_cross_entropy_backward(fe_tensor *glogits, const fe
                                           i64, R, (long long)ignore);
     fe_status st = cu_launched("cross_entropy backward kernel (scale)");
     d->check_pending = true;
-    if (!st) {
+    const void *pl[2] = {fe__ptr(logits), fe__ptr(glogits)};
+    if (!st && fr_ok(V, fe_dtype_size(logits->dtype), pl, 2, 1 << 20)) {
+        FR_DISPATCH(logits->dtype, {
+            k_ce_bwd_vec<T><<<ce_blocks(d, R), CE_THREADS, 0, d->stream>>>(
+                (T *)fe__ptr(glogits), (const T *)fe__ptr(logits), fe__ptr(targets), i64, R, V,
+                (long long)ignore, scale, d->err);
+        })
+        st = cu_launched("cross_entropy backward kernel");
+    } else if (!st) {
         CU_FLOAT_DISPATCH(logits->dtype, "cross_entropy backward", {
             ROW_LAUNCH(k_ce_bwd, d, R, V, (T *)fe__ptr(glogits), (const T *)fe__ptr(logits),
                        fe__ptr(targets), i64, R, V, (long long)ignore, scale, d->err);
@@ -848,6 +1423,102 @@ __global__ void k_silu_gate_bwd(T *ga, T *gb, const T *g, const T *a, const T *b
     }
 }
 
+/* The SiLU gate over contiguous 16-byte-aligned arrays: each thread moves SG_U vectors per
+ * step (loads issued together), the last n % vector-length elements one by one. */
+#define SG_U 2
+#define SG_THREADS 256
+
+template <typename T>
+__global__ void __launch_bounds__(SG_THREADS)
+    k_silu_gate_vec(T *__restrict__ out, const T *__restrict__ a, const T *__restrict__ b,
+                    int64_t n) {
+    constexpr int N = cu_vn<T>::n;
+    int64_t nv = n / N, tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    int64_t step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = tid; i < nv; i += step * SG_U) {
+        uint4 av[SG_U], bv[SG_U];
+#pragma unroll
+        for (int u = 0; u < SG_U; u++) {
+            int64_t q = i + u * step;
+            if (q < nv) av[u] = cu_ld16(a + q * N), bv[u] = cu_ld16(b + q * N);
+        }
+#pragma unroll
+        for (int u = 0; u < SG_U; u++) {
+            int64_t q = i + u * step;
+            if (q < nv) {
+                float f[N];
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float x = cu_vget<T>(av[u], e);
+                    f[e] = x * cu_sigmoid(x) * cu_vget<T>(bv[u], e);
+                }
+                cu_st16(out + q * N, cu_vpack<T>(f));
+            }
+        }
+    }
+    for (int64_t i = nv * N + tid; i < n; i += step) {
+        float x = cu_to_f(a[i]);
+        out[i] = cu_cast<T>(x * cu_sigmoid(x) * cu_to_f(b[i]));
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(SG_THREADS)
+    k_silu_gate_bwd_vec(T *__restrict__ ga, T *__restrict__ gb, const T *__restrict__ g,
+                        const T *__restrict__ a, const T *__restrict__ b, int64_t n) {
+    constexpr int N = cu_vn<T>::n;
+    int64_t nv = n / N, tid = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    int64_t step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = tid; i < nv; i += step * SG_U) {
+        uint4 av[SG_U], bv[SG_U], gv[SG_U];
+#pragma unroll
+        for (int u = 0; u < SG_U; u++) {
+            int64_t q = i + u * step;
+            if (q < nv) {
+                av[u] = cu_ld16(a + q * N), gv[u] = cu_ld16(g + q * N);
+                if (ga) bv[u] = cu_ld16(b + q * N);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < SG_U; u++) {
+            int64_t q = i + u * step;
+            if (q < nv) {
+                float fa[N], fb[N];
+#pragma unroll
+                for (int e = 0; e < N; e++) {
+                    float x = cu_vget<T>(av[u], e), gg = cu_vget<T>(gv[u], e);
+                    float y = ga ? cu_vget<T>(bv[u], e) : 0.f;
+                    float sg = cu_sigmoid(x);
+                    fa[e] = gg * y * sg * (1.f + x * (1.f - sg));
+                    fb[e] = gg * x * sg;
+                }
+                if (ga) cu_st16(ga + q * N, cu_vpack<T>(fa));
+                if (gb) cu_st16(gb + q * N, cu_vpack<T>(fb));
+            }
+        }
+    }
+    for (int64_t i = nv * N + tid; i < n; i += step) {
+        float x = cu_to_f(a[i]), y = cu_to_f(b[i]), gg = cu_to_f(g[i]);
+        float sg = cu_sigmoid(x);
+        if (ga) ga[i] = cu_cast<T>(gg * y * sg * (1.f + x * (1.f - sg)));
+        if (gb) gb[i] = cu_cast<T>(gg * x * sg);
+    }
+}
+
+/* Blocks for the vector SiLU-gate kernels over n elements of vectors of vn. */
+static unsigned sg_blocks(const cu_dev *d, int64_t n, int vn) {
+    int64_t per = (int64_t)SG_THREADS * SG_U * vn, b = (n + per - 1) / per;
+    int64_t cap = (int64_t)d->sm_count * 32;
+    if (b > cap) b = cap;
+    return (unsigned)(b > 0 ? b : 1);
+}
+
+static bool all_aligned16(const void *const *ps, int n) {
+    for (int i = 0; i < n; i++)
+        if ((uintptr_t)ps[i] & 15u) return false;
+    return true;
+}
+
 extern "C" fe_status fe_cuda_silu_gate(fe_tensor *out, const fe_tensor *a, const fe_tensor *b) {
     cu_dev *d = cu_of(out);
     if (!d) return fe_last_status();
@@ -855,6 +1526,14 @@ extern "C" fe_status fe_cuda_silu_gate(fe_tensor *out, const fe_tensor *a, const
     if (same_dtype("silu_gate", a->dtype, 2, ts)) return fe_last_status();
     int64_t n = fe_numel(a);
     if (n == 0) return FE_OK;
+    const void *ps[3] = {fe__ptr(out), fe__ptr(a), fe__ptr(b)};
+    if (a->dtype != FE_F64 && all_aligned16(ps, 3)) {
+        FR_DISPATCH(a->dtype, {
+            k_silu_gate_vec<T><<<sg_blocks(d, n, cu_vn<T>::n), SG_THREADS, 0, d->stream>>>(
+                (T *)fe__ptr(out), (const T *)fe__ptr(a), (const T *)fe__ptr(b), n);
+            return cu_launched("silu_gate kernel");
+        })
+    }
     CU_FLOAT_DISPATCH(a->dtype, "silu_gate", {
         k_silu_gate<T><<<cu_blocks(d, n, 256), 256, 0, d->stream>>>(
             (T *)fe__ptr(out), (const T *)fe__ptr(a), (const T *)fe__ptr(b), n);
@@ -870,6 +1549,16 @@ extern "C" fe_status fe_cuda_silu_gate_backward(fe_tensor *ga, fe_tensor *gb, co
     if (same_dtype("silu_gate backward", a->dtype, 4, ts)) return fe_last_status();
     int64_t n = fe_numel(a);
     if (n == 0 || (!ga && !gb)) return FE_OK;
+    const void *ps[5] = {ga ? fe__ptr(ga) : NULL, gb ? fe__ptr(gb) : NULL, fe__ptr(g), fe__ptr(a),
+                         fe__ptr(b)};
+    if (a->dtype != FE_F64 && all_aligned16(ps, 5)) {
+        FR_DISPATCH(a->dtype, {
+            k_silu_gate_bwd_vec<T><<<sg_blocks(d, n, cu_vn<T>::n), SG_THREADS, 0, d->stream>>>(
+                ga ? (T *)fe__ptr(ga) : (T *)NULL, gb ? (T *)fe__ptr(gb) : (T *)NULL,
+                (const T *)fe__ptr(g), (const T *)fe__ptr(a), (const T *)fe__ptr(b), n);
+            return cu_launched("silu_gate backward kernel");
+        })
+    }
     CU_FLOAT_DISPATCH(a->dtype, "silu_gate backward", {
         k_silu_gate_bwd<T><<<cu_blocks(d, n, 256), 256, 0, d->stream>>>(
             ga ? (T *)fe__ptr(ga) : (T *)NULL, gb ? (T *)fe__ptr(gb) : (T *)NULL,
