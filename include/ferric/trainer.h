@@ -112,6 +112,8 @@ fe_status fe_trainer_save(fe_trainer *t);
 int64_t fe_trainer_steps_done(const fe_trainer *t);
 /* The model (its weights are the trained ones; in bf16/fp16 runs the compute copies). */
 fe_llama *fe_trainer_model(fe_trainer *t);
+/* The weights the optimizer updates (the model's own, or the f32 masters under bf16/fp16). */
+fe_params *fe_trainer_params(fe_trainer *t);
 /* The effective options (defaults filled in). */
 const fe_trainer_options *fe_trainer_options_of(const fe_trainer *t);
 fe_trainer_stats fe_trainer_stats_of(const fe_trainer *t);

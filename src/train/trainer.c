@@ -357,6 +357,7 @@ fe_status fe_trainer_run(fe_trainer *t) {
 
 int64_t fe_trainer_steps_done(const fe_trainer *t) { return t ? t->ts.step : 0; }
 fe_llama *fe_trainer_model(fe_trainer *t) { return t ? t->model : NULL; }
+fe_params *fe_trainer_params(fe_trainer *t) { return t ? t->master : NULL; }
 const fe_trainer_options *fe_trainer_options_of(const fe_trainer *t) { return t ? &t->o : NULL; }
 
 fe_trainer_stats fe_trainer_stats_of(const fe_trainer *t) {
