@@ -148,9 +148,12 @@ fe_status fe_train_checkpoint_save(const char *run_dir, const fe_train_state *s)
         remove_dir(tmp);
         return st;
     }
-    /* swap: checkpoint -> checkpoint.old, checkpoint.new -> checkpoint, drop old */
-    remove_dir(old);
-    if (rename(fin, old) && errno != ENOENT) st = fe_set_error(FE_ERR_IO, "checkpoint: %s", strerror(errno));
+    /* swap: checkpoint -> checkpoint.old, checkpoint.new -> checkpoint, drop old. An
+     * earlier save killed between the renames left only checkpoint.old: that is the
+     * last complete checkpoint until the new one is in place, so keep it. */
+    struct stat sb;
+    if (stat(fin, &sb) == 0) remove_dir(old);
+    if (stat(fin, &sb) == 0 && rename(fin, old)) st = fe_set_error(FE_ERR_IO, "checkpoint: %s", strerror(errno));
     if (!st && rename(tmp, fin)) st = fe_set_error(FE_ERR_IO, "checkpoint: cannot rename %s: %s", tmp, strerror(errno));
     if (!st) remove_dir(old);
     return st;
@@ -171,34 +174,55 @@ static char *slurp(const char *path, size_t *n) {
     return s;
 }
 
-/* Copy every tensor of file into the same-named tensor of the target list. */
-static fe_status load_tensors(const char *path, int n, const char *(*name)(void *, int),
-                              fe_tensor *(*tensor)(void *, int), void *ctx) {
-    fe_safetensors *f = fe_safetensors_open(path);
-    if (!f) return fe_last_status();
-    fe_status st = FE_OK;
-    for (int i = 0; i < n && !st; i++) {
-        fe_tensor *t = tensor(ctx, i);
+typedef struct tensor_list {
+    int n;
+    const char *(*name)(void *, int);
+    fe_tensor *(*tensor)(void *, int);
+    void *ctx;
+} tensor_list;
+
+/* Every tensor of the list is in file f with the same shape (nothing is read yet). */
+static fe_status check_tensors(fe_safetensors *f, const char *path, const tensor_list *l) {
+    for (int i = 0; i < l->n; i++) {
+        fe_tensor *t = l->tensor(l->ctx, i);
         if (!t) continue;
+        const char *nm = l->name(l->ctx, i);
         fe_st_info info;
-        if (fe_safetensors_info(f, name(ctx, i), &info)) {
-            st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s has no tensor '%s'", path, name(ctx, i));
-            break;
-        }
+        if (fe_safetensors_info(f, nm, &info))
+            return fe_set_error(FE_ERR_FORMAT, "checkpoint %s has no tensor '%s'", path, nm);
         bool same = info.ndim == fe_ndim(t);
         for (int d = 0; same && d < info.ndim; d++) same = info.shape[d] == fe_shape(t)[d];
-        if (!same) {
-            st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s: tensor '%s' has another shape than the model's",
-                              path, name(ctx, i));
-            break;
-        }
+        if (!same)
+            return fe_set_error(FE_ERR_FORMAT, "checkpoint %s: tensor '%s' has another shape than the model's",
+                                path, nm);
+    }
+    return FE_OK;
+}
+
+/* Copy every tensor of the list from file f (checked by check_tensors). */
+static fe_status copy_tensors(fe_safetensors *f, const tensor_list *l) {
+    fe_status st = FE_OK;
+    for (int i = 0; i < l->n && !st; i++) {
+        fe_tensor *t = l->tensor(l->ctx, i);
+        if (!t) continue;
         fe_scope *sc = fe_scope_begin();
-        fe_tensor *src = fe_safetensors_load(f, name(ctx, i), fe_device_of(t));
+        fe_tensor *src = fe_safetensors_load(f, l->name(l->ctx, i), fe_device_of(t));
         st = src ? fe_copy_(t, src) : fe_last_status();
         fe_scope_end(sc);
     }
-    fe_safetensors_close(f);
     return st;
+}
+
+/* Open a checkpoint file, naming it in the error. */
+static fe_safetensors *open_file(const char *path) {
+    fe_safetensors *f = fe_safetensors_open(path);
+    if (!f) {
+        char why[512];
+        snprintf(why, sizeof why, "%s", fe_last_error());
+        fe_set_error(fe_last_status() == FE_ERR_OOM ? FE_ERR_OOM : FE_ERR_FORMAT,
+                     "checkpoint %s is unreadable, truncated or corrupted (%s)", path, why);
+    }
+    return f;
 }
 
 static const char *param_name(void *c, int i) { return fe_params_name(c, i); }
@@ -212,58 +236,139 @@ static fe_tensor *opt_tensor(void *c, int i) {
     return fe_optimizer_state_item(c, i, &it) ? NULL : it.tensor;
 }
 
-fe_status fe_train_checkpoint_load(const char *run_dir, fe_train_state *s) {
-    if (!run_dir || !s || !s->model || !s->master || !s->opt)
-        return fe_set_error(FE_ERR_ARG, "checkpoint: the run folder, model, weights and optimizer are needed");
-    char dir[1100], p[1200];
-    struct stat sb;
-    path_join(dir, sizeof dir, run_dir, "checkpoint");
-    if (stat(dir, &sb)) path_join(dir, sizeof dir, run_dir, "checkpoint.old"); /* killed mid-swap */
+/* The saved model config equals the model's; else an error naming the first difference. */
+static fe_status check_config(const cJSON *saved, const fe_llama_config *c, const char *path) {
+    if (!cJSON_IsObject(saved))
+        return fe_set_error(FE_ERR_FORMAT, "checkpoint %s: the model config is missing", path);
+    struct {
+        const char *k;
+        int64_t v;
+    } f[] = {{"vocab_size", c->vocab_size}, {"dim", c->dim},           {"n_layers", c->n_layers},
+             {"n_heads", c->n_heads},       {"n_kv_heads", c->n_kv_heads}, {"ffn_dim", c->ffn_dim}};
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++) {
+        const cJSON *x = cJSON_GetObjectItemCaseSensitive(saved, f[i].k);
+        if (!cJSON_IsNumber(x))
+            return fe_set_error(FE_ERR_FORMAT, "checkpoint %s: the model config has no '%s'", path, f[i].k);
+        if (x->valuedouble != (double)f[i].v)
+            return fe_set_error(FE_ERR_FORMAT,
+                                "checkpoint %s was saved for a model of another shape: %s %.0f, this model has %" PRId64,
+                                path, f[i].k, x->valuedouble, f[i].v);
+    }
+    const cJSON *tie = cJSON_GetObjectItemCaseSensitive(saved, "tie_embeddings");
+    if (!cJSON_IsBool(tie) || cJSON_IsTrue(tie) != c->tie_embeddings)
+        return fe_set_error(FE_ERR_FORMAT, "checkpoint %s was saved for a model of another shape: tie_embeddings differs",
+                            path);
+    return FE_OK;
+}
+
+/* Every scalar item of the holder is a number in obj (the checkpoint's copy of them). */
+static fe_status check_scalars(const cJSON *obj, int n, fe_status (*item)(const void *, int, fe_state_item *),
+                               const void *holder, const char *what, const char *path) {
+    for (int i = 0; i < n; i++) {
+        fe_state_item it;
+        if (item(holder, i, &it)) return fe_last_status();
+        if (it.tensor) continue;
+        if (!cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(obj, it.name)))
+            return fe_set_error(FE_ERR_FORMAT, "checkpoint %s: the %s value '%s' is missing", path, what, it.name);
+    }
+    return FE_OK;
+}
+static fe_status opt_item(const void *o, int i, fe_state_item *it) { return fe_optimizer_state_item(o, i, it); }
+static fe_status scaler_item(const void *o, int i, fe_state_item *it) { return fe_grad_scaler_state_item(o, i, it); }
+
+/* Load the checkpoint in folder dir: every file is read and checked before any object
+ * is touched, so a refused checkpoint leaves s as it was. */
+static fe_status load_dir(const char *dir, fe_train_state *s) {
+    char p[1200], mp[1200], op[1200];
     path_join(p, sizeof p, dir, "state.json");
     size_t n = 0;
     char *text = slurp(p, &n);
-    if (!text) return fe_set_error(FE_ERR_IO, "no checkpoint to resume in %s (%s)", run_dir, strerror(errno));
+    if (!text) return fe_set_error(FE_ERR_IO, "checkpoint: cannot read %s (%s)", p, strerror(errno));
     cJSON *j = cJSON_ParseWithLength(text, n);
     free(text);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        return fe_set_error(FE_ERR_FORMAT, "checkpoint %s is not valid JSON (corrupted)", p);
+    }
     fe_status st = FE_OK;
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(j, "format");
     const cJSON *step = cJSON_GetObjectItemCaseSensitive(j, "step");
     const cJSON *rng = cJSON_GetObjectItemCaseSensitive(j, "rng");
     const cJSON *opt = cJSON_GetObjectItemCaseSensitive(j, "optimizer");
-    uint64_t rseed, roff;
-    if (!j || !cJSON_IsNumber(fmt) || fmt->valueint != CKPT_FORMAT || !cJSON_IsNumber(step) ||
-        step->valuedouble < 0 || !cJSON_IsObject(opt) || !get_u64(rng, "seed", &rseed) ||
-        !get_u64(rng, "offset", &roff)) {
-        cJSON_Delete(j);
-        return fe_set_error(FE_ERR_FORMAT, "checkpoint %s is corrupted or of another format", p);
-    }
-    /* the model must be the one that was saved */
-    cJSON *want = config_json(fe_llama_config_of(s->model));
-    if (!cJSON_Compare(want, cJSON_GetObjectItemCaseSensitive(j, "model"), true))
-        st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s was saved for a model of another shape", p);
-    cJSON_Delete(want);
-    path_join(p, sizeof p, dir, "model.safetensors");
-    if (!st) st = load_tensors(p, fe_params_count(s->master), param_name, param_tensor, s->master);
-    path_join(p, sizeof p, dir, "optimizer.safetensors");
-    if (!st) st = load_tensors(p, fe_optimizer_state_count(s->opt), opt_name, opt_tensor, s->opt);
-    for (const cJSON *it = opt ? opt->child : NULL; it && !st; it = it->next)
-        st = cJSON_IsNumber(it) ? fe_optimizer_set_scalar(s->opt, it->string, it->valuedouble)
-                                : fe_set_error(FE_ERR_FORMAT, "checkpoint: optimizer value '%s' is not a number", it->string);
     const cJSON *sc = cJSON_GetObjectItemCaseSensitive(j, "grad_scaler");
-    for (const cJSON *it = sc && s->scaler ? sc->child : NULL; it && !st; it = it->next)
-        st = fe_grad_scaler_set_scalar(s->scaler, it->string, it->valuedouble);
     const cJSON *ld = cJSON_GetObjectItemCaseSensitive(j, "loader");
-    if (!st && s->train_loader) {
-        uint64_t seed, epoch, index;
-        if (!get_u64(ld, "seed", &seed) || !get_u64(ld, "epoch", &epoch) || !get_u64(ld, "index", &index))
-            st = fe_set_error(FE_ERR_FORMAT, "checkpoint: the data-loader position is missing");
+    uint64_t rseed = 0, roff = 0, lseed = 0, epoch = 0, index = 0;
+    fe_safetensors *mf = NULL, *of = NULL;
+    tensor_list ml = {fe_params_count(s->master), param_name, param_tensor, s->master};
+    tensor_list ol = {fe_optimizer_state_count(s->opt), opt_name, opt_tensor, s->opt};
+    if (!cJSON_IsNumber(fmt))
+        st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s: the field 'format' is missing", p);
+    else if (fmt->valuedouble != CKPT_FORMAT)
+        st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s has format %g; this build reads format %d", p,
+                          fmt->valuedouble, CKPT_FORMAT);
+    else if (!cJSON_IsNumber(step) || step->valuedouble < 0 || step->valuedouble != (double)(int64_t)step->valuedouble)
+        st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s: the field 'step' is missing or not a step count", p);
+    else if (!get_u64(rng, "seed", &rseed) || !get_u64(rng, "offset", &roff))
+        st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s: the field 'rng' is missing or malformed", p);
+    else if (!cJSON_IsObject(opt))
+        st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s: the field 'optimizer' is missing", p);
+    if (!st) st = check_config(cJSON_GetObjectItemCaseSensitive(j, "model"), fe_llama_config_of(s->model), p);
+    if (!st) st = check_scalars(opt, fe_optimizer_state_count(s->opt), opt_item, s->opt, "optimizer", p);
+    if (!st && s->scaler) {
+        if (!cJSON_IsObject(sc))
+            st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s: the loss-scaler state is missing (saved without fp16?)", p);
         else
-            st = fe_loader_set_state(s->train_loader, (fe_loader_state){seed, (int64_t)epoch, (int64_t)index});
+            st = check_scalars(sc, fe_grad_scaler_state_count(s->scaler), scaler_item, s->scaler, "loss-scaler", p);
     }
+    if (!st && s->train_loader) {
+        if (!get_u64(ld, "seed", &lseed) || !get_u64(ld, "epoch", &epoch) || !get_u64(ld, "index", &index))
+            st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s: the data-loader position is missing", p);
+        else if (epoch > INT64_MAX || index >= (uint64_t)fe_loader_batches_per_epoch(s->train_loader))
+            st = fe_set_error(FE_ERR_FORMAT, "checkpoint %s: data-loader batch %" PRIu64
+                              " is outside an epoch of %" PRId64 " batches (other data or batch size?)",
+                              p, index, fe_loader_batches_per_epoch(s->train_loader));
+    }
+    path_join(mp, sizeof mp, dir, "model.safetensors");
+    path_join(op, sizeof op, dir, "optimizer.safetensors");
+    if (!st && !(mf = open_file(mp))) st = fe_last_status();
+    if (!st && !(of = open_file(op))) st = fe_last_status();
+    if (!st) st = check_tensors(mf, mp, &ml);
+    if (!st) st = check_tensors(of, op, &ol);
+    /* everything checked: now restore */
+    if (!st) st = copy_tensors(mf, &ml);
+    if (!st) st = copy_tensors(of, &ol);
+    for (const cJSON *it = opt->child; it && !st; it = it->next)
+        if (cJSON_IsNumber(it)) st = fe_optimizer_set_scalar(s->opt, it->string, it->valuedouble);
+    for (const cJSON *it = s->scaler && !st ? sc->child : NULL; it && !st; it = it->next)
+        if (cJSON_IsNumber(it)) st = fe_grad_scaler_set_scalar(s->scaler, it->string, it->valuedouble);
+    if (!st && s->train_loader)
+        st = fe_loader_set_state(s->train_loader, (fe_loader_state){lseed, (int64_t)epoch, (int64_t)index});
     if (!st) {
         fe_rng_set_state((fe_rng_state){rseed, roff});
         s->step = (int64_t)step->valuedouble;
     }
+    fe_safetensors_close(mf);
+    fe_safetensors_close(of);
     cJSON_Delete(j);
     return st;
+}
+
+static bool is_dir(const char *p) {
+    struct stat sb;
+    return !stat(p, &sb) && S_ISDIR(sb.st_mode);
+}
+
+fe_status fe_train_checkpoint_load(const char *run_dir, fe_train_state *s) {
+    if (!run_dir || !s || !s->model || !s->master || !s->opt)
+        return fe_set_error(FE_ERR_ARG, "checkpoint: the run folder, model, weights and optimizer are needed");
+    char fin[1100], tmp[1100], old[1100];
+    path_join(fin, sizeof fin, run_dir, "checkpoint");
+    path_join(tmp, sizeof tmp, run_dir, "checkpoint.new");
+    path_join(old, sizeof old, run_dir, "checkpoint.old");
+    if (is_dir(fin)) return load_dir(fin, s);
+    if (!is_dir(old)) return fe_set_error(FE_ERR_IO, "no checkpoint to resume in %s", run_dir);
+    /* killed between the two renames of a save: checkpoint.new was complete (it is
+     * renamed only once written), checkpoint.old is the one before it */
+    if (is_dir(tmp) && load_dir(tmp, s) == FE_OK) return FE_OK;
+    return load_dir(old, s);
 }
