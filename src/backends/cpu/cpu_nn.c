@@ -23,6 +23,24 @@
         if (st_) return fe_set_error(st_, "out of host memory for a row buffer");      \
     } while (0)
 
+/* ROWS without the early return: the status lands in st. */
+#define ROWS_ST(st, nrows, cols, nbuf, ...)                                           \
+    do {                                                                               \
+        fe_status st_ = FE_OK;                                                         \
+        _Pragma("omp parallel") {                                                      \
+            double *buf_ = malloc((size_t)((cols) > 0 ? (cols) : 1) * (nbuf) * sizeof(double)); \
+            if (!buf_) {                                                               \
+                _Pragma("omp atomic write") st_ = FE_ERR_OOM;                          \
+            } else {                                                                   \
+                _Pragma("omp for schedule(static)") for (int64_t row = 0; row < (nrows); row++) { \
+                    __VA_ARGS__                                                        \
+                }                                                                      \
+            }                                                                          \
+            free(buf_);                                                                \
+        }                                                                              \
+        (st) = st_;                                                                    \
+    } while (0)
+
 #define LOADROW(dst, t, row, C) cpu_load(dst, cpu_at(fe__ptr(t), (t)->dtype, (row) * (C)), (t)->dtype, 1, C)
 #define STOREROW(t, row, C, src) cpu_store(cpu_at(fe__ptr(t), (t)->dtype, (row) * (C)), (t)->dtype, 1, src, C)
 
@@ -209,21 +227,32 @@ fe_status cpu_rope(fe_tensor *out, const fe_tensor *x, const fe_tensor *inv_freq
     int64_t T = x->shape[seq_dim], inner = 1; /* rows per position step */
     for (int d = seq_dim + 1; d < x->ndim - 1; d++) inner *= x->shape[d];
     bool f32 = inv_freq->dtype == FE_F32;
-    ROWS(R, D, 1, {
-        double *v = buf_;
-        int64_t t = (row / inner) % T;
-        LOADROW(v, x, row, D);
+    /* cos and sin of every (position, frequency) once: rows share them */
+    double *cs = malloc((size_t)(T * half > 0 ? T * half : 1) * 2 * sizeof *cs);
+    if (!cs) return fe_set_error(FE_ERR_OOM, "out of host memory for a RoPE table");
+    for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < half; i++) {
             /* angle in the precision of inv_freq, as Hugging Face computes it */
             double ang = f32 ? (double)((float)(pos0 + t) * ((const float *)fe__ptr(inv_freq))[i])
                              : (double)(pos0 + t) * fe__load(fe__ptr(inv_freq), inv_freq->dtype, i);
-            double c = cos(ang), s = sign * sin(ang), a = v[i], b = v[i + half];
+            cs[2 * (t * half + i)] = cos(ang);
+            cs[2 * (t * half + i) + 1] = sign * sin(ang);
+        }
+    fe_status st = FE_OK;
+    ROWS_ST(st, R, D, 1, {
+        double *v = buf_;
+        int64_t t = (row / inner) % T;
+        const double *ct = cs + 2 * t * half;
+        LOADROW(v, x, row, D);
+        for (int64_t i = 0; i < half; i++) {
+            double c = ct[2 * i], s = ct[2 * i + 1], a = v[i], b = v[i + half];
             v[i] = a * c - b * s;
             v[i + half] = b * c + a * s;
         }
         STOREROW(out, row, D, v);
     });
-    return FE_OK;
+    free(cs);
+    return st ? fe_set_error(st, "out of host memory for a row buffer") : FE_OK;
 }
 
 static int64_t index_at(const fe_tensor *idx, int64_t i) {
