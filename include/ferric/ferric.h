@@ -13,5 +13,6 @@
 #include "ferric/runlog.h"
 #include "ferric/tokenizer.h"
 #include "ferric/train.h"
+#include "ferric/trainer.h"
 
 #endif

@@ -1,14 +1,68 @@
 /* The CPU backend: host memory (64-byte aligned, counted) and its kernel table. */
 #include "backends/cpu/cpu_internal.h"
 
+<<<<<<< HEAD
+=======
+#include <pthread.h>
+>>>>>>> wt-trainer
 
 static size_t g_cur = 0, g_peak = 0;
+
+/* A small cache of freed large blocks, reused by exact size: a training step allocates
+ * the same activations every time, and fresh large blocks come from mmap, so each
+ * would cost page faults and zeroing again. Small blocks stay with malloc. */
+#define CACHE_MIN (64 << 10)      /* blocks of at least 64 KiB are cached */
+#define CACHE_MAX_BYTES (512ull << 20)
+#define CACHE_SLOTS 512
+static struct {
+    size_t n;
+    void *p;
+} g_cache[CACHE_SLOTS];
+static int g_ncache;
+static size_t g_cache_bytes;
+static pthread_mutex_t g_cache_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void *cache_take(size_t n) {
+    void *p = NULL;
+    pthread_mutex_lock(&g_cache_lock);
+    for (int i = g_ncache - 1; i >= 0; i--)
+        if (g_cache[i].n == n) {
+            p = g_cache[i].p;
+            g_cache[i] = g_cache[--g_ncache];
+            g_cache_bytes -= n;
+            break;
+        }
+    pthread_mutex_unlock(&g_cache_lock);
+    return p;
+}
+
+static bool cache_put(void *p, size_t n) {
+    bool kept = false;
+    pthread_mutex_lock(&g_cache_lock);
+    if (g_ncache < CACHE_SLOTS && g_cache_bytes + n <= CACHE_MAX_BYTES) {
+        g_cache[g_ncache].n = n, g_cache[g_ncache].p = p;
+        g_ncache++, g_cache_bytes += n, kept = true;
+    }
+    pthread_mutex_unlock(&g_cache_lock);
+    return kept;
+}
+
+/* Give every cached block back to the system (before reporting out-of-memory). */
+static void cache_flush(void) {
+    pthread_mutex_lock(&g_cache_lock);
+    for (int i = 0; i < g_ncache; i++) free(g_cache[i].p);
+    g_ncache = 0, g_cache_bytes = 0;
+    pthread_mutex_unlock(&g_cache_lock);
+}
 
 static fe_status cpu_alloc(fe_device dev, size_t nbytes, void **out) {
     (void)dev;
     size_t n = (nbytes + 63) & ~(size_t)63;
-    void *p = NULL;
-    if (n && posix_memalign(&p, 64, n) != 0) p = NULL;
+    void *p = n >= CACHE_MIN ? cache_take(n) : NULL;
+    if (n && !p && posix_memalign(&p, 64, n) != 0) {
+        cache_flush();
+        if (posix_memalign(&p, 64, n) != 0) p = NULL;
+    }
     if (n && !p)
         return fe_set_error(FE_ERR_OOM, "out of host memory: asked for %zu bytes", nbytes);
     size_t cur = __atomic_add_fetch(&g_cur, nbytes, __ATOMIC_RELAXED);
@@ -23,6 +77,8 @@ static fe_status cpu_alloc(fe_device dev, size_t nbytes, void **out) {
 static void cpu_free(fe_device dev, void *p, size_t nbytes) {
     (void)dev;
     __atomic_sub_fetch(&g_cur, nbytes, __ATOMIC_RELAXED);
+    size_t n = (nbytes + 63) & ~(size_t)63;
+    if (p && n >= CACHE_MIN && cache_put(p, n)) return;
     free(p);
 }
 

@@ -56,6 +56,18 @@ void cpu_load(double *dst, const void *p, fe_dtype dt, int64_t s, int64_t n) {
     }
     case FE_F64: {
         const double *q = p;
+        if (s == 1) memcpy(dst, q, (size_t)n * sizeof *dst);
+        else
+            for (int64_t i = 0; i < n; i++) dst[i] = q[i * s];
+        break;
+    }
+    case FE_U8: {
+        const uint8_t *q = p;
+        for (int64_t i = 0; i < n; i++) dst[i] = q[i * s];
+        break;
+    }
+    case FE_I32: {
+        const int32_t *q = p;
         for (int64_t i = 0; i < n; i++) dst[i] = q[i * s];
         break;
     }
@@ -76,7 +88,9 @@ void cpu_store(void *p, fe_dtype dt, int64_t s, const double *src, int64_t n) {
     }
     case FE_F64: {
         double *q = p;
-        for (int64_t i = 0; i < n; i++) q[i * s] = src[i];
+        if (s == 1) memcpy(q, src, (size_t)n * sizeof *q);
+        else
+            for (int64_t i = 0; i < n; i++) q[i * s] = src[i];
         break;
     }
     default:

@@ -111,11 +111,52 @@ static void gemm(fe_dtype dt, int64_t M, int64_t N, int64_t K, double alpha, mat
 #endif
 }
 
+/* Element offsets of batch bi into a and b. */
+static void batch_offsets(const fe_tensor *out, const fe_tensor *a, const fe_tensor *b, int64_t bi,
+                          int64_t *oa, int64_t *ob) {
+    int64_t r = bi;
+    *oa = *ob = 0;
+    for (int d = out->ndim - 3; d >= 0; d--) {
+        int64_t i = r % out->shape[d];
+        r /= out->shape[d];
+        *oa += i * a->stride[d];
+        *ob += i * b->stride[d];
+    }
+}
+
+/* Many small products with operands usable in place (attention's per-head products):
+ * one product per thread at a time, each single-threaded inside BLAS, instead of one
+ * after another with every small product split across the threads. false when the
+ * case does not apply (nothing is computed then). */
+static bool matmul_batched(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha,
+                           int64_t M, int64_t N, int64_t K, int64_t batch) {
+    fe_dtype ct = out->dtype;
+    if ((ct != FE_F32 && ct != FE_F64) || a->dtype != ct || b->dtype != ct || K == 0 || batch < 4 ||
+        M * N * K > (1 << 22))
+        return false;
+    for (int64_t bi = 0; bi < batch; bi++) {
+        int64_t oa, ob;
+        mat ma, mb;
+        batch_offsets(out, a, b, bi, &oa, &ob);
+        if (!describe(a, oa, &ma) || !describe(b, ob, &mb)) return false;
+    }
+#pragma omp parallel for schedule(static)
+    for (int64_t bi = 0; bi < batch; bi++) {
+        int64_t oa, ob;
+        mat ma, mb;
+        batch_offsets(out, a, b, bi, &oa, &ob);
+        describe(a, oa, &ma), describe(b, ob, &mb);
+        gemm(ct, M, N, K, alpha, ma, mb, cpu_at(fe__ptr(out), ct, bi * M * N));
+    }
+    return true;
+}
+
 fe_status cpu_matmul(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha) {
     int nd = out->ndim;
     int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[nd - 1];
     int64_t batch = fe__numel_of(nd - 2, out->shape);
     if (M == 0 || N == 0) return FE_OK;
+    if (matmul_batched(out, a, b, alpha, M, N, K, batch)) return FE_OK;
     /* compute type: f64 stays f64; everything else runs in f32 */
     fe_dtype ct = out->dtype == FE_F64 ? FE_F64 : FE_F32;
     size_t es = fe_dtype_size(ct);

@@ -23,22 +23,45 @@
         if (st_) return fe_set_error(st_, "out of host memory for a row buffer");      \
     } while (0)
 
+/* ROWS without the early return: the status lands in st. */
+#define ROWS_ST(st, nrows, cols, nbuf, ...)                                           \
+    do {                                                                               \
+        fe_status st_ = FE_OK;                                                         \
+        _Pragma("omp parallel") {                                                      \
+            double *buf_ = malloc((size_t)((cols) > 0 ? (cols) : 1) * (nbuf) * sizeof(double)); \
+            if (!buf_) {                                                               \
+                _Pragma("omp atomic write") st_ = FE_ERR_OOM;                          \
+            } else {                                                                   \
+                _Pragma("omp for schedule(static)") for (int64_t row = 0; row < (nrows); row++) { \
+                    __VA_ARGS__                                                        \
+                }                                                                      \
+            }                                                                          \
+            free(buf_);                                                                \
+        }                                                                              \
+        (st) = st_;                                                                    \
+    } while (0)
+
+/* exp in the precision of the data: expf for f32 tensors (exact to f32, and a few
+ * times cheaper), exp otherwise (f64 keeps its gradient checks exact). */
+static inline double exp_as(bool f32, double x) { return f32 ? (double)expf((float)x) : exp(x); }
+
 #define LOADROW(dst, t, row, C) cpu_load(dst, cpu_at(fe__ptr(t), (t)->dtype, (row) * (C)), (t)->dtype, 1, C)
 #define STOREROW(t, row, C, src) cpu_store(cpu_at(fe__ptr(t), (t)->dtype, (row) * (C)), (t)->dtype, 1, src, C)
 
 fe_status cpu_softmax(fe_tensor *y, const fe_tensor *x, bool take_log) {
     int64_t R = cpu_rows(x), C = cpu_cols(x);
+    bool f32 = x->dtype == FE_F32 && y->dtype == FE_F32;
     ROWS(R, C, 1, {
         double *v = buf_;
         LOADROW(v, x, row, C);
         double m = -INFINITY, s = 0;
         for (int64_t j = 0; j < C; j++) m = v[j] > m ? v[j] : m;
-        for (int64_t j = 0; j < C; j++) s += exp(v[j] - m);
+        for (int64_t j = 0; j < C; j++) s += exp_as(f32, v[j] - m);
         if (take_log) {
             double l = m + log(s);
             for (int64_t j = 0; j < C; j++) v[j] -= l;
         } else {
-            for (int64_t j = 0; j < C; j++) v[j] = exp(v[j] - m) / s;
+            for (int64_t j = 0; j < C; j++) v[j] = exp_as(f32, v[j] - m) / s;
         }
         STOREROW(y, row, C, v);
     });
@@ -47,13 +70,14 @@ fe_status cpu_softmax(fe_tensor *y, const fe_tensor *x, bool take_log) {
 
 fe_status cpu_softmax_backward(fe_tensor *gx, const fe_tensor *gy, const fe_tensor *y, bool take_log) {
     int64_t R = cpu_rows(y), C = cpu_cols(y);
+    bool f32 = y->dtype == FE_F32 && gx->dtype == FE_F32;
     ROWS(R, C, 2, {
         double *g = buf_, *v = buf_ + C, s = 0;
         LOADROW(g, gy, row, C);
         LOADROW(v, y, row, C);
         if (take_log) {
             for (int64_t j = 0; j < C; j++) s += g[j];
-            for (int64_t j = 0; j < C; j++) g[j] -= exp(v[j]) * s;
+            for (int64_t j = 0; j < C; j++) g[j] -= exp_as(f32, v[j]) * s;
         } else {
             for (int64_t j = 0; j < C; j++) s += g[j] * v[j];
             for (int64_t j = 0; j < C; j++) g[j] = v[j] * (g[j] - s);
@@ -209,21 +233,32 @@ fe_status cpu_rope(fe_tensor *out, const fe_tensor *x, const fe_tensor *inv_freq
     int64_t T = x->shape[seq_dim], inner = 1; /* rows per position step */
     for (int d = seq_dim + 1; d < x->ndim - 1; d++) inner *= x->shape[d];
     bool f32 = inv_freq->dtype == FE_F32;
-    ROWS(R, D, 1, {
-        double *v = buf_;
-        int64_t t = (row / inner) % T;
-        LOADROW(v, x, row, D);
+    /* cos and sin of every (position, frequency) once: rows share them */
+    double *cs = malloc((size_t)(T * half > 0 ? T * half : 1) * 2 * sizeof *cs);
+    if (!cs) return fe_set_error(FE_ERR_OOM, "out of host memory for a RoPE table");
+    for (int64_t t = 0; t < T; t++)
         for (int64_t i = 0; i < half; i++) {
             /* angle in the precision of inv_freq, as Hugging Face computes it */
             double ang = f32 ? (double)((float)(pos0 + t) * ((const float *)fe__ptr(inv_freq))[i])
                              : (double)(pos0 + t) * fe__load(fe__ptr(inv_freq), inv_freq->dtype, i);
-            double c = cos(ang), s = sign * sin(ang), a = v[i], b = v[i + half];
+            cs[2 * (t * half + i)] = cos(ang);
+            cs[2 * (t * half + i) + 1] = sign * sin(ang);
+        }
+    fe_status st = FE_OK;
+    ROWS_ST(st, R, D, 1, {
+        double *v = buf_;
+        int64_t t = (row / inner) % T;
+        const double *ct = cs + 2 * t * half;
+        LOADROW(v, x, row, D);
+        for (int64_t i = 0; i < half; i++) {
+            double c = ct[2 * i], s = ct[2 * i + 1], a = v[i], b = v[i + half];
             v[i] = a * c - b * s;
             v[i + half] = b * c + a * s;
         }
         STOREROW(out, row, D, v);
     });
-    return FE_OK;
+    free(cs);
+    return st ? fe_set_error(st, "out of host memory for a row buffer") : FE_OK;
 }
 
 static int64_t index_at(const fe_tensor *idx, int64_t i) {
@@ -266,10 +301,10 @@ fe_status cpu_embedding_backward(fe_tensor *gw, const fe_tensor *gout, const fe_
 }
 
 /* log-sum-exp of a row of doubles */
-static double lse(const double *v, int64_t C) {
+static double lse(const double *v, int64_t C, bool f32) {
     double m = -INFINITY, s = 0;
     for (int64_t j = 0; j < C; j++) m = v[j] > m ? v[j] : m;
-    for (int64_t j = 0; j < C; j++) s += exp(v[j] - m);
+    for (int64_t j = 0; j < C; j++) s += exp_as(f32, v[j] - m);
     return m + log(s);
 }
 
@@ -294,6 +329,7 @@ fe_status cpu_cross_entropy(fe_tensor *loss, const fe_tensor *logits, const fe_t
     int64_t R = cpu_rows(logits), C = cpu_cols(logits), count = 0;
     fe_status s = check_targets(targets, C, ignore, &count);
     if (s) return s;
+    bool f32 = logits->dtype == FE_F32;
     double total = 0;
     _Pragma("omp parallel reduction(+ : total)") {
         double *v = malloc((size_t)(C ? C : 1) * sizeof *v);
@@ -302,7 +338,7 @@ fe_status cpu_cross_entropy(fe_tensor *loss, const fe_tensor *logits, const fe_t
             int64_t t = index_at(targets, row);
             if (t == ignore || !v) continue;
             LOADROW(v, logits, row, C);
-            total += lse(v, C) - v[t];
+            total += lse(v, C, f32) - v[t];
         }
         free(v);
     }
@@ -317,6 +353,7 @@ fe_status cpu_cross_entropy_backward(fe_tensor *glogits, const fe_tensor *gloss,
     fe_status s = check_targets(targets, C, ignore, &count);
     if (s) return s;
     double scale = count ? fe__load(fe__ptr(gloss), gloss->dtype, 0) / (double)count : 0.0;
+    bool f32 = logits->dtype == FE_F32 && glogits->dtype == FE_F32;
     ROWS(R, C, 1, {
         double *v = buf_;
         int64_t t = index_at(targets, row);
@@ -324,8 +361,8 @@ fe_status cpu_cross_entropy_backward(fe_tensor *glogits, const fe_tensor *gloss,
             for (int64_t j = 0; j < C; j++) v[j] = 0;
         } else {
             LOADROW(v, logits, row, C);
-            double l = lse(v, C);
-            for (int64_t j = 0; j < C; j++) v[j] = exp(v[j] - l) * scale;
+            double l = lse(v, C, f32);
+            for (int64_t j = 0; j < C; j++) v[j] = exp_as(f32, v[j] - l) * scale;
             v[t] -= scale;
         }
         STOREROW(glogits, row, C, v);
@@ -333,15 +370,20 @@ fe_status cpu_cross_entropy_backward(fe_tensor *glogits, const fe_tensor *gloss,
     return FE_OK;
 }
 
-static inline double sigm(double x) { return x >= 0 ? 1 / (1 + exp(-x)) : exp(x) / (1 + exp(x)); }
+static inline double sigm(double x, bool f32) {
+    if (x >= 0) return 1 / (1 + exp_as(f32, -x));
+    double e = exp_as(f32, x);
+    return e / (1 + e);
+}
 
 fe_status cpu_silu_gate(fe_tensor *out, const fe_tensor *a, const fe_tensor *b) {
     int64_t R = cpu_rows(a), C = cpu_cols(a);
+    bool f32 = a->dtype == FE_F32 && out->dtype == FE_F32;
     ROWS(R, C, 2, {
         double *x = buf_, *y = buf_ + C;
         LOADROW(x, a, row, C);
         LOADROW(y, b, row, C);
-        for (int64_t j = 0; j < C; j++) x[j] = x[j] * sigm(x[j]) * y[j];
+        for (int64_t j = 0; j < C; j++) x[j] = x[j] * sigm(x[j], f32) * y[j];
         STOREROW(out, row, C, x);
     });
     return FE_OK;
@@ -350,13 +392,14 @@ fe_status cpu_silu_gate(fe_tensor *out, const fe_tensor *a, const fe_tensor *b) 
 fe_status cpu_silu_gate_backward(fe_tensor *ga, fe_tensor *gb, const fe_tensor *g,
                                  const fe_tensor *a, const fe_tensor *b) {
     int64_t R = cpu_rows(a), C = cpu_cols(a);
+    bool f32 = a->dtype == FE_F32 && g->dtype == FE_F32;
     ROWS(R, C, 3, {
         double *x = buf_, *y = buf_ + C, *gg = buf_ + 2 * C;
         LOADROW(x, a, row, C);
         LOADROW(y, b, row, C);
         LOADROW(gg, g, row, C);
         for (int64_t j = 0; j < C; j++) {
-            double s = sigm(x[j]), silu = x[j] * s;
+            double s = sigm(x[j], f32), silu = x[j] * s;
             double da = gg[j] * y[j] * s * (1 + x[j] * (1 - s));
             y[j] = gg[j] * silu; /* gradient of b */
             x[j] = da;
