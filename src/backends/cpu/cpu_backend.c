@@ -1,10 +1,7 @@
 /* The CPU backend: host memory (64-byte aligned, counted) and its kernel table. */
 #include "backends/cpu/cpu_internal.h"
 
-<<<<<<< HEAD
-=======
 #include <pthread.h>
->>>>>>> wt-trainer
 
 static size_t g_cur = 0, g_peak = 0;
 
