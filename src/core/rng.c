@@ -1,6 +1,7 @@
 /* Philox4x32-10 counter-based generator. Number k of a draw comes from block
  * (block0 + k/4), lane k%4, so any backend produces the same stream. */
 #include "core/internal.h"
+#include "core/philox.h"
 
 #include <math.h>
 
@@ -27,25 +28,7 @@ uint64_t fe__rng_reserve(int64_t n, uint64_t *seed) {
     return b;
 }
 
-void fe__philox(uint64_t seed, uint64_t ctr, uint32_t out[4]) {
-    uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-    for (int r = 0; r < 10; r++) {
-        uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c0 = n0;
-        c1 = (uint32_t)p1;
-        c2 = n2;
-        c3 = (uint32_t)p0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
-}
+void fe__philox(uint64_t seed, uint64_t ctr, uint32_t out[4]) { fe_philox4x32_10(seed, ctr, out); }
 
 /* uniform number u of the stream (two per normal; uniforms use lanes directly) */
 static uint32_t raw(uint64_t seed, uint64_t block0, int64_t u) {

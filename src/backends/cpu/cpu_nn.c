@@ -5,25 +5,8 @@
 #include <inttypes.h>
 #include <math.h>
 
-/* A per-thread scratch row of doubles; freed by the caller of ROWS. */
-#define ROWS(nrows, cols, nbuf, ...)                                                  \
-    do {                                                                               \
-        fe_status st_ = FE_OK;                                                         \
-        _Pragma("omp parallel") {                                                      \
-            double *buf_ = malloc((size_t)((cols) > 0 ? (cols) : 1) * (nbuf) * sizeof(double)); \
-            if (!buf_) {                                                               \
-                _Pragma("omp atomic write") st_ = FE_ERR_OOM;                          \
-            } else {                                                                   \
-                _Pragma("omp for schedule(static)") for (int64_t row = 0; row < (nrows); row++) { \
-                    __VA_ARGS__                                                        \
-                }                                                                      \
-            }                                                                          \
-            free(buf_);                                                                \
-        }                                                                              \
-        if (st_) return fe_set_error(st_, "out of host memory for a row buffer");      \
-    } while (0)
-
-/* ROWS without the early return: the status lands in st. */
+/* Run the body for every row with a per-thread scratch row of nbuf*cols doubles
+ * (buf_); the status (out of memory) lands in st. */
 #define ROWS_ST(st, nrows, cols, nbuf, ...)                                           \
     do {                                                                               \
         fe_status st_ = FE_OK;                                                         \
@@ -39,6 +22,14 @@
             free(buf_);                                                                \
         }                                                                              \
         (st) = st_;                                                                    \
+    } while (0)
+
+/* ROWS_ST that returns the error from the calling function. */
+#define ROWS(nrows, cols, nbuf, ...)                                                   \
+    do {                                                                               \
+        fe_status rows_st_;                                                            \
+        ROWS_ST(rows_st_, nrows, cols, nbuf, __VA_ARGS__);                             \
+        if (rows_st_) return fe_set_error(rows_st_, "out of host memory for a row buffer"); \
     } while (0)
 
 /* exp in the precision of the data: expf for f32 tensors (exact to f32, and a few

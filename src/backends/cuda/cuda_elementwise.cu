@@ -2,6 +2,7 @@
  * unary and binary maps and where. Operands may be strided views (broadcast inputs
  * have stride 0); contiguous operands take a flat path with 16-byte vector loads.
  * Float dtypes compute in f32 (f64 for f64), as the CPU reference rounds to. */
+#include "core/philox.h"
 #include "backends/cuda/cuda_internal.cuh"
 
 #define CU_THREADS 256
@@ -521,25 +522,7 @@ extern "C" fe_status fe_cuda_arange(fe_tensor *t, double start, double step) {
 
 __device__ __forceinline__ void cu_philox(unsigned long long seed, unsigned long long ctr,
                                           uint32_t out[4]) {
-    uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = 0, c3 = 0;
-    uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-#pragma unroll
-    for (int r = 0; r < 10; r++) {
-        unsigned long long p0 = (unsigned long long)0xD2511F53u * c0;
-        unsigned long long p1 = (unsigned long long)0xCD9E8D57u * c2;
-        uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0;
-        uint32_t n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
-        c0 = n0;
-        c1 = (uint32_t)p1;
-        c2 = n2;
-        c3 = (uint32_t)p0;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
-    }
-    out[0] = c0;
-    out[1] = c1;
-    out[2] = c2;
-    out[3] = c3;
+    fe_philox4x32_10(seed, ctr, out); /* the same definition as the CPU's (core/philox.h) */
 }
 
 /* Uniform: number k is lane k%4 of block block0 + k/4; each thread makes one block. */
