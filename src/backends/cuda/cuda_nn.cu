@@ -178,6 +178,27 @@ template <bool MAX> __device__ __forceinline__ float fr_reduce(float v, float *s
     return t;
 }
 
+/* Fast-math pieces for the register-resident kernels: 2^x and 1/x on the special-function
+ * unit (about 2 ulp, results below 2^-126 flushed to 0), and a maximum where NaN wins. */
+#define FR_LOG2E 1.4426950408889634f
+__device__ __forceinline__ float fr_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float fr_rcp(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float fr_max_nan(float a, float b) {
+    float y;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
+    return y;
+}
+/* sigmoid(x) = 1 / (1 + e^-x): no branch, no division; 0 for x below about -87, 1 above 17. */
+__device__ __forceinline__ float fr_sigmoid(float x) { return fr_rcp(1.f + fr_exp2(-FR_LOG2E * x)); }
+
 /* y = x * rstd (* w); with a residual r, h = round(x + r) is stored and normalised. */
 template <typename T>
 __global__ void __launch_bounds__(1024)
@@ -362,27 +383,26 @@ __global__ void __launch_bounds__(1024)
             int j = lane + k * tpr;
             if (ok && j < nvec) {
 #pragma unroll
-                for (int e = 0; e < N; e++) {
-                    float v = cu_vget<T>(xv[k], e);
-                    m = (v > m || v != v) ? v : m;
-                }
+                for (int e = 0; e < N; e++)
+                    m = fr_max_nan(m, cu_vget<T>(xv[k], e));
             }
         }
         m = fr_reduce<true>(m, sh, tpr);
-        float s = 0.f;
+        /* e^(v - m) = 2^(v*log2e - m*log2e): one FMA and one ex2 per element. An element of
+         * -inf gives 0 when m is finite; a row whose max is -inf, +inf or NaN sums to NaN,
+         * as the exact formula does (its outputs are NaN either way). */
+        float ml = m * FR_LOG2E, s = 0.f;
 #pragma unroll
         for (int k = 0; k < FR_NV; k++) {
             int j = lane + k * tpr;
             if (ok && j < nvec) {
 #pragma unroll
-                for (int e = 0; e < N; e++) {
-                    float v = cu_vget<T>(xv[k], e);
-                    if (v != -INFINITY) s += expf(v - m);
-                }
+                for (int e = 0; e < N; e++)
+                    s += fr_exp2(fmaf(cu_vget<T>(xv[k], e), FR_LOG2E, -ml));
             }
         }
         s = fr_reduce<false>(s, sh, tpr);
-        float l = m + logf(s);
+        float l = m + logf(s), inv = 1.f / s;
 #pragma unroll
         for (int k = 0; k < FR_NV; k++) {
             int j = lane + k * tpr;
@@ -391,7 +411,7 @@ __global__ void __launch_bounds__(1024)
 #pragma unroll
                 for (int e = 0; e < N; e++) {
                     float v = cu_vget<T>(xv[k], e);
-                    f[e] = take_log ? v - l : expf(v - m) / s;
+                    f[e] = take_log ? v - l : fr_exp2(fmaf(v, FR_LOG2E, -ml)) * inv;
                 }
                 cu_st16(y + row * C + (int64_t)j * N, cu_vpack<T>(f));
             }
