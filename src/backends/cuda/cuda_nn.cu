@@ -1444,7 +1444,8 @@ __global__ void k_silu_gate_bwd(T *ga, T *gb, const T *g, const T *a, const T *b
 }
 
 /* The SiLU gate over contiguous 16-byte-aligned arrays: each thread moves SG_U vectors per
- * step (loads issued together), the last n % vector-length elements one by one. */
+ * step (loads issued together), the last n % vector-length elements one by one. The sigmoid
+ * is fr_sigmoid (ex2 and rcp on the special-function unit, no branch, no division). */
 #define SG_U 2
 #define SG_THREADS 256
 
@@ -1470,7 +1471,7 @@ __global__ void __launch_bounds__(SG_THREADS)
 #pragma unroll
                 for (int e = 0; e < N; e++) {
                     float x = cu_vget<T>(av[u], e);
-                    f[e] = x * cu_sigmoid(x) * cu_vget<T>(bv[u], e);
+                    f[e] = x * fr_sigmoid(x) * cu_vget<T>(bv[u], e);
                 }
                 cu_st16(out + q * N, cu_vpack<T>(f));
             }
@@ -1478,7 +1479,7 @@ __global__ void __launch_bounds__(SG_THREADS)
     }
     for (int64_t i = nv * N + tid; i < n; i += step) {
         float x = cu_to_f(a[i]);
-        out[i] = cu_cast<T>(x * cu_sigmoid(x) * cu_to_f(b[i]));
+        out[i] = cu_cast<T>(x * fr_sigmoid(x) * cu_to_f(b[i]));
     }
 }
 
@@ -1508,7 +1509,7 @@ __global__ void __launch_bounds__(SG_THREADS)
                 for (int e = 0; e < N; e++) {
                     float x = cu_vget<T>(av[u], e), gg = cu_vget<T>(gv[u], e);
                     float y = ga ? cu_vget<T>(bv[u], e) : 0.f;
-                    float sg = cu_sigmoid(x);
+                    float sg = fr_sigmoid(x);
                     fa[e] = gg * y * sg * (1.f + x * (1.f - sg));
                     fb[e] = gg * x * sg;
                 }
@@ -1519,7 +1520,7 @@ __global__ void __launch_bounds__(SG_THREADS)
     }
     for (int64_t i = nv * N + tid; i < n; i += step) {
         float x = cu_to_f(a[i]), y = cu_to_f(b[i]), gg = cu_to_f(g[i]);
-        float sg = cu_sigmoid(x);
+        float sg = fr_sigmoid(x);
         if (ga) ga[i] = cu_cast<T>(gg * y * sg * (1.f + x * (1.f - sg)));
         if (gb) gb[i] = cu_cast<T>(gg * x * sg);
     }
