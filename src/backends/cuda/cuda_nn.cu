@@ -348,15 +348,40 @@ __global__ void __launch_bounds__(FR_BWD_MAX_TPR, 2)
     }
 }
 
-/* out[j] = sum over p of part[p][j] in order p = 0, 1, ... (f32 partials, f64 sum). */
+/* out[j] = sum over p of part[p][j] (f32 partials, f64 sum) in a fixed order: a block of
+ * CF_TX x CF_TY threads takes CF_TX columns; thread (tx, ty) adds rows ty, ty + CF_TY, ... in
+ * turn (CF_U loads in flight), then thread (tx, 0) adds the CF_TY sums in order of ty. */
+#define CF_TX 32
+#define CF_TY 16
+#define CF_U 4
 template <typename T>
-__global__ void k_colsum_final_f(T *out, const float *part, int64_t C, int P) {
-    int64_t step = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < C; j += step) {
-        double s = 0;
-        for (int p = 0; p < P; p++)
+__global__ void __launch_bounds__(CF_TX *CF_TY)
+    k_colsum_final_f(T *out, const float *__restrict__ part, int64_t C, int P) {
+    __shared__ double sh[CF_TY][CF_TX + 1];
+    int tx = threadIdx.x % CF_TX, ty = threadIdx.x / CF_TX;
+    int64_t j = (int64_t)blockIdx.x * CF_TX + tx;
+    double s = 0;
+    if (j < C) {
+        int p = ty;
+        for (; p + (CF_U - 1) * CF_TY < P; p += CF_U * CF_TY) {
+            float v[CF_U];
+#pragma unroll
+            for (int u = 0; u < CF_U; u++)
+                v[u] = part[(int64_t)(p + u * CF_TY) * C + j];
+#pragma unroll
+            for (int u = 0; u < CF_U; u++)
+                s += (double)v[u];
+        }
+        for (; p < P; p += CF_TY)
             s += (double)part[(int64_t)p * C + j];
-        out[j] = cu_cast<T>(s);
+    }
+    sh[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && j < C) {
+        double t = sh[0][tx];
+        for (int k = 1; k < CF_TY; k++)
+            t += sh[k][tx];
+        out[j] = cu_cast<T>(t);
     }
 }
 
@@ -790,8 +815,8 @@ static fe_status rmsnorm_bwd_fast(cu_dev *d, fe_tensor *gx, fe_tensor *gw, const
             rstd->dtype, pe, R, (int)C, tpr);
         st = cu_launched("rmsnorm backward kernel");
         if (!st) {
-            k_colsum_final_f<T><<<cu_blocks(d, C, 256), 256, 0, d->stream>>>(
-                (T *)fe__ptr(gw), part, C, (int)nb);
+            k_colsum_final_f<T><<<(unsigned)((C + CF_TX - 1) / CF_TX), CF_TX * CF_TY, 0,
+                                  d->stream>>>((T *)fe__ptr(gw), part, C, (int)nb);
             st = cu_launched("weight-gradient kernel (final)");
         }
         cu_scratch_free(d, part, bytes);
