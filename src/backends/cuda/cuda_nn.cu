@@ -178,6 +178,27 @@ template <bool MAX> __device__ __forceinline__ float fr_reduce(float v, float *s
     return t;
 }
 
+/* Fast-math pieces for the register-resident kernels: 2^x and 1/x on the special-function
+ * unit (about 2 ulp, results below 2^-126 flushed to 0), and a maximum where NaN wins. */
+#define FR_LOG2E 1.4426950408889634f
+__device__ __forceinline__ float fr_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float fr_rcp(float x) {
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float fr_max_nan(float a, float b) {
+    float y;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
+    return y;
+}
+/* sigmoid(x) = 1 / (1 + e^-x): no branch, no division; 0 for x below about -87, 1 above 17. */
+__device__ __forceinline__ float fr_sigmoid(float x) { return fr_rcp(1.f + fr_exp2(-FR_LOG2E * x)); }
+
 /* y = x * rstd (* w); with a residual r, h = round(x + r) is stored and normalised. */
 template <typename T>
 __global__ void __launch_bounds__(1024)
@@ -327,15 +348,40 @@ __global__ void __launch_bounds__(FR_BWD_MAX_TPR, 2)
     }
 }
 
-/* out[j] = sum over p of part[p][j] in order p = 0, 1, ... (f32 partials, f64 sum). */
+/* out[j] = sum over p of part[p][j] (f32 partials, f64 sum) in a fixed order: a block of
+ * CF_TX x CF_TY threads takes CF_TX columns; thread (tx, ty) adds rows ty, ty + CF_TY, ... in
+ * turn (CF_U loads in flight), then thread (tx, 0) adds the CF_TY sums in order of ty. */
+#define CF_TX 32
+#define CF_TY 16
+#define CF_U 4
 template <typename T>
-__global__ void k_colsum_final_f(T *out, const float *part, int64_t C, int P) {
-    int64_t step = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t j = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; j < C; j += step) {
-        double s = 0;
-        for (int p = 0; p < P; p++)
+__global__ void __launch_bounds__(CF_TX *CF_TY)
+    k_colsum_final_f(T *out, const float *__restrict__ part, int64_t C, int P) {
+    __shared__ double sh[CF_TY][CF_TX + 1];
+    int tx = threadIdx.x % CF_TX, ty = threadIdx.x / CF_TX;
+    int64_t j = (int64_t)blockIdx.x * CF_TX + tx;
+    double s = 0;
+    if (j < C) {
+        int p = ty;
+        for (; p + (CF_U - 1) * CF_TY < P; p += CF_U * CF_TY) {
+            float v[CF_U];
+#pragma unroll
+            for (int u = 0; u < CF_U; u++)
+                v[u] = part[(int64_t)(p + u * CF_TY) * C + j];
+#pragma unroll
+            for (int u = 0; u < CF_U; u++)
+                s += (double)v[u];
+        }
+        for (; p < P; p += CF_TY)
             s += (double)part[(int64_t)p * C + j];
-        out[j] = cu_cast<T>(s);
+    }
+    sh[ty][tx] = s;
+    __syncthreads();
+    if (ty == 0 && j < C) {
+        double t = sh[0][tx];
+        for (int k = 1; k < CF_TY; k++)
+            t += sh[k][tx];
+        out[j] = cu_cast<T>(t);
     }
 }
 
@@ -362,27 +408,26 @@ __global__ void __launch_bounds__(1024)
             int j = lane + k * tpr;
             if (ok && j < nvec) {
 #pragma unroll
-                for (int e = 0; e < N; e++) {
-                    float v = cu_vget<T>(xv[k], e);
-                    m = (v > m || v != v) ? v : m;
-                }
+                for (int e = 0; e < N; e++)
+                    m = fr_max_nan(m, cu_vget<T>(xv[k], e));
             }
         }
         m = fr_reduce<true>(m, sh, tpr);
-        float s = 0.f;
+        /* e^(v - m) = 2^(v*log2e - m*log2e): one FMA and one ex2 per element. An element of
+         * -inf gives 0 when m is finite; a row whose max is -inf, +inf or NaN sums to NaN,
+         * as the exact formula does (its outputs are NaN either way). */
+        float ml = m * FR_LOG2E, s = 0.f;
 #pragma unroll
         for (int k = 0; k < FR_NV; k++) {
             int j = lane + k * tpr;
             if (ok && j < nvec) {
 #pragma unroll
-                for (int e = 0; e < N; e++) {
-                    float v = cu_vget<T>(xv[k], e);
-                    if (v != -INFINITY) s += expf(v - m);
-                }
+                for (int e = 0; e < N; e++)
+                    s += fr_exp2(fmaf(cu_vget<T>(xv[k], e), FR_LOG2E, -ml));
             }
         }
         s = fr_reduce<false>(s, sh, tpr);
-        float l = m + logf(s);
+        float l = m + logf(s), inv = 1.f / s;
 #pragma unroll
         for (int k = 0; k < FR_NV; k++) {
             int j = lane + k * tpr;
@@ -391,7 +436,7 @@ __global__ void __launch_bounds__(1024)
 #pragma unroll
                 for (int e = 0; e < N; e++) {
                     float v = cu_vget<T>(xv[k], e);
-                    f[e] = take_log ? v - l : expf(v - m) / s;
+                    f[e] = take_log ? v - l : fr_exp2(fmaf(v, FR_LOG2E, -ml)) * inv;
                 }
                 cu_st16(y + row * C + (int64_t)j * N, cu_vpack<T>(f));
             }
@@ -770,8 +815,8 @@ static fe_status rmsnorm_bwd_fast(cu_dev *d, fe_tensor *gx, fe_tensor *gw, const
             rstd->dtype, pe, R, (int)C, tpr);
         st = cu_launched("rmsnorm backward kernel");
         if (!st) {
-            k_colsum_final_f<T><<<cu_blocks(d, C, 256), 256, 0, d->stream>>>(
-                (T *)fe__ptr(gw), part, C, (int)nb);
+            k_colsum_final_f<T><<<(unsigned)((C + CF_TX - 1) / CF_TX), CF_TX * CF_TY, 0,
+                                  d->stream>>>((T *)fe__ptr(gw), part, C, (int)nb);
             st = cu_launched("weight-gradient kernel (final)");
         }
         cu_scratch_free(d, part, bytes);
@@ -1424,7 +1469,8 @@ __global__ void k_silu_gate_bwd(T *ga, T *gb, const T *g, const T *a, const T *b
 }
 
 /* The SiLU gate over contiguous 16-byte-aligned arrays: each thread moves SG_U vectors per
- * step (loads issued together), the last n % vector-length elements one by one. */
+ * step (loads issued together), the last n % vector-length elements one by one. The sigmoid
+ * is fr_sigmoid (ex2 and rcp on the special-function unit, no branch, no division). */
 #define SG_U 2
 #define SG_THREADS 256
 
@@ -1450,7 +1496,7 @@ __global__ void __launch_bounds__(SG_THREADS)
 #pragma unroll
                 for (int e = 0; e < N; e++) {
                     float x = cu_vget<T>(av[u], e);
-                    f[e] = x * cu_sigmoid(x) * cu_vget<T>(bv[u], e);
+                    f[e] = x * fr_sigmoid(x) * cu_vget<T>(bv[u], e);
                 }
                 cu_st16(out + q * N, cu_vpack<T>(f));
             }
@@ -1458,7 +1504,7 @@ __global__ void __launch_bounds__(SG_THREADS)
     }
     for (int64_t i = nv * N + tid; i < n; i += step) {
         float x = cu_to_f(a[i]);
-        out[i] = cu_cast<T>(x * cu_sigmoid(x) * cu_to_f(b[i]));
+        out[i] = cu_cast<T>(x * fr_sigmoid(x) * cu_to_f(b[i]));
     }
 }
 
@@ -1488,7 +1534,7 @@ __global__ void __launch_bounds__(SG_THREADS)
                 for (int e = 0; e < N; e++) {
                     float x = cu_vget<T>(av[u], e), gg = cu_vget<T>(gv[u], e);
                     float y = ga ? cu_vget<T>(bv[u], e) : 0.f;
-                    float sg = cu_sigmoid(x);
+                    float sg = fr_sigmoid(x);
                     fa[e] = gg * y * sg * (1.f + x * (1.f - sg));
                     fb[e] = gg * x * sg;
                 }
@@ -1499,7 +1545,7 @@ __global__ void __launch_bounds__(SG_THREADS)
     }
     for (int64_t i = nv * N + tid; i < n; i += step) {
         float x = cu_to_f(a[i]), y = cu_to_f(b[i]), gg = cu_to_f(g[i]);
-        float sg = cu_sigmoid(x);
+        float sg = fr_sigmoid(x);
         if (ga) ga[i] = cu_cast<T>(gg * y * sg * (1.f + x * (1.f - sg)));
         if (gb) gb[i] = cu_cast<T>(gg * x * sg);
     }

@@ -271,22 +271,30 @@ extern "C" fe_status fe_cuda_adamw(int n, fe_tensor *const *p, const fe_tensor *
 
 /* ---- sum of squares ---------------------------------------------------------------------- */
 
-#define SQ_U 4 /* MT_CHUNK is a multiple of MT_THREADS * 4 * SQ_U */
+#define SQ_U 4
+/* The sum of squares and the scale walk sub-chunks of MT_SUB elements (one pass of a block
+ * with SQ_U vectors per thread), MT_SUBS to a chunk: finer work for the blocks to share. */
+#define MT_SUB (MT_THREADS * 4 * SQ_U)
+#define MT_SUBS (MT_CHUNK / MT_SUB)
+static_assert(MT_CHUNK % MT_SUB == 0, "MT_CHUNK must be a multiple of MT_SUB");
 
 /* part[blockIdx.x] = sum of squares over the chunks this block walks (f64). */
 __global__ void __launch_bounds__(MT_THREADS) k_sumsq(mt_list L, double *part) {
     __shared__ double sh[32];
     double acc = 0.0;
-    for (int64_t c = blockIdx.x; c < L.chunk0[L.n]; c += gridDim.x) {
+    for (int64_t q = blockIdx.x; q < L.chunk0[L.n] * MT_SUBS; q += gridDim.x) {
+        int64_t c = q / MT_SUBS;
         int t = mt_find(L, c);
-        int64_t j0 = (c - L.chunk0[t]) * MT_CHUNK, len = L.numel[t] - j0;
-        if (len > MT_CHUNK) len = MT_CHUNK;
+        int64_t j0 = (c - L.chunk0[t]) * MT_CHUNK + (q % MT_SUBS) * MT_SUB;
+        int64_t len = L.numel[t] - j0;
+        if (len <= 0) continue; /* past the end of the tensor's last, partial chunk */
+        if (len > MT_SUB) len = MT_SUB;
         bool f64 = L.gdt[t] == FE_F64;
         const float *gf = (const float *)L.g[t] + j0;
-        if (L.gdt[t] == FE_F32 && !((uintptr_t)gf & 15) && len == MT_CHUNK) {
-            /* a whole aligned f32 chunk: SQ_U 16-byte loads in flight per thread, squares
+        if (L.gdt[t] == FE_F32 && !((uintptr_t)gf & 15) && len == MT_SUB) {
+            /* a whole aligned f32 sub-chunk: SQ_U 16-byte loads in flight per thread, squares
              * summed in f64 in the same order as the generic loop below */
-            for (int64_t j = (int64_t)threadIdx.x * 4; j < MT_CHUNK;
+            for (int64_t j = (int64_t)threadIdx.x * 4; j < MT_SUB;
                  j += (int64_t)blockDim.x * 4 * SQ_U) {
                 float4 x[SQ_U];
 #pragma unroll
@@ -329,6 +337,23 @@ __global__ void __launch_bounds__(1024) k_sumsq_final(void *out, int out_dt, con
     if (threadIdx.x == 0) cu_store_dyn(out, out_dt, 0, s);
 }
 
+/* Blocks resident on one SM for a kernel of MT_THREADS threads (at least 1). */
+static int mt_occupancy(const void *fn) {
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, fn, MT_THREADS, 0) != cudaSuccess) {
+        (void)cudaGetLastError();
+        occ = 1;
+    }
+    return occ > 0 ? occ : 1;
+}
+
+/* Grid for a sub-chunk kernel over `chunks` chunks: one wave of resident blocks at most
+ * (occ per SM), so that every block walks about as many sub-chunks as every other. */
+static unsigned sub_blocks(const cu_dev *d, int64_t chunks, int occ) {
+    int64_t units = chunks * MT_SUBS, cap = (int64_t)d->sm_count * occ;
+    return (unsigned)(units < cap ? (units > 0 ? units : 1) : cap);
+}
+
 extern "C" fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor *const *g) {
     if (!out || n < 0 || (n > 0 && !g))
         return fe_set_error(FE_ERR_ARG, "grad_norm_sq (cuda): NULL arguments");
@@ -342,16 +367,18 @@ extern "C" fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor
     /* plan the launches first so the partial sums fit one scratch buffer */
     mt_list *L = (mt_list *)calloc(1, sizeof *L);
     if (!L) return fe_set_error(FE_ERR_OOM, "grad_norm_sq (cuda): out of host memory");
+    static int occ = 0; /* the same for every launch: computed once */
+    if (!occ) occ = mt_occupancy((const void *)k_sumsq);
     int64_t P = 0;
     for (int i = 0; i < n; i++) {
         if (fe_numel(g[i]) == 0) continue;
         if (!mt_push(L, NULL, fe__ptr(g[i]), NULL, NULL, fe_numel(g[i]), 0, FE_F32, g[i]->dtype)) {
-            P += mt_blocks(d, L->chunk0[L->n]);
+            P += sub_blocks(d, L->chunk0[L->n], occ);
             L->n = 0;
             mt_push(L, NULL, fe__ptr(g[i]), NULL, NULL, fe_numel(g[i]), 0, FE_F32, g[i]->dtype);
         }
     }
-    if (L->n) P += mt_blocks(d, L->chunk0[L->n]);
+    if (L->n) P += sub_blocks(d, L->chunk0[L->n], occ);
     L->n = 0;
     double *part = NULL;
     size_t bytes = (size_t)(P > 0 ? P : 1) * sizeof(double);
@@ -363,7 +390,7 @@ extern "C" fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor
         if (last || !mt_push(L, NULL, fe__ptr(g[i]), NULL, NULL, fe_numel(g[i]), 0, FE_F32,
                              g[i]->dtype)) {
             if (L->n) {
-                unsigned nb = mt_blocks(d, L->chunk0[L->n]);
+                unsigned nb = sub_blocks(d, L->chunk0[L->n], occ);
                 k_sumsq<<<nb, MT_THREADS, 0, d->stream>>>(*L, part + off);
                 st = cu_launched("grad_norm_sq kernel");
                 off += nb;
@@ -386,11 +413,31 @@ extern "C" fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor
 
 __global__ void __launch_bounds__(MT_THREADS) k_scale_multi(mt_list L, const void *s, int s_dt) {
     double f = cu_load_dyn(s, s_dt, 0);
-    for (int64_t c = blockIdx.x; c < L.chunk0[L.n]; c += gridDim.x) {
+    for (int64_t q = blockIdx.x; q < L.chunk0[L.n] * MT_SUBS; q += gridDim.x) {
+        int64_t c = q / MT_SUBS;
         int t = mt_find(L, c);
-        int64_t j0 = (c - L.chunk0[t]) * MT_CHUNK, len = L.numel[t] - j0;
-        if (len > MT_CHUNK) len = MT_CHUNK;
+        int64_t j0 = (c - L.chunk0[t]) * MT_CHUNK + (q % MT_SUBS) * MT_SUB;
+        int64_t len = L.numel[t] - j0;
+        if (len <= 0) continue; /* past the end of the tensor's last, partial chunk */
+        if (len > MT_SUB) len = MT_SUB;
         int dt = L.pdt[t];
+        float *pf = (float *)L.p[t] + j0;
+        if (dt == FE_F32 && !((uintptr_t)pf & 15) && len == MT_SUB) {
+            /* a whole aligned f32 sub-chunk: SQ_U 16-byte loads in flight per thread */
+            float ff = (float)f;
+            for (int64_t j = (int64_t)threadIdx.x * 4; j < MT_SUB;
+                 j += (int64_t)blockDim.x * 4 * SQ_U) {
+                float4 x[SQ_U];
+#pragma unroll
+                for (int u = 0; u < SQ_U; u++)
+                    x[u] = *(const float4 *)(pf + j + (int64_t)u * blockDim.x * 4);
+#pragma unroll
+                for (int u = 0; u < SQ_U; u++)
+                    *(float4 *)(pf + j + (int64_t)u * blockDim.x * 4) =
+                        make_float4(x[u].x * ff, x[u].y * ff, x[u].z * ff, x[u].w * ff);
+            }
+            continue;
+        }
         for (int64_t j = (int64_t)threadIdx.x * 4; j < len; j += (int64_t)blockDim.x * 4) {
             int cnt = len - j < 4 ? (int)(len - j) : 4;
             if (dt == FE_F64) {
@@ -421,6 +468,8 @@ extern "C" fe_status fe_cuda_scale_multi(int n, fe_tensor *const *t, const fe_te
         if (check_tensor("scale_multi", t[i], i, dev)) return fe_last_status();
     mt_list *L = (mt_list *)calloc(1, sizeof *L);
     if (!L) return fe_set_error(FE_ERR_OOM, "scale_multi (cuda): out of host memory");
+    static int occ = 0; /* the same for every launch: computed once */
+    if (!occ) occ = mt_occupancy((const void *)k_scale_multi);
     fe_status st = FE_OK;
     for (int i = 0; i <= n && !st; i++) {
         bool last = i == n;
@@ -428,7 +477,7 @@ extern "C" fe_status fe_cuda_scale_multi(int n, fe_tensor *const *t, const fe_te
         if (last || !mt_push(L, fe__ptr(t[i]), NULL, NULL, NULL, fe_numel(t[i]), 0, t[i]->dtype,
                              FE_F32)) {
             if (L->n) {
-                k_scale_multi<<<mt_blocks(d, L->chunk0[L->n]), MT_THREADS, 0, d->stream>>>(
+                k_scale_multi<<<sub_blocks(d, L->chunk0[L->n], occ), MT_THREADS, 0, d->stream>>>(
                     *L, fe__ptr(s), s->dtype);
                 st = cu_launched("scale_multi kernel");
                 L->n = 0;
