@@ -335,57 +335,68 @@ fe_status fe_hf_config_load(const char *path, fe_hf_config *out) {
     return st;
 }
 
+/* Add a number that reads back as exactly the same double: cJSON's own printer settles
+ * for 15 significant digits when they come within an epsilon, which loses bits. */
+static void add_exact_number(cJSON *o, const char *key, double v) {
+    char buf[40];
+    for (int prec = 15; prec <= 17; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, v);
+        if (strtod(buf, NULL) == v) break;
+    }
+    cJSON_AddRawToObject(o, key, buf);
+}
+
 char *fe_hf_config_to_json(const fe_hf_config *c) {
     if (fe_hf_config_validate(c) != FE_OK) return NULL;
     cJSON *o = cJSON_CreateObject();
     cJSON *arch = cJSON_AddArrayToObject(o, "architectures");
     cJSON_AddItemToArray(arch, cJSON_CreateString("LlamaForCausalLM"));
     cJSON_AddBoolToObject(o, "attention_bias", c->attention_bias);
-    cJSON_AddNumberToObject(o, "attention_dropout", 0.0);
+    add_exact_number(o, "attention_dropout", 0.0);
     if (c->bos_token_id >= 0)
-        cJSON_AddNumberToObject(o, "bos_token_id", (double)c->bos_token_id);
+        add_exact_number(o, "bos_token_id", (double)c->bos_token_id);
     else
         cJSON_AddNullToObject(o, "bos_token_id");
     if (c->n_eos_token_ids == 0) {
         cJSON_AddNullToObject(o, "eos_token_id");
     } else if (c->n_eos_token_ids == 1) {
-        cJSON_AddNumberToObject(o, "eos_token_id", (double)c->eos_token_ids[0]);
+        add_exact_number(o, "eos_token_id", (double)c->eos_token_ids[0]);
     } else {
         cJSON *l = cJSON_AddArrayToObject(o, "eos_token_id");
         for (int i = 0; i < c->n_eos_token_ids; i++)
             cJSON_AddItemToArray(l, cJSON_CreateNumber((double)c->eos_token_ids[i]));
     }
-    cJSON_AddNumberToObject(o, "head_dim", (double)c->head_dim);
+    add_exact_number(o, "head_dim", (double)c->head_dim);
     cJSON_AddStringToObject(o, "hidden_act", "silu");
-    cJSON_AddNumberToObject(o, "hidden_size", (double)c->hidden_size);
-    cJSON_AddNumberToObject(o, "initializer_range", 0.02);
-    cJSON_AddNumberToObject(o, "intermediate_size", (double)c->intermediate_size);
-    cJSON_AddNumberToObject(o, "max_position_embeddings", (double)c->max_position_embeddings);
+    add_exact_number(o, "hidden_size", (double)c->hidden_size);
+    add_exact_number(o, "initializer_range", 0.02);
+    add_exact_number(o, "intermediate_size", (double)c->intermediate_size);
+    add_exact_number(o, "max_position_embeddings", (double)c->max_position_embeddings);
     cJSON_AddBoolToObject(o, "mlp_bias", c->mlp_bias);
     cJSON_AddStringToObject(o, "model_type", "llama");
-    cJSON_AddNumberToObject(o, "num_attention_heads", (double)c->num_attention_heads);
-    cJSON_AddNumberToObject(o, "num_hidden_layers", (double)c->num_hidden_layers);
-    cJSON_AddNumberToObject(o, "num_key_value_heads", (double)c->num_key_value_heads);
-    cJSON_AddNumberToObject(o, "pretraining_tp", 1);
-    cJSON_AddNumberToObject(o, "rms_norm_eps", c->rms_norm_eps);
+    add_exact_number(o, "num_attention_heads", (double)c->num_attention_heads);
+    add_exact_number(o, "num_hidden_layers", (double)c->num_hidden_layers);
+    add_exact_number(o, "num_key_value_heads", (double)c->num_key_value_heads);
+    add_exact_number(o, "pretraining_tp", 1);
+    add_exact_number(o, "rms_norm_eps", c->rms_norm_eps);
     if (!c->rope_scaling_type[0]) {
         cJSON_AddNullToObject(o, "rope_scaling");
     } else {
         cJSON *rs = cJSON_AddObjectToObject(o, "rope_scaling");
-        cJSON_AddNumberToObject(rs, "factor", c->rope_factor);
+        add_exact_number(rs, "factor", c->rope_factor);
         if (!strcmp(c->rope_scaling_type, "llama3")) {
-            cJSON_AddNumberToObject(rs, "high_freq_factor", c->rope_high_freq_factor);
-            cJSON_AddNumberToObject(rs, "low_freq_factor", c->rope_low_freq_factor);
-            cJSON_AddNumberToObject(rs, "original_max_position_embeddings",
+            add_exact_number(rs, "high_freq_factor", c->rope_high_freq_factor);
+            add_exact_number(rs, "low_freq_factor", c->rope_low_freq_factor);
+            add_exact_number(rs, "original_max_position_embeddings",
                                     (double)c->rope_original_max_position_embeddings);
         }
         cJSON_AddStringToObject(rs, "rope_type", c->rope_scaling_type);
     }
-    cJSON_AddNumberToObject(o, "rope_theta", c->rope_theta);
+    add_exact_number(o, "rope_theta", c->rope_theta);
     cJSON_AddBoolToObject(o, "tie_word_embeddings", c->tie_word_embeddings);
     cJSON_AddStringToObject(o, "torch_dtype", c->torch_dtype[0] ? c->torch_dtype : "float32");
     cJSON_AddBoolToObject(o, "use_cache", true);
-    cJSON_AddNumberToObject(o, "vocab_size", (double)c->vocab_size);
+    add_exact_number(o, "vocab_size", (double)c->vocab_size);
     char *s = cJSON_Print(o);
     cJSON_Delete(o);
     if (!s) {
