@@ -14,7 +14,7 @@ for target in safetensors json; do
     work=$(mktemp -d)
     cp "$ROOT/fuzz/corpus/$target/"* "$work/"
     echo "== fuzz_$target for ${SECONDS_EACH}s"
-    "$OUT/fuzz_$target" "$work" -max_total_time="$SECONDS_EACH" -max_len=8192 -timeout=10 \
+    "$OUT/fuzz_$target" "$work" -max_total_time="$SECONDS_EACH" -seed="${FUZZ_SEED:-1}" -max_len=8192 -timeout=10 \
         -rss_limit_mb=2048 -dict="$ROOT/fuzz/$target.dict" \
         -artifact_prefix="$OUT/artifacts/$target-" -print_final_stats=1 >"$OUT/$target.log" 2>&1
     rc=$?
