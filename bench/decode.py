@@ -116,17 +116,23 @@ def main():
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(0, cfg.vocab_size, (a.prompt,), generator=g).tolist()
 
-        # ferric, in its own process (the torch model stays resident: plenty of memory)
-        t = time.perf_counter()
-        r = subprocess.run([exe, "--model", folder, "--ids", ",".join(map(str, ids)), "--bench",
-                            str(a.new), "--repeat", str(a.repeat + 1), "--device", "cuda",
-                            "--dtype", "bf16"], capture_output=True, text=True)
-        wall = time.perf_counter() - t
-        if r.returncode != 0:
-            print(f"ferric failed: {r.stderr.strip()}")
-            return 1
-        fr = json.loads(r.stdout.strip().splitlines()[-1])
-        rows.append(("ferric (KV cache)", fr["prefill_tok_s"], fr["decode_tok_s"]))
+        # ferric, in its own process (the torch model stays resident: plenty of memory):
+        # the default path (the CUDA-graph decoder) and the op-by-op path for comparison
+        wall = 0.0
+        for label, env in (("ferric", {}), ("ferric op-by-op", {"FE_DECODE": "generic"})):
+            t = time.perf_counter()
+            r = subprocess.run([exe, "--model", folder, "--ids", ",".join(map(str, ids)),
+                                "--bench", str(a.new), "--repeat", str(a.repeat + 1), "--device",
+                                "cuda", "--dtype", "bf16"], capture_output=True, text=True,
+                               env={**os.environ, **env})
+            wall += time.perf_counter() - t
+            if r.returncode != 0:
+                print(f"{label} failed: {r.stderr.strip()}")
+                return 1
+            fr = json.loads(r.stdout.strip().splitlines()[-1])
+            if fr.get("graph_decode"):
+                label += " (CUDA-graph decoder)"
+            rows.append((label, fr["prefill_tok_s"], fr["decode_tok_s"]))
 
         if not a.no_hf:
             if a.compile:

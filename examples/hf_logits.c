@@ -181,12 +181,14 @@ int main(int argc, char **argv) {
     if (!rc && bench > 0) {
         int32_t *o = malloc((size_t)(n + bench) * sizeof *o);
         double best_decode = 0, best_prefill = 0;
+        bool graph = false;
         for (long r = 0; r < repeat && o && !rc; r++) { /* the first run warms up */
             fe_generate_stats st;
             if (fe_llama_generate_cached(m, ids, n, bench, NULL, o, NULL, NULL, &st)) {
                 rc = fail("generate");
                 break;
             }
+            graph = st.graph_decode;
             double d = st.decode_s > 0 ? (double)(st.n_generated - 1) / st.decode_s : 0;
             double p = st.prefill_s > 0 ? (double)st.n_prompt / st.prefill_s : 0;
             if (r > 0 || repeat == 1) {
@@ -196,8 +198,8 @@ int main(int argc, char **argv) {
         }
         if (!rc)
             printf("{\"prompt\": %lld, \"new\": %ld, \"prefill_tok_s\": %.2f, "
-                   "\"decode_tok_s\": %.2f}\n",
-                   (long long)n, bench, best_prefill, best_decode);
+                   "\"decode_tok_s\": %.2f, \"graph_decode\": %s}\n",
+                   (long long)n, bench, best_prefill, best_decode, graph ? "true" : "false");
         free(o);
     }
     fe_llama_free(m);

@@ -59,6 +59,18 @@ do_kernels() { timeout 200 python3 bench/kernels.py --build build-gpu; }
 do_hfparity() { timeout 200 python3 tests/parity/hf_parity.py --build build-gpu; }
 do_decode() { timeout 200 python3 bench/decode.py --build build-gpu; }
 do_trainbench() { timeout 400 bash bench/train_llama.sh; }
+do_decoder() { build-gpu/test_decoder; }
+# Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
+do_profile() {
+    local preset=${PROFILE_PRESET:-small}
+    timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+        --launch-skip "${PROFILE_SKIP:-3000}" --launch-count "${PROFILE_COUNT:-2500}" \
+        build-gpu/ferric train --preset "$preset" --synthetic --steps 8 --bench --device cuda \
+        >"$LOGS/profile.csv" 2>"$LOGS/profile.err"
+    local rc=$?
+    python3 bench/ncu_summary.py "$LOGS/profile.csv"
+    return $rc
+}
 
 for s in "$@"; do
     case "$s" in
@@ -72,6 +84,8 @@ for s in "$@"; do
     hfparity) stage hfparity do_hfparity ;;
     decode) stage decode do_decode ;;
     trainbench) stage trainbench do_trainbench ;;
+    decoder) stage decoder do_decoder ;;
+    profile) stage profile do_profile ;;
     *) echo "unknown stage $s" ;;
     esac
 done

@@ -225,6 +225,22 @@ fe_tensor *fe_kv_cache_v(const fe_kv_cache *c, int64_t l);
  * cache would overflow; the cache is unchanged on error. */
 fe_tensor *fe_llama_forward_cached(fe_llama *m, fe_tensor *idx, fe_kv_cache *c, bool last_only);
 
+/* A batch-1 decoder that runs one token per call as a single replayed CUDA graph of
+ * fused kernels (see docs/ARCHITECTURE.md), reading and appending the cache in place.
+ * Available for a CUDA model in f32/f16/bf16 with head_dim 64 or 128 and row sizes
+ * that are multiples of 16 bytes; elsewhere NULL with FE_ERR_DEVICE / FE_ERR_DTYPE /
+ * FE_ERR_SHAPE saying why (use fe_llama_forward_cached then). The cache must belong to
+ * m and outlive the decoder. Activations are kept in f32, so its logits differ from
+ * fe_llama_forward_cached's (which rounds every op to the parameter dtype) by about
+ * that dtype's rounding. */
+typedef struct fe_llama_decoder fe_llama_decoder;
+fe_llama_decoder *fe_llama_decoder_new(fe_llama *m, fe_kv_cache *c);
+/* Run `token` at the cache's next position, append its keys/values and write the
+ * logits (V doubles) to `logits`; FE_ERR_RANGE for a token outside the vocabulary or
+ * a full cache (then nothing changes). */
+fe_status fe_llama_decoder_step(fe_llama_decoder *d, int32_t token, double *logits);
+void fe_llama_decoder_free(fe_llama_decoder *d);
+
 /* Pick a token from one row of logits (V doubles): greedy when cfg is NULL or its
  * temperature <= 0, else temperature / top-k / top-p sampling driven by Philox(seed, step).
  * scratch needs room for 2*V doubles. */
@@ -237,6 +253,7 @@ typedef bool (*fe_token_fn)(void *ctx, int32_t token);
 typedef struct fe_generate_stats {
     int64_t n_prompt, n_generated;
     double prefill_s, decode_s; /* prefill: prompt + first token; decode: the rest */
+    bool graph_decode;          /* the steps ran on fe_llama_decoder */
 } fe_generate_stats;
 /* Continue `prompt` by up to n_new tokens with a KV cache (n_prompt + n_new <= max_seq):
  * one prefill over the prompt, then one step per token, reading back only the last logits

@@ -80,6 +80,12 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* FE_DECODE=generic keeps decoding on the op-by-op path (for comparisons). */
+static bool generic_decode_forced(void) {
+    const char *v = getenv("FE_DECODE");
+    return v && strcmp(v, "generic") == 0;
+}
+
 fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n_prompt,
                                    int64_t n_new, const fe_sample_config *cfg, int32_t *out,
                                    fe_token_fn on_token, void *ctx, fe_generate_stats *stats) {
@@ -107,15 +113,25 @@ fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n
     bool prev = fe_set_grad_enabled(false);
     double t0 = now_s(), t1 = t0;
     int64_t made = 0;
+    fe_llama_decoder *dec = NULL;
     for (int64_t s = 0; s < n_new && !st; s++) {
         int64_t len = n_prompt + s;
-        fe_scope *sc = fe_scope_begin();
-        /* the first step feeds the whole prompt, later ones the last token */
-        int64_t T = s == 0 ? n_prompt : 1;
-        fe_tensor *idx = fe_from_data(out + (len - T), 2, (int64_t[]){1, T}, FE_I32, dev);
-        fe_tensor *logits = idx ? fe_llama_forward_cached(m, idx, cache, true) : NULL; /* (1,1,V) */
-        st = logits ? fe_to_host(logits, row, FE_F64) : fe_last_status();
-        fe_scope_end(sc);
+        if (s == 1 && dev.type == FE_CUDA && !generic_decode_forced()) {
+            /* the prompt went through the flash kernel; single tokens through the graph */
+            dec = fe_llama_decoder_new(m, cache);
+            if (!dec) fe_clear_error(); /* not available for this model: the generic path */
+        }
+        if (dec) {
+            st = fe_llama_decoder_step(dec, out[len - 1], row);
+        } else {
+            fe_scope *sc = fe_scope_begin();
+            /* the first step feeds the whole prompt, later ones the last token */
+            int64_t T = s == 0 ? n_prompt : 1;
+            fe_tensor *idx = fe_from_data(out + (len - T), 2, (int64_t[]){1, T}, FE_I32, dev);
+            fe_tensor *logits = idx ? fe_llama_forward_cached(m, idx, cache, true) : NULL;
+            st = logits ? fe_to_host(logits, row, FE_F64) : fe_last_status(); /* (1, 1, V) */
+            fe_scope_end(sc);
+        }
         if (st) break;
         out[len] = fe_sample_logits(row, V, cfg, (uint64_t)s, scratch);
         made = s + 1;
@@ -124,6 +140,8 @@ fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n
     }
     double t2 = now_s();
     fe_set_grad_enabled(prev);
+    if (stats) stats->graph_decode = dec != NULL;
+    fe_llama_decoder_free(dec);
     fe_kv_cache_free(cache);
     free(row), free(scratch);
     if (stats) {

@@ -1,0 +1,492 @@
+/* Batch-1 decode engine (see cuda_decode.h): fused matrix-vector kernels with the
+ * neighbouring row work in their prologue and epilogue, an attention kernel that
+ * reads the KV cache in place, all captured once into a CUDA graph.
+ *
+ * Matrix-vector products (k_dec_gemv): every block first stages its input vector in
+ * shared memory as f32 (RMS-normalised and scaled by the norm weight when the mode
+ * has a norm), then each warp computes two output rows at a time with 16-byte
+ * streaming loads of the weights, four loads per row in flight per lane, and a
+ * shuffle reduction. Which two rows a warp takes depends on what the epilogue needs
+ * together: the two halves of a RoPE pair (q, k; v simply rides along), the gate
+ * and up rows of one SiLU-gate output, or two independent rows.
+ *
+ * Attention (k_dec_attn): one block per query head. Scores of up to 512 cached
+ * positions at a time go to shared memory (a thread per position, the whole key row
+ * in 16-byte loads), softmax is online across those chunks in base 2, and the value
+ * rows are accumulated by (16-byte column chunk, position group) threads, reduced in
+ * shared memory at the end. */
+#include "backends/cuda/cuda_decode.h"
+#include "backends/cuda/cuda_internal.cuh"
+
+#include <math.h>
+
+enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_CHUNK = 512 };
+enum { DEC_QKV = 0, DEC_SILU = 1, DEC_RESID = 2, DEC_PLAIN = 3 };
+
+/* ---- device helpers ------------------------------------------------------------------ */
+
+/* 16 bytes of weights that are read once: skip L1 */
+__device__ __forceinline__ uint4 dec_ld_stream(const void *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+__device__ __forceinline__ uint4 dec_ld(const void *p) {
+    return *reinterpret_cast<const uint4 *>(p);
+}
+
+/* 16 bytes of T -> 16 / sizeof(T) floats */
+template <typename T> __device__ __forceinline__ void dec_unpack(const uint4 &u, float *f);
+template <> __device__ __forceinline__ void dec_unpack<float>(const uint4 &u, float *f) {
+    f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z), f[3] = __uint_as_float(u.w);
+}
+template <> __device__ __forceinline__ void dec_unpack<__nv_bfloat16>(const uint4 &u, float *f) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        f[2 * i] = __uint_as_float(w[i] << 16);
+        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+    }
+}
+template <> __device__ __forceinline__ void dec_unpack<__half>(const uint4 &u, float *f) {
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 t = __half22float2(*reinterpret_cast<const __half2 *>(&w[i]));
+        f[2 * i] = t.x, f[2 * i + 1] = t.y;
+    }
+}
+
+/* sum of v over the block (DEC_THREADS threads); red holds DEC_WARPS floats */
+__device__ __forceinline__ float dec_block_sum(float v, float *red) {
+    v = cu_warp_sum(v);
+    __syncthreads(); /* earlier readers of red are done */
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    return red[0] + red[1] + red[2] + red[3];
+}
+__device__ __forceinline__ float dec_block_max(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    return fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+}
+
+/* Dot products of rows r0 and r1 (r1 may be NULL) with xs (K floats, shared), summed
+ * over the warp: every lane gets both sums. K is a multiple of 16 / sizeof(T). */
+template <typename T>
+__device__ __forceinline__ void dec_dot2(const T *r0, const T *r1, const float *xs, int K,
+                                         float &s0, float &s1) {
+    constexpr int V = 16 / sizeof(T), STEP = 32 * V;
+    int k = (int)(threadIdx.x & 31) * V;
+    float a0 = 0.f, a1 = 0.f;
+    for (; k + 3 * STEP < K; k += 4 * STEP) {
+        uint4 u0[4], u1[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            u0[i] = dec_ld_stream(r0 + k + i * STEP);
+            u1[i] = r1 ? dec_ld_stream(r1 + k + i * STEP) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float w0[V], w1[V];
+            dec_unpack<T>(u0[i], w0);
+            dec_unpack<T>(u1[i], w1);
+            const float *xv = xs + k + i * STEP;
+#pragma unroll
+            for (int e = 0; e < V; e++) {
+                a0 = fmaf(w0[e], xv[e], a0);
+                a1 = fmaf(w1[e], xv[e], a1);
+            }
+        }
+    }
+    for (; k < K; k += STEP) {
+        uint4 u0 = dec_ld_stream(r0 + k), u1 = r1 ? dec_ld_stream(r1 + k) : make_uint4(0, 0, 0, 0);
+        float w0[V], w1[V];
+        dec_unpack<T>(u0, w0);
+        dec_unpack<T>(u1, w1);
+#pragma unroll
+        for (int e = 0; e < V; e++) {
+            a0 = fmaf(w0[e], xs[k + e], a0);
+            a1 = fmaf(w1[e], xs[k + e], a1);
+        }
+    }
+    s0 = cu_warp_sum(a0);
+    s1 = cu_warp_sum(a1);
+}
+
+/* ---- kernels ------------------------------------------------------------------------- */
+
+struct dec_gemv_args {
+    const void *w[3]; /* weight segments, rows of K */
+    int K, npairs;
+    const float *x;   /* input (K) */
+    const void *g;    /* RMSNorm weight (K) or NULL: no norm */
+    float eps;
+    float *out;       /* QKV: q (Hq*D); SILU: h (F); RESID: out += ; PLAIN: out = */
+    int n;            /* RESID / PLAIN: rows */
+    void *kc, *vc;    /* QKV: caches (Hkv, cap, D) */
+    const float *inv_freq;
+    int D, Hq, Hkv, cap;
+    const int *params; /* token, position */
+};
+
+template <typename T, int MODE>
+__global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
+    extern __shared__ __align__(16) float dec_xs[];
+    __shared__ float red[DEC_WARPS];
+    const int tid = threadIdx.x, warp = tid >> 5, K = a.K;
+    if (a.g) {
+        float ss = 0.f;
+        for (int i = tid; i < K; i += DEC_THREADS) {
+            float v = a.x[i];
+            ss = fmaf(v, v, ss);
+        }
+        float rstd = rsqrtf(dec_block_sum(ss, red) / (float)K + a.eps);
+        const T *g = (const T *)a.g;
+        for (int i = tid; i < K; i += DEC_THREADS)
+            dec_xs[i] = a.x[i] * rstd * cu_to_f(g[i]);
+    } else {
+        for (int i = tid; i < K; i += DEC_THREADS)
+            dec_xs[i] = a.x[i];
+    }
+    __syncthreads();
+    for (int p = blockIdx.x * DEC_WARPS + warp; p < a.npairs; p += gridDim.x * DEC_WARPS) {
+        const T *r0, *r1;
+        int seg = 0, base = 0, j = 0, half = a.D / 2;
+        if (MODE == DEC_QKV) {
+            int head = p / half;
+            j = p - head * half;
+            seg = head < a.Hq ? 0 : head < a.Hq + a.Hkv ? 1 : 2;
+            base = (seg == 0 ? head : seg == 1 ? head - a.Hq : head - a.Hq - a.Hkv) * a.D;
+            const void *w = seg == 0 ? a.w[0] : seg == 1 ? a.w[1] : a.w[2]; /* no local copy */
+            r0 = (const T *)w + (size_t)(base + j) * K;
+            r1 = r0 + (size_t)half * K;
+        } else if (MODE == DEC_SILU) {
+            r0 = (const T *)a.w[0] + (size_t)p * K;
+            r1 = (const T *)a.w[1] + (size_t)p * K;
+        } else {
+            half = (a.n + 1) / 2;
+            r0 = (const T *)a.w[0] + (size_t)p * K;
+            r1 = p + half < a.n ? r0 + (size_t)half * K : nullptr;
+        }
+        float s0, s1;
+        dec_dot2<T>(r0, r1, dec_xs, K, s0, s1);
+        if ((tid & 31) != 0) continue;
+        if (MODE == DEC_QKV) {
+            int pos = a.params[1];
+            float y0 = s0, y1 = s1;
+            if (seg < 2) { /* rotate-half RoPE with the f32 angle the rope op uses */
+                float ang = __fmul_rn(__int2float_rn(pos), a.inv_freq[j]), sn, cs;
+                sincosf(ang, &sn, &cs);
+                y0 = s0 * cs - s1 * sn;
+                y1 = s1 * cs + s0 * sn;
+            }
+            if (seg == 0) {
+                a.out[base + j] = y0;
+                a.out[base + j + half] = y1;
+            } else {
+                T *c = (T *)(seg == 1 ? a.kc : a.vc) +
+                       ((size_t)(base / a.D) * a.cap + pos) * a.D;
+                c[j] = cu_cast<T>(y0);
+                c[j + half] = cu_cast<T>(y1);
+            }
+        } else if (MODE == DEC_SILU) {
+            a.out[p] = s0 / (1.f + __expf(-s0)) * s1;
+        } else if (MODE == DEC_RESID) {
+            a.out[p] += s0;
+            if (r1) a.out[p + half] += s1;
+        } else {
+            a.out[p] = s0;
+            if (r1) a.out[p + half] = s1;
+        }
+    }
+}
+
+/* x = embedding row of the token */
+template <typename T>
+__global__ void k_dec_embed(float *x, const T *emb, const int *params, int C) {
+    const T *row = emb + (size_t)params[0] * C;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < C; i += gridDim.x * blockDim.x)
+        x[i] = cu_to_f(row[i]);
+}
+
+/* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32 */
+template <typename T, int D>
+__global__ void __launch_bounds__(DEC_THREADS)
+    k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
+               int cap, float scale_log2) {
+    constexpr int V = 16 / sizeof(T), NC = D / V, NG = DEC_THREADS / NC;
+    __shared__ __align__(16) float qs[D];
+    __shared__ float sc[DEC_CHUNK];
+    __shared__ float red[DEC_WARPS];
+    __shared__ float part[NG][D];
+    const int h = blockIdx.x, tid = threadIdx.x, L = params[1] + 1;
+    const T *Kh = kc + (size_t)(h / G) * cap * D, *Vh = vc + (size_t)(h / G) * cap * D;
+    for (int i = tid; i < D; i += DEC_THREADS)
+        qs[i] = q[h * D + i] * scale_log2;
+    __syncthreads();
+    const int col = tid % NC, grp = tid / NC;
+    float acc[V], m = -INFINITY, l = 0.f;
+#pragma unroll
+    for (int e = 0; e < V; e++)
+        acc[e] = 0.f;
+    for (int c0 = 0; c0 < L; c0 += DEC_CHUNK) {
+        const int n = min(DEC_CHUNK, L - c0);
+        float lmax = -INFINITY;
+        for (int t = tid; t < n; t += DEC_THREADS) {
+            const T *kr = Kh + (size_t)(c0 + t) * D;
+            uint4 u[NC];
+#pragma unroll
+            for (int c = 0; c < NC; c++)
+                u[c] = dec_ld(kr + c * V);
+            float s = 0.f;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                float f[V];
+                dec_unpack<T>(u[c], f);
+#pragma unroll
+                for (int e = 0; e < V; e++)
+                    s = fmaf(f[e], qs[c * V + e], s);
+            }
+            sc[t] = s;
+            lmax = fmaxf(lmax, s);
+        }
+        const float mn = fmaxf(m, dec_block_max(lmax, red)), corr = exp2f(m - mn);
+        float ls = 0.f;
+        for (int t = tid; t < n; t += DEC_THREADS) {
+            float pr = exp2f(sc[t] - mn);
+            sc[t] = pr;
+            ls += pr;
+        }
+        l = l * corr + dec_block_sum(ls, red); /* its barriers publish sc */
+        m = mn;
+#pragma unroll
+        for (int e = 0; e < V; e++)
+            acc[e] *= corr;
+        for (int t = grp; t < n; t += NG) {
+            float f[V], pr = sc[t];
+            dec_unpack<T>(dec_ld(Vh + (size_t)(c0 + t) * D + col * V), f);
+#pragma unroll
+            for (int e = 0; e < V; e++)
+                acc[e] = fmaf(pr, f[e], acc[e]);
+        }
+        __syncthreads(); /* sc is rewritten by the next chunk */
+    }
+#pragma unroll
+    for (int e = 0; e < V; e++)
+        part[grp][col * V + e] = acc[e];
+    __syncthreads();
+    for (int i = tid; i < D; i += DEC_THREADS) {
+        float s = 0.f;
+        for (int g = 0; g < NG; g++)
+            s += part[g][i];
+        out[h * D + i] = s / l;
+    }
+}
+
+/* ---- host side ----------------------------------------------------------------------- */
+
+struct fe_cuda_decode {
+    fe_cuda_decode_desc d;
+    fe_cuda_decode_layer *layers;
+    cu_dev *dev;
+    void *block; /* one device allocation: x, q, att, h, logits, params */
+    size_t block_bytes;
+    float *x, *q, *att, *h, *logits;
+    int *params;
+    int *params_host;   /* pinned */
+    float *logits_host; /* pinned */
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+};
+
+extern "C" fe_status fe_cuda_decode_supported(const fe_cuda_decode_desc *d) {
+    if (!d) return fe_set_error(FE_ERR_ARG, "decode engine: NULL description");
+    if (d->dtype != FE_F32 && d->dtype != FE_F16 && d->dtype != FE_BF16)
+        return fe_set_error(FE_ERR_DTYPE, "decode engine: weights must be f32, f16 or bf16, not %s",
+                            fe_dtype_name(d->dtype));
+    if (d->head_dim != 64 && d->head_dim != 128)
+        return fe_set_error(FE_ERR_SHAPE, "decode engine: head_dim %lld is not 64 or 128",
+                            (long long)d->head_dim);
+    int64_t vec = 16 / (int64_t)fe_dtype_size(d->dtype);
+    if (d->dim % vec || d->ffn_dim % vec || (d->n_heads * d->head_dim) % vec)
+        return fe_set_error(FE_ERR_SHAPE,
+                            "decode engine: dim %lld and ffn_dim %lld must be multiples of %lld",
+                            (long long)d->dim, (long long)d->ffn_dim, (long long)vec);
+    int64_t kmax = d->dim > d->ffn_dim ? d->dim : d->ffn_dim;
+    if (d->n_heads * d->head_dim > kmax) kmax = d->n_heads * d->head_dim;
+    if (kmax * 4 > 200 * 1024 || d->vocab > INT32_MAX / 2 || d->capacity > INT32_MAX ||
+        d->n_heads % d->n_kv_heads || d->n_layers < 1)
+        return fe_set_error(FE_ERR_SHAPE, "decode engine: sizes out of range");
+    return FE_OK;
+}
+
+/* Blocks for npairs warp tasks: at most 8 blocks per SM, every warp the same count. */
+static unsigned dec_grid(const cu_dev *dv, int npairs) {
+    int cap = dv->sm_count * 8, per = (npairs + DEC_WARPS * cap - 1) / (DEC_WARPS * cap);
+    if (per < 1) per = 1;
+    int g = (npairs + DEC_WARPS * per - 1) / (DEC_WARPS * per);
+    return (unsigned)(g > 0 ? g : 1);
+}
+
+template <typename T, int MODE>
+static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
+    size_t smem = (size_t)a.K * sizeof(float);
+    if (smem > 48 * 1024) {
+        cudaError_t r = cudaFuncSetAttribute(k_dec_gemv<T, MODE>,
+                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (r != cudaSuccess) return cu_check(r, "decode: shared memory size");
+    }
+    a.params = e->params;
+    k_dec_gemv<T, MODE><<<dec_grid(e->dev, a.npairs), DEC_THREADS, smem, e->dev->stream>>>(a);
+    return cu_launched("decode matrix-vector kernel");
+}
+
+/* Queue one token step on the engine's stream (captured into the graph). */
+template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
+    const fe_cuda_decode_desc *d = &e->d;
+    cudaStream_t s = e->dev->stream;
+    const int C = (int)d->dim, F = (int)d->ffn_dim, D = (int)d->head_dim, Hq = (int)d->n_heads,
+              Hkv = (int)d->n_kv_heads, QD = Hq * D;
+    const float eps = (float)d->eps, sl2 = (float)(1.4426950408889634 / sqrt((double)D));
+    k_dec_embed<T><<<(C + 255) / 256, 256, 0, s>>>(e->x, (const T *)d->embed, e->params, C);
+    fe_status st = cu_launched("decode embedding kernel");
+    for (int64_t l = 0; l < d->n_layers && !st; l++) {
+        const fe_cuda_decode_layer *L = &e->layers[l];
+        dec_gemv_args a = {};
+        a.w[0] = L->wq, a.w[1] = L->wk, a.w[2] = L->wv;
+        a.K = C, a.npairs = (Hq + 2 * Hkv) * (D / 2), a.x = e->x, a.g = L->ln_attn, a.eps = eps;
+        a.out = e->q, a.kc = L->k_cache, a.vc = L->v_cache, a.inv_freq = d->inv_freq;
+        a.D = D, a.Hq = Hq, a.Hkv = Hkv, a.cap = (int)d->capacity;
+        st = dec_launch<T, DEC_QKV>(e, a);
+        if (st) break;
+        if (D == 64)
+            k_dec_attn<T, 64><<<Hq, DEC_THREADS, 0, s>>>(e->q, (const T *)L->k_cache,
+                                                         (const T *)L->v_cache, e->att, e->params,
+                                                         Hq / Hkv, (int)d->capacity, sl2);
+        else
+            k_dec_attn<T, 128><<<Hq, DEC_THREADS, 0, s>>>(e->q, (const T *)L->k_cache,
+                                                          (const T *)L->v_cache, e->att, e->params,
+                                                          Hq / Hkv, (int)d->capacity, sl2);
+        if ((st = cu_launched("decode attention kernel"))) break;
+        a = dec_gemv_args{};
+        a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
+        if ((st = dec_launch<T, DEC_RESID>(e, a))) break;
+        a = dec_gemv_args{};
+        a.w[0] = L->w_gate, a.w[1] = L->w_up, a.K = C, a.npairs = F, a.x = e->x;
+        a.g = L->ln_mlp, a.eps = eps, a.out = e->h;
+        if ((st = dec_launch<T, DEC_SILU>(e, a))) break;
+        a = dec_gemv_args{};
+        a.w[0] = L->w_down, a.K = F, a.n = C, a.npairs = (C + 1) / 2, a.x = e->h, a.out = e->x;
+        st = dec_launch<T, DEC_RESID>(e, a);
+    }
+    if (!st) {
+        dec_gemv_args a = {};
+        int V = (int)d->vocab;
+        a.w[0] = d->lm_head, a.K = C, a.n = V, a.npairs = (V + 1) / 2, a.x = e->x;
+        a.g = d->final_norm, a.eps = eps, a.out = e->logits;
+        st = dec_launch<T, DEC_PLAIN>(e, a);
+    }
+    return st;
+}
+
+extern "C" void fe_cuda_decode_free(fe_cuda_decode *e) {
+    if (!e) return;
+    if (e->exec) cudaGraphExecDestroy(e->exec);
+    if (e->graph) cudaGraphDestroy(e->graph);
+    if (e->params_host) cudaFreeHost(e->params_host);
+    if (e->logits_host) cudaFreeHost(e->logits_host);
+    if (e->block) fe_cuda_free((fe_device){FE_CUDA, e->dev->index}, e->block, e->block_bytes);
+    free(e->layers);
+    free(e);
+}
+
+extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
+    if (fe_cuda_decode_supported(d)) return NULL;
+    if (!d->layers || !d->embed || !d->final_norm || !d->lm_head || !d->inv_freq) {
+        fe_set_error(FE_ERR_ARG, "decode engine: missing weights");
+        return NULL;
+    }
+    cu_dev *dv = cu_dev_get((fe_device){FE_CUDA, d->device});
+    if (!dv) return NULL;
+    fe_cuda_decode *e = (fe_cuda_decode *)calloc(1, sizeof *e);
+    if (e) e->layers = (fe_cuda_decode_layer *)malloc((size_t)d->n_layers * sizeof *e->layers);
+    if (!e || !e->layers) {
+        free(e);
+        fe_set_error(FE_ERR_OOM, "decode engine: out of host memory");
+        return NULL;
+    }
+    e->d = *d;
+    memcpy(e->layers, d->layers, (size_t)d->n_layers * sizeof *e->layers);
+    e->d.layers = e->layers;
+    e->dev = dv;
+    /* f32 activations, each start rounded up to 16 floats */
+    size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
+    size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
+           nh = (d->ffn_dim + r16 - 1) / r16 * r16, nl = (d->vocab + r16 - 1) / r16 * r16;
+    e->block_bytes = (nx + 2 * nq + nh + nl) * sizeof(float) + 16 * sizeof(int);
+    fe_status st = fe_cuda_alloc((fe_device){FE_CUDA, d->device}, e->block_bytes, &e->block);
+    if (st) {
+        e->block = NULL;
+        fe_cuda_decode_free(e);
+        return NULL;
+    }
+    e->x = (float *)e->block;
+    e->q = e->x + nx, e->att = e->q + nq, e->h = e->att + nq, e->logits = e->h + nh;
+    e->params = (int *)(e->logits + nl);
+    st = cu_check(cudaMallocHost((void **)&e->params_host, 16 * sizeof(int)), "cudaMallocHost");
+    if (!st)
+        st = cu_check(cudaMallocHost((void **)&e->logits_host, (size_t)d->vocab * sizeof(float)),
+                      "cudaMallocHost");
+    if (!st) st = cu_check(cudaMemsetAsync(e->block, 0, e->block_bytes, dv->stream), "cudaMemset");
+    if (!st) st = cu_check(cudaStreamSynchronize(dv->stream), "cudaStreamSynchronize");
+    if (!st)
+        st = cu_check(cudaStreamBeginCapture(dv->stream, cudaStreamCaptureModeThreadLocal),
+                      "cudaStreamBeginCapture");
+    if (!st) {
+        fe_status qs = d->dtype == FE_BF16  ? dec_enqueue<__nv_bfloat16>(e)
+                       : d->dtype == FE_F16 ? dec_enqueue<__half>(e)
+                                            : dec_enqueue<float>(e);
+        cudaError_t r = cudaStreamEndCapture(dv->stream, &e->graph);
+        st = qs ? qs : cu_check(r, "cudaStreamEndCapture");
+    }
+    if (!st) st = cu_check(cudaGraphInstantiate(&e->exec, e->graph, 0), "cudaGraphInstantiate");
+    if (st) {
+        fe_cuda_decode_free(e);
+        return NULL;
+    }
+    return e;
+}
+
+extern "C" fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64_t pos,
+                                         const float **logits) {
+    if (!e || !logits) return fe_set_error(FE_ERR_ARG, "decode step: NULL engine or output");
+    if (token < 0 || token >= e->d.vocab || pos < 0 || pos >= e->d.capacity)
+        return fe_set_error(FE_ERR_RANGE,
+                            "decode step: token %d or position %lld out of range (vocab %lld, "
+                            "cache %lld)",
+                            (int)token, (long long)pos, (long long)e->d.vocab,
+                            (long long)e->d.capacity);
+    cudaStream_t s = e->dev->stream;
+    e->params_host[0] = token;
+    e->params_host[1] = (int)pos;
+    fe_status st = cu_check(cudaSetDevice(e->dev->index), "cudaSetDevice");
+    if (!st)
+        st = cu_check(cudaMemcpyAsync(e->params, e->params_host, 2 * sizeof(int),
+                                      cudaMemcpyHostToDevice, s),
+                      "decode: token upload");
+    if (!st) st = cu_check(cudaGraphLaunch(e->exec, s), "cudaGraphLaunch");
+    if (!st)
+        st = cu_check(cudaMemcpyAsync(e->logits_host, e->logits, (size_t)e->d.vocab * sizeof(float),
+                                      cudaMemcpyDeviceToHost, s),
+                      "decode: logits download");
+    if (!st) st = cu_check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+    *logits = st ? NULL : e->logits_host;
+    return st;
+}

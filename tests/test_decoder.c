@@ -1,0 +1,164 @@
+/* fe_llama_decoder (the CUDA-graph batch-1 decode path) against the op-by-op cached
+ * forward on the same model and the same tokens, and its errors. The GPU cases skip
+ * without a CUDA device; the error cases for a CPU model run everywhere. */
+#include "test.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define GPU ((fe_device){FE_CUDA, 0})
+
+static fe_llama_config cfg64(void) { /* GQA, head_dim 64, odd vocabulary, tied */
+    return (fe_llama_config){.vocab_size = 1001, .dim = 256, .n_layers = 2, .n_heads = 4,
+                             .n_kv_heads = 2, .head_dim = 64, .ffn_dim = 328, .max_seq = 640,
+                             .norm_eps = 1e-5, .rope_theta = 10000.0, .tie_embeddings = true,
+                             .init_std = 0.05};
+}
+static fe_llama_config cfg128(void) { /* multi-query, head_dim 128, llama3 RoPE, untied */
+    return (fe_llama_config){.vocab_size = 517, .dim = 256, .n_layers = 3, .n_heads = 2,
+                             .n_kv_heads = 1, .head_dim = 128, .ffn_dim = 712, .max_seq = 640,
+                             .norm_eps = 1e-6, .rope_theta = 500000.0,
+                             .rope_scaling = {.llama3 = true, .factor = 8, .low_freq_factor = 1,
+                                              .high_freq_factor = 4,
+                                              .original_max_position_embeddings = 64},
+                             .init_std = 0.05};
+}
+
+/* ||a - b|| / ||b|| */
+static double rel_err(const double *a, const double *b, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+
+static int64_t argmax(const double *x, int64_t n) {
+    int64_t b = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* Prefill n_prompt random tokens into two caches, then run n_steps random tokens through
+ * the decoder and through fe_llama_forward_cached, comparing every step's logits. */
+static void compare(fe_llama_config c, fe_dtype dt, int64_t n_prompt, int n_steps, double tol) {
+    if (!fe_device_available(FE_CUDA)) SKIP("no CUDA device (or ferric was built without CUDA)");
+    fe_manual_seed(11);
+    fe_llama *m = fe_llama_new(&c, dt, GPU);
+    CHECK(m != NULL);
+    if (!m) return;
+    int64_t V = c.vocab_size, cap = n_prompt + n_steps;
+    fe_kv_cache *ca = fe_kv_cache_new(m, cap), *cb = fe_kv_cache_new(m, cap);
+    int32_t *tok = malloc((size_t)cap * sizeof *tok);
+    double *la = malloc((size_t)V * sizeof *la), *lb = malloc((size_t)V * sizeof *lb);
+    srand(5);
+    for (int64_t i = 0; i < cap; i++)
+        tok[i] = rand() % (int)V;
+    fe_tensor *p = fe_from_data(tok, 2, (int64_t[]){1, n_prompt}, FE_I32, GPU);
+    CHECK(fe_llama_forward_cached(m, p, ca, true) && fe_llama_forward_cached(m, p, cb, true));
+    fe_llama_decoder *dec = fe_llama_decoder_new(m, ca);
+    CHECK(dec != NULL);
+    double worst = 0;
+    int same_top = 0;
+    for (int s = 0; dec && s < n_steps; s++) {
+        int32_t t = tok[n_prompt + s];
+        CHECK(fe_llama_decoder_step(dec, t, la) == FE_OK);
+        fe_tensor *idx = fe_from_data(&t, 2, (int64_t[]){1, 1}, FE_I32, GPU);
+        fe_tensor *lg = fe_llama_forward_cached(m, idx, cb, true);
+        CHECK(lg && fe_to_host(lg, lb, FE_F64) == FE_OK);
+        double e = rel_err(la, lb, V);
+        if (!(e <= worst)) worst = e;
+        same_top += argmax(la, V) == argmax(lb, V);
+        fe_free(idx), fe_free(lg);
+    }
+    printf("    %s, %lld prompt tokens: worst relative error %.3g over %d steps, same argmax %d/%d\n",
+           fe_dtype_name(dt), (long long)n_prompt, worst, n_steps, same_top, n_steps);
+    CHECK(worst <= tol);
+    if (dt == FE_F32) CHECK(same_top == n_steps);
+    CHECK(fe_kv_cache_len(ca) == cap && fe_kv_cache_len(cb) == cap);
+    fe_llama_decoder_free(dec);
+    fe_kv_cache_free(ca), fe_kv_cache_free(cb);
+    fe_free(p);
+    free(tok), free(la), free(lb);
+    fe_llama_free(m);
+}
+
+TEST(decoder_matches_cached_forward_f32) {
+    compare(cfg64(), FE_F32, 7, 12, 2e-5);
+    compare(cfg128(), FE_F32, 5, 12, 2e-5);
+}
+/* bf16/f16: the reference rounds every op's output to the dtype, the decoder keeps f32
+ * activations, so they differ by the dtype's rounding */
+TEST(decoder_matches_cached_forward_bf16) {
+    compare(cfg64(), FE_BF16, 9, 10, 3e-2);
+    compare(cfg128(), FE_BF16, 3, 10, 3e-2);
+}
+TEST(decoder_matches_cached_forward_f16) { compare(cfg64(), FE_F16, 6, 10, 5e-3); }
+/* more than one 512-position chunk of the cache in the attention kernel */
+TEST(decoder_long_context) {
+    compare(cfg64(), FE_F32, 600, 6, 2e-5);
+    compare(cfg128(), FE_BF16, 530, 4, 3e-2);
+}
+
+TEST(decoder_errors) {
+    fe_llama_config c = cfg64();
+    fe_manual_seed(3);
+    fe_llama *cpu = fe_llama_new(&c, FE_F32, (fe_device){FE_CPU, 0});
+    fe_kv_cache *cc = fe_kv_cache_new(cpu, 8);
+    CHECK_ERROR(fe_llama_decoder_new(cpu, cc) == NULL, "CUDA");
+    CHECK_ERROR(fe_llama_decoder_new(cpu, NULL) == NULL, "NULL");
+    fe_kv_cache_free(cc);
+    fe_llama_free(cpu);
+    if (!fe_device_available(FE_CUDA)) SKIP("no CUDA device for the rest");
+    c.head_dim = 32, c.n_heads = 8, c.n_kv_heads = 4; /* 8 * 32 = dim 256 */
+    fe_llama *m = fe_llama_new(&c, FE_BF16, GPU);
+    fe_kv_cache *k = fe_kv_cache_new(m, 4);
+    CHECK_ERROR(fe_llama_decoder_new(m, k) == NULL, "head_dim 32");
+    fe_kv_cache_free(k);
+    fe_llama_free(m);
+    c = cfg64();
+    m = fe_llama_new(&c, FE_BF16, GPU);
+    k = fe_kv_cache_new(m, 2);
+    fe_llama_decoder *d = fe_llama_decoder_new(m, k);
+    double *l = malloc((size_t)c.vocab_size * sizeof *l);
+    CHECK(d != NULL);
+    CHECK_ERROR(fe_llama_decoder_step(d, (int32_t)c.vocab_size, l) != FE_OK, "vocabulary");
+    CHECK(fe_kv_cache_len(k) == 0);
+    CHECK(fe_llama_decoder_step(d, 1, l) == FE_OK && fe_llama_decoder_step(d, 2, l) == FE_OK);
+    CHECK_ERROR(fe_llama_decoder_step(d, 3, l) != FE_OK, "full");
+    CHECK(fe_kv_cache_len(k) == 2);
+    free(l);
+    fe_llama_decoder_free(d);
+    fe_kv_cache_free(k);
+    fe_llama_free(m);
+}
+
+static bool count_token(void *ctx, int32_t t) {
+    (void)t;
+    ++*(int *)ctx;
+    return true;
+}
+
+/* generation through the decoder equals generation op by op (f32, greedy) */
+TEST(generate_uses_decoder) {
+    if (!fe_device_available(FE_CUDA)) SKIP("no CUDA device (or ferric was built without CUDA)");
+    fe_llama_config c = cfg128();
+    fe_manual_seed(21);
+    fe_llama *m = fe_llama_new(&c, FE_F32, GPU);
+    int32_t prompt[4] = {5, 17, 300, 2}, a[4 + 24], b[4 + 24];
+    fe_generate_stats sa, sb;
+    int n = 0;
+    CHECK(fe_llama_generate_cached(m, prompt, 4, 24, NULL, a, count_token, &n, &sa) == FE_OK);
+    setenv("FE_DECODE", "generic", 1);
+    CHECK(fe_llama_generate_cached(m, prompt, 4, 24, NULL, b, NULL, NULL, &sb) == FE_OK);
+    unsetenv("FE_DECODE");
+    CHECK(sa.graph_decode && !sb.graph_decode);
+    CHECK(n == 24 && sa.n_generated == 24);
+    int same = 0;
+    for (int i = 0; i < 28; i++)
+        same += a[i] == b[i];
+    CHECK(same == 28);
+    fe_llama_free(m);
+}
