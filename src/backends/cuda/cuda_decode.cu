@@ -335,14 +335,28 @@ static unsigned dec_grid(const cu_dev *dv, int npairs) {
     return (unsigned)(g > 0 ? g : 1);
 }
 
+/* Allow k_dec_gemv's dynamic shared memory past 48 KiB (before the capture). */
+template <typename T> static fe_status dec_prepare(size_t smem) {
+    cudaError_t r = cudaSuccess;
+    if (smem > 48 * 1024) {
+        r = cudaFuncSetAttribute(k_dec_gemv<T, DEC_QKV>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (r == cudaSuccess)
+            r = cudaFuncSetAttribute(k_dec_gemv<T, DEC_SILU>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (r == cudaSuccess)
+            r = cudaFuncSetAttribute(k_dec_gemv<T, DEC_RESID>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (r == cudaSuccess)
+            r = cudaFuncSetAttribute(k_dec_gemv<T, DEC_PLAIN>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    }
+    return cu_check(r, "decode: shared memory size");
+}
+
 template <typename T, int MODE>
 static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
     size_t smem = (size_t)a.K * sizeof(float);
-    if (smem > 48 * 1024) {
-        cudaError_t r = cudaFuncSetAttribute(k_dec_gemv<T, MODE>,
-                                             cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (r != cudaSuccess) return cu_check(r, "decode: shared memory size");
-    }
     a.params = e->params;
     k_dec_gemv<T, MODE><<<dec_grid(e->dev, a.npairs), DEC_THREADS, smem, e->dev->stream>>>(a);
     return cu_launched("decode matrix-vector kernel");
@@ -444,6 +458,14 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     if (!st)
         st = cu_check(cudaMallocHost((void **)&e->logits_host, (size_t)d->vocab * sizeof(float)),
                       "cudaMallocHost");
+    if (!st) {
+        int64_t kmax = d->dim > d->ffn_dim ? d->dim : d->ffn_dim;
+        if (d->n_heads * d->head_dim > kmax) kmax = d->n_heads * d->head_dim;
+        size_t smem = (size_t)kmax * sizeof(float);
+        st = d->dtype == FE_BF16  ? dec_prepare<__nv_bfloat16>(smem)
+             : d->dtype == FE_F16 ? dec_prepare<__half>(smem)
+                                  : dec_prepare<float>(smem);
+    }
     if (!st) st = cu_check(cudaMemsetAsync(e->block, 0, e->block_bytes, dv->stream), "cudaMemset");
     if (!st) st = cu_check(cudaStreamSynchronize(dv->stream), "cudaStreamSynchronize");
     if (!st)
