@@ -88,6 +88,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="torch.compile transformers' forward")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
+    ap.add_argument("--keep", metavar="DIR", help="save the model folder in DIR and keep it")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("skipped: no CUDA device for torch")
@@ -97,7 +98,7 @@ def main():
         print(f"decode bench: {exe} is missing: build with -DFE_CUDA=ON first")
         return 1
     dev_name = torch.cuda.get_device_name(0)
-    folder = tempfile.mkdtemp(prefix="fe_decode_bench_")
+    folder = a.keep or tempfile.mkdtemp(prefix="fe_decode_bench_")
     rows = []
     try:
         torch.manual_seed(0)
@@ -119,7 +120,10 @@ def main():
         # ferric, in its own process (the torch model stays resident: plenty of memory):
         # the default path (the CUDA-graph decoder) and the op-by-op path for comparison
         wall = 0.0
-        for label, env in (("ferric", {}), ("ferric op-by-op", {"FE_DECODE": "generic"})):
+        variants = (("ferric", {}), ("ferric, no PDL", {"FE_DECODE_PDL": "0"}),
+                    ("ferric, no L2 prefetch", {"FE_DECODE_PREFETCH": "0"}),
+                    ("ferric op-by-op", {"FE_DECODE": "generic"}))
+        for label, env in variants:
             t = time.perf_counter()
             r = subprocess.run([exe, "--model", folder, "--ids", ",".join(map(str, ids)),
                                 "--bench", str(a.new), "--repeat", str(a.repeat + 1), "--device",
@@ -130,7 +134,7 @@ def main():
                 print(f"{label} failed: {r.stderr.strip()}")
                 return 1
             fr = json.loads(r.stdout.strip().splitlines()[-1])
-            if fr.get("graph_decode"):
+            if fr.get("graph_decode") and label == "ferric":
                 label += " (CUDA-graph decoder)"
             rows.append((label, fr["prefill_tok_s"], fr["decode_tok_s"]))
 
@@ -141,7 +145,8 @@ def main():
             p, d = hf_generate_speed(model, ids, a.new, a.repeat)
             rows.append((f"transformers static{' +compile' if a.compile else ''}", p, d))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        if not a.keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
     print(f"\n{dev_name}; torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"model: TinyLlama shape, {n_params / 1e9:.3f} B parameters, bf16; "

@@ -20,7 +20,7 @@ def main():
         if row.get("Metric Name") != "gpu__time_duration.sum":
             continue
         name = re.sub(r"\(.*", "", row["Kernel Name"])[:90]  # drop argument lists
-        scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(row["Metric Unit"], 1.0)
+        scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}[row["Metric Unit"]]
         total[name] += float(row["Metric Value"].replace(",", "")) * scale
         count[name] += 1
     s = sum(total.values())

@@ -57,7 +57,18 @@ do_bench() {
 
 do_kernels() { timeout 200 python3 bench/kernels.py --build build-gpu; }
 do_hfparity() { timeout 200 python3 tests/parity/hf_parity.py --build build-gpu; }
-do_decode() { timeout 200 python3 bench/decode.py --build build-gpu; }
+do_decode() { timeout 200 python3 bench/decode.py --build build-gpu --keep /tmp/tinyllama-bf16; }
+# Per-kernel times of the decoder's graph (after the decode stage saved its model).
+do_decprof() {
+    timeout 200 ncu --clock-control none --graph-profiling node --metrics gpu__time_duration.sum \
+        --csv --launch-skip 1200 --launch-count 240 \
+        build-gpu/example_hf_logits --model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8 \
+        --bench 32 --repeat 1 --device cuda --dtype bf16 >"$LOGS/decprof.csv" 2>&1
+    local rc=$?
+    python3 bench/ncu_summary.py "$LOGS/decprof.csv"
+    grep -c k_dec "$LOGS/decprof.csv"
+    return $rc
+}
 do_trainbench() { timeout 400 bash bench/train_llama.sh; }
 do_decoder() { build-gpu/test_decoder; }
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
@@ -86,6 +97,7 @@ for s in "$@"; do
     trainbench) stage trainbench do_trainbench ;;
     decoder) stage decoder do_decoder ;;
     profile) stage profile do_profile ;;
+    decprof) stage decprof do_decprof ;;
     *) echo "unknown stage $s" ;;
     esac
 done

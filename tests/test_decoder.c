@@ -64,7 +64,9 @@ static void compare(fe_llama_config c, fe_dtype dt, int64_t n_prompt, int n_step
     int same_top = 0;
     for (int s = 0; dec && s < n_steps; s++) {
         int32_t t = tok[n_prompt + s];
-        CHECK(fe_llama_decoder_step(dec, t, la) == FE_OK);
+        int32_t top = -1;
+        CHECK(fe_llama_decoder_step(dec, t, la, &top) == FE_OK);
+        CHECK(top == argmax(la, V)); /* the device argmax agrees with the logits */
         fe_tensor *idx = fe_from_data(&t, 2, (int64_t[]){1, 1}, FE_I32, GPU);
         fe_tensor *lg = fe_llama_forward_cached(m, idx, cb, true);
         CHECK(lg && fe_to_host(lg, lb, FE_F64) == FE_OK);
@@ -124,10 +126,13 @@ TEST(decoder_errors) {
     fe_llama_decoder *d = fe_llama_decoder_new(m, k);
     double *l = malloc((size_t)c.vocab_size * sizeof *l);
     CHECK(d != NULL);
-    CHECK_ERROR(fe_llama_decoder_step(d, (int32_t)c.vocab_size, l) != FE_OK, "vocabulary");
+    CHECK_ERROR(fe_llama_decoder_step(d, (int32_t)c.vocab_size, l, NULL) != FE_OK, "vocabulary");
     CHECK(fe_kv_cache_len(k) == 0);
-    CHECK(fe_llama_decoder_step(d, 1, l) == FE_OK && fe_llama_decoder_step(d, 2, l) == FE_OK);
-    CHECK_ERROR(fe_llama_decoder_step(d, 3, l) != FE_OK, "full");
+    int32_t top;
+    CHECK_ERROR(fe_llama_decoder_step(d, 1, NULL, NULL) != FE_OK, "no output");
+    CHECK(fe_llama_decoder_step(d, 1, l, NULL) == FE_OK && fe_llama_decoder_step(d, 2, NULL, &top) == FE_OK);
+    CHECK(top >= 0 && top < c.vocab_size);
+    CHECK_ERROR(fe_llama_decoder_step(d, 3, l, &top) != FE_OK, "full");
     CHECK(fe_kv_cache_len(k) == 2);
     free(l);
     fe_llama_decoder_free(d);

@@ -235,10 +235,12 @@ fe_tensor *fe_llama_forward_cached(fe_llama *m, fe_tensor *idx, fe_kv_cache *c, 
  * that dtype's rounding. */
 typedef struct fe_llama_decoder fe_llama_decoder;
 fe_llama_decoder *fe_llama_decoder_new(fe_llama *m, fe_kv_cache *c);
-/* Run `token` at the cache's next position, append its keys/values and write the
- * logits (V doubles) to `logits`; FE_ERR_RANGE for a token outside the vocabulary or
- * a full cache (then nothing changes). */
-fe_status fe_llama_decoder_step(fe_llama_decoder *d, int32_t token, double *logits);
+/* Run `token` at the cache's next position, append its keys/values, write the logits
+ * (V doubles) to `logits` and/or the first index of the largest logit (found on the
+ * device: nothing else is read back) to `top`; either may be NULL, not both.
+ * FE_ERR_RANGE for a token outside the vocabulary or a full cache (nothing changes). */
+fe_status fe_llama_decoder_step(fe_llama_decoder *d, int32_t token, double *logits,
+                                int32_t *top);
 void fe_llama_decoder_free(fe_llama_decoder *d);
 
 /* Pick a token from one row of logits (V doubles): greedy when cfg is NULL or its

@@ -134,8 +134,10 @@ fe_llama_decoder *fe_llama_decoder_new(fe_llama *m, fe_kv_cache *c) {
 #endif
 }
 
-fe_status fe_llama_decoder_step(fe_llama_decoder *d, int32_t token, double *logits) {
-    if (!d || !logits) return fe_set_error(FE_ERR_ARG, "decoder step: NULL decoder or logits");
+fe_status fe_llama_decoder_step(fe_llama_decoder *d, int32_t token, double *logits,
+                                int32_t *top) {
+    if (!d || (!logits && !top))
+        return fe_set_error(FE_ERR_ARG, "decoder step: NULL decoder or no output asked for");
     int64_t pos = fe_kv_cache_len(d->cache);
     if (token < 0 || token >= d->vocab)
         return fe_set_error(FE_ERR_RANGE,
@@ -146,9 +148,9 @@ fe_status fe_llama_decoder_step(fe_llama_decoder *d, int32_t token, double *logi
                             pos);
 #ifdef FE_HAVE_CUDA
     const float *row = NULL;
-    fe_status st = fe_cuda_decode_step(d->engine, token, pos, &row);
+    fe_status st = fe_cuda_decode_step(d->engine, token, pos, logits ? &row : NULL, top);
     if (st) return st;
-    for (int64_t i = 0; i < d->vocab; i++)
+    for (int64_t i = 0; logits && i < d->vocab; i++)
         logits[i] = row[i];
     return fe__kv_cache_set_len(d->cache, pos + 1);
 #else

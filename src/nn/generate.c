@@ -121,8 +121,11 @@ fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n
             dec = fe_llama_decoder_new(m, cache);
             if (!dec) fe_clear_error(); /* not available for this model: the generic path */
         }
+        bool greedy = !cfg || !(cfg->temperature > 0);
+        int32_t top = -1;
         if (dec) {
-            st = fe_llama_decoder_step(dec, out[len - 1], row);
+            /* greedy decoding reads back only the argmax */
+            st = fe_llama_decoder_step(dec, out[len - 1], greedy ? NULL : row, &top);
         } else {
             fe_scope *sc = fe_scope_begin();
             /* the first step feeds the whole prompt, later ones the last token */
@@ -133,7 +136,7 @@ fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n
             fe_scope_end(sc);
         }
         if (st) break;
-        out[len] = fe_sample_logits(row, V, cfg, (uint64_t)s, scratch);
+        out[len] = dec && greedy ? top : fe_sample_logits(row, V, cfg, (uint64_t)s, scratch);
         made = s + 1;
         if (s == 0) t1 = now_s();
         if (on_token && !on_token(ctx, out[len])) break;

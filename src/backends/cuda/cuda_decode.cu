@@ -20,7 +20,7 @@
 
 #include <math.h>
 
-enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_CHUNK = 512 };
+enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_CHUNK = 512, ATT_THREADS = 256 };
 enum { DEC_QKV = 0, DEC_SILU = 1, DEC_RESID = 2, DEC_PLAIN = 3 };
 
 /* ---- device helpers ------------------------------------------------------------------ */
@@ -60,21 +60,39 @@ template <> __device__ __forceinline__ void dec_unpack<__half>(const uint4 &u, f
     }
 }
 
-/* sum of v over the block (DEC_THREADS threads); red holds DEC_WARPS floats */
-__device__ __forceinline__ float dec_block_sum(float v, float *red) {
+/* Programmatic dependent launch: let the next kernel of the graph start launching
+ * (its blocks run up to their wait while this one finishes), and wait until the
+ * previous kernel has completed and its writes are visible. Every kernel waits before
+ * it writes anything or reads what an earlier kernel wrote, so completion stays
+ * ordered along the whole chain. Both are no-ops without the launch attribute. */
+__device__ __forceinline__ void dec_launch_next() {
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+}
+__device__ __forceinline__ void dec_wait_prev() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+
+/* sum / max of v over a block of NW warps; red holds NW floats */
+template <int NW> __device__ __forceinline__ float dec_block_sum(float v, float *red) {
     v = cu_warp_sum(v);
     __syncthreads(); /* earlier readers of red are done */
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
     __syncthreads();
-    return red[0] + red[1] + red[2] + red[3];
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < NW; i++)
+        t += red[i];
+    return t;
 }
-__device__ __forceinline__ float dec_block_max(float v, float *red) {
+template <int NW> __device__ __forceinline__ float dec_block_max(float v, float *red) {
     for (int o = 16; o > 0; o >>= 1)
         v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     __syncthreads();
     if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
     __syncthreads();
-    return fmaxf(fmaxf(red[0], red[1]), fmaxf(red[2], red[3]));
+    float t = red[0];
+#pragma unroll
+    for (int i = 1; i < NW; i++)
+        t = fmaxf(t, red[i]);
+    return t;
 }
 
 /* Dot products of rows r0 and r1 (r1 may be NULL) with xs (K floats, shared), summed
@@ -134,20 +152,64 @@ struct dec_gemv_args {
     const float *inv_freq;
     int D, Hq, Hkv, cap;
     const int *params; /* token, position */
+    int prefetch;      /* prefetch the first rows to L2 before waiting */
 };
+
+/* The two rows warp task p computes (r1 NULL when p has one), and for QKV the segment
+ * (0 q, 1 k, 2 v), the row base of its head and the pair index j < D/2; half is the
+ * distance of the second row's output from the first's. */
+template <typename T, int MODE>
+__device__ __forceinline__ void dec_rows(const dec_gemv_args &a, int p, const T *&r0, const T *&r1,
+                                         int &seg, int &base, int &j, int &half) {
+    const int K = a.K;
+    seg = 0, base = 0, j = 0, half = a.D / 2;
+    if (MODE == DEC_QKV) {
+        int head = p / half;
+        j = p - head * half;
+        seg = head < a.Hq ? 0 : head < a.Hq + a.Hkv ? 1 : 2;
+        base = (seg == 0 ? head : seg == 1 ? head - a.Hq : head - a.Hq - a.Hkv) * a.D;
+        const void *w = seg == 0 ? a.w[0] : seg == 1 ? a.w[1] : a.w[2]; /* no local copy */
+        r0 = (const T *)w + (size_t)(base + j) * K;
+        r1 = r0 + (size_t)half * K;
+    } else if (MODE == DEC_SILU) {
+        r0 = (const T *)a.w[0] + (size_t)p * K;
+        r1 = (const T *)a.w[1] + (size_t)p * K;
+    } else {
+        half = (a.n + 1) / 2;
+        r0 = (const T *)a.w[0] + (size_t)p * K;
+        r1 = p + half < a.n ? r0 + (size_t)half * K : nullptr;
+    }
+}
+
+__device__ __forceinline__ void dec_prefetch_l2(const void *p) {
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+}
 
 template <typename T, int MODE>
 __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     extern __shared__ __align__(16) float dec_xs[];
     __shared__ float red[DEC_WARPS];
-    const int tid = threadIdx.x, warp = tid >> 5, K = a.K;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, K = a.K;
+    const T *r0, *r1;
+    int seg, base, j, half;
+    dec_launch_next();
+    if (a.prefetch && blockIdx.x * DEC_WARPS + warp < a.npairs) {
+        /* weights do not depend on the previous kernel: pull this warp's first two rows
+         * towards L2 while that kernel finishes */
+        dec_rows<T, MODE>(a, blockIdx.x * DEC_WARPS + warp, r0, r1, seg, base, j, half);
+        for (int b = lane * 128; b < K * (int)sizeof(T); b += 32 * 128) {
+            dec_prefetch_l2((const char *)r0 + b);
+            if (r1) dec_prefetch_l2((const char *)r1 + b);
+        }
+    }
+    dec_wait_prev();
     if (a.g) {
         float ss = 0.f;
         for (int i = tid; i < K; i += DEC_THREADS) {
             float v = a.x[i];
             ss = fmaf(v, v, ss);
         }
-        float rstd = rsqrtf(dec_block_sum(ss, red) / (float)K + a.eps);
+        float rstd = rsqrtf(dec_block_sum<DEC_WARPS>(ss, red) / (float)K + a.eps);
         const T *g = (const T *)a.g;
         for (int i = tid; i < K; i += DEC_THREADS)
             dec_xs[i] = a.x[i] * rstd * cu_to_f(g[i]);
@@ -157,27 +219,10 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     }
     __syncthreads();
     for (int p = blockIdx.x * DEC_WARPS + warp; p < a.npairs; p += gridDim.x * DEC_WARPS) {
-        const T *r0, *r1;
-        int seg = 0, base = 0, j = 0, half = a.D / 2;
-        if (MODE == DEC_QKV) {
-            int head = p / half;
-            j = p - head * half;
-            seg = head < a.Hq ? 0 : head < a.Hq + a.Hkv ? 1 : 2;
-            base = (seg == 0 ? head : seg == 1 ? head - a.Hq : head - a.Hq - a.Hkv) * a.D;
-            const void *w = seg == 0 ? a.w[0] : seg == 1 ? a.w[1] : a.w[2]; /* no local copy */
-            r0 = (const T *)w + (size_t)(base + j) * K;
-            r1 = r0 + (size_t)half * K;
-        } else if (MODE == DEC_SILU) {
-            r0 = (const T *)a.w[0] + (size_t)p * K;
-            r1 = (const T *)a.w[1] + (size_t)p * K;
-        } else {
-            half = (a.n + 1) / 2;
-            r0 = (const T *)a.w[0] + (size_t)p * K;
-            r1 = p + half < a.n ? r0 + (size_t)half * K : nullptr;
-        }
+        dec_rows<T, MODE>(a, p, r0, r1, seg, base, j, half);
         float s0, s1;
         dec_dot2<T>(r0, r1, dec_xs, K, s0, s1);
-        if ((tid & 31) != 0) continue;
+        if (lane != 0) continue;
         if (MODE == DEC_QKV) {
             int pos = a.params[1];
             float y0 = s0, y1 = s1;
@@ -211,24 +256,52 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
 /* x = embedding row of the token */
 template <typename T>
 __global__ void k_dec_embed(float *x, const T *emb, const int *params, int C) {
+    dec_launch_next();
+    dec_wait_prev();
     const T *row = emb + (size_t)params[0] * C;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < C; i += gridDim.x * blockDim.x)
         x[i] = cu_to_f(row[i]);
 }
 
+/* *top = the first index of the largest of x[0..n) (one block of 1024 threads) */
+__global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int *top) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    dec_launch_next();
+    dec_wait_prev();
+    float v = -INFINITY;
+    int i = n; /* "none yet": loses every tie */
+    for (int k = threadIdx.x; k < n; k += blockDim.x)
+        if (x[k] > v || i == n) v = x[k], i = k;
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, i, o);
+        if (v2 > v || (v2 == v && i2 < i) || (i == n && i2 < n)) v = v2, i = i2;
+    }
+    if ((threadIdx.x & 31) == 0) bv[threadIdx.x >> 5] = v, bi[threadIdx.x >> 5] = i;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (bv[w] > v || (bv[w] == v && bi[w] < i) || (i == n && bi[w] < n)) v = bv[w], i = bi[w];
+        *top = i < n ? i : 0;
+    }
+}
+
 /* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32 */
 template <typename T, int D>
-__global__ void __launch_bounds__(DEC_THREADS)
+__global__ void __launch_bounds__(ATT_THREADS)
     k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
                int cap, float scale_log2) {
-    constexpr int V = 16 / sizeof(T), NC = D / V, NG = DEC_THREADS / NC;
+    constexpr int V = 16 / sizeof(T), NC = D / V, NG = ATT_THREADS / NC, NW = ATT_THREADS / 32;
     __shared__ __align__(16) float qs[D];
     __shared__ float sc[DEC_CHUNK];
-    __shared__ float red[DEC_WARPS];
+    __shared__ float red[NW];
     __shared__ float part[NG][D];
+    dec_launch_next();
+    dec_wait_prev();
     const int h = blockIdx.x, tid = threadIdx.x, L = params[1] + 1;
     const T *Kh = kc + (size_t)(h / G) * cap * D, *Vh = vc + (size_t)(h / G) * cap * D;
-    for (int i = tid; i < D; i += DEC_THREADS)
+    for (int i = tid; i < D; i += ATT_THREADS)
         qs[i] = q[h * D + i] * scale_log2;
     __syncthreads();
     const int col = tid % NC, grp = tid / NC;
@@ -239,7 +312,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     for (int c0 = 0; c0 < L; c0 += DEC_CHUNK) {
         const int n = min(DEC_CHUNK, L - c0);
         float lmax = -INFINITY;
-        for (int t = tid; t < n; t += DEC_THREADS) {
+        for (int t = tid; t < n; t += ATT_THREADS) { /* a thread per position: q . k */
             const T *kr = Kh + (size_t)(c0 + t) * D;
             uint4 u[NC];
 #pragma unroll
@@ -257,19 +330,34 @@ __global__ void __launch_bounds__(DEC_THREADS)
             sc[t] = s;
             lmax = fmaxf(lmax, s);
         }
-        const float mn = fmaxf(m, dec_block_max(lmax, red)), corr = exp2f(m - mn);
+        const float mn = fmaxf(m, dec_block_max<NW>(lmax, red)), corr = exp2f(m - mn);
         float ls = 0.f;
-        for (int t = tid; t < n; t += DEC_THREADS) {
+        for (int t = tid; t < n; t += ATT_THREADS) {
             float pr = exp2f(sc[t] - mn);
             sc[t] = pr;
             ls += pr;
         }
-        l = l * corr + dec_block_sum(ls, red); /* its barriers publish sc */
+        l = l * corr + dec_block_sum<NW>(ls, red); /* its barriers publish sc */
         m = mn;
 #pragma unroll
         for (int e = 0; e < V; e++)
             acc[e] *= corr;
-        for (int t = grp; t < n; t += NG) {
+        int t = grp; /* p . v: four value rows in flight per thread */
+        for (; t + 3 * NG < n; t += 4 * NG) {
+            uint4 u[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                u[i] = dec_ld(Vh + (size_t)(c0 + t + i * NG) * D + col * V);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float f[V], pr = sc[t + i * NG];
+                dec_unpack<T>(u[i], f);
+#pragma unroll
+                for (int e = 0; e < V; e++)
+                    acc[e] = fmaf(pr, f[e], acc[e]);
+            }
+        }
+        for (; t < n; t += NG) {
             float f[V], pr = sc[t];
             dec_unpack<T>(dec_ld(Vh + (size_t)(c0 + t) * D + col * V), f);
 #pragma unroll
@@ -282,7 +370,7 @@ __global__ void __launch_bounds__(DEC_THREADS)
     for (int e = 0; e < V; e++)
         part[grp][col * V + e] = acc[e];
     __syncthreads();
-    for (int i = tid; i < D; i += DEC_THREADS) {
+    for (int i = tid; i < D; i += ATT_THREADS) {
         float s = 0.f;
         for (int g = 0; g < NG; g++)
             s += part[g][i];
@@ -300,8 +388,9 @@ struct fe_cuda_decode {
     size_t block_bytes;
     float *x, *q, *att, *h, *logits;
     int *params;
-    int *params_host;   /* pinned */
+    int *params_host;   /* pinned: token, position, then the argmax read back */
     float *logits_host; /* pinned */
+    bool pdl, prefetch; /* FE_DECODE_PDL=0 / FE_DECODE_PREFETCH=0 switch them off */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
 };
@@ -354,23 +443,38 @@ template <typename T> static fe_status dec_prepare(size_t smem) {
     return cu_check(r, "decode: shared memory size");
 }
 
+/* Launch kernel k on the engine's stream, as a programmatic dependent launch unless
+ * switched off (or first: it follows the token upload, not a kernel). */
+template <typename... P, typename... A>
+static fe_status dec_kernel(fe_cuda_decode *e, bool first, const char *what, void (*k)(P...),
+                            unsigned grid, unsigned block, size_t smem, A &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.gridDim = dim3(grid), cfg.blockDim = dim3(block), cfg.dynamicSmemBytes = smem;
+    cfg.stream = e->dev->stream;
+    cfg.attrs = at, cfg.numAttrs = e->pdl && !first ? 1 : 0;
+    return cu_check(cudaLaunchKernelEx(&cfg, k, static_cast<A &&>(args)...), what);
+}
+
 template <typename T, int MODE>
 static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
-    size_t smem = (size_t)a.K * sizeof(float);
     a.params = e->params;
-    k_dec_gemv<T, MODE><<<dec_grid(e->dev, a.npairs), DEC_THREADS, smem, e->dev->stream>>>(a);
-    return cu_launched("decode matrix-vector kernel");
+    a.prefetch = e->prefetch;
+    return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
+                      dec_grid(e->dev, a.npairs), DEC_THREADS, (size_t)a.K * sizeof(float), a);
 }
 
 /* Queue one token step on the engine's stream (captured into the graph). */
 template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
     const fe_cuda_decode_desc *d = &e->d;
-    cudaStream_t s = e->dev->stream;
     const int C = (int)d->dim, F = (int)d->ffn_dim, D = (int)d->head_dim, Hq = (int)d->n_heads,
               Hkv = (int)d->n_kv_heads, QD = Hq * D;
     const float eps = (float)d->eps, sl2 = (float)(1.4426950408889634 / sqrt((double)D));
-    k_dec_embed<T><<<(C + 255) / 256, 256, 0, s>>>(e->x, (const T *)d->embed, e->params, C);
-    fe_status st = cu_launched("decode embedding kernel");
+    fe_status st = dec_kernel(e, true, "decode embedding kernel", k_dec_embed<T>,
+                              (unsigned)(C + 255) / 256, 256, 0, e->x, (const T *)d->embed,
+                              (const int *)e->params, C);
     for (int64_t l = 0; l < d->n_layers && !st; l++) {
         const fe_cuda_decode_layer *L = &e->layers[l];
         dec_gemv_args a = {};
@@ -380,15 +484,12 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         a.D = D, a.Hq = Hq, a.Hkv = Hkv, a.cap = (int)d->capacity;
         st = dec_launch<T, DEC_QKV>(e, a);
         if (st) break;
-        if (D == 64)
-            k_dec_attn<T, 64><<<Hq, DEC_THREADS, 0, s>>>(e->q, (const T *)L->k_cache,
-                                                         (const T *)L->v_cache, e->att, e->params,
-                                                         Hq / Hkv, (int)d->capacity, sl2);
-        else
-            k_dec_attn<T, 128><<<Hq, DEC_THREADS, 0, s>>>(e->q, (const T *)L->k_cache,
-                                                          (const T *)L->v_cache, e->att, e->params,
-                                                          Hq / Hkv, (int)d->capacity, sl2);
-        if ((st = cu_launched("decode attention kernel"))) break;
+        st = dec_kernel(e, false, "decode attention kernel",
+                        D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
+                        ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
+                        (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
+                        (int)d->capacity, sl2);
+        if (st) break;
         a = dec_gemv_args{};
         a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
         if ((st = dec_launch<T, DEC_RESID>(e, a))) break;
@@ -407,6 +508,9 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         a.g = d->final_norm, a.eps = eps, a.out = e->logits;
         st = dec_launch<T, DEC_PLAIN>(e, a);
     }
+    if (!st)
+        st = dec_kernel(e, false, "decode argmax kernel", k_dec_argmax, 1, 1024, 0,
+                        (const float *)e->logits, (int)d->vocab, e->params + 2);
     return st;
 }
 
@@ -440,6 +544,9 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     memcpy(e->layers, d->layers, (size_t)d->n_layers * sizeof *e->layers);
     e->d.layers = e->layers;
     e->dev = dv;
+    const char *pdl = getenv("FE_DECODE_PDL"), *pre = getenv("FE_DECODE_PREFETCH");
+    e->pdl = !(pdl && !strcmp(pdl, "0"));
+    e->prefetch = !(pre && !strcmp(pre, "0"));
     /* f32 activations, each start rounded up to 16 floats */
     size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
     size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
@@ -487,8 +594,9 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
 }
 
 extern "C" fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64_t pos,
-                                         const float **logits) {
-    if (!e || !logits) return fe_set_error(FE_ERR_ARG, "decode step: NULL engine or output");
+                                         const float **logits, int32_t *top) {
+    if (!e || (!logits && !top))
+        return fe_set_error(FE_ERR_ARG, "decode step: NULL engine or no output");
     if (token < 0 || token >= e->d.vocab || pos < 0 || pos >= e->d.capacity)
         return fe_set_error(FE_ERR_RANGE,
                             "decode step: token %d or position %lld out of range (vocab %lld, "
@@ -504,11 +612,16 @@ extern "C" fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64
                                       cudaMemcpyHostToDevice, s),
                       "decode: token upload");
     if (!st) st = cu_check(cudaGraphLaunch(e->exec, s), "cudaGraphLaunch");
-    if (!st)
+    if (!st && logits)
         st = cu_check(cudaMemcpyAsync(e->logits_host, e->logits, (size_t)e->d.vocab * sizeof(float),
                                       cudaMemcpyDeviceToHost, s),
                       "decode: logits download");
+    if (!st && top)
+        st = cu_check(cudaMemcpyAsync(e->params_host + 2, e->params + 2, sizeof(int),
+                                      cudaMemcpyDeviceToHost, s),
+                      "decode: argmax download");
     if (!st) st = cu_check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-    *logits = st ? NULL : e->logits_host;
+    if (logits) *logits = st ? NULL : e->logits_host;
+    if (top) *top = st ? -1 : e->params_host[2];
     return st;
 }

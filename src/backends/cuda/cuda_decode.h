@@ -4,7 +4,9 @@
  * RMSNorm + gate/up projection + SiLU gate; down projection + residual add), captured
  * once and replayed for every token. The token and its position are read on the
  * device from a small buffer copied before each replay, so one host synchronisation
- * per token (to read the logits back) is all there is.
+ * per token (to read the logits, or only their argmax, back) is all there is. Kernels
+ * are chained with programmatic dependent launches: each one starts launching while
+ * its predecessor finishes and prefetches its first weight rows to L2 before waiting.
  *
  * The weights and the cache are the caller's (raw device pointers, row-major,
  * contiguous, one dtype: f32, f16 or bf16); the engine owns only its activations
@@ -49,9 +51,11 @@ fe_status fe_cuda_decode_supported(const fe_cuda_decode_desc *d);
  * error set on failure. The desc's pointers must stay valid while it lives. */
 fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d);
 /* Run one token at position pos (< capacity; the caches hold positions < pos):
- * writes its K/V at pos and the f32 logits (vocab) to host memory at *logits, valid
- * until the next call. Synchronises the device once. */
-fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64_t pos, const float **logits);
+ * writes its K/V at pos; *logits (when logits is not NULL) points to the f32 logits
+ * (vocab) in host memory, valid until the next call; *top (when not NULL) receives the
+ * first index of the largest logit, found on the device. Synchronises once. */
+fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64_t pos, const float **logits,
+                              int32_t *top);
 void fe_cuda_decode_free(fe_cuda_decode *e);
 
 #ifdef __cplusplus
