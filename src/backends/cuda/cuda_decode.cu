@@ -20,7 +20,7 @@
 
 #include <math.h>
 
-enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_CHUNK = 512, ATT_THREADS = 256 };
+enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_CHUNK = 512, ATT_THREADS = 256, DEC_UNROLL = 8 };
 enum { DEC_QKV = 0, DEC_SILU = 1, DEC_RESID = 2, DEC_PLAIN = 3 };
 
 /* ---- device helpers ------------------------------------------------------------------ */
@@ -60,11 +60,13 @@ template <> __device__ __forceinline__ void dec_unpack<__half>(const uint4 &u, f
     }
 }
 
-/* Programmatic dependent launch: let the next kernel of the graph start launching
- * (its blocks run up to their wait while this one finishes), and wait until the
- * previous kernel has completed and its writes are visible. Every kernel waits before
- * it writes anything or reads what an earlier kernel wrote, so completion stays
- * ordered along the whole chain. Both are no-ops without the launch attribute. */
+/* Programmatic dependent launch: wait until the previous kernel has completed and its
+ * writes are visible, then let the next kernel of the graph start launching (its
+ * blocks run up to their own wait while this one works). Every kernel waits before it
+ * writes anything or reads what an earlier kernel wrote, so completion stays ordered
+ * along the whole chain; triggering only after the wait keeps at most one kernel
+ * ahead (triggering first let whole chains of future kernels pile up on the SMs and
+ * their prefetches evict each other). Both are no-ops without the launch attribute. */
 __device__ __forceinline__ void dec_launch_next() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
@@ -100,18 +102,18 @@ template <int NW> __device__ __forceinline__ float dec_block_max(float v, float 
 template <typename T>
 __device__ __forceinline__ void dec_dot2(const T *r0, const T *r1, const float *xs, int K,
                                          float &s0, float &s1) {
-    constexpr int V = 16 / sizeof(T), STEP = 32 * V;
+    constexpr int V = 16 / sizeof(T), STEP = 32 * V, U = DEC_UNROLL;
     int k = (int)(threadIdx.x & 31) * V;
     float a0 = 0.f, a1 = 0.f;
-    for (; k + 3 * STEP < K; k += 4 * STEP) {
-        uint4 u0[4], u1[4];
+    for (; k + (U - 1) * STEP < K; k += U * STEP) { /* U loads per row in flight */
+        uint4 u0[U], u1[U];
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < U; i++) {
             u0[i] = dec_ld_stream(r0 + k + i * STEP);
             u1[i] = r1 ? dec_ld_stream(r1 + k + i * STEP) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < U; i++) {
             float w0[V], w1[V];
             dec_unpack<T>(u0[i], w0);
             dec_unpack<T>(u1[i], w1);
@@ -192,7 +194,6 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, K = a.K;
     const T *r0, *r1;
     int seg, base, j, half;
-    dec_launch_next();
     if (a.prefetch && blockIdx.x * DEC_WARPS + warp < a.npairs) {
         /* weights do not depend on the previous kernel: pull this warp's first two rows
          * towards L2 while that kernel finishes */
@@ -203,6 +204,7 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
         }
     }
     dec_wait_prev();
+    dec_launch_next();
     if (a.g) {
         float ss = 0.f;
         for (int i = tid; i < K; i += DEC_THREADS) {
@@ -256,33 +258,50 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
 /* x = embedding row of the token */
 template <typename T>
 __global__ void k_dec_embed(float *x, const T *emb, const int *params, int C) {
-    dec_launch_next();
     dec_wait_prev();
+    dec_launch_next();
     const T *row = emb + (size_t)params[0] * C;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < C; i += gridDim.x * blockDim.x)
         x[i] = cu_to_f(row[i]);
 }
 
-/* *top = the first index of the largest of x[0..n) (one block of 1024 threads) */
+/* *top = the first index of the largest of x[0..n) (one block of 1024 threads; each
+ * thread's loads are issued together, ARG_PER at a time) */
+enum { ARG_PER = 8 };
+__device__ __forceinline__ void dec_arg_take(float &v, int &i, float v2, int i2, int none) {
+    if (i2 == none) return;
+    if (i == none || v2 > v || (v2 == v && i2 < i)) v = v2, i = i2;
+}
 __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int *top) {
     __shared__ float bv[32];
     __shared__ int bi[32];
-    dec_launch_next();
     dec_wait_prev();
+    dec_launch_next();
     float v = -INFINITY;
-    int i = n; /* "none yet": loses every tie */
-    for (int k = threadIdx.x; k < n; k += blockDim.x)
-        if (x[k] > v || i == n) v = x[k], i = k;
+    int i = n; /* none yet */
+    for (int k0 = 0; k0 < n; k0 += ARG_PER * 1024) {
+        float r[ARG_PER];
+#pragma unroll
+        for (int u = 0; u < ARG_PER; u++) {
+            int k = k0 + u * 1024 + (int)threadIdx.x;
+            r[u] = k < n ? x[k] : 0.f;
+        }
+#pragma unroll
+        for (int u = 0; u < ARG_PER; u++) {
+            int k = k0 + u * 1024 + (int)threadIdx.x;
+            if (k < n) dec_arg_take(v, i, r[u], k, n);
+        }
+    }
     for (int o = 16; o > 0; o >>= 1) {
         float v2 = __shfl_xor_sync(0xffffffffu, v, o);
         int i2 = __shfl_xor_sync(0xffffffffu, i, o);
-        if (v2 > v || (v2 == v && i2 < i) || (i == n && i2 < n)) v = v2, i = i2;
+        dec_arg_take(v, i, v2, i2, n);
     }
     if ((threadIdx.x & 31) == 0) bv[threadIdx.x >> 5] = v, bi[threadIdx.x >> 5] = i;
     __syncthreads();
     if (threadIdx.x == 0) {
         for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-            if (bv[w] > v || (bv[w] == v && bi[w] < i) || (i == n && bi[w] < n)) v = bv[w], i = bi[w];
+            dec_arg_take(v, i, bv[w], bi[w], n);
         *top = i < n ? i : 0;
     }
 }
@@ -297,8 +316,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     __shared__ float sc[DEC_CHUNK];
     __shared__ float red[NW];
     __shared__ float part[NG][D];
-    dec_launch_next();
     dec_wait_prev();
+    dec_launch_next();
     const int h = blockIdx.x, tid = threadIdx.x, L = params[1] + 1;
     const T *Kh = kc + (size_t)(h / G) * cap * D, *Vh = vc + (size_t)(h / G) * cap * D;
     for (int i = tid; i < D; i += ATT_THREADS)
@@ -391,6 +410,7 @@ struct fe_cuda_decode {
     int *params_host;   /* pinned: token, position, then the argmax read back */
     float *logits_host; /* pinned */
     bool pdl, prefetch; /* FE_DECODE_PDL=0 / FE_DECODE_PREFETCH=0 switch them off */
+    int blocks_per_sm;  /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 16) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
 };
@@ -416,9 +436,9 @@ extern "C" fe_status fe_cuda_decode_supported(const fe_cuda_decode_desc *d) {
     return FE_OK;
 }
 
-/* Blocks for npairs warp tasks: at most 8 blocks per SM, every warp the same count. */
-static unsigned dec_grid(const cu_dev *dv, int npairs) {
-    int cap = dv->sm_count * 8, per = (npairs + DEC_WARPS * cap - 1) / (DEC_WARPS * cap);
+/* Blocks for npairs warp tasks: at most `per_sm` blocks per SM, every warp the same count. */
+static unsigned dec_grid(const cu_dev *dv, int per_sm, int npairs) {
+    int cap = dv->sm_count * per_sm, per = (npairs + DEC_WARPS * cap - 1) / (DEC_WARPS * cap);
     if (per < 1) per = 1;
     int g = (npairs + DEC_WARPS * per - 1) / (DEC_WARPS * per);
     return (unsigned)(g > 0 ? g : 1);
@@ -463,7 +483,7 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
     a.params = e->params;
     a.prefetch = e->prefetch;
     return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
-                      dec_grid(e->dev, a.npairs), DEC_THREADS, (size_t)a.K * sizeof(float), a);
+                      dec_grid(e->dev, e->blocks_per_sm, a.npairs), DEC_THREADS, (size_t)a.K * sizeof(float), a);
 }
 
 /* Queue one token step on the engine's stream (captured into the graph). */
@@ -547,6 +567,8 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *pdl = getenv("FE_DECODE_PDL"), *pre = getenv("FE_DECODE_PREFETCH");
     e->pdl = !(pdl && !strcmp(pdl, "0"));
     e->prefetch = !(pre && !strcmp(pre, "0"));
+    const char *bps = getenv("FE_DECODE_BLOCKS_PER_SM");
+    e->blocks_per_sm = bps && atoi(bps) > 0 && atoi(bps) <= 64 ? atoi(bps) : 16;
     /* f32 activations, each start rounded up to 16 floats */
     size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
     size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
