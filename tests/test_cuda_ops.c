@@ -6,6 +6,8 @@
  * skips when no CUDA device is present. */
 #include "test.h"
 
+#include "backends/backend.h"
+
 #ifdef FE_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
 #endif
@@ -681,6 +683,75 @@ TEST(cuda_embedding_bad_index_is_reported_at_sync) {
     CHECK_ERROR(fe_embedding(randn_cpu(2, ws, FE_F32), idxc) == NULL, "out of range");
 }
 
+/* Indices i64 on the CPU: `hot` of every 10 positions take row `hot_row`, the others are
+ * spread over [0, V) by a fixed generator. */
+static fe_tensor *hot_index(int64_t n, int64_t V, int hot, int64_t hot_row) {
+    int64_t *h = malloc((size_t)n * sizeof *h);
+    uint64_t s = 99;
+    for (int64_t i = 0; i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        h[i] = (int64_t)(i % 10) < hot ? hot_row : (int64_t)((s >> 33) % (uint64_t)V);
+    }
+    fe_tensor *t = fe_from_data(h, 1, &n, FE_I64, CPU);
+    free(h);
+    return t;
+}
+
+/* The gradient kernel sorts the indices and writes each row once: rows hit thousands of times
+ * (their sums split over many chunks), index lists longer than the vocabulary, rows no index
+ * hits, 16-byte and element paths; the result is bit-for-bit the same on a second run. */
+TEST(cuda_embedding_backward_hot_rows_and_long_lists) {
+    NEED_GPU();
+    static const struct {
+        int64_t n, V, C;
+        int hot;
+    } cases[] = {{3000, 50, 128, 7}, {3000, 50, 129, 7}, {5000, 37, 64, 0},
+                 {700, 300, 24, 2},  {1, 9, 16, 0},       {4099, 4, 8, 10}};
+    for (size_t k = 0; k < 4; k++) {
+        fe_dtype dt = k < 3 ? k_float_dtypes[k] : FE_F64;
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            int64_t ws[2] = {cases[c].V, cases[c].C};
+            fe_tensor *w = randn_cpu(2, ws, dt);
+            fe_tensor *idx = hot_index(cases[c].n, cases[c].V, cases[c].hot, cases[c].V / 2);
+            for (int it = 0; it < 2; it++)
+                check_op("embedding (hot rows, long lists)", f_embedding, NULL, 2,
+                         (fe_tensor *[]){w, fe_cast(idx, it ? FE_I64 : FE_I32)}, 1, tol_of(dt));
+        }
+    }
+    /* determinism: the same bits twice */
+    int64_t n = 6000, os[2] = {n, 256}, ws[2] = {40, 256};
+    fe_tensor *gout = fe_to_device(randn_cpu(2, os, FE_BF16), GPU);
+    fe_tensor *idx = fe_to_device(hot_index(n, 40, 8, 3), GPU);
+    fe_tensor *g1 = fe_empty(2, ws, FE_BF16, GPU), *g2 = fe_empty(2, ws, FE_BF16, GPU);
+    CHECK(gout && idx && g1 && g2);
+    if (!gout || !idx || !g1 || !g2) return;
+    CHECK(fe__be(g1)->embedding_backward(g1, gout, idx) == FE_OK);
+    CHECK(fe__be(g2)->embedding_backward(g2, gout, idx) == FE_OK);
+    expect_equal("embedding backward run twice", g2, fe_to_device(g1, CPU));
+}
+
+/* An index out of range adds nothing to the gradient (the forward is the one that reports
+ * it), as on the CPU; the other rows are summed as usual. */
+TEST(cuda_embedding_backward_out_of_range_index_is_skipped) {
+    NEED_GPU();
+    int64_t n = 6, os[2] = {6, 32}, ws[2] = {5, 32};
+    int64_t bad[6] = {1, 7, 1, -1, 4, 5};
+    for (size_t k = 0; k < 3; k++) {
+        fe_dtype dt = k_float_dtypes[k];
+        fe_tensor *goc = randn_cpu(2, os, dt);
+        fe_tensor *idc = fe_from_data(bad, 1, &n, FE_I64, CPU);
+        fe_tensor *gwc = fe_empty(2, ws, dt, CPU);
+        fe_tensor *gog = fe_to_device(goc, GPU), *idg = fe_to_device(idc, GPU);
+        fe_tensor *gwg = fe_empty(2, ws, dt, GPU);
+        CHECK(gwc && gog && idg && gwg);
+        if (!gwc || !gog || !idg || !gwg) return;
+        CHECK(fe__be(gwc)->embedding_backward(gwc, goc, idc) == FE_OK);
+        CHECK(fe__be(gwg)->embedding_backward(gwg, gog, idg) == FE_OK);
+        CHECK(fe_device_sync(GPU) == FE_OK);
+        expect_close("embedding backward with bad indices", gwg, gwc, tol_of(dt));
+    }
+}
+
 typedef struct {
     int64_t ignore;
 } ce_ctx;
@@ -752,6 +823,29 @@ TEST(cuda_cross_entropy_vector_rows_edge_cases) {
         CHECK(l3 != NULL);
         CHECK_ERROR(l3 && fe_to_host(l3, &(float){0}, FE_F32) != FE_OK,
                     "target 1024 at row 1 is out of range");
+    }
+}
+
+/* Ignored rows mixed with counted ones, vocabularies that are not a multiple of 8 (the
+ * element path for 16-bit dtypes) or are (the vector paths: rows in registers up to 4096
+ * vectors, two passes beyond), targets at the first and last column. */
+TEST(cuda_cross_entropy_ignored_rows_odd_vocab) {
+    NEED_GPU();
+    static const int64_t vocab[] = {7, 1001, 4100, 4096, 32000, 33000};
+    ce_ctx c = {-100};
+    for (size_t k = 0; k < 4; k++) {
+        fe_dtype dt = k < 3 ? k_float_dtypes[k] : FE_F64;
+        for (size_t v = 0; v < sizeof vocab / sizeof vocab[0]; v++) {
+            int64_t V = vocab[v], R = 7, ls[2] = {R, V};
+            if (dt == FE_F64 && V > 5000) continue;
+            int64_t tg[7] = {0, -100, V - 1, 3 % V, -100, V / 2, 1};
+            fe_tensor *logits = fe_randn(2, ls, 0.0, 3.0, dt, CPU);
+            fe_tensor *t = fe_from_data(tg, 1, &R, FE_I64, CPU);
+            check_op("cross_entropy ignored rows", f_ce, &c, 2, (fe_tensor *[]){logits, t}, 1,
+                     tol_of(dt));
+            check_op("cross_entropy ignored rows (i32)", f_ce, &c, 2,
+                     (fe_tensor *[]){logits, fe_cast(t, FE_I32)}, 1, tol_of(dt));
+        }
     }
 }
 

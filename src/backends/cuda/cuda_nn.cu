@@ -2,8 +2,10 @@
  * the SiLU gate. A row of up to 1024 elements is handled by one warp, a longer one by
  * one block. Float dtypes compute in f32 (f64 for f64). Weight gradients summed over
  * rows use two deterministic stages (partial sums per row chunk, then a fixed-order
- * sum), never atomics; only the embedding gradient scatter-adds with atomics. */
+ * sum), never atomics; the embedding gradient sorts its indices and writes each row once. */
 #include "backends/cuda/cuda_internal.cuh"
+
+#include <cub/device/device_radix_sort.cuh>
 
 /* ---- rows: one warp or one block each ---------------------------------------------------- */
 
@@ -350,10 +352,13 @@ __global__ void __launch_bounds__(FR_BWD_MAX_TPR, 2)
 
 /* out[j] = sum over p of part[p][j] (f32 partials, f64 sum) in a fixed order: a block of
  * CF_TX x CF_TY threads takes CF_TX columns; thread (tx, ty) adds rows ty, ty + CF_TY, ... in
- * turn (CF_U loads in flight), then thread (tx, 0) adds the CF_TY sums in order of ty. */
-#define CF_TX 32
-#define CF_TY 16
-#define CF_U 4
+ * turn (CF_U loads in flight), then thread (tx, 0) adds the CF_TY sums in order of ty.
+ * The partials (a few hundred rows) sit in L2; this kernel is latency-bound, so it takes narrow
+ * column tiles (C / 16 blocks: every SM busy at C = 2048) and 32 row strides with 8 loads in
+ * flight, about one round trip to L2 per thread for P <= 256. */
+#define CF_TX 16
+#define CF_TY 32
+#define CF_U 8
 template <typename T>
 __global__ void __launch_bounds__(CF_TX *CF_TY)
     k_colsum_final_f(T *out, const float *__restrict__ part, int64_t C, int P) {
@@ -1081,22 +1086,270 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
     return cu_launched("embedding kernel");
 }
 
-/* acc[idx[i]][j] += gout[i][j] for indices in range (the forward flagged the others). */
-template <typename T, typename A>
-__global__ void k_embedding_bwd(A *acc, const T *gout, const void *idx, bool i64, int64_t n,
-                                int64_t V, int64_t C) {
-    int64_t total = n * C, step = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < total; e += step) {
-        int64_t i = e / C, j = e - i * C;
-        long long k = index_at(idx, i64, i);
-        if (k >= 0 && k < V) atomicAdd(&acc[k * C + j], (A)cu_to_f(gout[e]));
+/* ---- embedding backward: deterministic, without atomics ----------------------------------------
+ * 1. k_emb_keys: key[i] = idx[i] (V for an index out of range: it sorts last and adds nothing, as
+ *    before; the forward reported it), val[i] = i; start[v] = end[v] = 0 for every row.
+ * 2. A stable radix sort of (key, position) over the bits of V (CUB): each row's positions end
+ *    up in increasing order.
+ * 3. k_emb_chunks: the sorted entries in chunks of H. start[v], end[v] = row v's range in the
+ *    sorted list. A row whose range crosses a chunk boundary gets, per chunk, the partial sum of
+ *    its piece there (slot 0 for the chunk's first key, slot 1 for its last key), so that a hot
+ *    row (many duplicates) is summed by many blocks.
+ * 4. k_emb_rows: every gw row written once: zeros, the sum of its gout rows in position order, or
+ *    the sum of its chunk partials in chunk order. Accumulation in f32 (f64 for f64), one
+ *    rounding; the order is fixed by the data, so the result is bit-for-bit reproducible.
+ * Rows move in VN-element pieces: 16-byte vectors when C * es is a multiple of 16 and the pointers
+ * are 16-byte aligned, else single elements. */
+
+#define EMB_THREADS 256
+#define EMB_EPT 2 /* pieces of a row per thread in k_emb_rows */
+
+/* A piece of VN elements of T as loaded (VN > 1: one 16-byte vector), and as the compute type. */
+template <typename T, int VN> struct emb_raw { typedef uint4 type; };
+template <typename T> struct emb_raw<T, 1> { typedef T type; };
+template <typename T, int VN>
+__device__ __forceinline__ typename emb_raw<T, VN>::type emb_ld(const T *p) {
+    if constexpr (VN == 1)
+        return p[0];
+    else
+        return cu_ld16(p);
+}
+template <typename T, int VN, typename A>
+__device__ __forceinline__ void emb_add(A *acc, const typename emb_raw<T, VN>::type &r) {
+    if constexpr (VN == 1) {
+        acc[0] += (A)cu_to_f(r);
+    } else if constexpr (sizeof(T) == 8) {
+        acc[0] += __hiloint2double((int)r.y, (int)r.x);
+        acc[1] += __hiloint2double((int)r.w, (int)r.z);
+    } else {
+#pragma unroll
+        for (int e = 0; e < VN; e++)
+            acc[e] += cu_vget<T>(r, e);
+    }
+}
+template <typename T, int VN, typename A> __device__ __forceinline__ void emb_st(T *p, const A *f) {
+    if constexpr (VN == 1) {
+        p[0] = cu_cast<T>(f[0]);
+    } else if constexpr (sizeof(T) == 8) {
+        *(double2 *)p = make_double2(f[0], f[1]);
+    } else {
+        float g[VN];
+#pragma unroll
+        for (int e = 0; e < VN; e++)
+            g[e] = f[e];
+        cu_st16(p, cu_vpack<T>(g));
     }
 }
 
-template <typename T> __global__ void k_from_f32(T *dst, const float *src, int64_t n) {
-    int64_t step = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += step)
-        dst[i] = cu_cast<T>(src[i]);
+/* acc[k] += gout[pos[s]] piece col[k] for s in [s0, s1) in order (pieces with col[k] < 0 are
+ * skipped); U entries' loads in flight at a time, kept as loaded until they are added. */
+template <typename T, int VN, int K, int U, typename A>
+__device__ __forceinline__ void emb_sum(A (*acc)[VN], const T *__restrict__ gout,
+                                        const int *__restrict__ pos, int s0, int s1, int64_t C,
+                                        const int64_t *col) {
+    typedef typename emb_raw<T, VN>::type Raw;
+    int s = s0;
+    for (; s + U <= s1; s += U) {
+        int64_t r[U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            r[u] = (int64_t)pos[s + u] * C;
+        Raw f[U][K];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int k = 0; k < K; k++)
+                if (col[k] >= 0) f[u][k] = emb_ld<T, VN>(gout + r[u] + col[k]);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int k = 0; k < K; k++)
+                if (col[k] >= 0) emb_add<T, VN>(acc[k], f[u][k]);
+    }
+    for (; s < s1; s++) {
+        int64_t r = (int64_t)pos[s] * C;
+#pragma unroll
+        for (int k = 0; k < K; k++)
+            if (col[k] >= 0) emb_add<T, VN>(acc[k], emb_ld<T, VN>(gout + r + col[k]));
+    }
+}
+
+__global__ void k_emb_keys(unsigned *key, int *val, int *start, int *end, const void *idx, bool i64,
+                           int64_t n, int64_t V) {
+    int64_t step = (int64_t)gridDim.x * blockDim.x, m = n > V ? n : V;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < m; i += step) {
+        if (i < n) {
+            long long k = index_at(idx, i64, i);
+            key[i] = (unsigned)(k >= 0 && k < V ? k : V);
+            val[i] = (int)i;
+        }
+        if (i < V) start[i] = 0, end[i] = 0;
+    }
+}
+
+/* One block per chunk of H sorted entries: row ranges, and the partial sums of the pieces of
+ * rows that cross a chunk boundary (part[2c + slot] rows of C, compute type). */
+template <typename T, int VN>
+__global__ void __launch_bounds__(EMB_THREADS)
+    k_emb_chunks(typename cu_acc<T>::type *part, int *start, int *end,
+                 const unsigned *__restrict__ key, const int *__restrict__ pos,
+                 const T *__restrict__ gout, int n, int64_t V, int64_t C, int H) {
+    typedef typename cu_acc<T>::type A;
+    __shared__ int sh[32];
+    int64_t c = blockIdx.x;
+    int cS = (int)(c * H), cE = n - cS > H ? cS + H : n;
+    for (int s = cS + threadIdx.x; s < cE; s += blockDim.x) {
+        unsigned k = key[s];
+        if (k >= V) continue;
+        if (s == 0 || key[s - 1] != k) start[k] = s;
+        if (s == n - 1 || key[s + 1] != k) end[k] = s + 1;
+    }
+    unsigned k0 = key[cS], k1 = key[cE - 1];
+    if (k0 >= V) return; /* only out-of-range entries from here on (uniform over the block) */
+    int c0 = 0, c1 = 0;
+    for (int s = cS + threadIdx.x; s < cE; s += blockDim.x) {
+        unsigned k = key[s];
+        c0 += k == k0;
+        c1 += k == k1;
+    }
+    c0 = cu_block_sum(c0, sh);
+    c1 = cu_block_sum(c1, sh);
+    int h = cS + c0; /* the first key's piece is [cS, h) */
+    bool head = (cS > 0 && key[cS - 1] == k0) || (h == cE && cE < n && key[cE] == k0);
+    bool tail = k1 != k0 && k1 < V && cE < n && key[cE] == k1; /* piece [cE - c1, cE) */
+    if (!head && !tail) return;
+    int64_t nv = C / VN;
+    for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
+        int64_t col[1] = {j * VN};
+        for (int slot = 0; slot < 2; slot++) {
+            if (slot == 0 ? !head : !tail) continue;
+            A acc[1][VN];
+#pragma unroll
+            for (int e = 0; e < VN; e++)
+                acc[0][e] = 0;
+            if (slot == 0)
+                emb_sum<T, VN, 1, 4>(acc, gout, pos, cS, h, C, col);
+            else
+                emb_sum<T, VN, 1, 4>(acc, gout, pos, cE - c1, cE, C, col);
+            A *dst = part + (2 * c + slot) * C + j * VN;
+#pragma unroll
+            for (int e = 0; e < VN; e++)
+                dst[e] = acc[0][e];
+        }
+    }
+}
+
+/* Thread g writes pieces t, t + tpr, ... (EMB_EPT of them) of row g / tpr, t = g % tpr. */
+template <typename T, int VN>
+__global__ void __launch_bounds__(EMB_THREADS, 4)
+    k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int *__restrict__ pos,
+               const int *__restrict__ start, const int *__restrict__ end,
+               const typename cu_acc<T>::type *__restrict__ part, int64_t V, int64_t C,
+               int64_t tpr, int H) {
+    typedef typename cu_acc<T>::type A;
+    int64_t nv = C / VN, total = V * tpr, step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < total; g += step) {
+        int64_t v = g / tpr, t = g - v * tpr;
+        int64_t col[EMB_EPT];
+#pragma unroll
+        for (int k = 0; k < EMB_EPT; k++) {
+            int64_t j = t + k * tpr;
+            col[k] = j < nv ? j * VN : -1;
+        }
+        int lo = start[v], hi = end[v];
+        A acc[EMB_EPT][VN];
+#pragma unroll
+        for (int k = 0; k < EMB_EPT; k++)
+#pragma unroll
+            for (int e = 0; e < VN; e++)
+                acc[k][e] = 0;
+        if (hi > lo) {
+            int q0 = lo / H, q1 = (hi - 1) / H;
+            if (q0 == q1) {
+                emb_sum<T, VN, EMB_EPT, 2>(acc, gout, pos, lo, hi, C, col);
+            } else {
+                for (int q = q0; q <= q1; q++) {
+                    int slot = q == q0 && lo != q0 * H ? 1 : 0;
+                    const A *src = part + (2 * (int64_t)q + slot) * C;
+#pragma unroll
+                    for (int k = 0; k < EMB_EPT; k++)
+                        if (col[k] >= 0) {
+#pragma unroll
+                            for (int e = 0; e < VN; e++)
+                                acc[k][e] += src[col[k] + e];
+                        }
+                }
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < EMB_EPT; k++)
+            if (col[k] >= 0) emb_st<T, VN>(gw + v * C + col[k], acc[k]);
+    }
+}
+
+static size_t emb_align(size_t b) { return (b + 255) & ~(size_t)255; }
+
+template <typename T, int VN>
+static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, const fe_tensor *idx,
+                             int64_t n, int64_t V, int64_t C) {
+    typedef typename cu_acc<T>::type A;
+    /* chunks of H entries: 64, more for long index lists so that the partials stay small */
+    int64_t H = 64;
+    while ((n + H - 1) / H > 2048)
+        H *= 2;
+    int64_t nch = n > 0 ? (n + H - 1) / H : 0;
+    int nbits = 1;
+    while (nbits < 32 && ((int64_t)1 << nbits) <= V)
+        nbits++;
+    size_t nn = (size_t)(n > 0 ? n : 1);
+    cub::DoubleBuffer<unsigned> dk(NULL, NULL);
+    cub::DoubleBuffer<int> dv(NULL, NULL);
+    size_t tmp = 0;
+    if (n > 0) {
+        fe_status st = cu_check(cub::DeviceRadixSort::SortPairs(NULL, tmp, dk, dv, (int)n, 0,
+                                                                nbits, d->stream),
+                                "embedding backward (sort size)");
+        if (st) return st;
+    }
+    size_t o_k0 = 0, o_k1 = o_k0 + emb_align(nn * 4), o_v0 = o_k1 + emb_align(nn * 4),
+           o_v1 = o_v0 + emb_align(nn * 4), o_st = o_v1 + emb_align(nn * 4),
+           o_en = o_st + emb_align((size_t)V * 4), o_part = o_en + emb_align((size_t)V * 4),
+           o_tmp = o_part + emb_align((size_t)nch * 2 * (size_t)C * sizeof(A)),
+           bytes = o_tmp + emb_align(tmp > 0 ? tmp : 1);
+    char *buf = NULL;
+    if (cu_scratch(d, bytes, (void **)&buf)) return fe_last_status();
+    unsigned *k0 = (unsigned *)(buf + o_k0), *k1 = (unsigned *)(buf + o_k1);
+    int *v0 = (int *)(buf + o_v0), *v1 = (int *)(buf + o_v1);
+    int *start = (int *)(buf + o_st), *end = (int *)(buf + o_en);
+    A *part = (A *)(buf + o_part);
+    bool i64 = idx->dtype == FE_I64;
+    k_emb_keys<<<cu_blocks(d, n > V ? n : V, 256), 256, 0, d->stream>>>(
+        k0, v0, start, end, fe__ptr(idx), i64, n, V);
+    fe_status st = cu_launched("embedding backward kernel (keys)");
+    const int *pos = v0;
+    if (!st && n > 0) {
+        dk = cub::DoubleBuffer<unsigned>(k0, k1);
+        dv = cub::DoubleBuffer<int>(v0, v1);
+        st = cu_check(cub::DeviceRadixSort::SortPairs(buf + o_tmp, tmp, dk, dv, (int)n, 0, nbits,
+                                                      d->stream),
+                      "embedding backward (sort)");
+        pos = dv.Current();
+        if (!st) {
+            k_emb_chunks<T, VN><<<(unsigned)nch, EMB_THREADS, 0, d->stream>>>(
+                part, start, end, dk.Current(), pos, (const T *)fe__ptr(gout), (int)n, V, C,
+                (int)H);
+            st = cu_launched("embedding backward kernel (chunks)");
+        }
+    }
+    if (!st) {
+        int64_t nv = C / VN, tpr = (nv + EMB_EPT - 1) / EMB_EPT;
+        int64_t nb = (V * tpr + EMB_THREADS - 1) / EMB_THREADS, cap = (int64_t)1 << 30;
+        k_emb_rows<T, VN><<<(unsigned)(nb < cap ? nb : cap), EMB_THREADS, 0, d->stream>>>(
+            (T *)fe__ptr(gw), (const T *)fe__ptr(gout), pos, start, end, part, V, C, tpr, (int)H);
+        st = cu_launched("embedding backward kernel (rows)");
+    }
+    cu_scratch_free(d, buf, bytes);
+    return st;
 }
 
 extern "C" fe_status fe_cuda_embedding_backward(fe_tensor *gw, const fe_tensor *gout,
@@ -1107,42 +1360,20 @@ extern "C" fe_status fe_cuda_embedding_backward(fe_tensor *gw, const fe_tensor *
         return fe_set_error(FE_ERR_DTYPE, "embedding backward (cuda): indices must be i32 or i64");
     const fe_tensor *ts[1] = {gout};
     if (same_dtype("embedding backward", gw->dtype, 1, ts)) return fe_last_status();
-    int64_t n = fe_numel(idx), V = gw->shape[0], C = gw->shape[1], VC = V * C;
-    if (VC == 0) return FE_OK;
-    bool i64 = idx->dtype == FE_I64;
-    unsigned nb = cu_blocks(d, n * C, 256);
-    fe_status st = FE_OK;
-    if (gw->dtype == FE_F32 || gw->dtype == FE_F64) {
-        size_t es = fe_dtype_size(gw->dtype);
-        st = cu_check(cudaMemsetAsync(fe__ptr(gw), 0, (size_t)VC * es, d->stream),
-                      "cudaMemsetAsync");
-        if (st || n == 0) return st;
-        if (gw->dtype == FE_F32)
-            k_embedding_bwd<float, float><<<nb, 256, 0, d->stream>>>(
-                (float *)fe__ptr(gw), (const float *)fe__ptr(gout), fe__ptr(idx), i64, n, V, C);
-        else
-            k_embedding_bwd<double, double><<<nb, 256, 0, d->stream>>>(
-                (double *)fe__ptr(gw), (const double *)fe__ptr(gout), fe__ptr(idx), i64, n, V, C);
-        return cu_launched("embedding backward kernel");
-    }
-    /* f16 / bf16: accumulate in an f32 scratch, then round once */
-    float *acc = NULL;
-    size_t bytes = (size_t)VC * sizeof(float);
-    if (cu_scratch(d, bytes, (void **)&acc)) return fe_last_status();
-    st = cu_check(cudaMemsetAsync(acc, 0, bytes, d->stream), "cudaMemsetAsync");
+    int64_t n = fe_numel(idx), V = gw->shape[0], C = gw->shape[1];
+    if (V == 0 || C == 0) return FE_OK;
+    if (n > INT32_MAX / 2 || V >= INT32_MAX)
+        return fe_set_error(FE_ERR_ARG,
+                            "embedding backward (cuda): %lld indices into %lld rows is too many",
+                            (long long)n, (long long)V);
+    size_t es = fe_dtype_size(gw->dtype);
+    bool vec = ((size_t)C * es) % 16 == 0 &&
+               !(((uintptr_t)fe__ptr(gw) | (uintptr_t)fe__ptr(gout)) & 15u);
     CU_FLOAT_DISPATCH(gw->dtype, "embedding backward", {
-        if (!st && n > 0) {
-            k_embedding_bwd<T, float><<<nb, 256, 0, d->stream>>>(acc, (const T *)fe__ptr(gout),
-                                                                 fe__ptr(idx), i64, n, V, C);
-            st = cu_launched("embedding backward kernel");
-        }
-        if (!st) {
-            k_from_f32<T><<<cu_blocks(d, VC, 256), 256, 0, d->stream>>>((T *)fe__ptr(gw), acc, VC);
-            st = cu_launched("embedding backward kernel (cast)");
-        }
+        if (vec) return emb_bwd_run<T, cu_vn<T>::n>(d, gw, gout, idx, n, V, C);
+        return emb_bwd_run<T, 1>(d, gw, gout, idx, n, V, C);
     })
-    cu_scratch_free(d, acc, bytes);
-    return st;
+    return FE_OK;
 }
 
 /* ---- cross-entropy
@@ -1228,32 +1459,6 @@ __device__ __forceinline__ void ce_row_stats(const T *__restrict__ x, int64_t nv
 
 template <typename T>
 __global__ void __launch_bounds__(CE_THREADS)
-    k_ce_rows_vec(double *row_loss, const T *__restrict__ logits, const void *tg, bool i64,
-                  int64_t R, int64_t V, long long ignore, unsigned long long *err) {
-    __shared__ float sh[32];
-    int64_t nv = V / cu_vn<T>::n;
-    for (int64_t row = blockIdx.x; row < R; row += gridDim.x) {
-        long long t = index_at(tg, i64, row);
-        if (t == ignore) {
-            if (threadIdx.x == 0) row_loss[row] = 0.0;
-            continue;
-        }
-        if (t < 0 || t >= V) {
-            if (threadIdx.x == 0) {
-                row_loss[row] = __longlong_as_double(0x7ff8000000000000ll);
-                cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
-            }
-            continue;
-        }
-        const T *x = logits + row * V;
-        float m, s;
-        ce_row_stats<T>(x, nv, sh, &m, &s);
-        if (threadIdx.x == 0) row_loss[row] = (double)(m + logf(s)) - (double)cu_to_f(x[t]);
-    }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(CE_THREADS)
     k_ce_bwd_vec(T *__restrict__ gl, const T *__restrict__ logits, const void *tg, bool i64,
                  int64_t R, int64_t V, long long ignore, const double *scale_p,
                  unsigned long long *err) {
@@ -1293,6 +1498,155 @@ __global__ void __launch_bounds__(CE_THREADS)
                     }
                     cu_st16(g + q * N, cu_vpack<T>(f));
                 }
+            }
+        }
+    }
+}
+
+/* ---- cross-entropy, one warp per row (forward) and rows in registers (backward) ----
+ * The forward streams each row once through one warp: no barriers, CEW_U 16-byte loads in flight
+ * per lane and many rows per SM, so the loads of some rows always overlap the arithmetic and the
+ * reductions of others. exp is the special-function unit's 2^x (ex2.approx.ftz: about 2 ulp,
+ * terms below 2^-126 flushed to 0, which a sum >= 1 cannot see). */
+
+#define CEW_THREADS 256
+#define CEW_U 8
+
+/* Fold one 16-byte vector into a running (maximum m, sum of 2^((x - m) log2 e) s). -inf
+ * elements add nothing, NaN makes s NaN, +inf makes it NaN (as the generic kernels). */
+template <typename T> __device__ __forceinline__ void ce_fold(const uint4 &u, float &m, float &s) {
+    constexpr int N = cu_vn<T>::n;
+    float vm = cu_vget<T>(u, 0);
+#pragma unroll
+    for (int e = 1; e < N; e++)
+        vm = fmaxf(vm, cu_vget<T>(u, e));
+    if (vm > m) {
+        s *= fr_exp2((m - vm) * FR_LOG2E); /* 0 while m is -inf */
+        m = vm;
+    }
+    if (m != -INFINITY) {
+        float m2 = m * FR_LOG2E;
+#pragma unroll
+        for (int e = 0; e < N; e++)
+            s += fr_exp2(fmaf(cu_vget<T>(u, e), FR_LOG2E, -m2));
+    } else { /* only -inf and NaN so far: NaN must still show */
+#pragma unroll
+        for (int e = 0; e < N; e++) {
+            float v = cu_vget<T>(u, e);
+            if (v != v) s += v;
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(CEW_THREADS)
+    k_ce_rows_warp(double *row_loss, const T *__restrict__ logits, const void *tg, bool i64,
+                   int64_t R, int64_t V, long long ignore, unsigned long long *err) {
+    constexpr int N = cu_vn<T>::n;
+    int lane = threadIdx.x & 31, wpb = CEW_THREADS / 32;
+    int64_t nv = V / N;
+    for (int64_t row = (int64_t)blockIdx.x * wpb + (threadIdx.x >> 5); row < R;
+         row += (int64_t)gridDim.x * wpb) {
+        long long t = index_at(tg, i64, row);
+        if (t == ignore) {
+            if (lane == 0) row_loss[row] = 0.0;
+            continue;
+        }
+        if (t < 0 || t >= V) {
+            if (lane == 0) {
+                row_loss[row] = __longlong_as_double(0x7ff8000000000000ll);
+                cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
+            }
+            continue;
+        }
+        const T *x = logits + row * V;
+        float m = -INFINITY, s = 0.f;
+        for (int64_t j = lane; j < nv; j += 32 * CEW_U) {
+            uint4 u[CEW_U];
+#pragma unroll
+            for (int k = 0; k < CEW_U; k++)
+                if (j + 32 * k < nv) u[k] = __ldcs((const uint4 *)(x + (j + 32 * k) * N));
+#pragma unroll
+            for (int k = 0; k < CEW_U; k++)
+                if (j + 32 * k < nv) ce_fold<T>(u[k], m, s);
+        }
+        float M = cu_warp_max(m);
+        float part = m == -INFINITY ? 0.f : s * fr_exp2((m - M) * FR_LOG2E);
+        float S = cu_warp_sum(part);
+        if (lane == 0) row_loss[row] = (double)M + (double)logf(S) - (double)cu_to_f(x[t]);
+    }
+}
+
+/* Backward with the row held in registers: a block of CEB_THREADS threads reads its row once
+ * (up to CEB_NV vectors a thread), reduces the maximum, then the sum of exponentials, and writes
+ * the gradient from the registers: one read and one write of the logits, where the two-pass
+ * kernel reads each row twice (the second time from L2) with a barrier-bound pass in between. */
+#define CEB_THREADS 512
+#define CEB_NV 8
+template <typename T>
+__global__ void __launch_bounds__(CEB_THREADS, 2)
+    k_ce_bwd_reg(T *__restrict__ gl, const T *__restrict__ logits, const void *tg, bool i64,
+                 int64_t R, int64_t V, long long ignore, const double *scale_p,
+                 unsigned long long *err) {
+    constexpr int N = cu_vn<T>::n;
+    __shared__ float sh[32];
+    int nv = (int)(V / N);
+    float scale = (float)scale_p[0];
+    for (int64_t row = blockIdx.x; row < R; row += gridDim.x) {
+        long long t = index_at(tg, i64, row);
+        T *g = gl + row * V;
+        if (t == ignore || t < 0 || t >= V) { /* uniform over the block */
+#pragma unroll
+            for (int k = 0; k < CEB_NV; k++) {
+                int j = threadIdx.x + k * CEB_THREADS;
+                if (j < nv) cu_st16(g + (int64_t)j * N, make_uint4(0, 0, 0, 0));
+            }
+            if (t != ignore && threadIdx.x == 0) cu_flag_error(err, CU_ERR_CE_TARGET, t, row, V);
+            continue;
+        }
+        const T *x = logits + row * V;
+        uint4 u[CEB_NV];
+        float m = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < CEB_NV; k++) {
+            int j = threadIdx.x + k * CEB_THREADS;
+            if (j < nv) u[k] = __ldcs((const uint4 *)(x + (int64_t)j * N));
+        }
+#pragma unroll
+        for (int k = 0; k < CEB_NV; k++) {
+            int j = threadIdx.x + k * CEB_THREADS;
+            if (j < nv) {
+#pragma unroll
+                for (int e = 0; e < N; e++)
+                    m = fmaxf(m, cu_vget<T>(u[k], e));
+            }
+        }
+        float M2 = cu_block_max(m, sh) * FR_LOG2E, s = 0.f;
+#pragma unroll
+        for (int k = 0; k < CEB_NV; k++) {
+            int j = threadIdx.x + k * CEB_THREADS;
+            if (j < nv) {
+#pragma unroll
+                for (int e = 0; e < N; e++)
+                    s += fr_exp2(fmaf(cu_vget<T>(u[k], e), FR_LOG2E, -M2));
+            }
+        }
+        float l2 = M2 + log2f(cu_block_sum(s, sh)); /* log-sum-exp, in units of log 2 */
+        int tq = (int)(t / N), te = (int)(t % N);
+#pragma unroll
+        for (int k = 0; k < CEB_NV; k++) {
+            int j = threadIdx.x + k * CEB_THREADS;
+            if (j < nv) {
+                float f[N];
+#pragma unroll
+                for (int e = 0; e < N; e++)
+                    f[e] = fr_exp2(fmaf(cu_vget<T>(u[k], e), FR_LOG2E, -l2)) * scale;
+                if (j == tq) {
+#pragma unroll
+                    for (int e = 0; e < N; e++)
+                        if (e == te) f[e] -= scale;
+                }
+                cu_st16(g + (int64_t)j * N, cu_vpack<T>(f));
             }
         }
     }
@@ -1342,8 +1696,9 @@ extern "C" fe_status fe_cuda_cross_entropy(fe_tensor *loss, const fe_tensor *log
     d->check_pending = true;
     const void *pl[1] = {fe__ptr(logits)};
     if (R > 0 && fr_ok(V, fe_dtype_size(logits->dtype), pl, 1, 1 << 20)) {
+        int64_t wpb = CEW_THREADS / 32, nb = (R + wpb - 1) / wpb, cap = (int64_t)d->sm_count * 64;
         FR_DISPATCH(logits->dtype, {
-            k_ce_rows_vec<T><<<ce_blocks(d, R), CE_THREADS, 0, d->stream>>>(
+            k_ce_rows_warp<T><<<(unsigned)(nb < cap ? nb : cap), CEW_THREADS, 0, d->stream>>>(
                 rl, (const T *)fe__ptr(logits), fe__ptr(targets), i64, R, V, (long long)ignore,
                 d->err);
         })
@@ -1425,7 +1780,15 @@ extern "C" fe_status fe_cuda_cross_entropy_backward(fe_tensor *glogits, const fe
     fe_status st = cu_launched("cross_entropy backward kernel (scale)");
     d->check_pending = true;
     const void *pl[2] = {fe__ptr(logits), fe__ptr(glogits)};
-    if (!st && fr_ok(V, fe_dtype_size(logits->dtype), pl, 2, 1 << 20)) {
+    if (!st && fr_ok(V, fe_dtype_size(logits->dtype), pl, 2, CEB_THREADS * CEB_NV / FR_NV)) {
+        int64_t cap = (int64_t)d->sm_count * 64;
+        FR_DISPATCH(logits->dtype, {
+            k_ce_bwd_reg<T><<<(unsigned)(R < cap ? R : cap), CEB_THREADS, 0, d->stream>>>(
+                (T *)fe__ptr(glogits), (const T *)fe__ptr(logits), fe__ptr(targets), i64, R, V,
+                (long long)ignore, scale, d->err);
+        })
+        st = cu_launched("cross_entropy backward kernel");
+    } else if (!st && fr_ok(V, fe_dtype_size(logits->dtype), pl, 2, 1 << 20)) {
         FR_DISPATCH(logits->dtype, {
             k_ce_bwd_vec<T><<<ce_blocks(d, R), CE_THREADS, 0, d->stream>>>(
                 (T *)fe__ptr(glogits), (const T *)fe__ptr(logits), fe__ptr(targets), i64, R, V,
