@@ -336,11 +336,12 @@ TEST(llama_forward_loss_checks_shapes) {
 }
 
 TEST(llama_forward_loss_matches_the_unfused_loss) {
-    for (int tied = 0; tied < 2; tied++) {
-        fe_llama_config c = tiny(tied);
+    for (int variant = 0; variant < 3; variant++) { /* untied, tied, checkpointed */
+        fe_llama_config c = tiny(variant == 1);
         fe_llama *m = fe_llama_new(&c, FE_F64, FE_DEVICE_CPU);
         CHECK(m != NULL);
         if (!m) return;
+        fe_llama_set_checkpointing(m, variant == 2);
         int32_t xs[10], ys[10];
         for (int i = 0; i < 10; i++) xs[i] = (i * 11 + 2) % 29, ys[i] = i == 3 ? IGN : (i * 5 + 1) % 29;
         fe_tensor *x = fe_from_data(xs, 2, S(2, 5), FE_I32, FE_DEVICE_CPU);
