@@ -5,6 +5,8 @@
 #include "ferric/nn.h"
 #include "gradcheck.h"
 
+#include <time.h>
+
 #define S(...) (int64_t[]){__VA_ARGS__}
 #define IGN (-100)
 
@@ -308,6 +310,114 @@ TEST(errors_name_the_problem) {
     fe_set_error(FE_ERR_SHAPE, "first");
     CHECK(fe_linear_cross_entropy(x, NULL, t, IGN, 0) == NULL);
     CHECK(strcmp(fe_last_error(), "first") == 0);
+}
+
+/* ---- memory and time of a whole loss step, on any device ------------------------------ */
+
+typedef struct step_cost {
+    size_t peak; /* bytes above what was allocated before the step */
+    double ms, loss;
+} step_cost;
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* forward + backward of the fused or the unfused loss */
+static step_cost loss_step(bool fused, fe_tensor *x, fe_tensor *w, fe_tensor *t, int64_t chunk) {
+    fe_device dev = fe_device_of(x);
+    step_cost c = {0, 0, NAN};
+    fe_zero_grad(x), fe_zero_grad(w);
+    fe_scope *s = fe_scope_begin();
+    fe_device_sync(dev);
+    fe_device_mem_reset_peak(dev);
+    size_t base = fe_device_mem_current(dev);
+    double t0 = now_ms();
+    fe_tensor *l = fused ? fe_linear_cross_entropy(x, w, t, IGN, chunk) : unfused(x, w, t, IGN);
+    if (l && fe_backward(l, NULL) == FE_OK && fe_device_sync(dev) == FE_OK) {
+        c.ms = now_ms() - t0;
+        c.peak = fe_device_mem_peak(dev) - base;
+        c.loss = fe_item(l);
+    }
+    fe_scope_end(s);
+    fe_zero_grad(x), fe_zero_grad(w);
+    return c;
+}
+
+TEST(a_step_holds_less_than_the_unfused_one) {
+    int64_t N = 512, C = 16, V = 2000;
+    fe_tensor *x = leaf(2, S(N, C), FE_F32), *w = leaf(2, S(V, C), FE_F32);
+    fe_tensor *t = targets_of(1, S(N), V, 9, 4, FE_I64);
+    step_cost f = loss_step(true, x, w, t, 64), u = loss_step(false, x, w, t, 0);
+    size_t logits = (size_t)(N * V) * 4;
+    CHECK_NEAR(f.loss, u.loss, 1e-5 * u.loss);
+    CHECK(u.peak >= 2 * logits);               /* the logits and their gradient */
+    CHECK(f.peak + 2 * logits - logits / 4 <= u.peak); /* fused: an eighth of them */
+}
+
+/* ---- CUDA (skipped without a device) -------------------------------------------------- */
+
+#define GPU ((fe_device){FE_CUDA, 0})
+#define NEED_GPU()                                                                        \
+    do {                                                                                  \
+        if (!fe_device_available(FE_CUDA)) SKIP("no CUDA device (or built without CUDA)"); \
+    } while (0)
+
+static fe_tensor *gpu_leaf(fe_tensor *cpu) {
+    fe_tensor *t = fe_to_device(cpu, GPU);
+    fe_set_requires_grad(t, true);
+    return t;
+}
+
+static double rms(fe_tensor *t) {
+    return sqrt(fe_item(fe_sum(fe_square(fe_cast(t, FE_F64)), 0, NULL, false)) / (double)fe_numel(t));
+}
+
+TEST(cuda_matches_cpu_and_the_unfused_path) {
+    NEED_GPU();
+    int64_t N = 300, C = 64, V = 1001;
+    fe_dtype dts[] = {FE_F32, FE_BF16};
+    for (int d = 0; d < 2; d++) {
+        fe_tensor *xc = fe_cast(fe_randn(2, S(N, C), 0, 1, FE_F32, FE_DEVICE_CPU), dts[d]);
+        fe_tensor *wc = fe_cast(fe_randn(2, S(V, C), 0, 0.3, FE_F32, FE_DEVICE_CPU), dts[d]);
+        fe_set_requires_grad(xc, true), fe_set_requires_grad(wc, true);
+        fe_tensor *xg = gpu_leaf(xc), *wg = gpu_leaf(wc);
+        fe_tensor *tc = targets_of(1, S(N), V, 7, 2, FE_I64), *tg = fe_to_device(tc, GPU);
+        double tol = dts[d] == FE_BF16 ? 3e-2 : 2e-3;
+        int64_t chunks[] = {0, 7, 128};
+        for (int i = 0; i < 3; i++) {
+            result rc = run(true, xc, wc, tc, chunks[i]), rg = run(true, xg, wg, tg, chunks[i]);
+            CHECK(rg.gx && rg.gw && fe_device_of(rg.gx).type == FE_CUDA);
+            CHECK_NEAR(rg.loss, rc.loss, tol * rc.loss);
+            CHECK(t_maxdiff(rg.gx, rc.gx) < tol * rms(rc.gx) * 4);
+            CHECK(t_maxdiff(rg.gw, rc.gw) < tol * rms(rc.gw) * 4);
+        }
+        result ru = run(false, xg, wg, tg, 0), rf = run(true, xg, wg, tg, 0);
+        CHECK_NEAR(rf.loss, ru.loss, tol * ru.loss);
+        CHECK(t_maxdiff(rf.gx, ru.gx) < tol * rms(ru.gx) * 4);
+        CHECK(t_maxdiff(rf.gw, ru.gw) < tol * rms(ru.gw) * 4);
+    }
+}
+
+/* The "small" training shape's head: 16384 tokens, C 768, V 32000, bf16. Prints the
+ * peak memory and time of one loss forward + backward, fused and unfused. */
+TEST(cuda_small_shape_memory_and_time) {
+    NEED_GPU();
+    int64_t N = 16384, C = 768, V = 32000;
+    fe_tensor *x = fe_cast(fe_randn(2, S(N, C), 0, 1, FE_F32, GPU), FE_BF16);
+    fe_tensor *w = fe_cast(fe_randn(2, S(V, C), 0, 0.02, FE_F32, GPU), FE_BF16);
+    fe_set_requires_grad(x, true), fe_set_requires_grad(w, true);
+    fe_tensor *t = fe_to_device(targets_of(1, S(N), V, 0, 0, FE_I64), GPU);
+    loss_step(true, x, w, t, 0), loss_step(false, x, w, t, 0); /* warm-up */
+    step_cost f = loss_step(true, x, w, t, 0), u = loss_step(false, x, w, t, 0);
+    printf("  small head (N %lld, C %lld, V %lld, bf16) forward+backward: fused %.1f MiB %.2f ms, "
+           "unfused %.1f MiB %.2f ms, saved %.1f MiB\n",
+           (long long)N, (long long)C, (long long)V, f.peak / 1048576.0, f.ms, u.peak / 1048576.0,
+           u.ms, ((double)u.peak - (double)f.peak) / 1048576.0);
+    CHECK_NEAR(f.loss, u.loss, 1e-2 * u.loss);
+    CHECK(f.peak + ((size_t)5 << 28) < u.peak); /* at least 1.25 GiB less (expected ~1.7) */
 }
 
 /* ---- the model path ------------------------------------------------------------------ */

@@ -134,6 +134,7 @@ typedef struct lce {
     fe_tensor *buf;   /* (rows, V): one chunk's logits, then their gradient */
     fe_tensor *gx, *gx2;       /* (..., C) like x, and its (N, C) view */
     fe_tensor *gw, *gw_acc, *gw_tmp; /* (V, C); f32 accumulator for 16-bit w; one chunk's */
+    bool grad, grad_w;               /* gradients wanted: any, of w */
 } lce;
 
 static void lce_free(lce *s) {
@@ -162,33 +163,42 @@ static fe_status count_rows(lce *s, int64_t ignore, fe_device dev) {
     return st;
 }
 
-/* gw (+)= glogits^T x_c for one chunk: directly into gw for a single chunk or an f32/f64
- * w, else through a chunk buffer into an f32 accumulator. */
-static fe_status add_gw(lce *s, fe_tensor *glt, fe_tensor *xv, bool first, bool last) {
+static bool narrow(fe_dtype dt) { return dt == FE_F16 || dt == FE_BF16; }
+
+/* gw (+)= glogits^T x_c for one chunk: straight into gw for a single chunk or an f32/f64
+ * w; for 16-bit w through a chunk result into an f32 accumulator (gw comes at the end). */
+static fe_status add_gw(lce *s, fe_tensor *glt, fe_tensor *xv, bool first) {
     const fe_backend *be = fe__be(xv);
     fe_tensor *w = s->wc;
-    bool narrow = w->dtype == FE_F16 || w->dtype == FE_BF16;
-    if (first && last) return be->matmul(s->gw, glt, xv, 1.0);
-    if (!narrow) {
-        if (first) return be->matmul(s->gw, glt, xv, 1.0);
-        if (!s->gw_tmp && !(s->gw_tmp = fe__alloc(2, w->shape, w->dtype, w->st->dev)))
-            return fe_last_status();
-        fe_status st = be->matmul(s->gw_tmp, glt, xv, 1.0);
-        return st ? st : be->binary(FE_B_ADD, s->gw, s->gw, s->gw_tmp, 1.0);
-    }
+    if (first && s->gw) return be->matmul(s->gw, glt, xv, 1.0);
     if (!s->gw_tmp && !(s->gw_tmp = fe__alloc(2, w->shape, w->dtype, w->st->dev)))
         return fe_last_status();
-    if (!s->gw_acc && !(s->gw_acc = fe__alloc(2, w->shape, FE_F32, w->st->dev)))
-        return fe_last_status();
+    if (!s->gw) { /* 16-bit, several chunks */
+        if (!s->gw_acc && !(s->gw_acc = fe__alloc(2, w->shape, FE_F32, w->st->dev)))
+            return fe_last_status();
+        fe_status st = be->matmul(s->gw_tmp, glt, xv, 1.0);
+        if (st) return st;
+        return first ? be->copy(s->gw_acc, s->gw_tmp)
+                     : be->binary(FE_B_ADD, s->gw_acc, s->gw_acc, s->gw_tmp, 1.0);
+    }
     fe_status st = be->matmul(s->gw_tmp, glt, xv, 1.0);
-    if (!st) st = first ? be->copy(s->gw_acc, s->gw_tmp)
-                        : be->binary(FE_B_ADD, s->gw_acc, s->gw_acc, s->gw_tmp, 1.0);
-    if (!st && last) st = be->copy(s->gw, s->gw_acc);
+    return st ? st : be->binary(FE_B_ADD, s->gw, s->gw, s->gw_tmp, 1.0);
+}
+
+/* After the chunks: gw from the f32 accumulator, once the chunk buffers are gone. */
+static fe_status finish_gw(lce *s) {
+    fe_free(s->buf), s->buf = NULL;
+    fe_free(s->gw_tmp), s->gw_tmp = NULL;
+    if (!s->gw_acc) return FE_OK;
+    fe_tensor *w = s->wc;
+    if (!(s->gw = fe__alloc(2, w->shape, w->dtype, w->st->dev))) return fe_last_status();
+    fe_status st = fe__be(w)->copy(s->gw, s->gw_acc);
+    fe_free(s->gw_acc), s->gw_acc = NULL;
     return st;
 }
 
 /* One chunk of rows r0 .. r0 + n. */
-static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool first, bool last) {
+static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool first) {
     const fe_backend *be = fe__be(s->xc);
     int64_t C = s->wc->shape[1], V = s->wc->shape[0];
     fe_device dev = s->xc->st->dev;
@@ -205,16 +215,16 @@ static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool fi
     if (!st && !(wgt = scalar_op(FE_B_DIV, count, s->denom))) st = fe_last_status();
     if (!st && !(part = scalar_op(FE_B_MUL, loss, wgt))) st = fe_last_status();
     if (!st) st = be->binary(FE_B_ADD, s->acc, s->acc, part, 1.0);
-    if (!st && (s->gx || s->gw)) {
+    if (!st && s->grad) {
         /* d loss / d logits of this chunk = wgt * (softmax - onehot) / count_c, in place */
         st = be->cross_entropy_backward(lg, wgt, lg, tv, ignore);
         if (!st && s->gx) {
             if (!(gxv = rows_of(s->gx2, r0, n, C))) st = fe_last_status();
             else st = be->matmul(gxv, lg, s->wc, 1.0); /* (n, V) @ (V, C) */
         }
-        if (!st && s->gw) {
+        if (!st && s->grad_w) {
             if (!(glt = transposed(lg, n, V))) st = fe_last_status();
-            else st = add_gw(s, glt, xv, first, last); /* (V, n) @ (n, C) */
+            else st = add_gw(s, glt, xv, first); /* (V, n) @ (n, C) */
         }
     }
     fe_free(xv), fe_free(tv), fe_free(kv), fe_free(lg), fe_free(loss);
@@ -223,7 +233,7 @@ static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool fi
 }
 
 static fe_status lce_setup(lce *s, fe_tensor *x, fe_tensor *w, fe_tensor *targets, int64_t N,
-                           bool grad_x, bool grad_w) {
+                           int64_t rows, bool grad_x, bool grad_w) {
     int64_t C = w->shape[1], V = w->shape[0];
     fe_device dev = x->st->dev;
     if (!(s->xc = fe__contig_raw(x)) || !(s->x2 = rows_of(s->xc, 0, N, C))) return fe_last_status();
@@ -234,9 +244,10 @@ static fe_status lce_setup(lce *s, fe_tensor *x, fe_tensor *w, fe_tensor *target
         if (!(s->gx = fe__alloc(x->ndim, x->shape, x->dtype, dev))) return fe_last_status();
         if (!(s->gx2 = rows_of(s->gx, 0, N, C))) return fe_last_status();
     }
-    if (grad_w && !(s->gw = N ? fe__alloc(2, w->shape, w->dtype, dev) : fe_zeros(2, w->shape, w->dtype, dev)))
-        return fe_last_status();
-    return FE_OK;
+    s->grad = grad_x || grad_w, s->grad_w = grad_w;
+    if (!grad_w || (narrow(w->dtype) && N > rows)) return FE_OK; /* gw comes from gw_acc */
+    s->gw = N ? fe__alloc(2, w->shape, w->dtype, dev) : fe_zeros(2, w->shape, w->dtype, dev);
+    return s->gw ? FE_OK : fe_last_status();
 }
 
 fe_tensor *fe_linear_cross_entropy(fe_tensor *x, fe_tensor *w, fe_tensor *targets,
@@ -251,15 +262,15 @@ fe_tensor *fe_linear_cross_entropy(fe_tensor *x, fe_tensor *w, fe_tensor *target
     bool prev = fe_set_grad_enabled(false);
     lce s = {0};
     fe_tensor *loss = NULL;
-    fe_status st = lce_setup(&s, x, w, targets, N, grad_x, grad_w);
+    fe_status st = lce_setup(&s, x, w, targets, N, rows, grad_x, grad_w);
     if (!st) st = count_rows(&s, ignore_index, x->st->dev);
     if (!st && N > 0 && !(s.buf = fe__alloc(2, (int64_t[]){rows, V}, x->dtype, x->st->dev)))
         st = fe_last_status();
     for (int64_t r0 = 0; r0 < N && !st; r0 += rows) {
         int64_t n = N - r0 < rows ? N - r0 : rows;
-        st = do_chunk(&s, r0, n, ignore_index, r0 == 0, r0 + n == N);
+        st = do_chunk(&s, r0, n, ignore_index, r0 == 0);
     }
-    fe_free(s.buf), s.buf = NULL; /* the chunk memory goes back before anything else */
+    if (!st) st = finish_gw(&s); /* also gives the chunk memory back */
     if (!st && !(loss = fe__alloc(0, NULL, stat_dtype(x->dtype), x->st->dev))) st = fe_last_status();
     if (!st) st = fe__be(loss)->copy(loss, s.acc);
     fe_set_grad_enabled(prev);
