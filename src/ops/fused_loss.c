@@ -64,9 +64,9 @@ static fe_status check_args(fe_tensor *x, fe_tensor *w, fe_tensor *targets, int6
         return fe_set_error(FE_ERR_SHAPE, OP ": weight %s must be (V, C)",
                             fe_shape_str(w, a, sizeof a));
     if (x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1])
-        return fe_set_error(FE_ERR_SHAPE,
-                            OP ": input %s does not fit weight %s: its last dim must be C = %" PRId64,
-                            fe_shape_str(x, a, sizeof a), fe_shape_str(w, b, sizeof b), w->shape[1]);
+        return fe_set_error(
+            FE_ERR_SHAPE, OP ": input %s does not fit weight %s: its last dim must be C = %" PRId64,
+            fe_shape_str(x, a, sizeof a), fe_shape_str(w, b, sizeof b), w->shape[1]);
     if (targets->dtype != FE_I32 && targets->dtype != FE_I64)
         return fe_set_error(FE_ERR_DTYPE, OP ": targets must be i32 or i64, not %s",
                             fe_dtype_name(targets->dtype));
@@ -77,7 +77,7 @@ static fe_status check_args(fe_tensor *x, fe_tensor *w, fe_tensor *targets, int6
     if (fe_numel(targets) != rows)
         return fe_set_error(FE_ERR_SHAPE,
                             OP ": input %s has %" PRId64 " rows but targets %s hold %" PRId64
-                            " (one target per row)",
+                               " (one target per row)",
                             fe_shape_str(x, a, sizeof a), rows, fe_shape_str(targets, b, sizeof b),
                             fe_numel(targets));
     if (chunk_rows < 0)
@@ -106,8 +106,8 @@ static fe_status lce_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tenso
     (void)out;
     if (n->i[0])
         return fe_set_error(FE_ERR_STATE, OP ": backward already ran through this loss and its "
-                                          "saved gradients were handed over; compute the loss "
-                                          "again for another backward");
+                                             "saved gradients were handed over; compute the loss "
+                                             "again for another backward");
     n->i[0] = 1;
     fe_status st = FE_OK;
     for (int k = 0; k < 2 && !st; k++) {
@@ -128,18 +128,19 @@ static fe_status lce_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tenso
 typedef struct lce {
     /* inputs, contiguous: x2 (N, C), wc (V, C), wt (C, V) view, t1 (N) */
     fe_tensor *xc, *x2, *wc, *wt, *tc, *t1;
-    fe_tensor *keep;  /* (N) f64: 1 where the target counts */
-    fe_tensor *denom; /* f64: max(count, 1) */
-    fe_tensor *acc;   /* f64: the loss so far */
-    fe_tensor *buf;   /* (rows, V): one chunk's logits, then their gradient */
-    fe_tensor *gx, *gx2;       /* (..., C) like x, and its (N, C) view */
+    fe_tensor *keep;                 /* (N) f64: 1 where the target counts */
+    fe_tensor *denom;                /* f64: max(count, 1) */
+    fe_tensor *acc;                  /* f64: the loss so far */
+    fe_tensor *buf;                  /* (rows, V): one chunk's logits, then their gradient */
+    fe_tensor *gx, *gx2;             /* (..., C) like x, and its (N, C) view */
     fe_tensor *gw, *gw_acc, *gw_tmp; /* (V, C); f32 accumulator for 16-bit w; one chunk's */
     bool grad, grad_w;               /* gradients wanted: any, of w */
 } lce;
 
 static void lce_free(lce *s) {
-    fe_tensor **all[] = {&s->xc, &s->x2, &s->wc, &s->wt, &s->tc, &s->t1, &s->keep, &s->denom,
-                         &s->acc, &s->buf, &s->gx, &s->gx2, &s->gw, &s->gw_acc, &s->gw_tmp};
+    fe_tensor **all[] = {&s->xc, &s->x2,   &s->wc,    &s->wt,     &s->tc,
+                         &s->t1, &s->keep, &s->denom, &s->acc,    &s->buf,
+                         &s->gx, &s->gx2,  &s->gw,    &s->gw_acc, &s->gw_tmp};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
         fe_free(*all[i]);
         *all[i] = NULL;
@@ -209,8 +210,13 @@ static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool fi
     fe_tensor *loss = lg ? fe__alloc(0, NULL, stat_dtype(s->xc->dtype), dev) : NULL;
     fe_tensor *count = NULL, *wgt = NULL, *part = NULL, *glt = NULL, *gxv = NULL;
     fe_status st = loss ? FE_OK : fe_last_status();
-    if (!st) st = be->matmul(lg, xv, s->wt, 1.0);                  /* logits (n, V) */
-    if (!st) st = be->cross_entropy(loss, lg, tv, ignore);          /* mean over counted rows */
+    if (!st) st = be->matmul(lg, xv, s->wt, 1.0);                /* logits (n, V) */
+    if (!st && (st = be->cross_entropy(loss, lg, tv, ignore))) { /* mean over counted rows */
+        char why[256]; /* the kernel numbers rows within the chunk: say where it starts */
+        snprintf(why, sizeof why, "%s", fe_last_error());
+        fe_set_error(st, OP ": in the chunk of rows %" PRId64 "..%" PRId64 " (numbered from 0): %s",
+                     r0, r0 + n - 1, why);
+    }
     if (!st && !(count = fe_sum(kv, 0, NULL, false))) st = fe_last_status();
     if (!st && !(wgt = scalar_op(FE_B_DIV, count, s->denom))) st = fe_last_status();
     if (!st && !(part = scalar_op(FE_B_MUL, loss, wgt))) st = fe_last_status();
@@ -219,12 +225,16 @@ static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool fi
         /* d loss / d logits of this chunk = wgt * (softmax - onehot) / count_c, in place */
         st = be->cross_entropy_backward(lg, wgt, lg, tv, ignore);
         if (!st && s->gx) {
-            if (!(gxv = rows_of(s->gx2, r0, n, C))) st = fe_last_status();
-            else st = be->matmul(gxv, lg, s->wc, 1.0); /* (n, V) @ (V, C) */
+            if (!(gxv = rows_of(s->gx2, r0, n, C)))
+                st = fe_last_status();
+            else
+                st = be->matmul(gxv, lg, s->wc, 1.0); /* (n, V) @ (V, C) */
         }
         if (!st && s->grad_w) {
-            if (!(glt = transposed(lg, n, V))) st = fe_last_status();
-            else st = add_gw(s, glt, xv, first); /* (V, n) @ (n, C) */
+            if (!(glt = transposed(lg, n, V)))
+                st = fe_last_status();
+            else
+                st = add_gw(s, glt, xv, first); /* (V, n) @ (n, C) */
         }
     }
     fe_free(xv), fe_free(tv), fe_free(kv), fe_free(lg), fe_free(loss);
@@ -238,7 +248,8 @@ static fe_status lce_setup(lce *s, fe_tensor *x, fe_tensor *w, fe_tensor *target
     fe_device dev = x->st->dev;
     if (!(s->xc = fe__contig_raw(x)) || !(s->x2 = rows_of(s->xc, 0, N, C))) return fe_last_status();
     if (!(s->wc = fe__contig_raw(w)) || !(s->wt = transposed(s->wc, V, C))) return fe_last_status();
-    if (!(s->tc = fe__contig_raw(targets)) || !(s->t1 = span_of(s->tc, 0, N))) return fe_last_status();
+    if (!(s->tc = fe__contig_raw(targets)) || !(s->t1 = span_of(s->tc, 0, N)))
+        return fe_last_status();
     if (!(s->acc = fe_zeros(0, NULL, FE_F64, dev))) return fe_last_status();
     if (grad_x) {
         if (!(s->gx = fe__alloc(x->ndim, x->shape, x->dtype, dev))) return fe_last_status();
@@ -271,13 +282,16 @@ fe_tensor *fe_linear_cross_entropy(fe_tensor *x, fe_tensor *w, fe_tensor *target
         st = do_chunk(&s, r0, n, ignore_index, r0 == 0);
     }
     if (!st) st = finish_gw(&s); /* also gives the chunk memory back */
-    if (!st && !(loss = fe__alloc(0, NULL, stat_dtype(x->dtype), x->st->dev))) st = fe_last_status();
+    if (!st && !(loss = fe__alloc(0, NULL, stat_dtype(x->dtype), x->st->dev)))
+        st = fe_last_status();
     if (!st) st = fe__be(loss)->copy(loss, s.acc);
     fe_set_grad_enabled(prev);
     if (!st && need) {
         fe_node *n = fe__record(loss, OP, lce_backward, 2, (fe_tensor *[]){x, w});
-        if (!n) st = fe_last_status();
-        else fe__save(n, 0, s.gx), fe__save(n, 1, s.gw);
+        if (!n)
+            st = fe_last_status();
+        else
+            fe__save(n, 0, s.gx), fe__save(n, 1, s.gw);
     }
     lce_free(&s);
     return fe__done(loss, st);
