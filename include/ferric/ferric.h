@@ -9,6 +9,7 @@
 #include "ferric/hf.h"
 #include "ferric/io.h"
 #include "ferric/nn.h"
+#include "ferric/fused_loss.h"
 #include "ferric/ops.h"
 #include "ferric/runlog.h"
 #include "ferric/tokenizer.h"

@@ -22,16 +22,9 @@ extern "C" {
 fe_tensor *fe_linear_cross_entropy(fe_tensor *x, fe_tensor *w, fe_tensor *targets,
                                    int64_t ignore_index, int64_t chunk_rows);
 
-/* The model's final-norm output (B, T, C) for tokens idx (B, T): fe_llama_forward
- * without the LM head. TODO(lead): defined in src/nn/llama.c and declared in
- * ferric/nn.h once llama.c exposes it; until then fe_llama_forward_loss reports
- * FE_ERR_STATE. */
-fe_tensor *fe_llama_forward_hidden(fe_llama *m, fe_tensor *idx);
-
 /* The training loss of tokens idx (B, T) against targets (B, T) (ignore -100): equal to
  * fe_llama_loss(fe_llama_forward(m, idx), targets) but through fe_linear_cross_entropy,
- * so the logits never exist whole. A scalar (f32, f64 for f64 models). FE_ERR_STATE
- * when this build's llama.c lacks fe_llama_forward_hidden. */
+ * so the logits never exist whole. A scalar (f32, f64 for f64 models). */
 fe_tensor *fe_llama_forward_loss(fe_llama *m, fe_tensor *idx, fe_tensor *targets);
 
 #ifdef __cplusplus

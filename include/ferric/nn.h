@@ -181,6 +181,8 @@ void fe_llama_set_checkpointing(fe_llama *m, bool on);
 void fe_llama_set_attention(fe_llama *m, fe_attention_fn fn);
 /* idx (B, T) i32/i64, T <= max_seq -> logits (B, T, V) in the parameter dtype. */
 fe_tensor *fe_llama_forward(fe_llama *m, fe_tensor *idx);
+/* The same without the LM head: the final-norm output (B, T, C). */
+fe_tensor *fe_llama_forward_hidden(fe_llama *m, fe_tensor *idx);
 /* Mean cross-entropy of logits (B, T, V) against targets (B, T) (ignore -100), a scalar
  * in the logits' dtype. */
 fe_tensor *fe_llama_loss(fe_tensor *logits, fe_tensor *targets);

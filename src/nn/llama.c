@@ -137,15 +137,13 @@ void fe_llama_set_attention(fe_llama *m, fe_attention_fn fn) {
         m->layers[l].self_attn.attn = fn;
 }
 
-static fe_tensor *head(fe_llama *m, fe_tensor *h);
-
 static fe_tensor *block_fn(void *ctx, fe_tensor *const *in, int n) {
     (void)n;
     block_ctx *c = ctx;
     return fe_nn_llama_block_forward(&c->model->layers[c->layer], in[0], c->model->inv_freq, 0);
 }
 
-fe_tensor *fe_llama_forward(fe_llama *m, fe_tensor *idx) {
+fe_tensor *fe_llama_forward_hidden(fe_llama *m, fe_tensor *idx) {
     if (!m || !idx) {
         if (!m) fe_set_error(FE_ERR_ARG, "llama: NULL model");
         return NULL;
@@ -164,19 +162,29 @@ fe_tensor *fe_llama_forward(fe_llama *m, fe_tensor *idx) {
         fe_free(h);
         h = next;
     }
-    fe_tensor *logits = h ? head(m, h) : NULL; /* (B, T, V) */
+    fe_tensor *x = h ? fe_nn_rmsnorm_forward(&m->norm, h) : NULL; /* (B, T, C) */
     fe_free(h);
+    return x;
+}
+
+/* LM head: x (B, T, C) -> logits (B, T, V), through the embedding when tied. */
+static fe_tensor *lm_head(fe_llama *m, fe_tensor *x) {
+    if (m->cfg.tie_embeddings)
+        return fe_linear(x, fe_params_at(m->params, m->embed_tokens.weight), NULL);
+    return fe_nn_linear_forward(&m->lm_head, x);
+}
+
+fe_tensor *fe_llama_forward(fe_llama *m, fe_tensor *idx) {
+    fe_tensor *x = fe_llama_forward_hidden(m, idx);
+    fe_tensor *logits = x ? lm_head(m, x) : NULL; /* (B, T, V) */
+    fe_free(x);
     return logits;
 }
 
 /* Final norm and LM head: h (B, T, C) -> logits (B, T, V). */
 static fe_tensor *head(fe_llama *m, fe_tensor *h) {
     fe_tensor *x = fe_nn_rmsnorm_forward(&m->norm, h); /* (B, T, C) */
-    fe_tensor *logits;                                 /* (B, T, V) */
-    if (m->cfg.tie_embeddings)
-        logits = fe_linear(x, fe_params_at(m->params, m->embed_tokens.weight), NULL);
-    else
-        logits = fe_nn_linear_forward(&m->lm_head, x);
+    fe_tensor *logits = x ? lm_head(m, x) : NULL;
     fe_free(x);
     return logits;
 }

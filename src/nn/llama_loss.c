@@ -7,14 +7,6 @@
 
 #include <stdio.h>
 
-/* TODO(lead): fe_llama_forward_hidden belongs in src/nn/llama.c (fe_llama_forward minus
- * the LM head; see the report). Until llama.c defines it the reference stays weak, so the
- * library links and fe_llama_forward_loss reports FE_ERR_STATE. Drop this pragma and the
- * NULL check below once it is there. */
-#if defined(__GNUC__)
-#pragma weak fe_llama_forward_hidden
-#endif
-
 fe_tensor *fe_llama_forward_loss(fe_llama *m, fe_tensor *idx, fe_tensor *targets) {
     if (!m) {
         fe_set_error(FE_ERR_ARG, "llama loss: NULL model");
@@ -27,12 +19,6 @@ fe_tensor *fe_llama_forward_loss(fe_llama *m, fe_tensor *idx, fe_tensor *targets
         fe_set_error(FE_ERR_SHAPE,
                      "llama loss: expected tokens (B, T) and targets (B, T), got %s and %s",
                      fe_shape_str(idx, a, sizeof a), fe_shape_str(targets, b, sizeof b));
-        return NULL;
-    }
-    if (!fe_llama_forward_hidden) {
-        fe_set_error(FE_ERR_STATE,
-                     "llama loss: this build's llama.c has no fe_llama_forward_hidden "
-                     "(the fused loss needs the final-norm output)");
         return NULL;
     }
     const fe_llama_config *c = fe_llama_config_of(m);

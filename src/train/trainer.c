@@ -1,6 +1,7 @@
 /* The training loop of a Llama model: data, model, AdamW, schedule, clipping,
  * accumulation, mixed precision, validation, run log and checkpoints. */
 #include "ferric/trainer.h"
+#include "ferric/fused_loss.h"
 #include "ferric/autograd.h"
 #include "ferric/checkpoint.h"
 #include "ferric/ops.h"
@@ -241,7 +242,7 @@ double fe_trainer_evaluate(fe_trainer *t, int64_t n) {
             sum = NAN;
             break;
         }
-        sum += fe_item(fe_llama_loss(fe_llama_forward(t->model, x), y));
+        sum += fe_item(fe_llama_forward_loss(t->model, x, y));
         fe_scope_end(s);
     }
     fe_set_grad_enabled(prev);
@@ -266,7 +267,7 @@ static fe_status forward_backward(fe_trainer *t, fe_tensor **loss_sum) {
     for (int64_t k = 0; k < o->accum; k++) {
         fe_tensor *x, *y;
         if (o->synthetic ? synthetic_batch(o, &x, &y) : fe_loader_next(t->tl, &x, &y)) return fe_last_status();
-        fe_tensor *loss = fe_llama_loss(fe_llama_forward(t->model, x), y);
+        fe_tensor *loss = fe_llama_forward_loss(t->model, x, y); /* no whole logits */
         fe_tensor *scaled = fe_grad_accum_loss(loss, (int)o->accum);
         if (t->scaler) scaled = fe_grad_scaler_scale(t->scaler, scaled);
         if (!scaled || fe_backward(scaled, NULL)) return fe_last_status();
