@@ -2,11 +2,11 @@
  * neighbouring row work in their prologue and epilogue, an attention kernel that
  * reads the KV cache in place, all captured once into a CUDA graph.
  *
- * Matrix-vector products (k_dec_gemv): every block first stages its input vector in
- * shared memory as f32 (RMS-normalised and scaled by the norm weight when the mode
- * has a norm), then each warp computes two output rows at a time with 16-byte
- * streaming loads of the weights, four loads per row in flight per lane, and a
- * shuffle reduction. Which two rows a warp takes depends on what the epilogue needs
+ * Matrix-vector products (k_dec_gemv): each warp computes two output rows at a time
+ * with 16-byte streaming loads of the weights (eight per row in flight per lane,
+ * the first ones issued before the previous kernel has finished), reading the f32
+ * input beside them and, where the mode has an RMSNorm, folding the norm in (weight
+ * times input, and 1/rms applied to the finished sums). Which two rows a warp takes depends on what the epilogue needs
  * together: the two halves of a RoPE pair (q, k; v simply rides along), the gate
  * and up rows of one SiLU-gate output, or two independent rows.
  *
@@ -65,8 +65,7 @@ template <> __device__ __forceinline__ void dec_unpack<__half>(const uint4 &u, f
  * blocks run up to their own wait while this one works). Every kernel waits before it
  * writes anything or reads what an earlier kernel wrote, so completion stays ordered
  * along the whole chain; triggering only after the wait keeps at most one kernel
- * ahead (triggering first let whole chains of future kernels pile up on the SMs and
- * their prefetches evict each other). Both are no-ops without the launch attribute. */
+ * ahead. Both are no-ops without the launch attribute. */
 __device__ __forceinline__ void dec_launch_next() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
@@ -97,49 +96,6 @@ template <int NW> __device__ __forceinline__ float dec_block_max(float v, float 
     return t;
 }
 
-/* Dot products of rows r0 and r1 (r1 may be NULL) with xs (K floats, shared), summed
- * over the warp: every lane gets both sums. K is a multiple of 16 / sizeof(T). */
-template <typename T>
-__device__ __forceinline__ void dec_dot2(const T *r0, const T *r1, const float *xs, int K,
-                                         float &s0, float &s1) {
-    constexpr int V = 16 / sizeof(T), STEP = 32 * V, U = DEC_UNROLL;
-    int k = (int)(threadIdx.x & 31) * V;
-    float a0 = 0.f, a1 = 0.f;
-    for (; k + (U - 1) * STEP < K; k += U * STEP) { /* U loads per row in flight */
-        uint4 u0[U], u1[U];
-#pragma unroll
-        for (int i = 0; i < U; i++) {
-            u0[i] = dec_ld_stream(r0 + k + i * STEP);
-            u1[i] = r1 ? dec_ld_stream(r1 + k + i * STEP) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int i = 0; i < U; i++) {
-            float w0[V], w1[V];
-            dec_unpack<T>(u0[i], w0);
-            dec_unpack<T>(u1[i], w1);
-            const float *xv = xs + k + i * STEP;
-#pragma unroll
-            for (int e = 0; e < V; e++) {
-                a0 = fmaf(w0[e], xv[e], a0);
-                a1 = fmaf(w1[e], xv[e], a1);
-            }
-        }
-    }
-    for (; k < K; k += STEP) {
-        uint4 u0 = dec_ld_stream(r0 + k), u1 = r1 ? dec_ld_stream(r1 + k) : make_uint4(0, 0, 0, 0);
-        float w0[V], w1[V];
-        dec_unpack<T>(u0, w0);
-        dec_unpack<T>(u1, w1);
-#pragma unroll
-        for (int e = 0; e < V; e++) {
-            a0 = fmaf(w0[e], xs[k + e], a0);
-            a1 = fmaf(w1[e], xs[k + e], a1);
-        }
-    }
-    s0 = cu_warp_sum(a0);
-    s1 = cu_warp_sum(a1);
-}
-
 /* ---- kernels ------------------------------------------------------------------------- */
 
 struct dec_gemv_args {
@@ -154,7 +110,6 @@ struct dec_gemv_args {
     const float *inv_freq;
     int D, Hq, Hkv, cap;
     const int *params; /* token, position */
-    int prefetch;      /* prefetch the first rows to L2 before waiting */
 };
 
 /* The two rows warp task p computes (r1 NULL when p has one), and for QKV the segment
@@ -183,47 +138,78 @@ __device__ __forceinline__ void dec_rows(const dec_gemv_args &a, int p, const T 
     }
 }
 
-__device__ __forceinline__ void dec_prefetch_l2(const void *p) {
-    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
-}
-
+/* Each warp computes its row pairs on its own (no shared memory, no barrier): the
+ * weights of the first pair are requested before waiting for the previous kernel,
+ * then per 16-byte chunk the lane reads the matching input (f32, and the norm weight,
+ * from L1/L2) and accumulates; with a norm the sum of squares of the input comes along
+ * and the 1/rms scale is applied to the finished dot products. */
 template <typename T, int MODE>
 __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
-    extern __shared__ __align__(16) float dec_xs[];
-    __shared__ float red[DEC_WARPS];
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, K = a.K;
-    const T *r0, *r1;
-    int seg, base, j, half;
-    if (a.prefetch && blockIdx.x * DEC_WARPS + warp < a.npairs) {
-        /* weights do not depend on the previous kernel: pull this warp's first two rows
-         * towards L2 while that kernel finishes */
-        dec_rows<T, MODE>(a, blockIdx.x * DEC_WARPS + warp, r0, r1, seg, base, j, half);
-        for (int b = lane * 128; b < K * (int)sizeof(T); b += 32 * 128) {
-            dec_prefetch_l2((const char *)r0 + b);
-            if (r1) dec_prefetch_l2((const char *)r1 + b);
-        }
-    }
-    dec_wait_prev();
-    dec_launch_next();
-    if (a.g) {
-        float ss = 0.f;
-        for (int i = tid; i < K; i += DEC_THREADS) {
-            float v = a.x[i];
-            ss = fmaf(v, v, ss);
-        }
-        float rstd = rsqrtf(dec_block_sum<DEC_WARPS>(ss, red) / (float)K + a.eps);
-        const T *g = (const T *)a.g;
-        for (int i = tid; i < K; i += DEC_THREADS)
-            dec_xs[i] = a.x[i] * rstd * cu_to_f(g[i]);
-    } else {
-        for (int i = tid; i < K; i += DEC_THREADS)
-            dec_xs[i] = a.x[i];
-    }
-    __syncthreads();
-    for (int p = blockIdx.x * DEC_WARPS + warp; p < a.npairs; p += gridDim.x * DEC_WARPS) {
+    constexpr int V = 16 / sizeof(T), STEP = 32 * V, U = DEC_UNROLL;
+    const int lane = threadIdx.x & 31, K = a.K;
+    const T *g = (const T *)a.g;
+    bool waited = false;
+    for (int p = blockIdx.x * DEC_WARPS + (threadIdx.x >> 5); p < a.npairs;
+         p += gridDim.x * DEC_WARPS) {
+        const T *r0, *r1;
+        int seg, base, j, half;
         dec_rows<T, MODE>(a, p, r0, r1, seg, base, j, half);
-        float s0, s1;
-        dec_dot2<T>(r0, r1, dec_xs, K, s0, s1);
+        float a0 = 0.f, a1 = 0.f, ss = 0.f;
+        uint4 u0[U], u1[U];
+        int k = lane * V;
+#pragma unroll
+        for (int i = 0; i < U; i++) {
+            int kk = k + i * STEP;
+            u0[i] = kk < K ? dec_ld_stream(r0 + kk) : make_uint4(0, 0, 0, 0);
+            u1[i] = kk < K && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
+        }
+        if (!waited) { /* the input comes from the previous kernel */
+            dec_wait_prev();
+            dec_launch_next();
+            waited = true;
+        }
+        for (;;) {
+#pragma unroll
+            for (int i = 0; i < U; i++) {
+                int kk = k + i * STEP;
+                if (kk >= K) break;
+                float xv[V], w0[V], w1[V];
+#pragma unroll
+                for (int e = 0; e < V; e += 4) {
+                    float4 t = *reinterpret_cast<const float4 *>(a.x + kk + e);
+                    xv[e] = t.x, xv[e + 1] = t.y, xv[e + 2] = t.z, xv[e + 3] = t.w;
+                }
+                if (g) {
+                    float gv[V];
+                    dec_unpack<T>(dec_ld(g + kk), gv);
+#pragma unroll
+                    for (int e = 0; e < V; e++) {
+                        ss = fmaf(xv[e], xv[e], ss);
+                        xv[e] *= gv[e];
+                    }
+                }
+                dec_unpack<T>(u0[i], w0);
+                dec_unpack<T>(u1[i], w1);
+#pragma unroll
+                for (int e = 0; e < V; e++) {
+                    a0 = fmaf(w0[e], xv[e], a0);
+                    a1 = fmaf(w1[e], xv[e], a1);
+                }
+            }
+            k += U * STEP;
+            if (k >= K) break;
+#pragma unroll
+            for (int i = 0; i < U; i++) {
+                int kk = k + i * STEP;
+                u0[i] = kk < K ? dec_ld_stream(r0 + kk) : make_uint4(0, 0, 0, 0);
+                u1[i] = kk < K && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
+            }
+        }
+        float s0 = cu_warp_sum(a0), s1 = cu_warp_sum(a1);
+        if (g) {
+            float rstd = rsqrtf(cu_warp_sum(ss) / (float)K + a.eps);
+            s0 *= rstd, s1 *= rstd;
+        }
         if (lane != 0) continue;
         if (MODE == DEC_QKV) {
             int pos = a.params[1];
@@ -252,6 +238,10 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
             a.out[p] = s0;
             if (r1) a.out[p + half] = s1;
         }
+    }
+    if (!waited) {
+        dec_wait_prev();
+        dec_launch_next();
     }
 }
 
@@ -409,8 +399,8 @@ struct fe_cuda_decode {
     int *params;
     int *params_host;   /* pinned: token, position, then the argmax read back */
     float *logits_host; /* pinned */
-    bool pdl, prefetch; /* FE_DECODE_PDL=0 / FE_DECODE_PREFETCH=0 switch them off */
-    int blocks_per_sm;  /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 16) */
+    bool pdl;          /* FE_DECODE_PDL=0 switches programmatic dependent launch off */
+    int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 8) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
 };
@@ -430,7 +420,7 @@ extern "C" fe_status fe_cuda_decode_supported(const fe_cuda_decode_desc *d) {
                             (long long)d->dim, (long long)d->ffn_dim, (long long)vec);
     int64_t kmax = d->dim > d->ffn_dim ? d->dim : d->ffn_dim;
     if (d->n_heads * d->head_dim > kmax) kmax = d->n_heads * d->head_dim;
-    if (kmax * 4 > 200 * 1024 || d->vocab > INT32_MAX / 2 || d->capacity > INT32_MAX ||
+    if (kmax > (1 << 24) || d->vocab > INT32_MAX / 2 || d->capacity > INT32_MAX ||
         d->n_heads % d->n_kv_heads || d->n_layers < 1)
         return fe_set_error(FE_ERR_SHAPE, "decode engine: sizes out of range");
     return FE_OK;
@@ -442,25 +432,6 @@ static unsigned dec_grid(const cu_dev *dv, int per_sm, int npairs) {
     if (per < 1) per = 1;
     int g = (npairs + DEC_WARPS * per - 1) / (DEC_WARPS * per);
     return (unsigned)(g > 0 ? g : 1);
-}
-
-/* Allow k_dec_gemv's dynamic shared memory past 48 KiB (before the capture). */
-template <typename T> static fe_status dec_prepare(size_t smem) {
-    cudaError_t r = cudaSuccess;
-    if (smem > 48 * 1024) {
-        r = cudaFuncSetAttribute(k_dec_gemv<T, DEC_QKV>,
-                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (r == cudaSuccess)
-            r = cudaFuncSetAttribute(k_dec_gemv<T, DEC_SILU>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (r == cudaSuccess)
-            r = cudaFuncSetAttribute(k_dec_gemv<T, DEC_RESID>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (r == cudaSuccess)
-            r = cudaFuncSetAttribute(k_dec_gemv<T, DEC_PLAIN>,
-                                     cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-    }
-    return cu_check(r, "decode: shared memory size");
 }
 
 /* Launch kernel k on the engine's stream, as a programmatic dependent launch unless
@@ -481,9 +452,8 @@ static fe_status dec_kernel(fe_cuda_decode *e, bool first, const char *what, voi
 template <typename T, int MODE>
 static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
     a.params = e->params;
-    a.prefetch = e->prefetch;
     return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
-                      dec_grid(e->dev, e->blocks_per_sm, a.npairs), DEC_THREADS, (size_t)a.K * sizeof(float), a);
+                      dec_grid(e->dev, e->blocks_per_sm, a.npairs), DEC_THREADS, 0, a);
 }
 
 /* Queue one token step on the engine's stream (captured into the graph). */
@@ -564,11 +534,9 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     memcpy(e->layers, d->layers, (size_t)d->n_layers * sizeof *e->layers);
     e->d.layers = e->layers;
     e->dev = dv;
-    const char *pdl = getenv("FE_DECODE_PDL"), *pre = getenv("FE_DECODE_PREFETCH");
+    const char *pdl = getenv("FE_DECODE_PDL"), *bps = getenv("FE_DECODE_BLOCKS_PER_SM");
     e->pdl = !(pdl && !strcmp(pdl, "0"));
-    e->prefetch = !(pre && !strcmp(pre, "0"));
-    const char *bps = getenv("FE_DECODE_BLOCKS_PER_SM");
-    e->blocks_per_sm = bps && atoi(bps) > 0 && atoi(bps) <= 64 ? atoi(bps) : 16;
+    e->blocks_per_sm = bps && atoi(bps) > 0 && atoi(bps) <= 64 ? atoi(bps) : 8;
     /* f32 activations, each start rounded up to 16 floats */
     size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
     size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
@@ -587,14 +555,6 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     if (!st)
         st = cu_check(cudaMallocHost((void **)&e->logits_host, (size_t)d->vocab * sizeof(float)),
                       "cudaMallocHost");
-    if (!st) {
-        int64_t kmax = d->dim > d->ffn_dim ? d->dim : d->ffn_dim;
-        if (d->n_heads * d->head_dim > kmax) kmax = d->n_heads * d->head_dim;
-        size_t smem = (size_t)kmax * sizeof(float);
-        st = d->dtype == FE_BF16  ? dec_prepare<__nv_bfloat16>(smem)
-             : d->dtype == FE_F16 ? dec_prepare<__half>(smem)
-                                  : dec_prepare<float>(smem);
-    }
     if (!st) st = cu_check(cudaMemsetAsync(e->block, 0, e->block_bytes, dv->stream), "cudaMemset");
     if (!st) st = cu_check(cudaStreamSynchronize(dv->stream), "cudaStreamSynchronize");
     if (!st)
