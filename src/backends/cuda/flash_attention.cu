@@ -170,19 +170,19 @@ constexpr int fa_bwd_smem(int D) {
 /* Stage rows [r0, r0 + R) of an (nrows, D) matrix with row stride ld (elements) into a
  * shared tile with row stride D + 8; rows at or past nrows are zero-filled.
  * Asynchronous (cp.async). A thread moves the same 16-byte column of rows tid / CPR,
- * + NT / CPR, ...: its source address is computed once and stepped by a fixed amount. */
+ * + NT / CPR, ... (one 64-bit multiply-add per row; precomputing a stepped pointer
+ * instead costs the forward kernel registers and, at D = 64, a spill). */
 template <int R, int D>
 FA_DEV void fa_load_tile(uint16_t *s, const uint16_t *g, long long ld, int r0, int nrows) {
     constexpr int CPR = D / 8, RPS = FA_NT / CPR; /* 16-byte chunks per row, rows per step */
     static_assert(FA_NT % CPR == 0 && R % RPS == 0, "tile rows split evenly over the threads");
     const int r = fa_tid() / CPR, cc = fa_tid() % CPR;
-    const uint16_t *src = g + (long long)(r0 + r) * ld + cc * 8;
-    const long long step = (long long)RPS * ld;
     uint16_t *dst = s + r * (D + 8) + cc * 8;
 #pragma unroll
     for (int k = 0; k < R / RPS; k++) {
-        const bool ok = r0 + r + k * RPS < nrows;
-        fa_cp16(dst + k * RPS * (D + 8), ok ? src + k * step : g, ok);
+        const int row = r0 + r + k * RPS;
+        const bool ok = row < nrows;
+        fa_cp16(dst + k * RPS * (D + 8), ok ? g + row * ld + cc * 8 : g, ok);
     }
 }
 

@@ -88,12 +88,16 @@ typedef struct fe_flash_hooks {
 void fe_cuda_attention_set_hooks(const fe_flash_hooks *hooks);
 
 /* Backend-table `attention`: out (B, Hq, T, D), lse (B, Hq, T) f32 from q, k, v on a
- * CUDA device; shape / dtype / layout errors as values, FE_ERR_DEVICE on launch failure. */
+ * CUDA device. q, k, v, out may be strided views with a unit-stride last dim and
+ * 16-byte aligned rows (other strides multiples of 16 bytes; out must not overlap
+ * itself); lse is contiguous. Shape / dtype / layout errors as values (FE_ERR_ARG for
+ * a layout it cannot take), FE_ERR_DEVICE on launch failure. */
 fe_status fe_cuda_attention(fe_tensor *out, fe_tensor *lse, const fe_tensor *q, const fe_tensor *k,
                             const fe_tensor *v, bool causal, double scale);
 
 /* Backend-table `attention_backward`: gq, gk, gv (overwritten) from gout, the forward
- * inputs, out and lse; errors as fe_cuda_attention, FE_ERR_OOM for scratch. */
+ * inputs, out and lse; every 4-d operand strided as for fe_cuda_attention; errors as
+ * fe_cuda_attention, FE_ERR_OOM for scratch. */
 fe_status fe_cuda_attention_backward(fe_tensor *gq, fe_tensor *gk, fe_tensor *gv,
                                      const fe_tensor *gout, const fe_tensor *q,
                                      const fe_tensor *k, const fe_tensor *v,
