@@ -881,6 +881,51 @@ TEST(cuda_attention_composed_and_grads) {
     }
 }
 
+/* (B, T, H, D) inputs seen as (B, H, T, D) through transposes, the output back to
+ * (B, T, Hq * D): the attention module's dataflow, which the fused kernels take as
+ * strided views with no copies */
+typedef struct sdpa_bthd_ctx {
+    bool causal;
+} sdpa_bthd_ctx;
+
+static fe_tensor *f_sdpa_bthd(fe_tensor *const *in, const void *ctx) {
+    fe_tensor *o = fe_sdpa(fe_transpose(in[0], 1, 2), fe_transpose(in[1], 1, 2),
+                           fe_transpose(in[2], 1, 2), ((const sdpa_bthd_ctx *)ctx)->causal, 0.0);
+    const int64_t *s = fe_shape(in[0]);
+    return fe_reshape(fe_transpose(o, 1, 2), 3, (int64_t[]){s[0], s[1], s[2] * s[3]});
+}
+
+TEST(cuda_attention_fused_on_strided_views) {
+    NEED_GPU();
+    const struct {
+        int64_t B, T, S, Hq, Hkv, D;
+        bool causal;
+        fe_dtype dt;
+    } cases[] = {
+        {2, 77, 77, 4, 2, 64, true, FE_BF16},    {1, 33, 150, 4, 1, 64, false, FE_F16},
+        {2, 130, 130, 2, 1, 128, true, FE_F16},  {1, 65, 129, 6, 2, 128, true, FE_BF16},
+        {2, 129, 65, 2, 2, 64, false, FE_BF16},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const sdpa_bthd_ctx ctx = {cases[i].causal};
+        int64_t qs[4] = {cases[i].B, cases[i].T, cases[i].Hq, cases[i].D};
+        int64_t ks[4] = {cases[i].B, cases[i].S, cases[i].Hkv, cases[i].D};
+        fe_dtype dt = cases[i].dt;
+        check_op("sdpa on (B, T, H, D) views", f_sdpa_bthd, &ctx, 3,
+                 (fe_tensor *[]){randn_cpu(4, qs, dt), randn_cpu(4, ks, dt), randn_cpu(4, ks, dt)},
+                 7, tol_of(dt));
+    }
+    if (GPU.type == FE_CPU) return;
+    /* the fused output is (B, T, Hq, D) memory: its transpose back is contiguous, so the
+     * reshape to (B, T, Hq * D) is a view */
+    int64_t qs[4] = {1, 40, 4, 64}, ks[4] = {1, 40, 2, 64};
+    fe_tensor *q = fe_to_device(randn_cpu(4, qs, FE_BF16), GPU);
+    fe_tensor *k = fe_to_device(randn_cpu(4, ks, FE_BF16), GPU);
+    fe_tensor *o = fe_sdpa(fe_transpose(q, 1, 2), fe_transpose(k, 1, 2), fe_transpose(k, 1, 2),
+                           true, 0.0);
+    CHECK(o && !fe_is_contiguous(o) && fe_is_contiguous(fe_transpose(o, 1, 2)));
+}
+
 /* ---- memory
  * ------------------------------------------------------------------------------------------------------
  */

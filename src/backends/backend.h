@@ -131,12 +131,18 @@ typedef struct fe_backend {
                                     const fe_tensor *a, const fe_tensor *b);
 
     /* Optional (NULL when the backend has none): fused attention for bf16/f16, head
-     * dims 64 and 128. q (B, Hq, T, D), k and v (B, Hkv, S, D), all contiguous, Hq a
-     * multiple of Hkv; causal masks key j > i + (S - T). out (B, Hq, T, D); lse
-     * (B, Hq, T) f32 receives each row's log-sum-exp of the scaled scores. */
+     * dims 64 and 128. q (B, Hq, T, D), k and v (B, Hkv, S, D), Hq a multiple of Hkv;
+     * causal masks key j > i + (S - T). out (B, Hq, T, D); lse (B, Hq, T) f32,
+     * contiguous, receives each row's log-sum-exp of the scaled scores. q, k, v and
+     * out (and below gout, gq, gk, gv) may be any strided views whose last dim has
+     * unit stride and whose other strides (of dims of size > 1, non-negative) and data
+     * pointer are multiples of 16 bytes, such as the (B, T, H, D) memory of a
+     * projection seen as (B, H, T, D); written ones must not overlap themselves. The
+     * op layer makes other layouts contiguous first. */
     fe_status (*attention)(fe_tensor *out, fe_tensor *lse, const fe_tensor *q, const fe_tensor *k,
                            const fe_tensor *v, bool causal, double scale);
-    /* gradients of the above; gq, gk, gv shaped like q, k, v (overwritten) */
+    /* gradients of the above; gq, gk, gv shaped like q, k, v (overwritten), layouts
+     * as above */
     fe_status (*attention_backward)(fe_tensor *gq, fe_tensor *gk, fe_tensor *gv,
                                     const fe_tensor *gout, const fe_tensor *q, const fe_tensor *k,
                                     const fe_tensor *v, const fe_tensor *out, const fe_tensor *lse,

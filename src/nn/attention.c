@@ -33,7 +33,8 @@ fe_status fe_nn_attention_init(fe_nn_attention *m, fe_params *p, const char *nam
     return st;
 }
 
-/* (B, T, H*D) projection -> (B, H, T, D) with RoPE applied when inv_freq is given */
+/* (B, T, H*D) projection -> (B, H, T, D) with RoPE applied when inv_freq is given: a
+ * transposed view of (B, T, H, D) memory, which fe_sdpa's fused kernels read as it is */
 static fe_tensor *heads(fe_tensor *x, int64_t B, int64_t T, int64_t H, int64_t D,
                         fe_tensor *inv_freq, int64_t pos0) {
     fe_tensor *r = fe_reshape(x, 4, (int64_t[]){B, T, H, D});
@@ -67,6 +68,9 @@ fe_tensor *fe_nn_attention_forward(const fe_nn_attention *m, fe_tensor *x, fe_te
     fe_attention_fn attn = m->attn ? m->attn : fe_sdpa;
     fe_tensor *o = qh && kh && vh ? attn(qh, kh, vh, true, 0.0) : NULL; /* (B, Hq, T, D) */
     fe_free(qh), fe_free(kh), fe_free(vh);
+    /* fe_sdpa's fused path lays o out as q is, (B, T, Hq, D) memory: the transpose
+     * back is contiguous and the reshape a view (and in the backward the gradients of
+     * q, k, v come out (B, T, H, D)-contiguous for RoPE and the projections) */
     fe_tensor *ot = fe_transpose(o, 1, 2); /* (B, T, Hq, D) */
     fe_tensor *flat = fe_reshape(ot, 3, (int64_t[]){B, T, m->n_heads * D});
     fe_free(o), fe_free(ot);

@@ -1,20 +1,69 @@
-/* Scaled dot-product attention composed from matmul, masked_fill and softmax,
- * with grouped KV heads handled by broadcasting (no copies of K and V). */
+/* Scaled dot-product attention: the backend's fused kernels where it has them,
+ * else composed from matmul, masked_fill and softmax, with grouped KV heads handled
+ * by broadcasting (no copies of K and V).
+ *
+ * The fused path copies nothing around the kernels: q, k, v and the gradient of out
+ * go in as the views they are when the backend can take their layout (backend.h),
+ * and out and the gradients of q, k, v are allocated in the memory order of q, k, v.
+ * The attention module's (B, T, H, D) projections seen as (B, H, T, D) thus get an
+ * out whose transpose to (B, T, H*D) is a view, and gradients whose transpose back
+ * to (B, T, H, D) is contiguous. */
 #include "ops/ops_internal.h"
 
 #include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 
+/* True when the fused kernels take t (B, H, N, D) as it is: unit-stride last dim,
+ * the other strides (of dims of size > 1) and the data pointer multiples of 16 bytes. */
+static bool fused_layout_ok(const fe_tensor *t) {
+    const int64_t es = (int64_t)fe_dtype_size(t->dtype);
+    if ((t->stride[3] != 1 && t->shape[3] != 1) || (uintptr_t)fe__ptr(t) % 16) return false;
+    for (int d = 0; d < 3; d++)
+        if (t->shape[d] > 1 && (t->stride[d] < 0 || t->stride[d] * es % 16)) return false;
+    return true;
+}
+
+/* t for the fused kernels, without autograd: a view of it when they take its layout,
+ * else a contiguous copy. */
+static fe_tensor *fused_operand(fe_tensor *t) {
+    return fused_layout_ok(t) ? fe__view(t, t->ndim, t->shape, t->stride, t->offset)
+                              : fe__contig_raw(t);
+}
+
+/* A new tensor shaped like t (B, H, N, D) whose memory orders B, H, N as t's strides
+ * do (largest first, ties in place), D innermost: (B, N, H, D) memory for a
+ * (B, N, H, D) projection seen as (B, H, N, D), contiguous for a contiguous t. */
+static fe_tensor *alloc_like(const fe_tensor *t) {
+    int perm[3] = {0, 1, 2};
+    for (int x = 1; x < 3; x++) /* stable insertion sort, descending stride */
+        for (int y = x; y > 0 && t->stride[perm[y]] > t->stride[perm[y - 1]]; y--) {
+            int tmp = perm[y];
+            perm[y] = perm[y - 1], perm[y - 1] = tmp;
+        }
+    int64_t ms[4] = {t->shape[perm[0]], t->shape[perm[1]], t->shape[perm[2]], t->shape[3]};
+    int64_t mst[4], vst[4];
+    fe_tensor *m = fe__alloc(4, ms, t->dtype, t->st->dev);
+    if (!m) return NULL;
+    fe__contiguous_strides(4, ms, mst);
+    for (int i = 0; i < 3; i++) vst[perm[i]] = mst[i];
+    vst[3] = 1;
+    fe_tensor *out = fe__view(m, 4, t->shape, vst, m->offset);
+    fe_free(m);
+    return out;
+}
+
 static fe_status fused_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {
     fe_tensor *q = n->in[0], *k = n->in[1], *v = n->in[2];
-    fe_tensor *gc = fe__contig_raw(g);
-    fe_tensor *gq = fe__alloc(q->ndim, q->shape, q->dtype, q->st->dev);
-    fe_tensor *gk = fe__alloc(k->ndim, k->shape, k->dtype, k->st->dev);
-    fe_tensor *gv = fe__alloc(v->ndim, v->shape, v->dtype, v->st->dev);
-    if (!gc || !gq || !gk || !gv) return fe_last_status();
+    fe_tensor *gc = fused_operand(g);
+    fe_tensor *gq = alloc_like(q), *gk = alloc_like(k), *gv = alloc_like(v);
+    if (!gc || !gq || !gk || !gv) {
+        fe_free(gc), fe_free(gq), fe_free(gk), fe_free(gv);
+        return fe_last_status() ? fe_last_status() : FE_ERR_OOM;
+    }
     fe_status st = fe__be(q)->attention_backward(gq, gk, gv, gc, n->saved[1], n->saved[2],
                                                  n->saved[3], out, n->saved[0], n->i[0], n->f[0]);
+    fe_free(gc);
     gin[0] = q->requires_grad ? gq : NULL;
     gin[1] = k->requires_grad ? gk : NULL;
     gin[2] = v->requires_grad ? gv : NULL;
@@ -29,9 +78,9 @@ static fe_tensor *sdpa_fused(fe_tensor *q, fe_tensor *k, fe_tensor *v, bool caus
     if (!be->attention || (q->dtype != FE_BF16 && q->dtype != FE_F16) || (D != 64 && D != 128) ||
         getenv("FE_NO_FUSED_ATTENTION"))
         return NULL;
-    fe_tensor *qc = fe__contig_raw(q), *kc = fe__contig_raw(k), *vc = fe__contig_raw(v);
+    fe_tensor *qc = fused_operand(q), *kc = fused_operand(k), *vc = fused_operand(v);
     int64_t ls[3] = {q->shape[0], q->shape[1], q->shape[2]};
-    fe_tensor *out = fe__alloc(4, q->shape, q->dtype, q->st->dev);
+    fe_tensor *out = alloc_like(q);
     fe_tensor *lse = fe__alloc(3, ls, FE_F32, q->st->dev);
     fe_status st = qc && kc && vc && out && lse ? be->attention(out, lse, qc, kc, vc, causal, scale)
                                                 : fe_last_status();

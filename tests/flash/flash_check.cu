@@ -8,7 +8,11 @@
  *        [--all]             also non-causal and D=64
  *
  * Errors are relative Frobenius norms ||x - ref|| / ||ref|| of out, lse, gq, gk, gv,
- * plus the largest element error relative to max |ref|; PASS below 1e-2.
+ * plus the largest element error relative to max |ref|; PASS below 1e-2. Cases run
+ * their operands contiguous (BHND), as (B, N, H, D) memory viewed as (B, H, N, D) (BNHD,
+ * the attention module's projections) or the same with padded rows and an offset
+ * (BNHD+pad, slices of a fused QKV projection); the gaps between rows of the written
+ * operands must keep their sentinel.
  * FLOP conventions: forward 4 B H T S D (halved when causal), backward 2.5x forward. */
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -190,7 +194,64 @@ struct Case {
     fe_dtype dt;
     int D, B, Hq, Hkv, T, S;
     bool causal;
+    int layout; /* 0 BHND (contiguous), 1 BNHD, 2 BNHD with padded rows and an offset */
 };
+
+/* Where a (B, H, N, D) operand lives in a buffer of n elements: (b, h, i, d) at
+ * off + b sb + h sh + i sr + d. Elements outside the view hold kSentinel. */
+struct Layout {
+    int B, H, N, D;
+    long long off, sb, sh, sr;
+    size_t n;
+    Layout(int kind, int B_, int H_, int N_, int D_) : B(B_), H(H_), N(N_), D(D_) {
+        const long long rs = kind == 0 ? D : (long long)H * D + (kind == 2 ? 24 : 0);
+        off = kind == 2 ? 8 : 0;
+        if (kind == 0) sb = (long long)H * N * D, sh = (long long)N * D, sr = D;
+        else sb = (long long)N * rs, sh = D, sr = rs;
+        n = (size_t)(off + B * sb) + 8;
+    }
+    size_t at(int b, int h, int i) const { return (size_t)(off + b * sb + h * sh + i * sr); }
+    fe_flash_strides strides() const { return {sb, sh, sr}; }
+};
+static const uint16_t kSentinel = 0x7bfe;
+
+/* A device buffer in layout l holding the contiguous (B, H, N, D) host values x (or,
+ * with x NULL, 0xffff = NaN in the view: every element must be written). */
+static uint16_t *upload_layout(const Layout &l, const std::vector<uint16_t> *x) {
+    std::vector<uint16_t> h(l.n, kSentinel);
+    for (int b = 0; b < l.B; b++)
+        for (int hh = 0; hh < l.H; hh++)
+            for (int i = 0; i < l.N; i++)
+                for (int d = 0; d < l.D; d++)
+                    h[l.at(b, hh, i) + d] =
+                        x ? (*x)[(((size_t)b * l.H + hh) * l.N + i) * l.D + d] : 0xffff;
+    uint16_t *dp;
+    CK(cudaMalloc(&dp, l.n * 2));
+    CK(cudaMemcpy(dp, h.data(), l.n * 2, cudaMemcpyHostToDevice));
+    return dp;
+}
+
+/* The view of a device buffer in layout l as contiguous floats; *clobbered counts the
+ * elements outside the view that lost the sentinel. */
+static std::vector<float> download_layout(const Layout &l, const uint16_t *dp, bool bf,
+                                          long long *clobbered) {
+    std::vector<uint16_t> h(l.n);
+    CK(cudaMemcpy(h.data(), dp, l.n * 2, cudaMemcpyDeviceToHost));
+    std::vector<float> f((size_t)l.B * l.H * l.N * l.D);
+    std::vector<char> in(l.n, 0);
+    for (int b = 0; b < l.B; b++)
+        for (int hh = 0; hh < l.H; hh++)
+            for (int i = 0; i < l.N; i++)
+                for (int d = 0; d < l.D; d++) {
+                    const size_t at = l.at(b, hh, i) + d;
+                    const uint16_t x = h[at];
+                    in[at] = 1;
+                    f[(((size_t)b * l.H + hh) * l.N + i) * l.D + d] = bf ? h_bf16_to_f(x)
+                                                                          : h_f16_to_f(x);
+                }
+    for (size_t i = 0; i < l.n; i++) *clobbered += !in[i] && h[i] != kSentinel;
+    return f;
+}
 
 static uint64_t g_seed = 0x243f6a8885a308d3ull;
 static float rnd() { /* uniform in [-1, 1) */
@@ -198,22 +259,17 @@ static float rnd() { /* uniform in [-1, 1) */
     return (float)((double)(g_seed >> 11) / (double)(1ull << 52) - 1.0);
 }
 
-static uint16_t *upload_random(size_t n, bool bf, float amp) {
+static uint16_t *upload_random(size_t n, bool bf, float amp,
+                               std::vector<uint16_t> *keep = NULL) {
     std::vector<uint16_t> h(n);
     for (auto &x : h) x = bf ? h_f_to_bf16(amp * rnd()) : h_f_to_f16(amp * rnd());
+    if (keep) *keep = h;
     uint16_t *d;
     CK(cudaMalloc(&d, n * 2 + 16));
     CK(cudaMemcpy(d, h.data(), n * 2, cudaMemcpyHostToDevice));
     return d;
 }
 
-static std::vector<float> download16(const uint16_t *d, size_t n, bool bf) {
-    std::vector<uint16_t> h(n);
-    CK(cudaMemcpy(h.data(), d, n * 2, cudaMemcpyDeviceToHost));
-    std::vector<float> f(n);
-    for (size_t i = 0; i < n; i++) f[i] = bf ? h_bf16_to_f(h[i]) : h_f16_to_f(h[i]);
-    return f;
-}
 static std::vector<float> download32(const float *d, size_t n) {
     std::vector<float> f(n);
     CK(cudaMemcpy(f.data(), d, n * 4, cudaMemcpyDeviceToHost));
@@ -238,29 +294,28 @@ static bool run_case(const Case &c, cudaStream_t stream) {
     const bool bf = c.dt == FE_BF16;
     const size_t nq = (size_t)c.B * c.Hq * c.T * c.D, nk = (size_t)c.B * c.Hkv * c.S * c.D;
     const size_t rows = (size_t)c.B * c.Hq * c.T;
-    uint16_t *q = upload_random(nq, bf, 2.f), *k = upload_random(nk, bf, 2.f);
-    uint16_t *v = upload_random(nk, bf, 1.f), *go = upload_random(nq, bf, 1.f);
-    uint16_t *out, *gq, *gk, *gv;
+    std::vector<uint16_t> hq, hk, hv, hgo; /* contiguous host values of the inputs */
+    uint16_t *q = upload_random(nq, bf, 2.f, &hq), *k = upload_random(nk, bf, 2.f, &hk);
+    uint16_t *v = upload_random(nk, bf, 1.f, &hv), *go = upload_random(nq, bf, 1.f, &hgo);
+    /* the kernels' operands in the case's layout (the reference reads q, k, v, go) */
+    const Layout lq(c.layout, c.B, c.Hq, c.T, c.D), lk(c.layout, c.B, c.Hkv, c.S, c.D);
+    uint16_t *sq = upload_layout(lq, &hq), *sk = upload_layout(lk, &hk);
+    uint16_t *sv = upload_layout(lk, &hv), *sgo = upload_layout(lq, &hgo);
+    uint16_t *out = upload_layout(lq, NULL), *gq = upload_layout(lq, NULL);
+    uint16_t *gk = upload_layout(lk, NULL), *gv = upload_layout(lk, NULL);
     float *lse;
-    CK(cudaMalloc(&out, nq * 2 + 16));
-    CK(cudaMalloc(&gq, nq * 2 + 16));
-    CK(cudaMalloc(&gk, nk * 2 + 16));
-    CK(cudaMalloc(&gv, nk * 2 + 16));
     CK(cudaMalloc(&lse, rows * 4 + 16));
-    /* garbage in the outputs: every element must be written */
-    CK(cudaMemset(out, 0xff, nq * 2));
-    CK(cudaMemset(gq, 0xff, nq * 2));
-    CK(cudaMemset(gk, 0xff, nk * 2));
-    CK(cudaMemset(gv, 0xff, nk * 2));
-    CK(cudaMemset(lse, 0xff, rows * 4));
+    CK(cudaMemset(lse, 0xff, rows * 4)); /* garbage: every element must be written */
 
     fe_flash_args a;
     memset(&a, 0, sizeof a);
     a.dtype = c.dt, a.device = 0;
     a.B = c.B, a.Hq = c.Hq, a.Hkv = c.Hkv, a.T = c.T, a.S = c.S, a.D = c.D;
     a.causal = c.causal, a.scale = 1.0 / sqrt((double)c.D);
-    a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse, a.gout = go;
-    a.gq = gq, a.gk = gk, a.gv = gv;
+    a.q = sq + lq.off, a.k = sk + lk.off, a.v = sv + lk.off, a.out = out + lq.off, a.lse = lse;
+    a.gout = sgo + lq.off, a.gq = gq + lq.off, a.gk = gk + lk.off, a.gv = gv + lk.off;
+    a.sq = a.sout = a.sgout = a.sgq = lq.strides();
+    a.sk = a.sv = a.sgk = a.sgv = lk.strides();
     CKF(fe_flash_attention_forward(&a, stream));
     CKF(fe_flash_attention_backward(&a, NULL, stream));
     CK(cudaStreamSynchronize(stream));
@@ -283,23 +338,30 @@ static bool run_case(const Case &c, cudaStream_t stream) {
     CK(cudaDeviceSynchronize());
 
     const char *names[5] = {"out", "lse", "gq", "gk", "gv"};
-    std::vector<float> got[5] = {download16(out, nq, bf), download32(lse, rows),
-                                 download16(gq, nq, bf), download16(gk, nk, bf),
-                                 download16(gv, nk, bf)};
+    long long clobbered = 0;
+    std::vector<float> got[5] = {download_layout(lq, out, bf, &clobbered), download32(lse, rows),
+                                 download_layout(lq, gq, bf, &clobbered),
+                                 download_layout(lk, gk, bf, &clobbered),
+                                 download_layout(lk, gv, bf, &clobbered)};
+    for (const uint16_t *in : {sq, sgo}) download_layout(lq, in, bf, &clobbered);
+    for (const uint16_t *in : {sk, sv}) download_layout(lk, in, bf, &clobbered);
     std::vector<float> ref[5] = {download32(r.out, nq), download32(r.lse, rows),
                                  download32(r.gq, nq), download32(r.gk, nk), download32(r.gv, nk)};
-    bool ok = true;
-    printf("%-4s D=%-3d B=%d Hq=%d Hkv=%d T=%-4d S=%-4d %-10s", bf ? "bf16" : "f16", c.D, c.B,
-           c.Hq, c.Hkv, c.T, c.S, c.causal ? "causal" : "non-causal");
+    bool ok = clobbered == 0;
+    static const char *lay[3] = {"BHND", "BNHD", "BNHD+pad"};
+    printf("%-4s D=%-3d B=%d Hq=%d Hkv=%d T=%-4d S=%-4d %-10s %-8s", bf ? "bf16" : "f16", c.D,
+           c.B, c.Hq, c.Hkv, c.T, c.S, c.causal ? "causal" : "non-causal", lay[c.layout]);
     for (int t = 0; t < 5; t++) {
         double mr, e = compare(got[t], ref[t], &mr);
         ok = ok && e < 1e-2;
         printf(" %s %.1e/%.1e", names[t], e, mr);
     }
+    if (clobbered) printf(" gaps clobbered %lld", clobbered);
     printf("  %s\n", ok ? "PASS" : "FAIL");
-    for (void *p : {(void *)q, (void *)k, (void *)v, (void *)go, (void *)out, (void *)gq,
-                    (void *)gk, (void *)gv, (void *)lse, (void *)r.out, (void *)r.gq, (void *)r.gk,
-                    (void *)r.gv, (void *)r.lse, (void *)r.P, (void *)r.dS})
+    for (void *p : {(void *)q, (void *)k, (void *)v, (void *)go, (void *)sq, (void *)sk,
+                    (void *)sv, (void *)sgo, (void *)out, (void *)gq, (void *)gk, (void *)gv,
+                    (void *)lse, (void *)r.out, (void *)r.gq, (void *)r.gk, (void *)r.gv,
+                    (void *)r.lse, (void *)r.P, (void *)r.dS})
         CK(cudaFree(p));
     return ok;
 }
@@ -309,6 +371,7 @@ static bool check_errors() {
     fe_flash_args a;
     memset(&a, 0, sizeof a);
     a.dtype = FE_BF16, a.B = 1, a.Hq = 2, a.Hkv = 1, a.T = 8, a.S = 8, a.D = 96, a.scale = 0.1;
+    fe_flash_args_contiguous(&a);
     static float dummy[8] __attribute__((aligned(16)));
     a.q = a.k = a.v = a.out = dummy, a.lse = dummy;
     bool ok = fe_flash_attention_forward(&a, NULL) == FE_ERR_SHAPE;
@@ -322,13 +385,25 @@ static bool check_errors() {
     ok = ok && fe_flash_attention_backward(&a, NULL, NULL) == FE_ERR_ARG; /* gout etc. NULL */
     a.k = dummy + 1; /* misaligned */
     ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_ARG;
+    a.k = dummy;
+    a.sk.r = 68; /* rows not 16-byte aligned */
+    ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_ARG;
+    fe_flash_args_contiguous(&a);
+    a.sout.r = 32; /* out rows overlap */
+    ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_ARG;
+    a.sout = a.sq, a.sout.h = a.sout.r; /* heads overlap */
+    ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_ARG;
+    fe_flash_args_contiguous(&a);
+    a.sk.b = a.sk.h = 0; /* reading broadcast rows is fine: this one is refused for Hkv */
+    a.Hkv = 3;
+    ok = ok && fe_flash_attention_forward(&a, NULL) == FE_ERR_SHAPE;
     printf("argument errors: %s\n", ok ? "PASS" : "FAIL");
     return ok;
 }
 
 /* ---- benchmark ----------------------------------------------------------------------- */
 
-static void bench(int B, int H, int D, bool causal, fe_dtype dt) {
+static void bench(int B, int H, int D, bool causal, fe_dtype dt, int layout = 0) {
     const int Ts[4] = {1024, 2048, 4096, 8192};
     for (int T : Ts) {
         const size_t n = (size_t)B * H * T * D;
@@ -348,6 +423,12 @@ static void bench(int B, int H, int D, bool causal, fe_dtype dt) {
         a.causal = causal, a.scale = 1.0 / sqrt((double)D);
         a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse, a.gout = go;
         a.gq = gq, a.gk = gk, a.gv = gv;
+        if (layout == 1) { /* (B, T, H, D) memory: the attention module's projections */
+            a.sq = a.sk = a.sv = a.sout = a.sgout = a.sgq = a.sgk = a.sgv =
+                fe_flash_strides{(int64_t)T * H * D, D, (int64_t)H * D};
+        } else {
+            fe_flash_args_contiguous(&a);
+        }
         CK(cudaMalloc(&ws, fe_flash_attention_workspace_size(&a)));
         cudaEvent_t e0, e1;
         CK(cudaEventCreate(&e0));
@@ -370,9 +451,9 @@ static void bench(int B, int H, int D, bool causal, fe_dtype dt) {
         CK(cudaEventElapsedTime(&ms_b, e0, e1));
         ms_f /= iters, ms_b /= iters;
         const double fwd = 4.0 * B * H * (double)T * T * D * (causal ? 0.5 : 1.0), bwd = 2.5 * fwd;
-        printf("BENCH ours %s D=%d B=%d H=%d T=%d causal=%d fwd_ms=%.3f fwd_tflops=%.1f "
+        printf("BENCH ours%s %s D=%d B=%d H=%d T=%d causal=%d fwd_ms=%.3f fwd_tflops=%.1f "
                "bwd_ms=%.3f bwd_tflops=%.1f\n",
-               dt == FE_BF16 ? "bf16" : "f16", D, B, H, T, (int)causal, ms_f,
+               layout ? "-bthd" : "", dt == FE_BF16 ? "bf16" : "f16", D, B, H, T, (int)causal, ms_f,
                fwd / (ms_f * 1e-3) / 1e12, ms_b, bwd / (ms_b * 1e-3) / 1e12);
         fflush(stdout);
         for (void *p : {(void *)q, (void *)k, (void *)v, (void *)go, (void *)out, (void *)gq,
@@ -403,6 +484,7 @@ int main(int argc, char **argv) {
     printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
     if (do_bench) {
         bench(4, 16, 128, true, FE_BF16);
+        bench(4, 16, 128, true, FE_BF16, 1); /* the same on (B, T, H, D) memory */
         if (all) {
             bench(4, 16, 128, false, FE_BF16);
             bench(4, 16, 64, true, FE_BF16);
@@ -416,14 +498,20 @@ int main(int argc, char **argv) {
     std::vector<Case> cases;
     for (fe_dtype dt : {FE_BF16, FE_F16})
         for (int D : {64, 128}) {
-            cases.push_back({dt, D, 1, 8, 2, 1000, 1000, true});
-            cases.push_back({dt, D, 1, 8, 2, 1000, 1000, false});
-            cases.push_back({dt, D, 2, 8, 2, 77, 77, true});
-            cases.push_back({dt, D, 2, 8, 2, 77, 77, false});
-            cases.push_back({dt, D, 1, 8, 2, 64, 200, false});
-            cases.push_back({dt, D, 1, 8, 2, 64, 200, true});
-            cases.push_back({dt, D, 1, 4, 4, 200, 64, true}); /* rows with no visible key */
-            cases.push_back({dt, D, 2, 4, 1, 256, 256, true});
+            cases.push_back({dt, D, 1, 8, 2, 1000, 1000, true, 0});
+            cases.push_back({dt, D, 1, 8, 2, 1000, 1000, false, 0});
+            cases.push_back({dt, D, 2, 8, 2, 77, 77, true, 0});
+            cases.push_back({dt, D, 2, 8, 2, 77, 77, false, 0});
+            cases.push_back({dt, D, 1, 8, 2, 64, 200, false, 0});
+            cases.push_back({dt, D, 1, 8, 2, 64, 200, true, 0});
+            cases.push_back({dt, D, 1, 4, 4, 200, 64, true, 0}); /* rows with no visible key */
+            cases.push_back({dt, D, 2, 4, 1, 256, 256, true, 0});
+            /* strided: (B, T, H, D) memory as the attention module makes it, GQA */
+            cases.push_back({dt, D, 2, 8, 2, 1000, 1000, true, 1});
+            cases.push_back({dt, D, 2, 8, 2, 77, 77, false, 1});
+            cases.push_back({dt, D, 1, 8, 2, 33, 150, true, 1});
+            cases.push_back({dt, D, 2, 6, 2, 129, 65, false, 2});
+            cases.push_back({dt, D, 1, 4, 1, 257, 257, true, 2});
         }
     int fails = !check_errors();
     for (const Case &c : cases) fails += !run_case(c, stream);

@@ -107,6 +107,12 @@ FA_DEV void fa_red1(float *p, float a) { atomicAdd(p, a); }
 FA_DEV void fa_copy16(void *dst, const void *src) {
     *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
 }
+/* 8 floats from a 16-byte aligned address */
+FA_DEV void fa_ldf8(float (&f)[8], const float *p) {
+    const float4 a = reinterpret_cast<const float4 *>(p)[0];
+    const float4 b = reinterpret_cast<const float4 *>(p)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
 FA_DEV void fa_st32(uint16_t *p, uint32_t v) { *reinterpret_cast<uint32_t *>(p) = v; }
 /* two floats -> packed pair (lo in the low half) */
 template <bool BF> FA_DEV uint32_t fa_pack(float lo, float hi) {
@@ -136,12 +142,18 @@ template <bool BF> FA_DEV uint16_t fa_from_f(float f) {
 template <typename X> FA_DEV X fa_min(X a, X b) { return a < b ? a : b; }
 template <typename X> FA_DEV X fa_max(X a, X b) { return a > b ? a : b; }
 
+/* Element strides of a (B, H, rows, D) operand whose D is contiguous: batch, head, row. */
+struct fa_strides {
+    long long b, h, r;
+};
+
 struct fa_params {
     const uint16_t *q, *k, *v, *o, *go;
-    uint16_t *out, *gk, *gv;
-    float *lse;
-    float *dq;   /* f32 dQ accumulator (B, Hq, T, D) */
-    float *dvec; /* rowsum(dO * O) (B, Hq, T) */
+    uint16_t *out, *gq, *gk, *gv;
+    float *lse;  /* (B, Hq, T), contiguous */
+    float *dq;   /* f32 dQ accumulator (B, Hq, T, D), contiguous */
+    float *dvec; /* rowsum(dO * O) (B, Hq, T), contiguous */
+    fa_strides sq, sk, sv, so, sgo, sgq, sgk, sgv; /* so: out (= o) */
     int Hq, Hkv, G, T, S, causal;
     float scale, sl2; /* scale and scale * log2(e) */
 };
@@ -155,19 +167,22 @@ constexpr int fa_bwd_smem(int D) {
     return (2 * FA_BBC + 4 * FA_BBR) * (D + 8) * 2 + FA_BBC * (FA_BBR + 8) * 2 + 4 * FA_BBR * 4;
 }
 
-/* Stage rows [r0, r0 + R) of a row-major (nrows, D) matrix into a shared tile with row
- * stride D + 8; rows at or past nrows are zero-filled. Asynchronous (cp.async). */
+/* Stage rows [r0, r0 + R) of an (nrows, D) matrix with row stride ld (elements) into a
+ * shared tile with row stride D + 8; rows at or past nrows are zero-filled.
+ * Asynchronous (cp.async). A thread moves the same 16-byte column of rows tid / CPR,
+ * + NT / CPR, ... (one 64-bit multiply-add per row; precomputing a stepped pointer
+ * instead costs the forward kernel registers and, at D = 64, a spill). */
 template <int R, int D>
-FA_DEV void fa_load_tile(uint16_t *s, const uint16_t *g, int r0, int nrows) {
-    constexpr int CPR = D / 8; /* 16-byte chunks per row */
+FA_DEV void fa_load_tile(uint16_t *s, const uint16_t *g, long long ld, int r0, int nrows) {
+    constexpr int CPR = D / 8, RPS = FA_NT / CPR; /* 16-byte chunks per row, rows per step */
+    static_assert(FA_NT % CPR == 0 && R % RPS == 0, "tile rows split evenly over the threads");
+    const int r = fa_tid() / CPR, cc = fa_tid() % CPR;
+    uint16_t *dst = s + r * (D + 8) + cc * 8;
 #pragma unroll
-    for (int c0 = 0; c0 < R * CPR; c0 += FA_NT) {
-        int c = c0 + fa_tid();
-        if (R * CPR % FA_NT == 0 || c < R * CPR) {
-            int r = c / CPR, cc = c % CPR;
-            bool ok = r0 + r < nrows;
-            fa_cp16(s + r * (D + 8) + cc * 8, ok ? g + (size_t)(r0 + r) * D + cc * 8 : g, ok);
-        }
+    for (int k = 0; k < R / RPS; k++) {
+        const int row = r0 + r + k * RPS;
+        const bool ok = row < nrows;
+        fa_cp16(dst + k * RPS * (D + 8), ok ? g + row * ld + cc * 8 : g, ok);
     }
 }
 
@@ -182,13 +197,14 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
     const int qt = p.causal ? fa_gx() - 1 - fa_bx() : fa_bx();
     const int h = fa_by(), b = fa_bz(), hk = h / p.G;
     const int i0 = qt * BR;
-    const size_t qrow = ((size_t)b * p.Hq + h) * T, krow = ((size_t)b * p.Hkv + hk) * S;
-    const uint16_t *Q = p.q + qrow * D, *K = p.k + krow * D, *V = p.v + krow * D;
+    const size_t qrow = ((size_t)b * p.Hq + h) * T; /* lse rows */
+    const uint16_t *Q = p.q + b * p.sq.b + h * p.sq.h;
+    const uint16_t *K = p.k + b * p.sk.b + hk * p.sk.h, *V = p.v + b * p.sv.b + hk * p.sv.h;
     const int n_end = p.causal ? fa_min(S, i0 + BR + S - T) : S; /* keys [0, n_end) matter */
     const int n_tiles = n_end > 0 ? (n_end + BC - 1) / BC : 0;
 
-    fa_load_tile<BR, D>(sQ, Q, i0, T);
-    if (n_tiles > 0) fa_load_tile<BC, D>(sK, K, 0, S);
+    fa_load_tile<BR, D>(sQ, Q, p.sq.r, i0, T);
+    if (n_tiles > 0) fa_load_tile<BC, D>(sK, K, p.sk.r, 0, S);
     fa_cp_commit();
     fa_cp_wait();
     fa_sync();
@@ -212,7 +228,7 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
             fa_cp_wait();
             fa_sync();
         }
-        fa_load_tile<BC, D>(sV, V, kv0, S);
+        fa_load_tile<BC, D>(sV, V, p.sv.r, kv0, S);
         fa_cp_commit();
 
         /* S = Q K^T for 16 rows x 64 keys */
@@ -270,7 +286,7 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
         fa_cp_wait();
         fa_sync();
         if (jt + 1 < n_tiles) {
-            fa_load_tile<BC, D>(sK, K, kv0 + BC, S);
+            fa_load_tile<BC, D>(sK, K, p.sk.r, kv0 + BC, S);
             fa_cp_commit();
         }
 
@@ -307,33 +323,51 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
                     fa_pack<BF>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv));
     }
     fa_syncwarp();
+    uint16_t *O = p.out + b * p.so.b + h * p.so.h;
 #pragma unroll
     for (int c = lane; c < 16 * (D / 8); c += 32) {
         const int r = c / (D / 8), cc = c % (D / 8), i = i0 + warp * 16 + r;
-        if (i < T) fa_copy16(p.out + (qrow + i) * D + cc * 8, sQ + (warp * 16 + r) * LD + cc * 8);
+        if (i < T) fa_copy16(O + i * p.so.r + cc * 8, sQ + (warp * 16 + r) * LD + cc * 8);
     }
 }
 
-/* dvec[row] = sum_d dO[row, d] * O[row, d] (f32), one warp per row; 256 threads. */
-template <bool BF, int D> FA_KERNEL(256) fa_bwd_pre_kernel(const fa_params p, long long rows) {
-    const long long row = (long long)fa_bx() * (fa_ntid() / 32) + fa_tid() / 32;
+/* dvec[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (f32), one warp per row. Grid
+ * (ceil(T / 8), Hq, B), 256 threads. */
+template <bool BF, int D> FA_KERNEL(256) fa_bwd_pre_kernel(const fa_params p) {
+    const int i = fa_bx() * 8 + fa_tid() / 32, h = fa_by(), b = fa_bz();
     const int lane = fa_tid() & 31;
     float acc = 0.f;
-    if (row < rows) {
+    if (i < p.T) {
+        const uint16_t *o = p.o + b * p.so.b + h * p.so.h + i * p.so.r;
+        const uint16_t *go = p.go + b * p.sgo.b + h * p.sgo.h + i * p.sgo.r;
 #pragma unroll
-        for (int d = lane; d < D; d += 32)
-            acc += fa_to_f<BF>(p.o[row * D + d]) * fa_to_f<BF>(p.go[row * D + d]);
+        for (int d = lane; d < D; d += 32) acc += fa_to_f<BF>(o[d]) * fa_to_f<BF>(go[d]);
     }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) acc += fa_shfl_xor(acc, off);
-    if (row < rows && lane == 0) p.dvec[row] = acc;
+    if (i < p.T && lane == 0) p.dvec[((size_t)b * p.Hq + h) * p.T + i] = acc;
 }
 
-/* gq = f32 accumulator rounded to the element type; grid-stride over n elements. */
-template <bool BF> FA_KERNEL(256) fa_dq_convert_kernel(const float *acc, uint16_t *gq, long long n) {
-    for (long long i = (long long)fa_bx() * fa_ntid() + fa_tid(); i < n;
-         i += (long long)fa_gx() * fa_ntid())
-        gq[i] = fa_from_f<BF>(acc[i]);
+/* gq = the f32 accumulator (contiguous) rounded to the element type, 8 elements (16
+ * bytes of gq) per thread and step. Grid (x, Hq, B), 256 threads, grid-stride over the
+ * T * D / 8 pieces of one (head, batch). */
+template <bool BF, int D> FA_KERNEL(256) fa_dq_convert_kernel(const fa_params p) {
+    constexpr int CPR = D / 8;
+    const int h = fa_by(), b = fa_bz();
+    const float *acc = p.dq + ((size_t)b * p.Hq + h) * p.T * D;
+    uint16_t *gq = p.gq + b * p.sgq.b + h * p.sgq.h;
+    const long long n = (long long)p.T * CPR;
+    for (long long c = (long long)fa_bx() * fa_ntid() + fa_tid(); c < n;
+         c += (long long)fa_gx() * fa_ntid()) {
+        const long long i = c / CPR;
+        const int cc = (int)(c % CPR);
+        float f[8];
+        fa_ldf8(f, acc + c * 8);
+        alignas(16) uint32_t w[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) w[e] = fa_pack<BF>(f[2 * e], f[2 * e + 1]);
+        fa_copy16(gq + i * p.sgq.r + cc * 8, w);
+    }
 }
 
 /* dK, dV of one (key tile, kv head, batch) and its share of dQ. Grid
@@ -349,11 +383,11 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_bwd_kernel(const fa_params p) {
     const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int T = p.T, S = p.S, G = p.G;
     const int kv0 = fa_bx() * BC, hk = fa_by(), b = fa_bz();
-    const size_t krow = ((size_t)b * p.Hkv + hk) * S;
-    const uint16_t *K = p.k + krow * D, *V = p.v + krow * D;
+    const uint16_t *K = p.k + b * p.sk.b + hk * p.sk.h, *V = p.v + b * p.sv.b + hk * p.sv.h;
+    const uint16_t *Qb = p.q + b * p.sq.b, *dOb = p.go + b * p.sgo.b; /* this batch's heads */
 
-    fa_load_tile<BC, D>(sK, K, kv0, S);
-    fa_load_tile<BC, D>(sV, V, kv0, S);
+    fa_load_tile<BC, D>(sK, K, p.sk.r, kv0, S);
+    fa_load_tile<BC, D>(sV, V, p.sv.r, kv0, S);
     fa_cp_commit();
 
     /* query tiles that see any key of this tile, for each head of the group */
@@ -364,8 +398,8 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_bwd_kernel(const fa_params p) {
     auto prefetch = [&](int it, int buf) {
         const int h = hk * G + it / per, i0 = (qt0 + it % per) * BR;
         const size_t qrow = ((size_t)b * p.Hq + h) * T;
-        fa_load_tile<BR, D>(sQ + buf * BR * LD, p.q + qrow * D, i0, T);
-        fa_load_tile<BR, D>(sdO + buf * BR * LD, p.go + qrow * D, i0, T);
+        fa_load_tile<BR, D>(sQ + buf * BR * LD, Qb + h * p.sq.h, p.sq.r, i0, T);
+        fa_load_tile<BR, D>(sdO + buf * BR * LD, dOb + h * p.sgo.h, p.sgo.r, i0, T);
         fa_cp_commit();
         if (tid < BR) {
             const int i = i0 + tid;
@@ -534,12 +568,13 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_bwd_kernel(const fa_params p) {
             fa_st32(sV + off, fa_pack<BF>(dv[n][2 * r], dv[n][2 * r + 1]));
         }
     fa_syncwarp();
+    uint16_t *gK = p.gk + b * p.sgk.b + hk * p.sgk.h, *gV = p.gv + b * p.sgv.b + hk * p.sgv.h;
 #pragma unroll
     for (int c = lane; c < 16 * (D / 8); c += 32) {
         const int r = c / (D / 8), cc = c % (D / 8), j = kv0 + warp * 16 + r;
         if (j < S) {
-            fa_copy16(p.gk + (krow + j) * D + cc * 8, sK + (warp * 16 + r) * LD + cc * 8);
-            fa_copy16(p.gv + (krow + j) * D + cc * 8, sV + (warp * 16 + r) * LD + cc * 8);
+            fa_copy16(gK + j * p.sgk.r + cc * 8, sK + (warp * 16 + r) * LD + cc * 8);
+            fa_copy16(gV + j * p.sgv.r + cc * 8, sV + (warp * 16 + r) * LD + cc * 8);
         }
     }
 }
@@ -578,11 +613,48 @@ static fe_status fa_check(const fe_flash_args *a, const char *what, bool bwd) {
     if (!a->q || !a->k || !a->v || !a->out || !a->lse ||
         (bwd && (!a->gout || !a->gq || !a->gk || !a->gv)))
         return fe_set_error(FE_ERR_ARG, "%s: NULL data pointer", what);
-    /* tiles move in 16-byte pieces */
+    /* tiles move in 16-byte pieces: rows start 16-byte aligned */
     const void *ptrs[8] = {a->q, a->k, a->v, a->out, a->gout, a->gq, a->gk, a->gv};
-    for (int i = 0; i < (bwd ? 8 : 4); i++)
+    const fe_flash_strides *strides[8] = {&a->sq,   &a->sk,  &a->sv,  &a->sout,
+                                          &a->sgout, &a->sgq, &a->sgk, &a->sgv};
+    static const char *names[8] = {"q", "k", "v", "out", "gout", "gq", "gk", "gv"};
+    for (int i = 0; i < (bwd ? 8 : 4); i++) {
+        const bool kv = i == 1 || i == 2 || i == 6 || i == 7;
+        const int64_t sz[3] = {a->B, kv ? a->Hkv : a->Hq, kv ? a->S : a->T};
+        const int64_t st[3] = {strides[i]->b, strides[i]->h, strides[i]->r};
         if ((uintptr_t)ptrs[i] % 16)
-            return fe_set_error(FE_ERR_ARG, "%s: data pointers must be 16-byte aligned", what);
+            return fe_set_error(FE_ERR_ARG, "%s: data pointer of %s must be 16-byte aligned", what,
+                                names[i]);
+        for (int d = 0; d < 3; d++)
+            if (sz[d] > 1 && (st[d] < 0 || st[d] % 8))
+                return fe_set_error(FE_ERR_ARG,
+                                    "%s: strides of %s must be non-negative multiples of 8 "
+                                    "elements (16 bytes), got (%lld, %lld, %lld)",
+                                    what, names[i], (long long)st[0], (long long)st[1],
+                                    (long long)st[2]);
+        /* written operands: no two elements at one address (sizes > 1 sorted by stride,
+         * each stride at least the extent of the smaller ones, D innermost) */
+        const bool written = i == 3 ? !bwd : i >= 5;
+        if (written) {
+            int64_t ext = a->D, s2[3], n2[3];
+            int m = 0;
+            for (int d = 0; d < 3; d++)
+                if (sz[d] > 1) s2[m] = st[d], n2[m++] = sz[d];
+            for (int x = 1; x < m; x++) /* insertion sort by stride */
+                for (int y = x; y > 0 && s2[y] < s2[y - 1]; y--) {
+                    int64_t ts = s2[y], tn = n2[y];
+                    s2[y] = s2[y - 1], n2[y] = n2[y - 1], s2[y - 1] = ts, n2[y - 1] = tn;
+                }
+            for (int x = 0; x < m; x++) {
+                if (s2[x] < ext)
+                    return fe_set_error(FE_ERR_ARG,
+                                        "%s: strides (%lld, %lld, %lld) of %s overlap its rows",
+                                        what, (long long)st[0], (long long)st[1],
+                                        (long long)st[2], names[i]);
+                ext = s2[x] * n2[x];
+            }
+        }
+    }
     int cur = -1;
     if (cudaGetDevice(&cur) == cudaSuccess && cur != a->device) {
         fe_status st = fa_cuda_err(cudaSetDevice(a->device), "cudaSetDevice");
@@ -591,12 +663,18 @@ static fe_status fa_check(const fe_flash_args *a, const char *what, bool bwd) {
     return FE_OK;
 }
 
+static fa_strides fa_str(const fe_flash_strides &s) { return {s.b, s.h, s.r}; }
+
 static fa_params fa_make_params(const fe_flash_args *a) {
     fa_params p;
     memset(&p, 0, sizeof p);
     p.q = (const uint16_t *)a->q, p.k = (const uint16_t *)a->k, p.v = (const uint16_t *)a->v;
     p.o = (const uint16_t *)a->out, p.go = (const uint16_t *)a->gout;
-    p.out = (uint16_t *)a->out, p.gk = (uint16_t *)a->gk, p.gv = (uint16_t *)a->gv;
+    p.out = (uint16_t *)a->out, p.gq = (uint16_t *)a->gq;
+    p.gk = (uint16_t *)a->gk, p.gv = (uint16_t *)a->gv;
+    p.sq = fa_str(a->sq), p.sk = fa_str(a->sk), p.sv = fa_str(a->sv), p.so = fa_str(a->sout);
+    p.sgo = fa_str(a->sgout), p.sgq = fa_str(a->sgq), p.sgk = fa_str(a->sgk);
+    p.sgv = fa_str(a->sgv);
     p.lse = a->lse;
     p.Hq = (int)a->Hq, p.Hkv = (int)a->Hkv, p.G = (int)(a->Hq / a->Hkv);
     p.T = (int)a->T, p.S = (int)a->S, p.causal = a->causal;
@@ -623,8 +701,7 @@ template <bool BF, int D> static fe_status fa_forward(const fa_params &p, int B,
     return fa_cuda_err(cudaGetLastError(), "forward kernel launch");
 }
 
-template <bool BF, int D>
-static fe_status fa_backward(const fa_params &p, int B, uint16_t *gq, cudaStream_t s) {
+template <bool BF, int D> static fe_status fa_backward(const fa_params &p, int B, cudaStream_t s) {
     static bool optin = false;
     fe_status st = fa_smem_optin(fa_bwd_kernel<BF, D>, fa_bwd_smem(D), &optin);
     if (st) return st;
@@ -634,7 +711,8 @@ static fe_status fa_backward(const fa_params &p, int B, uint16_t *gq, cudaStream
         if (st) return st;
     }
     if (rows > 0) {
-        fa_bwd_pre_kernel<BF, D><<<(unsigned)((rows + 7) / 8), 256, 0, s>>>(p, rows);
+        dim3 grid((unsigned)((p.T + 7) / 8), (unsigned)p.Hq, (unsigned)B);
+        fa_bwd_pre_kernel<BF, D><<<grid, 256, 0, s>>>(p);
         if ((st = fa_cuda_err(cudaGetLastError(), "backward preprocess launch"))) return st;
     }
     if (p.S > 0 && B > 0) {
@@ -643,9 +721,9 @@ static fe_status fa_backward(const fa_params &p, int B, uint16_t *gq, cudaStream
         if ((st = fa_cuda_err(cudaGetLastError(), "backward kernel launch"))) return st;
     }
     if (n > 0) {
-        long long blocks = (n + 255) / 256;
-        fa_dq_convert_kernel<BF><<<(unsigned)(blocks < 65536 ? blocks : 65536), 256, 0, s>>>(
-            p.dq, gq, n);
+        const long long blocks = ((long long)p.T * (D / 8) + 255) / 256;
+        dim3 grid((unsigned)(blocks < 65536 ? blocks : 65536), (unsigned)p.Hq, (unsigned)B);
+        fa_dq_convert_kernel<BF, D><<<grid, 256, 0, s>>>(p);
         if ((st = fa_cuda_err(cudaGetLastError(), "dq conversion launch"))) return st;
     }
     return FE_OK;
@@ -663,6 +741,13 @@ extern "C" fe_status fe_flash_attention_forward(const fe_flash_args *a, void *st
     return a->D == 64 ? fa_forward<false, 64>(p, B, s) : fa_forward<false, 128>(p, B, s);
 }
 
+extern "C" void fe_flash_args_contiguous(fe_flash_args *a) {
+    const int64_t D = a->D;
+    const fe_flash_strides q = {a->Hq * a->T * D, a->T * D, D}, k = {a->Hkv * a->S * D, a->S * D, D};
+    a->sq = a->sout = a->sgout = a->sgq = q;
+    a->sk = a->sv = a->sgk = a->sgv = k;
+}
+
 extern "C" size_t fe_flash_attention_workspace_size(const fe_flash_args *a) {
     if (!a || a->B <= 0 || a->Hq <= 0 || a->T <= 0 || a->D <= 0) return 0;
     const size_t rows = (size_t)a->B * (size_t)a->Hq * (size_t)a->T;
@@ -673,6 +758,8 @@ extern "C" fe_status fe_flash_attention_backward(const fe_flash_args *a, void *w
                                                  void *stream) {
     fe_status st = fa_check(a, "flash attention backward", true);
     if (st) return st;
+    if ((uintptr_t)workspace % 16)
+        return fe_set_error(FE_ERR_ARG, "flash attention backward: workspace must be 16-byte aligned");
     if (a->B == 0 || a->Hkv == 0) return FE_OK;
     cudaStream_t s = (cudaStream_t)stream;
     const size_t ws = fe_flash_attention_workspace_size(a);
@@ -685,12 +772,10 @@ extern "C" fe_status fe_flash_attention_backward(const fe_flash_args *a, void *w
     p.dq = (float *)w;
     p.dvec = p.dq ? p.dq + (size_t)a->B * a->Hq * a->T * a->D : NULL;
     const int B = (int)a->B;
-    uint16_t *gq = (uint16_t *)a->gq;
     if (a->dtype == FE_BF16)
-        st = a->D == 64 ? fa_backward<true, 64>(p, B, gq, s) : fa_backward<true, 128>(p, B, gq, s);
+        st = a->D == 64 ? fa_backward<true, 64>(p, B, s) : fa_backward<true, 128>(p, B, s);
     else
-        st = a->D == 64 ? fa_backward<false, 64>(p, B, gq, s)
-                        : fa_backward<false, 128>(p, B, gq, s);
+        st = a->D == 64 ? fa_backward<false, 64>(p, B, s) : fa_backward<false, 128>(p, B, s);
     if (w && !workspace) {
         fe_status st2 = fa_cuda_err(cudaFreeAsync(w, s), "cudaFreeAsync of the dQ scratch");
         if (!st) st = st2;

@@ -9,8 +9,8 @@
  * `attention` and `attention_backward` and queue on the stream and allocate scratch
  * through the hooks set with fe_cuda_attention_set_hooks.
  *
- * Semantics: q (B, Hq, T, D), k and v (B, Hkv, S, D), out (B, Hq, T, D), all
- * contiguous, Hq a multiple of Hkv (query head h reads kv head h / (Hq / Hkv));
+ * Semantics: q (B, Hq, T, D), k and v (B, Hkv, S, D), out (B, Hq, T, D), Hq a
+ * multiple of Hkv (query head h reads kv head h / (Hq / Hkv));
  * causal masks key j > i + (S - T); lse (B, Hq, T) f32 = log-sum-exp of the scaled
  * scores of each query row. A row whose keys are all masked (causal with S < T)
  * gets out = 0, lse = -inf and contributes no gradient. */
@@ -27,7 +27,17 @@
 extern "C" {
 #endif
 
-/* Arguments of the raw launchers: device pointers and sizes. */
+/* Layout of one (B, H, rows, D) operand: element strides of batch, head and row (a
+ * sequence position); D is contiguous. Strides of dims of size > 1 are non-negative
+ * multiples of 8 elements (16 bytes) and data pointers 16-byte aligned, so that every
+ * row starts 16-byte aligned. Contiguous (B, H, N, D) is {H * N * D, N * D, D}; the
+ * (B, N, H, D) memory of a projection viewed as (B, H, N, D) is {N * H * D, D, H * D}. */
+typedef struct fe_flash_strides {
+    int64_t b, h, r;
+} fe_flash_strides;
+
+/* Arguments of the raw launchers: device pointers, sizes and strides. lse and the
+ * backward scratch are contiguous; out, gq, gk, gv must not overlap themselves. */
 typedef struct fe_flash_args {
     fe_dtype dtype;                  /* FE_BF16 or FE_F16, of q, k, v, out, gout, gq, gk, gv */
     int device;                      /* CUDA device index the pointers live on */
@@ -39,11 +49,17 @@ typedef struct fe_flash_args {
     float *lse;                      /* (B, Hq, T): written by forward, read by backward */
     const void *gout;                /* backward: gradient of out, (B, Hq, T, D) */
     void *gq, *gk, *gv;              /* backward: gradients, shaped like q, k, v (overwritten) */
+    fe_flash_strides sq, sk, sv, sout; /* layouts of q, k, v, out */
+    fe_flash_strides sgout, sgq, sgk, sgv; /* backward: layouts of gout, gq, gk, gv */
 } fe_flash_args;
 
+/* Set every stride of `a` to the contiguous layout of its sizes (B, Hq, Hkv, T, S, D). */
+void fe_flash_args_contiguous(fe_flash_args *a);
+
 /* Queue the forward pass (out, lse) on `stream` (a cudaStream_t; NULL = default stream).
- * FE_ERR_ARG / FE_ERR_SHAPE / FE_ERR_DTYPE on bad arguments, FE_ERR_DEVICE on a
- * launch failure. Never synchronises. */
+ * FE_ERR_ARG / FE_ERR_SHAPE / FE_ERR_DTYPE on bad arguments (misaligned pointers or
+ * strides, an out that overlaps itself), FE_ERR_DEVICE on a launch failure. Never
+ * synchronises. */
 fe_status fe_flash_attention_forward(const fe_flash_args *a, void *stream);
 
 /* Bytes of device scratch fe_flash_attention_backward needs for these sizes
@@ -51,7 +67,8 @@ fe_status fe_flash_attention_forward(const fe_flash_args *a, void *stream);
 size_t fe_flash_attention_workspace_size(const fe_flash_args *a);
 
 /* Queue the backward pass (gq, gk, gv from gout, q, k, v, out, lse) on `stream`.
- * `workspace` holds fe_flash_attention_workspace_size(a) bytes of device memory, or
+ * `workspace` holds fe_flash_attention_workspace_size(a) bytes of 16-byte aligned
+ * device memory, or
  * is NULL to take it with cudaMallocAsync / cudaFreeAsync on the stream. Errors as
  * for the forward pass, FE_ERR_OOM when scratch cannot be had. */
 fe_status fe_flash_attention_backward(const fe_flash_args *a, void *workspace, void *stream);
@@ -71,12 +88,16 @@ typedef struct fe_flash_hooks {
 void fe_cuda_attention_set_hooks(const fe_flash_hooks *hooks);
 
 /* Backend-table `attention`: out (B, Hq, T, D), lse (B, Hq, T) f32 from q, k, v on a
- * CUDA device; shape / dtype / layout errors as values, FE_ERR_DEVICE on launch failure. */
+ * CUDA device. q, k, v, out may be strided views with a unit-stride last dim and
+ * 16-byte aligned rows (other strides multiples of 16 bytes; out must not overlap
+ * itself); lse is contiguous. Shape / dtype / layout errors as values (FE_ERR_ARG for
+ * a layout it cannot take), FE_ERR_DEVICE on launch failure. */
 fe_status fe_cuda_attention(fe_tensor *out, fe_tensor *lse, const fe_tensor *q, const fe_tensor *k,
                             const fe_tensor *v, bool causal, double scale);
 
 /* Backend-table `attention_backward`: gq, gk, gv (overwritten) from gout, the forward
- * inputs, out and lse; errors as fe_cuda_attention, FE_ERR_OOM for scratch. */
+ * inputs, out and lse; every 4-d operand strided as for fe_cuda_attention; errors as
+ * fe_cuda_attention, FE_ERR_OOM for scratch. */
 fe_status fe_cuda_attention_backward(fe_tensor *gq, fe_tensor *gk, fe_tensor *gv,
                                      const fe_tensor *gout, const fe_tensor *q,
                                      const fe_tensor *k, const fe_tensor *v,

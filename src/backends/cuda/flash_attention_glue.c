@@ -11,7 +11,9 @@ void fe_cuda_attention_set_hooks(const fe_flash_hooks *hooks) {
     else memset(&g_hooks, 0, sizeof g_hooks);
 }
 
-/* FE_OK when t is a contiguous 4-d tensor of dtype dt (or 3-d f32 for lse). */
+/* FE_OK when t has ndim dims and dtype dt on a CUDA device. A 4-d operand may be any
+ * view whose last dim has unit stride and whose other strides (of dims of size > 1)
+ * and data pointer keep every row 16-byte aligned; lse (3-d f32) must be contiguous. */
 static fe_status check_tensor(const char *op, const char *name, const fe_tensor *t, int ndim,
                               fe_dtype dt) {
     if (!t) return fe_set_error(FE_ERR_ARG, "%s: %s is NULL", op, name);
@@ -23,6 +25,17 @@ static fe_status check_tensor(const char *op, const char *name, const fe_tensor 
                             fe_dtype_name(t->dtype), fe_dtype_name(dt));
     if (t->st->dev.type != FE_CUDA)
         return fe_set_error(FE_ERR_DEVICE, "%s: %s is not on a CUDA device", op, name);
+    if (ndim == 4) {
+        const size_t es = fe_dtype_size(dt);
+        bool ok = t->stride[3] == 1 || t->shape[3] == 1;
+        for (int d = 0; d < 3; d++)
+            ok = ok && (t->shape[d] == 1 || (t->stride[d] >= 0 && t->stride[d] * es % 16 == 0));
+        if (!ok || (uintptr_t)fe__ptr(t) % 16)
+            return fe_set_error(FE_ERR_ARG,
+                                "%s: %s needs a unit-stride last dim and 16-byte aligned rows",
+                                op, name);
+        return FE_OK;
+    }
     int64_t want = 1;
     for (int d = ndim - 1; d >= 0; d--) {
         if (t->shape[d] != 1 && t->stride[d] != want)
@@ -30,6 +43,13 @@ static fe_status check_tensor(const char *op, const char *name, const fe_tensor 
         want *= t->shape[d];
     }
     return FE_OK;
+}
+
+/* The batch, head and row strides of a checked 4-d operand (0 for dims of size 1). */
+static fe_flash_strides strides_of(const fe_tensor *t) {
+    fe_flash_strides s = {t->shape[0] > 1 ? t->stride[0] : 0, t->shape[1] > 1 ? t->stride[1] : 0,
+                          t->shape[2] > 1 ? t->stride[2] : 0};
+    return s;
 }
 
 static bool same_dims(const fe_tensor *t, int64_t a, int64_t b, int64_t c, int64_t d) {
@@ -67,6 +87,7 @@ static fe_status make_args(const char *op, fe_flash_args *a, const fe_tensor *ou
     a->causal = causal, a->scale = scale;
     a->q = fe__ptr(q), a->k = fe__ptr(k), a->v = fe__ptr(v);
     a->out = fe__ptr(out), a->lse = (float *)fe__ptr(lse);
+    a->sq = strides_of(q), a->sk = strides_of(k), a->sv = strides_of(v), a->sout = strides_of(out);
     return FE_OK;
 }
 
@@ -112,6 +133,8 @@ fe_status fe_cuda_attention_backward(fe_tensor *gq, fe_tensor *gk, fe_tensor *gv
     }
     if (st) return st;
     a.gout = fe__ptr(gout), a.gq = fe__ptr(gq), a.gk = fe__ptr(gk), a.gv = fe__ptr(gv);
+    a.sgout = strides_of(gout), a.sgq = strides_of(gq), a.sgk = strides_of(gk);
+    a.sgv = strides_of(gv);
     if ((st = get_stream(a.device, &stream))) return st;
     const size_t ws = fe_flash_attention_workspace_size(&a);
     void *w = NULL;
