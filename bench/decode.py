@@ -121,8 +121,7 @@ def main():
         # the default path (the CUDA-graph decoder) and the op-by-op path for comparison
         wall = 0.0
         variants = (("ferric", {}), ("ferric, no PDL", {"FE_DECODE_PDL": "0"}),
-                    ("ferric, 4 blocks/SM", {"FE_DECODE_BLOCKS_PER_SM": "4"}),
-                    ("ferric, 16 blocks/SM", {"FE_DECODE_BLOCKS_PER_SM": "16"}),
+                    ("ferric, 8 blocks/SM", {"FE_DECODE_BLOCKS_PER_SM": "8"}),
                     ("ferric op-by-op", {"FE_DECODE": "generic"}))
         for label, env in variants:
             t = time.perf_counter()

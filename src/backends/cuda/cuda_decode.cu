@@ -400,7 +400,7 @@ struct fe_cuda_decode {
     int *params_host;   /* pinned: token, position, then the argmax read back */
     float *logits_host; /* pinned */
     bool pdl;          /* FE_DECODE_PDL=0 switches programmatic dependent launch off */
-    int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 8) */
+    int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
 };
@@ -536,7 +536,7 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     e->dev = dv;
     const char *pdl = getenv("FE_DECODE_PDL"), *bps = getenv("FE_DECODE_BLOCKS_PER_SM");
     e->pdl = !(pdl && !strcmp(pdl, "0"));
-    e->blocks_per_sm = bps && atoi(bps) > 0 && atoi(bps) <= 64 ? atoi(bps) : 8;
+    e->blocks_per_sm = bps && atoi(bps) > 0 && atoi(bps) <= 64 ? atoi(bps) : 4;
     /* f32 activations, each start rounded up to 16 floats */
     size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
     size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,

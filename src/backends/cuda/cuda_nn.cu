@@ -999,6 +999,31 @@ __global__ void k_rope(T *out, const T *x, const void *inv, int inv_dt, int64_t 
     }
 }
 
+/* The f32-angle case, one thread per (position row group, i < half): the angle and its
+ * sine and cosine are computed once and applied to all `inner` rows that share the
+ * position (the heads of a (B, T, H, D) tensor), so the transcendental work is divided
+ * by the number of heads. Same angle arithmetic as k_rope<T, true>. */
+template <typename T>
+__global__ void k_rope_shared(T *out, const T *x, const float *inv, int64_t n_outer, int64_t D,
+                              int64_t T_len, int64_t inner, long long pos0, float sign) {
+    int64_t half = D / 2, n = n_outer * half, step = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += step) {
+        int64_t o = e / half, i = e - o * half;
+        long long pos = pos0 + o % T_len;
+        float ang = __fmul_rn(__ll2float_rn(pos), inv[i]), sn, cs;
+        sincosf(ang, &sn, &cs);
+        sn *= sign;
+        const T *xr = x + o * inner * D + i;
+        T *orow = out + o * inner * D + i;
+#pragma unroll 4
+        for (int64_t h = 0; h < inner; h++) {
+            float a = cu_to_f(xr[h * D]), b = cu_to_f(xr[h * D + half]);
+            orow[h * D] = cu_cast<T>(a * cs - b * sn);
+            orow[h * D + half] = cu_cast<T>(b * cs + a * sn);
+        }
+    }
+}
+
 extern "C" fe_status fe_cuda_rope(fe_tensor *out, const fe_tensor *x, const fe_tensor *inv_freq,
                                   int seq_dim, int64_t pos0, int sign) {
     cu_dev *d = cu_of(out);
@@ -1014,8 +1039,13 @@ extern "C" fe_status fe_cuda_rope(fe_tensor *out, const fe_tensor *x, const fe_t
     if (R == 0 || D < 2 || Tl == 0) return FE_OK;
     unsigned nb = cu_blocks(d, R * (D / 2), 256);
     bool f32a = inv_freq->dtype == FE_F32 && x->dtype != FE_F64;
+    if (f32a && inner > 1) nb = cu_blocks(d, R / inner * (D / 2), 256);
     CU_FLOAT_DISPATCH(x->dtype, "rope", {
-        if (f32a)
+        if (f32a && inner > 1)
+            k_rope_shared<T><<<nb, 256, 0, d->stream>>>(
+                (T *)fe__ptr(out), (const T *)fe__ptr(x), (const float *)fe__ptr(inv_freq),
+                R / inner, D, Tl, inner, (long long)pos0, (float)sign);
+        else if (f32a)
             k_rope<T, true><<<nb, 256, 0, d->stream>>>((T *)fe__ptr(out), (const T *)fe__ptr(x),
                                                        fe__ptr(inv_freq), inv_freq->dtype, R, D, Tl,
                                                        inner, (long long)pos0, sign);
