@@ -58,10 +58,10 @@ do_bench() {
 
 do_kernels() { timeout 200 python3 bench/kernels.py --build build-gpu; }
 do_hfparity() { timeout 200 python3 tests/parity/hf_parity.py --build build-gpu; }
-do_decode() { timeout 200 python3 bench/decode.py --build build-gpu --keep /tmp/tinyllama-bf16; }
+do_decode() { timeout 200 python3 bench/decode.py --build build-gpu --keep /tmp/tinyllama-bf16 ${DECODE_ARGS:-}; }
 # Per-kernel times of the decoder's graph (after the decode stage saved its model).
 do_decprof() {
-    timeout 200 ncu --clock-control none --graph-profiling node --metrics gpu__time_duration.sum \
+    timeout 200 ncu --clock-control none --cache-control none --graph-profiling node --metrics gpu__time_duration.sum,dram__bytes_read.sum \
         --csv --launch-skip 1200 --launch-count 240 \
         build-gpu/example_hf_logits --model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8 \
         --bench 32 --repeat 1 --device cuda --dtype bf16 >"$LOGS/decprof.csv" 2>&1
