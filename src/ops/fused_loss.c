@@ -10,11 +10,21 @@
 #include "ferric/fused_loss.h"
 #include "ops/ops_internal.h"
 
+#include <stdlib.h>
+
 #include <inttypes.h>
 #include <stdio.h>
 
 #define OP "linear_cross_entropy"
 #define AUTO_CHUNK_BYTES ((int64_t)256 << 20) /* logits of one chunk, automatic size */
+
+/* The automatic chunk size in bytes: FE_LCE_CHUNK_MIB (1..65536) overrides it, for
+ * measuring the memory/speed trade (bench/train_llama.sh). */
+static int64_t auto_chunk_bytes(void) {
+    const char *v = getenv("FE_LCE_CHUNK_MIB");
+    long mib = v ? strtol(v, NULL, 10) : 0;
+    return mib >= 1 && mib <= 65536 ? (int64_t)mib << 20 : AUTO_CHUNK_BYTES;
+}
 
 /* dtype of the loss and its per-row statistics, as fe_cross_entropy uses */
 static fe_dtype stat_dtype(fe_dtype dt) { return dt == FE_F64 ? FE_F64 : FE_F32; }
@@ -92,7 +102,7 @@ static int64_t chunk_size(int64_t N, int64_t V, fe_dtype dt, int64_t chunk_rows)
     if (N == 0) return 1;
     if (chunk_rows > 0) return chunk_rows < N ? chunk_rows : N;
     int64_t row_bytes = V * (int64_t)fe_dtype_size(dt);
-    int64_t most = row_bytes > 0 ? AUTO_CHUNK_BYTES / row_bytes : N;
+    int64_t most = row_bytes > 0 ? auto_chunk_bytes() / row_bytes : N;
     if (most < 1) most = 1;
     int64_t n_chunks = (N + most - 1) / most;
     return (N + n_chunks - 1) / n_chunks;
