@@ -228,9 +228,10 @@ int fe_cmd_generate(int argc, char **argv) {
     fprintf(stderr, "prefill: %lld tokens in %.3f s (%.1f tokens/s)\n", (long long)st.n_prompt,
             st.prefill_s, st.prefill_s > 0 ? (double)st.n_prompt / st.prefill_s : 0.0);
     if (st.n_generated > 1)
-        fprintf(stderr, "decode:  %lld tokens in %.3f s (%.1f tokens/s)\n",
+        fprintf(stderr, "decode:  %lld tokens in %.3f s (%.1f tokens/s%s)\n",
                 (long long)(st.n_generated - 1), st.decode_s,
-                st.decode_s > 0 ? (double)(st.n_generated - 1) / st.decode_s : 0.0);
+                st.decode_s > 0 ? (double)(st.n_generated - 1) / st.decode_s : 0.0,
+                st.graph_decode ? ", CUDA-graph decoder" : "");
     rc = 0;
 done:
     free(pids), free(out), free(s.ids);
