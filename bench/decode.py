@@ -121,8 +121,9 @@ def main():
         # the default path (the CUDA-graph decoder) and the op-by-op path for comparison
         wall = 0.0
         variants = (("ferric", {}), ("ferric, no PDL", {"FE_DECODE_PDL": "0"}),
-                    ("ferric, 2 blocks/SM", {"FE_DECODE_BLOCKS_PER_SM": "2"}),
-                    ("ferric, 3 blocks/SM", {"FE_DECODE_BLOCKS_PER_SM": "3"}),
+                    ("ferric, one warp per row pair", {"FE_DECODE_KSPLIT": "1"}),
+                    ("ferric, 2 warps per row pair", {"FE_DECODE_KSPLIT": "2"}),
+                    ("ferric, 4 warps per row pair", {"FE_DECODE_KSPLIT": "4"}),
                     ("ferric op-by-op", {"FE_DECODE": "generic"}))
         for label, env in variants:
             t = time.perf_counter()

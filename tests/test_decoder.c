@@ -104,6 +104,17 @@ TEST(decoder_long_context) {
     compare(cfg128(), FE_BF16, 530, 4, 3e-2);
 }
 
+/* each row pair split over 2 and 4 warps (uneven K parts: ffn 328 and 712) */
+TEST(decoder_split_k) {
+    setenv("FE_DECODE_KSPLIT", "2", 1);
+    compare(cfg64(), FE_BF16, 5, 6, 3e-2);
+    compare(cfg128(), FE_F32, 5, 6, 2e-5);
+    setenv("FE_DECODE_KSPLIT", "4", 1);
+    compare(cfg64(), FE_F32, 5, 6, 2e-5);
+    compare(cfg128(), FE_BF16, 5, 6, 3e-2);
+    unsetenv("FE_DECODE_KSPLIT");
+}
+
 TEST(decoder_errors) {
     fe_llama_config c = cfg64();
     fe_manual_seed(3);

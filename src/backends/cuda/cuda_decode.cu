@@ -101,6 +101,7 @@ template <int NW> __device__ __forceinline__ float dec_block_max(float v, float 
 struct dec_gemv_args {
     const void *w[3]; /* weight segments, rows of K */
     int K, npairs;
+    int ks;           /* warps per row pair (1, 2 or 4), each over a part of K */
     const float *x;   /* input (K) */
     const void *g;    /* RMSNorm weight (K) or NULL: no norm */
     float eps;
@@ -138,79 +139,100 @@ __device__ __forceinline__ void dec_rows(const dec_gemv_args &a, int p, const T 
     }
 }
 
-/* Each warp computes its row pairs on its own (no shared memory, no barrier): the
- * weights of the first pair are requested before waiting for the previous kernel,
- * then per 16-byte chunk the lane reads the matching input (f32, and the norm weight,
- * from L1/L2) and accumulates; with a norm the sum of squares of the input comes along
- * and the 1/rms scale is applied to the finished dot products. */
+/* Each row pair is computed by `ks` warps of one block (1, 2 or 4), each over its part
+ * of K: the weights of the first pair are requested before waiting for the previous
+ * kernel, then per 16-byte chunk the lane reads the matching input (f32, and the norm
+ * weight, from L1/L2) and accumulates; with a norm the sum of squares of the input comes
+ * along and the 1/rms scale is applied to the finished dot products. With ks > 1 the
+ * parts meet in shared memory (small products get more warps streaming at once). */
 template <typename T, int MODE>
 __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     constexpr int V = 16 / sizeof(T), STEP = 32 * V, U = DEC_UNROLL;
-    const int lane = threadIdx.x & 31, K = a.K;
+    __shared__ float red[DEC_WARPS][3];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, K = a.K, ks = a.ks;
+    const int ppb = DEC_WARPS / ks, sub = warp % ks;
+    const int kpart = (K / ks + V - 1) / V * V, kbeg = sub * kpart;
+    const int kend = kbeg + kpart < K ? kbeg + kpart : K;
     const T *g = (const T *)a.g;
     bool waited = false;
-    for (int p = blockIdx.x * DEC_WARPS + (threadIdx.x >> 5); p < a.npairs;
-         p += gridDim.x * DEC_WARPS) {
-        const T *r0, *r1;
-        int seg, base, j, half;
-        dec_rows<T, MODE>(a, p, r0, r1, seg, base, j, half);
+    for (int pb = blockIdx.x; pb * ppb < a.npairs; pb += gridDim.x) { /* block-uniform */
+        const int p = pb * ppb + warp / ks;
+        const bool valid = p < a.npairs;
+        const T *r0 = nullptr, *r1 = nullptr;
+        int seg = 0, base = 0, j = 0, half = 0;
         float a0 = 0.f, a1 = 0.f, ss = 0.f;
-        uint4 u0[U], u1[U];
-        int k = lane * V;
+        if (valid) {
+            dec_rows<T, MODE>(a, p, r0, r1, seg, base, j, half);
+            uint4 u0[U], u1[U];
+            int k = kbeg + lane * V;
 #pragma unroll
-        for (int i = 0; i < U; i++) {
-            int kk = k + i * STEP;
-            u0[i] = kk < K ? dec_ld_stream(r0 + kk) : make_uint4(0, 0, 0, 0);
-            u1[i] = kk < K && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
-        }
-        if (!waited) { /* the input comes from the previous kernel */
+            for (int i = 0; i < U; i++) {
+                int kk = k + i * STEP;
+                u0[i] = kk < kend ? dec_ld_stream(r0 + kk) : make_uint4(0, 0, 0, 0);
+                u1[i] = kk < kend && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
+            }
+            if (!waited) { /* the input comes from the previous kernel */
+                dec_wait_prev();
+                dec_launch_next();
+                waited = true;
+            }
+            for (;;) {
+#pragma unroll
+                for (int i = 0; i < U; i++) {
+                    int kk = k + i * STEP;
+                    if (kk >= kend) break;
+                    float xv[V], w0[V], w1[V];
+#pragma unroll
+                    for (int e = 0; e < V; e += 4) {
+                        float4 t = *reinterpret_cast<const float4 *>(a.x + kk + e);
+                        xv[e] = t.x, xv[e + 1] = t.y, xv[e + 2] = t.z, xv[e + 3] = t.w;
+                    }
+                    if (g) {
+                        float gv[V];
+                        dec_unpack<T>(dec_ld(g + kk), gv);
+#pragma unroll
+                        for (int e = 0; e < V; e++) {
+                            ss = fmaf(xv[e], xv[e], ss);
+                            xv[e] *= gv[e];
+                        }
+                    }
+                    dec_unpack<T>(u0[i], w0);
+                    dec_unpack<T>(u1[i], w1);
+#pragma unroll
+                    for (int e = 0; e < V; e++) {
+                        a0 = fmaf(w0[e], xv[e], a0);
+                        a1 = fmaf(w1[e], xv[e], a1);
+                    }
+                }
+                k += U * STEP;
+                if (k >= kend) break;
+#pragma unroll
+                for (int i = 0; i < U; i++) {
+                    int kk = k + i * STEP;
+                    u0[i] = kk < kend ? dec_ld_stream(r0 + kk) : make_uint4(0, 0, 0, 0);
+                    u1[i] = kk < kend && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
+                }
+            }
+        } else if (!waited) {
             dec_wait_prev();
             dec_launch_next();
             waited = true;
         }
-        for (;;) {
-#pragma unroll
-            for (int i = 0; i < U; i++) {
-                int kk = k + i * STEP;
-                if (kk >= K) break;
-                float xv[V], w0[V], w1[V];
-#pragma unroll
-                for (int e = 0; e < V; e += 4) {
-                    float4 t = *reinterpret_cast<const float4 *>(a.x + kk + e);
-                    xv[e] = t.x, xv[e + 1] = t.y, xv[e + 2] = t.z, xv[e + 3] = t.w;
-                }
-                if (g) {
-                    float gv[V];
-                    dec_unpack<T>(dec_ld(g + kk), gv);
-#pragma unroll
-                    for (int e = 0; e < V; e++) {
-                        ss = fmaf(xv[e], xv[e], ss);
-                        xv[e] *= gv[e];
-                    }
-                }
-                dec_unpack<T>(u0[i], w0);
-                dec_unpack<T>(u1[i], w1);
-#pragma unroll
-                for (int e = 0; e < V; e++) {
-                    a0 = fmaf(w0[e], xv[e], a0);
-                    a1 = fmaf(w1[e], xv[e], a1);
-                }
-            }
-            k += U * STEP;
-            if (k >= K) break;
-#pragma unroll
-            for (int i = 0; i < U; i++) {
-                int kk = k + i * STEP;
-                u0[i] = kk < K ? dec_ld_stream(r0 + kk) : make_uint4(0, 0, 0, 0);
-                u1[i] = kk < K && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
-            }
-        }
         float s0 = cu_warp_sum(a0), s1 = cu_warp_sum(a1);
+        if (g) ss = cu_warp_sum(ss);
+        if (ks > 1) { /* the first warp of each pair adds the other parts */
+            if (lane == 0) red[warp][0] = s0, red[warp][1] = s1, red[warp][2] = ss;
+            __syncthreads();
+            if (sub == 0)
+                for (int q = 1; q < ks; q++)
+                    s0 += red[warp + q][0], s1 += red[warp + q][1], ss += red[warp + q][2];
+            __syncthreads(); /* red is rewritten next round */
+        }
+        if (!valid || sub != 0 || lane != 0) continue;
         if (g) {
-            float rstd = rsqrtf(cu_warp_sum(ss) / (float)K + a.eps);
+            float rstd = rsqrtf(ss / (float)K + a.eps);
             s0 *= rstd, s1 *= rstd;
         }
-        if (lane != 0) continue;
         if (MODE == DEC_QKV) {
             int pos = a.params[1];
             float y0 = s0, y1 = s1;
@@ -401,6 +423,7 @@ struct fe_cuda_decode {
     float *logits_host; /* pinned */
     bool pdl;          /* FE_DECODE_PDL=0 switches programmatic dependent launch off */
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
+    int ksplit;        /* warps per row pair, 0 = chosen per product (FE_DECODE_KSPLIT) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
 };
@@ -452,8 +475,18 @@ static fe_status dec_kernel(fe_cuda_decode *e, bool first, const char *what, voi
 template <typename T, int MODE>
 static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
     a.params = e->params;
+    /* split K over more warps while the pairs alone would leave the SMs short of warps
+     * (16 a SM), as long as every part keeps a full 32-lane step */
+    const int vec = 16 / (int)sizeof(T);
+    a.ks = e->ksplit;
+    if (a.ks == 0) {
+        a.ks = 1;
+        while (a.ks < DEC_WARPS && (int64_t)a.npairs * a.ks < (int64_t)e->dev->sm_count * 16 &&
+               a.K / (2 * a.ks) >= 32 * vec)
+            a.ks *= 2;
+    }
     return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
-                      dec_grid(e->dev, e->blocks_per_sm, a.npairs), DEC_THREADS, 0, a);
+                      dec_grid(e->dev, e->blocks_per_sm, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
 
 /* Queue one token step on the engine's stream (captured into the graph). */
@@ -537,6 +570,9 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *pdl = getenv("FE_DECODE_PDL"), *bps = getenv("FE_DECODE_BLOCKS_PER_SM");
     e->pdl = !(pdl && !strcmp(pdl, "0"));
     e->blocks_per_sm = bps && atoi(bps) > 0 && atoi(bps) <= 64 ? atoi(bps) : 4;
+    const char *ksp = getenv("FE_DECODE_KSPLIT");
+    int kv = ksp ? atoi(ksp) : 0;
+    e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
     /* f32 activations, each start rounded up to 16 floats */
     size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
     size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
