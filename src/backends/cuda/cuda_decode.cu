@@ -2,11 +2,12 @@
  * neighbouring row work in their prologue and epilogue, an attention kernel that
  * reads the KV cache in place, all captured once into a CUDA graph.
  *
- * Matrix-vector products (k_dec_gemv): each warp computes two output rows at a time
- * with 16-byte streaming loads of the weights (eight per row in flight per lane,
- * the first ones issued before the previous kernel has finished), reading the f32
- * input beside them and, where the mode has an RMSNorm, folding the norm in (weight
- * times input, and 1/rms applied to the finished sums). Which two rows a warp takes depends on what the epilogue needs
+ * Matrix-vector products (k_dec_gemv): two output rows at a time, each pair streamed
+ * by one to four warps of a block over parts of K (two by default) with 16-byte loads
+ * of the weights (eight per row in flight per lane, the first ones issued before the
+ * previous kernel has finished), reading the f32 input beside them and, where the mode
+ * has an RMSNorm, folding the norm in (weight times input, and 1/rms applied to the
+ * finished sums). Which two rows a warp takes depends on what the epilogue needs
  * together: the two halves of a RoPE pair (q, k; v simply rides along), the gate
  * and up rows of one SiLU-gate output, or two independent rows.
  *
