@@ -23,6 +23,8 @@ fe_status fe_atomic_write(fe_atomic_file *f, const void *data, size_t n);
 fe_status fe_atomic_commit(fe_atomic_file *f);
 /* Close and remove the temporary file, leaving the destination untouched; frees f. NULL ok. */
 void fe_atomic_abort(fe_atomic_file *f);
+/* Write n bytes to path atomically (open, write, commit, or abort on failure). */
+fe_status fe_write_file_atomic(const char *path, const void *data, size_t n);
 
 /* ---- safetensors: one file -------------------------------------------------- */
 

@@ -3,6 +3,7 @@
 #define FERRIC_RUNLOG_H
 
 #include "ferric/core.h"
+#include "ferric/io.h" /* fe_write_file_atomic */
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,8 +24,6 @@ fe_status fe_runlog_val(fe_runlog *r, int64_t step, double val_loss);
 fe_status fe_runlog_plot(fe_runlog *r, const char *title, double baseline);
 void fe_runlog_close(fe_runlog *r);
 
-/* Write `n` bytes to `path` atomically: a temporary file beside it, fsync, rename. */
-fe_status fe_write_file_atomic(const char *path, const void *data, size_t n);
 
 #ifdef __cplusplus
 }

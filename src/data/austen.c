@@ -1,7 +1,9 @@
 /* The Jane Austen corpus from R package janeaustenr (Debian: r-cran-janeaustenr): its
  * lazy-load database data/Rdata.{rdx,rdb} holds one character vector per novel. */
 #include "data/data_internal.h"
+#include "ferric/io.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -34,27 +36,49 @@ static char *find_db(const char *root) {
 }
 
 /* Write one string, converting Latin-1 to UTF-8 when it is flagged so. */
-static void write_line(FILE *f, const fe_robj *s, int64_t *bytes) {
+/* The text being built: a growing memory buffer (the six novels are about 4.5 MB),
+ * written out in one piece. */
+typedef struct text_buf {
+    char *p;
+    size_t n, cap;
+    bool oom;
+} text_buf;
+
+static void put(text_buf *t, const void *data, size_t n) {
+    if (t->oom) return;
+    if (t->n + n > t->cap) {
+        size_t cap = t->cap ? t->cap : 1 << 20;
+        while (cap < t->n + n)
+            cap *= 2;
+        char *q = realloc(t->p, cap);
+        if (!q) {
+            t->oom = true;
+            return;
+        }
+        t->p = q, t->cap = cap;
+    }
+    memcpy(t->p + t->n, data, n);
+    t->n += n;
+}
+
+/* One R string as a UTF-8 line (latin-1 strings converted). */
+static void write_line(text_buf *t, const fe_robj *s) {
     if (s->chars) {
         if (s->levels & FE_R_ENC_LATIN1) {
             for (int64_t i = 0; i < s->length; i++) {
                 unsigned char c = (unsigned char)s->chars[i];
-                if (c < 0x80) {
-                    fputc(c, f);
-                    *bytes += 1;
-                } else {
-                    fputc(0xC0 | (c >> 6), f);
-                    fputc(0x80 | (c & 0x3F), f);
-                    *bytes += 2;
-                }
+                unsigned char u[2] = {(unsigned char)(0xC0 | (c >> 6)),
+                                      (unsigned char)(0x80 | (c & 0x3F))};
+                if (c < 0x80)
+                    put(t, &c, 1);
+                else
+                    put(t, u, 2);
             }
         } else {
-            fwrite(s->chars, 1, (size_t)s->length, f);
-            *bytes += s->length;
+            put(t, s->chars, (size_t)s->length);
         }
     }
-    fputc('\n', f);
-    *bytes += 1;
+    put(t, "\n", 1);
 }
 
 fe_status fe_austen_extract(const char *pkg_root_dir, const char *out_txt_path,
@@ -71,13 +95,8 @@ fe_status fe_austen_extract(const char *pkg_root_dir, const char *out_txt_path,
     fe_rdb *db = fe_rdb_open(base);
     free(base);
     if (!db) return fe_last_status();
-    fe_atomic_file af;
-    fe_status st = fe__atomic_open(&af, out_txt_path);
-    if (st) {
-        fe_rdb_close(db);
-        return st;
-    }
-    int64_t bytes = 0;
+    text_buf t = {0};
+    fe_status st = FE_OK;
     for (size_t k = 0; k < sizeof k_novels / sizeof *k_novels && !st; k++) {
         fe_rfile *rf = fe_rdb_fetch(db, k_novels[k]);
         if (!rf) {
@@ -90,21 +109,17 @@ fe_status fe_austen_extract(const char *pkg_root_dir, const char *out_txt_path,
             st = fe_set_error(FE_ERR_FORMAT, "janeaustenr: object '%s' is not a character vector",
                               k_novels[k]);
         } else {
-            if (k > 0) {
-                fputc('\n', af.f);
-                bytes += 1;
-            }
+            if (k > 0) put(&t, "\n", 1);
             for (int64_t i = 0; i < v->length; i++)
-                write_line(af.f, v->elts[i], &bytes);
+                write_line(&t, v->elts[i]);
         }
         fe_r_free(rf);
     }
     fe_rdb_close(db);
-    if (st) {
-        fe__atomic_abort(&af);
-        return st;
-    }
-    st = fe__atomic_commit(&af);
+    if (!st && t.oom) st = fe_set_error(FE_ERR_OOM, "janeaustenr: out of host memory for the text");
+    if (!st) st = fe_write_file_atomic(out_txt_path, t.p, t.n);
+    int64_t bytes = (int64_t)t.n;
+    free(t.p);
     if (!st && bytes_out) *bytes_out = bytes;
     return st;
 }

@@ -14,20 +14,6 @@ static inline void fe__error_prefix(const char *prefix) {
     fe_set_error(fe_last_status() ? fe_last_status() : FE_ERR_FORMAT, "%s: %s", prefix, msg);
 }
 
-/* ---- atomic files (atomic_file.c) ----------------------------------------- */
-/* A file written under a temporary name and renamed over `path` on commit. */
-typedef struct fe_atomic_file {
-    FILE *f;
-    char *path;
-    char *tmp_path;
-} fe_atomic_file;
-/* Open "<path>.tmp.<pid>" for writing. FE_ERR_IO on failure. */
-fe_status fe__atomic_open(fe_atomic_file *af, const char *path);
-/* Flush, fsync, close and rename over the final path (and fsync the folder). */
-fe_status fe__atomic_commit(fe_atomic_file *af);
-/* Close and delete the temporary file. Safe after a failed commit. */
-void fe__atomic_abort(fe_atomic_file *af);
-
 /* ---- compressed buffers (rdb.c) -------------------------------------------- */
 /* Inflate a zlib or gzip stream (auto-detected). `expect` > 0: the exact output size;
  * 0: unknown (output capped at `cap` bytes). Returns a malloc'd buffer. */

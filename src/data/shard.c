@@ -1,6 +1,7 @@
 /* Token shards in llm.c's layout: 256 little-endian int32 header words (magic 20240520,
  * version, token count), then the tokens (uint16 for version 1, uint32 for version 2). */
 #include "data/data_internal.h"
+#include "ferric/io.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -44,13 +45,12 @@ fe_status fe_shard_write(const char *path, const int32_t *tokens, int64_t n, int
     put_u32(header, FE_SHARD_MAGIC);
     put_u32(header + 4, token_bytes == 2 ? 1 : 2);
     put_u32(header + 8, (uint32_t)n);
-    fe_atomic_file af;
-    fe_status st = fe__atomic_open(&af, path);
-    if (st) return st;
-    fwrite(header, 1, sizeof header, af.f);
-    uint8_t buf[4096];
+    fe_atomic_file *af = fe_atomic_open(path);
+    if (!af) return fe_last_status();
+    fe_status st = fe_atomic_write(af, header, sizeof header);
+    uint8_t buf[1 << 16];
     size_t fill = 0;
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n && !st; i++) {
         uint32_t v = (uint32_t)tokens[i];
         if (token_bytes == 2)
             buf[fill] = (uint8_t)v, buf[fill + 1] = (uint8_t)(v >> 8);
@@ -58,12 +58,16 @@ fe_status fe_shard_write(const char *path, const int32_t *tokens, int64_t n, int
             put_u32(buf + fill, v);
         fill += (size_t)token_bytes;
         if (fill == sizeof buf) {
-            fwrite(buf, 1, fill, af.f);
+            st = fe_atomic_write(af, buf, fill);
             fill = 0;
         }
     }
-    fwrite(buf, 1, fill, af.f);
-    return fe__atomic_commit(&af);
+    if (!st) st = fe_atomic_write(af, buf, fill);
+    if (st) {
+        fe_atomic_abort(af);
+        return st;
+    }
+    return fe_atomic_commit(af);
 }
 
 fe_dataset *fe_dataset_open_shard(const char *path) {

@@ -126,3 +126,14 @@ void fe_atomic_abort(fe_atomic_file *f) {
     free(f->path);
     free(f);
 }
+
+fe_status fe_write_file_atomic(const char *path, const void *data, size_t n) {
+    fe_atomic_file *af = fe_atomic_open(path);
+    if (!af) return fe_last_status();
+    fe_status st = fe_atomic_write(af, data, n);
+    if (st) {
+        fe_atomic_abort(af);
+        return st;
+    }
+    return fe_atomic_commit(af); /* frees af, also on failure */
+}

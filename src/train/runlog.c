@@ -1,6 +1,6 @@
 /* Run logs: metrics as JSON lines and a loss-curve plot as a standalone SVG. */
 #include "ferric/runlog.h"
-#include "data/data_internal.h"
+#include "ferric/io.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -38,19 +38,6 @@ static bool push(series *s, int64_t step, double v) {
     }
     s->p[s->n++] = (point){step, v};
     return true;
-}
-
-fe_status fe_write_file_atomic(const char *path, const void *data, size_t n) {
-    fe_atomic_file af;
-    fe_status st = fe__atomic_open(&af, path);
-    if (st) return st;
-    if (n && fwrite(data, 1, n, af.f) != n) {
-        fe__atomic_abort(&af);
-        return fe_set_error(FE_ERR_IO, "cannot write %s", path);
-    }
-    st = fe__atomic_commit(&af);
-    if (st) fe__atomic_abort(&af);
-    return st;
 }
 
 /* Read the existing metrics, keep records up to resume_step, rewrite the file. */
