@@ -965,46 +965,36 @@ extern "C" fe_status fe_cuda_layernorm_backward(fe_tensor *gx, fe_tensor *gw, fe
  * -------------------------------------------------------------------------------------------------
  */
 
-/* One thread per (row, i < half) pair. F32_ANGLE: inv_freq is f32 and x not f64, so the
- * angle float(pos) * inv_freq[i] and its sine and cosine are computed in f32 (the CPU
- * computes the same f32 angle); otherwise everything is f64. */
-template <typename T, bool F32_ANGLE>
-__global__ void k_rope(T *out, const T *x, const void *inv, int inv_dt, int64_t R, int64_t D,
-                       int64_t T_len, int64_t inner, long long pos0, int sign) {
+/* One thread per (row, i < half) pair, everything in f64: for f64 tensors or f64
+ * frequencies (the f32-angle case is k_rope_f32 below). */
+template <typename T>
+__global__ void k_rope_f64(T *out, const T *x, const void *inv, int inv_dt, int64_t R, int64_t D,
+                           int64_t T_len, int64_t inner, long long pos0, int sign) {
     int64_t half = D / 2, n = R * half, step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += step) {
         int64_t row = e / half, i = e - row * half;
         long long pos = pos0 + (row / inner) % T_len;
         const T *xr = x + row * D;
         T *o = out + row * D;
-        if constexpr (F32_ANGLE) {
-            float ang = __fmul_rn(__ll2float_rn(pos), ((const float *)inv)[i]);
-            float s, c;
-            sincosf(ang, &s, &c);
-            s *= (float)sign;
-            float a = cu_to_f(xr[i]), b = cu_to_f(xr[i + half]);
-            o[i] = cu_cast<T>(a * c - b * s);
-            o[i + half] = cu_cast<T>(b * c + a * s);
-        } else {
-            double ang = inv_dt == FE_F32
-                             ? (double)__fmul_rn(__ll2float_rn(pos), ((const float *)inv)[i])
-                             : __dmul_rn((double)pos, cu_load_dyn(inv, inv_dt, i));
-            double s, c;
-            sincos(ang, &s, &c);
-            s *= (double)sign;
-            double a = cu_to_f(xr[i]), b = cu_to_f(xr[i + half]);
-            o[i] = cu_cast<T>(a * c - b * s);
-            o[i + half] = cu_cast<T>(b * c + a * s);
-        }
+        double ang = inv_dt == FE_F32
+                         ? (double)__fmul_rn(__ll2float_rn(pos), ((const float *)inv)[i])
+                         : __dmul_rn((double)pos, cu_load_dyn(inv, inv_dt, i));
+        double s, c;
+        sincos(ang, &s, &c);
+        s *= (double)sign;
+        double a = cu_to_f(xr[i]), b = cu_to_f(xr[i + half]);
+        o[i] = cu_cast<T>(a * c - b * s);
+        o[i + half] = cu_cast<T>(b * c + a * s);
     }
 }
 
-/* The f32-angle case, one thread per (position row group, i < half): the angle and its
- * sine and cosine are computed once and applied to all `inner` rows that share the
- * position (the heads of a (B, T, H, D) tensor), so the transcendental work is divided
- * by the number of heads. Same angle arithmetic as k_rope<T, true>. */
+/* The f32-angle case (inv_freq f32, x not f64: the angle float(pos) * inv_freq[i] and
+ * its sine and cosine in f32, as the CPU computes them), one thread per (position row
+ * group, i < half): the angle is computed once and applied to all `inner` rows that
+ * share the position (the heads of a (B, T, H, D) tensor; inner is 1 when the sequence
+ * dim is the second to last), so the transcendental work is divided by the heads. */
 template <typename T>
-__global__ void k_rope_shared(T *out, const T *x, const float *inv, int64_t n_outer, int64_t D,
+__global__ void k_rope_f32(T *out, const T *x, const float *inv, int64_t n_outer, int64_t D,
                               int64_t T_len, int64_t inner, long long pos0, float sign) {
     int64_t half = D / 2, n = n_outer * half, step = (int64_t)gridDim.x * blockDim.x;
     for (int64_t e = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; e < n; e += step) {
@@ -1037,22 +1027,17 @@ extern "C" fe_status fe_cuda_rope(fe_tensor *out, const fe_tensor *x, const fe_t
     for (int k = seq_dim + 1; k < x->ndim - 1; k++)
         inner *= x->shape[k];
     if (R == 0 || D < 2 || Tl == 0) return FE_OK;
-    unsigned nb = cu_blocks(d, R * (D / 2), 256);
     bool f32a = inv_freq->dtype == FE_F32 && x->dtype != FE_F64;
-    if (f32a && inner > 1) nb = cu_blocks(d, R / inner * (D / 2), 256);
+    unsigned nb = cu_blocks(d, (f32a ? R / inner : R) * (D / 2), 256);
     CU_FLOAT_DISPATCH(x->dtype, "rope", {
-        if (f32a && inner > 1)
-            k_rope_shared<T><<<nb, 256, 0, d->stream>>>(
+        if (f32a)
+            k_rope_f32<T><<<nb, 256, 0, d->stream>>>(
                 (T *)fe__ptr(out), (const T *)fe__ptr(x), (const float *)fe__ptr(inv_freq),
                 R / inner, D, Tl, inner, (long long)pos0, (float)sign);
-        else if (f32a)
-            k_rope<T, true><<<nb, 256, 0, d->stream>>>((T *)fe__ptr(out), (const T *)fe__ptr(x),
-                                                       fe__ptr(inv_freq), inv_freq->dtype, R, D, Tl,
-                                                       inner, (long long)pos0, sign);
         else
-            k_rope<T, false><<<nb, 256, 0, d->stream>>>((T *)fe__ptr(out), (const T *)fe__ptr(x),
-                                                        fe__ptr(inv_freq), inv_freq->dtype, R, D,
-                                                        Tl, inner, (long long)pos0, sign);
+            k_rope_f64<T><<<nb, 256, 0, d->stream>>>((T *)fe__ptr(out), (const T *)fe__ptr(x),
+                                                     fe__ptr(inv_freq), inv_freq->dtype, R, D, Tl,
+                                                     inner, (long long)pos0, sign);
     })
     return cu_launched("rope kernel");
 }
