@@ -34,32 +34,6 @@ __device__ __forceinline__ uint4 dec_ld_stream(const void *p) {
         : "l"(p));
     return r;
 }
-__device__ __forceinline__ uint4 dec_ld(const void *p) {
-    return *reinterpret_cast<const uint4 *>(p);
-}
-
-/* 16 bytes of T -> 16 / sizeof(T) floats */
-template <typename T> __device__ __forceinline__ void dec_unpack(const uint4 &u, float *f);
-template <> __device__ __forceinline__ void dec_unpack<float>(const uint4 &u, float *f) {
-    f[0] = __uint_as_float(u.x), f[1] = __uint_as_float(u.y);
-    f[2] = __uint_as_float(u.z), f[3] = __uint_as_float(u.w);
-}
-template <> __device__ __forceinline__ void dec_unpack<__nv_bfloat16>(const uint4 &u, float *f) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        f[2 * i] = __uint_as_float(w[i] << 16);
-        f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-    }
-}
-template <> __device__ __forceinline__ void dec_unpack<__half>(const uint4 &u, float *f) {
-    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float2 t = __half22float2(*reinterpret_cast<const __half2 *>(&w[i]));
-        f[2 * i] = t.x, f[2 * i + 1] = t.y;
-    }
-}
 
 /* Programmatic dependent launch: wait until the previous kernel has completed and its
  * writes are visible, then let the next kernel of the graph start launching (its
@@ -71,31 +45,6 @@ __device__ __forceinline__ void dec_launch_next() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 __device__ __forceinline__ void dec_wait_prev() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
-
-/* sum / max of v over a block of NW warps; red holds NW floats */
-template <int NW> __device__ __forceinline__ float dec_block_sum(float v, float *red) {
-    v = cu_warp_sum(v);
-    __syncthreads(); /* earlier readers of red are done */
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float t = 0.f;
-#pragma unroll
-    for (int i = 0; i < NW; i++)
-        t += red[i];
-    return t;
-}
-template <int NW> __device__ __forceinline__ float dec_block_max(float v, float *red) {
-    for (int o = 16; o > 0; o >>= 1)
-        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float t = red[0];
-#pragma unroll
-    for (int i = 1; i < NW; i++)
-        t = fmaxf(t, red[i]);
-    return t;
-}
 
 /* ---- kernels ------------------------------------------------------------------------- */
 
@@ -148,7 +97,7 @@ __device__ __forceinline__ void dec_rows(const dec_gemv_args &a, int p, const T 
  * parts meet in shared memory (small products get more warps streaming at once). */
 template <typename T, int MODE>
 __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
-    constexpr int V = 16 / sizeof(T), STEP = 32 * V, U = DEC_UNROLL;
+    constexpr int V = cu_vn<T>::n, STEP = 32 * V, U = DEC_UNROLL;
     __shared__ float red[DEC_WARPS][3];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, K = a.K, ks = a.ks;
     const int ppb = DEC_WARPS / ks, sub = warp % ks;
@@ -190,15 +139,15 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
                     }
                     if (g) {
                         float gv[V];
-                        dec_unpack<T>(dec_ld(g + kk), gv);
+                        cu_vunpack<T>(cu_ld16(g + kk), gv);
 #pragma unroll
                         for (int e = 0; e < V; e++) {
                             ss = fmaf(xv[e], xv[e], ss);
                             xv[e] *= gv[e];
                         }
                     }
-                    dec_unpack<T>(u0[i], w0);
-                    dec_unpack<T>(u1[i], w1);
+                    cu_vunpack<T>(u0[i], w0);
+                    cu_vunpack<T>(u1[i], w1);
 #pragma unroll
                     for (int e = 0; e < V; e++) {
                         a0 = fmaf(w0[e], xv[e], a0);
@@ -324,10 +273,10 @@ template <typename T, int D>
 __global__ void __launch_bounds__(ATT_THREADS)
     k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
                int cap, float scale_log2) {
-    constexpr int V = 16 / sizeof(T), NC = D / V, NG = ATT_THREADS / NC, NW = ATT_THREADS / 32;
+    constexpr int V = cu_vn<T>::n, NC = D / V, NG = ATT_THREADS / NC;
     __shared__ __align__(16) float qs[D];
     __shared__ float sc[DEC_CHUNK];
-    __shared__ float red[NW];
+    __shared__ float red[32];
     __shared__ float part[NG][D];
     dec_wait_prev();
     dec_launch_next();
@@ -349,12 +298,12 @@ __global__ void __launch_bounds__(ATT_THREADS)
             uint4 u[NC];
 #pragma unroll
             for (int c = 0; c < NC; c++)
-                u[c] = dec_ld(kr + c * V);
+                u[c] = cu_ld16(kr + c * V);
             float s = 0.f;
 #pragma unroll
             for (int c = 0; c < NC; c++) {
                 float f[V];
-                dec_unpack<T>(u[c], f);
+                cu_vunpack<T>(u[c], f);
 #pragma unroll
                 for (int e = 0; e < V; e++)
                     s = fmaf(f[e], qs[c * V + e], s);
@@ -362,14 +311,14 @@ __global__ void __launch_bounds__(ATT_THREADS)
             sc[t] = s;
             lmax = fmaxf(lmax, s);
         }
-        const float mn = fmaxf(m, dec_block_max<NW>(lmax, red)), corr = exp2f(m - mn);
+        const float mn = fmaxf(m, cu_block_max(lmax, red)), corr = exp2f(m - mn);
         float ls = 0.f;
         for (int t = tid; t < n; t += ATT_THREADS) {
             float pr = exp2f(sc[t] - mn);
             sc[t] = pr;
             ls += pr;
         }
-        l = l * corr + dec_block_sum<NW>(ls, red); /* its barriers publish sc */
+        l = l * corr + cu_block_sum(ls, red); /* its barriers publish sc */
         m = mn;
 #pragma unroll
         for (int e = 0; e < V; e++)
@@ -379,11 +328,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
             uint4 u[4];
 #pragma unroll
             for (int i = 0; i < 4; i++)
-                u[i] = dec_ld(Vh + (size_t)(c0 + t + i * NG) * D + col * V);
+                u[i] = cu_ld16(Vh + (size_t)(c0 + t + i * NG) * D + col * V);
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 float f[V], pr = sc[t + i * NG];
-                dec_unpack<T>(u[i], f);
+                cu_vunpack<T>(u[i], f);
 #pragma unroll
                 for (int e = 0; e < V; e++)
                     acc[e] = fmaf(pr, f[e], acc[e]);
@@ -391,7 +340,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         }
         for (; t < n; t += NG) {
             float f[V], pr = sc[t];
-            dec_unpack<T>(dec_ld(Vh + (size_t)(c0 + t) * D + col * V), f);
+            cu_vunpack<T>(cu_ld16(Vh + (size_t)(c0 + t) * D + col * V), f);
 #pragma unroll
             for (int e = 0; e < V; e++)
                 acc[e] = fmaf(pr, f[e], acc[e]);

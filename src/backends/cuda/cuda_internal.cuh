@@ -287,6 +287,13 @@ template <> __device__ __forceinline__ float cu_vget<__half>(const uint4 &u, int
     return __half2float(__ushort_as_half((unsigned short)((i & 1) ? (w >> 16) : (w & 0xffffu))));
 }
 
+/* All cu_vn<T>::n elements of a 16-byte vector of T, as floats. */
+template <typename T> __device__ __forceinline__ void cu_vunpack(const uint4 &u, float *f) {
+#pragma unroll
+    for (int i = 0; i < cu_vn<T>::n; i++)
+        f[i] = cu_vget<T>(u, i);
+}
+
 /* Bits of f rounded to T (f16/bf16: low 16 bits). */
 template <typename T> __device__ __forceinline__ uint32_t cu_bits(float f);
 template <> __device__ __forceinline__ uint32_t cu_bits<__nv_bfloat16>(float f) {
