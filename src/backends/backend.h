@@ -163,6 +163,18 @@ typedef struct fe_backend {
     fe_status (*scale_multi)(int n, fe_tensor *const *t, const fe_tensor *s);
 } fe_backend;
 
+/* True when a 4-d operand has the layout the optional fused attention entries take:
+ * unit-stride last dim (or size 1), every other dim of size != 1 with a non-negative
+ * stride that is a multiple of 16 bytes, and a 16-byte aligned data pointer. The op
+ * layer passes such views as they are; the CUDA glue refuses anything else. */
+static inline bool fe__attention_layout_ok(const fe_tensor *t) {
+    const int64_t es = (int64_t)fe_dtype_size(t->dtype);
+    if ((t->stride[3] != 1 && t->shape[3] != 1) || (uintptr_t)fe__ptr(t) % 16) return false;
+    for (int d = 0; d < 3; d++)
+        if (t->shape[d] != 1 && (t->stride[d] < 0 || t->stride[d] * es % 16)) return false;
+    return true;
+}
+
 /* The backend serving `type`, or NULL when not compiled in. */
 const fe_backend *fe_backend_get(fe_device_type type);
 extern const fe_backend fe_cpu_backend;

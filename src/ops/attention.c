@@ -14,20 +14,10 @@
 #include <math.h>
 #include <stdio.h>
 
-/* True when the fused kernels take t (B, H, N, D) as it is: unit-stride last dim,
- * the other strides (of dims of size > 1) and the data pointer multiples of 16 bytes. */
-static bool fused_layout_ok(const fe_tensor *t) {
-    const int64_t es = (int64_t)fe_dtype_size(t->dtype);
-    if ((t->stride[3] != 1 && t->shape[3] != 1) || (uintptr_t)fe__ptr(t) % 16) return false;
-    for (int d = 0; d < 3; d++)
-        if (t->shape[d] > 1 && (t->stride[d] < 0 || t->stride[d] * es % 16)) return false;
-    return true;
-}
-
 /* t for the fused kernels, without autograd: a view of it when they take its layout,
  * else a contiguous copy. */
 static fe_tensor *fused_operand(fe_tensor *t) {
-    return fused_layout_ok(t) ? fe__view(t, t->ndim, t->shape, t->stride, t->offset)
+    return fe__attention_layout_ok(t) ? fe__view(t, t->ndim, t->shape, t->stride, t->offset)
                               : fe__contig_raw(t);
 }
 

@@ -2,6 +2,7 @@
  * stream and scratch through the hooks, call the raw launchers. */
 #include "backends/cuda/flash_attention.h"
 
+#include "backends/backend.h"
 #include "core/internal.h"
 
 static fe_flash_hooks g_hooks;
@@ -26,11 +27,7 @@ static fe_status check_tensor(const char *op, const char *name, const fe_tensor 
     if (t->st->dev.type != FE_CUDA)
         return fe_set_error(FE_ERR_DEVICE, "%s: %s is not on a CUDA device", op, name);
     if (ndim == 4) {
-        const size_t es = fe_dtype_size(dt);
-        bool ok = t->stride[3] == 1 || t->shape[3] == 1;
-        for (int d = 0; d < 3; d++)
-            ok = ok && (t->shape[d] == 1 || (t->stride[d] >= 0 && t->stride[d] * es % 16 == 0));
-        if (!ok || (uintptr_t)fe__ptr(t) % 16)
+        if (!fe__attention_layout_ok(t))
             return fe_set_error(FE_ERR_ARG,
                                 "%s: %s needs a unit-stride last dim and 16-byte aligned rows",
                                 op, name);
