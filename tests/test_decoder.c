@@ -122,6 +122,20 @@ TEST(decoder_errors) {
     fe_kv_cache *cc = fe_kv_cache_new(cpu, 8);
     CHECK_ERROR(fe_llama_decoder_new(cpu, cc) == NULL, "CUDA");
     CHECK_ERROR(fe_llama_decoder_new(cpu, NULL) == NULL, "NULL");
+    /* a cache made for another shape: more layers, or other KV heads */
+    fe_llama_config c3 = c, ckv = c;
+    c3.n_layers = 3, ckv.n_kv_heads = 4;
+    fe_llama *deeper = fe_llama_new(&c3, FE_F32, (fe_device){FE_CPU, 0});
+    fe_llama *wider = fe_llama_new(&ckv, FE_F32, (fe_device){FE_CPU, 0});
+    int32_t tok = 1;
+    fe_tensor *idx = fe_from_data(&tok, 2, (int64_t[]){1, 1}, FE_I32, (fe_device){FE_CPU, 0});
+    CHECK_ERROR(fe_llama_forward_cached(deeper, idx, cc, true) == NULL, "another model");
+    CHECK_ERROR(fe_llama_forward_cached(wider, idx, cc, true) == NULL, "another model");
+    CHECK_ERROR(fe_llama_decoder_new(deeper, cc) == NULL, "another model");
+    CHECK_ERROR(fe_llama_decoder_new(wider, cc) == NULL, "another model");
+    CHECK(fe_kv_cache_len(cc) == 0);
+    fe_free(idx);
+    fe_llama_free(deeper), fe_llama_free(wider);
     fe_kv_cache_free(cc);
     fe_llama_free(cpu);
     if (!fe_device_available(FE_CUDA)) SKIP("no CUDA device for the rest");

@@ -3,6 +3,7 @@
  * cache's buffers. */
 #include "core/internal.h"
 #include "ferric/nn.h"
+#include "nn/kv_cache_internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -10,8 +11,6 @@
 #ifdef FE_HAVE_CUDA
 #include "backends/cuda/cuda_decode.h"
 #endif
-
-fe_status fe__kv_cache_set_len(fe_kv_cache *c, int64_t len); /* kv_cache.c */
 
 struct fe_llama_decoder {
     fe_kv_cache *cache;
@@ -55,10 +54,7 @@ fe_llama_decoder *fe_llama_decoder_new(fe_llama *m, fe_kv_cache *c) {
         fe_set_error(FE_ERR_ARG, "decoder: NULL model or cache");
         return NULL;
     }
-    if (!fe_kv_cache_k(c, cfg->n_layers - 1) || fe_kv_cache_k(c, cfg->n_layers)) {
-        fe_set_error(FE_ERR_ARG, "decoder: the cache was made for another model");
-        return NULL;
-    }
+    if (fe__kv_cache_check(c, m, "decoder")) return NULL;
     fe_tensor *inv = fe_llama_inv_freq(m);
     fe_device dev = fe_device_of(inv);
 #ifndef FE_HAVE_CUDA

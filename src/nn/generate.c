@@ -114,6 +114,7 @@ fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n
     double t0 = now_s(), t1 = t0;
     int64_t made = 0;
     fe_llama_decoder *dec = NULL;
+    const bool greedy = !cfg || !(cfg->temperature > 0);
     for (int64_t s = 0; s < n_new && !st; s++) {
         int64_t len = n_prompt + s;
         if (s == 1 && dev.type == FE_CUDA && !generic_decode_forced()) {
@@ -121,7 +122,6 @@ fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n
             dec = fe_llama_decoder_new(m, cache);
             if (!dec) fe_clear_error(); /* not available for this model: the generic path */
         }
-        bool greedy = !cfg || !(cfg->temperature > 0);
         int32_t top = -1;
         if (dec) {
             /* greedy decoding reads back only the argmax */

@@ -2,6 +2,7 @@
  * (1, Hkv, L, D) key and value buffer per layer and the number of positions filled. */
 #include "core/internal.h"
 #include "ferric/nn.h"
+#include "nn/kv_cache_internal.h"
 
 #include <inttypes.h>
 
@@ -83,11 +84,17 @@ fe_tensor *fe_kv_cache_v(const fe_kv_cache *c, int64_t l) {
     return c && l >= 0 && l < c->n_layers ? c->v[l] : NULL;
 }
 
-/* For fe_llama_forward_cached (llama.c): record that positions up to len are filled. */
-fe_status fe__kv_cache_set_len(fe_kv_cache *c, int64_t len);
 fe_status fe__kv_cache_set_len(fe_kv_cache *c, int64_t len) {
     if (!c || len < 0 || len > c->capacity)
         return fe_set_error(FE_ERR_RANGE, "kv cache: length %" PRId64 " out of range", len);
     c->len = len;
+    return FE_OK;
+}
+
+fe_status fe__kv_cache_check(const fe_kv_cache *c, const fe_llama *m, const char *who) {
+    const fe_llama_config *cfg = fe_llama_config_of(m);
+    const fe_tensor *k = c && cfg && c->n_layers == cfg->n_layers ? c->k[0] : NULL;
+    if (!k || fe_dim(k, 1) != cfg->n_kv_heads || fe_dim(k, 3) != cfg->head_dim)
+        return fe_set_error(FE_ERR_ARG, "%s: the cache was made for another model", who);
     return FE_OK;
 }

@@ -1,6 +1,7 @@
 /* The Llama model: token embedding, decoder blocks, final norm and LM head. */
 #include "core/internal.h"
 #include "ferric/nn.h"
+#include "nn/kv_cache_internal.h"
 
 #include <inttypes.h>
 #include <stdio.h>
@@ -189,8 +190,6 @@ static fe_tensor *head(fe_llama *m, fe_tensor *h) {
     return logits;
 }
 
-fe_status fe__kv_cache_set_len(fe_kv_cache *c, int64_t len); /* kv_cache.c */
-
 fe_tensor *fe_llama_forward_cached(fe_llama *m, fe_tensor *idx, fe_kv_cache *c, bool last_only) {
     if (!m || !idx || !c) {
         fe_set_error(FE_ERR_ARG, "llama (cached): NULL model, tokens or cache");
@@ -210,10 +209,7 @@ fe_tensor *fe_llama_forward_cached(fe_llama *m, fe_tensor *idx, fe_kv_cache *c, 
                      T, pos0, fe_kv_cache_capacity(c));
         return NULL;
     }
-    if (!fe_kv_cache_k(c, m->cfg.n_layers - 1) || fe_kv_cache_k(c, m->cfg.n_layers)) {
-        fe_set_error(FE_ERR_ARG, "llama (cached): the cache was made for another model");
-        return NULL;
-    }
+    if (fe__kv_cache_check(c, m, "llama (cached)")) return NULL;
     bool prev = fe_set_grad_enabled(false);
     fe_tensor *h = fe_nn_embedding_forward(&m->embed_tokens, idx); /* (1, T, C) */
     for (int64_t l = 0; l < m->cfg.n_layers && h; l++) {
