@@ -10,10 +10,9 @@
 #include "ferric/fused_loss.h"
 #include "ops/ops_internal.h"
 
-#include <stdlib.h>
-
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 #define OP "linear_cross_entropy"
 #define AUTO_CHUNK_BYTES ((int64_t)256 << 20) /* logits of one chunk, automatic size */
