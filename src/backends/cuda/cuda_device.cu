@@ -229,9 +229,87 @@ static fe_status hand_out(cu_dev *d, void *p, size_t size, void **out) {
     return cu_check(cudaMemsetAsync(p, 0xFF, size, d->stream), "cudaMemsetAsync (poison)");
 }
 
-static void note_alloc(cu_pool *pl, size_t nbytes) {
+/* FE_MEM_TRACE=1 (read once): keep a list of live blocks and, each time the peak grows
+ * by 32 MiB or more, a histogram of the live sizes; at exit print the last one (largest
+ * totals first) with whether it was taken with grad mode on (forward) or off (backward,
+ * optimizer). For finding what holds memory at the peak; slow with many live blocks. */
+typedef struct cu_trace_item {
+    void *p;
+    size_t n;
+} cu_trace_item;
+static int g_trace = -1;
+static cu_trace_item *g_live, *g_snap;
+static size_t g_nlive, g_caplive, g_nsnap, g_snap_peak;
+static bool g_snap_grad;
+
+static int trace_cmp(const void *a, const void *b) {
+    size_t x = ((const cu_trace_item *)a)->n * (size_t)((const cu_trace_item *)a)->p;
+    size_t y = ((const cu_trace_item *)b)->n * (size_t)((const cu_trace_item *)b)->p;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+static int trace_by_size(const void *a, const void *b) {
+    size_t x = ((const cu_trace_item *)a)->n, y = ((const cu_trace_item *)b)->n;
+    return x < y ? -1 : x > y ? 1 : 0;
+}
+
+static void trace_report(void) {
+    /* g_snap holds (count as p, size as n) pairs */
+    qsort(g_snap, g_nsnap, sizeof *g_snap, trace_cmp);
+    fprintf(stderr, "FE_MEM_TRACE: live blocks at the %.3f GiB peak (grad mode %s), largest totals:\n",
+            g_snap_peak / 1073741824.0, g_snap_grad ? "on: forward" : "off: backward/optimizer");
+    for (size_t i = 0; i < g_nsnap && i < 40; i++)
+        fprintf(stderr, "  %6zu x %12zu bytes = %8.3f GiB\n", (size_t)g_snap[i].p, g_snap[i].n,
+                (double)g_snap[i].n * (size_t)g_snap[i].p / 1073741824.0);
+}
+
+static bool trace_on(void) {
+    if (g_trace < 0) {
+        const char *e = getenv("FE_MEM_TRACE");
+        g_trace = e && !strcmp(e, "1");
+        if (g_trace) atexit(trace_report);
+    }
+    return g_trace == 1;
+}
+
+static void trace_alloc(cu_pool *pl, void *p, size_t n) { /* under pl->lock */
+    if (g_nlive == g_caplive) {
+        size_t cap = g_caplive ? 2 * g_caplive : 4096;
+        cu_trace_item *nl = (cu_trace_item *)realloc(g_live, cap * sizeof *nl);
+        if (!nl) return;
+        g_live = nl, g_caplive = cap;
+    }
+    g_live[g_nlive++] = (cu_trace_item){p, n};
+    if (pl->current < g_snap_peak + ((size_t)32 << 20)) return;
+    /* histogram by size: sort a copy by size, then count runs */
+    cu_trace_item *s = (cu_trace_item *)realloc(g_snap, g_nlive * sizeof *s);
+    if (!s) return;
+    g_snap = s;
+    memcpy(s, g_live, g_nlive * sizeof *s);
+    qsort(s, g_nlive, sizeof *s, trace_by_size);
+    size_t m = 0;
+    for (size_t i = 0; i < g_nlive;) {
+        size_t j = i;
+        while (j < g_nlive && s[j].n == s[i].n)
+            j++;
+        s[m++] = (cu_trace_item){(void *)(uintptr_t)(j - i), s[i].n};
+        i = j;
+    }
+    g_nsnap = m, g_snap_peak = pl->current, g_snap_grad = fe_grad_enabled();
+}
+
+static void trace_free(void *p) { /* under the pool lock */
+    for (size_t i = g_nlive; i-- > 0;)
+        if (g_live[i].p == p) {
+            g_live[i] = g_live[--g_nlive];
+            return;
+        }
+}
+
+static void note_alloc(cu_pool *pl, void *p, size_t nbytes) {
     pl->current += nbytes;
     if (pl->current > pl->peak) pl->peak = pl->current;
+    if (trace_on()) trace_alloc(pl, p, nbytes);
 }
 
 extern "C" fe_status fe_cuda_alloc(fe_device dev, size_t nbytes, void **out) {
@@ -252,7 +330,7 @@ extern "C" fe_status fe_cuda_alloc(fe_device dev, size_t nbytes, void **out) {
         b->free = k->next;
         pl->cached -= size;
         pl->n_reused++;
-        note_alloc(pl, nbytes);
+        note_alloc(pl, k->p, nbytes);
         pthread_mutex_unlock(&pl->lock);
         void *p = k->p;
         free(k);
@@ -288,7 +366,7 @@ extern "C" fe_status fe_cuda_alloc(fe_device dev, size_t nbytes, void **out) {
     pthread_mutex_lock(&pl->lock);
     pl->reserved += size;
     pl->n_malloc++;
-    note_alloc(pl, nbytes);
+    note_alloc(pl, p, nbytes);
     pthread_mutex_unlock(&pl->lock);
     return hand_out(d, p, size, out);
 }
@@ -302,6 +380,7 @@ extern "C" void fe_cuda_free(fe_device dev, void *p, size_t nbytes) {
     pthread_mutex_lock(&pl->lock);
     cu_bin *b = k ? find_bin(pl, size, true) : NULL;
     pl->current -= nbytes;
+    if (g_trace == 1) trace_free(p);
     if (b) {
         /* later kernels on the same stream may reuse it: stream order makes that safe */
         k->p = p;
