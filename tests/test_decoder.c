@@ -104,15 +104,20 @@ TEST(decoder_long_context) {
     compare(cfg128(), FE_BF16, 530, 4, 3e-2);
 }
 
-/* each row pair split over 2 and 4 warps (uneven K parts: ffn 328 and 712) */
-TEST(decoder_split_k) {
-    setenv("FE_DECODE_KSPLIT", "2", 1);
+/* a few blocks with a ring of two small stages, so that every block refills its ring
+ * many times (uneven K parts: ffn 328 and 712); and without programmatic launches */
+TEST(decoder_ring_wraps) {
+    setenv("FE_DECODE_GRID", "3", 1);
+    setenv("FE_DECODE_RING_KIB", "1", 1);
     compare(cfg64(), FE_BF16, 5, 6, 3e-2);
     compare(cfg128(), FE_F32, 5, 6, 2e-5);
-    setenv("FE_DECODE_KSPLIT", "4", 1);
+    setenv("FE_DECODE_GRID", "7", 1);
+    setenv("FE_DECODE_PDL", "0", 1);
     compare(cfg64(), FE_F32, 5, 6, 2e-5);
-    compare(cfg128(), FE_BF16, 5, 6, 3e-2);
-    unsetenv("FE_DECODE_KSPLIT");
+    compare(cfg128(), FE_F16, 5, 6, 5e-3);
+    unsetenv("FE_DECODE_GRID");
+    unsetenv("FE_DECODE_RING_KIB");
+    unsetenv("FE_DECODE_PDL");
 }
 
 TEST(decoder_errors) {
