@@ -121,9 +121,9 @@ def main():
         # the default path (the CUDA-graph decoder) and the op-by-op path for comparison
         wall = 0.0
         variants = (("ferric", {}), ("ferric, no PDL", {"FE_DECODE_PDL": "0"}),
-                    ("ferric, 48 KiB weight ring", {"FE_DECODE_RING_KIB": "48"}),
-                    ("ferric, 64 KiB weight ring", {"FE_DECODE_RING_KIB": "64"}),
-                    ("ferric, 96 KiB weight ring", {"FE_DECODE_RING_KIB": "96"}),
+                    ("ferric, one warp per row pair", {"FE_DECODE_KSPLIT": "1"}),
+                    ("ferric, 2 warps per row pair", {"FE_DECODE_KSPLIT": "2"}),
+                    ("ferric, 4 warps per row pair", {"FE_DECODE_KSPLIT": "4"}),
                     ("ferric op-by-op", {"FE_DECODE": "generic"}))
         for label, env in variants:
             t = time.perf_counter()

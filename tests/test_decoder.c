@@ -104,20 +104,27 @@ TEST(decoder_long_context) {
     compare(cfg128(), FE_BF16, 530, 4, 3e-2);
 }
 
-/* a few blocks with a ring of two small stages, so that every block refills its ring
- * many times (uneven K parts: ffn 328 and 712); and without programmatic launches */
-TEST(decoder_ring_wraps) {
-    setenv("FE_DECODE_GRID", "3", 1);
-    setenv("FE_DECODE_RING_KIB", "1", 1);
+/* each row pair split over 2 and 4 warps (uneven K parts: ffn 328 and 712) */
+TEST(decoder_split_k) {
+    setenv("FE_DECODE_KSPLIT", "2", 1);
     compare(cfg64(), FE_BF16, 5, 6, 3e-2);
     compare(cfg128(), FE_F32, 5, 6, 2e-5);
-    setenv("FE_DECODE_GRID", "7", 1);
-    setenv("FE_DECODE_PDL", "0", 1);
+    setenv("FE_DECODE_KSPLIT", "4", 1);
     compare(cfg64(), FE_F32, 5, 6, 2e-5);
-    compare(cfg128(), FE_F16, 5, 6, 5e-3);
-    unsetenv("FE_DECODE_GRID");
-    unsetenv("FE_DECODE_RING_KIB");
-    unsetenv("FE_DECODE_PDL");
+    compare(cfg128(), FE_BF16, 5, 6, 3e-2);
+    unsetenv("FE_DECODE_KSPLIT");
+}
+
+/* two blocks in all: every warp takes many row pairs in turn, each pair's first loads
+ * issued while the previous pair's sums are reduced */
+TEST(decoder_many_pairs_per_warp) {
+    setenv("FE_DECODE_MAX_BLOCKS", "2", 1);
+    compare(cfg64(), FE_BF16, 5, 6, 3e-2);
+    compare(cfg128(), FE_F32, 5, 6, 2e-5);
+    setenv("FE_DECODE_KSPLIT", "4", 1);
+    compare(cfg64(), FE_F32, 5, 6, 2e-5);
+    unsetenv("FE_DECODE_KSPLIT");
+    unsetenv("FE_DECODE_MAX_BLOCKS");
 }
 
 TEST(decoder_errors) {

@@ -6,8 +6,7 @@
  * device from a small buffer copied before each replay, so one host synchronisation
  * per token (to read the logits, or only their argmax, back) is all there is. Kernels
  * are chained with programmatic dependent launches: each one starts launching while
- * its predecessor finishes, and the matrix-vector kernels start streaming their
- * weights into shared memory before they wait for it.
+ * its predecessor finishes and prefetches its first weight rows to L2 before waiting.
  *
  * The weights and the cache are the caller's (raw device pointers, row-major,
  * contiguous, one dtype: f32, f16 or bf16); the engine owns only its activations
