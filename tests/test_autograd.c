@@ -98,3 +98,18 @@ TEST(checkpoint_keeps_fewer_tensors) {
     }
     CHECK(counts[1] < counts[0]);
 }
+
+/* a backward pass lets go of the activations each node kept (as soon as the node has
+ * run), so a second backward through the same graph is refused with a clear error */
+TEST(backward_frees_the_graph) {
+    fe_tensor *x = t_randn(1, S(5), FE_F64);
+    fe_set_requires_grad(x, true);
+    fe_tensor *y = fe_exp(x);
+    fe_tensor *z = fe_sum(fe_mul(y, y), 0, NULL, false);
+    CHECK(fe_backward(z, NULL) == FE_OK);
+    fe_tensor *expect = fe_scale(fe_exp(fe_scale(x, 2)), 2); /* d/dx e^{2x} */
+    CHECK(t_maxdiff(fe_grad(x), expect) < 1e-12);
+    CHECK_ERROR(fe_backward(z, NULL) != FE_OK, "already used by a backward");
+    CHECK(t_maxdiff(fe_grad(x), expect) < 1e-12); /* the failed pass added nothing */
+}
+

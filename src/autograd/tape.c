@@ -108,6 +108,15 @@ static fe_status accumulate_pending(fe_tensor *t, fe_tensor *g) {
     return FE_OK;
 }
 
+/* Let go of what a node holds for its backward; a later backward through it fails. */
+static void spend(fe_node *n) {
+    for (int i = 0; i < n->n_in; i++)
+        if (n->in[i]) fe__release(n->in[i]), n->in[i] = NULL;
+    for (int i = 0; i < FE_NODE_MAX_SAVED; i++)
+        if (n->saved[i]) fe__release(n->saved[i]), n->saved[i] = NULL;
+    n->spent = true;
+}
+
 typedef struct frame {
     fe_tensor *t;
     int next;
@@ -142,6 +151,7 @@ static fe_tensor **topo_order(fe_tensor *out, int64_t *count) {
                 if (!no) goto oom;
                 order = no;
             }
+            fe__retain(f->t); /* held until its node has run (inputs may be let go before) */
             order[n++] = f->t;
             depth--;
         }
@@ -191,12 +201,21 @@ fe_status fe_backward(fe_tensor *out, fe_tensor *gout) {
         fe_tensor *t = order[k];
         fe_tensor *g = t->bw_grad;
         t->bw_grad = NULL;
-        if (!g) continue;
-        if (st) {
-            fe__release(g);
+        if (!g || st) {
+            if (g) fe__release(g);
+            fe__release(t);
             continue;
         }
         fe_node *node = t->node;
+        if (node->spent) {
+            fe__release(g);
+            fe__release(t);
+            st = fe_set_error(FE_ERR_STATE,
+                              "backward: the graph through %s was already used by a backward "
+                              "pass, which let go of its saved tensors; run the forward again",
+                              node->name);
+            continue;
+        }
         fe_tensor *gin[FE_NODE_MAX_IN] = {0};
         fe_scope *ns = fe_scope_begin();
         st = node->backward(node, t, g, gin);
@@ -211,6 +230,10 @@ fe_status fe_backward(fe_tensor *out, fe_tensor *gout) {
         }
         fe__release(g);
         if (st && fe_last_status() == FE_OK) fe_set_error(st, "backward of %s failed", node->name);
+        /* every consumer of t has run: what t's node kept for the backward (inputs,
+         * saved tensors) is no longer needed, so activations go as the pass moves on */
+        spend(node);
+        fe__release(t);
     }
     free(order);
     fe_scope_end(scope);

@@ -54,6 +54,7 @@ struct fe_node {
     int64_t i[FE_MAX_DIMS + 2];
     void *ctx; /* op-specific; freed with ctx_free */
     void (*ctx_free)(void *ctx);
+    bool spent; /* a backward pass ran through it and let go of in[] and saved[] */
 };
 
 /* ---- tensors (tensor.c) ------------------------------------------------- */

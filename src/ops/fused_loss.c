@@ -110,14 +110,9 @@ static int64_t chunk_size(int64_t N, int64_t V, fe_dtype dt, int64_t chunk_rows)
 /* ---- backward ---------------------------------------------------------------------- */
 
 /* gx and gw were computed for an incoming gradient of 1: scale them by g on the device
- * (in place) and hand them over; the node lets go of them, so a second backward fails. */
+ * (in place) and hand them over (the tape refuses a second backward through a node). */
 static fe_status lce_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {
     (void)out;
-    if (n->i[0])
-        return fe_set_error(FE_ERR_STATE, OP ": backward already ran through this loss and its "
-                                             "saved gradients were handed over; compute the loss "
-                                             "again for another backward");
-    n->i[0] = 1;
     fe_status st = FE_OK;
     for (int k = 0; k < 2 && !st; k++) {
         fe_tensor *s = n->saved[k];
