@@ -71,6 +71,13 @@ void fe__save(fe_node *n, int slot, fe_tensor *t) {
     n->saved[slot] = t;
 }
 
+fe_tensor *fe__take_pending(fe_tensor *t) {
+    fe_tensor *g = t ? t->bw_grad : NULL;
+    if (!g || g->dtype != t->dtype || !fe__same_shape(g, t) || !fe_is_contiguous(g)) return NULL;
+    t->bw_grad = NULL;
+    return g;
+}
+
 fe_tensor *fe_detach(fe_tensor *a) {
     if (fe__any_null("fe_detach", 1, a)) return NULL;
     return fe__view(a, a->ndim, a->shape, a->stride, a->offset);

@@ -111,6 +111,11 @@ fe_node *fe__record(fe_tensor *out, const char *name, fe_backward_fn bw, int n,
                     fe_tensor *const *in);
 /* Save a tensor on a node (takes a reference). */
 void fe__save(fe_node *n, int slot, fe_tensor *t);
+/* In a backward rule: the gradient gathered so far for input t (contiguous, of t's
+ * dtype and shape), handed to the caller (who must release it) so that it can be added
+ * in the same kernel that makes t's new gradient; NULL when there is none or it does
+ * not fit. */
+fe_tensor *fe__take_pending(fe_tensor *t);
 
 /* ---- broadcasting helpers (ops/broadcast.c) ------------------------------ */
 /* The broadcast shape of a and b; false (with error set) when incompatible. */

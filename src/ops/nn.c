@@ -72,7 +72,10 @@ static fe_status rmsnorm_backward(fe_node *n, fe_tensor *y, fe_tensor *g, fe_ten
     fe_tensor *gx = x->requires_grad ? fe__alloc(y->ndim, y->shape, y->dtype, y->st->dev) : NULL;
     fe_tensor *gw = w && w->requires_grad ? fe__alloc(1, w->shape, w->dtype, w->st->dev) : NULL;
     if ((x->requires_grad && !gx) || (w && w->requires_grad && !gw)) return fe_last_status();
-    fe_status st = fe__be(y)->rmsnorm_backward(gx, gw, gc, xc, w, n->saved[0], NULL);
+    /* x's gradient from its other uses (the residual path) is added in the same pass */
+    fe_tensor *extra = gx ? fe__take_pending(x) : NULL;
+    fe_status st = fe__be(y)->rmsnorm_backward(gx, gw, gc, xc, w, n->saved[0], extra);
+    if (extra) fe__release(extra);
     gin[0] = gx;
     gin[1] = gw;
     return st;
