@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
-#   scripts/gpu_run.sh build test sanitize flash parity bench
+#   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
+#                      trainbench decoder profile decprof memtrace
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -70,7 +71,12 @@ do_decprof() {
     grep -c k_dec "$LOGS/decprof.csv"
     return $rc
 }
-do_trainbench() { timeout 400 bash bench/train_llama.sh; }
+do_trainbench() { timeout 500 bash bench/train_llama.sh ${TRAINBENCH_ARGS:-}; }
+# What is live at the memory peak of a TinyLlama training step (FE_MEM_TRACE histogram).
+do_memtrace() {
+    FE_MEM_TRACE=1 timeout 200 build-gpu/ferric train --preset "${MEM_PRESET:-tinyllama}" --synthetic \
+        --steps 4 --bench --device cuda
+}
 do_decoder() { build-gpu/test_decoder; }
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
 do_profile() {
@@ -99,6 +105,7 @@ for s in "$@"; do
     decoder) stage decoder do_decoder ;;
     profile) stage profile do_profile ;;
     decprof) stage decprof do_decprof ;;
+    memtrace) stage memtrace do_memtrace ;;
     *) echo "unknown stage $s" ;;
     esac
 done
