@@ -4,7 +4,8 @@
  *        src/backends/cuda/flash_attention.cu -o flash_check
  *   ./flash_check            correctness: every case against an f32 reference computed
  *                            on the GPU by plain kernels; exit status 1 on any FAIL
- *   ./flash_check --bench    TFLOP/s, B=4 H=16 D=128 causal, T=S=1024..8192
+ *   ./flash_check --bench    TFLOP/s, B=4 H=16 D=128 causal, T=S=1024..8192, then
+ *                            B=4 Hq=32 Hkv=4 D=64 causal on (B, T, H, D) memory (TinyLlama)
  *        [--all]             also non-causal and D=64
  *
  * Errors are relative Frobenius norms ||x - ref|| / ||ref|| of out, lse, gq, gk, gv,
@@ -22,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <string>
 #include <vector>
 
 #include "backends/cuda/flash_attention.h"
@@ -401,31 +403,64 @@ static bool check_errors() {
     return ok;
 }
 
+/* No query rows (T = 0): the backward still writes gk = gv = 0 (grouped and not). */
+static bool check_no_queries(cudaStream_t stream) {
+    bool ok = true;
+    for (int Hq : {2, 8}) {
+        fe_flash_args a;
+        memset(&a, 0, sizeof a);
+        a.dtype = FE_BF16, a.B = 2, a.Hq = Hq, a.Hkv = 2, a.T = 0, a.S = 100, a.D = 64;
+        a.causal = true, a.scale = 0.125;
+        fe_flash_args_contiguous(&a);
+        const size_t nk = (size_t)a.B * a.Hkv * a.S * a.D;
+        uint16_t *kv, *g;
+        CK(cudaMalloc(&kv, nk * 2));
+        CK(cudaMalloc(&g, 2 * nk * 2));
+        CK(cudaMemset(kv, 0, nk * 2));
+        CK(cudaMemset(g, 0xff, 2 * nk * 2)); /* NaN: must be overwritten */
+        a.q = a.k = a.v = a.gout = kv, a.out = a.gq = kv, a.lse = (float *)kv;
+        a.gk = g, a.gv = g + nk;
+        CKF(fe_flash_attention_backward(&a, NULL, stream));
+        std::vector<uint16_t> h(2 * nk);
+        CK(cudaMemcpyAsync(h.data(), g, 2 * nk * 2, cudaMemcpyDeviceToHost, stream));
+        CK(cudaStreamSynchronize(stream));
+        for (uint16_t x : h) ok = ok && x == 0;
+        CK(cudaFree(kv));
+        CK(cudaFree(g));
+    }
+    printf("no query rows: %s\n", ok ? "PASS" : "FAIL");
+    return ok;
+}
+
 /* ---- benchmark ----------------------------------------------------------------------- */
 
-static void bench(int B, int H, int D, bool causal, fe_dtype dt, int layout = 0) {
+static void bench(int B, int H, int D, bool causal, fe_dtype dt, int layout = 0, int Hkv = 0) {
+    if (!Hkv) Hkv = H;
     const int Ts[4] = {1024, 2048, 4096, 8192};
     for (int T : Ts) {
-        const size_t n = (size_t)B * H * T * D;
-        uint16_t *q = upload_random(n, dt == FE_BF16, 1.f), *k = upload_random(n, dt == FE_BF16, 1.f);
-        uint16_t *v = upload_random(n, dt == FE_BF16, 1.f), *go = upload_random(n, dt == FE_BF16, 1.f);
+        const size_t n = (size_t)B * H * T * D, nk = (size_t)B * Hkv * T * D;
+        const bool bf = dt == FE_BF16;
+        uint16_t *q = upload_random(n, bf, 1.f), *k = upload_random(nk, bf, 1.f);
+        uint16_t *v = upload_random(nk, bf, 1.f), *go = upload_random(n, bf, 1.f);
         uint16_t *out, *gq, *gk, *gv;
         float *lse;
         void *ws;
         CK(cudaMalloc(&out, n * 2));
         CK(cudaMalloc(&gq, n * 2));
-        CK(cudaMalloc(&gk, n * 2));
-        CK(cudaMalloc(&gv, n * 2));
+        CK(cudaMalloc(&gk, nk * 2));
+        CK(cudaMalloc(&gv, nk * 2));
         CK(cudaMalloc(&lse, (size_t)B * H * T * 4));
         fe_flash_args a;
         memset(&a, 0, sizeof a);
-        a.dtype = dt, a.device = 0, a.B = B, a.Hq = H, a.Hkv = H, a.T = T, a.S = T, a.D = D;
+        a.dtype = dt, a.device = 0, a.B = B, a.Hq = H, a.Hkv = Hkv, a.T = T, a.S = T, a.D = D;
         a.causal = causal, a.scale = 1.0 / sqrt((double)D);
         a.q = q, a.k = k, a.v = v, a.out = out, a.lse = lse, a.gout = go;
         a.gq = gq, a.gk = gk, a.gv = gv;
         if (layout == 1) { /* (B, T, H, D) memory: the attention module's projections */
-            a.sq = a.sk = a.sv = a.sout = a.sgout = a.sgq = a.sgk = a.sgv =
+            a.sq = a.sout = a.sgout = a.sgq =
                 fe_flash_strides{(int64_t)T * H * D, D, (int64_t)H * D};
+            a.sk = a.sv = a.sgk = a.sgv =
+                fe_flash_strides{(int64_t)T * Hkv * D, D, (int64_t)Hkv * D};
         } else {
             fe_flash_args_contiguous(&a);
         }
@@ -451,10 +486,14 @@ static void bench(int B, int H, int D, bool causal, fe_dtype dt, int layout = 0)
         CK(cudaEventElapsedTime(&ms_b, e0, e1));
         ms_f /= iters, ms_b /= iters;
         const double fwd = 4.0 * B * H * (double)T * T * D * (causal ? 0.5 : 1.0), bwd = 2.5 * fwd;
-        printf("BENCH ours%s %s D=%d B=%d H=%d T=%d causal=%d fwd_ms=%.3f fwd_tflops=%.1f "
-               "bwd_ms=%.3f bwd_tflops=%.1f\n",
-               layout ? "-bthd" : "", dt == FE_BF16 ? "bf16" : "f16", D, B, H, T, (int)causal, ms_f,
-               fwd / (ms_f * 1e-3) / 1e12, ms_b, bwd / (ms_b * 1e-3) / 1e12);
+        /* only the plain "ours" rows (Hkv = H, BHND) are read by bench/attention.py */
+        char name[32];
+        snprintf(name, sizeof name, "ours%s%s", Hkv != H ? "-gqa" : "", layout ? "-bthd" : "");
+        printf("BENCH %s %s D=%d B=%d H=%d T=%d causal=%d fwd_ms=%.3f fwd_tflops=%.1f "
+               "bwd_ms=%.3f bwd_tflops=%.1f%s\n",
+               name, dt == FE_BF16 ? "bf16" : "f16", D, B, H, T, (int)causal, ms_f,
+               fwd / (ms_f * 1e-3) / 1e12, ms_b, bwd / (ms_b * 1e-3) / 1e12,
+               Hkv != H ? (" Hkv=" + std::to_string(Hkv)).c_str() : "");
         fflush(stdout);
         for (void *p : {(void *)q, (void *)k, (void *)v, (void *)go, (void *)out, (void *)gq,
                         (void *)gk, (void *)gv, (void *)lse, ws})
@@ -485,6 +524,8 @@ int main(int argc, char **argv) {
     if (do_bench) {
         bench(4, 16, 128, true, FE_BF16);
         bench(4, 16, 128, true, FE_BF16, 1); /* the same on (B, T, H, D) memory */
+        /* grouped KV heads as TinyLlama trains them: 32 query heads over 4 kv heads */
+        bench(4, 32, 64, true, FE_BF16, 1, 4);
         if (all) {
             bench(4, 16, 128, false, FE_BF16);
             bench(4, 16, 64, true, FE_BF16);
@@ -512,10 +553,13 @@ int main(int argc, char **argv) {
             cases.push_back({dt, D, 1, 8, 2, 33, 150, true, 1});
             cases.push_back({dt, D, 2, 6, 2, 129, 65, false, 2});
             cases.push_back({dt, D, 1, 4, 1, 257, 257, true, 2});
+            /* 8 query heads per kv head (TinyLlama's grouping), several key tiles */
+            cases.push_back({dt, D, 2, 8, 1, 515, 515, true, 1});
+            cases.push_back({dt, D, 1, 8, 1, 300, 433, false, 0});
         }
-    int fails = !check_errors();
+    int fails = !check_errors() + !check_no_queries(stream);
     for (const Case &c : cases) fails += !run_case(c, stream);
     CK(cudaStreamDestroy(stream));
-    printf("%zu cases, %d failed: %s\n", cases.size() + 1, fails, fails ? "FAIL" : "PASS");
+    printf("%zu cases, %d failed: %s\n", cases.size() + 2, fails, fails ? "FAIL" : "PASS");
     return fails ? 1 : 0;
 }

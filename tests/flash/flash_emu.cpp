@@ -188,6 +188,7 @@ static uint16_t f_to_f16(float f) {
 
 #define FA_DEV inline
 #define FA_KERNEL(nt) void
+#define FA_KERNEL_MIN(nt, mb) void
 
 FA_DEV int fa_tid() { return emu::cur; }
 FA_DEV int fa_ntid() { return emu::ntid; }
@@ -371,7 +372,9 @@ static bool run_case(const Case &c) {
     const double scale = 1.0 / sqrt((double)D);
     const size_t nq = (size_t)B * Hq * T * D, nk = (size_t)B * Hkv * S * D;
     std::vector<uint16_t> q(nq), k(nk), v(nk), go(nq), o(nq), gq(nq), gk(nk), gv(nk);
-    std::vector<float> lse((size_t)B * Hq * T), dq(nq), dvec((size_t)B * Hq * T);
+    std::vector<float> lse((size_t)B * Hq * T), dq(nq);
+    std::vector<float> stat((size_t)B * Hq * 2 * FA_TPAD(T));
+    std::vector<float> dk(G > 1 ? nk : 0), dv(G > 1 ? nk : 0); /* zeroed, as the launcher does */
     uint64_t seed = 0x9e3779b97f4a7c15ull ^ (uint64_t)(D * 131 + T * 7 + S);
     auto cv = [&](double x) { return c.bf ? f_to_bf16((float)x) : f_to_f16((float)x); };
     auto fv = [&](uint16_t x) { return (double)(c.bf ? bf16_to_f(x) : f16_to_f(x)); };
@@ -392,31 +395,37 @@ static bool run_case(const Case &c) {
     p.out = so.data(), p.gq = sgq.data(), p.gk = sgk.data(), p.gv = sgv.data();
     p.sq = str(sq), p.sk = str(sk), p.sv = str(sv), p.so = str(so), p.sgo = str(sgo);
     p.sgq = str(sgq), p.sgk = str(sgk), p.sgv = str(sgv);
-    p.lse = lse.data(), p.dq = dq.data(), p.dvec = dvec.data();
+    p.lse = lse.data(), p.dq = dq.data(), p.stat = stat.data();
+    p.dk = G > 1 ? dk.data() : NULL, p.dv = G > 1 ? dv.data() : NULL;
     p.Hq = Hq, p.Hkv = Hkv, p.G = G, p.T = T, p.S = S, p.causal = c.causal;
     p.scale = (float)scale, p.sl2 = (float)(scale * 1.4426950408889634);
 
-    /* the launch geometry of the host launchers (the dQ conversion with few blocks, so
-     * that its grid-stride loop turns) */
+    /* the launch geometry of the host launchers (the conversions with few blocks, so
+     * that their grid-stride loops turn) */
     const int conv_blocks = (T * (D / 8) + 255) / 256 > 1 ? 2 : 1;
+    const int conv_kv_blocks = (S * (D / 8) + 255) / 256 > 1 ? 2 : 1;
+    const int pre_rows = D == 64 ? fa_pre<64>::rows : fa_pre<128>::rows;
+    auto run = [&](auto fwd, auto pre, auto bwd, auto conv) {
+        emu::launch(Hq, B, (T + FA_BR - 1) / FA_BR, FA_NT, fa_fwd_smem(D), [&] { fwd(p); });
+        emu::launch((FA_TPAD(T) + pre_rows - 1) / pre_rows, Hq, B, 256, 0, [&] { pre(p); });
+        emu::launch(Hq, B, (S + FA_BBC - 1) / FA_BBC, FA_NT, fa_bwd_smem(D), [&] { bwd(p); });
+        emu::launch(conv_blocks, Hq, B, 256, 0, [&] { conv(p, 0); });
+        if (G > 1) emu::launch(conv_kv_blocks, 2 * Hkv, B, 256, 0, [&] { conv(p, 1); });
+    };
     if (c.bf) {
-        auto fwd = D == 64 ? fa_fwd_kernel<true, 64> : fa_fwd_kernel<true, 128>;
-        auto bwd = D == 64 ? fa_bwd_kernel<true, 64> : fa_bwd_kernel<true, 128>;
-        auto pre = D == 64 ? fa_bwd_pre_kernel<true, 64> : fa_bwd_pre_kernel<true, 128>;
-        auto conv = D == 64 ? fa_dq_convert_kernel<true, 64> : fa_dq_convert_kernel<true, 128>;
-        emu::launch((T + FA_BR - 1) / FA_BR, Hq, B, FA_NT, fa_fwd_smem(D), [&] { fwd(p); });
-        emu::launch((T + 7) / 8, Hq, B, 256, 0, [&] { pre(p); });
-        emu::launch((S + FA_BBC - 1) / FA_BBC, Hkv, B, FA_NT, fa_bwd_smem(D), [&] { bwd(p); });
-        emu::launch(conv_blocks, Hq, B, 256, 0, [&] { conv(p); });
+        if (D == 64)
+            run(fa_fwd_kernel<true, 64>, fa_bwd_pre_kernel<true, 64>, fa_bwd_kernel<true, 64>,
+                fa_convert_kernel<true, 64>);
+        else
+            run(fa_fwd_kernel<true, 128>, fa_bwd_pre_kernel<true, 128>, fa_bwd_kernel<true, 128>,
+                fa_convert_kernel<true, 128>);
     } else {
-        auto fwd = D == 64 ? fa_fwd_kernel<false, 64> : fa_fwd_kernel<false, 128>;
-        auto bwd = D == 64 ? fa_bwd_kernel<false, 64> : fa_bwd_kernel<false, 128>;
-        auto pre = D == 64 ? fa_bwd_pre_kernel<false, 64> : fa_bwd_pre_kernel<false, 128>;
-        auto conv = D == 64 ? fa_dq_convert_kernel<false, 64> : fa_dq_convert_kernel<false, 128>;
-        emu::launch((T + FA_BR - 1) / FA_BR, Hq, B, FA_NT, fa_fwd_smem(D), [&] { fwd(p); });
-        emu::launch((T + 7) / 8, Hq, B, 256, 0, [&] { pre(p); });
-        emu::launch((S + FA_BBC - 1) / FA_BBC, Hkv, B, FA_NT, fa_bwd_smem(D), [&] { bwd(p); });
-        emu::launch(conv_blocks, Hq, B, 256, 0, [&] { conv(p); });
+        if (D == 64)
+            run(fa_fwd_kernel<false, 64>, fa_bwd_pre_kernel<false, 64>, fa_bwd_kernel<false, 64>,
+                fa_convert_kernel<false, 64>);
+        else
+            run(fa_fwd_kernel<false, 128>, fa_bwd_pre_kernel<false, 128>,
+                fa_bwd_kernel<false, 128>, fa_convert_kernel<false, 128>);
     }
     o = so.get(), gq = sgq.get(), gk = sgk.get(), gv = sgv.get();
     const long long clobbered = so.clobbered() + sgq.clobbered() + sgk.clobbered() +
@@ -498,8 +507,16 @@ int main(int argc, char **argv) {
         {false, 64, 1, 4, 1, 33, 150, false, 1},  {false, 128, 2, 2, 1, 130, 130, true, 1},
         {true, 64, 1, 6, 2, 100, 40, true, 2},    {true, 128, 2, 4, 2, 65, 129, true, 2},
         {false, 64, 2, 2, 2, 129, 65, false, 2},  {true, 64, 1, 2, 1, 1, 1, true, 1},
+        /* grouped heads over several key tiles: the dK, dV accumulators and their
+         * conversion (G = 8 as TinyLlama; S > T; S < T with rows that see no key) */
+        {true, 64, 1, 8, 1, 200, 200, true, 0},   {false, 64, 1, 8, 1, 130, 130, false, 1},
+        {true, 128, 2, 4, 1, 150, 150, false, 2}, {false, 128, 1, 4, 2, 97, 161, true, 0},
+        {false, 64, 1, 6, 3, 97, 161, true, 2},   {true, 128, 1, 6, 3, 161, 97, true, 1},
+        {true, 64, 2, 4, 2, 131, 131, true, 1},   {false, 128, 1, 2, 1, 199, 199, true, 0},
+        /* one head per kv head over several key tiles (direct dK, dV writes) */
+        {false, 128, 1, 2, 2, 200, 200, true, 1}, {true, 64, 1, 1, 1, 161, 97, true, 0},
     };
-    if (argc > 1) cases = {cases[0], cases[8]}; /* quick */
+    if (argc > 1) cases = {cases[0], cases[8], cases[16]}; /* quick */
     int fails = 0;
     for (const Case &c : cases) fails += !run_case(c);
     printf("%zu cases, %d failed\n", cases.size(), fails);

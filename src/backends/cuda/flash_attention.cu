@@ -1,17 +1,29 @@
 /* Flash attention kernels (FlashAttention-2 scheme) on the tensor cores.
  *
- * Forward: one CTA of 4 warps per (query tile of 64 rows, head, batch); each warp
+ * Forward: one CTA of 4 warps per (head, batch, query tile of 64 rows); each warp
  * owns 16 query rows. Q is loaded once into mma A fragments; K and V tiles of 64
  * keys are staged in shared memory with cp.async, V of tile j loading while
  * S = Q K^T runs and K of tile j+1 loading while O += P V runs. Softmax is online in
  * f32 registers with the scale folded into exp2 (log2 units). Fully masked key
  * tiles of the causal mask are never visited.
  *
- * Backward: rowsum(dO * O) first, then one CTA of 4 warps per (key tile of 64 keys,
- * kv head, batch); each warp owns 16 keys and keeps their dK, dV in f32 registers
- * while the CTA walks every query tile (32 rows) of every query head of the group,
- * so GQA needs no atomics for dK, dV. dQ is accumulated in an f32 scratch buffer
- * with atomic adds (each CTA adds dS K for its keys) and converted at the end.
+ * Backward: rowsum(dO * O) and the lse in log2 units first (a small kernel, so that the
+ * main loop stages them with cp.async like the tiles), then one CTA of 4 warps per
+ * (query head, batch, key tile of 64 keys); each warp owns 16 keys and keeps their
+ * dK, dV in f32 registers while the CTA walks the query tiles (32 rows) of its head
+ * that see the tile. dQ is accumulated in an f32 scratch buffer with atomic adds (each
+ * CTA adds dS K for its keys) and converted at the end. With grouped KV heads
+ * (G = Hq / Hkv > 1) the G CTAs of one kv head add their dK, dV into f32 scratch
+ * buffers the same way (one CTA per query head gives G times the parallelism and far
+ * shorter CTAs than walking the whole group in one); with G = 1 they write dK, dV
+ * directly. Float atomics make dQ, and dK, dV when G > 1, not bitwise reproducible run
+ * to run (the order of the adds varies).
+ *
+ * Scheduling: the tile index is the slowest grid dimension (z), ordered so that under
+ * the causal mask the CTAs with the most work are dispatched first (forward: the last
+ * query tiles, which see the most keys; backward: the first key tiles, which are seen
+ * by the most queries); light CTAs then fill in behind them instead of a few heavy
+ * ones running alone at the end.
  *
  * Matrix products are mma.sync.m16n8k16 (f32 accumulate) fed by ldmatrix from
  * shared tiles whose rows are padded by 16 bytes (conflict-free ldmatrix).
@@ -42,6 +54,7 @@
 
 #define FA_DEV __device__ __forceinline__
 #define FA_KERNEL(nt) __global__ void __launch_bounds__(nt)
+#define FA_KERNEL_MIN(nt, mb) __global__ void __launch_bounds__(nt, mb) /* >= mb CTAs per SM */
 
 FA_DEV int fa_tid() { return (int)threadIdx.x; }
 FA_DEV int fa_ntid() { return (int)blockDim.x; }
@@ -152,13 +165,20 @@ struct fa_params {
     uint16_t *out, *gq, *gk, *gv;
     float *lse;  /* (B, Hq, T), contiguous */
     float *dq;   /* f32 dQ accumulator (B, Hq, T, D), contiguous */
-    float *dvec; /* rowsum(dO * O) (B, Hq, T), contiguous */
+    float *dk, *dv; /* f32 dK, dV accumulators (B, Hkv, S, D), contiguous; only when G > 1 */
+    /* per query row, (B, Hq, 2, FA_TPAD(T)) contiguous: [0] the lse in log2 units (+inf
+     * for rows without keys and in the padding), [1] rowsum(dO * O) (0 in the padding) */
+    float *stat;
     fa_strides sq, sk, sv, so, sgo, sgq, sgk, sgv; /* so: out (= o) */
     int Hq, Hkv, G, T, S, causal;
     float scale, sl2; /* scale and scale * log2(e) */
 };
 
 enum { FA_BR = 64, FA_BC = 64, FA_NT = 128, FA_BBC = 64, FA_BBR = 32 };
+
+/* T rounded up to whole backward query tiles: the row length of stat, so that a tile
+ * of it is aligned, in-bounds runs of 16-byte chunks (host and device). */
+#define FA_TPAD(T) (((T) + FA_BBR - 1) / FA_BBR * FA_BBR)
 
 /* Shared bytes of the forward (Q, K, V tiles) and backward (K, V, 2x Q, 2x dO, dS^T,
  * 2x lse, 2x rowsum) kernels for head dim D; rows padded by 8 elements. */
@@ -186,7 +206,7 @@ FA_DEV void fa_load_tile(uint16_t *s, const uint16_t *g, long long ld, int r0, i
     }
 }
 
-/* out, lse for one (query tile, head, batch). Grid (ceil(T / 64), Hq, B), 128 threads. */
+/* out, lse for one (head, batch, query tile). Grid (Hq, B, ceil(T / 64)), 128 threads. */
 template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
     constexpr int BR = FA_BR, BC = FA_BC, LD = D + 8;
     uint16_t *sQ = reinterpret_cast<uint16_t *>(fa_smem());
@@ -194,8 +214,8 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
     const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int T = p.T, S = p.S;
     /* heavy (late) query tiles first under the causal mask */
-    const int qt = p.causal ? fa_gx() - 1 - fa_bx() : fa_bx();
-    const int h = fa_by(), b = fa_bz(), hk = h / p.G;
+    const int qt = p.causal ? (T + BR - 1) / BR - 1 - fa_bz() : fa_bz();
+    const int h = fa_bx(), b = fa_by(), hk = h / p.G;
     const int i0 = qt * BR;
     const size_t qrow = ((size_t)b * p.Hq + h) * T; /* lse rows */
     const uint16_t *Q = p.q + b * p.sq.b + h * p.sq.h;
@@ -331,32 +351,62 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
     }
 }
 
-/* dvec[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (f32), one warp per row. Grid
- * (ceil(T / 8), Hq, B), 256 threads. */
+/* Rows of the rowsum kernel per 256-thread block: D / 8 threads per row. */
+template <int D> struct fa_pre {
+    static constexpr int rows = 256 / (D / 8);
+};
+
+/* stat[b, h, 1, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (f32) and stat[b, h, 0, i] =
+ * the lse in log2 units, +inf where the row sees no key (so that its probabilities are
+ * 0), for the rows i < FA_TPAD(T) (the padding: +inf and 0). D / 8 neighbouring lanes
+ * share a row, each loading 16 bytes of O and of dO (rows are 16-byte aligned). Grid
+ * (ceil(FA_TPAD(T) / fa_pre<D>::rows), Hq, B), 256 threads. */
 template <bool BF, int D> FA_KERNEL(256) fa_bwd_pre_kernel(const fa_params p) {
-    const int i = fa_bx() * 8 + fa_tid() / 32, h = fa_by(), b = fa_bz();
-    const int lane = fa_tid() & 31;
+    constexpr int CPR = D / 8;
+    const int i = fa_bx() * fa_pre<D>::rows + fa_tid() / CPR, cc = fa_tid() % CPR;
+    const int h = fa_by(), b = fa_bz(), Tp = FA_TPAD(p.T);
     float acc = 0.f;
     if (i < p.T) {
-        const uint16_t *o = p.o + b * p.so.b + h * p.so.h + i * p.so.r;
-        const uint16_t *go = p.go + b * p.sgo.b + h * p.sgo.h + i * p.sgo.r;
+        alignas(16) uint16_t o[8], go[8];
+        fa_copy16(o, p.o + b * p.so.b + h * p.so.h + i * p.so.r + cc * 8);
+        fa_copy16(go, p.go + b * p.sgo.b + h * p.sgo.h + i * p.sgo.r + cc * 8);
 #pragma unroll
-        for (int d = lane; d < D; d += 32) acc += fa_to_f<BF>(o[d]) * fa_to_f<BF>(go[d]);
+        for (int e = 0; e < 8; e++) acc += fa_to_f<BF>(o[e]) * fa_to_f<BF>(go[e]);
     }
+    /* every lane shuffles (full-warp masks); the xor stays inside a row's lanes */
 #pragma unroll
-    for (int off = 16; off > 0; off >>= 1) acc += fa_shfl_xor(acc, off);
-    if (i < p.T && lane == 0) p.dvec[((size_t)b * p.Hq + h) * p.T + i] = acc;
+    for (int off = CPR / 2; off > 0; off >>= 1) acc += fa_shfl_xor(acc, off);
+    if (i < Tp && cc == 0) {
+        const float L = i < p.T ? p.lse[((size_t)b * p.Hq + h) * p.T + i] : -INFINITY;
+        float *st = p.stat + ((size_t)b * p.Hq + h) * 2 * Tp + i;
+        st[0] = L == -INFINITY ? INFINITY : L * FA_LOG2E;
+        st[Tp] = acc;
+    }
 }
 
-/* gq = the f32 accumulator (contiguous) rounded to the element type, 8 elements (16
- * bytes of gq) per thread and step. Grid (x, Hq, B), 256 threads, grid-stride over the
- * T * D / 8 pieces of one (head, batch). */
-template <bool BF, int D> FA_KERNEL(256) fa_dq_convert_kernel(const fa_params p) {
+/* An f32 accumulator (contiguous) rounded to the element type, 8 elements (16 bytes
+ * of the output) per thread and step: with kv == 0 dQ into gq, grid (x, Hq, B); else
+ * dK into gk and dV into gv, grid (x, 2 Hkv, B) (y below Hkv: gk). 256 threads,
+ * grid-stride over the N * D / 8 pieces of one (head, batch). */
+template <bool BF, int D> FA_KERNEL(256) fa_convert_kernel(const fa_params p, int kv) {
     constexpr int CPR = D / 8;
-    const int h = fa_by(), b = fa_bz();
-    const float *acc = p.dq + ((size_t)b * p.Hq + h) * p.T * D;
-    uint16_t *gq = p.gq + b * p.sgq.b + h * p.sgq.h;
-    const long long n = (long long)p.T * CPR;
+    const int b = fa_bz();
+    int h = fa_by(), N = p.T;
+    const float *acc;
+    uint16_t *out;
+    long long ld;
+    if (!kv) {
+        acc = p.dq + ((size_t)b * p.Hq + h) * p.T * D;
+        out = p.gq + b * p.sgq.b + h * p.sgq.h, ld = p.sgq.r;
+    } else {
+        const bool isv = h >= p.Hkv;
+        const fa_strides &st = isv ? p.sgv : p.sgk;
+        if (isv) h -= p.Hkv;
+        N = p.S;
+        acc = (isv ? p.dv : p.dk) + ((size_t)b * p.Hkv + h) * p.S * D;
+        out = (isv ? p.gv : p.gk) + b * st.b + h * st.h, ld = st.r;
+    }
+    const long long n = (long long)N * CPR;
     for (long long c = (long long)fa_bx() * fa_ntid() + fa_tid(); c < n;
          c += (long long)fa_gx() * fa_ntid()) {
         const long long i = c / CPR;
@@ -366,49 +416,56 @@ template <bool BF, int D> FA_KERNEL(256) fa_dq_convert_kernel(const fa_params p)
         alignas(16) uint32_t w[4];
 #pragma unroll
         for (int e = 0; e < 4; e++) w[e] = fa_pack<BF>(f[2 * e], f[2 * e + 1]);
-        fa_copy16(gq + i * p.sgq.r + cc * 8, w);
+        fa_copy16(out + i * ld + cc * 8, w);
     }
 }
 
-/* dK, dV of one (key tile, kv head, batch) and its share of dQ. Grid
- * (ceil(S / 64), Hkv, B), 128 threads; each warp owns 16 keys. */
-template <bool BF, int D> FA_KERNEL(FA_NT) fa_bwd_kernel(const fa_params p) {
+/* The share of query head h in dK, dV of one key tile, and the tile's share of dQ.
+ * Grid (Hq, B, ceil(S / 64)), 128 threads; each warp owns 16 keys.
+ * At D = 64, 3 CTAs per SM (<= 168 registers): left to itself ptxas takes a few more
+ * registers and fits only 2. At D = 128 no minimum (0): 2 fit, and asking for them
+ * costs a spill. */
+template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 3 : 0) fa_bwd_kernel(const fa_params p) {
     constexpr int BC = FA_BBC, BR = FA_BBR, LD = D + 8, LDS = BR + 8;
     constexpr int WR = BR / 16;        /* warps along the query rows of dQ */
     constexpr int DW = D / (4 / WR);   /* dQ columns per warp */
     uint16_t *sK = reinterpret_cast<uint16_t *>(fa_smem());
     uint16_t *sV = sK + BC * LD, *sQ = sV + BC * LD, *sdO = sQ + 2 * BR * LD;
     uint16_t *sdS = sdO + 2 * BR * LD; /* dS^T: (keys, queries) */
-    float *sL = reinterpret_cast<float *>(sdS + BC * LDS), *sDi = sL + 2 * BR;
+    float *sSt = reinterpret_cast<float *>(sdS + BC * LDS); /* 2 x (lse2, rowsum) of a tile */
     const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int T = p.T, S = p.S, G = p.G;
-    const int kv0 = fa_bx() * BC, hk = fa_by(), b = fa_bz();
+    const int T = p.T, S = p.S;
+    /* z = 0 first: under the causal mask the first key tiles have the most queries */
+    const int h = fa_bx(), b = fa_by(), kv0 = fa_bz() * BC, hk = h / p.G;
     const uint16_t *K = p.k + b * p.sk.b + hk * p.sk.h, *V = p.v + b * p.sv.b + hk * p.sv.h;
-    const uint16_t *Qb = p.q + b * p.sq.b, *dOb = p.go + b * p.sgo.b; /* this batch's heads */
+    /* the first row of this head in dQ (row length T) and stat (row length 2 FA_TPAD(T));
+     * recomputed from the block index where needed, which keeps it out of the registers
+     * over the loop (else D = 64 spills) */
+    auto qrow = [&](int len) { return ((size_t)fa_by() * p.Hq + fa_bx()) * len; };
 
     fa_load_tile<BC, D>(sK, K, p.sk.r, kv0, S);
     fa_load_tile<BC, D>(sV, V, p.sv.r, kv0, S);
     fa_cp_commit();
 
-    /* query tiles that see any key of this tile, for each head of the group */
+    /* query tiles qt0.. see some key of this tile */
     const int qt0 = p.causal ? fa_max(0, kv0 - (S - T)) / BR : 0;
-    const int per = fa_max(0, (T + BR - 1) / BR - qt0), total = G * per;
+    const int total = fa_max(0, (T + BR - 1) / BR - qt0);
 
-    /* stage Q, dO, lse (log2 units; +inf = row without keys) and rowsum of step `it` */
+    /* stage Q, dO (zero past T) and the row statistics of step `it` */
     auto prefetch = [&](int it, int buf) {
-        const int h = hk * G + it / per, i0 = (qt0 + it % per) * BR;
-        const size_t qrow = ((size_t)b * p.Hq + h) * T;
-        fa_load_tile<BR, D>(sQ + buf * BR * LD, Qb + h * p.sq.h, p.sq.r, i0, T);
-        fa_load_tile<BR, D>(sdO + buf * BR * LD, dOb + h * p.sgo.h, p.sgo.r, i0, T);
-        fa_cp_commit();
-        if (tid < BR) {
-            const int i = i0 + tid;
-            const float L = i < T ? p.lse[qrow + i] : -INFINITY;
-            sL[buf * BR + tid] = L == -INFINITY ? INFINITY : L * FA_LOG2E;
-        } else if (tid < 2 * BR) {
-            const int i = i0 + tid - BR;
-            sDi[buf * BR + tid - BR] = i < T ? p.dvec[qrow + i] : 0.f;
+        const int i0 = (qt0 + it) * BR;
+        const uint16_t *Q = p.q + fa_by() * p.sq.b + fa_bx() * p.sq.h;
+        const uint16_t *dO = p.go + fa_by() * p.sgo.b + fa_bx() * p.sgo.h;
+        fa_load_tile<BR, D>(sQ + buf * BR * LD, Q, p.sq.r, i0, T);
+        fa_load_tile<BR, D>(sdO + buf * BR * LD, dO, p.sgo.r, i0, T);
+        /* lse2 and rowsum of the tile: 2 x 8 chunks of 4 floats, in bounds (padded) */
+        if (tid < BR / 2) {
+            const int k = tid / (BR / 4), c = 4 * (tid % (BR / 4)), Tp = FA_TPAD(T);
+            const float *src = p.stat + qrow(2 * Tp) + k * Tp + i0 + c;
+            fa_cp16(reinterpret_cast<uint16_t *>(sSt + (2 * buf + k) * BR + c),
+                    reinterpret_cast<const uint16_t *>(src), true);
         }
+        fa_cp_commit();
     };
     if (total > 0) prefetch(0, 0);
 
@@ -424,10 +481,9 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_bwd_kernel(const fa_params p) {
         fa_cp_wait(); /* step it staged; every warp is done with step it - 1 */
         fa_sync();
         if (it + 1 < total) prefetch(it + 1, buf ^ 1);
-        const int h = hk * G + it / per, i0 = (qt0 + it % per) * BR;
-        const size_t qrow = ((size_t)b * p.Hq + h) * T;
+        const int i0 = (qt0 + it) * BR;
         const uint16_t *cQ = sQ + buf * BR * LD, *cdO = sdO + buf * BR * LD;
-        const float *cL = sL + buf * BR, *cDi = sDi + buf * BR;
+        const float *cL = sSt + 2 * buf * BR, *cDi = cL + BR;
 
         /* S^T = K Q^T: 16 keys x 32 queries per warp */
         float s[BR / 8][4];
@@ -547,7 +603,7 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_bwd_kernel(const fa_params p) {
             for (int r = 0; r < 2; r++) {
                 const int i = i0 + rw * 16 + g + 8 * r;
                 if (i < T) {
-                    float *dst = p.dq + (qrow + i) * D + cw * DW + 2 * t;
+                    float *dst = p.dq + (qrow(T) + i) * D + cw * DW + 2 * t;
 #pragma unroll
                     for (int n = 0; n < DW / 8; n++)
                         fa_red2(dst + 8 * n, dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale);
@@ -556,8 +612,25 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_bwd_kernel(const fa_params p) {
         }
     }
 
+    fa_cp_wait(); /* K, V of a CTA without query tiles */
+    if (p.G > 1) {
+        /* add this head's share of dK (scaled), dV into the group's f32 accumulators */
+        const size_t krow = ((size_t)b * p.Hkv + hk) * S;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int j = key0 + 8 * r;
+            if (total > 0 && j < S) {
+                float *dK = p.dk + (krow + j) * D + 2 * t, *dV = p.dv + (krow + j) * D + 2 * t;
+#pragma unroll
+                for (int n = 0; n < D / 8; n++) {
+                    fa_red2(dK + 8 * n, dk[n][2 * r] * p.scale, dk[n][2 * r + 1] * p.scale);
+                    fa_red2(dV + 8 * n, dv[n][2 * r], dv[n][2 * r + 1]);
+                }
+            }
+        }
+        return;
+    }
     /* stage dK (scaled), dV in this warp's own rows of sK, sV and copy out */
-    fa_cp_wait();
     fa_sync();
 #pragma unroll
     for (int r = 0; r < 2; r++)
@@ -603,10 +676,11 @@ static fe_status fa_check(const fe_flash_args *a, const char *what, bool bwd) {
                             "multiple of Hkv)",
                             what, (long long)a->B, (long long)a->Hq, (long long)a->Hkv,
                             (long long)a->T, (long long)a->S);
-    if (a->B > 65535 || a->Hq > 65535 || a->T > (1 << 29) || a->S > (1 << 29))
+    /* grids: (Hq, B, tiles of 64 rows), every dimension at most 65535 */
+    if (a->B > 65535 || a->Hq > 65535 || a->T > 65535LL * 64 || a->S > 65535LL * 64)
         return fe_set_error(FE_ERR_SHAPE,
                             "%s: sizes beyond the kernel's grid (B and heads <= 65535, sequence "
-                            "lengths <= 2^29)",
+                            "lengths <= 65535 * 64)",
                             what);
     if (!(a->scale > 0) || !isfinite(a->scale))
         return fe_set_error(FE_ERR_ARG, "%s: scale %g must be positive", what, a->scale);
@@ -696,7 +770,7 @@ template <bool BF, int D> static fe_status fa_forward(const fa_params &p, int B,
     static bool optin = false;
     fe_status st = fa_smem_optin(fa_fwd_kernel<BF, D>, fa_fwd_smem(D), &optin);
     if (st) return st;
-    dim3 grid((unsigned)((p.T + FA_BR - 1) / FA_BR), (unsigned)p.Hq, (unsigned)B);
+    dim3 grid((unsigned)p.Hq, (unsigned)B, (unsigned)((p.T + FA_BR - 1) / FA_BR));
     fa_fwd_kernel<BF, D><<<grid, FA_NT, fa_fwd_smem(D), s>>>(p);
     return fa_cuda_err(cudaGetLastError(), "forward kernel launch");
 }
@@ -705,26 +779,50 @@ template <bool BF, int D> static fe_status fa_backward(const fa_params &p, int B
     static bool optin = false;
     fe_status st = fa_smem_optin(fa_bwd_kernel<BF, D>, fa_bwd_smem(D), &optin);
     if (st) return st;
+    const unsigned ktiles = (unsigned)((p.S + FA_BBC - 1) / FA_BBC);
+    if (p.T == 0 || p.Hq == 0) {
+        /* no queries: dK = dV = 0, written by the direct (G = 1) path of CTAs that see no
+         * query tile; no scratch is used */
+        fa_params z = p;
+        z.T = 0, z.G = 1, z.Hq = p.Hkv;
+        if (ktiles > 0) {
+            fa_bwd_kernel<BF, D><<<dim3((unsigned)p.Hkv, (unsigned)B, ktiles), FA_NT,
+                                   fa_bwd_smem(D), s>>>(z);
+            st = fa_cuda_err(cudaGetLastError(), "backward kernel launch");
+        }
+        return st;
+    }
     const long long rows = (long long)B * p.Hq * p.T, n = rows * D;
-    if (n > 0) {
-        st = fa_cuda_err(cudaMemsetAsync(p.dq, 0, (size_t)n * sizeof(float), s), "cudaMemsetAsync");
+    const long long nkv = p.G > 1 ? (long long)B * p.Hkv * p.S * D : 0; /* dK, dV scratch */
+    /* the dQ, dK, dV accumulators are adjacent: one memset */
+    if (n + 2 * nkv > 0) {
+        st = fa_cuda_err(cudaMemsetAsync(p.dq, 0, (size_t)(n + 2 * nkv) * sizeof(float), s),
+                         "cudaMemsetAsync");
         if (st) return st;
     }
     if (rows > 0) {
-        dim3 grid((unsigned)((p.T + 7) / 8), (unsigned)p.Hq, (unsigned)B);
+        dim3 grid((unsigned)((FA_TPAD(p.T) + fa_pre<D>::rows - 1) / fa_pre<D>::rows),
+                  (unsigned)p.Hq, (unsigned)B);
         fa_bwd_pre_kernel<BF, D><<<grid, 256, 0, s>>>(p);
         if ((st = fa_cuda_err(cudaGetLastError(), "backward preprocess launch"))) return st;
     }
-    if (p.S > 0 && B > 0) {
-        dim3 grid((unsigned)((p.S + FA_BBC - 1) / FA_BBC), (unsigned)p.Hkv, (unsigned)B);
+    if (ktiles > 0) {
+        dim3 grid((unsigned)p.Hq, (unsigned)B, ktiles);
         fa_bwd_kernel<BF, D><<<grid, FA_NT, fa_bwd_smem(D), s>>>(p);
         if ((st = fa_cuda_err(cudaGetLastError(), "backward kernel launch"))) return st;
     }
     if (n > 0) {
         const long long blocks = ((long long)p.T * (D / 8) + 255) / 256;
         dim3 grid((unsigned)(blocks < 65536 ? blocks : 65536), (unsigned)p.Hq, (unsigned)B);
-        fa_dq_convert_kernel<BF, D><<<grid, 256, 0, s>>>(p);
+        fa_convert_kernel<BF, D><<<grid, 256, 0, s>>>(p, 0);
         if ((st = fa_cuda_err(cudaGetLastError(), "dq conversion launch"))) return st;
+    }
+    if (nkv > 0) {
+        const long long blocks = ((long long)p.S * (D / 8) + 255) / 256;
+        dim3 grid((unsigned)(blocks < 65536 ? blocks : 65536), (unsigned)(2 * p.Hkv),
+                  (unsigned)B);
+        fa_convert_kernel<BF, D><<<grid, 256, 0, s>>>(p, 1);
+        if ((st = fa_cuda_err(cudaGetLastError(), "dk, dv conversion launch"))) return st;
     }
     return FE_OK;
 }
@@ -748,10 +846,19 @@ extern "C" void fe_flash_args_contiguous(fe_flash_args *a) {
     a->sk = a->sv = a->sgk = a->sgv = k;
 }
 
+/* f32 scratch, in this order: dQ (B, Hq, T, D); with G > 1 dK and dV (B, Hkv, S, D)
+ * each; the row statistics (B, Hq, 2, FA_TPAD(T)). Every part is a multiple of 256
+ * bytes. */
+static size_t fa_kv_scratch(const fe_flash_args *a) {
+    if (a->Hkv <= 0 || a->Hq / a->Hkv <= 1 || a->S <= 0) return 0;
+    return (size_t)a->B * (size_t)a->Hkv * (size_t)a->S * (size_t)a->D;
+}
+
 extern "C" size_t fe_flash_attention_workspace_size(const fe_flash_args *a) {
     if (!a || a->B <= 0 || a->Hq <= 0 || a->T <= 0 || a->D <= 0) return 0;
     const size_t rows = (size_t)a->B * (size_t)a->Hq * (size_t)a->T;
-    return rows * (size_t)a->D * sizeof(float) + rows * sizeof(float);
+    const size_t prow = (size_t)a->B * (size_t)a->Hq * (size_t)FA_TPAD(a->T);
+    return (rows * (size_t)a->D + 2 * fa_kv_scratch(a) + 2 * prow) * sizeof(float);
 }
 
 extern "C" fe_status fe_flash_attention_backward(const fe_flash_args *a, void *workspace,
@@ -765,19 +872,24 @@ extern "C" fe_status fe_flash_attention_backward(const fe_flash_args *a, void *w
     const size_t ws = fe_flash_attention_workspace_size(a);
     void *w = workspace;
     if (!w && ws > 0) {
-        st = fa_cuda_err(cudaMallocAsync(&w, ws, s), "cudaMallocAsync of the dQ scratch");
+        st = fa_cuda_err(cudaMallocAsync(&w, ws, s), "cudaMallocAsync of the scratch");
         if (st) return st;
     }
     fa_params p = fa_make_params(a);
     p.dq = (float *)w;
-    p.dvec = p.dq ? p.dq + (size_t)a->B * a->Hq * a->T * a->D : NULL;
+    if (p.dq) {
+        const size_t nq = (size_t)a->B * a->Hq * a->T * a->D, nkv = fa_kv_scratch(a);
+        p.dk = nkv ? p.dq + nq : NULL;
+        p.dv = nkv ? p.dk + nkv : NULL;
+        p.stat = p.dq + nq + 2 * nkv;
+    }
     const int B = (int)a->B;
     if (a->dtype == FE_BF16)
         st = a->D == 64 ? fa_backward<true, 64>(p, B, s) : fa_backward<true, 128>(p, B, s);
     else
         st = a->D == 64 ? fa_backward<false, 64>(p, B, s) : fa_backward<false, 128>(p, B, s);
     if (w && !workspace) {
-        fe_status st2 = fa_cuda_err(cudaFreeAsync(w, s), "cudaFreeAsync of the dQ scratch");
+        fe_status st2 = fa_cuda_err(cudaFreeAsync(w, s), "cudaFreeAsync of the scratch");
         if (!st) st = st2;
     }
     return st;

@@ -63,10 +63,13 @@ void fe_flash_args_contiguous(fe_flash_args *a);
 fe_status fe_flash_attention_forward(const fe_flash_args *a, void *stream);
 
 /* Bytes of device scratch fe_flash_attention_backward needs for these sizes
- * (an f32 dQ accumulator (B, Hq, T, D) and rowsum(dO * O) (B, Hq, T)). */
+ * (an f32 dQ accumulator (B, Hq, T, D), with grouped KV heads (Hq > Hkv) f32 dK and dV
+ * accumulators (B, Hkv, S, D), and rowsum(dO * O) (B, Hq, T)). */
 size_t fe_flash_attention_workspace_size(const fe_flash_args *a);
 
 /* Queue the backward pass (gq, gk, gv from gout, q, k, v, out, lse) on `stream`.
+ * gq (and gk, gv when Hq > Hkv) are sums of float atomic adds, so they can differ in
+ * the last bits from run to run.
  * `workspace` holds fe_flash_attention_workspace_size(a) bytes of 16-byte aligned
  * device memory, or
  * is NULL to take it with cudaMallocAsync / cudaFreeAsync on the stream. Errors as
