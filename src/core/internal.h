@@ -117,6 +117,15 @@ void fe__save(fe_node *n, int slot, fe_tensor *t);
  * not fit. */
 fe_tensor *fe__take_pending(fe_tensor *t);
 
+/* ---- ops that write over an input's storage ------------------------------------ */
+/* a + b and RoPE(x) written over b's / x's memory (when contiguous, of one shape and
+ * dtype; else as fe_add / fe_rope), for callers that never read that input again: the
+ * tape keeps it only to route gradients (neither backward reads its values, nor do
+ * matmul's and reshape's, which produce it in the Llama block). Saves one activation
+ * per use in training. */
+fe_tensor *fe__add_over(fe_tensor *a, fe_tensor *b);
+fe_tensor *fe__rope_over(fe_tensor *x, fe_tensor *inv_freq, int seq_dim, int64_t pos0);
+
 /* ---- broadcasting helpers (ops/broadcast.c) ------------------------------ */
 /* The broadcast shape of a and b; false (with error set) when incompatible. */
 bool fe__broadcast_shape(const fe_tensor *a, const fe_tensor *b, int *ndim, int64_t *shape,

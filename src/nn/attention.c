@@ -38,7 +38,8 @@ fe_status fe_nn_attention_init(fe_nn_attention *m, fe_params *p, const char *nam
 static fe_tensor *heads(fe_tensor *x, int64_t B, int64_t T, int64_t H, int64_t D,
                         fe_tensor *inv_freq, int64_t pos0) {
     fe_tensor *r = fe_reshape(x, 4, (int64_t[]){B, T, H, D});
-    fe_tensor *roped = inv_freq ? fe_rope(r, inv_freq, 1, pos0) : r;
+    /* the projection's output is not read again: rotate it in place */
+    fe_tensor *roped = inv_freq ? fe__rope_over(r, inv_freq, 1, pos0) : r;
     fe_tensor *out = fe_transpose(roped, 1, 2);
     if (roped != r) fe_free(roped);
     fe_free(r);

@@ -24,7 +24,7 @@ static fe_tensor *block(const fe_nn_llama_block *m, fe_tensor *h, fe_tensor *inv
     fe_free(a);
     fe_tensor *f = fe_nn_mlp_forward(&m->mlp, y);
     fe_free(y);
-    fe_tensor *out = f ? fe_add(h2, f) : NULL; /* (B, T, C) */
+    fe_tensor *out = f ? fe__add_over(h2, f) : NULL; /* (B, T, C), in f's memory */
     fe_free(h2), fe_free(f);
     return out;
 }

@@ -105,6 +105,22 @@ static fe_tensor *binary(const char *name, fe_binary_op op, fe_tensor *a, fe_ten
 }
 
 fe_tensor *fe_add(fe_tensor *a, fe_tensor *b) { return binary("add", FE_B_ADD, a, b); }
+
+fe_tensor *fe__add_over(fe_tensor *a, fe_tensor *b) {
+    if (fe__any_null("add", 2, a, b)) return NULL;
+    if (a->dtype != b->dtype || !fe__same_shape(a, b) || !fe_is_contiguous(a) ||
+        !fe_is_contiguous(b) || fe__check_float("add", a) || fe__check_pair("add", a, b))
+        return fe_add(a, b);
+    fe_tensor *out = fe__view(b, b->ndim, b->shape, b->stride, b->offset);
+    if (!out) return NULL;
+    out = fe__done(out, fe__be(a)->binary(FE_B_ADD, out, a, b, 1.0));
+    if (out && fe__needs_grad(2, (fe_tensor *[]){a, b})) {
+        fe_node *n = fe__record(out, "add", binary_backward, 2, (fe_tensor *[]){a, b});
+        if (!n) return fe__done(out, FE_ERR_OOM);
+        n->i[0] = FE_B_ADD;
+    }
+    return out;
+}
 fe_tensor *fe_sub(fe_tensor *a, fe_tensor *b) { return binary("sub", FE_B_SUB, a, b); }
 fe_tensor *fe_mul(fe_tensor *a, fe_tensor *b) { return binary("mul", FE_B_MUL, a, b); }
 fe_tensor *fe_div(fe_tensor *a, fe_tensor *b) { return binary("div", FE_B_DIV, a, b); }

@@ -244,9 +244,14 @@ fe_tensor *fe_rope_inv_freq(int64_t head_dim, double theta, fe_device dev) {
     return t;
 }
 
-static fe_tensor *rope_raw(fe_tensor *x, fe_tensor *inv, int seq_dim, int64_t pos0, int sign) {
+/* over: write the result over x's storage (x contiguous) */
+static fe_tensor *rope_raw(fe_tensor *x, fe_tensor *inv, int seq_dim, int64_t pos0, int sign,
+                           bool over) {
     fe_tensor *xc = fe__contig_raw(x);
-    fe_tensor *y = xc ? fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev) : NULL;
+    fe_tensor *y = !xc ? NULL
+                   : over && xc == x
+                       ? fe__view(x, x->ndim, x->shape, x->stride, x->offset)
+                       : fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev);
     fe_status st = y ? fe__be(x)->rope(y, xc, inv, seq_dim, pos0, sign) : fe_last_status();
     fe_free(xc);
     return fe__done(y, st);
@@ -254,11 +259,11 @@ static fe_tensor *rope_raw(fe_tensor *x, fe_tensor *inv, int seq_dim, int64_t po
 
 static fe_status rope_backward(fe_node *n, fe_tensor *y, fe_tensor *g, fe_tensor **gin) {
     (void)y;
-    gin[0] = rope_raw(g, n->saved[0], (int)n->i[0], n->i[1], -1);
+    gin[0] = rope_raw(g, n->saved[0], (int)n->i[0], n->i[1], -1, false);
     return gin[0] ? FE_OK : fe_last_status();
 }
 
-fe_tensor *fe_rope(fe_tensor *x, fe_tensor *inv_freq, int seq_dim, int64_t pos0) {
+static fe_tensor *rope_op(fe_tensor *x, fe_tensor *inv_freq, int seq_dim, int64_t pos0, bool over) {
     if (fe__any_null("rope", 2, x, inv_freq) || fe__check_float("rope", x)) return NULL;
     int d = fe__norm_dim(seq_dim, x->ndim, "rope");
     if (d < 0) return NULL;
@@ -272,7 +277,7 @@ fe_tensor *fe_rope(fe_tensor *x, fe_tensor *inv_freq, int seq_dim, int64_t pos0)
                      fe_shape_str(x, a, sizeof a), seq_dim, fe_shape_str(inv_freq, b, sizeof b));
         return NULL;
     }
-    fe_tensor *y = rope_raw(x, inv_freq, d, pos0, 1);
+    fe_tensor *y = rope_raw(x, inv_freq, d, pos0, 1, over);
     if (y && fe__needs_grad(1, &x)) {
         fe_node *n = fe__record(y, "rope", rope_backward, 1, &x);
         if (!n) return fe__done(y, FE_ERR_OOM);
@@ -280,6 +285,14 @@ fe_tensor *fe_rope(fe_tensor *x, fe_tensor *inv_freq, int seq_dim, int64_t pos0)
         n->i[0] = d, n->i[1] = pos0;
     }
     return y;
+}
+
+fe_tensor *fe_rope(fe_tensor *x, fe_tensor *inv_freq, int seq_dim, int64_t pos0) {
+    return rope_op(x, inv_freq, seq_dim, pos0, false);
+}
+
+fe_tensor *fe__rope_over(fe_tensor *x, fe_tensor *inv_freq, int seq_dim, int64_t pos0) {
+    return rope_op(x, inv_freq, seq_dim, pos0, true);
 }
 
 /* ---- embedding --------------------------------------------------------------------------------- */

@@ -1,0 +1,785 @@
+/* Flash attention kernels (FlashAttention-2 scheme) on the tensor cores.
+ *
+ * Forward: one CTA of 4 warps per (query tile of 64 rows, head, batch); each warp
+ * owns 16 query rows. Q is loaded once into mma A fragments; K and V tiles of 64
+ * keys are staged in shared memory with cp.async, V of tile j loading while
+ * S = Q K^T runs and K of tile j+1 loading while O += P V runs. Softmax is online in
+ * f32 registers with the scale folded into exp2 (log2 units). Fully masked key
+ * tiles of the causal mask are never visited.
+ *
+ * Backward: rowsum(dO * O) first, then one CTA of 4 warps per (key tile of 64 keys,
+ * kv head, batch); each warp owns 16 keys and keeps their dK, dV in f32 registers
+ * while the CTA walks every query tile (32 rows) of every query head of the group,
+ * so GQA needs no atomics for dK, dV. dQ is accumulated in an f32 scratch buffer
+ * with atomic adds (each CTA adds dS K for its keys) and converted at the end.
+ *
+ * Matrix products are mma.sync.m16n8k16 (f32 accumulate) fed by ldmatrix from
+ * shared tiles whose rows are padded by 16 bytes (conflict-free ldmatrix).
+ *
+ * Fragment layouts (PTX ISA, mma.m16n8k16 with 16-bit inputs), lane = 4 * g + t:
+ *   A (16 x 16): reg0 (row g, cols 2t, 2t+1), reg1 (row g+8, same cols),
+ *                reg2 (row g, cols 2t+8, 2t+9), reg3 (row g+8, cols 2t+8, 2t+9)
+ *   B (16 x 8):  reg0 (rows 2t, 2t+1, col g), reg1 (rows 2t+8, 2t+9, col g)
+ *   C (16 x 8):  c0, c1 (row g, cols 2t, 2t+1), c2, c3 (row g+8, cols 2t, 2t+1)
+ * ldmatrix.x4: lanes 8i..8i+7 give the row addresses of 8x8 matrix i; lane l gets in
+ * reg i the pair (row l/4, cols 2(l%4), +1) of matrix i, or with .trans the pair
+ * (rows 2(l%4), +1, col l/4).
+ *
+ * With FE_FLASH_EMU defined this file provides only the kernels, written against
+ * the primitives below, for tests/flash/flash_emu.cpp to run on the CPU. */
+#include "backends/cuda/flash_attention.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#ifndef FE_FLASH_EMU
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+/* ---- device primitives --------------------------------------------------------------- */
+
+#define FA_DEV __device__ __forceinline__
+#define FA_KERNEL(nt) __global__ void __launch_bounds__(nt)
+
+FA_DEV int fa_tid() { return (int)threadIdx.x; }
+FA_DEV int fa_ntid() { return (int)blockDim.x; }
+FA_DEV int fa_bx() { return (int)blockIdx.x; }
+FA_DEV int fa_by() { return (int)blockIdx.y; }
+FA_DEV int fa_bz() { return (int)blockIdx.z; }
+FA_DEV int fa_gx() { return (int)gridDim.x; }
+FA_DEV void fa_sync() { __syncthreads(); }
+FA_DEV void fa_syncwarp() { __syncwarp(); }
+FA_DEV unsigned char *fa_smem() {
+    extern __shared__ __align__(16) unsigned char fa_smem_buf[];
+    return fa_smem_buf;
+}
+FA_DEV uint32_t fa_saddr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* ldmatrix.x4 / .x4.trans: `p` is this lane's row address */
+FA_DEV void fa_ldsm4(uint32_t (&r)[4], const uint16_t *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(fa_saddr(p)));
+}
+FA_DEV void fa_ldsm4t(uint32_t (&r)[4], const uint16_t *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(fa_saddr(p)));
+}
+/* c += a b for one 16x8x16 tile; BF selects bf16, else f16 */
+template <bool BF>
+FA_DEV void fa_mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    if (BF)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+            "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+/* 16-byte global -> shared copy, zero-filled when !valid (src is then not read) */
+FA_DEV void fa_cp16(uint16_t *dst, const uint16_t *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(fa_saddr(dst)),
+                 "l"(src), "r"(valid ? 16 : 0));
+}
+FA_DEV void fa_cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+FA_DEV void fa_cp_wait() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+FA_DEV float fa_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+FA_DEV float fa_shfl_xor(float x, int m) { return __shfl_xor_sync(0xffffffffu, x, m); }
+FA_DEV void fa_red2(float *p, float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    atomicAdd(reinterpret_cast<float2 *>(p), make_float2(a, b));
+#else
+    atomicAdd(p, a);
+    atomicAdd(p + 1, b);
+#endif
+}
+FA_DEV void fa_red1(float *p, float a) { atomicAdd(p, a); }
+FA_DEV void fa_copy16(void *dst, const void *src) {
+    *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(src);
+}
+/* 8 floats from a 16-byte aligned address */
+FA_DEV void fa_ldf8(float (&f)[8], const float *p) {
+    const float4 a = reinterpret_cast<const float4 *>(p)[0];
+    const float4 b = reinterpret_cast<const float4 *>(p)[1];
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+FA_DEV void fa_st32(uint16_t *p, uint32_t v) { *reinterpret_cast<uint32_t *>(p) = v; }
+/* two floats -> packed pair (lo in the low half) */
+template <bool BF> FA_DEV uint32_t fa_pack(float lo, float hi) {
+    uint32_t u;
+    if (BF) {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        u = *reinterpret_cast<uint32_t *>(&h);
+    } else {
+        __half2 h = __floats2half2_rn(lo, hi);
+        u = *reinterpret_cast<uint32_t *>(&h);
+    }
+    return u;
+}
+template <bool BF> FA_DEV float fa_to_f(uint16_t x) {
+    return BF ? __uint_as_float((uint32_t)x << 16) : __half2float(__ushort_as_half(x));
+}
+template <bool BF> FA_DEV uint16_t fa_from_f(float f) {
+    return BF ? __bfloat16_as_ushort(__float2bfloat16_rn(f)) : __half_as_ushort(__float2half_rn(f));
+}
+#endif /* !FE_FLASH_EMU */
+
+/* ---- kernels ------------------------------------------------------------------------- */
+
+#define FA_LOG2E 1.4426950408889634f
+#define FA_LN2 0.6931471805599453f
+
+template <typename X> FA_DEV X fa_min(X a, X b) { return a < b ? a : b; }
+template <typename X> FA_DEV X fa_max(X a, X b) { return a > b ? a : b; }
+
+/* Element strides of a (B, H, rows, D) operand whose D is contiguous: batch, head, row. */
+struct fa_strides {
+    long long b, h, r;
+};
+
+struct fa_params {
+    const uint16_t *q, *k, *v, *o, *go;
+    uint16_t *out, *gq, *gk, *gv;
+    float *lse;  /* (B, Hq, T), contiguous */
+    float *dq;   /* f32 dQ accumulator (B, Hq, T, D), contiguous */
+    float *dvec; /* rowsum(dO * O) (B, Hq, T), contiguous */
+    fa_strides sq, sk, sv, so, sgo, sgq, sgk, sgv; /* so: out (= o) */
+    int Hq, Hkv, G, T, S, causal;
+    float scale, sl2; /* scale and scale * log2(e) */
+};
+
+enum { FA_BR = 64, FA_BC = 64, FA_NT = 128, FA_BBC = 64, FA_BBR = 32 };
+
+/* Shared bytes of the forward (Q, K, V tiles) and backward (K, V, 2x Q, 2x dO, dS^T,
+ * 2x lse, 2x rowsum) kernels for head dim D; rows padded by 8 elements. */
+constexpr int fa_fwd_smem(int D) { return (FA_BR + 2 * FA_BC) * (D + 8) * 2; }
+constexpr int fa_bwd_smem(int D) {
+    return (2 * FA_BBC + 4 * FA_BBR) * (D + 8) * 2 + FA_BBC * (FA_BBR + 8) * 2 + 4 * FA_BBR * 4;
+}
+
+/* Stage rows [r0, r0 + R) of an (nrows, D) matrix with row stride ld (elements) into a
+ * shared tile with row stride D + 8; rows at or past nrows are zero-filled.
+ * Asynchronous (cp.async). A thread moves the same 16-byte column of rows tid / CPR,
+ * + NT / CPR, ... (one 64-bit multiply-add per row; precomputing a stepped pointer
+ * instead costs the forward kernel registers and, at D = 64, a spill). */
+template <int R, int D>
+FA_DEV void fa_load_tile(uint16_t *s, const uint16_t *g, long long ld, int r0, int nrows) {
+    constexpr int CPR = D / 8, RPS = FA_NT / CPR; /* 16-byte chunks per row, rows per step */
+    static_assert(FA_NT % CPR == 0 && R % RPS == 0, "tile rows split evenly over the threads");
+    const int r = fa_tid() / CPR, cc = fa_tid() % CPR;
+    uint16_t *dst = s + r * (D + 8) + cc * 8;
+#pragma unroll
+    for (int k = 0; k < R / RPS; k++) {
+        const int row = r0 + r + k * RPS;
+        const bool ok = row < nrows;
+        fa_cp16(dst + k * RPS * (D + 8), ok ? g + row * ld + cc * 8 : g, ok);
+    }
+}
+
+/* out, lse for one (query tile, head, batch). Grid (ceil(T / 64), Hq, B), 128 threads. */
+template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
+    constexpr int BR = FA_BR, BC = FA_BC, LD = D + 8;
+    uint16_t *sQ = reinterpret_cast<uint16_t *>(fa_smem());
+    uint16_t *sK = sQ + BR * LD, *sV = sK + BC * LD;
+    const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int T = p.T, S = p.S;
+    /* heavy (late) query tiles first under the causal mask */
+    const int qt = p.causal ? fa_gx() - 1 - fa_bx() : fa_bx();
+    const int h = fa_by(), b = fa_bz(), hk = h / p.G;
+    const int i0 = qt * BR;
+    const size_t qrow = ((size_t)b * p.Hq + h) * T; /* lse rows */
+    const uint16_t *Q = p.q + b * p.sq.b + h * p.sq.h;
+    const uint16_t *K = p.k + b * p.sk.b + hk * p.sk.h, *V = p.v + b * p.sv.b + hk * p.sv.h;
+    const int n_end = p.causal ? fa_min(S, i0 + BR + S - T) : S; /* keys [0, n_end) matter */
+    const int n_tiles = n_end > 0 ? (n_end + BC - 1) / BC : 0;
+
+    fa_load_tile<BR, D>(sQ, Q, p.sq.r, i0, T);
+    if (n_tiles > 0) fa_load_tile<BC, D>(sK, K, p.sk.r, 0, S);
+    fa_cp_commit();
+    fa_cp_wait();
+    fa_sync();
+
+    /* this warp's 16 query rows as A fragments, one per 16 columns of D */
+    uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        fa_ldsm4(qf[kk], sQ + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 +
+                             (lane >> 4) * 8);
+
+    float o[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}; /* m in log2 units */
+    const int row0 = i0 + warp * 16 + g;                     /* rows row0 and row0 + 8 */
+
+    for (int jt = 0; jt < n_tiles; jt++) {
+        const int kv0 = jt * BC;
+        if (jt > 0) { /* K tile jt has landed; every warp is done with V tile jt - 1 */
+            fa_cp_wait();
+            fa_sync();
+        }
+        fa_load_tile<BC, D>(sV, V, p.sv.r, kv0, S);
+        fa_cp_commit();
+
+        /* S = Q K^T for 16 rows x 64 keys */
+        float s[BC / 8][4];
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+            for (int np = 0; np < BC / 16; np++) {
+                uint32_t kb[4];
+                fa_ldsm4(kb, sK + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 +
+                                 ((lane >> 3) & 1) * 8);
+                fa_mma<BF>(s[2 * np], qf[kk], kb[0], kb[1]);
+                fa_mma<BF>(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+            }
+        }
+
+        if (kv0 + BC > S || (p.causal && kv0 + BC - 1 > i0 + S - T)) {
+#pragma unroll
+            for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int j = kv0 + 8 * n + 2 * t + (e & 1), i = row0 + 8 * (e >> 1);
+                    if (j >= S || (p.causal && j > i + S - T)) s[n][e] = -INFINITY;
+                }
+        }
+
+        /* online softmax, rows g (r = 0) and g + 8 (r = 1); a row lives in 4 lanes */
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < BC / 8; n++) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+            mx = fmaxf(mx, fa_shfl_xor(mx, 1));
+            mx = fmaxf(mx, fa_shfl_xor(mx, 2));
+            const float m_new = fmaxf(m[r], mx * p.sl2);
+            const float m_use = m_new == -INFINITY ? 0.f : m_new;
+            const float alpha = fa_ex2(m[r] - m_use);
+            float sum = 0.f;
+#pragma unroll
+            for (int n = 0; n < BC / 8; n++) {
+                float p0 = fa_ex2(fmaf(s[n][2 * r], p.sl2, -m_use));
+                float p1 = fa_ex2(fmaf(s[n][2 * r + 1], p.sl2, -m_use));
+                s[n][2 * r] = p0, s[n][2 * r + 1] = p1;
+                sum += p0 + p1;
+            }
+            l[r] = l[r] * alpha + sum;
+            m[r] = m_new;
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) o[n][2 * r] *= alpha, o[n][2 * r + 1] *= alpha;
+        }
+
+        /* V tile jt has landed; every warp is done with K tile jt */
+        fa_cp_wait();
+        fa_sync();
+        if (jt + 1 < n_tiles) {
+            fa_load_tile<BC, D>(sK, K, p.sk.r, kv0 + BC, S);
+            fa_cp_commit();
+        }
+
+        /* O += P V */
+#pragma unroll
+        for (int kk = 0; kk < BC / 16; kk++) {
+            const uint32_t pa[4] = {fa_pack<BF>(s[2 * kk][0], s[2 * kk][1]),
+                                    fa_pack<BF>(s[2 * kk][2], s[2 * kk][3]),
+                                    fa_pack<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    fa_pack<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t vb[4];
+                fa_ldsm4t(vb, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 +
+                                  (lane >> 4) * 8);
+                fa_mma<BF>(o[2 * dp], pa, vb[0], vb[1]);
+                fa_mma<BF>(o[2 * dp + 1], pa, vb[2], vb[3]);
+            }
+        }
+    }
+
+    /* normalise, write lse, stage O in this warp's own rows of sQ, copy out */
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float lt = l[r];
+        lt += fa_shfl_xor(lt, 1);
+        lt += fa_shfl_xor(lt, 2);
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        const int i = row0 + 8 * r;
+        if (t == 0 && i < T) p.lse[qrow + i] = lt > 0.f ? (m[r] + log2f(lt)) * FA_LN2 : -INFINITY;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++)
+            fa_st32(sQ + (warp * 16 + g + 8 * r) * LD + 8 * n + 2 * t,
+                    fa_pack<BF>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv));
+    }
+    fa_syncwarp();
+    uint16_t *O = p.out + b * p.so.b + h * p.so.h;
+#pragma unroll
+    for (int c = lane; c < 16 * (D / 8); c += 32) {
+        const int r = c / (D / 8), cc = c % (D / 8), i = i0 + warp * 16 + r;
+        if (i < T) fa_copy16(O + i * p.so.r + cc * 8, sQ + (warp * 16 + r) * LD + cc * 8);
+    }
+}
+
+/* dvec[b, h, i] = sum_d dO[b, h, i, d] * O[b, h, i, d] (f32), one warp per row. Grid
+ * (ceil(T / 8), Hq, B), 256 threads. */
+template <bool BF, int D> FA_KERNEL(256) fa_bwd_pre_kernel(const fa_params p) {
+    const int i = fa_bx() * 8 + fa_tid() / 32, h = fa_by(), b = fa_bz();
+    const int lane = fa_tid() & 31;
+    float acc = 0.f;
+    if (i < p.T) {
+        const uint16_t *o = p.o + b * p.so.b + h * p.so.h + i * p.so.r;
+        const uint16_t *go = p.go + b * p.sgo.b + h * p.sgo.h + i * p.sgo.r;
+#pragma unroll
+        for (int d = lane; d < D; d += 32) acc += fa_to_f<BF>(o[d]) * fa_to_f<BF>(go[d]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) acc += fa_shfl_xor(acc, off);
+    if (i < p.T && lane == 0) p.dvec[((size_t)b * p.Hq + h) * p.T + i] = acc;
+}
+
+/* gq = the f32 accumulator (contiguous) rounded to the element type, 8 elements (16
+ * bytes of gq) per thread and step. Grid (x, Hq, B), 256 threads, grid-stride over the
+ * T * D / 8 pieces of one (head, batch). */
+template <bool BF, int D> FA_KERNEL(256) fa_dq_convert_kernel(const fa_params p) {
+    constexpr int CPR = D / 8;
+    const int h = fa_by(), b = fa_bz();
+    const float *acc = p.dq + ((size_t)b * p.Hq + h) * p.T * D;
+    uint16_t *gq = p.gq + b * p.sgq.b + h * p.sgq.h;
+    const long long n = (long long)p.T * CPR;
+    for (long long c = (long long)fa_bx() * fa_ntid() + fa_tid(); c < n;
+         c += (long long)fa_gx() * fa_ntid()) {
+        const long long i = c / CPR;
+        const int cc = (int)(c % CPR);
+        float f[8];
+        fa_ldf8(f, acc + c * 8);
+        alignas(16) uint32_t w[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) w[e] = fa_pack<BF>(f[2 * e], f[2 * e + 1]);
+        fa_copy16(gq + i * p.sgq.r + cc * 8, w);
+    }
+}
+
+/* dK, dV of one (key tile, kv head, batch) and its share of dQ. Grid
+ * (ceil(S / 64), Hkv, B), 128 threads; each warp owns 16 keys. */
+template <bool BF, int D> FA_KERNEL(FA_NT) fa_bwd_kernel(const fa_params p) {
+    constexpr int BC = FA_BBC, BR = FA_BBR, LD = D + 8, LDS = BR + 8;
+    constexpr int WR = BR / 16;        /* warps along the query rows of dQ */
+    constexpr int DW = D / (4 / WR);   /* dQ columns per warp */
+    uint16_t *sK = reinterpret_cast<uint16_t *>(fa_smem());
+    uint16_t *sV = sK + BC * LD, *sQ = sV + BC * LD, *sdO = sQ + 2 * BR * LD;
+    uint16_t *sdS = sdO + 2 * BR * LD; /* dS^T: (keys, queries) */
+    float *sL = reinterpret_cast<float *>(sdS + BC * LDS), *sDi = sL + 2 * BR;
+    const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int T = p.T, S = p.S, G = p.G;
+    const int kv0 = fa_bx() * BC, hk = fa_by(), b = fa_bz();
+    const uint16_t *K = p.k + b * p.sk.b + hk * p.sk.h, *V = p.v + b * p.sv.b + hk * p.sv.h;
+    const uint16_t *Qb = p.q + b * p.sq.b, *dOb = p.go + b * p.sgo.b; /* this batch's heads */
+
+    fa_load_tile<BC, D>(sK, K, p.sk.r, kv0, S);
+    fa_load_tile<BC, D>(sV, V, p.sv.r, kv0, S);
+    fa_cp_commit();
+
+    /* query tiles that see any key of this tile, for each head of the group */
+    const int qt0 = p.causal ? fa_max(0, kv0 - (S - T)) / BR : 0;
+    const int per = fa_max(0, (T + BR - 1) / BR - qt0), total = G * per;
+
+    /* stage Q, dO, lse (log2 units; +inf = row without keys) and rowsum of step `it` */
+    auto prefetch = [&](int it, int buf) {
+        const int h = hk * G + it / per, i0 = (qt0 + it % per) * BR;
+        const size_t qrow = ((size_t)b * p.Hq + h) * T;
+        fa_load_tile<BR, D>(sQ + buf * BR * LD, Qb + h * p.sq.h, p.sq.r, i0, T);
+        fa_load_tile<BR, D>(sdO + buf * BR * LD, dOb + h * p.sgo.h, p.sgo.r, i0, T);
+        fa_cp_commit();
+        if (tid < BR) {
+            const int i = i0 + tid;
+            const float L = i < T ? p.lse[qrow + i] : -INFINITY;
+            sL[buf * BR + tid] = L == -INFINITY ? INFINITY : L * FA_LOG2E;
+        } else if (tid < 2 * BR) {
+            const int i = i0 + tid - BR;
+            sDi[buf * BR + tid - BR] = i < T ? p.dvec[qrow + i] : 0.f;
+        }
+    };
+    if (total > 0) prefetch(0, 0);
+
+    float dk[D / 8][4], dv[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.f;
+    const int key0 = kv0 + warp * 16 + g; /* this lane's keys: key0 and key0 + 8 */
+
+    for (int it = 0; it < total; it++) {
+        const int buf = it & 1;
+        fa_cp_wait(); /* step it staged; every warp is done with step it - 1 */
+        fa_sync();
+        if (it + 1 < total) prefetch(it + 1, buf ^ 1);
+        const int h = hk * G + it / per, i0 = (qt0 + it % per) * BR;
+        const size_t qrow = ((size_t)b * p.Hq + h) * T;
+        const uint16_t *cQ = sQ + buf * BR * LD, *cdO = sdO + buf * BR * LD;
+        const float *cL = sL + buf * BR, *cDi = sDi + buf * BR;
+
+        /* S^T = K Q^T: 16 keys x 32 queries per warp */
+        float s[BR / 8][4];
+#pragma unroll
+        for (int n = 0; n < BR / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t ka[4];
+            fa_ldsm4(ka, sK + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 +
+                             (lane >> 4) * 8);
+#pragma unroll
+            for (int np = 0; np < BR / 16; np++) {
+                uint32_t qb[4];
+                fa_ldsm4(qb, cQ + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 +
+                                 ((lane >> 3) & 1) * 8);
+                fa_mma<BF>(s[2 * np], ka, qb[0], qb[1]);
+                fa_mma<BF>(s[2 * np + 1], ka, qb[2], qb[3]);
+            }
+        }
+
+        /* P^T = exp(scale s - lse), zero where masked */
+        const bool need_mask = kv0 + BC > S || (p.causal && kv0 + BC - 1 > i0 + S - T);
+#pragma unroll
+        for (int n = 0; n < BR / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int qi = 8 * n + 2 * t + (e & 1), j = key0 + 8 * (e >> 1), i = i0 + qi;
+                const bool masked = need_mask && (j >= S || (p.causal && j > i + S - T));
+                s[n][e] = masked ? 0.f : fa_ex2(fmaf(s[n][e], p.sl2, -cL[qi]));
+            }
+
+        /* dV += P^T dO */
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) {
+            const uint32_t pa[4] = {fa_pack<BF>(s[2 * kk][0], s[2 * kk][1]),
+                                    fa_pack<BF>(s[2 * kk][2], s[2 * kk][3]),
+                                    fa_pack<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    fa_pack<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t ob[4];
+                fa_ldsm4t(ob, cdO + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                  dp * 16 + (lane >> 4) * 8);
+                fa_mma<BF>(dv[2 * dp], pa, ob[0], ob[1]);
+                fa_mma<BF>(dv[2 * dp + 1], pa, ob[2], ob[3]);
+            }
+        }
+
+        /* dP^T = V dO^T */
+        float dp_[BR / 8][4];
+#pragma unroll
+        for (int n = 0; n < BR / 8; n++) dp_[n][0] = dp_[n][1] = dp_[n][2] = dp_[n][3] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t va[4];
+            fa_ldsm4(va, sV + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 +
+                             (lane >> 4) * 8);
+#pragma unroll
+            for (int np = 0; np < BR / 16; np++) {
+                uint32_t ob[4];
+                fa_ldsm4(ob, cdO + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 +
+                                 ((lane >> 3) & 1) * 8);
+                fa_mma<BF>(dp_[2 * np], va, ob[0], ob[1]);
+                fa_mma<BF>(dp_[2 * np + 1], va, ob[2], ob[3]);
+            }
+        }
+
+        /* dS^T = P^T * (dP^T - rowsum(dO * O)) (gradient of the scaled scores) */
+#pragma unroll
+        for (int n = 0; n < BR / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] *= dp_[n][e] - cDi[8 * n + 2 * t + (e & 1)];
+
+        /* dK += dS^T Q (scaled at the end); dS^T to shared for dQ */
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) {
+            const uint32_t da[4] = {fa_pack<BF>(s[2 * kk][0], s[2 * kk][1]),
+                                    fa_pack<BF>(s[2 * kk][2], s[2 * kk][3]),
+                                    fa_pack<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                    fa_pack<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            fa_st32(sdS + (warp * 16 + g) * LDS + 16 * kk + 2 * t, da[0]);
+            fa_st32(sdS + (warp * 16 + g + 8) * LDS + 16 * kk + 2 * t, da[1]);
+            fa_st32(sdS + (warp * 16 + g) * LDS + 16 * kk + 8 + 2 * t, da[2]);
+            fa_st32(sdS + (warp * 16 + g + 8) * LDS + 16 * kk + 8 + 2 * t, da[3]);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                uint32_t qb[4];
+                fa_ldsm4t(qb, cQ + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 +
+                                  (lane >> 4) * 8);
+                fa_mma<BF>(dk[2 * dp], da, qb[0], qb[1]);
+                fa_mma<BF>(dk[2 * dp + 1], da, qb[2], qb[3]);
+            }
+        }
+        fa_sync(); /* all of dS^T written */
+
+        /* dQ[rows rw*16.., cols cw*DW..] += scale * dS K over this tile's 64 keys */
+        {
+            const int rw = warp % WR, cw = warp / WR;
+            float dq[DW / 8][4];
+#pragma unroll
+            for (int n = 0; n < DW / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) {
+                uint32_t da[4];
+                fa_ldsm4t(da, sdS + (kk * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + rw * 16 +
+                                  ((lane >> 3) & 1) * 8);
+#pragma unroll
+                for (int dp = 0; dp < DW / 16; dp++) {
+                    uint32_t kb[4];
+                    fa_ldsm4t(kb, sK + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                      cw * DW + dp * 16 + (lane >> 4) * 8);
+                    fa_mma<BF>(dq[2 * dp], da, kb[0], kb[1]);
+                    fa_mma<BF>(dq[2 * dp + 1], da, kb[2], kb[3]);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int i = i0 + rw * 16 + g + 8 * r;
+                if (i < T) {
+                    float *dst = p.dq + (qrow + i) * D + cw * DW + 2 * t;
+#pragma unroll
+                    for (int n = 0; n < DW / 8; n++)
+                        fa_red2(dst + 8 * n, dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale);
+                }
+            }
+        }
+    }
+
+    /* stage dK (scaled), dV in this warp's own rows of sK, sV and copy out */
+    fa_cp_wait();
+    fa_sync();
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            const int off = (warp * 16 + g + 8 * r) * LD + 8 * n + 2 * t;
+            fa_st32(sK + off, fa_pack<BF>(dk[n][2 * r] * p.scale, dk[n][2 * r + 1] * p.scale));
+            fa_st32(sV + off, fa_pack<BF>(dv[n][2 * r], dv[n][2 * r + 1]));
+        }
+    fa_syncwarp();
+    uint16_t *gK = p.gk + b * p.sgk.b + hk * p.sgk.h, *gV = p.gv + b * p.sgv.b + hk * p.sgv.h;
+#pragma unroll
+    for (int c = lane; c < 16 * (D / 8); c += 32) {
+        const int r = c / (D / 8), cc = c % (D / 8), j = kv0 + warp * 16 + r;
+        if (j < S) {
+            fa_copy16(gK + j * p.sgk.r + cc * 8, sK + (warp * 16 + r) * LD + cc * 8);
+            fa_copy16(gV + j * p.sgv.r + cc * 8, sV + (warp * 16 + r) * LD + cc * 8);
+        }
+    }
+}
+
+#ifndef FE_FLASH_EMU
+/* ---- host launchers ------------------------------------------------------------------ */
+
+static fe_status fa_cuda_err(cudaError_t e, const char *what) {
+    if (e == cudaSuccess) return FE_OK;
+    return fe_set_error(e == cudaErrorMemoryAllocation ? FE_ERR_OOM : FE_ERR_DEVICE,
+                        "flash attention: %s: %s", what, cudaGetErrorString(e));
+}
+
+/* Validate the sizes and pointers common to both passes. */
+static fe_status fa_check(const fe_flash_args *a, const char *what, bool bwd) {
+    if (!a) return fe_set_error(FE_ERR_ARG, "%s: NULL arguments", what);
+    if (a->dtype != FE_BF16 && a->dtype != FE_F16)
+        return fe_set_error(FE_ERR_DTYPE, "%s: expected bf16 or f16, got dtype %d", what,
+                            (int)a->dtype);
+    if (a->D != 64 && a->D != 128)
+        return fe_set_error(FE_ERR_SHAPE, "%s: head dim %lld is not 64 or 128", what,
+                            (long long)a->D);
+    if (a->B < 0 || a->Hq < 0 || a->Hkv <= 0 || a->T < 0 || a->S < 0 || a->Hq % a->Hkv)
+        return fe_set_error(FE_ERR_SHAPE,
+                            "%s: bad sizes B %lld Hq %lld Hkv %lld T %lld S %lld (Hq must be a "
+                            "multiple of Hkv)",
+                            what, (long long)a->B, (long long)a->Hq, (long long)a->Hkv,
+                            (long long)a->T, (long long)a->S);
+    if (a->B > 65535 || a->Hq > 65535 || a->T > (1 << 29) || a->S > (1 << 29))
+        return fe_set_error(FE_ERR_SHAPE,
+                            "%s: sizes beyond the kernel's grid (B and heads <= 65535, sequence "
+                            "lengths <= 2^29)",
+                            what);
+    if (!(a->scale > 0) || !isfinite(a->scale))
+        return fe_set_error(FE_ERR_ARG, "%s: scale %g must be positive", what, a->scale);
+    if (!a->q || !a->k || !a->v || !a->out || !a->lse ||
+        (bwd && (!a->gout || !a->gq || !a->gk || !a->gv)))
+        return fe_set_error(FE_ERR_ARG, "%s: NULL data pointer", what);
+    /* tiles move in 16-byte pieces: rows start 16-byte aligned */
+    const void *ptrs[8] = {a->q, a->k, a->v, a->out, a->gout, a->gq, a->gk, a->gv};
+    const fe_flash_strides *strides[8] = {&a->sq,   &a->sk,  &a->sv,  &a->sout,
+                                          &a->sgout, &a->sgq, &a->sgk, &a->sgv};
+    static const char *names[8] = {"q", "k", "v", "out", "gout", "gq", "gk", "gv"};
+    for (int i = 0; i < (bwd ? 8 : 4); i++) {
+        const bool kv = i == 1 || i == 2 || i == 6 || i == 7;
+        const int64_t sz[3] = {a->B, kv ? a->Hkv : a->Hq, kv ? a->S : a->T};
+        const int64_t st[3] = {strides[i]->b, strides[i]->h, strides[i]->r};
+        if ((uintptr_t)ptrs[i] % 16)
+            return fe_set_error(FE_ERR_ARG, "%s: data pointer of %s must be 16-byte aligned", what,
+                                names[i]);
+        for (int d = 0; d < 3; d++)
+            if (sz[d] > 1 && (st[d] < 0 || st[d] % 8))
+                return fe_set_error(FE_ERR_ARG,
+                                    "%s: strides of %s must be non-negative multiples of 8 "
+                                    "elements (16 bytes), got (%lld, %lld, %lld)",
+                                    what, names[i], (long long)st[0], (long long)st[1],
+                                    (long long)st[2]);
+        /* written operands: no two elements at one address (sizes > 1 sorted by stride,
+         * each stride at least the extent of the smaller ones, D innermost) */
+        const bool written = i == 3 ? !bwd : i >= 5;
+        if (written) {
+            int64_t ext = a->D, s2[3], n2[3];
+            int m = 0;
+            for (int d = 0; d < 3; d++)
+                if (sz[d] > 1) s2[m] = st[d], n2[m++] = sz[d];
+            for (int x = 1; x < m; x++) /* insertion sort by stride */
+                for (int y = x; y > 0 && s2[y] < s2[y - 1]; y--) {
+                    int64_t ts = s2[y], tn = n2[y];
+                    s2[y] = s2[y - 1], n2[y] = n2[y - 1], s2[y - 1] = ts, n2[y - 1] = tn;
+                }
+            for (int x = 0; x < m; x++) {
+                if (s2[x] < ext)
+                    return fe_set_error(FE_ERR_ARG,
+                                        "%s: strides (%lld, %lld, %lld) of %s overlap its rows",
+                                        what, (long long)st[0], (long long)st[1],
+                                        (long long)st[2], names[i]);
+                ext = s2[x] * n2[x];
+            }
+        }
+    }
+    int cur = -1;
+    if (cudaGetDevice(&cur) == cudaSuccess && cur != a->device) {
+        fe_status st = fa_cuda_err(cudaSetDevice(a->device), "cudaSetDevice");
+        if (st) return st;
+    }
+    return FE_OK;
+}
+
+static fa_strides fa_str(const fe_flash_strides &s) { return {s.b, s.h, s.r}; }
+
+static fa_params fa_make_params(const fe_flash_args *a) {
+    fa_params p;
+    memset(&p, 0, sizeof p);
+    p.q = (const uint16_t *)a->q, p.k = (const uint16_t *)a->k, p.v = (const uint16_t *)a->v;
+    p.o = (const uint16_t *)a->out, p.go = (const uint16_t *)a->gout;
+    p.out = (uint16_t *)a->out, p.gq = (uint16_t *)a->gq;
+    p.gk = (uint16_t *)a->gk, p.gv = (uint16_t *)a->gv;
+    p.sq = fa_str(a->sq), p.sk = fa_str(a->sk), p.sv = fa_str(a->sv), p.so = fa_str(a->sout);
+    p.sgo = fa_str(a->sgout), p.sgq = fa_str(a->sgq), p.sgk = fa_str(a->sgk);
+    p.sgv = fa_str(a->sgv);
+    p.lse = a->lse;
+    p.Hq = (int)a->Hq, p.Hkv = (int)a->Hkv, p.G = (int)(a->Hq / a->Hkv);
+    p.T = (int)a->T, p.S = (int)a->S, p.causal = a->causal;
+    p.scale = (float)a->scale, p.sl2 = (float)(a->scale * 1.4426950408889634);
+    return p;
+}
+
+/* Opt a kernel in to more than 48 KiB of dynamic shared memory (once). */
+template <typename F> static fe_status fa_smem_optin(F *kernel, int bytes, bool *done) {
+    if (*done || bytes <= 48 * 1024) return FE_OK;
+    fe_status st = fa_cuda_err(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+        "cudaFuncSetAttribute");
+    if (!st) *done = true;
+    return st;
+}
+
+template <bool BF, int D> static fe_status fa_forward(const fa_params &p, int B, cudaStream_t s) {
+    static bool optin = false;
+    fe_status st = fa_smem_optin(fa_fwd_kernel<BF, D>, fa_fwd_smem(D), &optin);
+    if (st) return st;
+    dim3 grid((unsigned)((p.T + FA_BR - 1) / FA_BR), (unsigned)p.Hq, (unsigned)B);
+    fa_fwd_kernel<BF, D><<<grid, FA_NT, fa_fwd_smem(D), s>>>(p);
+    return fa_cuda_err(cudaGetLastError(), "forward kernel launch");
+}
+
+template <bool BF, int D> static fe_status fa_backward(const fa_params &p, int B, cudaStream_t s) {
+    static bool optin = false;
+    fe_status st = fa_smem_optin(fa_bwd_kernel<BF, D>, fa_bwd_smem(D), &optin);
+    if (st) return st;
+    const long long rows = (long long)B * p.Hq * p.T, n = rows * D;
+    if (n > 0) {
+        st = fa_cuda_err(cudaMemsetAsync(p.dq, 0, (size_t)n * sizeof(float), s), "cudaMemsetAsync");
+        if (st) return st;
+    }
+    if (rows > 0) {
+        dim3 grid((unsigned)((p.T + 7) / 8), (unsigned)p.Hq, (unsigned)B);
+        fa_bwd_pre_kernel<BF, D><<<grid, 256, 0, s>>>(p);
+        if ((st = fa_cuda_err(cudaGetLastError(), "backward preprocess launch"))) return st;
+    }
+    if (p.S > 0 && B > 0) {
+        dim3 grid((unsigned)((p.S + FA_BBC - 1) / FA_BBC), (unsigned)p.Hkv, (unsigned)B);
+        fa_bwd_kernel<BF, D><<<grid, FA_NT, fa_bwd_smem(D), s>>>(p);
+        if ((st = fa_cuda_err(cudaGetLastError(), "backward kernel launch"))) return st;
+    }
+    if (n > 0) {
+        const long long blocks = ((long long)p.T * (D / 8) + 255) / 256;
+        dim3 grid((unsigned)(blocks < 65536 ? blocks : 65536), (unsigned)p.Hq, (unsigned)B);
+        fa_dq_convert_kernel<BF, D><<<grid, 256, 0, s>>>(p);
+        if ((st = fa_cuda_err(cudaGetLastError(), "dq conversion launch"))) return st;
+    }
+    return FE_OK;
+}
+
+extern "C" fe_status fe_flash_attention_forward(const fe_flash_args *a, void *stream) {
+    fe_status st = fa_check(a, "flash attention forward", false);
+    if (st) return st;
+    if (a->B == 0 || a->Hq == 0 || a->T == 0) return FE_OK;
+    fa_params p = fa_make_params(a);
+    cudaStream_t s = (cudaStream_t)stream;
+    const int B = (int)a->B;
+    if (a->dtype == FE_BF16)
+        return a->D == 64 ? fa_forward<true, 64>(p, B, s) : fa_forward<true, 128>(p, B, s);
+    return a->D == 64 ? fa_forward<false, 64>(p, B, s) : fa_forward<false, 128>(p, B, s);
+}
+
+extern "C" void fe_flash_args_contiguous(fe_flash_args *a) {
+    const int64_t D = a->D;
+    const fe_flash_strides q = {a->Hq * a->T * D, a->T * D, D}, k = {a->Hkv * a->S * D, a->S * D, D};
+    a->sq = a->sout = a->sgout = a->sgq = q;
+    a->sk = a->sv = a->sgk = a->sgv = k;
+}
+
+extern "C" size_t fe_flash_attention_workspace_size(const fe_flash_args *a) {
+    if (!a || a->B <= 0 || a->Hq <= 0 || a->T <= 0 || a->D <= 0) return 0;
+    const size_t rows = (size_t)a->B * (size_t)a->Hq * (size_t)a->T;
+    return rows * (size_t)a->D * sizeof(float) + rows * sizeof(float);
+}
+
+extern "C" fe_status fe_flash_attention_backward(const fe_flash_args *a, void *workspace,
+                                                 void *stream) {
+    fe_status st = fa_check(a, "flash attention backward", true);
+    if (st) return st;
+    if ((uintptr_t)workspace % 16)
+        return fe_set_error(FE_ERR_ARG, "flash attention backward: workspace must be 16-byte aligned");
+    if (a->B == 0 || a->Hkv == 0) return FE_OK;
+    cudaStream_t s = (cudaStream_t)stream;
+    const size_t ws = fe_flash_attention_workspace_size(a);
+    void *w = workspace;
+    if (!w && ws > 0) {
+        st = fa_cuda_err(cudaMallocAsync(&w, ws, s), "cudaMallocAsync of the dQ scratch");
+        if (st) return st;
+    }
+    fa_params p = fa_make_params(a);
+    p.dq = (float *)w;
+    p.dvec = p.dq ? p.dq + (size_t)a->B * a->Hq * a->T * a->D : NULL;
+    const int B = (int)a->B;
+    if (a->dtype == FE_BF16)
+        st = a->D == 64 ? fa_backward<true, 64>(p, B, s) : fa_backward<true, 128>(p, B, s);
+    else
+        st = a->D == 64 ? fa_backward<false, 64>(p, B, s) : fa_backward<false, 128>(p, B, s);
+    if (w && !workspace) {
+        fe_status st2 = fa_cuda_err(cudaFreeAsync(w, s), "cudaFreeAsync of the dQ scratch");
+        if (!st) st = st2;
+    }
+    return st;
+}
+#endif /* !FE_FLASH_EMU */
