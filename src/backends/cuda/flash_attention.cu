@@ -709,7 +709,7 @@ static fe_status fa_check(const fe_flash_args *a, const char *what, bool bwd) {
         /* written operands: no two elements at one address (sizes > 1 sorted by stride,
          * each stride at least the extent of the smaller ones, D innermost) */
         const bool written = i == 3 ? !bwd : i >= 5;
-        if (written) {
+        if (written && sz[0] && sz[1] && sz[2]) { /* an empty operand has no rows to overlap */
             int64_t ext = a->D, s2[3], n2[3];
             int m = 0;
             for (int d = 0; d < 3; d++)
