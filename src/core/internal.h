@@ -125,6 +125,9 @@ fe_tensor *fe__take_pending(fe_tensor *t);
  * per use in training. */
 fe_tensor *fe__add_over(fe_tensor *a, fe_tensor *b);
 fe_tensor *fe__rope_over(fe_tensor *x, fe_tensor *inv_freq, int seq_dim, int64_t pos0);
+/* fe_rmsnorm_residual with h = x + r written over r's memory, likewise */
+fe_status fe__rmsnorm_residual_over(fe_tensor *x, fe_tensor *r, fe_tensor *w, double eps,
+                                    fe_tensor **h_out, fe_tensor **y_out);
 
 /* ---- broadcasting helpers (ops/broadcast.c) ------------------------------ */
 /* The broadcast shape of a and b; false (with error set) when incompatible. */

@@ -17,7 +17,9 @@ static fe_tensor *block(const fe_nn_llama_block *m, fe_tensor *h, fe_tensor *inv
     fe_free(x);
     fe_tensor *h2 = NULL, *y = NULL; /* h2 = h + a, y = rmsnorm(h2) * w */
     const fe_nn_rmsnorm *pn = &m->post_attention_layernorm;
-    if (a && fe_rmsnorm_residual(h, a, fe_params_at(pn->params, pn->weight), pn->eps, &h2, &y)) {
+    /* h2 is written over a's memory: a is not read again */
+    if (a && fe__rmsnorm_residual_over(h, a, fe_params_at(pn->params, pn->weight), pn->eps, &h2,
+                                       &y)) {
         fe_free(a);
         return NULL;
     }

@@ -88,8 +88,10 @@ static fe_status residual_add_backward(fe_node *n, fe_tensor *out, fe_tensor *g,
     return FE_OK;
 }
 
-/* y = rmsnorm(x + r) * w; h = x + r when r is given. */
-static fe_status rmsnorm_impl(fe_tensor *x, fe_tensor *r, fe_tensor *w, double eps,
+/* y = rmsnorm(x + r) * w; h = x + r when r is given, written over r's memory when
+ * `over` (and r is contiguous: each kernel reads an element of r before it writes that
+ * element of h). */
+static fe_status rmsnorm_impl(fe_tensor *x, fe_tensor *r, fe_tensor *w, double eps, bool over,
                               fe_tensor **h_out, fe_tensor **y_out) {
     const char *name = r ? "rmsnorm_residual" : "rmsnorm";
     if (fe__check_float(name, x)) return fe_last_status();
@@ -105,7 +107,9 @@ static fe_status rmsnorm_impl(fe_tensor *x, fe_tensor *r, fe_tensor *w, double e
     int64_t rows = C ? fe_numel(x) / C : 0;
     fe_tensor *xc = fe__contig_raw(x), *rc = r ? fe__contig_raw(r) : NULL;
     fe_tensor *y = fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev);
-    fe_tensor *h = r ? fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev) : NULL;
+    fe_tensor *h = !r ? NULL
+                   : over && rc == r ? fe__view(r, r->ndim, r->shape, r->stride, r->offset)
+                                     : fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev);
     fe_tensor *rstd = fe__alloc(1, &rows, stat_dtype(x), x->st->dev);
     fe_status st = (!xc || (r && (!rc || !h)) || !y || !rstd) ? fe_last_status() : FE_OK;
     if (!st) st = fe__be(x)->rmsnorm(y, h, rstd, xc, rc, w, eps);
@@ -135,20 +139,30 @@ static fe_status rmsnorm_impl(fe_tensor *x, fe_tensor *r, fe_tensor *w, double e
 fe_tensor *fe_rmsnorm(fe_tensor *x, fe_tensor *w, double eps) {
     if (fe__any_null("rmsnorm", 1, x)) return NULL;
     fe_tensor *y = NULL;
-    return rmsnorm_impl(x, NULL, w, eps, NULL, &y) ? NULL : y;
+    return rmsnorm_impl(x, NULL, w, eps, false, NULL, &y) ? NULL : y;
 }
 
-fe_status fe_rmsnorm_residual(fe_tensor *x, fe_tensor *r, fe_tensor *w, double eps,
-                              fe_tensor **h_out, fe_tensor **y_out) {
+static fe_status rmsnorm_residual(fe_tensor *x, fe_tensor *r, fe_tensor *w, double eps, bool over,
+                                  fe_tensor **h_out, fe_tensor **y_out) {
     if (fe__any_null("rmsnorm_residual", 2, x, r)) return FE_ERR_ARG;
     fe_tensor *h = NULL, *y = NULL;
-    fe_status st = rmsnorm_impl(x, r, w, eps, &h, &y);
+    fe_status st = rmsnorm_impl(x, r, w, eps, over, &h, &y);
     if (st) return st;
     if (h_out) *h_out = h;
     else fe_free(h);
     if (y_out) *y_out = y;
     else fe_free(y);
     return FE_OK;
+}
+
+fe_status fe_rmsnorm_residual(fe_tensor *x, fe_tensor *r, fe_tensor *w, double eps,
+                              fe_tensor **h_out, fe_tensor **y_out) {
+    return rmsnorm_residual(x, r, w, eps, false, h_out, y_out);
+}
+
+fe_status fe__rmsnorm_residual_over(fe_tensor *x, fe_tensor *r, fe_tensor *w, double eps,
+                                    fe_tensor **h_out, fe_tensor **y_out) {
+    return rmsnorm_residual(x, r, w, eps, true, h_out, y_out);
 }
 
 /* ---- LayerNorm ------------------------------------------------------------------------ */
