@@ -113,3 +113,108 @@ TEST(backward_frees_the_graph) {
     CHECK(t_maxdiff(fe_grad(x), expect) < 1e-12); /* the failed pass added nothing */
 }
 
+/* ---- the first gradient of a leaf: adopted when nobody else sees it, else copied ---- */
+
+#include "core/internal.h"
+
+/* A one-element op over two leaves whose backward hands out gradients shared in the way
+ * node->i[0] says; the tensors it handed out are remembered (raw pointers, compared only). */
+enum { GIVE_FRESH, GIVE_ONE_TO_BOTH, GIVE_SAVED_AND_VIEW };
+static fe_tensor *g_given[2];
+
+static fe_status sharing_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {
+    (void)out, (void)g;
+    fe_tensor *a = n->in[0];
+    if (n->i[0] == GIVE_FRESH) {
+        gin[0] = fe_full(a->ndim, a->shape, 2.0, a->dtype, FE_DEVICE_CPU);
+        gin[1] = fe_full(a->ndim, a->shape, 3.0, a->dtype, FE_DEVICE_CPU);
+    } else if (n->i[0] == GIVE_ONE_TO_BOTH) {
+        gin[0] = gin[1] = fe_full(a->ndim, a->shape, 5.0, a->dtype, FE_DEVICE_CPU);
+    } else { /* the tensor saved on the node itself, and a view of it */
+        gin[0] = n->saved[0];
+        gin[1] = fe_detach(n->saved[0]);
+    }
+    g_given[0] = gin[0], g_given[1] = gin[1];
+    return gin[0] && gin[1] ? FE_OK : fe_last_status();
+}
+
+static fe_tensor *sharing_op(fe_tensor *a, fe_tensor *b, int mode) {
+    fe_tensor *out = fe_zeros(1, S(1), FE_F64, FE_DEVICE_CPU);
+    fe_node *n = fe__record(out, "sharing", sharing_backward, 2, (fe_tensor *[]){a, b});
+    n->i[0] = mode;
+    if (mode == GIVE_SAVED_AND_VIEW) {
+        fe_tensor *s = fe_full(a->ndim, a->shape, 7.0, a->dtype, FE_DEVICE_CPU);
+        fe__save(n, 0, s);
+        fe_free(s); /* the node's reference is the only one left */
+    }
+    return out;
+}
+
+static fe_tensor *leaf3(void) {
+    fe_tensor *t = t_randn(1, S(3), FE_F64);
+    fe_set_requires_grad(t, true);
+    return t;
+}
+
+TEST(first_leaf_gradient_is_adopted_when_unshared) {
+    fe_tensor *a = leaf3(), *b = leaf3();
+    fe_tensor *y = sharing_op(a, b, GIVE_FRESH);
+    CHECK(fe_backward(y, NULL) == FE_OK);
+    /* fresh tensors seen only by the engine become the grads themselves, with no copy */
+    CHECK(fe_grad(a) == g_given[0] && fe_grad(b) == g_given[1]);
+    CHECK(fe_grad(a)->refcnt == 1 && fe_grad(a)->scope == NULL && fe_grad(a)->st->refcnt == 1);
+    CHECK(t_maxdiff(fe_grad(a), fe_full(1, S(3), 2, FE_F64, FE_DEVICE_CPU)) == 0);
+    CHECK(t_maxdiff(fe_grad(b), fe_full(1, S(3), 3, FE_F64, FE_DEVICE_CPU)) == 0);
+    /* they go on accumulating in place */
+    CHECK(fe_backward(sharing_op(a, b, GIVE_FRESH), NULL) == FE_OK);
+    CHECK(t_maxdiff(fe_grad(a), fe_full(1, S(3), 4, FE_F64, FE_DEVICE_CPU)) == 0);
+    /* a real op: mul's gradients are fresh products */
+    fe_tensor *x = leaf3(), *w = leaf3();
+    CHECK(fe_backward(fe_sum(fe_mul(x, w), 0, NULL, false), NULL) == FE_OK);
+    CHECK(t_maxdiff(fe_grad(x), w) == 0 && t_maxdiff(fe_grad(w), x) == 0);
+    CHECK(fe_grad(x)->st->refcnt == 1 && fe_grad(x)->st != fe_grad(w)->st);
+}
+
+TEST(shared_gradients_are_copied) {
+    /* one tensor handed to two leaves: the first leaf gets a copy (the second reference is
+     * still out there), the second may then keep the tensor; they never share memory */
+    fe_tensor *a = leaf3(), *b = leaf3();
+    CHECK(fe_backward(sharing_op(a, b, GIVE_ONE_TO_BOTH), NULL) == FE_OK);
+    CHECK(fe_grad(a) != g_given[0] && fe_grad(a)->st != fe_grad(b)->st);
+    fe_tensor *five = fe_full(1, S(3), 5, FE_F64, FE_DEVICE_CPU);
+    CHECK(t_maxdiff(fe_grad(a), five) == 0 && t_maxdiff(fe_grad(b), five) == 0);
+    fe_tensor *c = leaf3();
+    CHECK(fe_backward(sharing_op(a, c, GIVE_FRESH), NULL) == FE_OK); /* a += 2 */
+    CHECK(t_maxdiff(fe_grad(a), fe_full(1, S(3), 7, FE_F64, FE_DEVICE_CPU)) == 0);
+    CHECK(t_maxdiff(fe_grad(b), five) == 0);
+
+    /* a tensor saved on a node, and a view of it: both copied, the saved one untouched */
+    fe_tensor *p = leaf3(), *q = leaf3();
+    fe_tensor *y = sharing_op(p, q, GIVE_SAVED_AND_VIEW);
+    fe_tensor *saved = y->node->saved[0];
+    CHECK(fe_backward(y, NULL) == FE_OK);
+    CHECK(fe_grad(p) != saved && fe_grad(q) != g_given[1]);
+    CHECK(fe_grad(p)->st != saved->st && fe_grad(q)->st != saved->st);
+    CHECK(fe_backward(sharing_op(p, q, GIVE_FRESH), NULL) == FE_OK); /* p += 2, q += 3 */
+    fe_tensor *seven = fe_full(1, S(3), 7, FE_F64, FE_DEVICE_CPU);
+    CHECK(t_maxdiff(saved, seven) == 0);
+    CHECK(t_maxdiff(fe_grad(p), fe_full(1, S(3), 9, FE_F64, FE_DEVICE_CPU)) == 0);
+    CHECK(t_maxdiff(fe_grad(q), fe_full(1, S(3), 10, FE_F64, FE_DEVICE_CPU)) == 0);
+
+    /* the caller's own gradient of a leaf output, owned by nobody's scope: copied */
+    fe_tensor *leaf = leaf3();
+    fe_scope *sus = fe__scope_suspend();
+    fe_tensor *gout = fe_full(1, S(3), 1.5, FE_F64, FE_DEVICE_CPU); /* owned by the test */
+    fe__scope_resume(sus);
+    CHECK(fe_backward(leaf, gout) == FE_OK);
+    CHECK(fe_grad(leaf) != gout);
+    fe_free(gout);
+    CHECK(t_maxdiff(fe_grad(leaf), fe_full(1, S(3), 1.5, FE_F64, FE_DEVICE_CPU)) == 0);
+
+    /* a gradient of another dtype is cast, as before */
+    fe_tensor *h = fe_cast(t_randn(1, S(3), FE_F64), FE_F32);
+    fe_set_requires_grad(h, true);
+    fe_tensor *x = leaf3();
+    CHECK(fe_backward(fe_sum(fe_mul(fe_cast(x, FE_F32), h), 0, NULL, false), NULL) == FE_OK);
+    CHECK(fe_dtype_of(fe_grad(x)) == FE_F64);
+}

@@ -14,8 +14,11 @@
  *   fe_tensor *norm = fe_clip_grad_norm(fe_amp_master(amp), 1.0);
  *   bool ok; fe_grad_scaler_update(sc, &ok);
  *   if (ok) fe_optimizer_step(opt, fe_lr_at(&sched, step));
- *   fe_params_zero_grad(fe_amp_master(amp));
+ *   fe_params_zero_grad(fe_amp_master(amp));         // (and the model's grads)
  *   fe_amp_to_compute(amp);                          // master -> bf16/fp16 weights
+ *
+ * Everything after the backward passes is also one call, fe_optimizer_update, which
+ * gives the same results with far fewer passes over memory (see there).
  */
 #ifndef FERRIC_TRAIN_H
 #define FERRIC_TRAIN_H
@@ -149,6 +152,36 @@ double fe_grad_scaler_get_scale(const fe_grad_scaler *s);
 int fe_grad_scaler_state_count(const fe_grad_scaler *s);
 fe_status fe_grad_scaler_state_item(const fe_grad_scaler *s, int i, fe_state_item *out);
 fe_status fe_grad_scaler_set_scalar(fe_grad_scaler *s, const char *name, double value);
+
+/* ---- the whole update after backward ------------------------------------------------------ */
+
+typedef struct fe_update_config {
+    double lr;
+    double max_norm;        /* clip the global gradient norm to this; 0: no clipping */
+    fe_amp *amp;            /* mixed precision (the optimizer is over fe_amp_master), or NULL */
+    fe_grad_scaler *scaler; /* fp16 loss scaling, or NULL */
+} fe_update_config;
+
+/* The rest of a training step once backward has left the gradients (P is the
+ * optimizer's registry), with exactly the results of
+ *   if (amp) fe_amp_grads_to_master(amp);
+ *   if (scaler) fe_grad_scaler_unscale(scaler, P);
+ *   if (max_norm > 0) *norm = fe_clip_grad_norm(P, max_norm);
+ *   ok = true; if (scaler) fe_grad_scaler_update(scaler, &ok);   (reads the flag back)
+ *   if (ok) fe_optimizer_step(o, lr);
+ *   zero the grads of P (and of the model's compute tensors); if (amp) fe_amp_to_compute(amp);
+ * For AdamW on a backend with the multi-tensor kernels it makes two passes over the
+ * gradients instead: one for the norm and the overflow check, and the AdamW pass, which
+ * reads the bf16/fp16 model gradients as they are (no f32 master gradients), applies
+ * the unscale and clip factors on the fly and writes the compute weights. *norm (may be
+ * NULL) receives the norm (caller's scope) when max_norm > 0, else NULL; *info (may be
+ * NULL) whether the step was taken and which way. The gradients are zeroed also on error. */
+typedef struct fe_update_info {
+    bool stepped; /* false when the loss scaler skipped the step (inf/NaN gradients) */
+    bool fused;   /* the fused kernels did it (else the sequence above, call by call) */
+} fe_update_info;
+fe_status fe_optimizer_update(fe_optimizer *o, const fe_update_config *u, fe_tensor **norm,
+                              fe_update_info *info);
 
 #ifdef __cplusplus
 }

@@ -83,14 +83,36 @@ fe_tensor *fe_detach(fe_tensor *a) {
     return fe__view(a, a->ndim, a->shape, a->stride, a->offset);
 }
 
-/* Add g into a leaf's persistent .grad. */
-static fe_status accumulate_leaf(fe_tensor *leaf, fe_tensor *g) {
+/* True when g, a gradient the engine holds, can become leaf's .grad as it is: nothing
+ * else can see it or its memory (the engine's is the only reference, no scope owns it,
+ * no other header shares its storage, which it owns whole) and it is laid out as the
+ * leaf's own gradient would be (dtype, device, contiguous from offset 0). Anything
+ * shared -- a view, a tensor saved on a node, the same gradient handed to two leaves,
+ * the caller's own gout -- fails one of these and is copied instead. */
+static bool adoptable(const fe_tensor *leaf, const fe_tensor *g) {
+    const fe_storage *st = g->st;
+    return g->refcnt == 1 && !g->scope && st->refcnt == 1 && !st->borrowed && !g->node &&
+           !g->requires_grad && !g->grad && !g->bw_grad && g->dtype == leaf->dtype &&
+           st->dev.type == leaf->st->dev.type && st->dev.index == leaf->st->dev.index &&
+           g->offset == 0 && fe_is_contiguous(g) &&
+           st->nbytes == (size_t)fe_numel(g) * fe_dtype_size(g->dtype);
+}
+
+/* Add g into a leaf's persistent .grad. The first gradient is adopted as .grad when
+ * may_adopt and nothing else can see it (saves an allocation and a copy per leaf and
+ * step); otherwise it is copied into a fresh tensor. */
+static fe_status accumulate_leaf(fe_tensor *leaf, fe_tensor *g, bool may_adopt) {
     if (!fe__same_shape(leaf, g)) {
         char a[96], b[96];
         return fe_set_error(FE_ERR_SHAPE, "backward: gradient %s does not match its tensor %s",
                             fe_shape_str(g, a, sizeof a), fe_shape_str(leaf, b, sizeof b));
     }
     if (leaf->grad) return fe_add_(leaf->grad, g, 1.0);
+    if (may_adopt && adoptable(leaf, g)) {
+        fe__retain(g); /* the leaf's reference; the engine drops its own after this call */
+        leaf->grad = g;
+        return FE_OK;
+    }
     fe_scope *s = fe__scope_suspend();
     leaf->grad = fe__alloc(leaf->ndim, leaf->shape, leaf->dtype, leaf->st->dev);
     fe_status st = leaf->grad ? fe_copy_(leaf->grad, g) : fe_last_status();
@@ -194,8 +216,8 @@ fe_status fe_backward(fe_tensor *out, fe_tensor *gout) {
     fe_status st = FE_OK;
     fe_tensor *g0 = gout ? gout : fe_full(out->ndim, out->shape, 1.0, out->dtype, out->st->dev);
     if (!g0) st = fe_last_status();
-    if (!st && !out->node) { /* a leaf: its gradient is gout itself */
-        st = accumulate_leaf(out, g0);
+    if (!st && !out->node) { /* a leaf: its gradient is gout itself (the caller's: copied) */
+        st = accumulate_leaf(out, g0, false);
         fe_scope_end(scope);
         fe_set_grad_enabled(prev);
         return st;
@@ -232,7 +254,7 @@ fe_status fe_backward(fe_tensor *out, fe_tensor *gout) {
         for (int i = 0; i < node->n_in; i++) {
             fe_tensor *in = node->in[i];
             if (!st && gin[i] && in && in->requires_grad)
-                st = in->node ? accumulate_pending(in, gin[i]) : accumulate_leaf(in, gin[i]);
+                st = in->node ? accumulate_pending(in, gin[i]) : accumulate_leaf(in, gin[i], true);
             if (gin[i]) fe__release(gin[i]);
         }
         fe__release(g);

@@ -48,18 +48,26 @@ typedef enum fe_binary_op {
 typedef enum fe_reduce_op { FE_R_SUM, FE_R_MAX } fe_reduce_op;
 typedef enum fe_rand_kind { FE_RAND_UNIFORM, FE_RAND_NORMAL } fe_rand_kind;
 
-/* Arguments of fe_backend.adamw, the update PyTorch's AdamW makes, with g = grad * gs:
+/* Arguments of fe_backend.adamw, the update PyTorch's AdamW makes, with g the gradient
+ * after the optional multipliers below:
  *   m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
  *   p = p (1 - lr wd_i) - lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)
- * gs = grad_scale[0] when grad_scale is not NULL, else 1 (a device scalar: clipping or
- * loss-scale factors without a pass over the grads); when skip is not NULL and
- * skip[0] != 0 nothing is written (an fp16 overflow step, decided on the device). */
+ * The gradient is first multiplied by `unscale` (a host number: 1 / the fp16 loss scale;
+ * 0 reads as 1) and then by gs = grad_scale[0] (a device scalar: the clip coefficient),
+ * each product rounded to the state precision (f32, or f64 for f64 state), so g is what an
+ * in-place unscale and an in-place clip of an f32 (f64) gradient would have left. When
+ * skip is not NULL and skip[0] != 0 nothing is written (an fp16 overflow step, decided on
+ * the device). When copy is not NULL, each copy[i] that is not NULL (contiguous, any float
+ * dtype, p[i]'s element count) receives p[i] as stored after the update, cast to its dtype:
+ * the low-precision compute weights of mixed precision, with no pass of their own. */
 typedef struct fe_adamw_args {
     double lr, beta1, beta2, eps;
-    double bc1, bc2;            /* bias corrections 1 - beta^t */
-    const double *weight_decay; /* n entries, 0 for no-decay tensors */
+    double bc1, bc2;             /* bias corrections 1 - beta^t */
+    const double *weight_decay;  /* n entries, 0 for no-decay tensors */
+    double unscale;              /* host multiplier of the gradients; 0 = 1 */
     const fe_tensor *grad_scale; /* 1 element, any float dtype, or NULL */
     const fe_tensor *skip;       /* 1 element, any dtype, or NULL */
+    fe_tensor *const *copy;      /* n entries (each may be NULL), or NULL */
 } fe_adamw_args;
 
 typedef struct fe_backend {
@@ -156,8 +164,11 @@ typedef struct fe_backend {
     fe_status (*adamw)(int n, fe_tensor *const *p, const fe_tensor *const *g, fe_tensor *const *m,
                        fe_tensor *const *v, const fe_adamw_args *args);
     /* out (1 element, f32 or f64) = sum over the n tensors g[i] (any float dtype) of
-     * their squared elements, accumulated in f64 in a fixed order (deterministic). */
-    fe_status (*grad_norm_sq)(fe_tensor *out, int n, const fe_tensor *const *g);
+     * their squared elements, accumulated in f64 in a fixed order (deterministic). Each
+     * element is first multiplied by `scale` and rounded to f32 (kept in f64 for f64
+     * tensors): the gradients an in-place unscale of f32 copies would hold. scale 1
+     * leaves the elements as they are. */
+    fe_status (*grad_norm_sq)(fe_tensor *out, int n, const fe_tensor *const *g, double scale);
     /* t[i] *= s[0] for the n tensors (any float dtype); s is a 1-element float tensor
      * on the same device, read on the device. */
     fe_status (*scale_multi)(int n, fe_tensor *const *t, const fe_tensor *s);

@@ -1,7 +1,6 @@
 /* Mixed precision: f32 master weights for the optimizer, bf16/fp16 copies for
  * forward and backward, and the two copies between them each step. */
-#include "core/internal.h"
-#include "ferric/train.h"
+#include "train/train_internal.h"
 
 struct fe_amp {
     fe_params *model;  /* holds the compute tensors */
@@ -10,6 +9,8 @@ struct fe_amp {
 };
 
 fe_params *fe_amp_master(fe_amp *a) { return a ? a->master : NULL; }
+
+fe_params *fe__amp_model(fe_amp *a) { return a ? a->model : NULL; }
 
 fe_amp *fe_amp_new(fe_params *model, fe_dtype compute_dt) {
     if (!model) {

@@ -7,11 +7,11 @@
  * the gradients are scaled in place by one multi-tensor kernel that reads the factor
  * on the device. Scaling in place (rather than handing the factor to the next AdamW
  * step as its grad_scale) keeps this function's contract: after it returns the
- * gradients are clipped, whatever optimizer or code reads them next. The composed-ops
- * path below remains for backends without those kernels; FE_FUSED_OPTIM=0 forces it. */
-#include "backends/backend.h"
-#include "ferric/train.h"
+ * gradients are clipped, whatever optimizer or code reads them next (fe_optimizer_update,
+ * which owns the whole step, hands the factor to AdamW instead). The composed-ops path
+ * below remains for backends without those kernels; FE_FUSED_OPTIM=0 forces it. */
 #include "ops/ops_internal.h"
+#include "train/train_internal.h"
 
 /* The gradients of p in *out (malloc'd) and their count when the fused kernels apply:
  * the backend has them, FE_FUSED_OPTIM is not 0, and every gradient is a contiguous
@@ -41,6 +41,18 @@ static int fused_grads(fe_params *p, const fe_tensor *any, fe_tensor ***out) {
     return k;
 }
 
+fe_tensor *fe__clip_coef(fe_tensor *norm, double max_norm) {
+    if (!norm) return NULL;
+    fe_dtype acc = fe_dtype_of(norm);
+    fe_device dev = fe_device_of(norm);
+    /* coef = min(1, max_norm / (norm + 1e-6)) */
+    fe_tensor *coef =
+        fe_div(fe_full(1, (int64_t[]){1}, max_norm, acc, dev), fe_add_scalar(norm, 1e-6));
+    fe_tensor *one = fe_ones(1, (int64_t[]){1}, acc, dev);
+    fe_tensor *big = coef && one ? fe__binary_raw(FE_B_GE, coef, one, 1.0, "clip_grad_norm") : NULL;
+    return big ? fe_where(big, one, coef) : NULL;
+}
+
 fe_tensor *fe_clip_grad_norm(fe_params *p, double max_norm) {
     if (!p) {
         fe_set_error(FE_ERR_ARG, "clip_grad_norm: NULL parameter registry");
@@ -66,7 +78,7 @@ fe_tensor *fe_clip_grad_norm(fe_params *p, double max_norm) {
     fe_tensor *total = ng > 0 ? fe_empty(1, (int64_t[]){1}, acc, fe_device_of(any))
                               : fe_zeros(1, (int64_t[]){1}, acc, fe_device_of(any));
     if (ng > 0 && total) {
-        fe_status fs = fe__be(any)->grad_norm_sq(total, ng, (const fe_tensor *const *)gl);
+        fe_status fs = fe__be(any)->grad_norm_sq(total, ng, (const fe_tensor *const *)gl, 1.0);
         if (fs) total = NULL;
     }
     for (int i = 0; i < n && total && ng <= 0; i++) {
@@ -81,13 +93,7 @@ fe_tensor *fe_clip_grad_norm(fe_params *p, double max_norm) {
     fe_tensor *norm = total ? fe_sqrt(total) : NULL; /* (1) */
     fe_status st = norm ? FE_OK : fe_last_status();
     if (!st && max_norm > 0) {
-        /* coef = min(1, max_norm / (norm + 1e-6)) */
-        fe_tensor *coef = fe_div(fe_full(1, (int64_t[]){1}, max_norm, acc, fe_device_of(norm)),
-                                 fe_add_scalar(norm, 1e-6));
-        fe_tensor *one = fe_ones(1, (int64_t[]){1}, acc, fe_device_of(norm));
-        fe_tensor *big =
-            coef && one ? fe__binary_raw(FE_B_GE, coef, one, 1.0, "clip_grad_norm") : NULL;
-        fe_tensor *c = big ? fe_where(big, one, coef) : NULL;
+        fe_tensor *c = fe__clip_coef(norm, max_norm);
         st = c ? FE_OK : fe_last_status();
         if (!st && ng > 0) st = fe__be(any)->scale_multi(ng, gl, c);
         for (int i = 0; i < n && !st && ng <= 0; i++) {

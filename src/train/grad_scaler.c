@@ -1,8 +1,8 @@
 /* Dynamic loss scaling for fp16 training. The overflow check is made of device
  * ops: inf * 0 and NaN * 0 are NaN, so sum(g * 0) is 0 for a finite gradient and
  * NaN otherwise; the flag is 1 - (total == total). */
-#include "ferric/train.h"
 #include "ops/ops_internal.h"
+#include "train/train_internal.h"
 
 #include <math.h>
 
@@ -90,6 +90,11 @@ fe_status fe_grad_scaler_unscale(fe_grad_scaler *s, fe_params *p) {
 }
 
 fe_tensor *fe_grad_scaler_found_inf(const fe_grad_scaler *s) { return s ? s->found_inf : NULL; }
+
+void fe__grad_scaler_set_found_inf(fe_grad_scaler *s, fe_tensor *flag) {
+    fe_free(s->found_inf);
+    s->found_inf = flag;
+}
 
 fe_status fe_grad_scaler_update(fe_grad_scaler *s, bool *step_ok) {
     if (!s || !step_ok) return fe_set_error(FE_ERR_ARG, "grad scaler: NULL scaler or step_ok");

@@ -5,9 +5,7 @@
  * lives on one device, AdamW makes one fused pass per tensor instead (about eight
  * fewer trips through memory per element); FE_FUSED_OPTIM=0 in the environment turns
  * that off, for comparisons. */
-#include "backends/backend.h"
-#include "core/internal.h"
-#include "ferric/train.h"
+#include "train/train_internal.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -195,64 +193,90 @@ static bool fused_allowed(void) {
     return !(e && e[0] == '0' && e[1] == '\0');
 }
 
-/* AdamW over every parameter with a gradient through the backend's fused kernel.
- * Sets *done false (and changes nothing) when the fused path does not apply. */
-static fe_status adamw_fused(fe_optimizer *o, double lr, bool *done) {
-    *done = false;
-    if (!fused_allowed()) return FE_OK;
-    fe_tensor **p = malloc((size_t)(o->n ? o->n : 1) * 4 * sizeof *p);
-    double *wd = malloc((size_t)(o->n ? o->n : 1) * sizeof *wd);
-    if (!p || !wd) {
-        free(p), free(wd);
+void fe__adamw_plan_free(fe__adamw_plan *pl) {
+    free(pl->p), free(pl->wd);
+    *pl = (fe__adamw_plan){0};
+}
+
+/* t can be read in place by a multi-tensor kernel on dev. */
+static bool flat_on(const fe_tensor *t, fe_device dev) {
+    fe_device d = fe_device_of(t);
+    return d.type == dev.type && d.index == dev.index && fe_is_contiguous(t) &&
+           fe_dtype_is_float(fe_dtype_of(t));
+}
+
+fe_status fe__adamw_plan_make(fe_optimizer *o, fe_params *grads, fe_params *copies,
+                              fe__adamw_plan *pl) {
+    *pl = (fe__adamw_plan){0};
+    int np = fe_params_count(o->params);
+    if (o->kind != OPT_ADAMW || !fused_allowed() || (grads && fe_params_count(grads) != np) ||
+        (copies && fe_params_count(copies) != np))
+        return FE_OK;
+    size_t cap = (size_t)(o->n ? o->n : 1);
+    pl->p = malloc(cap * 5 * sizeof *pl->p);
+    pl->wd = malloc(cap * sizeof *pl->wd);
+    if (!pl->p || !pl->wd) {
+        fe__adamw_plan_free(pl);
         return fe_set_error(FE_ERR_OOM, "adamw: out of host memory");
     }
-    fe_tensor **g = p + o->n, **m = g + o->n, **v = m + o->n;
-    int k = 0;
+    pl->g = pl->p + cap, pl->m = pl->g + cap, pl->v = pl->m + cap, pl->copy = pl->v + cap;
     bool ok = true;
-    const fe_backend *be = NULL;
     fe_device dev = FE_DEVICE_CPU;
     for (int i = 0; i < o->n && ok; i++) {
         slot *sl = &o->slots[i];
-        fe_tensor *t = fe_params_at(o->params, sl->param), *gr = fe_grad(t);
+        fe_tensor *t = fe_params_at(o->params, sl->param);
+        fe_tensor *gr = fe_grad(grads ? fe_params_at(grads, sl->param) : t);
         if (!gr) continue;
-        fe_device d = fe_device_of(t), dg = fe_device_of(gr);
-        if (k == 0) dev = d, be = fe__be(t);
-        ok = d.type == dev.type && d.index == dev.index && dg.type == dev.type &&
-             dg.index == dev.index && fe_is_contiguous(t) && fe_is_contiguous(gr) &&
-             fe_numel(gr) == fe_numel(t) && fe_dtype_is_float(fe_dtype_of(gr));
-        p[k] = t, g[k] = gr, m[k] = sl->s0, v[k] = sl->s1;
-        wd[k] = fe_params_no_decay(o->params, sl->param) ? 0.0 : o->adamw.weight_decay;
-        k++;
+        fe_tensor *c = copies ? fe_params_at(copies, sl->param) : NULL;
+        int k = pl->n++;
+        if (k == 0) dev = fe_device_of(t), pl->be = fe__be(t);
+        ok = flat_on(t, dev) && flat_on(gr, dev) && fe_numel(gr) == fe_numel(t) &&
+             (!c || (flat_on(c, dev) && fe_numel(c) == fe_numel(t)));
+        pl->p[k] = t, pl->g[k] = gr, pl->m[k] = sl->s0, pl->v[k] = sl->s1, pl->copy[k] = c;
+        pl->wd[k] = fe_params_no_decay(o->params, sl->param) ? 0.0 : o->adamw.weight_decay;
     }
-    fe_status st = FE_OK;
-    if (ok && (k == 0 || (be && be->adamw))) {
-        const fe_adamw_config *c = &o->adamw;
-        double t = (double)o->step;
-        fe_adamw_args a = {.lr = lr,
-                           .beta1 = c->beta1,
-                           .beta2 = c->beta2,
-                           .eps = c->eps,
-                           .bc1 = 1.0 - pow(c->beta1, t),
-                           .bc2 = 1.0 - pow(c->beta2, t),
-                           .weight_decay = wd};
-        st = k ? be->adamw(k, p, (const fe_tensor *const *)g, m, v, &a) : FE_OK;
-        *done = true;
-    }
-    free(p), free(wd);
-    return st;
+    pl->ok = ok && (pl->n == 0 || (pl->be && pl->be->adamw));
+    if (!pl->ok) fe__adamw_plan_free(pl);
+    return FE_OK;
 }
+
+fe_status fe__adamw_plan_run(fe_optimizer *o, const fe__adamw_plan *pl, double lr, double unscale,
+                             const fe_tensor *grad_scale) {
+    o->step++;
+    if (pl->n == 0) return FE_OK;
+    const fe_adamw_config *c = &o->adamw;
+    double t = (double)o->step;
+    fe_adamw_args a = {.lr = lr,
+                       .beta1 = c->beta1,
+                       .beta2 = c->beta2,
+                       .eps = c->eps,
+                       .bc1 = 1.0 - pow(c->beta1, t),
+                       .bc2 = 1.0 - pow(c->beta2, t),
+                       .weight_decay = pl->wd,
+                       .unscale = unscale,
+                       .grad_scale = grad_scale,
+                       .copy = pl->copy};
+    return pl->be->adamw(pl->n, pl->p, (const fe_tensor *const *)pl->g, pl->m, pl->v, &a);
+}
+
+fe_params *fe__optimizer_params(fe_optimizer *o) { return o ? o->params : NULL; }
 
 fe_status fe_optimizer_step(fe_optimizer *o, double lr) {
     if (!o) return fe_set_error(FE_ERR_ARG, "optimizer step: NULL optimizer");
     if (!(lr >= 0) || isinf(lr))
         return fe_set_error(FE_ERR_ARG, "optimizer step: learning rate %g must be finite and >= 0",
                             lr);
-    o->step++;
-    if (o->kind == OPT_ADAMW) {
-        bool done;
-        fe_status st = adamw_fused(o, lr, &done);
-        if (st || done) return st;
+    if (o->kind == OPT_ADAMW) { /* one fused pass per tensor when the backend has it */
+        fe__adamw_plan pl;
+        fe_status st = fe__adamw_plan_make(o, NULL, NULL, &pl);
+        if (st) return st;
+        if (pl.ok) {
+            st = fe__adamw_plan_run(o, &pl, lr, 0.0, NULL);
+            fe__adamw_plan_free(&pl);
+            return st;
+        }
     }
+    o->step++;
     bool prev = fe_set_grad_enabled(false);
     fe_status st = FE_OK;
     for (int i = 0; i < o->n && !st; i++) {

@@ -291,17 +291,14 @@ fe_status fe_trainer_step(fe_trainer *t) {
     fe_scope *s = fe_scope_begin();
     fe_tensor *loss_sum = NULL, *norm = NULL;
     fe_status st = forward_backward(t, &loss_sum);
-    if (!st && t->amp) st = fe_amp_grads_to_master(t->amp);
-    if (!st && t->scaler) st = fe_grad_scaler_unscale(t->scaler, t->master);
-    if (!st && o->clip > 0 && !(norm = fe_clip_grad_norm(t->master, o->clip))) st = fe_last_status();
-    bool ok = true;
-    if (!st && t->scaler) st = fe_grad_scaler_update(t->scaler, &ok);
     double lr = fe_lr_at(&t->sched, step);
-    if (!st && ok) st = fe_optimizer_step(t->opt, lr);
-    fe_params_zero_grad(t->master);
-    if (t->amp) {
-        fe_params_zero_grad(fe_llama_params(t->model));
-        if (!st) st = fe_amp_to_compute(t->amp);
+    /* unscale, clip, AdamW, zero the grads, refresh the bf16/fp16 weights */
+    fe_update_config uc = {.lr = lr, .max_norm = o->clip, .amp = t->amp, .scaler = t->scaler};
+    if (!st) {
+        st = fe_optimizer_update(t->opt, &uc, &norm, NULL);
+    } else {
+        fe_params_zero_grad(t->master);
+        if (t->amp) fe_params_zero_grad(fe_llama_params(t->model));
     }
     if (st) {
         fe_scope_end(s);

@@ -76,7 +76,7 @@ fe_status cpu_silu_gate_backward(fe_tensor *ga, fe_tensor *gb, const fe_tensor *
 /* cpu_optim.c: the fused optimizer entries */
 fe_status cpu_adamw(int n, fe_tensor *const *p, const fe_tensor *const *g, fe_tensor *const *m,
                     fe_tensor *const *v, const fe_adamw_args *a);
-fe_status cpu_grad_norm_sq(fe_tensor *out, int n, const fe_tensor *const *g);
+fe_status cpu_grad_norm_sq(fe_tensor *out, int n, const fe_tensor *const *g, double scale);
 fe_status cpu_scale_multi(int n, fe_tensor *const *t, const fe_tensor *s);
 
 #endif

@@ -102,7 +102,8 @@ fe_status fe_cuda_silu_gate_backward(fe_tensor *ga, fe_tensor *gb, const fe_tens
 /* multi-tensor optimizer kernels (cuda_optim.cu); see fe_backend.adamw and the others */
 fe_status fe_cuda_adamw(int n, fe_tensor *const *p, const fe_tensor *const *g, fe_tensor *const *m,
                         fe_tensor *const *v, const fe_adamw_args *a);
-fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor *const *g);
+fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor *const *g,
+                               double scale);
 fe_status fe_cuda_scale_multi(int n, fe_tensor *const *t, const fe_tensor *s);
 
 #ifdef __cplusplus

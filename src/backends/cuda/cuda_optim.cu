@@ -1,6 +1,7 @@
-/* CUDA multi-tensor optimizer kernels: AdamW over many tensors, the sum of squares of
- * many gradients (two deterministic stages, no atomics) and a scale of many tensors by
- * a device scalar. A launch takes up to MT_MAX tensors, passed by value in the kernel's
+/* CUDA multi-tensor optimizer kernels: AdamW over many tensors (which can also write the
+ * low-precision compute copy of each parameter), the sum of squares of many gradients
+ * (two deterministic stages, no atomics) and a scale of many tensors by a device scalar.
+ * A launch takes up to MT_MAX tensors, passed by value in the kernel's
  * parameters (under the 4 KiB limit of every driver); each tensor is cut in chunks of
  * MT_CHUNK elements and the blocks walk the chunks of all tensors. Within a chunk each
  * thread moves 4 consecutive elements at a time, with 8- or 16-byte loads where the
@@ -12,18 +13,21 @@
 #define MT_THREADS 512
 
 /* Up to MT_MAX tensors of one launch. chunk0[i] is the first chunk of tensor i;
- * chunk0[n] the total. decay[i] = 1 - lr * wd_i (AdamW only). */
+ * chunk0[n] the total. decay[i] = 1 - lr * wd_i and c[i], the compute copy of p[i] or
+ * NULL, are AdamW's only. */
 typedef struct mt_list {
     int n;
     void *p[MT_MAX];
     const void *g[MT_MAX];
     void *m[MT_MAX];
     void *v[MT_MAX];
+    void *c[MT_MAX];
     int64_t numel[MT_MAX];
     int64_t chunk0[MT_MAX + 1];
     double decay[MT_MAX];
-    unsigned char pdt[MT_MAX], gdt[MT_MAX];
+    unsigned char pdt[MT_MAX], gdt[MT_MAX], cdt[MT_MAX];
 } mt_list;
+static_assert(sizeof(mt_list) + 128 <= 4096, "kernel parameters are limited to 4 KiB");
 
 /* The tensor that owns chunk c (binary search over chunk0). */
 __device__ __forceinline__ int mt_find(const mt_list &L, int64_t c) {
@@ -133,13 +137,31 @@ __device__ __forceinline__ void st4(void *p, int dt, int64_t i, int cnt, const C
 __device__ __forceinline__ float cu_sqrt_c(float x) { return sqrtf(x); }
 __device__ __forceinline__ double cu_sqrt_c(double x) { return sqrt(x); }
 
+/* x as a tensor of dtype dt stores it (the value a later cast reads back). */
+template <typename C> __device__ __forceinline__ C cu_round_as(int dt, C x) {
+    switch (dt) {
+    case FE_F32: return (C)(float)x;
+    case FE_BF16: return (C)__bfloat162float(__float2bfloat16_rn((float)x));
+    case FE_F16: return (C)__half2float(__float2half_rn((float)x));
+    default: return x;
+    }
+}
+
+/* True when 4 elements of dtype dt at p go in one vector load (f32: 16 bytes, 16-bit: 8). */
+__device__ __forceinline__ bool vec4_ok(const void *p, int dt) {
+    uintptr_t a = (uintptr_t)p;
+    return dt == FE_F32 ? !(a & 15) : (dt == FE_BF16 || dt == FE_F16) ? !(a & 7) : false;
+}
+
 /* ---- AdamW -------------------------------------------------------------------------- */
 
-/* S: the state/compute type (float for f32 state, double for f64 state). */
+/* S: the state/compute type (float for f32 state, double for f64 state). The gradient is
+ * multiplied by us, then by gs, each product rounded in S (a factor of 1 changes nothing),
+ * as fe_adamw_args says. */
 template <typename S>
 __global__ void __launch_bounds__(MT_THREADS)
-    k_adamw(mt_list L, S b1, S b2, S eps, S step, S inv_sqrt_bc2, const void *gscale, int gs_dt,
-            const void *skip, int skip_dt) {
+    k_adamw(mt_list L, S b1, S b2, S eps, S step, S inv_sqrt_bc2, S us, const void *gscale,
+            int gs_dt, const void *skip, int skip_dt) {
     if (skip && cu_load_dyn(skip, skip_dt, 0) != 0.0) return;
     S gs = gscale ? (S)cu_load_dyn(gscale, gs_dt, 0) : (S)1;
     int sdt = sizeof(S) == 8 ? FE_F64 : FE_F32;
@@ -158,7 +180,8 @@ __global__ void __launch_bounds__(MT_THREADS)
             ld4<S>(L.v[t], sdt, i, cnt, v);
 #pragma unroll
             for (int k = 0; k < 4; k++) {
-                S gk = g[k] * gs;
+                S gk = g[k] * us;
+                gk = gk * gs;
                 m[k] = b1 * m[k] + ((S)1 - b1) * gk;
                 v[k] = b2 * v[k] + ((S)1 - b2) * gk * gk;
                 S denom = cu_sqrt_c(v[k]) * inv_sqrt_bc2 + eps;
@@ -167,6 +190,12 @@ __global__ void __launch_bounds__(MT_THREADS)
             st4<S>(L.p[t], L.pdt[t], i, cnt, w);
             st4<S>(L.m[t], sdt, i, cnt, m);
             st4<S>(L.v[t], sdt, i, cnt, v);
+            if (L.c[t]) { /* the compute copy: a cast of p as just stored */
+#pragma unroll
+                for (int k = 0; k < 4; k++)
+                    w[k] = cu_round_as<S>(L.pdt[t], w[k]);
+                st4<S>(L.c[t], L.cdt[t], i, cnt, w);
+            }
         }
     }
 }
@@ -200,15 +229,17 @@ static unsigned mt_blocks(const cu_dev *d, int64_t chunks) {
     return (unsigned)(chunks < cap ? (chunks > 0 ? chunks : 1) : cap);
 }
 
-/* Append tensor i to L: returns false when L is full. */
+/* Append tensor i to L (c: its compute copy, or NULL): returns false when L is full. */
 static bool mt_push(mt_list *L, void *p, const void *g, void *m, void *v, int64_t numel,
-                    double decay, fe_dtype pdt, fe_dtype gdt) {
+                    double decay, fe_dtype pdt, fe_dtype gdt, void *c = NULL,
+                    fe_dtype cdt = FE_F32) {
     if (L->n == MT_MAX) return false;
     int k = L->n++;
-    L->p[k] = p, L->g[k] = g, L->m[k] = m, L->v[k] = v;
+    L->p[k] = p, L->g[k] = g, L->m[k] = m, L->v[k] = v, L->c[k] = c;
     L->numel[k] = numel;
     L->decay[k] = decay;
     L->pdt[k] = (unsigned char)pdt, L->gdt[k] = (unsigned char)gdt;
+    L->cdt[k] = (unsigned char)cdt;
     L->chunk0[k + 1] = L->chunk0[k] + (numel + MT_CHUNK - 1) / MT_CHUNK;
     return true;
 }
@@ -217,9 +248,10 @@ template <typename S>
 static fe_status adamw_launch(cu_dev *d, mt_list *L, const fe_adamw_args *a) {
     if (L->n == 0) return FE_OK;
     const fe_tensor *gs = a->grad_scale, *sk = a->skip;
+    double us = a->unscale != 0.0 ? a->unscale : 1.0;
     k_adamw<S><<<mt_blocks(d, L->chunk0[L->n]), MT_THREADS, 0, d->stream>>>(
         *L, (S)a->beta1, (S)a->beta2, (S)a->eps, (S)(a->lr / a->bc1), (S)(1.0 / sqrt(a->bc2)),
-        gs ? fe__ptr(gs) : NULL, gs ? (int)gs->dtype : 0, sk ? fe__ptr(sk) : NULL,
+        (S)us, gs ? fe__ptr(gs) : NULL, gs ? (int)gs->dtype : 0, sk ? fe__ptr(sk) : NULL,
         sk ? (int)sk->dtype : 0);
     L->n = 0;
     return cu_launched("adamw kernel");
@@ -247,6 +279,11 @@ extern "C" fe_status fe_cuda_adamw(int n, fe_tensor *const *p, const fe_tensor *
         if (fe_numel(g[i]) != k || fe_numel(m[i]) != k || fe_numel(v[i]) != k)
             return fe_set_error(FE_ERR_SHAPE, "adamw (cuda): tensor %d: sizes of p, g, m, v differ",
                                 i);
+        const fe_tensor *c = a->copy ? a->copy[i] : NULL;
+        if (c && check_tensor("adamw", c, i, dev)) return fe_last_status();
+        if (c && fe_numel(c) != k)
+            return fe_set_error(FE_ERR_SHAPE, "adamw (cuda): tensor %d: its copy has another size",
+                                i);
     }
     if (check_scalar("adamw", a->grad_scale, dev, true) || check_scalar("adamw", a->skip, dev, false))
         return fe_last_status();
@@ -259,8 +296,10 @@ extern "C" fe_status fe_cuda_adamw(int n, fe_tensor *const *p, const fe_tensor *
             bool f64 = p[i]->dtype == FE_F64;
             if (f64 != (pass == 1) || fe_numel(p[i]) == 0) continue;
             double decay = 1.0 - a->lr * a->weight_decay[i];
+            fe_tensor *c = a->copy ? a->copy[i] : NULL;
             while (!st && !mt_push(L, fe__ptr(p[i]), fe__ptr(g[i]), fe__ptr(m[i]), fe__ptr(v[i]),
-                                   fe_numel(p[i]), decay, p[i]->dtype, g[i]->dtype))
+                                   fe_numel(p[i]), decay, p[i]->dtype, g[i]->dtype,
+                                   c ? fe__ptr(c) : NULL, c ? c->dtype : FE_F32))
                 st = f64 ? adamw_launch<double>(d, L, a) : adamw_launch<float>(d, L, a);
         }
         if (!st) st = pass == 1 ? adamw_launch<double>(d, L, a) : adamw_launch<float>(d, L, a);
@@ -278,8 +317,10 @@ extern "C" fe_status fe_cuda_adamw(int n, fe_tensor *const *p, const fe_tensor *
 #define MT_SUBS (MT_CHUNK / MT_SUB)
 static_assert(MT_CHUNK % MT_SUB == 0, "MT_CHUNK must be a multiple of MT_SUB");
 
-/* part[blockIdx.x] = sum of squares over the chunks this block walks (f64). */
-__global__ void __launch_bounds__(MT_THREADS) k_sumsq(mt_list L, double *part) {
+/* part[blockIdx.x] = sum of squares over the chunks this block walks (f64), each element
+ * first multiplied by the scale (scf in f32 for f32/f16/bf16 tensors, scd for f64 ones). */
+__global__ void __launch_bounds__(MT_THREADS)
+    k_sumsq(mt_list L, double *part, float scf, double scd) {
     __shared__ double sh[32];
     double acc = 0.0;
     for (int64_t q = blockIdx.x; q < L.chunk0[L.n] * MT_SUBS; q += gridDim.x) {
@@ -289,22 +330,25 @@ __global__ void __launch_bounds__(MT_THREADS) k_sumsq(mt_list L, double *part) {
         int64_t len = L.numel[t] - j0;
         if (len <= 0) continue; /* past the end of the tensor's last, partial chunk */
         if (len > MT_SUB) len = MT_SUB;
-        bool f64 = L.gdt[t] == FE_F64;
-        const float *gf = (const float *)L.g[t] + j0;
-        if (L.gdt[t] == FE_F32 && !((uintptr_t)gf & 15) && len == MT_SUB) {
-            /* a whole aligned f32 sub-chunk: SQ_U 16-byte loads in flight per thread, squares
-             * summed in f64 in the same order as the generic loop below */
+        int dt = L.gdt[t];
+        bool f64 = dt == FE_F64;
+        if (len == MT_SUB && vec4_ok(L.g[t], dt)) {
+            /* a whole aligned f32/f16/bf16 sub-chunk (the base pointer decides: j0 is a
+             * multiple of MT_SUB): SQ_U vector loads in flight per thread, squares summed in
+             * f64 in the same order as the generic loop below */
             for (int64_t j = (int64_t)threadIdx.x * 4; j < MT_SUB;
                  j += (int64_t)blockDim.x * 4 * SQ_U) {
-                float4 x[SQ_U];
+                float x[SQ_U][4];
 #pragma unroll
                 for (int u = 0; u < SQ_U; u++)
-                    x[u] = *(const float4 *)(gf + j + (int64_t)u * blockDim.x * 4);
+                    ld4<float>(L.g[t], dt, j0 + j + (int64_t)u * blockDim.x * 4, 4, x[u]);
 #pragma unroll
-                for (int u = 0; u < SQ_U; u++) {
-                    double a0 = x[u].x, a1 = x[u].y, a2 = x[u].z, a3 = x[u].w;
-                    acc += a0 * a0, acc += a1 * a1, acc += a2 * a2, acc += a3 * a3;
-                }
+                for (int u = 0; u < SQ_U; u++)
+#pragma unroll
+                    for (int k = 0; k < 4; k++) {
+                        float y = x[u][k] * scf; /* rounded to f32, as the CPU's */
+                        acc += (double)y * (double)y;
+                    }
             }
             continue;
         }
@@ -312,14 +356,18 @@ __global__ void __launch_bounds__(MT_THREADS) k_sumsq(mt_list L, double *part) {
             int cnt = len - j < 4 ? (int)(len - j) : 4;
             if (f64) {
                 double x[4];
-                ld4<double>(L.g[t], L.gdt[t], j0 + j, cnt, x);
-                for (int k = 0; k < cnt; k++)
-                    acc += x[k] * x[k];
+                ld4<double>(L.g[t], dt, j0 + j, cnt, x);
+                for (int k = 0; k < cnt; k++) {
+                    double y = x[k] * scd;
+                    acc += y * y;
+                }
             } else {
                 float x[4];
-                ld4<float>(L.g[t], L.gdt[t], j0 + j, cnt, x);
-                for (int k = 0; k < cnt; k++)
-                    acc += (double)x[k] * (double)x[k];
+                ld4<float>(L.g[t], dt, j0 + j, cnt, x);
+                for (int k = 0; k < cnt; k++) {
+                    float y = x[k] * scf;
+                    acc += (double)y * (double)y;
+                }
             }
         }
     }
@@ -354,7 +402,8 @@ static unsigned sub_blocks(const cu_dev *d, int64_t chunks, int occ) {
     return (unsigned)(units < cap ? (units > 0 ? units : 1) : cap);
 }
 
-extern "C" fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor *const *g) {
+extern "C" fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor *const *g,
+                                          double scale) {
     if (!out || n < 0 || (n > 0 && !g))
         return fe_set_error(FE_ERR_ARG, "grad_norm_sq (cuda): NULL arguments");
     if (fe_numel(out) != 1 || (out->dtype != FE_F32 && out->dtype != FE_F64))
@@ -391,7 +440,7 @@ extern "C" fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor
                              g[i]->dtype)) {
             if (L->n) {
                 unsigned nb = sub_blocks(d, L->chunk0[L->n], occ);
-                k_sumsq<<<nb, MT_THREADS, 0, d->stream>>>(*L, part + off);
+                k_sumsq<<<nb, MT_THREADS, 0, d->stream>>>(*L, part + off, (float)scale, scale);
                 st = cu_launched("grad_norm_sq kernel");
                 off += nb;
                 L->n = 0;
