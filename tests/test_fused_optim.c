@@ -571,8 +571,10 @@ TEST(cuda_update_matches_cpu_and_the_calls) {
         for (int s = 0; s < UPD_STEPS; s++) {
             fused += g.fused[s];
             CHECK(g.stepped[s] == h.stepped[s] && g.stepped[s] == gr.stepped[s]);
-            double gn = g.norm[s], hn = h.norm[s]; /* inf at a planted inf */
-            CHECK(isfinite(hn) ? fabs(gn - hn) <= 1e-3 * fabs(hn) : !isfinite(gn));
+            /* bf16/f16 backward rounds differently on the two devices; inf at a planted inf */
+            double gn = g.norm[s], hn = h.norm[s];
+            double tn = c->prec == FE_F64 ? 1e-9 : s == 0 ? 1e-2 : 5e-2;
+            CHECK(isfinite(hn) ? fabs(gn - hn) <= tn * fabs(hn) : !isfinite(gn));
         }
         double tol = c->prec == FE_F64 ? 1e-10 : 1e-2; /* bf16/f16 forward and backward */
         printf("  %s: cuda vs cpu %.3g, fused vs the calls on cuda %.3g%s\n", c->name, e_cpu,

@@ -42,12 +42,14 @@ static fe_status reference(fe_optimizer *o, const fe_update_config *u, fe_tensor
 /* The fused path may stand in for the reference: the plan applies, the backend has the
  * norm kernels the reference's clipping uses, and every gradient the reference would
  * scale in place (the f32 master gradient under mixed precision, else the gradient
- * itself) has its state's dtype, the precision the AdamW kernel rounds the products to. */
-static bool fusable(const fe__adamw_plan *pl, bool amp) {
+ * itself) has its state's dtype, the precision the AdamW kernel rounds the products to.
+ * With a loss scaler the gradients must be f32 (or narrower), whose squares cannot
+ * overflow the f64 sum the overflow check is read from. */
+static bool fusable(const fe__adamw_plan *pl, bool amp, bool scaler) {
     if (!pl->ok || pl->n == 0 || !pl->be->grad_norm_sq || !pl->be->scale_multi) return false;
     for (int i = 0; i < pl->n; i++) {
         fe_dtype held = amp ? fe_dtype_of(pl->p[i]) : fe_dtype_of(pl->g[i]);
-        if (held != fe_dtype_of(pl->m[i])) return false;
+        if (held != fe_dtype_of(pl->m[i]) || (scaler && held == FE_F64)) return false;
     }
     return true;
 }
@@ -128,7 +130,7 @@ fe_status fe_optimizer_update(fe_optimizer *o, const fe_update_config *u, fe_ten
     fe__adamw_plan pl;
     fe_status st = fe__adamw_plan_make(o, model, model, &pl);
     if (!st) {
-        fuse = fusable(&pl, model != NULL);
+        fuse = fusable(&pl, model != NULL, u->scaler != NULL);
         st = fuse ? fused(o, u, &pl, &nrm, &took) : reference(o, u, &nrm, &took);
     } else {
         zero_grads(p, model);
