@@ -218,3 +218,49 @@ TEST(shared_gradients_are_copied) {
     CHECK(fe_backward(fe_sum(fe_mul(fe_cast(x, FE_F32), h), 0, NULL, false), NULL) == FE_OK);
     CHECK(fe_dtype_of(fe_grad(x)) == FE_F64);
 }
+
+/* The ops that write over an input's memory (the Llama block's RoPE, residual + norm
+ * and last residual add): same values and gradients as the ordinary ops, and the
+ * result really lives in the input's memory. */
+static void over_case(int which) {
+    fe_tensor *a = t_randn(3, S(2, 3, 8), FE_F64), *b = t_randn(3, S(2, 3, 8), FE_F64);
+    fe_tensor *w = t_randn(1, S(8), FE_F64), *g = t_randn(3, S(2, 3, 8), FE_F64);
+    fe_tensor *inv = fe_rope_inv_freq(8, 10000.0, FE_DEVICE_CPU);
+    fe_tensor *ga[2] = {NULL, NULL}, *gb[2] = {NULL, NULL}, *val[2] = {NULL, NULL};
+    for (int over = 0; over < 2; over++) {
+        fe_tensor *x = fe_detach(a), *y = fe_detach(b);
+        fe_set_requires_grad(x, true), fe_set_requires_grad(y, true);
+        /* inputs made by an op, as in the block (their producers never read them back) */
+        fe_tensor *xs = fe_scale(x, 1.0), *ys = fe_scale(y, 1.0);
+        void *mem = fe_data(ys);
+        fe_tensor *out = NULL, *h = NULL;
+        if (which == 0) {
+            out = over ? fe__add_over(xs, ys) : fe_add(xs, ys);
+        } else if (which == 1) {
+            out = over ? fe__rope_over(ys, inv, 1, 3) : fe_rope(ys, inv, 1, 3);
+        } else {
+            fe_tensor *yy = NULL;
+            CHECK((over ? fe__rmsnorm_residual_over(xs, ys, w, 1e-6, &h, &yy)
+                        : fe_rmsnorm_residual(xs, ys, w, 1e-6, &h, &yy)) == FE_OK);
+            out = fe_add(h, yy); /* both outputs reach the loss */
+            if (over) CHECK(fe_data(h) == mem);
+        }
+        if (over && which < 2) CHECK(fe_data(out) == mem);
+        val[over] = fe_keep(fe_detach(which == 2 ? h : out));
+        CHECK(fe_backward(out, g) == FE_OK);
+        ga[over] = which == 1 ? NULL : fe_keep(fe_detach(fe_grad(x)));
+        gb[over] = fe_keep(fe_detach(fe_grad(y)));
+    }
+    CHECK(t_maxdiff(val[0], val[1]) == 0);
+    CHECK(t_maxdiff(gb[0], gb[1]) == 0);
+    if (which != 1) CHECK(t_maxdiff(ga[0], ga[1]) == 0);
+    for (int i = 0; i < 2; i++) {
+        fe_free(val[i]), fe_free(gb[i]);
+        if (ga[i]) fe_free(ga[i]);
+    }
+}
+TEST(ops_over_their_input) {
+    over_case(0);
+    over_case(1);
+    over_case(2);
+}

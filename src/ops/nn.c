@@ -108,7 +108,7 @@ static fe_status rmsnorm_impl(fe_tensor *x, fe_tensor *r, fe_tensor *w, double e
     fe_tensor *xc = fe__contig_raw(x), *rc = r ? fe__contig_raw(r) : NULL;
     fe_tensor *y = fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev);
     fe_tensor *h = !r ? NULL
-                   : over && rc == r ? fe__view(r, r->ndim, r->shape, r->stride, r->offset)
+                   : over && fe_is_contiguous(r) ? fe__view(r, r->ndim, r->shape, r->stride, r->offset)
                                      : fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev);
     fe_tensor *rstd = fe__alloc(1, &rows, stat_dtype(x), x->st->dev);
     fe_status st = (!xc || (r && (!rc || !h)) || !y || !rstd) ? fe_last_status() : FE_OK;
@@ -263,7 +263,7 @@ static fe_tensor *rope_raw(fe_tensor *x, fe_tensor *inv, int seq_dim, int64_t po
                            bool over) {
     fe_tensor *xc = fe__contig_raw(x);
     fe_tensor *y = !xc ? NULL
-                   : over && xc == x
+                   : over && fe_is_contiguous(x)
                        ? fe__view(x, x->ndim, x->shape, x->stride, x->offset)
                        : fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev);
     fe_status st = y ? fe__be(x)->rope(y, xc, inv, seq_dim, pos0, sign) : fe_last_status();
