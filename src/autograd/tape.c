@@ -189,6 +189,8 @@ static fe_tensor **topo_order(fe_tensor *out, int64_t *count) {
     *count = n;
     return order;
 oom:
+    for (int64_t k = 0; order && k < n; k++)
+        fe__release(order[k]); /* the references taken above */
     free(order);
     free(stack);
     fe_set_error(FE_ERR_OOM, "backward: out of host memory");
