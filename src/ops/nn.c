@@ -107,9 +107,11 @@ static fe_status rmsnorm_impl(fe_tensor *x, fe_tensor *r, fe_tensor *w, double e
     int64_t rows = C ? fe_numel(x) / C : 0;
     fe_tensor *xc = fe__contig_raw(x), *rc = r ? fe__contig_raw(r) : NULL;
     fe_tensor *y = fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev);
-    fe_tensor *h = !r ? NULL
-                   : over && fe_is_contiguous(r) ? fe__view(r, r->ndim, r->shape, r->stride, r->offset)
-                                     : fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev);
+    fe_tensor *h = NULL;
+    if (r && over && fe_is_contiguous(r))
+        h = fe__view(r, r->ndim, r->shape, r->stride, r->offset);
+    else if (r)
+        h = fe__alloc(x->ndim, x->shape, x->dtype, x->st->dev);
     fe_tensor *rstd = fe__alloc(1, &rows, stat_dtype(x), x->st->dev);
     fe_status st = (!xc || (r && (!rc || !h)) || !y || !rstd) ? fe_last_status() : FE_OK;
     if (!st) st = fe__be(x)->rmsnorm(y, h, rstd, xc, rc, w, eps);
