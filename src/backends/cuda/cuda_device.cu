@@ -233,19 +233,23 @@ static fe_status hand_out(cu_dev *d, void *p, size_t size, void **out) {
  * by 32 MiB or more, a histogram of the live sizes; at exit print the last one (largest
  * totals first) with whether it was taken with grad mode on (forward) or off (backward,
  * optimizer). For finding what holds memory at the peak; slow with many live blocks. */
-typedef struct cu_trace_item {
+typedef struct cu_trace_item { /* a live block */
     void *p;
     size_t n;
 } cu_trace_item;
+typedef struct cu_trace_bin { /* count blocks of n bytes */
+    size_t n, count;
+} cu_trace_bin;
 static int g_trace = -1;
-static cu_trace_item *g_live, *g_snap;
+static cu_trace_item *g_live, *g_sorted;
+static cu_trace_bin *g_snap;
 static size_t g_nlive, g_caplive, g_nsnap, g_snap_peak;
 static bool g_snap_grad;
 
-static int trace_cmp(const void *a, const void *b) {
-    size_t x = ((const cu_trace_item *)a)->n * (size_t)((const cu_trace_item *)a)->p;
-    size_t y = ((const cu_trace_item *)b)->n * (size_t)((const cu_trace_item *)b)->p;
-    return x < y ? 1 : x > y ? -1 : 0;
+static int trace_by_total(const void *a, const void *b) { /* largest count * n first */
+    const cu_trace_bin *x = (const cu_trace_bin *)a, *y = (const cu_trace_bin *)b;
+    size_t tx = x->n * x->count, ty = y->n * y->count;
+    return tx < ty ? 1 : tx > ty ? -1 : 0;
 }
 
 static int trace_by_size(const void *a, const void *b) {
@@ -254,13 +258,13 @@ static int trace_by_size(const void *a, const void *b) {
 }
 
 static void trace_report(void) {
-    /* g_snap holds (count as p, size as n) pairs */
-    qsort(g_snap, g_nsnap, sizeof *g_snap, trace_cmp);
-    fprintf(stderr, "FE_MEM_TRACE: live blocks at the %.3f GiB peak (grad mode %s), largest totals:\n",
+    qsort(g_snap, g_nsnap, sizeof *g_snap, trace_by_total);
+    fprintf(stderr, "FE_MEM_TRACE: live blocks at the %.3f GiB peak (grad mode %s), "
+                    "largest totals:\n",
             g_snap_peak / 1073741824.0, g_snap_grad ? "on: forward" : "off: backward/optimizer");
     for (size_t i = 0; i < g_nsnap && i < 40; i++)
-        fprintf(stderr, "  %6zu x %12zu bytes = %8.3f GiB\n", (size_t)g_snap[i].p, g_snap[i].n,
-                (double)g_snap[i].n * (size_t)g_snap[i].p / 1073741824.0);
+        fprintf(stderr, "  %6zu x %12zu bytes = %8.3f GiB\n", g_snap[i].count, g_snap[i].n,
+                (double)g_snap[i].n * g_snap[i].count / 1073741824.0);
 }
 
 static bool trace_on(void) {
@@ -282,9 +286,11 @@ static void trace_alloc(cu_pool *pl, void *p, size_t n) { /* under pl->lock */
     g_live[g_nlive++] = (cu_trace_item){p, n};
     if (pl->current < g_snap_peak + ((size_t)32 << 20)) return;
     /* histogram by size: sort a copy by size, then count runs */
-    cu_trace_item *s = (cu_trace_item *)realloc(g_snap, g_nlive * sizeof *s);
-    if (!s) return;
-    g_snap = s;
+    cu_trace_item *s = (cu_trace_item *)realloc(g_sorted, g_nlive * sizeof *s);
+    cu_trace_bin *h = s ? (cu_trace_bin *)realloc(g_snap, g_nlive * sizeof *h) : NULL;
+    if (s) g_sorted = s;
+    if (!h) return;
+    g_snap = h;
     memcpy(s, g_live, g_nlive * sizeof *s);
     qsort(s, g_nlive, sizeof *s, trace_by_size);
     size_t m = 0;
@@ -292,7 +298,7 @@ static void trace_alloc(cu_pool *pl, void *p, size_t n) { /* under pl->lock */
         size_t j = i;
         while (j < g_nlive && s[j].n == s[i].n)
             j++;
-        s[m++] = (cu_trace_item){(void *)(uintptr_t)(j - i), s[i].n};
+        h[m++] = (cu_trace_bin){s[i].n, j - i};
         i = j;
     }
     g_nsnap = m, g_snap_peak = pl->current, g_snap_grad = fe_grad_enabled();
