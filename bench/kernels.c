@@ -429,6 +429,86 @@ static void bench_optimizer(void) {
     fe_params_free(p);
 }
 
+/* The update of a TinyLlama step under bf16 mixed precision, as fe_optimizer_update's fused
+ * path makes it: the sum of squares of the bf16 model gradients (the clipping norm), then
+ * AdamW on the f32 masters reading those gradients times a device clip coefficient and
+ * writing the bf16 compute copies. Both through the backend table, on every parameter of
+ * TinyLlama 1.1B (dim 2048, 22 layers, MLP 5632, 4 KV heads, vocab 32000, untied head:
+ * 201 tensors). */
+#define AMP_MAXT 256
+typedef struct ampctx {
+    int n;
+    fe_tensor *p[AMP_MAXT], *g[AMP_MAXT], *m[AMP_MAXT], *v[AMP_MAXT], *c[AMP_MAXT];
+    double wd[AMP_MAXT];
+    fe_tensor *coef, *sq;
+} ampctx;
+static ampctx g_amp;
+
+static void amp_add(const int64_t *shape, int ndim, bool decay) {
+    ampctx *a = &g_amp;
+    int i = a->n++;
+    a->p[i] = rnd(ndim, shape, FE_F32, 0.02);
+    a->g[i] = rnd(ndim, shape, FE_BF16, 1e-3);
+    a->m[i] = rnd(ndim, shape, FE_F32, 1e-4);
+    fe_scope *s = fe_scope_begin();
+    fe_tensor *r = rnd(ndim, shape, FE_F32, 1e-3);
+    a->v[i] = fe_keep(fe_mul(r, r)); /* positive, ~1e-6, as a trained second moment */
+    fe_scope_end(s);
+    die_if(!a->v[i], "square");
+    a->c[i] = fe_empty(ndim, shape, FE_BF16, g_dev);
+    die_if(!a->c[i], "empty");
+    a->wd[i] = decay ? 0.1 : 0.0;
+}
+
+static fe_status k_amp_adamw(bench *b, int r) {
+    ampctx *a = &g_amp;
+    fe_adamw_args args = {.lr = 1e-4, .beta1 = 0.9, .beta2 = 0.95, .eps = 1e-8,
+                          .bc1 = 1 - pow(0.9, 100), .bc2 = 1 - pow(0.95, 100),
+                          .weight_decay = a->wd, .grad_scale = a->coef, .copy = a->c};
+    return fe__be(a->p[0])->adamw(a->n, a->p, (const fe_tensor *const *)a->g, a->m, a->v, &args);
+}
+static fe_status k_amp_sumsq(bench *b, int r) {
+    ampctx *a = &g_amp;
+    return fe__be(a->g[0])->grad_norm_sq(a->sq, a->n, (const fe_tensor *const *)a->g, 1.0);
+}
+
+static void bench_amp_update(void) {
+    if (!selected("adamw_amp_bf16") && !selected("grad_norm_sq_bf16")) return;
+    int64_t d = S(2048), h = S(5632), kv = S(256), V = S(32000);
+    int64_t emb[2] = {V, d}, sq[2] = {d, d}, kvs[2] = {kv, d}, up[2] = {h, d}, down[2] = {d, h};
+    g_amp.n = 0;
+    amp_add(emb, 2, true);
+    for (int l = 0; l < 22; l++) {
+        amp_add(sq, 2, true), amp_add(kvs, 2, true), amp_add(kvs, 2, true), amp_add(sq, 2, true);
+        amp_add(up, 2, true), amp_add(up, 2, true), amp_add(down, 2, true);
+        amp_add(&d, 1, false), amp_add(&d, 1, false);
+    }
+    amp_add(&d, 1, false);
+    amp_add(emb, 2, true);
+    g_amp.coef = fe_full(1, (int64_t[]){1}, 0.8, FE_F32, g_dev);
+    g_amp.sq = fe_zeros(1, (int64_t[]){1}, FE_F64, g_dev);
+    die_if(!g_amp.coef || !g_amp.sq, "scalars");
+    double n = 0;
+    for (int i = 0; i < g_amp.n; i++)
+        n += (double)fe_numel(g_amp.p[i]);
+    char size[96];
+    snprintf(size, sizeof size, "%.1fM params, %d tensors", n / 1e6, g_amp.n);
+    bench b = {.name = "adamw_amp_bf16", .dtype = "f32+bf16", .nrot = 1, .fn = k_amp_adamw};
+    b.bytes = n * 28; /* p, m, v (f32) and the bf16 gradient read; p, m, v and the bf16 copy written */
+    strcpy(b.size, size);
+    if (selected(b.name)) report(&b);
+    bench c = {.name = "grad_norm_sq_bf16", .dtype = "bf16", .nrot = 1, .fn = k_amp_sumsq};
+    c.bytes = n * 2; /* the bf16 gradients read once */
+    strcpy(c.size, size);
+    if (selected(c.name)) report(&c);
+    for (int i = 0; i < g_amp.n; i++) {
+        fe_free(g_amp.p[i]), fe_free(g_amp.g[i]), fe_free(g_amp.m[i]);
+        fe_free(g_amp.v[i]), fe_free(g_amp.c[i]);
+    }
+    fe_free(g_amp.coef), fe_free(g_amp.sq);
+    g_amp.n = 0;
+}
+
 int main(int argc, char **argv) {
     const char *devname = "cuda";
     for (int i = 1; i < argc; i++) {
@@ -459,6 +539,7 @@ int main(int argc, char **argv) {
     fe_set_grad_enabled(true); /* the optimizer bench plants grads with backward */
     bench_optimizer();
     fe_set_grad_enabled(false);
+    bench_amp_update();
     static const int64_t shapes[][2] = {{768, 768},   {768, 2048},   {2048, 768},
                                         {768, 32000}, {2048, 2048},  {2048, 5632},
                                         {5632, 2048}, {2048, 32000}};

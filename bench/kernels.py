@@ -7,7 +7,10 @@ lines, times the PyTorch equivalent of every line on the same card with CUDA eve
 
     kernel, size, ferric ms, GB/s or TFLOP/s, % of copy bandwidth, torch ms, torch/ferric
 
-A ratio above 1 means ferric is faster. Targets (issue "CUDA backend"): memory-bound
+A ratio above 1 means ferric is faster. The adamw_amp_bf16 line (TinyLlama's 1.1B
+parameters, bf16 gradients in, bf16 compute copies out) is compared with PyTorch's fused
+AdamW on f32 parameters and f32 gradients, the same 28 bytes a parameter; PyTorch has no
+fused step over bf16 gradients. Targets (issue "CUDA backend"): memory-bound
 fused kernels >= 80% of the copy bandwidth; GEMMs within 5% of torch.matmul.
 
     python3 bench/kernels.py [--build build-gpu] [--only SUBSTRING] [--no-torch]
@@ -135,6 +138,26 @@ def torch_time(row):
         R, C = dims(size)
         xs = [rnd(R, C, dt=torch.float32) for _ in range(2)]
         return median_ms(lambda r: xs[r].to(bf))
+    if name in ("adamw_amp_bf16", "grad_norm_sq_bf16"):
+        # TinyLlama 1.1B's parameters, as bench/kernels.c lists them (201 tensors)
+        d, h, kv, V = 2048, 5632, 256, 32000
+        layer = [(d, d), (kv, d), (kv, d), (d, d), (h, d), (h, d), (d, h), (d,), (d,)]
+        shapes = [(V, d)] + layer * 22 + [(d,), (V, d)]
+        if name == "grad_norm_sq_bf16":
+            # the clipping norm alone over the bf16 gradients: reads 2 bytes a parameter,
+            # as ferric's line does (PyTorch sums each tensor in f32, ferric all in f64)
+            gs = [torch.randn(*s, device=dev, dtype=bf) * 1e-3 for s in shapes]
+            return median_ms(lambda r: torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gs))),
+                             rot=1)
+        # PyTorch has no fused AdamW that reads bf16 gradients and writes bf16 compute
+        # copies. Its fused AdamW on f32 parameters with f32 gradients moves the same 28 bytes
+        # a parameter (p, g, m, v read; p, m, v written) and is what this line compares with;
+        # under autocast PyTorch casts the weights to bf16 in the forward, outside this time.
+        ps = [torch.nn.Parameter(torch.randn(*s, device=dev) * 0.02) for s in shapes]
+        for p in ps:
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = torch.optim.AdamW(ps, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        return median_ms(lambda r: opt.step(), rot=1)
     if name.startswith("adamw") or name.startswith("clip_grad_norm"):
         d, h, V = 768, 2048, 32000
         shapes = [(V, d)] + [(d, d)] * 4 * 12 + [(h, d)] * 24 + [(d, h)] * 12 + [(d,)] * 25 + [(V, d)]

@@ -542,6 +542,136 @@ static void adamw_multipliers_round_like_scales(fe_device dev) {
 
 TEST(cpu_adamw_multipliers_round_like_in_place_scales) { adamw_multipliers_round_like_scales(CPU); }
 
+/* ---- the CUDA fast paths against the generic ones ---------------------------------------- */
+
+/* A copy of t whose data starts one element into its allocation: no vector access can take
+ * it, so the CUDA kernels send it to their generic, element-wise paths. */
+static fe_tensor *misaligned(fe_tensor *t) {
+    if (!t) return NULL;
+    int64_t k = fe_numel(t) + 1;
+    fe_tensor *base = fe_empty(1, &k, fe_dtype_of(t), fe_device_of(t));
+    fe_tensor *view = fe_slice(base, 0, 1, k, 1);
+    CHECK(view && fe_is_contiguous(view) && fe_copy_(view, t) == FE_OK);
+    return view;
+}
+
+/* k values drawn from seed as dt on dev (scale multiplies them); an empty tensor for k 0. */
+static fe_tensor *values0(int64_t k, uint64_t seed, double scale, fe_dtype dt, fe_device dev) {
+    return k ? values(k, seed, scale, dt, dev) : fe_empty(1, &k, dt, dev);
+}
+
+/* Sizes of the fast-path lists: empty, odd, around a 2048-element tile and an 8192-element
+ * unit, around a 32768-element chunk, over several chunks with ragged ends; then small
+ * ones, so that a list runs past the 448 tensors of a fast AdamW launch (and the 896 of a
+ * sum-of-squares launch for the longer list). */
+static int64_t fast_size(int i) {
+    static const int64_t k[] = {0,    1,    3,     4,     5,     2047,  2048,  2049,
+                                4093, 8192, 8195,  32768, 32771, 70001, 100003};
+    int nk = (int)(sizeof k / sizeof *k);
+    return i < nk ? k[i] : 1 + (i * 7) % 29;
+}
+#define NFAST 470
+#define NFAST_SQ 900
+
+/* AdamW on a list of aligned tensors (the fast kernels on CUDA, where their dtypes allow)
+ * and on misaligned copies of the same values (the generic kernel) leaves the same bits in
+ * p, m, v and the compute copies, for every gradient/copy dtype pair; a few f64 tensors in
+ * the list go to the generic kernel in the same call. Two steps: the first with both
+ * gradient multipliers, the second plain. */
+static void adamw_fast_matches_generic(fe_device dev) {
+    const fe_backend *be = fe_backend_get(dev.type);
+    static const struct {
+        fe_dtype g, c; /* gradient dtype, copy dtype (c == 0: no copies) */
+    } kinds[] = {{FE_BF16, FE_BF16}, {FE_F16, FE_F16}, {FE_F32, 0}, {FE_BF16, 0}, {FE_F32, FE_BF16}};
+    for (size_t kd = 0; kd < sizeof kinds / sizeof *kinds; kd++) {
+        fe_scope *sc = fe_scope_begin();
+        static fe_tensor *p[2][NFAST], *g[2][NFAST], *m[2][NFAST], *v[2][NFAST], *c[2][NFAST];
+        fe_tensor *p0[NFAST];
+        double wd[NFAST];
+        for (int i = 0; i < NFAST; i++) {
+            int64_t k = fast_size(i);
+            uint64_t s = 1000 + 10 * (uint64_t)i;
+            fe_dtype pdt = i % 50 == 7 ? FE_F64 : FE_F32, sdt = pdt;
+            p[0][i] = values0(k, s, 1.0, pdt, dev);
+            p0[i] = values0(k, s, 1.0, pdt, dev);
+            g[0][i] = values0(k, s + 1, 0.1, kinds[kd].g, dev);
+            m[0][i] = values0(k, s + 2, 0.01, sdt, dev);
+            fe_tensor *r = values0(k, s + 3, 0.01, sdt, dev);
+            v[0][i] = fe_mul(r, r); /* >= 0 */
+            c[0][i] = kinds[kd].c ? values0(k, s + 4, 1.0, kinds[kd].c, dev) : NULL;
+            p[1][i] = misaligned(p[0][i]), g[1][i] = misaligned(g[0][i]);
+            m[1][i] = misaligned(m[0][i]), v[1][i] = misaligned(v[0][i]);
+            c[1][i] = misaligned(c[0][i]);
+            wd[i] = i % 3 == 1 ? 0.0 : 0.1;
+        }
+        fe_tensor *gs = vec(1, (double[]){0.75}, FE_F32, dev);
+        for (int r = 0; r < 2; r++) {
+            fe_adamw_args a = {.lr = 0.01, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .bc1 = 0.1,
+                               .bc2 = 0.01, .weight_decay = wd, .unscale = 0.5, .grad_scale = gs,
+                               .copy = kinds[kd].c ? c[r] : NULL};
+            CHECK(be->adamw(NFAST, p[r], (const fe_tensor *const *)g[r], m[r], v[r], &a) == FE_OK);
+            a.unscale = 0, a.grad_scale = NULL, a.bc1 = 0.19, a.bc2 = 0.0199;
+            CHECK(be->adamw(NFAST, p[r], (const fe_tensor *const *)g[r], m[r], v[r], &a) == FE_OK);
+        }
+        int bad = -1;
+        for (int i = NFAST - 1; i >= 0; i--)
+            if (t_maxdiff(p[0][i], p[1][i]) != 0 || t_maxdiff(m[0][i], m[1][i]) != 0 ||
+                t_maxdiff(v[0][i], v[1][i]) != 0 ||
+                (kinds[kd].c && t_maxdiff(c[0][i], c[1][i]) != 0))
+                bad = i;
+        if (bad >= 0) {
+            fe_fails_in_case++;
+            fprintf(stderr, "  grads %s, copies %s: tensor %d (%lld elements) differs\n",
+                    fe_dtype_name(kinds[kd].g), kinds[kd].c ? fe_dtype_name(kinds[kd].c) : "none",
+                    bad, (long long)fast_size(bad));
+        }
+        /* the steps moved every tensor, the last one of a 448-tensor launch and the ones
+         * after it too; the copies hold p as stored */
+        for (int i = 1; i < NFAST; i += i < 20 ? 1 : 37) {
+            CHECK(t_maxdiff(p[0][i], p0[i]) > 0);
+            if (kinds[kd].c) CHECK(t_maxdiff(c[0][i], fe_cast(p[0][i], kinds[kd].c)) == 0);
+        }
+        CHECK(t_maxdiff(p[0][447], p0[447]) > 0 && t_maxdiff(p[0][448], p0[448]) > 0);
+        fe_scope_end(sc);
+    }
+}
+
+/* The sum of squares of aligned gradients (the vector path on CUDA) and of misaligned
+ * copies (element by element) is the same f64 number: each thread adds its elements in
+ * the same order either way. Mixed f32/bf16/f16 and a few f64, past one launch's tensors;
+ * within rounding of the CPU's. */
+static void sumsq_fast_matches_generic(fe_device dev) {
+    const fe_backend *be = fe_backend_get(dev.type);
+    static const fe_dtype dts[] = {FE_F32, FE_BF16, FE_F16};
+    static fe_tensor *a[NFAST_SQ], *b[NFAST_SQ], *h[NFAST_SQ];
+    for (int i = 0; i < NFAST_SQ; i++) {
+        fe_dtype dt = i % 100 == 42 ? FE_F64 : dts[i % 3];
+        a[i] = values0(fast_size(i), 500 + (uint64_t)i, 2.0, dt, dev);
+        b[i] = misaligned(a[i]);
+        h[i] = values0(fast_size(i), 500 + (uint64_t)i, 2.0, dt, CPU);
+    }
+    fe_tensor *sa = vec(1, (double[]){0}, FE_F64, dev), *sb = vec(1, (double[]){0}, FE_F64, dev);
+    fe_tensor *sh = vec(1, (double[]){0}, FE_F64, CPU);
+    CHECK(be->grad_norm_sq(sa, NFAST_SQ, (const fe_tensor *const *)a, 0.3) == FE_OK);
+    CHECK(be->grad_norm_sq(sb, NFAST_SQ, (const fe_tensor *const *)b, 0.3) == FE_OK);
+    CHECK(fe_backend_get(FE_CPU)->grad_norm_sq(sh, NFAST_SQ, (const fe_tensor *const *)h, 0.3) ==
+          FE_OK);
+    double x = at(sa, 0), want = at(sh, 0);
+    CHECK(x > 0 && at(sb, 0) == x);
+    CHECK_NEAR(x, want, 1e-12 * want);
+}
+
+TEST(cpu_optim_entries_take_offset_views) {
+    adamw_fast_matches_generic(CPU);
+    sumsq_fast_matches_generic(CPU);
+}
+
+TEST(cuda_fast_paths_match_generic) {
+    if (!gpu_ready()) SKIP("no CUDA device (or ferric was built without CUDA)");
+    adamw_fast_matches_generic(GPU);
+    sumsq_fast_matches_generic(GPU);
+}
+
 TEST(cuda_adamw_copies_and_multipliers) {
     if (!gpu_ready()) SKIP("no CUDA device (or ferric was built without CUDA)");
     adamw_copies(GPU);
