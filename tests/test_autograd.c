@@ -219,6 +219,30 @@ TEST(shared_gradients_are_copied) {
     CHECK(fe_dtype_of(fe_grad(x)) == FE_F64);
 }
 
+/* A pending gradient is handed out for writing (the GEMM adding into it) only while
+ * nothing but the engine can see it or its memory. */
+TEST(pending_gradient_taken_for_writing_only_when_unshared) {
+    fe_tensor *t = t_randn(2, S(2, 3), FE_F64);
+    fe_scope *sus = fe__scope_suspend();
+    fe_tensor *g = fe_full(2, S(2, 3), 1.0, FE_F64, FE_DEVICE_CPU); /* as the engine holds one */
+    fe_tensor *other = fe_full(2, S(2, 3), 1.0, FE_F32, FE_DEVICE_CPU);
+    fe__scope_resume(sus);
+    t->bw_grad = g;
+    fe__retain(g); /* a second holder (one gradient handed to two inputs) */
+    CHECK(fe__take_pending_owned(t) == NULL && t->bw_grad == g);
+    fe__release(g);
+    fe_tensor *v = fe_detach(g); /* a view of its memory */
+    CHECK(fe__take_pending_owned(t) == NULL && t->bw_grad == g);
+    fe_free(v);
+    CHECK(fe__take_pending_owned(t) == g && t->bw_grad == NULL); /* now it is the engine's alone */
+    t->bw_grad = other; /* of another dtype: not t's to add into */
+    CHECK(fe__take_pending_owned(t) == NULL && t->bw_grad == other);
+    t->bw_grad = fe_full(2, S(2, 3), 1.0, FE_F64, FE_DEVICE_CPU); /* owned by this case's scope */
+    CHECK(fe__take_pending_owned(t) == NULL);
+    t->bw_grad = NULL;
+    fe__release(g), fe__release(other);
+}
+
 /* The ops that write over an input's memory (the Llama block's RoPE, residual + norm
  * and last residual add): same values and gradients as the ordinary ops, and the
  * result really lives in the input's memory. */

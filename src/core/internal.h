@@ -116,6 +116,10 @@ void fe__save(fe_node *n, int slot, fe_tensor *t);
  * in the same kernel that makes t's new gradient; NULL when there is none or it does
  * not fit. */
 fe_tensor *fe__take_pending(fe_tensor *t);
+/* Likewise, but only a gradient that nothing else can see (no other reference, scope or
+ * view of its memory), so that the caller may add into it in place -- a GEMM with
+ * beta = 1 (ops/matmul.c) -- and hand it back as t's gradient; NULL otherwise. */
+fe_tensor *fe__take_pending_owned(fe_tensor *t);
 
 /* ---- ops that write over an input's storage ------------------------------------ */
 /* a + b and RoPE(x) written over b's / x's memory (when contiguous, of one shape and

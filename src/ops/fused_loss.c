@@ -175,18 +175,18 @@ static bool narrow(fe_dtype dt) { return dt == FE_F16 || dt == FE_BF16; }
 static fe_status add_gw(lce *s, fe_tensor *glt, fe_tensor *xv, bool first) {
     const fe_backend *be = fe__be(xv);
     fe_tensor *w = s->wc;
-    if (first && s->gw) return be->matmul(s->gw, glt, xv, 1.0);
+    if (first && s->gw) return be->matmul(s->gw, glt, xv, 1.0, NULL);
     if (!s->gw_tmp && !(s->gw_tmp = fe__alloc(2, w->shape, w->dtype, w->st->dev)))
         return fe_last_status();
     if (!s->gw) { /* 16-bit, several chunks */
         if (!s->gw_acc && !(s->gw_acc = fe__alloc(2, w->shape, FE_F32, w->st->dev)))
             return fe_last_status();
-        fe_status st = be->matmul(s->gw_tmp, glt, xv, 1.0);
+        fe_status st = be->matmul(s->gw_tmp, glt, xv, 1.0, NULL);
         if (st) return st;
         return first ? be->copy(s->gw_acc, s->gw_tmp)
                      : be->binary(FE_B_ADD, s->gw_acc, s->gw_acc, s->gw_tmp, 1.0);
     }
-    fe_status st = be->matmul(s->gw_tmp, glt, xv, 1.0);
+    fe_status st = be->matmul(s->gw_tmp, glt, xv, 1.0, NULL);
     return st ? st : be->binary(FE_B_ADD, s->gw, s->gw, s->gw_tmp, 1.0);
 }
 
@@ -214,7 +214,7 @@ static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool fi
     fe_tensor *loss = lg ? fe__alloc(0, NULL, stat_dtype(s->xc->dtype), dev) : NULL;
     fe_tensor *count = NULL, *wgt = NULL, *part = NULL, *glt = NULL, *gxv = NULL;
     fe_status st = loss ? FE_OK : fe_last_status();
-    if (!st) st = be->matmul(lg, xv, s->wt, 1.0);                /* logits (n, V) */
+    if (!st) st = be->matmul(lg, xv, s->wt, 1.0, NULL);          /* logits (n, V) */
     if (!st && (st = be->cross_entropy(loss, lg, tv, ignore))) { /* mean over counted rows */
         char why[256]; /* the kernel numbers rows within the chunk: say where it starts */
         snprintf(why, sizeof why, "%s", fe_last_error());
@@ -232,7 +232,7 @@ static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool fi
             if (!(gxv = rows_of(s->gx2, r0, n, C)))
                 st = fe_last_status();
             else
-                st = be->matmul(gxv, lg, s->wc, 1.0); /* (n, V) @ (V, C) */
+                st = be->matmul(gxv, lg, s->wc, 1.0, NULL); /* (n, V) @ (V, C) */
         }
         if (!st && s->grad_w) {
             if (!(glt = transposed(lg, n, V)))
