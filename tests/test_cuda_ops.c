@@ -580,13 +580,13 @@ TEST(cuda_matmul_adds_to_c) {
 }
 
 /* One input feeding two products (their gradients of it added by the second GEMM) and a
- * residual add (its gradient the caller's own, which no GEMM may write into), in every
- * float dtype against the CPU. */
+ * residual product (its gradient the caller's own, which no GEMM may write into), in
+ * every float dtype against the CPU. */
 static fe_tensor *f_shared_products(fe_tensor *const *in, const void *ctx) {
     (void)ctx;
     fe_tensor *h = fe_scale(in[0], 0.5);                                     /* (3, 37, 129) */
     fe_tensor *q = fe_linear(h, in[1], NULL), *k = fe_linear(h, in[2], NULL); /* (3, 37, 65) */
-    return fe_add(h, fe_linear(fe_silu_gate(q, k), in[3], NULL)); /* h + silu(q) k w3^T */
+    return fe__linear_add(fe_silu_gate(q, k), in[3], h); /* h + silu(q) k w3^T */
 }
 
 TEST(cuda_gradients_added_by_the_products) {

@@ -1,5 +1,6 @@
 /* Float64 finite-difference gradient checks for every differentiable op, at
  * several shapes including ones that are not powers of two. */
+#include "core/internal.h"
 #include "gradcheck.h"
 
 #define S(...) (int64_t[]){__VA_ARGS__}
@@ -119,6 +120,14 @@ TEST(grad_shared_input_of_products) {
     GRADCHECK(f_shared_input, &tanh_first, LEAF(2, 3, 4), LEAF(3, 4), LEAF(4, 3), LEAF(6, 4));
     GRADCHECK(f_shared_input, &tanh_last, LEAF(2, 3, 4), LEAF(3, 4), LEAF(4, 3), LEAF(6, 4));
 }
+
+/* r + x w^T with r added by the product's GEMM (the Llama block's down projection) */
+static fe_tensor *f_linear_add(fe_tensor *const *x, int n, void *c) {
+    (void)n, (void)c;
+    return fe__linear_add(x[0], x[1], fe_scale(x[2], 1.0));
+}
+
+TEST(grad_linear_add) { GRADCHECK(f_linear_add, NULL, LEAF(2, 3, 5), LEAF(4, 5), LEAF(2, 3, 4)); }
 
 static fe_tensor *f_softmax(fe_tensor *const *x, int n, void *c) { (void)n; return fe_softmax(x[0], *(int *)c); }
 static fe_tensor *f_logsoftmax(fe_tensor *const *x, int n, void *c) { (void)n; return fe_log_softmax(x[0], *(int *)c); }

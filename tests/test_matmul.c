@@ -1,7 +1,8 @@
 /* Matrix products on the CPU: the backend's add-to-c mode (BLAS's beta = 1) against the
  * plain product plus a separate add; a product folding its left operand's batch dims
  * into rows against the broadcast batched one; gradients that the GEMM adds into an
- * input's pending gradient against the ones the tape adds. */
+ * input's pending gradient against the ones the tape adds; and the product that adds a
+ * residual (the Llama block's down projection). */
 #include "backends/backend.h"
 #include "test.h"
 
@@ -271,4 +272,35 @@ TEST(several_products_hold_one_gradient_of_their_input) {
     printf("  the backward held %.2f gradients of h at most\n", (double)held / (double)hbytes);
     /* one for h, one more for x's own gradient made from it (and small change) */
     CHECK(held < hbytes * 5 / 2);
+}
+
+/* ---- the product that adds a residual ------------------------------------------------ */
+
+/* r + x w^T through fe__linear_add: its values and all three gradients against linear
+ * plus add, with r laid out as the result (one GEMM) and as a view it cannot use. */
+TEST(linear_add_matches_linear_plus_add) {
+    fe_tensor *x0 = fe_randn(3, S(2, 7, 5), 0, 1, FE_F64, CPU), *w0 = fe_randn(2, S(4, 5), 0, 1, FE_F64, CPU);
+    fe_tensor *g = fe_randn(3, S(2, 7, 4), 0, 1, FE_F64, CPU);
+    for (int strided = 0; strided < 2; strided++) {
+        fe_tensor *r0 = strided ? fe_transpose(fe_randn(3, S(2, 4, 7), 0, 1, FE_F64, CPU), 1, 2)
+                                : fe_randn(3, S(2, 7, 4), 0, 1, FE_F64, CPU);
+        fe_tensor *y[2], *gx[2], *gw[2], *gr[2];
+        for (int k = 0; k < 2; k++) {
+            fe_tensor *x = fe_detach(x0), *w = fe_detach(w0), *r = fe_detach(r0);
+            fe_set_requires_grad(x, true), fe_set_requires_grad(w, true), fe_set_requires_grad(r, true);
+            y[k] = k ? fe_add(fe_linear(x, w, NULL), r) : fe__linear_add(x, w, r);
+            CHECK(y[k] && fe_backward(y[k], g) == FE_OK);
+            gx[k] = fe_grad(x), gw[k] = fe_grad(w), gr[k] = fe_grad(r);
+        }
+        CHECK(t_relerr(y[0], y[1]) < 1e-15);
+        CHECK(t_relerr(gx[0], gx[1]) < 1e-15 && t_relerr(gw[0], gw[1]) < 1e-15);
+        CHECK(t_maxdiff(gr[0], g) == 0 && t_maxdiff(gr[1], g) == 0);
+    }
+    /* without grad: no node, the same values */
+    bool prev = fe_set_grad_enabled(false);
+    fe_tensor *r = fe_randn(3, S(2, 7, 4), 0, 1, FE_F64, CPU);
+    fe_tensor *y = fe__linear_add(x0, w0, r);
+    CHECK(y && !fe_requires_grad(y) && t_relerr(y, fe_add(fe_linear(x0, w0, NULL), r)) < 1e-15);
+    fe_set_grad_enabled(prev);
+    CHECK_ERROR(fe__linear_add(x0, fe_randn(2, S(4, 6), 0, 1, FE_F64, CPU), r) == NULL, "linear");
 }

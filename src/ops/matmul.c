@@ -216,3 +216,40 @@ fe_tensor *fe_linear(fe_tensor *x, fe_tensor *w, fe_tensor *bias) {
     if (yb != y) fe_free(y);
     return yb;
 }
+
+static fe_status linear_add_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {
+    fe_status st = matmul_backward(n, out, g, gin); /* x and w, from in[0], in[1] */
+    if (!st && n->in[2]->requires_grad) gin[2] = g;
+    return st;
+}
+
+static bool same_device(const fe_tensor *a, const fe_tensor *b) {
+    return a->st->dev.type == b->st->dev.type && a->st->dev.index == b->st->dev.index;
+}
+
+fe_tensor *fe__linear_add(fe_tensor *x, fe_tensor *w, fe_tensor *r) {
+    if (fe__any_null("linear", 3, x, w, r)) return NULL;
+    /* the GEMM adds r when r is laid out exactly as the result; else r is added after */
+    bool direct = x->ndim >= 2 && w->ndim == 2 && x->shape[x->ndim - 1] == w->shape[1] &&
+                  fe_dtype_is_float(x->dtype) && w->dtype == x->dtype && same_device(x, w) &&
+                  same_device(x, r);
+    int64_t shape[FE_MAX_DIMS];
+    if (direct) {
+        memcpy(shape, x->shape, sizeof shape);
+        shape[x->ndim - 1] = w->shape[0];
+        direct = fits(r, x->ndim, shape, x->dtype);
+    }
+    if (!direct) {
+        fe_tensor *y = fe_linear(x, w, NULL);
+        fe_tensor *out = y ? fe_add(y, r) : NULL;
+        fe_free(y);
+        return out;
+    }
+    fe_tensor *out = product(NULL, r, x, w, false, true);
+    if (out && fe__needs_grad(3, (fe_tensor *[]){x, w, r})) {
+        fe_node *n = fe__record(out, "linear_add", linear_add_backward, 3, (fe_tensor *[]){x, w, r});
+        if (!n) out = fe__done(out, FE_ERR_OOM);
+        else n->i[0] = false, n->i[1] = true;
+    }
+    return out;
+}
