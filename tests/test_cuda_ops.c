@@ -505,6 +505,102 @@ TEST(cuda_matmul_empty_inner_dim) {
     if (c) expect_equal("matmul with K = 0", c, fe_zeros(2, (int64_t[]){5, 7}, FE_F32, CPU));
 }
 
+/* ---- matrix products adding to c (cuBLAS's beta = 1) ------------------------------------------ */
+
+typedef fe_tensor *(*view_fn)(fe_tensor *t);
+static fe_tensor *as_is(fe_tensor *t) { return t; }
+static fe_tensor *transposed(fe_tensor *t) { return fe_transpose(t, -2, -1); }
+/* (1, K, N) seen as (3, K, N) with batch stride 0; (2, 1, K, N) as (2, 3, K, N) */
+static fe_tensor *batch3(fe_tensor *t) {
+    int64_t s[4];
+    memcpy(s, fe_shape(t), sizeof(int64_t) * (size_t)fe_ndim(t));
+    s[fe_ndim(t) - 3] = 3;
+    return fe_expand(t, fe_ndim(t), s);
+}
+
+/* out = alpha a @ b + c through the backend on both devices, from the same random bases
+ * seen through the same views: the GPU adding in place (c == out) and from a c apart
+ * (into NaN-filled memory) against the CPU adding in place; c must come through
+ * unchanged. a, b of dtype adt, c and out of odt. */
+static void check_add_to_c(const char *what, fe_dtype adt, fe_dtype odt, int nda, const int64_t *sa,
+                           view_fn va, int ndb, const int64_t *sb, view_fn vb, double alpha,
+                           double tol) {
+    fe_tensor *a0 = randn_cpu(nda, sa, adt), *b0 = randn_cpu(ndb, sb, adt);
+    fe_tensor *ac = va(a0), *bc = vb(b0);
+    fe_tensor *ag = va(fe_to_device(a0, GPU)), *bg = vb(fe_to_device(b0, GPU));
+    int nd = fe_ndim(ac);
+    int64_t shape[FE_MAX_DIMS];
+    memcpy(shape, fe_shape(ac), sizeof(int64_t) * (size_t)nd);
+    shape[nd - 1] = fe_dim(bc, -1);
+    fe_tensor *cc = fe_randn(nd, shape, 0.0, 1.0, odt, CPU), *cg = fe_to_device(cc, GPU);
+    fe_tensor *want = fe_empty_like(cc), *in_place = fe_to_device(cc, GPU);
+    fe_tensor *apart = fe_full(nd, shape, NAN, odt, GPU);
+    bool ok = want && in_place && apart && ag && bg && !fe_copy_(want, cc) &&
+              !fe__be(ac)->matmul(want, ac, bc, alpha, want) &&
+              !fe__be(ag)->matmul(in_place, ag, bg, alpha, in_place) &&
+              !fe__be(ag)->matmul(apart, ag, bg, alpha, cg);
+    char w[160];
+    if (!ok) {
+        fe_fails_in_case++;
+        fprintf(stderr, "  %s (%s): a product failed: %s\n", what, fe_dtype_name(adt), fe_last_error());
+        return;
+    }
+    snprintf(w, sizeof w, "%s (%s -> %s), c == out", what, fe_dtype_name(adt), fe_dtype_name(odt));
+    expect_close(w, in_place, want, tol);
+    snprintf(w, sizeof w, "%s (%s -> %s), c apart", what, fe_dtype_name(adt), fe_dtype_name(odt));
+    expect_close(w, apart, want, tol);
+    snprintf(w, sizeof w, "%s (%s), c unchanged", what, fe_dtype_name(odt));
+    expect_equal(w, cg, cc);
+}
+
+TEST(cuda_matmul_adds_to_c) {
+    NEED_GPU();
+    fe_dtype dts[4] = {FE_F32, FE_BF16, FE_F16, FE_F64};
+    for (int k = 0; k < 4; k++) {
+        fe_dtype dt = dts[k];
+        double tol = tol_of(dt);
+        int64_t a2[2] = {37, 129}, a2t[2] = {129, 37}, b2[2] = {129, 65}, b2t[2] = {65, 129};
+        check_add_to_c("2-D", dt, dt, 2, a2, as_is, 2, b2, as_is, 1.0, tol);
+        check_add_to_c("a transposed, alpha", dt, dt, 2, a2t, transposed, 2, b2, as_is, -0.5, tol);
+        check_add_to_c("b transposed", dt, dt, 2, a2, as_is, 2, b2t, transposed, 1.0, tol);
+        check_add_to_c("both transposed", dt, dt, 2, a2t, transposed, 2, b2t, transposed, 1.0, tol);
+        int64_t a3[3] = {3, 37, 129}, b3[3] = {1, 129, 65};
+        check_add_to_c("batched, b broadcast", dt, dt, 3, a3, as_is, 3, b3, batch3, 1.0, tol);
+        /* (2, 3) batch dims that do not collapse: b's stride is 0 on one only */
+        int64_t a4[4] = {2, 3, 37, 129}, b4[4] = {2, 1, 129, 65};
+        check_add_to_c("looped batch", dt, dt, 4, a4, as_is, 4, b4, batch3, 1.0, tol);
+        int64_t k1a[2] = {5, 1}, k1b[2] = {1, 3};
+        check_add_to_c("K = 1", dt, dt, 2, k1a, as_is, 2, k1b, as_is, 1.0, tol);
+        int64_t k0a[2] = {5, 0}, k0b[2] = {0, 3};
+        check_add_to_c("K = 0", dt, dt, 2, k0a, as_is, 2, k0b, as_is, 1.0, 0.0);
+        if (dt == FE_BF16 || dt == FE_F16) /* an f32 accumulator of 16-bit products */
+            check_add_to_c("f32 out", dt, FE_F32, 2, a2t, transposed, 2, b2, as_is, 1.0,
+                           tol_of(FE_F32));
+    }
+}
+
+/* One input feeding two products (their gradients of it added by the second GEMM) and a
+ * residual product (its gradient the caller's own, which no GEMM may write into), in
+ * every float dtype against the CPU. */
+static fe_tensor *f_shared_products(fe_tensor *const *in, const void *ctx) {
+    (void)ctx;
+    fe_tensor *h = fe_scale(in[0], 0.5);                                     /* (3, 37, 129) */
+    fe_tensor *q = fe_linear(h, in[1], NULL), *k = fe_linear(h, in[2], NULL); /* (3, 37, 65) */
+    return fe__linear_add(fe_silu_gate(q, k), in[3], h); /* h + silu(q) k w3^T */
+}
+
+TEST(cuda_gradients_added_by_the_products) {
+    NEED_GPU();
+    for (size_t k = 0; k < 3; k++) {
+        fe_dtype dt = k_float_dtypes[k];
+        int64_t x[3] = {3, 37, 129}, w[2] = {65, 129}, w3[2] = {129, 65};
+        check_op("shared input", f_shared_products, NULL, 4,
+                 (fe_tensor *[]){randn_cpu(3, x, dt), randn_cpu(2, w, dt), randn_cpu(2, w, dt),
+                                 randn_cpu(2, w3, dt)},
+                 15, tol_of(dt));
+    }
+}
+
 /* ---- softmax and norms
  * ----------------------------------------------------------------------------------------- */
 

@@ -1,5 +1,6 @@
 /* Float64 finite-difference gradient checks for every differentiable op, at
  * several shapes including ones that are not powers of two. */
+#include "core/internal.h"
 #include "gradcheck.h"
 
 #define S(...) (int64_t[]){__VA_ARGS__}
@@ -99,6 +100,34 @@ TEST(grad_linear) {
     GRADCHECK(f_linear, NULL, LEAF(2, 3, 5), LEAF(7, 5), LEAF(7));
     GRADCHECK(f_linear, NULL, LEAF(3, 6), LEAF(4, 6));
 }
+
+/* One tensor h = 0.5 x feeding four products (three of them linears, as q/k/v do) and a
+ * tanh whose gradient reaches h before the products' (*c = 1: the tape runs the later
+ * input of an add first) or after them (0): the products' gradients of h are added by
+ * their GEMMs into what is already gathered, the tanh's last one by the tape. */
+static fe_tensor *f_shared_input(fe_tensor *const *x, int n, void *c) {
+    (void)n;
+    fe_tensor *h = fe_scale(x[0], 0.5);
+    fe_tensor *p = fe_add(fe_linear(h, x[1], NULL), fe_matmul(h, x[2], false, false)); /* (.., 3) */
+    fe_tensor *q = fe_mul(fe_linear(h, x[3], NULL), fe_linear(h, x[3], NULL));        /* (.., 6) */
+    fe_tensor *t = fe_sum(fe_tanh(h), 1, (int[]){-1}, true);                         /* (.., 1) */
+    fe_tensor *pq = fe_add(fe_sum(p, 1, (int[]){-1}, true), fe_sum(q, 1, (int[]){-1}, true));
+    return *(int *)c ? fe_add(pq, t) : fe_add(t, pq);
+}
+
+TEST(grad_shared_input_of_products) {
+    int tanh_first = 1, tanh_last = 0;
+    GRADCHECK(f_shared_input, &tanh_first, LEAF(2, 3, 4), LEAF(3, 4), LEAF(4, 3), LEAF(6, 4));
+    GRADCHECK(f_shared_input, &tanh_last, LEAF(2, 3, 4), LEAF(3, 4), LEAF(4, 3), LEAF(6, 4));
+}
+
+/* r + x w^T with r added by the product's GEMM (the Llama block's down projection) */
+static fe_tensor *f_linear_add(fe_tensor *const *x, int n, void *c) {
+    (void)n, (void)c;
+    return fe__linear_add(x[0], x[1], fe_scale(x[2], 1.0));
+}
+
+TEST(grad_linear_add) { GRADCHECK(f_linear_add, NULL, LEAF(2, 3, 5), LEAF(4, 5), LEAF(2, 3, 4)); }
 
 static fe_tensor *f_softmax(fe_tensor *const *x, int n, void *c) { (void)n; return fe_softmax(x[0], *(int *)c); }
 static fe_tensor *f_logsoftmax(fe_tensor *const *x, int n, void *c) { (void)n; return fe_log_softmax(x[0], *(int *)c); }

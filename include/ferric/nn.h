@@ -131,6 +131,9 @@ fe_status fe_nn_mlp_init(fe_nn_mlp *m, fe_params *p, const char *name, int64_t d
                          double std, fe_dtype dt, fe_device dev);
 /* x (..., C) -> (..., C). */
 fe_tensor *fe_nn_mlp_forward(const fe_nn_mlp *m, fe_tensor *x);
+/* r + mlp(x) for r (..., C), with r added by the down projection's matrix product itself
+ * rather than by a separate add: a block's second residual connection. */
+fe_tensor *fe_nn_mlp_forward_residual(const fe_nn_mlp *m, fe_tensor *x, fe_tensor *r);
 
 /* One pre-norm Llama decoder layer "<name>.{input_layernorm,self_attn,
  * post_attention_layernorm,mlp}". */

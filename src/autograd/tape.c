@@ -78,23 +78,37 @@ fe_tensor *fe__take_pending(fe_tensor *t) {
     return g;
 }
 
+/* True when nothing but the engine can see g, a gradient it holds, or g's memory: the
+ * engine's is the only reference, no scope owns it, no other header shares its storage
+ * (which it owns), and it is a plain tensor (no node, no gradient of its own). A view,
+ * a tensor saved on a node, one tensor handed to two inputs, the caller's gout all fail. */
+static bool unshared(const fe_tensor *g) {
+    const fe_storage *st = g->st;
+    return g->refcnt == 1 && !g->scope && st->refcnt == 1 && !st->borrowed && !g->node &&
+           !g->requires_grad && !g->grad && !g->bw_grad;
+}
+
+fe_tensor *fe__take_pending_owned(fe_tensor *t) {
+    fe_tensor *g = t ? t->bw_grad : NULL;
+    if (!g || !unshared(g) || g->st->dev.type != t->st->dev.type ||
+        g->st->dev.index != t->st->dev.index)
+        return NULL;
+    return fe__take_pending(t);
+}
+
 fe_tensor *fe_detach(fe_tensor *a) {
     if (fe__any_null("fe_detach", 1, a)) return NULL;
     return fe__view(a, a->ndim, a->shape, a->stride, a->offset);
 }
 
 /* True when g, a gradient the engine holds, can become leaf's .grad as it is: nothing
- * else can see it or its memory (the engine's is the only reference, no scope owns it,
- * no other header shares its storage, which it owns whole) and it is laid out as the
- * leaf's own gradient would be (dtype, device, contiguous from offset 0). Anything
- * shared -- a view, a tensor saved on a node, the same gradient handed to two leaves,
- * the caller's own gout -- fails one of these and is copied instead. */
+ * else can see it (unshared) and it is laid out as the leaf's own gradient would be
+ * (dtype, device, contiguous from offset 0, its storage exactly that big). Anything
+ * shared is copied instead. */
 static bool adoptable(const fe_tensor *leaf, const fe_tensor *g) {
     const fe_storage *st = g->st;
-    return g->refcnt == 1 && !g->scope && st->refcnt == 1 && !st->borrowed && !g->node &&
-           !g->requires_grad && !g->grad && !g->bw_grad && g->dtype == leaf->dtype &&
-           st->dev.type == leaf->st->dev.type && st->dev.index == leaf->st->dev.index &&
-           g->offset == 0 && fe_is_contiguous(g) &&
+    return unshared(g) && g->dtype == leaf->dtype && st->dev.type == leaf->st->dev.type &&
+           st->dev.index == leaf->st->dev.index && g->offset == 0 && fe_is_contiguous(g) &&
            st->nbytes == (size_t)fe_numel(g) * fe_dtype_size(g->dtype);
 }
 

@@ -99,9 +99,16 @@ typedef struct fe_backend {
                        const fe_tensor *b);
     /* out has a's ndim with reduced dims of size 1; a contiguous */
     fe_status (*reduce)(fe_reduce_op op, fe_tensor *out, const fe_tensor *a);
-    /* out (..., M, N) = alpha * a (..., M, K) @ b (..., K, N); a and b are views already
-     * broadcast to out's batch dims whose last two dims have one unit stride */
-    fe_status (*matmul)(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha);
+    /* out (..., M, N) = alpha * a (..., M, K) @ b (..., K, N) + c. c is NULL (nothing is
+     * added and out is only written), out itself (accumulate in place: BLAS's beta = 1)
+     * or another contiguous tensor of out's shape and dtype that does not overlap it. The
+     * sum is formed at the product's precision -- f32 for f32/f16/bf16 operands, f64 for
+     * f64 -- and rounded to out's dtype once. a and b are views already broadcast to
+     * out's batch dims whose last two dims have one unit stride; they share a dtype,
+     * which out has too, or out is f32 under f16/bf16 operands (an f32 accumulator of
+     * 16-bit products) */
+    fe_status (*matmul)(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha,
+                        const fe_tensor *c);
 
     /* row kernels over the last dim */
     fe_status (*softmax)(fe_tensor *y, const fe_tensor *x, bool log);

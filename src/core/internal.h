@@ -116,18 +116,26 @@ void fe__save(fe_node *n, int slot, fe_tensor *t);
  * in the same kernel that makes t's new gradient; NULL when there is none or it does
  * not fit. */
 fe_tensor *fe__take_pending(fe_tensor *t);
+/* Likewise, but only a gradient that nothing else can see (no other reference, scope or
+ * view of its memory), so that the caller may add into it in place -- a GEMM with
+ * beta = 1 (ops/matmul.c) -- and hand it back as t's gradient; NULL otherwise. */
+fe_tensor *fe__take_pending_owned(fe_tensor *t);
 
 /* ---- ops that write over an input's storage ------------------------------------ */
-/* a + b and RoPE(x) written over b's / x's memory (when contiguous, of one shape and
- * dtype; else as fe_add / fe_rope), for callers that never read that input again: the
- * tape keeps it only to route gradients (neither backward reads its values, nor do
- * matmul's and reshape's, which produce it in the Llama block). Saves one activation
- * per use in training. */
-fe_tensor *fe__add_over(fe_tensor *a, fe_tensor *b);
+/* RoPE(x) written over x's memory (when contiguous; else as fe_rope), for callers that
+ * never read x again: the tape keeps it only to route gradients (neither RoPE's backward
+ * reads its values, nor do matmul's and reshape's, which produce it in the Llama block).
+ * Saves one activation per use in training. */
 fe_tensor *fe__rope_over(fe_tensor *x, fe_tensor *inv_freq, int seq_dim, int64_t pos0);
 /* fe_rmsnorm_residual with h = x + r written over r's memory, likewise */
 fe_status fe__rmsnorm_residual_over(fe_tensor *x, fe_tensor *r, fe_tensor *w, double eps,
                                     fe_tensor **h_out, fe_tensor **y_out);
+
+/* ---- fused ops (ops/matmul.c) ---------------------------------------------------- */
+/* x (..., in) @ w (out, in)^T + r with r (..., out) added by the GEMM itself (beta = 1)
+ * when r is contiguous and of the result's shape and dtype (else added after): the
+ * Llama block's down projection and last residual add in one kernel. */
+fe_tensor *fe__linear_add(fe_tensor *x, fe_tensor *w, fe_tensor *r);
 
 /* ---- broadcasting helpers (ops/broadcast.c) ------------------------------ */
 /* The broadcast shape of a and b; false (with error set) when incompatible. */

@@ -24,10 +24,9 @@ static fe_tensor *block(const fe_nn_llama_block *m, fe_tensor *h, fe_tensor *inv
         return NULL;
     }
     fe_free(a);
-    fe_tensor *f = fe_nn_mlp_forward(&m->mlp, y);
-    fe_free(y);
-    fe_tensor *out = f ? fe__add_over(h2, f) : NULL; /* (B, T, C), in f's memory */
-    fe_free(h2), fe_free(f);
+    /* h2 + mlp(y), h2 added by the down projection's GEMM */
+    fe_tensor *out = fe_nn_mlp_forward_residual(&m->mlp, y, h2); /* (B, T, C) */
+    fe_free(y), fe_free(h2);
     return out;
 }
 

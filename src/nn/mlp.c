@@ -18,7 +18,8 @@ fe_status fe_nn_mlp_init(fe_nn_mlp *m, fe_params *p, const char *name, int64_t d
     return st;
 }
 
-fe_tensor *fe_nn_mlp_forward(const fe_nn_mlp *m, fe_tensor *x) {
+/* mlp(x), plus r when r is given */
+static fe_tensor *forward(const fe_nn_mlp *m, fe_tensor *x, fe_tensor *r) {
     if (!m) {
         fe_set_error(FE_ERR_ARG, "mlp: NULL module");
         return NULL;
@@ -27,7 +28,21 @@ fe_tensor *fe_nn_mlp_forward(const fe_nn_mlp *m, fe_tensor *x) {
     fe_tensor *u = fe_nn_linear_forward(&m->up_proj, x);   /* (..., F) */
     fe_tensor *a = g && u ? fe_silu_gate(g, u) : NULL;     /* silu(g) * u */
     fe_free(g), fe_free(u);
-    fe_tensor *y = fe_nn_linear_forward(&m->down_proj, a); /* (..., C) */
+    const fe_nn_linear *d = &m->down_proj;
+    fe_tensor *y;
+    if (r && d->bias < 0) { /* (..., C): r + a W^T in one GEMM */
+        y = a ? fe__linear_add(a, fe_params_at(d->params, d->weight), r) : NULL;
+    } else {
+        fe_tensor *f = fe_nn_linear_forward(d, a); /* (..., C) */
+        y = f && r ? fe_add(f, r) : f;
+        if (y != f) fe_free(f);
+    }
     fe_free(a);
     return y;
+}
+
+fe_tensor *fe_nn_mlp_forward(const fe_nn_mlp *m, fe_tensor *x) { return forward(m, x, NULL); }
+
+fe_tensor *fe_nn_mlp_forward_residual(const fe_nn_mlp *m, fe_tensor *x, fe_tensor *r) {
+    return fe__any_null("mlp", 1, r) ? NULL : forward(m, x, r);
 }

@@ -92,21 +92,11 @@ static fe_status binary_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_te
     return FE_OK;
 }
 
-/* out = a op b, with the tape node; over: the result written over b's memory when a and
- * b are of one shape and contiguous (elementwise, so each element of b is read before
- * that element of out is written), else into a new tensor */
-static fe_tensor *binary(const char *name, fe_binary_op op, fe_tensor *a, fe_tensor *b,
-                         bool over) {
+/* out = a op b, with the tape node */
+static fe_tensor *binary(const char *name, fe_binary_op op, fe_tensor *a, fe_tensor *b) {
     if (fe__any_null(name, 2, a, b)) return NULL;
     if (fe__check_float(name, a) || fe__check_float(name, b)) return NULL;
-    fe_tensor *out;
-    if (over && fe__same_shape(a, b) && fe_is_contiguous(a) && fe_is_contiguous(b) &&
-        !fe__check_pair(name, a, b)) {
-        out = fe__view(b, b->ndim, b->shape, b->stride, b->offset);
-        if (out) out = fe__done(out, fe__be(a)->binary(op, out, a, b, 1.0));
-    } else {
-        out = fe__binary_raw(op, a, b, 1.0, name);
-    }
+    fe_tensor *out = fe__binary_raw(op, a, b, 1.0, name);
     if (out && fe__needs_grad(2, (fe_tensor *[]){a, b})) {
         fe_node *n = fe__record(out, name, binary_backward, 2, (fe_tensor *[]){a, b});
         if (!n) return fe__done(out, FE_ERR_OOM);
@@ -115,11 +105,10 @@ static fe_tensor *binary(const char *name, fe_binary_op op, fe_tensor *a, fe_ten
     return out;
 }
 
-fe_tensor *fe_add(fe_tensor *a, fe_tensor *b) { return binary("add", FE_B_ADD, a, b, false); }
-fe_tensor *fe__add_over(fe_tensor *a, fe_tensor *b) { return binary("add", FE_B_ADD, a, b, true); }
-fe_tensor *fe_sub(fe_tensor *a, fe_tensor *b) { return binary("sub", FE_B_SUB, a, b, false); }
-fe_tensor *fe_mul(fe_tensor *a, fe_tensor *b) { return binary("mul", FE_B_MUL, a, b, false); }
-fe_tensor *fe_div(fe_tensor *a, fe_tensor *b) { return binary("div", FE_B_DIV, a, b, false); }
+fe_tensor *fe_add(fe_tensor *a, fe_tensor *b) { return binary("add", FE_B_ADD, a, b); }
+fe_tensor *fe_sub(fe_tensor *a, fe_tensor *b) { return binary("sub", FE_B_SUB, a, b); }
+fe_tensor *fe_mul(fe_tensor *a, fe_tensor *b) { return binary("mul", FE_B_MUL, a, b); }
+fe_tensor *fe_div(fe_tensor *a, fe_tensor *b) { return binary("div", FE_B_DIV, a, b); }
 
 /* ---- unary ops --------------------------------------------------------------------- */
 

@@ -3,7 +3,8 @@
  *
  * For each chunk of rows: logits = x_c w^T; its loss; and, since the loss is linear in
  * its incoming gradient, the logits' gradient for an incoming 1 written over the logits
- * at once; then gx_c = glogits w and gw += glogits^T x_c. The chunk's share of the mean
+ * at once; then gx_c = glogits w and gw += glogits^T x_c, the sum made by the GEMM itself
+ * (beta = 1; in an f32 accumulator when w is 16-bit). The chunk's share of the mean
  * is weighted on the device by count_c / count (rows whose target is not ignored), so
  * there is no host read. The node keeps gx and gw; its backward scales them by the
  * incoming gradient and hands them over. */
@@ -110,17 +111,26 @@ static int64_t chunk_size(int64_t N, int64_t V, fe_dtype dt, int64_t chunk_rows)
 /* ---- backward ---------------------------------------------------------------------- */
 
 /* gx and gw were computed for an incoming gradient of 1: scale them by g on the device
- * (in place) and hand them over (the tape refuses a second backward through a node). */
+ * (in place: in one launch through the backend's multi-tensor scale where it has one,
+ * since a 16-bit tensor times an f32 scalar is a mixed-dtype map otherwise) and hand
+ * them over (the tape refuses a second backward through a node). */
 static fe_status lce_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {
     (void)out;
+    fe_tensor *ts[2];
+    int nt = 0;
+    for (int k = 0; k < 2; k++)
+        if (n->saved[k] && n->in[k]->requires_grad) ts[nt++] = n->saved[k];
+    const fe_backend *be = fe__be(g);
     fe_status st = FE_OK;
+    if (be->scale_multi && fe_numel(g) == 1 && fe_dtype_is_float(g->dtype))
+        st = be->scale_multi(nt, ts, g);
+    else
+        for (int k = 0; k < nt && !st; k++) st = bin_into(FE_B_MUL, ts[k], ts[k], g);
     for (int k = 0; k < 2 && !st; k++) {
         fe_tensor *s = n->saved[k];
         if (!s || !n->in[k]->requires_grad) continue;
-        st = bin_into(FE_B_MUL, s, s, g);
         /* a view in this backward's scope carries the storage on; the node lets go */
-        if (!st && !(gin[k] = fe__view(s, s->ndim, s->shape, s->stride, s->offset)))
-            st = fe_last_status();
+        if (!(gin[k] = fe__view(s, s->ndim, s->shape, s->stride, s->offset))) st = fe_last_status();
     }
     for (int k = 0; k < 2; k++)
         if (n->saved[k]) fe__release(n->saved[k]), n->saved[k] = NULL;
@@ -137,14 +147,13 @@ typedef struct lce {
     fe_tensor *acc;                  /* f64: the loss so far */
     fe_tensor *buf;                  /* (rows, V): one chunk's logits, then their gradient */
     fe_tensor *gx, *gx2;             /* (..., C) like x, and its (N, C) view */
-    fe_tensor *gw, *gw_acc, *gw_tmp; /* (V, C); f32 accumulator for 16-bit w; one chunk's */
+    fe_tensor *gw, *gw_acc;          /* (V, C); f32 accumulator for 16-bit w */
     bool grad, grad_w;               /* gradients wanted: any, of w */
 } lce;
 
 static void lce_free(lce *s) {
-    fe_tensor **all[] = {&s->xc, &s->x2,   &s->wc,    &s->wt,     &s->tc,
-                         &s->t1, &s->keep, &s->denom, &s->acc,    &s->buf,
-                         &s->gx, &s->gx2,  &s->gw,    &s->gw_acc, &s->gw_tmp};
+    fe_tensor **all[] = {&s->xc,  &s->x2,  &s->wc,   &s->wt,    &s->tc,  &s->t1, &s->keep,
+                         &s->denom, &s->acc, &s->buf, &s->gx, &s->gx2, &s->gw, &s->gw_acc};
     for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
         fe_free(*all[i]);
         *all[i] = NULL;
@@ -170,30 +179,20 @@ static fe_status count_rows(lce *s, int64_t ignore, fe_device dev) {
 
 static bool narrow(fe_dtype dt) { return dt == FE_F16 || dt == FE_BF16; }
 
-/* gw (+)= glogits^T x_c for one chunk: straight into gw for a single chunk or an f32/f64
- * w; for 16-bit w through a chunk result into an f32 accumulator (gw comes at the end). */
+/* gw (+)= glogits^T x_c for one chunk, the GEMM adding to what the earlier chunks left:
+ * straight into gw for a single chunk or an f32/f64 w; for 16-bit w over several chunks
+ * into an f32 accumulator (16-bit products, f32 sums; gw comes from it at the end). */
 static fe_status add_gw(lce *s, fe_tensor *glt, fe_tensor *xv, bool first) {
-    const fe_backend *be = fe__be(xv);
     fe_tensor *w = s->wc;
-    if (first && s->gw) return be->matmul(s->gw, glt, xv, 1.0);
-    if (!s->gw_tmp && !(s->gw_tmp = fe__alloc(2, w->shape, w->dtype, w->st->dev)))
+    if (!s->gw && !s->gw_acc && !(s->gw_acc = fe__alloc(2, w->shape, FE_F32, w->st->dev)))
         return fe_last_status();
-    if (!s->gw) { /* 16-bit, several chunks */
-        if (!s->gw_acc && !(s->gw_acc = fe__alloc(2, w->shape, FE_F32, w->st->dev)))
-            return fe_last_status();
-        fe_status st = be->matmul(s->gw_tmp, glt, xv, 1.0);
-        if (st) return st;
-        return first ? be->copy(s->gw_acc, s->gw_tmp)
-                     : be->binary(FE_B_ADD, s->gw_acc, s->gw_acc, s->gw_tmp, 1.0);
-    }
-    fe_status st = be->matmul(s->gw_tmp, glt, xv, 1.0);
-    return st ? st : be->binary(FE_B_ADD, s->gw, s->gw, s->gw_tmp, 1.0);
+    fe_tensor *gw = s->gw ? s->gw : s->gw_acc;
+    return fe__be(xv)->matmul(gw, glt, xv, 1.0, first ? NULL : gw);
 }
 
-/* After the chunks: gw from the f32 accumulator, once the chunk buffers are gone. */
+/* After the chunks: gw from the f32 accumulator, once the chunk buffer is gone. */
 static fe_status finish_gw(lce *s) {
     fe_free(s->buf), s->buf = NULL;
-    fe_free(s->gw_tmp), s->gw_tmp = NULL;
     if (!s->gw_acc) return FE_OK;
     fe_tensor *w = s->wc;
     if (!(s->gw = fe__alloc(2, w->shape, w->dtype, w->st->dev))) return fe_last_status();
@@ -214,7 +213,7 @@ static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool fi
     fe_tensor *loss = lg ? fe__alloc(0, NULL, stat_dtype(s->xc->dtype), dev) : NULL;
     fe_tensor *count = NULL, *wgt = NULL, *part = NULL, *glt = NULL, *gxv = NULL;
     fe_status st = loss ? FE_OK : fe_last_status();
-    if (!st) st = be->matmul(lg, xv, s->wt, 1.0);                /* logits (n, V) */
+    if (!st) st = be->matmul(lg, xv, s->wt, 1.0, NULL);         /* logits (n, V) */
     if (!st && (st = be->cross_entropy(loss, lg, tv, ignore))) { /* mean over counted rows */
         char why[256]; /* the kernel numbers rows within the chunk: say where it starts */
         snprintf(why, sizeof why, "%s", fe_last_error());
@@ -232,7 +231,7 @@ static fe_status do_chunk(lce *s, int64_t r0, int64_t n, int64_t ignore, bool fi
             if (!(gxv = rows_of(s->gx2, r0, n, C)))
                 st = fe_last_status();
             else
-                st = be->matmul(gxv, lg, s->wc, 1.0); /* (n, V) @ (V, C) */
+                st = be->matmul(gxv, lg, s->wc, 1.0, NULL); /* (n, V) @ (V, C) */
         }
         if (!st && s->grad_w) {
             if (!(glt = transposed(lg, n, V)))

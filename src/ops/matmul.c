@@ -1,4 +1,16 @@
-/* Matrix products with broadcast batch dims and transposed operands, and linear. */
+/* Matrix products with broadcast batch dims and transposed operands, and linear.
+ *
+ * A product whose right operand is one matrix, (..., M, K) @ (K, N), folds the left
+ * operand's batch dims into rows: one (R, K) @ (K, N) GEMM, and in the backward one
+ * (K, R) @ (R, N) GEMM for the matrix's gradient rather than a batch of products summed
+ * afterwards. That is linear's case, so linear is this op with no reshapes around it,
+ * and its node holds its real input.
+ *
+ * A gradient that would be added to one already gathered for the same input (an input
+ * that feeds several products, like the Llama block's normed input feeding q, k and v)
+ * is instead computed into that gradient by the GEMM itself (beta = 1): the backward
+ * takes the pending gradient (fe__take_pending_owned) and hands it back with the product
+ * added, so the tape has nothing left to add. */
 #include "ops/ops_internal.h"
 
 #include <inttypes.h>
@@ -14,19 +26,142 @@ static fe_tensor *transpose_raw(fe_tensor *t) {
     return fe__view(t, n, shape, st, t->offset);
 }
 
+/* t (..., C) as the 2-D (R, C), R the product of the other dims, with no tape node: a
+ * view where t's layout allows, else a contiguous copy. */
+static fe_tensor *rows_2d(fe_tensor *t) {
+    int64_t shape[2] = {fe__numel_of(t->ndim - 1, t->shape), t->shape[t->ndim - 1]};
+    bool prev = fe_set_grad_enabled(false);
+    fe_tensor *r = fe_reshape(t, 2, shape);
+    fe_set_grad_enabled(prev);
+    return r;
+}
+
+/* True when op(a) @ op(b) folds a's batch dims into the rows of one GEMM. */
+static bool folds(const fe_tensor *a, const fe_tensor *b, bool ta) {
+    return !ta && a->ndim > 2 && b->ndim == 2;
+}
+
+/* True when t is contiguous with the given shape and dtype. */
+static bool fits(const fe_tensor *t, int nd, const int64_t *shape, fe_dtype dt) {
+    bool ok = t->ndim == nd && t->dtype == dt && fe_is_contiguous(t);
+    for (int d = 0; ok && d < nd; d++) ok = t->shape[d] == shape[d];
+    return ok;
+}
+
+/* op(a) @ op(b) + add for a and b of >= 2 dims (one dtype and device), batch dims
+ * broadcast; add (NULL for none) is added by the GEMM (beta = 1). The result is written
+ * to into, or to a new tensor when into is NULL; into and add, when given, must be
+ * contiguous and of the result's shape and dtype (a pending gradient that adds to itself:
+ * into == add). Returns the result, NULL on failure (into then stays the caller's). */
+static fe_tensor *product(fe_tensor *into, const fe_tensor *add, fe_tensor *a, fe_tensor *b,
+                          bool ta, bool tb) {
+    fe_tensor *va = ta ? transpose_raw(a) : fe__view(a, a->ndim, a->shape, a->stride, a->offset);
+    fe_tensor *vb = tb ? transpose_raw(b) : fe__view(b, b->ndim, b->shape, b->stride, b->offset);
+    fe_tensor *out = NULL, *ea = NULL, *eb = NULL, *o2 = NULL, *c2 = NULL;
+    fe_status st = FE_OK;
+    if (!va || !vb) goto done;
+    int64_t M = va->shape[va->ndim - 2], K = va->shape[va->ndim - 1];
+    int64_t K2 = vb->shape[vb->ndim - 2], N = vb->shape[vb->ndim - 1];
+    if (K != K2) {
+        char x[96], y[96];
+        fe_set_error(FE_ERR_SHAPE, "matmul: inner dims differ: %s%s @ %s%s (%" PRId64 " vs %" PRId64 ")",
+                     fe_shape_str(a, x, sizeof x), ta ? "^T" : "", fe_shape_str(b, y, sizeof y),
+                     tb ? "^T" : "", K, K2);
+        goto done;
+    }
+    int nd;
+    int64_t shape[FE_MAX_DIMS];
+    bool fold = folds(a, b, ta);
+    if (fold) {
+        nd = a->ndim;
+        memcpy(shape, a->shape, sizeof(int64_t) * (size_t)nd);
+        shape[nd - 1] = N;
+    } else { /* broadcast the batch dims */
+        fe_tensor ba = {.ndim = va->ndim - 2}, bb = {.ndim = vb->ndim - 2};
+        memcpy(ba.shape, va->shape, sizeof(int64_t) * (size_t)ba.ndim);
+        memcpy(bb.shape, vb->shape, sizeof(int64_t) * (size_t)bb.ndim);
+        if (!fe__broadcast_shape(&ba, &bb, &nd, shape, "matmul (batch dims)")) goto done;
+        if (nd + 2 > FE_MAX_DIMS) {
+            fe_set_error(FE_ERR_SHAPE, "matmul: too many dims");
+            goto done;
+        }
+        shape[nd] = M, shape[nd + 1] = K;
+        if (!(ea = fe__expand_raw(va, nd + 2, shape))) goto done;
+        shape[nd] = K, shape[nd + 1] = N;
+        if (!(eb = fe__expand_raw(vb, nd + 2, shape))) goto done;
+        shape[nd] = M, shape[nd + 1] = N;
+        nd += 2;
+    }
+    if ((into && !fits(into, nd, shape, a->dtype)) || (add && !fits(add, nd, shape, a->dtype))) {
+        fe_set_error(FE_ERR_STATE, "matmul: the tensor to add to does not fit the product");
+        goto done;
+    }
+    if (!(out = into ? into : fe__alloc(nd, shape, a->dtype, a->st->dev))) goto done;
+    if (!fold) {
+        st = fe__be(a)->matmul(out, ea, eb, 1.0, add);
+    } else { /* (R, K) @ (K, N) into out seen as (R, N), likewise add */
+        int64_t s2[2] = {fe__numel_of(nd - 1, shape), N}, st2[2] = {N, 1};
+        ea = rows_2d(va);
+        o2 = ea ? fe__view(out, 2, s2, st2, out->offset) : NULL;
+        c2 = o2 && add ? (add == out ? o2 : fe__view(add, 2, s2, st2, add->offset)) : NULL;
+        st = !o2 || (add && !c2) ? fe_last_status() : fe__be(a)->matmul(o2, ea, vb, 1.0, c2);
+    }
+    if (st) {
+        if (out != into) fe_free(out);
+        out = NULL;
+    }
+done:
+    if (c2 != o2) fe_free(c2);
+    fe_free(va), fe_free(vb), fe_free(ea), fe_free(eb), fe_free(o2);
+    return out;
+}
+
+/* True when a gradient of x computed from the product's out (..., M, N) has x's shape
+ * as it comes: x has every batch dim of out, none broadcast. */
+static bool unbroadcast(const fe_tensor *x, const fe_tensor *out) {
+    if (x->ndim != out->ndim) return false;
+    for (int d = 0; d < x->ndim - 2; d++)
+        if (x->shape[d] != out->shape[d]) return false;
+    return true;
+}
+
+/* The gradient of input x, op(p) @ op(q): added by the GEMM into x's pending gradient
+ * when the product has x's shape (whole) and nothing else holds that gradient; else a
+ * new tensor, summed down to x's shape. */
+static fe_status grad_of(fe_tensor *x, bool whole, fe_tensor *p, fe_tensor *q, bool tp, bool tq,
+                         fe_tensor **gx) {
+    fe_tensor *acc = whole ? fe__take_pending_owned(x) : NULL;
+    fe_tensor *r = product(acc, acc, p, q, tp, tq);
+    if (!r) {
+        if (acc) fe__release(acc);
+        return fe_last_status();
+    }
+    if (acc) { /* handed back through a view in this backward's scope, which keeps the memory */
+        *gx = fe__view(acc, acc->ndim, acc->shape, acc->stride, acc->offset);
+        fe__release(acc);
+        return *gx ? FE_OK : fe_last_status();
+    }
+    return (*gx = fe__sum_to(r, x->ndim, x->shape)) ? FE_OK : fe_last_status();
+}
+
 static fe_status matmul_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {
-    (void)out;
     fe_tensor *a = n->in[0], *b = n->in[1];
     bool ta = n->i[0], tb = n->i[1];
-    if (a->requires_grad) {
-        fe_tensor *ga = ta ? fe_matmul(b, g, tb, true) : fe_matmul(g, b, false, !tb);
-        if (!ga || !(gin[0] = fe__sum_to(ga, a->ndim, a->shape))) return fe_last_status();
+    fe_status st = FE_OK;
+    if (a->requires_grad) /* g op(b)^T, or its transpose when a is used transposed */
+        st = ta ? grad_of(a, unbroadcast(a, out), b, g, tb, true, &gin[0])
+                : grad_of(a, unbroadcast(a, out), g, b, false, !tb, &gin[0]);
+    if (st || !b->requires_grad) return st;
+    if (folds(a, b, ta)) { /* op(b)'s gradient a2^T g2 over all the folded rows at once */
+        fe_tensor *a2 = rows_2d(a), *g2 = a2 ? rows_2d(g) : NULL;
+        st = !g2  ? fe_last_status()
+             : tb ? grad_of(b, true, g2, a2, true, false, &gin[1])
+                  : grad_of(b, true, a2, g2, true, false, &gin[1]);
+        fe_free(a2), fe_free(g2);
+        return st;
     }
-    if (b->requires_grad) {
-        fe_tensor *gb = tb ? fe_matmul(g, a, true, ta) : fe_matmul(a, g, !ta, false);
-        if (!gb || !(gin[1] = fe__sum_to(gb, b->ndim, b->shape))) return fe_last_status();
-    }
-    return FE_OK;
+    return tb ? grad_of(b, unbroadcast(b, out), g, a, true, ta, &gin[1])
+              : grad_of(b, unbroadcast(b, out), a, g, !ta, false, &gin[1]);
 }
 
 fe_tensor *fe_matmul(fe_tensor *a, fe_tensor *b, bool ta, bool tb) {
@@ -52,44 +187,12 @@ fe_tensor *fe_matmul(fe_tensor *a, fe_tensor *b, bool ta, bool tb) {
         fe_free(r);
         return out;
     }
-    fe_tensor *va = ta ? transpose_raw(a) : fe__view(a, a->ndim, a->shape, a->stride, a->offset);
-    fe_tensor *vb = tb ? transpose_raw(b) : fe__view(b, b->ndim, b->shape, b->stride, b->offset);
-    fe_tensor *out = NULL, *ea = NULL, *eb = NULL;
-    if (!va || !vb) goto done;
-    int64_t M = va->shape[va->ndim - 2], K = va->shape[va->ndim - 1];
-    int64_t K2 = vb->shape[vb->ndim - 2], N = vb->shape[vb->ndim - 1];
-    if (K != K2) {
-        char x[96], y[96];
-        fe_set_error(FE_ERR_SHAPE, "matmul: inner dims differ: %s%s @ %s%s (%" PRId64 " vs %" PRId64 ")",
-                     fe_shape_str(a, x, sizeof x), ta ? "^T" : "", fe_shape_str(b, y, sizeof y),
-                     tb ? "^T" : "", K, K2);
-        goto done;
-    }
-    /* broadcast the batch dims */
-    fe_tensor ba = {.ndim = va->ndim - 2}, bb = {.ndim = vb->ndim - 2};
-    memcpy(ba.shape, va->shape, sizeof(int64_t) * (size_t)ba.ndim);
-    memcpy(bb.shape, vb->shape, sizeof(int64_t) * (size_t)bb.ndim);
-    int nb;
-    int64_t shape[FE_MAX_DIMS];
-    if (!fe__broadcast_shape(&ba, &bb, &nb, shape, "matmul (batch dims)")) goto done;
-    if (nb + 2 > FE_MAX_DIMS) {
-        fe_set_error(FE_ERR_SHAPE, "matmul: too many dims");
-        goto done;
-    }
-    shape[nb] = M, shape[nb + 1] = K;
-    ea = fe__expand_raw(va, nb + 2, shape);
-    shape[nb] = K, shape[nb + 1] = N;
-    eb = ea ? fe__expand_raw(vb, nb + 2, shape) : NULL;
-    shape[nb] = M, shape[nb + 1] = N;
-    out = eb ? fe__alloc(nb + 2, shape, a->dtype, a->st->dev) : NULL;
-    if (out) out = fe__done(out, fe__be(a)->matmul(out, ea, eb, 1.0));
+    fe_tensor *out = product(NULL, NULL, a, b, ta, tb);
     if (out && fe__needs_grad(2, (fe_tensor *[]){a, b})) {
         fe_node *n = fe__record(out, "matmul", matmul_backward, 2, (fe_tensor *[]){a, b});
         if (!n) out = fe__done(out, FE_ERR_OOM);
         else n->i[0] = ta, n->i[1] = tb;
     }
-done:
-    fe_free(va), fe_free(vb), fe_free(ea), fe_free(eb);
     return out;
 }
 
@@ -107,17 +210,46 @@ fe_tensor *fe_linear(fe_tensor *x, fe_tensor *w, fe_tensor *bias) {
                      fe_shape_str(bias, b, sizeof b), w->shape[0]);
         return NULL;
     }
-    /* fold the batch dims into rows so that one GEMM does the work */
-    int64_t rows[2] = {fe_numel(x) / (w->shape[1] ? w->shape[1] : 1), w->shape[1]};
-    fe_tensor *x2 = fe_reshape(x, 2, rows);
-    fe_tensor *y2 = x2 ? fe_matmul(x2, w, false, true) : NULL;
-    fe_tensor *yb = y2 && bias ? fe_add(y2, bias) : y2;
+    /* x's batch dims fold into the rows of one GEMM (see product) */
+    fe_tensor *y = fe_matmul(x, w, false, true);
+    fe_tensor *yb = y && bias ? fe_add(y, bias) : y;
+    if (yb != y) fe_free(y);
+    return yb;
+}
+
+static fe_status linear_add_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {
+    fe_status st = matmul_backward(n, out, g, gin); /* x and w, from in[0], in[1] */
+    if (!st && n->in[2]->requires_grad) gin[2] = g;
+    return st;
+}
+
+static bool same_device(const fe_tensor *a, const fe_tensor *b) {
+    return a->st->dev.type == b->st->dev.type && a->st->dev.index == b->st->dev.index;
+}
+
+fe_tensor *fe__linear_add(fe_tensor *x, fe_tensor *w, fe_tensor *r) {
+    if (fe__any_null("linear", 3, x, w, r)) return NULL;
+    /* the GEMM adds r when r is laid out exactly as the result; else r is added after */
+    bool direct = x->ndim >= 2 && w->ndim == 2 && x->shape[x->ndim - 1] == w->shape[1] &&
+                  fe_dtype_is_float(x->dtype) && w->dtype == x->dtype && same_device(x, w) &&
+                  same_device(x, r);
     int64_t shape[FE_MAX_DIMS];
-    memcpy(shape, x->shape, sizeof shape);
-    shape[x->ndim - 1] = w->shape[0];
-    fe_tensor *y = yb ? fe_reshape(yb, x->ndim, shape) : NULL;
-    fe_free(x2);
-    if (yb != y2) fe_free(yb);
-    fe_free(y2);
-    return y;
+    if (direct) {
+        memcpy(shape, x->shape, sizeof shape);
+        shape[x->ndim - 1] = w->shape[0];
+        direct = fits(r, x->ndim, shape, x->dtype);
+    }
+    if (!direct) {
+        fe_tensor *y = fe_linear(x, w, NULL);
+        fe_tensor *out = y ? fe_add(y, r) : NULL;
+        fe_free(y);
+        return out;
+    }
+    fe_tensor *out = product(NULL, r, x, w, false, true);
+    if (out && fe__needs_grad(3, (fe_tensor *[]){x, w, r})) {
+        fe_node *n = fe__record(out, "linear_add", linear_add_backward, 3, (fe_tensor *[]){x, w, r});
+        if (!n) out = fe__done(out, FE_ERR_OOM);
+        else n->i[0] = false, n->i[1] = true;
+    }
+    return out;
 }

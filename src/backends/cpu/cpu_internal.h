@@ -47,7 +47,8 @@ fe_status cpu_binary(fe_binary_op op, fe_tensor *out, const fe_tensor *a, const 
                      double alpha);
 fe_status cpu_where(fe_tensor *out, const fe_tensor *cond, const fe_tensor *a, const fe_tensor *b);
 fe_status cpu_reduce(fe_reduce_op op, fe_tensor *out, const fe_tensor *a);
-fe_status cpu_matmul(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha);
+fe_status cpu_matmul(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha,
+                     const fe_tensor *c);
 fe_status cpu_softmax(fe_tensor *y, const fe_tensor *x, bool log);
 fe_status cpu_softmax_backward(fe_tensor *gx, const fe_tensor *gy, const fe_tensor *y, bool log);
 fe_status cpu_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd, const fe_tensor *x,

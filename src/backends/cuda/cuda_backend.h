@@ -70,7 +70,8 @@ fe_status fe_cuda_where(fe_tensor *out, const fe_tensor *cond, const fe_tensor *
 
 /* reductions (cuda_reduce.cu) and matrix products (cuda_matmul.cu) */
 fe_status fe_cuda_reduce(fe_reduce_op op, fe_tensor *out, const fe_tensor *a);
-fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha);
+fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha,
+                         const fe_tensor *c);
 
 /* row kernels (cuda_nn.cu) */
 fe_status fe_cuda_softmax(fe_tensor *y, const fe_tensor *x, bool log);

@@ -1,6 +1,9 @@
 /* CUDA matrix products: cuBLASLt for f32 (TF32 tensor cores only with FE_TF32=1), f16
  * and bf16 (f32 accumulation), cuBLAS for f64. Row-major operands map onto cuBLAS's
  * column-major convention as C^T = B^T A^T; either operand may be a transposed view.
+ * Adding a tensor c is cuBLAS's beta = 1 with C = c (C == D when c is the output): the
+ * epilogue adds it to the f32 (f64) product before the one rounding to the output's
+ * dtype, which is f32 for an f32 accumulator of f16/bf16 operands, else the operands'.
  * Batch dims that collapse to one stride per operand run as one strided-batched call,
  * the rest loop on the host. Chosen algorithms are cached per shape. */
 #include "backends/cuda/cuda_internal.cuh"
@@ -35,7 +38,7 @@ static bool describe(const fe_tensor *t, mat *m) {
 /* ---- the cuBLASLt algorithm cache ----------------------------------------------------------- */
 
 typedef struct gemm_key {
-    int dtype, tf32, ta, tb;
+    int dtype, cdtype, acc, tf32, ta, tb;
     int64_t m, n, k, lda, ldb, ldc, batch, sa, sb, sc;
     int al_a, al_b, al_c, dev;
 } gemm_key;
@@ -96,16 +99,21 @@ static const char *lt_status(cublasStatus_t s) {
     }
 }
 
-/* One GEMM call in cuBLAS's column-major terms: D (m, n) = alpha * op(A) (m, k) op(B) (k, n),
- * repeated `batch` times with element strides sa, sb, sc. */
+/* One GEMM call in cuBLAS's column-major terms: D (m, n) = alpha * op(A) (m, k) op(B) (k, n)
+ * + C, repeated `batch` times with element strides sa, sb, sc. C is NULL (nothing added),
+ * D itself, or another matrix laid out as D. dtype is A's and B's, cdtype C's and D's. */
 typedef struct gemm_call {
-    int dtype;
+    int dtype, cdtype;
     bool ta, tb;
     int64_t m, n, k, lda, ldb, ldc, batch, sa, sb, sc;
-    const void *A, *B;
-    void *C;
+    const void *A, *B, *C;
+    void *D;
     double alpha;
 } gemm_call;
+
+static cudaDataType_t cuda_type(int dt) {
+    return dt == FE_F32 ? CUDA_R_32F : dt == FE_F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
 
 #define LT_TRY(call, what)                                                                         \
     do {                                                                                           \
@@ -117,21 +125,23 @@ typedef struct gemm_call {
 /* Sets *no_algo (and returns FE_OK) when cuBLASLt offers no algorithm for the call. */
 static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
     *no_algo = false;
-    cudaDataType_t ty = g->dtype == FE_F32   ? CUDA_R_32F
-                        : g->dtype == FE_F16 ? CUDA_R_16F
-                                             : CUDA_R_16BF;
+    cudaDataType_t ty = cuda_type(g->dtype), cty = cuda_type(g->cdtype);
     cublasComputeType_t ct =
         (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
-    size_t es = fe_dtype_size((fe_dtype)g->dtype);
+    size_t es = fe_dtype_size((fe_dtype)g->dtype), ces = fe_dtype_size((fe_dtype)g->cdtype);
     gemm_key key;
     memset(&key, 0, sizeof key);
-    key.dtype = g->dtype, key.tf32 = ct == CUBLAS_COMPUTE_32F_FAST_TF32, key.ta = g->ta,
-    key.tb = g->tb;
+    key.dtype = g->dtype, key.cdtype = g->cdtype, key.acc = g->C != NULL,
+    key.tf32 = ct == CUBLAS_COMPUTE_32F_FAST_TF32, key.ta = g->ta, key.tb = g->tb;
     key.m = g->m, key.n = g->n, key.k = g->k, key.lda = g->lda, key.ldb = g->ldb, key.ldc = g->ldc;
     key.batch = g->batch, key.sa = g->sa, key.sb = g->sb, key.sc = g->sc, key.dev = d->index;
     key.al_a = alignment(g->A, g->sa * (int64_t)es, g->batch);
     key.al_b = alignment(g->B, g->sb * (int64_t)es, g->batch);
-    key.al_c = alignment(g->C, g->sc * (int64_t)es, g->batch);
+    key.al_c = alignment(g->D, g->sc * (int64_t)ces, g->batch);
+    if (g->C) {
+        int al = alignment(g->C, g->sc * (int64_t)ces, g->batch);
+        key.al_c = al < key.al_c ? al : key.al_c;
+    }
 
     fe_status st = FE_OK;
     cublasLtMatmulDesc_t op = NULL;
@@ -156,7 +166,7 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
             cublasLtMatrixLayoutCreate(&lb, ty, g->tb ? g->n : g->k, g->tb ? g->k : g->n, g->ldb),
             "cublasLtMatrixLayoutCreate (B)");
     if (!st)
-        LT_TRY(cublasLtMatrixLayoutCreate(&lc, ty, g->m, g->n, g->ldc),
+        LT_TRY(cublasLtMatrixLayoutCreate(&lc, cty, g->m, g->n, g->ldc),
                "cublasLtMatrixLayoutCreate (C)");
     if (!st && g->batch > 1) {
         int32_t bc = (int32_t)g->batch;
@@ -211,8 +221,10 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
         }
     }
     if (!st && !*no_algo) {
-        float alpha = (float)g->alpha, beta = 0.0f;
-        LT_TRY(cublasLtMatmul(d->lt, op, &alpha, g->A, la, g->B, lb, &beta, g->C, lc, g->C, lc,
+        /* beta = 1 adds C (which may be D itself); beta = 0 never reads it */
+        float alpha = (float)g->alpha, beta = g->C ? 1.0f : 0.0f;
+        LT_TRY(cublasLtMatmul(d->lt, op, &alpha, g->A, la, g->B, lb, &beta, g->C ? g->C : g->D,
+                              lc, g->D, lc,
                               &algo, d->workspace, d->workspace_size, d->stream),
                "cublasLtMatmul");
     }
@@ -225,9 +237,19 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
     return st;
 }
 
+/* For the cuBLAS calls, whose C is also their output: a C apart from D is copied into D
+ * first, and the call then adds to D in place. */
+static fe_status c_into_d(cu_dev *d, const gemm_call *g) {
+    if (!g->C || g->C == g->D) return FE_OK;
+    size_t bytes = (size_t)(g->batch * g->m * g->n) * fe_dtype_size((fe_dtype)g->cdtype);
+    return cu_check(cudaMemcpyAsync(g->D, g->C, bytes, cudaMemcpyDeviceToDevice, d->stream),
+                    "matmul (cuda): cudaMemcpyAsync (C into D)");
+}
+
 static fe_status run_f64(cu_dev *d, const gemm_call *g) {
-    double alpha = g->alpha, beta = 0.0;
-    fe_status st = FE_OK;
+    double alpha = g->alpha, beta = g->C ? 1.0 : 0.0;
+    fe_status st = c_into_d(d, g);
+    if (st) return st;
     if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
         g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
         return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): f64 product too large for cuBLAS");
@@ -235,7 +257,7 @@ static fe_status run_f64(cu_dev *d, const gemm_call *g) {
                                      g->tb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m, (int)g->n,
                                      (int)g->k, &alpha, (const double *)g->A, (int)g->lda, g->sa,
                                      (const double *)g->B, (int)g->ldb, g->sb, &beta,
-                                     (double *)g->C, (int)g->ldc, g->sc, (int)g->batch),
+                                     (double *)g->D, (int)g->ldc, g->sc, (int)g->batch),
            "cublasDgemmStridedBatched");
     if (!st) st = cu_launched("cublasDgemmStridedBatched");
     return st;
@@ -244,20 +266,19 @@ static fe_status run_f64(cu_dev *d, const gemm_call *g) {
 /* The same call through cublasGemmStridedBatchedEx: the fallback for shapes and
  * alignments that cuBLASLt's heuristic turns down. */
 static fe_status run_ex(cu_dev *d, const gemm_call *g) {
-    cudaDataType_t ty = g->dtype == FE_F32   ? CUDA_R_32F
-                        : g->dtype == FE_F16 ? CUDA_R_16F
-                                             : CUDA_R_16BF;
+    cudaDataType_t ty = cuda_type(g->dtype), cty = cuda_type(g->cdtype);
     cublasComputeType_t ct =
         (g->dtype == FE_F32 && d->tf32) ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
     if (g->m > INT32_MAX || g->n > INT32_MAX || g->k > INT32_MAX || g->lda > INT32_MAX ||
         g->ldb > INT32_MAX || g->ldc > INT32_MAX || g->batch > INT32_MAX)
         return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): product too large for cuBLAS");
-    float alpha = (float)g->alpha, beta = 0.0f;
-    fe_status st = FE_OK;
+    float alpha = (float)g->alpha, beta = g->C ? 1.0f : 0.0f;
+    fe_status st = c_into_d(d, g);
+    if (st) return st;
     LT_TRY(cublasGemmStridedBatchedEx(d->blas, g->ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                                       g->tb ? CUBLAS_OP_T : CUBLAS_OP_N, (int)g->m, (int)g->n,
                                       (int)g->k, &alpha, g->A, ty, (int)g->lda, g->sa, g->B, ty,
-                                      (int)g->ldb, g->sb, &beta, g->C, ty, (int)g->ldc, g->sc,
+                                      (int)g->ldb, g->sb, &beta, g->D, cty, (int)g->ldc, g->sc,
                                       (int)g->batch, ct, CUBLAS_GEMM_DEFAULT),
            "cublasGemmStridedBatchedEx");
     if (!st) st = cu_launched("cublasGemmStridedBatchedEx");
@@ -277,22 +298,30 @@ static fe_tensor *packed(const fe_tensor *t) {
 }
 
 extern "C" fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe_tensor *b,
-                                    double alpha) {
+                                    double alpha, const fe_tensor *c) {
     cu_dev *d = cu_of(out);
     if (!d) return fe_last_status();
     int nd = out->ndim;
     if (nd < 2 || a->ndim != nd || b->ndim != nd)
         return fe_set_error(FE_ERR_SHAPE, "matmul (cuda): operands must share out's rank (>= 2)");
-    if (a->dtype != out->dtype || b->dtype != out->dtype || !fe_dtype_is_float(out->dtype))
+    /* out has the operands' dtype, or is an f32 accumulator of f16/bf16 products */
+    bool half_to_f32 = out->dtype == FE_F32 && (a->dtype == FE_F16 || a->dtype == FE_BF16);
+    if (a->dtype != b->dtype || (a->dtype != out->dtype && !half_to_f32) ||
+        !fe_dtype_is_float(out->dtype))
         return fe_set_error(FE_ERR_DTYPE, "matmul (cuda): dtypes %s @ %s -> %s are not supported",
                             fe_dtype_name(a->dtype), fe_dtype_name(b->dtype),
                             fe_dtype_name(out->dtype));
     if (!fe_is_contiguous(out))
         return fe_set_error(FE_ERR_ARG, "matmul (cuda): the output must be contiguous");
+    if (c && (c->dtype != out->dtype || !fe_is_contiguous(c) || !fe__same_shape(c, out)))
+        return fe_set_error(FE_ERR_ARG,
+                            "matmul (cuda): the tensor to add must be contiguous, of the "
+                            "output's shape and dtype");
     int64_t M = out->shape[nd - 2], N = out->shape[nd - 1], K = a->shape[nd - 1];
     int64_t batch = fe__numel_of(nd - 2, out->shape);
     if (M == 0 || N == 0 || batch == 0) return FE_OK;
-    if (K == 0) return fe_cuda_fill(out, 0.0);
+    if (K == 0) /* an empty product: out = c, or 0 */
+        return c == out ? FE_OK : c ? fe_cuda_copy(out, c) : fe_cuda_fill(out, 0.0);
 
     /* operands whose matrices have no unit-stride dim are packed first */
     fe_tensor *pa = NULL, *pb = NULL;
@@ -330,7 +359,7 @@ extern "C" fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe
     }
     int64_t outer = batch / inner;
     /* sa/sb are the strides of the innermost collapsed dim; the run's stride is that */
-    size_t es = fe_dtype_size(out->dtype);
+    size_t es = fe_dtype_size(a->dtype), oes = fe_dtype_size(out->dtype);
     fe_status st = FE_OK;
     for (int64_t ob = 0; ob < outer && !st; ob++) {
         int64_t oa = 0, obb = 0, r = ob;
@@ -341,13 +370,14 @@ extern "C" fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe
             obb += i * b->stride[j];
         }
         gemm_call g;
-        g.dtype = out->dtype;
+        g.dtype = a->dtype, g.cdtype = out->dtype;
         g.m = N, g.n = M, g.k = K;
         g.A = (const char *)fe__ptr(b) + obb * (int64_t)es; /* column-major: C^T = B^T A^T */
         g.ta = mb.trans, g.lda = mb.ld, g.sa = sb;
         g.B = (const char *)fe__ptr(a) + oa * (int64_t)es;
         g.tb = ma.trans, g.ldb = ma.ld, g.sb = sa;
-        g.C = (char *)fe__ptr(out) + ob * inner * M * N * (int64_t)es;
+        g.D = (char *)fe__ptr(out) + ob * inner * M * N * (int64_t)oes;
+        g.C = c ? (const char *)fe__ptr(c) + ob * inner * M * N * (int64_t)oes : NULL;
         g.ldc = N, g.sc = so;
         g.batch = inner;
         g.alpha = alpha;
