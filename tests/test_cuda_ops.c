@@ -607,6 +607,38 @@ TEST(cuda_fast_rows_softmax_rmsnorm) {
     }
 }
 
+/* The fast RMSNorm backward is a persistent grid: with thousands of rows every group goes round
+ * its ring of three row slots several times (on an H200: 6 to 11 rounds; one vector per thread,
+ * and two at 4096 f32 and 8192 bf16), and the weight-only gradient (x not requiring one) runs
+ * the same kernel without gx. */
+TEST(cuda_rmsnorm_backward_many_rows_and_weight_only) {
+    NEED_GPU();
+    static const struct {
+        int64_t shape[2];
+        fe_dtype dt;
+    } cases[] = {{{2700, 2048}, FE_BF16},
+                 {{2700, 2048}, FE_F32},
+                 {{1400, 4096}, FE_F32},
+                 {{1400, 4096}, FE_F16},
+                 {{777, 8192}, FE_BF16}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        fe_dtype dt = cases[k].dt;
+        const int64_t *shape = cases[k].shape;
+        int64_t C = shape[1];
+        for (int v = 0; v < 4; v++) {
+            fe_tensor *x = fe_randn(2, shape, 0.3, 1.5, dt, CPU);
+            fe_tensor *w = fe_randn(1, &C, 1.0, 0.3, dt, CPU);
+            fe_tensor *third = v == 2 ? randn_cpu(2, shape, dt) : randn_cpu(1, &C, dt);
+            static const char *names[4] = {"rmsnorm, many rows", "rmsnorm no weight, many rows",
+                                           "rmsnorm residual, many rows",
+                                           "rmsnorm weight gradient only"};
+            static const unsigned masks[4] = {3, 1, 7, 2};
+            norm_ctx c = {v == 3 ? 0 : v};
+            check_op(names[v], f_norm, &c, 3, (fe_tensor *[]){x, w, third}, masks[v], tol_of(dt));
+        }
+    }
+}
+
 /* ---- rope, embedding, cross-entropy, silu gate
  * ------------------------------------------------------------- */
 

@@ -262,91 +262,189 @@ __global__ void __launch_bounds__(1024)
     }
 }
 
-/* gx = rstd * (g*w - xhat * mean(g*w*xhat)) (+ gextra); with PART, each block also writes
- * part[blockIdx.x][j] = sum over its rows of gy * x * rstd (f32, in a fixed order), using
- * C floats of dynamic shared memory. gx may be NULL (weight gradient only). */
-#define FR_BWD_MAX_TPR 256 /* rows of up to 1024 vectors (8192 bf16, 4096 f32) */
-template <typename T, bool PART>
-__global__ void __launch_bounds__(FR_BWD_MAX_TPR, 2)
-    k_rmsnorm_bwd_fast(T *__restrict__ gx, float *__restrict__ part, const T *__restrict__ gy,
-                       const T *__restrict__ x, const T *__restrict__ w, const void *rstd,
-                       int stat_dt, const T *__restrict__ gextra, int64_t R, int C, int tpr) {
+/* Programmatic dependent launch (Hopper and later). A kernel launched by nn_launch_dep may begin
+ * while the kernel before it on the stream is still running, so it calls nn_wait_prev() before it
+ * touches any memory (the wait returns once that kernel has completed and its writes are
+ * visible); the kernel before it calls nn_launch_next() to let it start launching early. Both are
+ * no-ops on older architectures and in a kernel launched the ordinary way. */
+__device__ __forceinline__ void nn_wait_prev() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void nn_launch_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+/* Launch k after the previous kernel on d's stream as a programmatic dependent launch when the
+ * device and k's code support it (k then starts with nn_wait_prev), else the ordinary way. */
+template <typename... P, typename... A>
+static fe_status nn_launch_dep(cu_dev *d, const char *what, void (*k)(P...), unsigned grid,
+                               unsigned block, size_t smem, A &&...args) {
+    int major = 0;
+    cudaFuncAttributes fa;
+    fe_status st =
+        cu_check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d->index),
+                 "cudaDeviceGetAttribute");
+    if (!st) st = cu_check(cudaFuncGetAttributes(&fa, k), "cudaFuncGetAttributes");
+    if (st) return st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid), cfg.blockDim = dim3(block), cfg.dynamicSmemBytes = smem;
+    cfg.stream = d->stream;
+    /* the wait is compiled in only for compute_90 and later (ptxVersion: the virtual arch) */
+    cfg.attrs = at, cfg.numAttrs = major >= 9 && fa.ptxVersion >= 90 ? 1 : 0;
+    return cu_check(cudaLaunchKernelEx(&cfg, k, static_cast<A &&>(args)...), what);
+}
+
+/* ---- RMSNorm backward on rows in registers ------------------------------------------------------
+ * gx = rstd * (g*w - xhat * mean(g*w*xhat)) (+ gextra), xhat = x * rstd, and the weight gradient
+ * gw = sum over rows of g * xhat. A group of tpr threads owns a row; thread `lane` holds vectors
+ * lane and (VPT = 2) lane + tpr of it, so a thread keeps little: its w vectors, its f32 share of
+ * the weight gradient and three row slots. The grid is persistent (as many blocks as fit on the
+ * device, or the fewest that give every group the same number of rows); group gid of G takes rows
+ * gid, gid + G, ... While a group works on one row, the loads of its next two rows are in flight:
+ * the slots form a ring and the loop is unrolled by three, so a slot is never copied (a copy would
+ * wait for its loads). With two blocks of 512 threads per SM that is about 64 KB of reads in
+ * flight per SM, enough to cover the memory latency at full bandwidth; the kernel before did one
+ * row at a time and reached 72% of copy bandwidth. With PART, block b writes part[b][j] = its
+ * rows' sum of g * xhat (its groups added in order) and k_colsum_final_f adds the blocks' rows in
+ * a fixed order: the result is the same on every run. gx may be NULL (weight gradient only);
+ * ge (the gradient added to gx) is NULL when there is none. */
+#define RB_THREADS 512
+#define RB_MAX_VEC 1024 /* longest row: 1024 16-byte vectors (8192 bf16, 4096 f32) */
+
+template <typename T> struct rb_args {
+    T *gx;
+    float *part;
+    const T *gy, *x, *w, *ge;
+    const float *rstd; /* f32 statistics (a plain load: converting it would wait for it) */
+    int R, C, tpr;     /* R < 2^30 rows (checked by the caller) */
+};
+
+/* One row's data as loaded: VPT vectors of gy, x and (GE) ge, and the row's rstd. */
+template <int VPT, bool GE> struct rb_slot {
+    uint4 g[VPT], x[VPT], e[GE ? VPT : 1];
+    float rs;
+};
+
+template <typename T, int VPT, bool GE>
+__device__ __forceinline__ void rb_load(rb_slot<VPT, GE> &s, const rb_args<T> &a, int row,
+                                        int lane) {
+    constexpr int N = cu_vn<T>::n;
+    if (row >= a.R) return;
+#pragma unroll
+    for (int v = 0; v < VPT; v++) {
+        int j = (lane + v * a.tpr) * N;
+        if (j < a.C) {
+            int64_t o = (int64_t)row * a.C + j;
+            s.g[v] = cu_ld16(a.gy + o);
+            s.x[v] = cu_ld16(a.x + o);
+            if (GE) s.e[v] = cu_ld16(a.ge + o);
+        }
+    }
+    s.rs = a.rstd[row];
+}
+
+/* gx of one row (every thread of the block calls it: the row sum may take barriers), and the
+ * row's g * xhat added to acc. */
+template <typename T, int VPT, bool PART, bool GE>
+__device__ __forceinline__ void rb_row(const rb_slot<VPT, GE> &s, const rb_args<T> &a, int row,
+                                       int lane, const uint4 *wv, float (*acc)[cu_vn<T>::n],
+                                       float *sh) {
+    constexpr int N = cu_vn<T>::n;
+    bool ok = row < a.R;
+    float dot = 0.f; /* sum of (g*w) * x over the thread's elements */
+#pragma unroll
+    for (int v = 0; v < VPT; v++) {
+        if (ok && (lane + v * a.tpr) * N < a.C) {
+#pragma unroll
+            for (int e = 0; e < N; e++) {
+                float gf = cu_vget<T>(s.g[v], e), xf = cu_vget<T>(s.x[v], e);
+                dot += (a.w ? gf * cu_vget<T>(wv[v], e) : gf) * xf;
+                if (PART) acc[v][e] += gf * xf * s.rs;
+            }
+        }
+    }
+    if (!a.gx) return; /* uniform over the block */
+    float rs = ok ? s.rs : 0.f;
+    /* mean(g*w*xhat) * rstd = dot * rs^3 / C; gx = rs * (g*w - x * rs^2 * dot / C) */
+    float c = fr_reduce<false>(dot, sh, a.tpr) * rs * rs / (float)a.C;
+#pragma unroll
+    for (int v = 0; v < VPT; v++) {
+        int j = (lane + v * a.tpr) * N;
+        if (ok && j < a.C) {
+            float f[N];
+#pragma unroll
+            for (int e = 0; e < N; e++) {
+                float gf = cu_vget<T>(s.g[v], e);
+                float gw = a.w ? gf * cu_vget<T>(wv[v], e) : gf;
+                float o = rs * (gw - cu_vget<T>(s.x[v], e) * c);
+                f[e] = GE ? o + cu_vget<T>(s.e[v], e) : o;
+            }
+            cu_st16(a.gx + (int64_t)row * a.C + j, cu_vpack<T>(f));
+        }
+    }
+}
+
+template <typename T, int VPT, bool PART, bool GE>
+__global__ void __launch_bounds__(RB_THREADS, VPT == 1 && !GE ? 2 : 1)
+    k_rmsnorm_bwd_fast(rb_args<T> a) {
     constexpr int N = cu_vn<T>::n;
     __shared__ float sh[32];
-    extern __shared__ float shp[];
-    int g = threadIdx.x / tpr, lane = threadIdx.x % tpr, rpb = blockDim.x / tpr, nvec = C / N;
-    float acc[PART ? FR_NV : 1][PART ? N : 1];
-    if (PART) {
+    extern __shared__ float shp[]; /* PART: C floats */
+    nn_launch_next();              /* the final column sum may start launching */
+    int tpr = a.tpr, g = threadIdx.x / tpr, lane = threadIdx.x % tpr, rpb = blockDim.x / tpr;
+    uint4 wv[VPT];
+    float acc[PART ? VPT : 1][N];
 #pragma unroll
-        for (int k = 0; k < FR_NV; k++)
+    for (int v = 0; v < VPT; v++) {
+        int j = (lane + v * tpr) * N;
+        wv[v] = a.w && j < a.C ? cu_ld16(a.w + j) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-            for (int e = 0; e < N; e++)
-                acc[k][e] = 0.f;
+        for (int e = 0; e < N; e++)
+            if (PART) acc[v][e] = 0.f;
     }
-    for (int64_t base = (int64_t)blockIdx.x * rpb; base < R; base += (int64_t)gridDim.x * rpb) {
-        int64_t row = base + g;
-        bool ok = row < R;
-        uint4 gv[FR_NV], xv[FR_NV], ev[FR_NV], wv[FR_NV];
-#pragma unroll
-        for (int k = 0; k < FR_NV; k++) {
-            int j = lane + k * tpr;
-            if (ok && j < nvec) {
-                if (w) wv[k] = cu_ld16(w + (int64_t)j * N); /* 16 registers fewer than keeping it */
-                gv[k] = cu_ld16(gy + row * C + (int64_t)j * N);
-                xv[k] = cu_ld16(x + row * C + (int64_t)j * N);
-                if (gx && gextra) ev[k] = cu_ld16(gextra + row * C + (int64_t)j * N);
-            }
-        }
-        float rs = ok ? (float)cu_load_dyn(rstd, stat_dt, row) : 0.f, dot = 0.f;
-#pragma unroll
-        for (int k = 0; k < FR_NV; k++) {
-            int j = lane + k * tpr;
-            if (ok && j < nvec) {
-#pragma unroll
-                for (int e = 0; e < N; e++) {
-                    float gf = cu_vget<T>(gv[k], e), xf = cu_vget<T>(xv[k], e);
-                    float gw = w ? gf * cu_vget<T>(wv[k], e) : gf;
-                    dot += gw * xf * rs;
-                    if (PART) acc[k][e] += gf * xf * rs;
-                }
-            }
-        }
-        if (!gx) continue; /* uniform over the block */
-        dot = fr_reduce<false>(dot, sh, tpr) / (float)C;
-#pragma unroll
-        for (int k = 0; k < FR_NV; k++) {
-            int j = lane + k * tpr;
-            if (ok && j < nvec) {
-                float f[N];
-#pragma unroll
-                for (int e = 0; e < N; e++) {
-                    float gf = cu_vget<T>(gv[k], e);
-                    float gw = w ? gf * cu_vget<T>(wv[k], e) : gf;
-                    float o = rs * (gw - cu_vget<T>(xv[k], e) * rs * dot);
-                    f[e] = gextra ? o + cu_vget<T>(ev[k], e) : o;
-                }
-                cu_st16(gx + row * C + (int64_t)j * N, cu_vpack<T>(f));
-            }
-        }
+    /* base: the block's first row this round (uniform, so every thread takes the same turns) */
+    int G = gridDim.x * rpb, base = blockIdx.x * rpb, row = base + g;
+    rb_slot<VPT, GE> s0, s1, s2;
+    rb_load<T, VPT, GE>(s0, a, row, lane);
+    rb_load<T, VPT, GE>(s1, a, row + G, lane);
+    while (base < a.R) {
+        rb_load<T, VPT, GE>(s2, a, row + 2 * G, lane);
+        rb_row<T, VPT, PART, GE>(s0, a, row, lane, wv, acc, sh);
+        base += G, row += G;
+        if (base >= a.R) break;
+        rb_load<T, VPT, GE>(s0, a, row + 2 * G, lane);
+        rb_row<T, VPT, PART, GE>(s1, a, row, lane, wv, acc, sh);
+        base += G, row += G;
+        if (base >= a.R) break;
+        rb_load<T, VPT, GE>(s1, a, row + 2 * G, lane);
+        rb_row<T, VPT, PART, GE>(s2, a, row, lane, wv, acc, sh);
+        base += G, row += G;
     }
     if constexpr (PART) {
         /* the groups add their sums into shp one after another, then the block writes them */
         for (int gi = 0; gi < rpb; gi++) {
             if (g == gi) {
 #pragma unroll
-                for (int k = 0; k < FR_NV; k++) {
-                    int j = lane + k * tpr;
-                    if (j < nvec) {
+                for (int v = 0; v < VPT; v++) {
+                    int j = (lane + v * tpr) * N;
+                    if (j < a.C) {
 #pragma unroll
                         for (int e = 0; e < N; e++)
-                            shp[j * N + e] = gi == 0 ? acc[k][e] : shp[j * N + e] + acc[k][e];
+                            shp[j + e] = gi == 0 ? acc[v][e] : shp[j + e] + acc[v][e];
                     }
                 }
             }
             __syncthreads();
         }
-        for (int j = threadIdx.x; j < C; j += blockDim.x)
-            part[(int64_t)blockIdx.x * C + j] = shp[j];
+        for (int j = threadIdx.x; j < a.C; j += blockDim.x)
+            a.part[(int64_t)blockIdx.x * a.C + j] = shp[j];
     }
 }
 
@@ -355,7 +453,8 @@ __global__ void __launch_bounds__(FR_BWD_MAX_TPR, 2)
  * turn (CF_U loads in flight), then thread (tx, 0) adds the CF_TY sums in order of ty.
  * The partials (a few hundred rows) sit in L2; this kernel is latency-bound, so it takes narrow
  * column tiles (C / 16 blocks: every SM busy at C = 2048) and 32 row strides with 8 loads in
- * flight, about one round trip to L2 per thread for P <= 256. */
+ * flight, about one round trip to L2 per thread for P <= 256. It is launched as a programmatic
+ * dependent of the kernel that writes the partials, so it waits for that kernel first. */
 #define CF_TX 16
 #define CF_TY 32
 #define CF_U 8
@@ -363,6 +462,7 @@ template <typename T>
 __global__ void __launch_bounds__(CF_TX *CF_TY)
     k_colsum_final_f(T *out, const float *__restrict__ part, int64_t C, int P) {
     __shared__ double sh[CF_TY][CF_TX + 1];
+    nn_wait_prev();
     int tx = threadIdx.x % CF_TX, ty = threadIdx.x / CF_TX;
     int64_t j = (int64_t)blockIdx.x * CF_TX + tx;
     double s = 0;
@@ -785,47 +885,65 @@ extern "C" fe_status fe_cuda_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd
     return cu_launched("rmsnorm kernel");
 }
 
+/* Launch k_rmsnorm_bwd_fast<T, VPT, PART = gw != NULL, GE> (see there) and, for gw, the final
+ * column sum. */
+template <typename T, int VPT, bool GE>
+static fe_status rmsnorm_bwd_launch(cu_dev *d, rb_args<T> a, fe_tensor *gw) {
+    void (*k)(rb_args<T>) =
+        gw ? k_rmsnorm_bwd_fast<T, VPT, true, GE> : k_rmsnorm_bwd_fast<T, VPT, false, GE>;
+    size_t smem = gw ? (size_t)a.C * sizeof(float) : 0;
+    int occ = 0;
+    fe_status st =
+        cu_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, RB_THREADS, smem),
+                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    if (st) return st;
+    /* rounds: rows per group when every block that fits runs; then the fewest blocks that keep
+     * that many rounds, so that every group has the same number of rows where R allows it
+     * (16384 rows at 4 groups per SM: 256 blocks of 32 rounds rather than 264 of which a few
+     * run a 32nd round alone) and fewer partial rows */
+    int64_t rpb = RB_THREADS / a.tpr, cap = (int64_t)d->sm_count * (occ > 0 ? occ : 1);
+    int64_t rounds = ((int64_t)a.R + cap * rpb - 1) / (cap * rpb);
+    unsigned nb = (unsigned)(((int64_t)a.R + rounds * rpb - 1) / (rounds * rpb));
+    if (!gw) {
+        k<<<nb, RB_THREADS, 0, d->stream>>>(a);
+        return cu_launched("rmsnorm backward kernel");
+    }
+    size_t bytes = (size_t)nb * (size_t)a.C * sizeof(float);
+    if (cu_scratch(d, bytes, (void **)&a.part)) return fe_last_status();
+    k<<<nb, RB_THREADS, smem, d->stream>>>(a);
+    st = cu_launched("rmsnorm backward kernel");
+    if (!st)
+        st = nn_launch_dep(d, "weight-gradient kernel (final)", k_colsum_final_f<T>,
+                           (unsigned)((a.C + CF_TX - 1) / CF_TX), CF_TX * CF_TY, 0,
+                           (T *)fe__ptr(gw), (const float *)a.part, (int64_t)a.C, (int)nb);
+    cu_scratch_free(d, a.part, bytes);
+    return st;
+}
+
 /* Fast RMSNorm backward: gx in one pass over rows in registers; gw from per-block f32 partial
- * sums in scratch, then a fixed-order sum per column (deterministic for a device). */
+ * sums in scratch, then a fixed-order sum per column (deterministic for a device). Rows of up to
+ * RB_MAX_VEC 16-byte vectors: one vector per thread up to RB_THREADS vectors, else two. */
 static fe_status rmsnorm_bwd_fast(cu_dev *d, fe_tensor *gx, fe_tensor *gw, const fe_tensor *gy,
                                   const fe_tensor *x, const fe_tensor *w, const fe_tensor *rstd,
                                   const fe_tensor *gextra, int64_t R, int64_t C) {
-    int tpr, thr;
-    fr_shape(C, fe_dtype_size(x->dtype), &tpr, &thr);
-    unsigned nb = fr_blocks(d, R, tpr, thr);
-    fe_status st = FE_OK;
+    int64_t nvec = C / (16 / (int64_t)fe_dtype_size(x->dtype));
+    int vpt = nvec > RB_THREADS ? 2 : 1, tpr = 32;
+    while ((int64_t)tpr * vpt < nvec)
+        tpr *= 2; /* at most RB_THREADS, as nvec <= RB_MAX_VEC */
     FR_DISPATCH(x->dtype, {
-        T *pgx = gx ? (T *)fe__ptr(gx) : (T *)NULL;
-        const T *pw = w ? (const T *)fe__ptr(w) : (const T *)NULL;
-        const T *pe = gx && gextra ? (const T *)fe__ptr(gextra) : (const T *)NULL;
-        if (!gw) {
-            k_rmsnorm_bwd_fast<T, false><<<nb, thr, 0, d->stream>>>(
-                pgx, NULL, (const T *)fe__ptr(gy), (const T *)fe__ptr(x), pw, fe__ptr(rstd),
-                rstd->dtype, pe, R, (int)C, tpr);
-            return cu_launched("rmsnorm backward kernel");
-        }
-        size_t smem = (size_t)C * sizeof(float);
-        int occ = 0;
-        st = cu_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                          &occ, k_rmsnorm_bwd_fast<T, true>, thr, smem),
-                      "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-        if (st) return st;
-        int64_t cap = (int64_t)d->sm_count * (occ > 0 ? occ : 1);
-        if ((int64_t)nb > cap) nb = (unsigned)cap;
-        size_t bytes = (size_t)nb * (size_t)C * sizeof(float);
-        float *part = NULL;
-        if (cu_scratch(d, bytes, (void **)&part)) return fe_last_status();
-        k_rmsnorm_bwd_fast<T, true><<<nb, thr, smem, d->stream>>>(
-            pgx, part, (const T *)fe__ptr(gy), (const T *)fe__ptr(x), pw, fe__ptr(rstd),
-            rstd->dtype, pe, R, (int)C, tpr);
-        st = cu_launched("rmsnorm backward kernel");
-        if (!st) {
-            k_colsum_final_f<T><<<(unsigned)((C + CF_TX - 1) / CF_TX), CF_TX * CF_TY, 0,
-                                  d->stream>>>((T *)fe__ptr(gw), part, C, (int)nb);
-            st = cu_launched("weight-gradient kernel (final)");
-        }
-        cu_scratch_free(d, part, bytes);
-        return st;
+        rb_args<T> a;
+        a.gx = gx ? (T *)fe__ptr(gx) : (T *)NULL;
+        a.part = NULL;
+        a.gy = (const T *)fe__ptr(gy), a.x = (const T *)fe__ptr(x);
+        a.w = w ? (const T *)fe__ptr(w) : (const T *)NULL;
+        a.ge = gx && gextra ? (const T *)fe__ptr(gextra) : (const T *)NULL;
+        a.rstd = (const float *)fe__ptr(rstd);
+        a.R = (int)R, a.C = (int)C, a.tpr = tpr;
+        if (a.ge)
+            return vpt == 1 ? rmsnorm_bwd_launch<T, 1, true>(d, a, gw)
+                            : rmsnorm_bwd_launch<T, 2, true>(d, a, gw);
+        return vpt == 1 ? rmsnorm_bwd_launch<T, 1, false>(d, a, gw)
+                        : rmsnorm_bwd_launch<T, 2, false>(d, a, gw);
     })
     return fe_set_error(FE_ERR_DTYPE, "rmsnorm backward (cuda): dtype %s is not supported",
                         fe_dtype_name(x->dtype));
@@ -842,7 +960,8 @@ extern "C" fe_status fe_cuda_rmsnorm_backward(fe_tensor *gx, fe_tensor *gw, cons
     fe_status st = FE_OK;
     const void *ps[5] = {gx ? fe__ptr(gx) : NULL, fe__ptr(gy), fe__ptr(x), w ? fe__ptr(w) : NULL,
                          gx && gextra ? fe__ptr(gextra) : NULL};
-    if (R > 0 && (gx || gw) && fr_ok(C, fe_dtype_size(x->dtype), ps, 5, FR_BWD_MAX_TPR))
+    if (R > 0 && R < (1 << 30) && (gx || gw) && rstd->dtype == FE_F32 &&
+        fr_ok(C, fe_dtype_size(x->dtype), ps, 5, RB_MAX_VEC / FR_NV))
         return rmsnorm_bwd_fast(d, gx, gw, gy, x, w, rstd, gextra, R, C);
     CU_FLOAT_DISPATCH(x->dtype, "rmsnorm backward", {
         if (gx && R > 0) {
