@@ -703,6 +703,38 @@ TEST(cuda_fast_rows_softmax_rmsnorm) {
     }
 }
 
+/* The fast RMSNorm backward is a persistent grid: with thousands of rows every group goes round
+ * its ring of three row slots several times (on an H200: 6 to 11 rounds; one vector per thread,
+ * and two at 4096 f32 and 8192 bf16), and the weight-only gradient (x not requiring one) runs
+ * the same kernel without gx. */
+TEST(cuda_rmsnorm_backward_many_rows_and_weight_only) {
+    NEED_GPU();
+    static const struct {
+        int64_t shape[2];
+        fe_dtype dt;
+    } cases[] = {{{2700, 2048}, FE_BF16},
+                 {{2700, 2048}, FE_F32},
+                 {{1400, 4096}, FE_F32},
+                 {{1400, 4096}, FE_F16},
+                 {{777, 8192}, FE_BF16}};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        fe_dtype dt = cases[k].dt;
+        const int64_t *shape = cases[k].shape;
+        int64_t C = shape[1];
+        for (int v = 0; v < 4; v++) {
+            fe_tensor *x = fe_randn(2, shape, 0.3, 1.5, dt, CPU);
+            fe_tensor *w = fe_randn(1, &C, 1.0, 0.3, dt, CPU);
+            fe_tensor *third = v == 2 ? randn_cpu(2, shape, dt) : randn_cpu(1, &C, dt);
+            static const char *names[4] = {"rmsnorm, many rows", "rmsnorm no weight, many rows",
+                                           "rmsnorm residual, many rows",
+                                           "rmsnorm weight gradient only"};
+            static const unsigned masks[4] = {3, 1, 7, 2};
+            norm_ctx c = {v == 3 ? 0 : v};
+            check_op(names[v], f_norm, &c, 3, (fe_tensor *[]){x, w, third}, masks[v], tol_of(dt));
+        }
+    }
+}
+
 /* ---- rope, embedding, cross-entropy, silu gate
  * ------------------------------------------------------------- */
 
@@ -824,6 +856,48 @@ TEST(cuda_embedding_backward_hot_rows_and_long_lists) {
     CHECK(fe__be(g1)->embedding_backward(g1, gout, idx) == FE_OK);
     CHECK(fe__be(g2)->embedding_backward(g2, gout, idx) == FE_OK);
     expect_equal("embedding backward run twice", g2, fe_to_device(g1, CPU));
+}
+
+/* The sort splits the vocabulary into one slice per SM (at most 1280 rows each: larger
+ * vocabularies take more slices and the widest slices ask for more shared memory), and the
+ * row kernel takes the sorted entries in blocks of 64 (more for very long lists): many slices
+ * with a row holding 30% of 20000 entries (about 94 pieces added by whichever block ends last),
+ * a list long enough to widen the blocks, vocabularies of 100000 and 200000 rows, rows of 4096
+ * bf16 (two passes of the block's threads) and of 2052 f32. */
+TEST(cuda_embedding_backward_slices_blocks_and_wide_rows) {
+    NEED_GPU();
+    static const struct {
+        int64_t n, V, C;
+        int hot;
+        bool all_dtypes;
+    } cases[] = {{20000, 5000, 16, 3, true},  {140000, 300, 8, 1, false},
+                 {3000, 100000, 8, 2, false}, {3000, 200000, 8, 2, false},
+                 {300, 20, 4096, 5, false},   {300, 20, 2052, 5, false},
+                 {2049, 7, 24, 0, true}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        for (size_t k = 0; k < 4; k++) {
+            fe_dtype dt = k < 3 ? k_float_dtypes[k] : FE_F64;
+            if (!cases[c].all_dtypes && dt != FE_BF16 && dt != FE_F32) continue;
+            if (cases[c].C == 4096 && dt != FE_BF16) continue;
+            int64_t ws[2] = {cases[c].V, cases[c].C};
+            fe_tensor *w = randn_cpu(2, ws, dt);
+            fe_tensor *idx = hot_index(cases[c].n, cases[c].V, cases[c].hot, cases[c].V / 2);
+            check_op("embedding (slices, blocks, wide rows)", f_embedding, NULL, 2,
+                     (fe_tensor *[]){w, fe_cast(idx, c % 2 ? FE_I64 : FE_I32)}, 1, tol_of(dt));
+        }
+    }
+}
+
+/* No indices at all: every row of the gradient is written, as zeros. */
+TEST(cuda_embedding_backward_no_indices_gives_zeros) {
+    NEED_GPU();
+    int64_t n = 0, os[2] = {0, 24}, ws[2] = {300, 24};
+    fe_tensor *gout = fe_empty(2, os, FE_BF16, GPU), *idx = fe_empty(1, &n, FE_I32, GPU);
+    fe_tensor *gw = fe_empty(2, ws, FE_BF16, GPU); /* poisoned: NaN where nothing is written */
+    CHECK(gout && idx && gw);
+    if (!gout || !idx || !gw) return;
+    CHECK(fe__be(gw)->embedding_backward(gw, gout, idx) == FE_OK);
+    expect_equal("embedding backward of no indices", gw, fe_zeros(2, ws, FE_BF16, CPU));
 }
 
 /* An index out of range adds nothing to the gradient (the forward is the one that reports

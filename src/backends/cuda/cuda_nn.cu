@@ -2,10 +2,9 @@
  * the SiLU gate. A row of up to 1024 elements is handled by one warp, a longer one by
  * one block. Float dtypes compute in f32 (f64 for f64). Weight gradients summed over
  * rows use two deterministic stages (partial sums per row chunk, then a fixed-order
- * sum), never atomics; the embedding gradient sorts its indices and writes each row once. */
+ * sum), never float atomics; the embedding gradient sorts its indices and writes each row
+ * once. */
 #include "backends/cuda/cuda_internal.cuh"
-
-#include <cub/device/device_radix_sort.cuh>
 
 /* ---- rows: one warp or one block each ---------------------------------------------------- */
 
@@ -262,91 +261,189 @@ __global__ void __launch_bounds__(1024)
     }
 }
 
-/* gx = rstd * (g*w - xhat * mean(g*w*xhat)) (+ gextra); with PART, each block also writes
- * part[blockIdx.x][j] = sum over its rows of gy * x * rstd (f32, in a fixed order), using
- * C floats of dynamic shared memory. gx may be NULL (weight gradient only). */
-#define FR_BWD_MAX_TPR 256 /* rows of up to 1024 vectors (8192 bf16, 4096 f32) */
-template <typename T, bool PART>
-__global__ void __launch_bounds__(FR_BWD_MAX_TPR, 2)
-    k_rmsnorm_bwd_fast(T *__restrict__ gx, float *__restrict__ part, const T *__restrict__ gy,
-                       const T *__restrict__ x, const T *__restrict__ w, const void *rstd,
-                       int stat_dt, const T *__restrict__ gextra, int64_t R, int C, int tpr) {
+/* Programmatic dependent launch (Hopper and later). A kernel launched by nn_launch_dep may begin
+ * while the kernel before it on the stream is still running, so it calls nn_wait_prev() before it
+ * touches any memory (the wait returns once that kernel has completed and its writes are
+ * visible); the kernel before it calls nn_launch_next() to let it start launching early. Both are
+ * no-ops on older architectures and in a kernel launched the ordinary way. */
+__device__ __forceinline__ void nn_wait_prev() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void nn_launch_next() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+/* Launch k after the previous kernel on d's stream as a programmatic dependent launch when the
+ * device and k's code support it (k then starts with nn_wait_prev), else the ordinary way. */
+template <typename... P, typename... A>
+static fe_status nn_launch_dep(cu_dev *d, const char *what, void (*k)(P...), unsigned grid,
+                               unsigned block, size_t smem, A &&...args) {
+    int major = 0;
+    cudaFuncAttributes fa;
+    fe_status st =
+        cu_check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, d->index),
+                 "cudaDeviceGetAttribute");
+    if (!st) st = cu_check(cudaFuncGetAttributes(&fa, k), "cudaFuncGetAttributes");
+    if (st) return st;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid), cfg.blockDim = dim3(block), cfg.dynamicSmemBytes = smem;
+    cfg.stream = d->stream;
+    /* the wait is compiled in only for compute_90 and later (ptxVersion: the virtual arch) */
+    cfg.attrs = at, cfg.numAttrs = major >= 9 && fa.ptxVersion >= 90 ? 1 : 0;
+    return cu_check(cudaLaunchKernelEx(&cfg, k, static_cast<A &&>(args)...), what);
+}
+
+/* ---- RMSNorm backward on rows in registers ------------------------------------------------------
+ * gx = rstd * (g*w - xhat * mean(g*w*xhat)) (+ gextra), xhat = x * rstd, and the weight gradient
+ * gw = sum over rows of g * xhat. A group of tpr threads owns a row; thread `lane` holds vectors
+ * lane and (VPT = 2) lane + tpr of it, so a thread keeps little: its w vectors, its f32 share of
+ * the weight gradient and three row slots. The grid is persistent (as many blocks as fit on the
+ * device, or the fewest that give every group the same number of rows); group gid of G takes rows
+ * gid, gid + G, ... While a group works on one row, the loads of its next two rows are in flight:
+ * the slots form a ring and the loop is unrolled by three, so a slot is never copied (a copy would
+ * wait for its loads). With two blocks of 512 threads per SM that is about 64 KB of reads in
+ * flight per SM, enough to cover the memory latency at full bandwidth; the kernel before did one
+ * row at a time and reached 72% of copy bandwidth. With PART, block b writes part[b][j] = its
+ * rows' sum of g * xhat (its groups added in order) and k_colsum_final_f adds the blocks' rows in
+ * a fixed order: the result is the same on every run. gx may be NULL (weight gradient only);
+ * ge (the gradient added to gx) is NULL when there is none. */
+#define RB_THREADS 512
+#define RB_MAX_VEC 1024 /* longest row: 1024 16-byte vectors (8192 bf16, 4096 f32) */
+
+template <typename T> struct rb_args {
+    T *gx;
+    float *part;
+    const T *gy, *x, *w, *ge;
+    const float *rstd; /* f32 statistics (a plain load: converting it would wait for it) */
+    int R, C, tpr;     /* R < 2^30 rows (checked by the caller) */
+};
+
+/* One row's data as loaded: VPT vectors of gy, x and (GE) ge, and the row's rstd. */
+template <int VPT, bool GE> struct rb_slot {
+    uint4 g[VPT], x[VPT], e[GE ? VPT : 1];
+    float rs;
+};
+
+template <typename T, int VPT, bool GE>
+__device__ __forceinline__ void rb_load(rb_slot<VPT, GE> &s, const rb_args<T> &a, int row,
+                                        int lane) {
+    constexpr int N = cu_vn<T>::n;
+    if (row >= a.R) return;
+#pragma unroll
+    for (int v = 0; v < VPT; v++) {
+        int j = (lane + v * a.tpr) * N;
+        if (j < a.C) {
+            int64_t o = (int64_t)row * a.C + j;
+            s.g[v] = cu_ld16(a.gy + o);
+            s.x[v] = cu_ld16(a.x + o);
+            if (GE) s.e[v] = cu_ld16(a.ge + o);
+        }
+    }
+    s.rs = a.rstd[row];
+}
+
+/* gx of one row (every thread of the block calls it: the row sum may take barriers), and the
+ * row's g * xhat added to acc. */
+template <typename T, int VPT, bool PART, bool GE>
+__device__ __forceinline__ void rb_row(const rb_slot<VPT, GE> &s, const rb_args<T> &a, int row,
+                                       int lane, const uint4 *wv, float (*acc)[cu_vn<T>::n],
+                                       float *sh) {
+    constexpr int N = cu_vn<T>::n;
+    bool ok = row < a.R;
+    float dot = 0.f; /* sum of (g*w) * x over the thread's elements */
+#pragma unroll
+    for (int v = 0; v < VPT; v++) {
+        if (ok && (lane + v * a.tpr) * N < a.C) {
+#pragma unroll
+            for (int e = 0; e < N; e++) {
+                float gf = cu_vget<T>(s.g[v], e), xf = cu_vget<T>(s.x[v], e);
+                dot += (a.w ? gf * cu_vget<T>(wv[v], e) : gf) * xf;
+                if (PART) acc[v][e] += gf * xf * s.rs;
+            }
+        }
+    }
+    if (!a.gx) return; /* uniform over the block */
+    float rs = ok ? s.rs : 0.f;
+    /* mean(g*w*xhat) * rstd = dot * rs^3 / C; gx = rs * (g*w - x * rs^2 * dot / C) */
+    float c = fr_reduce<false>(dot, sh, a.tpr) * rs * rs / (float)a.C;
+#pragma unroll
+    for (int v = 0; v < VPT; v++) {
+        int j = (lane + v * a.tpr) * N;
+        if (ok && j < a.C) {
+            float f[N];
+#pragma unroll
+            for (int e = 0; e < N; e++) {
+                float gf = cu_vget<T>(s.g[v], e);
+                float gw = a.w ? gf * cu_vget<T>(wv[v], e) : gf;
+                float o = rs * (gw - cu_vget<T>(s.x[v], e) * c);
+                f[e] = GE ? o + cu_vget<T>(s.e[v], e) : o;
+            }
+            cu_st16(a.gx + (int64_t)row * a.C + j, cu_vpack<T>(f));
+        }
+    }
+}
+
+template <typename T, int VPT, bool PART, bool GE>
+__global__ void __launch_bounds__(RB_THREADS, VPT == 1 && !GE ? 2 : 1)
+    k_rmsnorm_bwd_fast(rb_args<T> a) {
     constexpr int N = cu_vn<T>::n;
     __shared__ float sh[32];
-    extern __shared__ float shp[];
-    int g = threadIdx.x / tpr, lane = threadIdx.x % tpr, rpb = blockDim.x / tpr, nvec = C / N;
-    float acc[PART ? FR_NV : 1][PART ? N : 1];
-    if (PART) {
+    extern __shared__ float shp[]; /* PART: C floats */
+    nn_launch_next();              /* the final column sum may start launching */
+    int tpr = a.tpr, g = threadIdx.x / tpr, lane = threadIdx.x % tpr, rpb = blockDim.x / tpr;
+    uint4 wv[VPT];
+    float acc[PART ? VPT : 1][N];
 #pragma unroll
-        for (int k = 0; k < FR_NV; k++)
+    for (int v = 0; v < VPT; v++) {
+        int j = (lane + v * tpr) * N;
+        wv[v] = a.w && j < a.C ? cu_ld16(a.w + j) : make_uint4(0, 0, 0, 0);
 #pragma unroll
-            for (int e = 0; e < N; e++)
-                acc[k][e] = 0.f;
+        for (int e = 0; e < N; e++)
+            if (PART) acc[v][e] = 0.f;
     }
-    for (int64_t base = (int64_t)blockIdx.x * rpb; base < R; base += (int64_t)gridDim.x * rpb) {
-        int64_t row = base + g;
-        bool ok = row < R;
-        uint4 gv[FR_NV], xv[FR_NV], ev[FR_NV], wv[FR_NV];
-#pragma unroll
-        for (int k = 0; k < FR_NV; k++) {
-            int j = lane + k * tpr;
-            if (ok && j < nvec) {
-                if (w) wv[k] = cu_ld16(w + (int64_t)j * N); /* 16 registers fewer than keeping it */
-                gv[k] = cu_ld16(gy + row * C + (int64_t)j * N);
-                xv[k] = cu_ld16(x + row * C + (int64_t)j * N);
-                if (gx && gextra) ev[k] = cu_ld16(gextra + row * C + (int64_t)j * N);
-            }
-        }
-        float rs = ok ? (float)cu_load_dyn(rstd, stat_dt, row) : 0.f, dot = 0.f;
-#pragma unroll
-        for (int k = 0; k < FR_NV; k++) {
-            int j = lane + k * tpr;
-            if (ok && j < nvec) {
-#pragma unroll
-                for (int e = 0; e < N; e++) {
-                    float gf = cu_vget<T>(gv[k], e), xf = cu_vget<T>(xv[k], e);
-                    float gw = w ? gf * cu_vget<T>(wv[k], e) : gf;
-                    dot += gw * xf * rs;
-                    if (PART) acc[k][e] += gf * xf * rs;
-                }
-            }
-        }
-        if (!gx) continue; /* uniform over the block */
-        dot = fr_reduce<false>(dot, sh, tpr) / (float)C;
-#pragma unroll
-        for (int k = 0; k < FR_NV; k++) {
-            int j = lane + k * tpr;
-            if (ok && j < nvec) {
-                float f[N];
-#pragma unroll
-                for (int e = 0; e < N; e++) {
-                    float gf = cu_vget<T>(gv[k], e);
-                    float gw = w ? gf * cu_vget<T>(wv[k], e) : gf;
-                    float o = rs * (gw - cu_vget<T>(xv[k], e) * rs * dot);
-                    f[e] = gextra ? o + cu_vget<T>(ev[k], e) : o;
-                }
-                cu_st16(gx + row * C + (int64_t)j * N, cu_vpack<T>(f));
-            }
-        }
+    /* base: the block's first row this round (uniform, so every thread takes the same turns) */
+    int G = gridDim.x * rpb, base = blockIdx.x * rpb, row = base + g;
+    rb_slot<VPT, GE> s0, s1, s2;
+    rb_load<T, VPT, GE>(s0, a, row, lane);
+    rb_load<T, VPT, GE>(s1, a, row + G, lane);
+    while (base < a.R) {
+        rb_load<T, VPT, GE>(s2, a, row + 2 * G, lane);
+        rb_row<T, VPT, PART, GE>(s0, a, row, lane, wv, acc, sh);
+        base += G, row += G;
+        if (base >= a.R) break;
+        rb_load<T, VPT, GE>(s0, a, row + 2 * G, lane);
+        rb_row<T, VPT, PART, GE>(s1, a, row, lane, wv, acc, sh);
+        base += G, row += G;
+        if (base >= a.R) break;
+        rb_load<T, VPT, GE>(s1, a, row + 2 * G, lane);
+        rb_row<T, VPT, PART, GE>(s2, a, row, lane, wv, acc, sh);
+        base += G, row += G;
     }
     if constexpr (PART) {
         /* the groups add their sums into shp one after another, then the block writes them */
         for (int gi = 0; gi < rpb; gi++) {
             if (g == gi) {
 #pragma unroll
-                for (int k = 0; k < FR_NV; k++) {
-                    int j = lane + k * tpr;
-                    if (j < nvec) {
+                for (int v = 0; v < VPT; v++) {
+                    int j = (lane + v * tpr) * N;
+                    if (j < a.C) {
 #pragma unroll
                         for (int e = 0; e < N; e++)
-                            shp[j * N + e] = gi == 0 ? acc[k][e] : shp[j * N + e] + acc[k][e];
+                            shp[j + e] = gi == 0 ? acc[v][e] : shp[j + e] + acc[v][e];
                     }
                 }
             }
             __syncthreads();
         }
-        for (int j = threadIdx.x; j < C; j += blockDim.x)
-            part[(int64_t)blockIdx.x * C + j] = shp[j];
+        for (int j = threadIdx.x; j < a.C; j += blockDim.x)
+            a.part[(int64_t)blockIdx.x * a.C + j] = shp[j];
     }
 }
 
@@ -355,7 +452,8 @@ __global__ void __launch_bounds__(FR_BWD_MAX_TPR, 2)
  * turn (CF_U loads in flight), then thread (tx, 0) adds the CF_TY sums in order of ty.
  * The partials (a few hundred rows) sit in L2; this kernel is latency-bound, so it takes narrow
  * column tiles (C / 16 blocks: every SM busy at C = 2048) and 32 row strides with 8 loads in
- * flight, about one round trip to L2 per thread for P <= 256. */
+ * flight, about one round trip to L2 per thread for P <= 256. It is launched as a programmatic
+ * dependent of the kernel that writes the partials, so it waits for that kernel first. */
 #define CF_TX 16
 #define CF_TY 32
 #define CF_U 8
@@ -363,6 +461,7 @@ template <typename T>
 __global__ void __launch_bounds__(CF_TX *CF_TY)
     k_colsum_final_f(T *out, const float *__restrict__ part, int64_t C, int P) {
     __shared__ double sh[CF_TY][CF_TX + 1];
+    nn_wait_prev();
     int tx = threadIdx.x % CF_TX, ty = threadIdx.x / CF_TX;
     int64_t j = (int64_t)blockIdx.x * CF_TX + tx;
     double s = 0;
@@ -785,47 +884,65 @@ extern "C" fe_status fe_cuda_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd
     return cu_launched("rmsnorm kernel");
 }
 
+/* Launch k_rmsnorm_bwd_fast<T, VPT, PART = gw != NULL, GE> (see there) and, for gw, the final
+ * column sum. */
+template <typename T, int VPT, bool GE>
+static fe_status rmsnorm_bwd_launch(cu_dev *d, rb_args<T> a, fe_tensor *gw) {
+    void (*k)(rb_args<T>) =
+        gw ? k_rmsnorm_bwd_fast<T, VPT, true, GE> : k_rmsnorm_bwd_fast<T, VPT, false, GE>;
+    size_t smem = gw ? (size_t)a.C * sizeof(float) : 0;
+    int occ = 0;
+    fe_status st =
+        cu_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, RB_THREADS, smem),
+                 "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    if (st) return st;
+    /* rounds: rows per group when every block that fits runs; then the fewest blocks that keep
+     * that many rounds, so that every group has the same number of rows where R allows it
+     * (16384 rows at 4 groups per SM: 256 blocks of 32 rounds rather than 264 of which a few
+     * run a 32nd round alone) and fewer partial rows */
+    int64_t rpb = RB_THREADS / a.tpr, cap = (int64_t)d->sm_count * (occ > 0 ? occ : 1);
+    int64_t rounds = ((int64_t)a.R + cap * rpb - 1) / (cap * rpb);
+    unsigned nb = (unsigned)(((int64_t)a.R + rounds * rpb - 1) / (rounds * rpb));
+    if (!gw) {
+        k<<<nb, RB_THREADS, 0, d->stream>>>(a);
+        return cu_launched("rmsnorm backward kernel");
+    }
+    size_t bytes = (size_t)nb * (size_t)a.C * sizeof(float);
+    if (cu_scratch(d, bytes, (void **)&a.part)) return fe_last_status();
+    k<<<nb, RB_THREADS, smem, d->stream>>>(a);
+    st = cu_launched("rmsnorm backward kernel");
+    if (!st)
+        st = nn_launch_dep(d, "weight-gradient kernel (final)", k_colsum_final_f<T>,
+                           (unsigned)((a.C + CF_TX - 1) / CF_TX), CF_TX * CF_TY, 0,
+                           (T *)fe__ptr(gw), (const float *)a.part, (int64_t)a.C, (int)nb);
+    cu_scratch_free(d, a.part, bytes);
+    return st;
+}
+
 /* Fast RMSNorm backward: gx in one pass over rows in registers; gw from per-block f32 partial
- * sums in scratch, then a fixed-order sum per column (deterministic for a device). */
+ * sums in scratch, then a fixed-order sum per column (deterministic for a device). Rows of up to
+ * RB_MAX_VEC 16-byte vectors: one vector per thread up to RB_THREADS vectors, else two. */
 static fe_status rmsnorm_bwd_fast(cu_dev *d, fe_tensor *gx, fe_tensor *gw, const fe_tensor *gy,
                                   const fe_tensor *x, const fe_tensor *w, const fe_tensor *rstd,
                                   const fe_tensor *gextra, int64_t R, int64_t C) {
-    int tpr, thr;
-    fr_shape(C, fe_dtype_size(x->dtype), &tpr, &thr);
-    unsigned nb = fr_blocks(d, R, tpr, thr);
-    fe_status st = FE_OK;
+    int64_t nvec = C / (16 / (int64_t)fe_dtype_size(x->dtype));
+    int vpt = nvec > RB_THREADS ? 2 : 1, tpr = 32;
+    while ((int64_t)tpr * vpt < nvec)
+        tpr *= 2; /* at most RB_THREADS, as nvec <= RB_MAX_VEC */
     FR_DISPATCH(x->dtype, {
-        T *pgx = gx ? (T *)fe__ptr(gx) : (T *)NULL;
-        const T *pw = w ? (const T *)fe__ptr(w) : (const T *)NULL;
-        const T *pe = gx && gextra ? (const T *)fe__ptr(gextra) : (const T *)NULL;
-        if (!gw) {
-            k_rmsnorm_bwd_fast<T, false><<<nb, thr, 0, d->stream>>>(
-                pgx, NULL, (const T *)fe__ptr(gy), (const T *)fe__ptr(x), pw, fe__ptr(rstd),
-                rstd->dtype, pe, R, (int)C, tpr);
-            return cu_launched("rmsnorm backward kernel");
-        }
-        size_t smem = (size_t)C * sizeof(float);
-        int occ = 0;
-        st = cu_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                          &occ, k_rmsnorm_bwd_fast<T, true>, thr, smem),
-                      "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-        if (st) return st;
-        int64_t cap = (int64_t)d->sm_count * (occ > 0 ? occ : 1);
-        if ((int64_t)nb > cap) nb = (unsigned)cap;
-        size_t bytes = (size_t)nb * (size_t)C * sizeof(float);
-        float *part = NULL;
-        if (cu_scratch(d, bytes, (void **)&part)) return fe_last_status();
-        k_rmsnorm_bwd_fast<T, true><<<nb, thr, smem, d->stream>>>(
-            pgx, part, (const T *)fe__ptr(gy), (const T *)fe__ptr(x), pw, fe__ptr(rstd),
-            rstd->dtype, pe, R, (int)C, tpr);
-        st = cu_launched("rmsnorm backward kernel");
-        if (!st) {
-            k_colsum_final_f<T><<<(unsigned)((C + CF_TX - 1) / CF_TX), CF_TX * CF_TY, 0,
-                                  d->stream>>>((T *)fe__ptr(gw), part, C, (int)nb);
-            st = cu_launched("weight-gradient kernel (final)");
-        }
-        cu_scratch_free(d, part, bytes);
-        return st;
+        rb_args<T> a;
+        a.gx = gx ? (T *)fe__ptr(gx) : (T *)NULL;
+        a.part = NULL;
+        a.gy = (const T *)fe__ptr(gy), a.x = (const T *)fe__ptr(x);
+        a.w = w ? (const T *)fe__ptr(w) : (const T *)NULL;
+        a.ge = gx && gextra ? (const T *)fe__ptr(gextra) : (const T *)NULL;
+        a.rstd = (const float *)fe__ptr(rstd);
+        a.R = (int)R, a.C = (int)C, a.tpr = tpr;
+        if (a.ge)
+            return vpt == 1 ? rmsnorm_bwd_launch<T, 1, true>(d, a, gw)
+                            : rmsnorm_bwd_launch<T, 2, true>(d, a, gw);
+        return vpt == 1 ? rmsnorm_bwd_launch<T, 1, false>(d, a, gw)
+                        : rmsnorm_bwd_launch<T, 2, false>(d, a, gw);
     })
     return fe_set_error(FE_ERR_DTYPE, "rmsnorm backward (cuda): dtype %s is not supported",
                         fe_dtype_name(x->dtype));
@@ -842,7 +959,8 @@ extern "C" fe_status fe_cuda_rmsnorm_backward(fe_tensor *gx, fe_tensor *gw, cons
     fe_status st = FE_OK;
     const void *ps[5] = {gx ? fe__ptr(gx) : NULL, fe__ptr(gy), fe__ptr(x), w ? fe__ptr(w) : NULL,
                          gx && gextra ? fe__ptr(gextra) : NULL};
-    if (R > 0 && (gx || gw) && fr_ok(C, fe_dtype_size(x->dtype), ps, 5, FR_BWD_MAX_TPR))
+    if (R > 0 && R < (1 << 30) && (gx || gw) && rstd->dtype == FE_F32 &&
+        fr_ok(C, fe_dtype_size(x->dtype), ps, 5, RB_MAX_VEC / FR_NV))
         return rmsnorm_bwd_fast(d, gx, gw, gy, x, w, rstd, gextra, R, C);
     CU_FLOAT_DISPATCH(x->dtype, "rmsnorm backward", {
         if (gx && R > 0) {
@@ -1101,23 +1219,36 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
     return cu_launched("embedding kernel");
 }
 
-/* ---- embedding backward: deterministic, without atomics ----------------------------------------
- * 1. k_emb_keys: key[i] = idx[i] (V for an index out of range: it sorts last and adds nothing, as
- *    before; the forward reported it), val[i] = i; start[v] = end[v] = 0 for every row.
- * 2. A stable radix sort of (key, position) over the bits of V (CUB): each row's positions end
- *    up in increasing order.
- * 3. k_emb_chunks: the sorted entries in chunks of H. start[v], end[v] = row v's range in the
- *    sorted list. A row whose range crosses a chunk boundary gets, per chunk, the partial sum of
- *    its piece there (slot 0 for the chunk's first key, slot 1 for its last key), so that a hot
- *    row (many duplicates) is summed by many blocks.
- * 4. k_emb_rows: every gw row written once: zeros, the sum of its gout rows in position order, or
- *    the sum of its chunk partials in chunk order. Accumulation in f32 (f64 for f64), one
- *    rounding; the order is fixed by the data, so the result is bit-for-bit reproducible.
- * Rows move in VN-element pieces: 16-byte vectors when C * es is a multiple of 16 and the pointers
- * are 16-byte aligned, else single elements. */
+/* ---- embedding backward: deterministic, without float atomics ----------------------------------
+ * gw[v] = the sum of gout rows i with idx[i] == v (zeros where there is none; indices out of range
+ * add nothing: the forward reported them). Two kernels, no memsets:
+ * 1. k_emb_sort: a counting sort of the positions by index. Block b owns the vocabulary slice
+ *    [b S, b S + S) and reads every index twice. The first pass counts its rows' indices, warp by
+ *    warp (warp w reads positions [w L, w L + L) in order and keeps its own counts, which one
+ *    lane at a time updates: no atomics), and counts the valid indices below the slice: that is
+ *    where the slice starts in the sorted list. A scan gives start[v] (start[V] = the number of
+ *    valid indices) and each warp's first place for each row. The rows no index hits are written
+ *    as zeros right away (most of gw's bytes), while the second pass puts every position at its
+ *    place: sorted[] lists the positions row by row, each row's in increasing order, skey[] their
+ *    rows. Every place follows from the counts alone, so the order is the same on every run.
+ * 2. k_emb_rows (programmatic dependent launch: it launches while the sort runs): block q takes
+ *    the sorted entries [q H, q H + H). A row with at most H entries is summed whole by the block
+ *    in which it begins (so a block reads at most 2 H entries) and written once. A longer ("hot")
+ *    row is cut at the block boundaries: each block writes the f32 sum of its piece to part[2q +
+ *    slot] (slot 0: the piece that starts the block, slot 1: one that starts later), counts the
+ *    piece on ticket[v] (zeroed by the sort), and the block that brings the count to the row's
+ *    number of pieces adds the pieces in order of q and writes the row. So a row hit thousands of
+ *    times is spread over many blocks, and nothing depends on which block came last.
+ * Sums are in f32 (f64 for f64) with one rounding; within a piece, in position order. Rows move
+ * in VN-element pieces: 16-byte vectors when C * es is a multiple of 16 and the pointers are
+ * 16-byte aligned, else single elements. */
 
-#define EMB_THREADS 256
-#define EMB_EPT 2 /* pieces of a row per thread in k_emb_rows */
+#define ES_THREADS 1024 /* k_emb_sort: 32 warps */
+#define ES_WARPS (ES_THREADS / 32)
+#define ES_U 8            /* index loads in flight per lane */
+#define ES_MAX_SLICE 1280 /* rows per slice: 32 x 1280 counters = 160 KB of shared memory */
+#define ER_THREADS 256    /* k_emb_rows */
+#define ER_U 8            /* gout loads in flight per thread */
 
 /* A piece of VN elements of T as loaded (VN > 1: one 16-byte vector), and as the compute type. */
 template <typename T, int VN> struct emb_raw { typedef uint4 type; };
@@ -1142,163 +1273,281 @@ __device__ __forceinline__ void emb_add(A *acc, const typename emb_raw<T, VN>::t
             acc[e] += cu_vget<T>(r, e);
     }
 }
+/* Stores go through __stwb, which is always one 16-byte store: a plain uint4 store was split
+ * into four 4-byte stores in these kernels. */
 template <typename T, int VN, typename A> __device__ __forceinline__ void emb_st(T *p, const A *f) {
     if constexpr (VN == 1) {
         p[0] = cu_cast<T>(f[0]);
     } else if constexpr (sizeof(T) == 8) {
-        *(double2 *)p = make_double2(f[0], f[1]);
+        __stwb((double2 *)p, make_double2(f[0], f[1]));
     } else {
         float g[VN];
 #pragma unroll
         for (int e = 0; e < VN; e++)
             g[e] = f[e];
-        cu_st16(p, cu_vpack<T>(g));
+        __stwb((uint4 *)p, cu_vpack<T>(g));
+    }
+}
+template <typename T, int VN> __device__ __forceinline__ void emb_zero(T *p) {
+    if constexpr (VN == 1)
+        p[0] = cu_cast<T>(0.f);
+    else
+        __stwb((uint4 *)p, make_uint4(0, 0, 0, 0)); /* +0 in every float dtype */
+}
+/* VN compute-type values (the partial sum of a piece) to p, 16 bytes at a time where VN allows. */
+template <int VN, typename A> __device__ __forceinline__ void emb_st_acc(A *p, const A *f) {
+    if constexpr (VN * sizeof(A) % 16 == 0 && sizeof(A) == 4) {
+#pragma unroll
+        for (int i = 0; i < VN; i += 4)
+            __stwb((float4 *)(p + i), make_float4(f[i], f[i + 1], f[i + 2], f[i + 3]));
+    } else if constexpr (VN * sizeof(A) % 16 == 0) {
+#pragma unroll
+        for (int i = 0; i < VN; i += 2)
+            __stwb((double2 *)(p + i), make_double2(f[i], f[i + 1]));
+    } else {
+#pragma unroll
+        for (int i = 0; i < VN; i++)
+            p[i] = f[i];
     }
 }
 
-/* acc[k] += gout[pos[s]] piece col[k] for s in [s0, s1) in order (pieces with col[k] < 0 are
- * skipped); U entries' loads in flight at a time, kept as loaded until they are added. */
-template <typename T, int VN, int K, int U, typename A>
-__device__ __forceinline__ void emb_sum(A (*acc)[VN], const T *__restrict__ gout,
-                                        const int *__restrict__ pos, int s0, int s1, int64_t C,
-                                        const int64_t *col) {
-    typedef typename emb_raw<T, VN>::type Raw;
-    int s = s0;
-    for (; s + U <= s1; s += U) {
-        int64_t r[U];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            r[u] = (int64_t)pos[s + u] * C;
-        Raw f[U][K];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int k = 0; k < K; k++)
-                if (col[k] >= 0) f[u][k] = emb_ld<T, VN>(gout + r[u] + col[k]);
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int k = 0; k < K; k++)
-                if (col[k] >= 0) emb_add<T, VN>(acc[k], f[u][k]);
-    }
-    for (; s < s1; s++) {
-        int64_t r = (int64_t)pos[s] * C;
-#pragma unroll
-        for (int k = 0; k < K; k++)
-            if (col[k] >= 0) emb_add<T, VN>(acc[k], emb_ld<T, VN>(gout + r + col[k]));
-    }
+/* idx[p] when it is a row of [0, V), else -1. */
+__device__ __forceinline__ int emb_key(const void *idx, bool i64, int p, int V) {
+    long long k = index_at(idx, i64, p);
+    return k >= 0 && k < V ? (int)k : -1;
 }
 
-__global__ void k_emb_keys(unsigned *key, int *val, int *start, int *end, const void *idx, bool i64,
-                           int64_t n, int64_t V) {
-    int64_t step = (int64_t)gridDim.x * blockDim.x, m = n > V ? n : V;
-    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < m; i += step) {
-        if (i < n) {
-            long long k = index_at(idx, i64, i);
-            key[i] = (unsigned)(k >= 0 && k < V ? k : V);
-            val[i] = (int)i;
+/* Exclusive prefix sums of a[0..m) in place (a in shared memory); returns the total. Every
+ * thread of the block calls it; wsum holds 32 ints. */
+static __device__ int emb_block_scan(int *a, int m, int *wsum) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int per = (m + blockDim.x - 1) / blockDim.x, lo = threadIdx.x * per;
+    int hi = lo + per < m ? lo + per : m, s = 0;
+    for (int i = lo; i < hi; i++)
+        s += a[i];
+    int incl = s; /* inclusive sum over the warp's threads */
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        int t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += t;
+    }
+    if (lane == 31) wsum[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+        int v = lane < nw ? wsum[lane] : 0;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            int t = __shfl_up_sync(0xffffffffu, v, o);
+            if (lane >= o) v += t;
         }
-        if (i < V) start[i] = 0, end[i] = 0;
+        wsum[lane] = v; /* inclusive over warps */
     }
+    __syncthreads();
+    int run = incl - s + (warp ? wsum[warp - 1] : 0), total = wsum[nw - 1];
+    for (int i = lo; i < hi; i++) {
+        int t = a[i];
+        a[i] = run;
+        run += t;
+    }
+    __syncthreads();
+    return total;
 }
 
-/* One block per chunk of H sorted entries: row ranges, and the partial sums of the pieces of
- * rows that cross a chunk boundary (part[2c + slot] rows of C, compute type). */
+/* Step 1 (see above). Dynamic shared memory: cnt[ES_WARPS][S] and per[S] ints. */
 template <typename T, int VN>
-__global__ void __launch_bounds__(EMB_THREADS)
-    k_emb_chunks(typename cu_acc<T>::type *part, int *start, int *end,
-                 const unsigned *__restrict__ key, const int *__restrict__ pos,
-                 const T *__restrict__ gout, int n, int64_t V, int64_t C, int H) {
-    typedef typename cu_acc<T>::type A;
-    __shared__ int sh[32];
-    int64_t c = blockIdx.x;
-    int cS = (int)(c * H), cE = n - cS > H ? cS + H : n;
-    for (int s = cS + threadIdx.x; s < cE; s += blockDim.x) {
-        unsigned k = key[s];
-        if (k >= V) continue;
-        if (s == 0 || key[s - 1] != k) start[k] = s;
-        if (s == n - 1 || key[s + 1] != k) end[k] = s + 1;
-    }
-    unsigned k0 = key[cS], k1 = key[cE - 1];
-    if (k0 >= V) return; /* only out-of-range entries from here on (uniform over the block) */
-    int c0 = 0, c1 = 0;
-    for (int s = cS + threadIdx.x; s < cE; s += blockDim.x) {
-        unsigned k = key[s];
-        c0 += k == k0;
-        c1 += k == k1;
-    }
-    c0 = cu_block_sum(c0, sh);
-    c1 = cu_block_sum(c1, sh);
-    int h = cS + c0; /* the first key's piece is [cS, h) */
-    bool head = (cS > 0 && key[cS - 1] == k0) || (h == cE && cE < n && key[cE] == k0);
-    bool tail = k1 != k0 && k1 < V && cE < n && key[cE] == k1; /* piece [cE - c1, cE) */
-    if (!head && !tail) return;
-    int64_t nv = C / VN;
-    for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
-        int64_t col[1] = {j * VN};
-        for (int slot = 0; slot < 2; slot++) {
-            if (slot == 0 ? !head : !tail) continue;
-            A acc[1][VN];
-#pragma unroll
-            for (int e = 0; e < VN; e++)
-                acc[0][e] = 0;
-            if (slot == 0)
-                emb_sum<T, VN, 1, 4>(acc, gout, pos, cS, h, C, col);
-            else
-                emb_sum<T, VN, 1, 4>(acc, gout, pos, cE - c1, cE, C, col);
-            A *dst = part + (2 * c + slot) * C + j * VN;
-#pragma unroll
-            for (int e = 0; e < VN; e++)
-                dst[e] = acc[0][e];
-        }
-    }
-}
+__global__ void __launch_bounds__(ES_THREADS, 1)
+    k_emb_sort(T *__restrict__ gw, const void *__restrict__ idx, bool i64, int n, int V, int64_t C,
+               int S, int *__restrict__ start, unsigned *__restrict__ ticket,
+               int *__restrict__ sorted, int *__restrict__ skey) {
+    extern __shared__ int es_sh[];
+    __shared__ int wsum[32];
+    /* cnt[w * S + r]: warp w's count of row v0 + r, later its first place; per[r]: the row's */
+    int *cnt = es_sh, *per = es_sh + ES_WARPS * S;
+    nn_launch_next(); /* k_emb_rows may start launching; it waits for this kernel to finish */
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    unsigned lt = (1u << lane) - 1; /* lanes below this one */
+    int v0 = blockIdx.x * S, ns = V - v0 < S ? V - v0 : S;
+    int L = ((n + ES_WARPS - 1) / ES_WARPS + 31) & ~31; /* positions per warp */
+    int p0 = warp * L, p1 = p0 + L < n ? p0 + L : n;
+    for (int i = threadIdx.x; i < ES_WARPS * S; i += blockDim.x)
+        cnt[i] = 0;
+    __syncthreads();
 
-/* Thread g writes pieces t, t + tpr, ... (EMB_EPT of them) of row g / tpr, t = g % tpr. */
-template <typename T, int VN>
-__global__ void __launch_bounds__(EMB_THREADS, 4)
-    k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int *__restrict__ pos,
-               const int *__restrict__ start, const int *__restrict__ end,
-               const typename cu_acc<T>::type *__restrict__ part, int64_t V, int64_t C,
-               int64_t tpr, int H) {
-    typedef typename cu_acc<T>::type A;
-    int64_t nv = C / VN, total = V * tpr, step = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t g = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; g < total; g += step) {
-        int64_t v = g / tpr, t = g - v * tpr;
-        int64_t col[EMB_EPT];
+    /* pass 1: counts. Lanes holding the same row meet in __match_any_sync; the lowest adds. */
+    int below = 0;
+    for (int b = p0; b < p1; b += 32 * ES_U) {
+        int key[ES_U];
 #pragma unroll
-        for (int k = 0; k < EMB_EPT; k++) {
-            int64_t j = t + k * tpr;
-            col[k] = j < nv ? j * VN : -1;
+        for (int u = 0; u < ES_U; u++) {
+            int p = b + u * 32 + lane;
+            key[u] = p < p1 ? emb_key(idx, i64, p, V) : -1;
         }
-        int lo = start[v], hi = end[v];
-        A acc[EMB_EPT][VN];
 #pragma unroll
-        for (int k = 0; k < EMB_EPT; k++)
-#pragma unroll
-            for (int e = 0; e < VN; e++)
-                acc[k][e] = 0;
-        if (hi > lo) {
-            int q0 = lo / H, q1 = (hi - 1) / H;
-            if (q0 == q1) {
-                emb_sum<T, VN, EMB_EPT, 2>(acc, gout, pos, lo, hi, C, col);
-            } else {
-                for (int q = q0; q <= q1; q++) {
-                    int slot = q == q0 && lo != q0 * H ? 1 : 0;
-                    const A *src = part + (2 * (int64_t)q + slot) * C;
-#pragma unroll
-                    for (int k = 0; k < EMB_EPT; k++)
-                        if (col[k] >= 0) {
-#pragma unroll
-                            for (int e = 0; e < VN; e++)
-                                acc[k][e] += src[col[k] + e];
-                        }
-                }
+        for (int u = 0; u < ES_U; u++) {
+            int k = key[u];
+            bool in = k >= v0 && k < v0 + ns;
+            below += k >= 0 && k < v0;
+            if (__ballot_sync(0xffffffffu, in)) {
+                unsigned m = __match_any_sync(0xffffffffu, in ? k : -1);
+                if (in && !(m & lt)) cnt[warp * S + k - v0] += __popc(m);
+                __syncwarp(); /* the next lowest lane of a row reads what this one wrote */
             }
         }
+    }
+    int base = cu_block_sum(below, wsum); /* valid indices below the slice (barriers inside) */
+
+    /* the slice's rows: count, then first places (start) by a scan over the rows */
+    for (int r = threadIdx.x; r < ns; r += blockDim.x) {
+        int t = 0;
+        for (int w = 0; w < ES_WARPS; w++)
+            t += cnt[w * S + r];
+        per[r] = t;
+    }
+    __syncthreads();
+    int total = emb_block_scan(per, ns, wsum);
+    for (int r = threadIdx.x; r < ns; r += blockDim.x) {
+        int at = base + per[r], run = at;
+        start[v0 + r] = at;
+        ticket[v0 + r] = 0;
+        for (int w = 0; w < ES_WARPS; w++) { /* warp w's first place for row r */
+            int c = cnt[w * S + r];
+            cnt[w * S + r] = run;
+            run += c;
+        }
+        per[r] = run - at; /* the row's count again */
+    }
+    if (v0 + ns == V && threadIdx.x == 0) start[V] = base + total;
+    __syncthreads();
+
+    /* rows no index hits: zeros (these stores drain while pass 2 runs) */
+    int64_t nv = C / VN;
+    for (int r = warp; r < ns; r += ES_WARPS)
+        if (per[r] == 0)
+            for (int64_t j = lane; j < nv; j += 32)
+                emb_zero<T, VN>(gw + (int64_t)(v0 + r) * C + j * VN);
+
+    /* pass 2: every position of the slice to its place, in the order pass 1 counted them */
+    for (int b = p0; b < p1; b += 32 * ES_U) {
+        int key[ES_U];
 #pragma unroll
-        for (int k = 0; k < EMB_EPT; k++)
-            if (col[k] >= 0) emb_st<T, VN>(gw + v * C + col[k], acc[k]);
+        for (int u = 0; u < ES_U; u++) {
+            int p = b + u * 32 + lane;
+            key[u] = p < p1 ? emb_key(idx, i64, p, V) : -1;
+        }
+#pragma unroll
+        for (int u = 0; u < ES_U; u++) {
+            int k = key[u];
+            bool in = k >= v0 && k < v0 + ns;
+            if (__ballot_sync(0xffffffffu, in)) {
+                unsigned m = __match_any_sync(0xffffffffu, in ? k : -1);
+                int *c = &cnt[warp * S + (in ? k - v0 : 0)];
+                if (in) {
+                    int at = *c + __popc(m & lt);
+                    sorted[at] = b + u * 32 + lane;
+                    skey[at] = k;
+                }
+                __syncwarp(); /* every lane has read *c before the lowest lane moves it on */
+                if (in && !(m & lt)) *c += __popc(m);
+                __syncwarp();
+            }
+        }
+    }
+}
+
+/* Step 2 (see above): block q over the sorted entries [q H, q H + 2 H). Dynamic shared memory:
+ * pos, row and flag, 2 H ints each. flag: 1 = last entry of a row or piece, 2 = hot piece,
+ * 4 = slot 1. */
+template <typename T, int VN>
+__global__ void __launch_bounds__(ER_THREADS)
+    k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int *__restrict__ sorted,
+               const int *__restrict__ skey, const int *__restrict__ start, unsigned *ticket,
+               typename cu_acc<T>::type *part, int V, int64_t C, int H) {
+    typedef typename cu_acc<T>::type A;
+    typedef typename emb_raw<T, VN>::type Raw;
+    extern __shared__ int er_sh[];
+    __shared__ int hot_row[2], hot_last[2]; /* the block's hot pieces by slot (-1: none) */
+    nn_wait_prev();
+    int M = start[V], s0 = blockIdx.x * H;
+    if (s0 >= M) return; /* uniform */
+    int W = M - s0 < 2 * H ? M - s0 : 2 * H;
+    int *pos = er_sh, *row = er_sh + 2 * H, *flag = er_sh + 4 * H;
+    if (threadIdx.x < 2) hot_row[threadIdx.x] = -1;
+    __syncthreads();
+    for (int e = threadIdx.x; e < W; e += blockDim.x) {
+        int s = s0 + e, k = skey[s], lo = start[k], hi = start[k + 1];
+        bool hot = hi - lo > H;
+        /* small rows: whole, in the block where they begin; hot rows: this block's piece */
+        bool take = hot ? s < s0 + H : lo >= s0 && lo < s0 + H;
+        bool last = s == (hot && hi > s0 + H ? s0 + H : hi) - 1;
+        int slot = hot && lo > s0;
+        pos[e] = sorted[s];
+        row[e] = take ? k : -1;
+        flag[e] = last | hot << 1 | slot << 2;
+        if (take && hot && last) hot_row[slot] = k;
+    }
+    __syncthreads();
+    int64_t nv = C / VN, q = blockIdx.x;
+    for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
+        A acc[VN];
+#pragma unroll
+        for (int i = 0; i < VN; i++)
+            acc[i] = 0;
+        for (int e0 = 0; e0 < W; e0 += ER_U) {
+            Raw f[ER_U];
+#pragma unroll
+            for (int u = 0; u < ER_U; u++) /* ER_U loads in flight */
+                if (e0 + u < W && row[e0 + u] >= 0)
+                    f[u] = emb_ld<T, VN>(gout + (int64_t)pos[e0 + u] * C + j * VN);
+#pragma unroll
+            for (int u = 0; u < ER_U; u++) {
+                int e = e0 + u;
+                if (e >= W || row[e] < 0) continue;
+                emb_add<T, VN>(acc, f[u]);
+                if (!(flag[e] & 1)) continue;
+                if (flag[e] & 2) {
+                    emb_st_acc<VN>(part + (2 * q + (flag[e] >> 2)) * C + j * VN, acc);
+                } else {
+                    emb_st<T, VN>(gw + (int64_t)row[e] * C + j * VN, acc);
+                }
+#pragma unroll
+                for (int i = 0; i < VN; i++)
+                    acc[i] = 0;
+            }
+        }
+    }
+    if (hot_row[0] < 0 && hot_row[1] < 0) return; /* uniform */
+    /* count this block's pieces; the block that completes a row adds its pieces in order */
+    __threadfence(); /* the partial sums are visible before the count says so */
+    __syncthreads();
+    if (threadIdx.x == 0)
+        for (int sl = 0; sl < 2; sl++) {
+            int k = hot_row[sl];
+            if (k < 0) continue;
+            int lo = start[k], hi = start[k + 1];
+            unsigned pieces = (unsigned)((hi - 1) / H - lo / H + 1);
+            hot_last[sl] = atomicAdd(&ticket[k], 1u) + 1 == pieces;
+        }
+    __syncthreads();
+    for (int sl = 0; sl < 2; sl++) {
+        int k = hot_row[sl];
+        if (k < 0 || !hot_last[sl]) continue;
+        __threadfence();
+        int lo = start[k], hi = start[k + 1], q0 = lo / H, q1 = (hi - 1) / H;
+        for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
+            A acc[VN];
+#pragma unroll
+            for (int i = 0; i < VN; i++)
+                acc[i] = 0;
+#pragma unroll 4
+            for (int qq = q0; qq <= q1; qq++) {
+                /* the piece of row k in block qq is slot 1 only where the row starts inside it */
+                const A *src = part + (2 * (int64_t)qq + (qq == q0 && lo != qq * H)) * C + j * VN;
+#pragma unroll
+                for (int i = 0; i < VN; i++)
+                    acc[i] += __ldcg(src + i); /* written by other blocks: read from L2 */
+            }
+            emb_st<T, VN>(gw + (int64_t)k * C + j * VN, acc);
+        }
     }
 }
 
@@ -1308,61 +1557,46 @@ template <typename T, int VN>
 static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, const fe_tensor *idx,
                              int64_t n, int64_t V, int64_t C) {
     typedef typename cu_acc<T>::type A;
-    /* chunks of H entries: 64, more for long index lists so that the partials stay small */
+    /* slices: one block per SM where the counters fit */
+    int64_t S = (V + d->sm_count - 1) / d->sm_count;
+    S = (S + 31) / 32 * 32;
+    if (S > ES_MAX_SLICE) S = ES_MAX_SLICE;
+    int64_t nslice = (V + S - 1) / S;
+    size_t es_smem = (size_t)(ES_WARPS + 1) * (size_t)S * sizeof(int);
+    /* H entries per block of k_emb_rows: 64, more for long index lists so that the partial sums
+     * (two rows of C per block) stay a small fraction of gout */
     int64_t H = 64;
-    while ((n + H - 1) / H > 2048)
+    while ((n + H - 1) / H > 2048 && H < 1024)
         H *= 2;
-    int64_t nch = n > 0 ? (n + H - 1) / H : 0;
-    int nbits = 1;
-    while (nbits < 32 && ((int64_t)1 << nbits) <= V)
-        nbits++;
-    size_t nn = (size_t)(n > 0 ? n : 1);
-    cub::DoubleBuffer<unsigned> dk(NULL, NULL);
-    cub::DoubleBuffer<int> dv(NULL, NULL);
-    size_t tmp = 0;
-    if (n > 0) {
-        fe_status st = cu_check(cub::DeviceRadixSort::SortPairs(NULL, tmp, dk, dv, (int)n, 0,
-                                                                nbits, d->stream),
-                                "embedding backward (sort size)");
-        if (st) return st;
-    }
-    size_t o_k0 = 0, o_k1 = o_k0 + emb_align(nn * 4), o_v0 = o_k1 + emb_align(nn * 4),
-           o_v1 = o_v0 + emb_align(nn * 4), o_st = o_v1 + emb_align(nn * 4),
-           o_en = o_st + emb_align((size_t)V * 4), o_part = o_en + emb_align((size_t)V * 4),
-           o_tmp = o_part + emb_align((size_t)nch * 2 * (size_t)C * sizeof(A)),
-           bytes = o_tmp + emb_align(tmp > 0 ? tmp : 1);
+    int64_t nq = (n + H - 1) / H;
+    size_t o_start = 0, o_ticket = o_start + emb_align((size_t)(V + 1) * 4),
+           o_sorted = o_ticket + emb_align((size_t)V * 4),
+           o_skey = o_sorted + emb_align((size_t)(n > 0 ? n : 1) * 4),
+           o_part = o_skey + emb_align((size_t)(n > 0 ? n : 1) * 4),
+           bytes = o_part + emb_align((size_t)(nq > 0 ? 2 * nq : 1) * (size_t)C * sizeof(A));
     char *buf = NULL;
     if (cu_scratch(d, bytes, (void **)&buf)) return fe_last_status();
-    unsigned *k0 = (unsigned *)(buf + o_k0), *k1 = (unsigned *)(buf + o_k1);
-    int *v0 = (int *)(buf + o_v0), *v1 = (int *)(buf + o_v1);
-    int *start = (int *)(buf + o_st), *end = (int *)(buf + o_en);
+    int *start = (int *)(buf + o_start), *sorted = (int *)(buf + o_sorted);
+    int *skey = (int *)(buf + o_skey);
+    unsigned *ticket = (unsigned *)(buf + o_ticket);
     A *part = (A *)(buf + o_part);
-    bool i64 = idx->dtype == FE_I64;
-    k_emb_keys<<<cu_blocks(d, n > V ? n : V, 256), 256, 0, d->stream>>>(
-        k0, v0, start, end, fe__ptr(idx), i64, n, V);
-    fe_status st = cu_launched("embedding backward kernel (keys)");
-    const int *pos = v0;
-    if (!st && n > 0) {
-        dk = cub::DoubleBuffer<unsigned>(k0, k1);
-        dv = cub::DoubleBuffer<int>(v0, v1);
-        st = cu_check(cub::DeviceRadixSort::SortPairs(buf + o_tmp, tmp, dk, dv, (int)n, 0, nbits,
-                                                      d->stream),
-                      "embedding backward (sort)");
-        pos = dv.Current();
-        if (!st) {
-            k_emb_chunks<T, VN><<<(unsigned)nch, EMB_THREADS, 0, d->stream>>>(
-                part, start, end, dk.Current(), pos, (const T *)fe__ptr(gout), (int)n, V, C,
-                (int)H);
-            st = cu_launched("embedding backward kernel (chunks)");
-        }
-    }
+    fe_status st = FE_OK;
+    if (es_smem > 48 * 1024)
+        st = cu_check(cudaFuncSetAttribute(k_emb_sort<T, VN>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)es_smem),
+                      "cudaFuncSetAttribute");
     if (!st) {
-        int64_t nv = C / VN, tpr = (nv + EMB_EPT - 1) / EMB_EPT;
-        int64_t nb = (V * tpr + EMB_THREADS - 1) / EMB_THREADS, cap = (int64_t)1 << 30;
-        k_emb_rows<T, VN><<<(unsigned)(nb < cap ? nb : cap), EMB_THREADS, 0, d->stream>>>(
-            (T *)fe__ptr(gw), (const T *)fe__ptr(gout), pos, start, end, part, V, C, tpr, (int)H);
-        st = cu_launched("embedding backward kernel (rows)");
+        k_emb_sort<T, VN><<<(unsigned)nslice, ES_THREADS, es_smem, d->stream>>>(
+            (T *)fe__ptr(gw), fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, C, (int)S, start,
+            ticket, sorted, skey);
+        st = cu_launched("embedding backward kernel (sort)");
     }
+    if (!st && nq > 0)
+        st = nn_launch_dep(d, "embedding backward kernel (rows)", k_emb_rows<T, VN>, (unsigned)nq,
+                           ER_THREADS, (size_t)6 * (size_t)H * sizeof(int), (T *)fe__ptr(gw),
+                           (const T *)fe__ptr(gout), (const int *)sorted, (const int *)skey,
+                           (const int *)start, ticket, part, (int)V, C, (int)H);
     cu_scratch_free(d, buf, bytes);
     return st;
 }
