@@ -478,8 +478,10 @@ struct dec_step_args {
 __device__ __forceinline__ void dec_grid_arrive(unsigned *bar, unsigned &target) {
     __syncthreads();
     target += gridDim.x;
-    if (threadIdx.x == 0) /* release: the block's writes (ordered by the barrier) first */
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(bar) : "memory");
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(bar, 1u);
+    }
 }
 __device__ __forceinline__ void dec_grid_wait(const unsigned *bar, unsigned target) {
     if (threadIdx.x == 0) {
