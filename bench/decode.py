@@ -123,7 +123,7 @@ def main():
         chained = {"FE_DECODE_PERSIST": "0"}
         variants = (("ferric (persistent kernel)", {}),
                     ("ferric, persistent, one warp per row pair", {"FE_DECODE_KSPLIT": "1"}),
-                    ("ferric, persistent, one block per SM", {"FE_DECODE_BLOCKS_PER_SM": "1"}),
+                    ("ferric, persistent, 2 warps per row pair", {"FE_DECODE_KSPLIT": "2"}),
                     ("ferric, chained kernels", chained),
                     ("ferric, chained, no PDL", {**chained, "FE_DECODE_PDL": "0"}),
                     ("ferric op-by-op", {"FE_DECODE": "generic"}))

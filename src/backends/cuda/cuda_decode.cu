@@ -470,21 +470,14 @@ struct dec_step_args {
     unsigned *bar; /* arrivals at grid barriers, zeroed before the launch */
 };
 
-/* Grid-wide barrier in two halves, so that a block can request the next phase's weights
- * between them: arrive publishes every write of the block made before it (the fence of
- * thread 0 after the block barrier; it also waits for thread 0's outstanding loads,
- * which is why the weight requests come after it), wait returns once every block has
- * arrived. target counts the arrivals expected so far (the same in every block). */
-__device__ __forceinline__ void dec_grid_arrive(unsigned *bar, unsigned &target) {
+/* Grid-wide barrier: every block's writes before it are visible to every block after
+ * it. target counts the arrivals expected so far (the same sequence in every block). */
+__device__ __forceinline__ void dec_grid_sync(unsigned *bar, unsigned &target) {
     __syncthreads();
     target += gridDim.x;
     if (threadIdx.x == 0) {
         __threadfence();
         atomicAdd(bar, 1u);
-    }
-}
-__device__ __forceinline__ void dec_grid_wait(const unsigned *bar, unsigned target) {
-    if (threadIdx.x == 0) {
         unsigned v;
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(bar) : "memory");
@@ -586,37 +579,31 @@ __global__ void __launch_bounds__(ATT_THREADS, PK_BLOCKS_PER_SM) k_dec_step(dec_
     const T *row = (const T *)s.embed + (size_t)s.params[0] * s.C;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < s.C; i += gridDim.x * blockDim.x)
         s.x[i] = cu_to_f(row[i]);
-    dec_grid_arrive(s.bar, target);
     dec_phase_first<T, DEC_QKV>(s.ph[0], u0, u1, loaded);
-    dec_grid_wait(s.bar, target);
+    dec_grid_sync(s.bar, target);
     for (int l = 0; l < s.n_layers; l++) {
         const dec_gemv_args *P = s.ph + 4 * l;
         const T *kc = (const T *)P[0].kc, *vc = (const T *)P[0].vc;
         if ((int)blockIdx.x < s.Hq && blockIdx.x % s.G == 0)
             dec_attn_prefetch<T, D>(kc, vc, blockIdx.x / s.G, s.cap, pos);
         dec_phase<T, DEC_QKV>(P[0], xs, u0, u1, loaded, red, red32);
-        dec_grid_arrive(s.bar, target);
-        dec_grid_wait(s.bar, target);
+        dec_grid_sync(s.bar, target);
         for (int h = blockIdx.x; h < s.Hq; h += gridDim.x)
             dec_attn_head<T, D>(s.q, kc, vc, s.att, h, pos + 1, s.G, s.cap, s.scale_log2);
-        dec_grid_arrive(s.bar, target);
         dec_phase_first<T, DEC_RESID>(P[1], u0, u1, loaded);
-        dec_grid_wait(s.bar, target);
+        dec_grid_sync(s.bar, target);
         dec_phase<T, DEC_RESID>(P[1], xs, u0, u1, loaded, red, red32);
-        dec_grid_arrive(s.bar, target);
         dec_phase_first<T, DEC_SILU>(P[2], u0, u1, loaded);
-        dec_grid_wait(s.bar, target);
+        dec_grid_sync(s.bar, target);
         dec_phase<T, DEC_SILU>(P[2], xs, u0, u1, loaded, red, red32);
-        dec_grid_arrive(s.bar, target);
         dec_phase_first<T, DEC_RESID>(P[3], u0, u1, loaded);
-        dec_grid_wait(s.bar, target);
+        dec_grid_sync(s.bar, target);
         dec_phase<T, DEC_RESID>(P[3], xs, u0, u1, loaded, red, red32);
-        dec_grid_arrive(s.bar, target);
         if (l + 1 < s.n_layers)
             dec_phase_first<T, DEC_QKV>(P[4], u0, u1, loaded);
         else
             dec_phase_first<T, DEC_PLAIN>(P[4], u0, u1, loaded);
-        dec_grid_wait(s.bar, target);
+        dec_grid_sync(s.bar, target);
     }
     dec_phase<T, DEC_PLAIN>(s.ph[4 * s.n_layers], xs, u0, u1, loaded, red, red32);
 }
@@ -637,7 +624,6 @@ struct fe_cuda_decode {
     float *logits_host; /* pinned */
     bool pdl;          /* FE_DECODE_PDL=0 switches programmatic dependent launch off */
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
-    int pk_blocks_per_sm; /* the persistent kernel's (FE_DECODE_BLOCKS_PER_SM, default 2) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = chosen per product (FE_DECODE_KSPLIT) */
     bool persist;      /* one persistent kernel per token (FE_DECODE_PERSIST=0: chained) */
@@ -792,8 +778,7 @@ template <typename T> static bool dec_persist_plan(fe_cuda_decode *e) {
         cudaGetLastError(); /* not an error of the engine: it falls back */
         return false;
     }
-    int per = e->pk_blocks_per_sm < occ ? e->pk_blocks_per_sm : occ;
-    int g = e->dev->sm_count * per;
+    int g = e->dev->sm_count * (occ < PK_BLOCKS_PER_SM ? occ : PK_BLOCKS_PER_SM);
     if (e->max_blocks > 0 && g > e->max_blocks) g = e->max_blocks;
     e->pk_grid = (unsigned)g;
     return true;
@@ -893,7 +878,6 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *pdl = getenv("FE_DECODE_PDL"), *bps = getenv("FE_DECODE_BLOCKS_PER_SM");
     e->pdl = !(pdl && !strcmp(pdl, "0"));
     e->blocks_per_sm = bps && atoi(bps) > 0 && atoi(bps) <= 64 ? atoi(bps) : 4;
-    e->pk_blocks_per_sm = bps && atoi(bps) > 0 && atoi(bps) <= 64 ? atoi(bps) : PK_BLOCKS_PER_SM;
     const char *mb = getenv("FE_DECODE_MAX_BLOCKS");
     e->max_blocks = mb && atoi(mb) > 0 ? atoi(mb) : 0;
     const char *ksp = getenv("FE_DECODE_KSPLIT");
