@@ -120,12 +120,10 @@ def main():
         # ferric, in its own process (the torch model stays resident: plenty of memory):
         # the default path (the CUDA-graph decoder) and the op-by-op path for comparison
         wall = 0.0
-        chained = {"FE_DECODE_PERSIST": "0"}
-        variants = (("ferric (persistent kernel)", {}),
-                    ("ferric, persistent, one warp per row pair", {"FE_DECODE_KSPLIT": "1"}),
-                    ("ferric, persistent, 2 warps per row pair", {"FE_DECODE_KSPLIT": "2"}),
-                    ("ferric, chained kernels", chained),
-                    ("ferric, chained, no PDL", {**chained, "FE_DECODE_PDL": "0"}),
+        variants = (("ferric", {}), ("ferric, no PDL", {"FE_DECODE_PDL": "0"}),
+                    ("ferric, one warp per row pair", {"FE_DECODE_KSPLIT": "1"}),
+                    ("ferric, 2 warps per row pair", {"FE_DECODE_KSPLIT": "2"}),
+                    ("ferric, 4 warps per row pair", {"FE_DECODE_KSPLIT": "4"}),
                     ("ferric op-by-op", {"FE_DECODE": "generic"}))
         for label, env in variants:
             t = time.perf_counter()

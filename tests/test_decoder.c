@@ -124,8 +124,7 @@ TEST(decoder_split_k) {
 }
 
 /* two blocks in all: every warp takes many row pairs in turn, each pair's first loads
- * issued while the previous pair's sums are reduced (and the persistent kernel's grid
- * barriers have only two blocks to wait for) */
+ * issued while the previous pair's sums are reduced */
 TEST(decoder_many_pairs_per_warp) {
     setenv("FE_DECODE_MAX_BLOCKS", "2", 1);
     compare_both(FE_BF16, FE_F32);
@@ -133,20 +132,6 @@ TEST(decoder_many_pairs_per_warp) {
     compare_both(FE_F32, FE_BF16);
     unsetenv("FE_DECODE_KSPLIT");
     unsetenv("FE_DECODE_MAX_BLOCKS");
-}
-
-/* the chained design (a kernel per product, programmatic launches) and the persistent one
- * at forced splits; the tests above run the default, persistent design */
-TEST(decoder_chained_kernels) {
-    setenv("FE_DECODE_PERSIST", "0", 1);
-    compare_both(FE_BF16, FE_F32);
-    setenv("FE_DECODE_KSPLIT", "4", 1);
-    compare_both(FE_F32, FE_BF16);
-    setenv("FE_DECODE_MAX_BLOCKS", "2", 1);
-    compare_both(FE_F16, FE_F32);
-    unsetenv("FE_DECODE_MAX_BLOCKS");
-    unsetenv("FE_DECODE_KSPLIT");
-    unsetenv("FE_DECODE_PERSIST");
 }
 
 TEST(decoder_errors) {

@@ -51,9 +51,6 @@ __device__ __forceinline__ void dec_launch_next() {
 }
 __device__ __forceinline__ void dec_wait_prev() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 
-/* 16 bytes through L2 only: data another block may just have written (L1 is not coherent) */
-__device__ __forceinline__ uint4 dec_ld_cg(const void *p) { return __ldcg((const uint4 *)p); }
-
 /* ---- kernels ------------------------------------------------------------------------- */
 
 struct dec_gemv_args {
@@ -97,117 +94,6 @@ __device__ __forceinline__ void dec_rows(const dec_gemv_args &a, int p, const T 
     }
 }
 
-/* The part [kbeg, kend) of K that warp `sub` of a row pair's ks warps streams. */
-template <typename T>
-__device__ __forceinline__ void dec_kpart(int K, int ks, int sub, int &kbeg, int &kend) {
-    constexpr int V = cu_vn<T>::n;
-    const int kpart = (K / ks + V - 1) / V * V;
-    kbeg = sub * kpart;
-    kend = kbeg + kpart < K ? kbeg + kpart : K;
-}
-
-/* The U 16-byte chunks of rows r0, r1 (r1 may be NULL) from k on, one lane's share: the
- * loads are issued here and consumed later. */
-template <typename T>
-__device__ __forceinline__ void dec_load_chunks(uint4 (&u0)[DEC_UNROLL], uint4 (&u1)[DEC_UNROLL],
-                                                const T *r0, const T *r1, int k, int kend) {
-    constexpr int STEP = 32 * cu_vn<T>::n;
-#pragma unroll
-    for (int i = 0; i < DEC_UNROLL; i++) {
-        int kk = k + i * STEP;
-        u0[i] = kk < kend ? dec_ld_stream(r0 + kk) : make_uint4(0, 0, 0, 0);
-        u1[i] = kk < kend && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
-    }
-}
-
-/* a0 += w0 . x, a1 += w1 . x over the chunks in u0, u1 (from k on, below kend); with a
- * norm weight g the input is scaled by it and its sum of squares goes to ss. x may point
- * to global (f32) or shared memory. */
-template <typename T>
-__device__ __forceinline__ void dec_fma_chunks(const uint4 (&u0)[DEC_UNROLL],
-                                               const uint4 (&u1)[DEC_UNROLL], int k, int kend,
-                                               const float *x, const T *g, float &a0, float &a1,
-                                               float &ss) {
-    constexpr int V = cu_vn<T>::n, STEP = 32 * V;
-#pragma unroll
-    for (int i = 0; i < DEC_UNROLL; i++) {
-        int kk = k + i * STEP;
-        if (kk >= kend) break;
-        float xv[V], w0[V], w1[V];
-#pragma unroll
-        for (int e = 0; e < V; e += 4) {
-            float4 t = *reinterpret_cast<const float4 *>(x + kk + e);
-            xv[e] = t.x, xv[e + 1] = t.y, xv[e + 2] = t.z, xv[e + 3] = t.w;
-        }
-        if (g) {
-            float gv[V];
-            cu_vunpack<T>(cu_ld16(g + kk), gv);
-#pragma unroll
-            for (int e = 0; e < V; e++) {
-                ss = fmaf(xv[e], xv[e], ss);
-                xv[e] *= gv[e];
-            }
-        }
-        cu_vunpack<T>(u0[i], w0);
-        cu_vunpack<T>(u1[i], w1);
-#pragma unroll
-        for (int e = 0; e < V; e++) {
-            a0 = fmaf(w0[e], xv[e], a0);
-            a1 = fmaf(w1[e], xv[e], a1);
-        }
-    }
-}
-
-/* The warp sums of a row pair's ks warps (sub = this warp's part), added up in the first
- * of them through red (block-uniform: every warp of the block calls it). */
-__device__ __forceinline__ void dec_reduce_pair(float &s0, float &s1, float &ss, int ks, int sub,
-                                                float (*red)[3]) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    s0 = cu_warp_sum(s0), s1 = cu_warp_sum(s1), ss = cu_warp_sum(ss);
-    if (ks > 1) {
-        if (lane == 0) red[warp][0] = s0, red[warp][1] = s1, red[warp][2] = ss;
-        __syncthreads();
-        if (sub == 0)
-            for (int q = 1; q < ks; q++)
-                s0 += red[warp + q][0], s1 += red[warp + q][1], ss += red[warp + q][2];
-        __syncthreads(); /* red is rewritten next round */
-    }
-}
-
-/* Write the finished (normalised) sums y0, y1 of row pair p: RoPE and the caches for
- * QKV, the SiLU gate, the residual add or the plain store. The residual is read from L2
- * (.cg): other blocks of the persistent kernel write it. */
-template <typename T, int MODE>
-__device__ __forceinline__ void dec_epilogue(const dec_gemv_args &a, int p, bool two, int seg,
-                                             int base, int j, int half, float s0, float s1) {
-    if (MODE == DEC_QKV) {
-        int pos = a.params[1];
-        float y0 = s0, y1 = s1;
-        if (seg < 2) { /* rotate-half RoPE with the f32 angle the rope op uses */
-            float ang = __fmul_rn(__int2float_rn(pos), a.inv_freq[j]), sn, cs;
-            sincosf(ang, &sn, &cs);
-            y0 = s0 * cs - s1 * sn;
-            y1 = s1 * cs + s0 * sn;
-        }
-        if (seg == 0) {
-            a.out[base + j] = y0;
-            a.out[base + j + half] = y1;
-        } else {
-            T *c = (T *)(seg == 1 ? a.kc : a.vc) + ((size_t)(base / a.D) * a.cap + pos) * a.D;
-            c[j] = cu_cast<T>(y0);
-            c[j + half] = cu_cast<T>(y1);
-        }
-    } else if (MODE == DEC_SILU) {
-        a.out[p] = s0 / (1.f + __expf(-s0)) * s1;
-    } else if (MODE == DEC_RESID) {
-        a.out[p] = __ldcg(a.out + p) + s0;
-        if (two) a.out[p + half] = __ldcg(a.out + p + half) + s1;
-    } else {
-        a.out[p] = s0;
-        if (two) a.out[p + half] = s1;
-    }
-}
-
 /* Each row pair is computed by `ks` warps of one block (1, 2 or 4), each over its part
  * of K: the weights of the first pair are requested before waiting for the previous
  * kernel, then per 16-byte chunk the lane reads the matching input (f32, and the norm
@@ -216,15 +102,24 @@ __device__ __forceinline__ void dec_epilogue(const dec_gemv_args &a, int p, bool
  * parts meet in shared memory (small products get more warps streaming at once). */
 template <typename T, int MODE>
 __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
-    constexpr int STEP = 32 * cu_vn<T>::n, U = DEC_UNROLL;
+    constexpr int V = cu_vn<T>::n, STEP = 32 * V, U = DEC_UNROLL;
     __shared__ float red[DEC_WARPS][3];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, K = a.K, ks = a.ks;
     const int ppb = DEC_WARPS / ks, sub = warp % ks;
-    int kbeg, kend;
-    dec_kpart<T>(K, ks, sub, kbeg, kend);
+    const int kpart = (K / ks + V - 1) / V * V, kbeg = sub * kpart;
+    const int kend = kbeg + kpart < K ? kbeg + kpart : K;
     const T *g = (const T *)a.g;
     bool waited = false, loaded = false; /* loaded: u0, u1 hold this pair's first chunks */
     uint4 u0[U], u1[U];
+    /* the U chunks from k on of rows r0, r1 */
+    auto load_first = [&](const T *r0, const T *r1, int k) {
+#pragma unroll
+        for (int i = 0; i < U; i++) {
+            int kk = k + i * STEP;
+            u0[i] = kk < kend ? dec_ld_stream(r0 + kk) : make_uint4(0, 0, 0, 0);
+            u1[i] = kk < kend && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
+        }
+    };
     for (int pb = blockIdx.x; pb * ppb < a.npairs; pb += gridDim.x) { /* block-uniform */
         const int p = pb * ppb + warp / ks;
         const bool valid = p < a.npairs;
@@ -233,8 +128,8 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
         float a0 = 0.f, a1 = 0.f, ss = 0.f;
         if (valid) {
             dec_rows<T, MODE>(a, p, r0, r1, seg, base, j, half);
-            int k = kbeg + lane * cu_vn<T>::n;
-            if (!loaded) dec_load_chunks<T>(u0, u1, r0, r1, k, kend);
+            int k = kbeg + lane * V;
+            if (!loaded) load_first(r0, r1, k);
             loaded = false;
             if (!waited) { /* the input comes from the previous kernel */
                 dec_wait_prev();
@@ -242,7 +137,33 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
                 waited = true;
             }
             for (;;) {
-                dec_fma_chunks<T>(u0, u1, k, kend, a.x, g, a0, a1, ss);
+#pragma unroll
+                for (int i = 0; i < U; i++) {
+                    int kk = k + i * STEP;
+                    if (kk >= kend) break;
+                    float xv[V], w0[V], w1[V];
+#pragma unroll
+                    for (int e = 0; e < V; e += 4) {
+                        float4 t = *reinterpret_cast<const float4 *>(a.x + kk + e);
+                        xv[e] = t.x, xv[e + 1] = t.y, xv[e + 2] = t.z, xv[e + 3] = t.w;
+                    }
+                    if (g) {
+                        float gv[V];
+                        cu_vunpack<T>(cu_ld16(g + kk), gv);
+#pragma unroll
+                        for (int e = 0; e < V; e++) {
+                            ss = fmaf(xv[e], xv[e], ss);
+                            xv[e] *= gv[e];
+                        }
+                    }
+                    cu_vunpack<T>(u0[i], w0);
+                    cu_vunpack<T>(u1[i], w1);
+#pragma unroll
+                    for (int e = 0; e < V; e++) {
+                        a0 = fmaf(w0[e], xv[e], a0);
+                        a1 = fmaf(w1[e], xv[e], a1);
+                    }
+                }
                 k += U * STEP;
                 if (k >= kend) {
                     /* this warp's next pair: request its first chunks now, so that they
@@ -252,25 +173,60 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
                         const T *n0, *n1;
                         int sg, bs, jn, hf;
                         dec_rows<T, MODE>(a, pn, n0, n1, sg, bs, jn, hf);
-                        dec_load_chunks<T>(u0, u1, n0, n1, kbeg + lane * cu_vn<T>::n, kend);
+                        load_first(n0, n1, kbeg + lane * V);
                         loaded = true;
                     }
                     break;
                 }
-                dec_load_chunks<T>(u0, u1, r0, r1, k, kend);
+                load_first(r0, r1, k);
             }
         } else if (!waited) {
             dec_wait_prev();
             dec_launch_next();
             waited = true;
         }
-        dec_reduce_pair(a0, a1, ss, ks, sub, red);
+        float s0 = cu_warp_sum(a0), s1 = cu_warp_sum(a1);
+        if (g) ss = cu_warp_sum(ss);
+        if (ks > 1) { /* the first warp of each pair adds the other parts */
+            if (lane == 0) red[warp][0] = s0, red[warp][1] = s1, red[warp][2] = ss;
+            __syncthreads();
+            if (sub == 0)
+                for (int q = 1; q < ks; q++)
+                    s0 += red[warp + q][0], s1 += red[warp + q][1], ss += red[warp + q][2];
+            __syncthreads(); /* red is rewritten next round */
+        }
         if (!valid || sub != 0 || lane != 0) continue;
         if (g) {
             float rstd = rsqrtf(ss / (float)K + a.eps);
-            a0 *= rstd, a1 *= rstd;
+            s0 *= rstd, s1 *= rstd;
         }
-        dec_epilogue<T, MODE>(a, p, r1 != nullptr, seg, base, j, half, a0, a1);
+        if (MODE == DEC_QKV) {
+            int pos = a.params[1];
+            float y0 = s0, y1 = s1;
+            if (seg < 2) { /* rotate-half RoPE with the f32 angle the rope op uses */
+                float ang = __fmul_rn(__int2float_rn(pos), a.inv_freq[j]), sn, cs;
+                sincosf(ang, &sn, &cs);
+                y0 = s0 * cs - s1 * sn;
+                y1 = s1 * cs + s0 * sn;
+            }
+            if (seg == 0) {
+                a.out[base + j] = y0;
+                a.out[base + j + half] = y1;
+            } else {
+                T *c = (T *)(seg == 1 ? a.kc : a.vc) +
+                       ((size_t)(base / a.D) * a.cap + pos) * a.D;
+                c[j] = cu_cast<T>(y0);
+                c[j + half] = cu_cast<T>(y1);
+            }
+        } else if (MODE == DEC_SILU) {
+            a.out[p] = s0 / (1.f + __expf(-s0)) * s1;
+        } else if (MODE == DEC_RESID) {
+            a.out[p] += s0;
+            if (r1) a.out[p + half] += s1;
+        } else {
+            a.out[p] = s0;
+            if (r1) a.out[p + half] = s1;
+        }
     }
     if (!waited) {
         dec_wait_prev();
@@ -329,36 +285,33 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
     }
 }
 
-/* Ask L2 for KV head kvh's cached rows before this step's (row pos is the projection's
- * to write), while the projection still runs. */
+/* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32 */
 template <typename T, int D>
-__device__ __forceinline__ void dec_attn_prefetch(const T *kc, const T *vc, int kvh, int cap,
-                                                  int pos) {
-    const char *kr = (const char *)(kc + (size_t)kvh * cap * D);
-    const char *vr = (const char *)(vc + (size_t)kvh * cap * D);
-    const int bytes = pos * D * (int)sizeof(T);
-    for (int o = (int)threadIdx.x * 128; o < bytes; o += ATT_THREADS * 128) {
-        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(kr + o));
-        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(vr + o));
-    }
-}
-
-/* out[h] (D) = softmax(q[h] k^T * scale) v over cached positions 0..L-1 of KV head h / G,
- * by the whole block (ATT_THREADS threads; block-uniform). q and the cache are read
- * through L2 (.cg): in the persistent kernel other blocks have just written them. */
-template <typename T, int D>
-__device__ __forceinline__ void dec_attn_head(const float *q, const T *kc, const T *vc, float *out,
-                                              int h, int L, int G, int cap, float scale_log2) {
+__global__ void __launch_bounds__(ATT_THREADS)
+    k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
+               int cap, float scale_log2) {
     constexpr int V = cu_vn<T>::n, NC = D / V, NG = ATT_THREADS / NC;
     __shared__ __align__(16) float qs[D];
     __shared__ float sc[DEC_CHUNK];
     __shared__ float red[32];
     __shared__ float part[NG][D];
-    const int tid = threadIdx.x;
+    if (blockIdx.x % G == 0) { /* once per KV head: the cached rows before this step's to L2
+                                * while the projection still runs (params is set before the
+                                * graph starts; row pos is the projection's to write) */
+        const char *kr = (const char *)(kc + (size_t)(blockIdx.x / G) * cap * D);
+        const char *vr = (const char *)(vc + (size_t)(blockIdx.x / G) * cap * D);
+        const int bytes = params[1] * D * (int)sizeof(T);
+        for (int o = (int)threadIdx.x * 128; o < bytes; o += ATT_THREADS * 128) {
+            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(kr + o));
+            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(vr + o));
+        }
+    }
+    dec_wait_prev();
+    dec_launch_next();
+    const int h = blockIdx.x, tid = threadIdx.x, L = params[1] + 1;
     const T *Kh = kc + (size_t)(h / G) * cap * D, *Vh = vc + (size_t)(h / G) * cap * D;
-    __syncthreads(); /* the previous head's readers of qs and part are done */
     for (int i = tid; i < D; i += ATT_THREADS)
-        qs[i] = __ldcg(q + h * D + i) * scale_log2;
+        qs[i] = q[h * D + i] * scale_log2;
     __syncthreads();
     const int col = tid % NC, grp = tid / NC;
     float acc[V], m = -INFINITY, l = 0.f;
@@ -373,7 +326,7 @@ __device__ __forceinline__ void dec_attn_head(const float *q, const T *kc, const
             uint4 u[NC];
 #pragma unroll
             for (int c = 0; c < NC; c++)
-                u[c] = dec_ld_cg(kr + c * V);
+                u[c] = cu_ld16(kr + c * V);
             float s = 0.f;
 #pragma unroll
             for (int c = 0; c < NC; c++) {
@@ -403,7 +356,7 @@ __device__ __forceinline__ void dec_attn_head(const float *q, const T *kc, const
             uint4 u[4];
 #pragma unroll
             for (int i = 0; i < 4; i++)
-                u[i] = dec_ld_cg(Vh + (size_t)(c0 + t + i * NG) * D + col * V);
+                u[i] = cu_ld16(Vh + (size_t)(c0 + t + i * NG) * D + col * V);
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 float f[V], pr = sc[t + i * NG];
@@ -415,7 +368,7 @@ __device__ __forceinline__ void dec_attn_head(const float *q, const T *kc, const
         }
         for (; t < n; t += NG) {
             float f[V], pr = sc[t];
-            cu_vunpack<T>(dec_ld_cg(Vh + (size_t)(c0 + t) * D + col * V), f);
+            cu_vunpack<T>(cu_ld16(Vh + (size_t)(c0 + t) * D + col * V), f);
 #pragma unroll
             for (int e = 0; e < V; e++)
                 acc[e] = fmaf(pr, f[e], acc[e]);
@@ -434,201 +387,22 @@ __device__ __forceinline__ void dec_attn_head(const float *q, const T *kc, const
     }
 }
 
-/* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32: one
- * block per query head */
-template <typename T, int D>
-__global__ void __launch_bounds__(ATT_THREADS)
-    k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
-               int cap, float scale_log2) {
-    if (blockIdx.x % G == 0) /* once per KV head */
-        dec_attn_prefetch<T, D>(kc, vc, blockIdx.x / G, cap, params[1]);
-    dec_wait_prev();
-    dec_launch_next();
-    dec_attn_head<T, D>(q, kc, vc, out, blockIdx.x, params[1] + 1, G, cap, scale_log2);
-}
-
-/* ---- the persistent kernel ------------------------------------------------------------ */
-
-/* Everything of a token step in one cooperative kernel: PK_BLOCKS_PER_SM blocks of
- * ATT_THREADS threads per SM stay resident and meet at a grid barrier between the
- * phases that depend on each other (QKV | attention | output | gate/up | down per
- * layer, then the LM head). Before a warp waits at a barrier it requests the weights of
- * its first row pair of the next matrix-vector phase (they depend on nothing), so the
- * memory keeps streaming across the barriers that separate kernels in the chained
- * design. A phase stages its input (times the norm weight) in shared memory once per
- * block, with the block's 1/rms; row pairs go round-robin to (block, warp group) slots,
- * blocks first, so that every SM streams. */
-enum { PK_WARPS = ATT_THREADS / 32, PK_BLOCKS_PER_SM = 2 };
-
-struct dec_step_args {
-    const dec_gemv_args *ph; /* per layer QKV, output, gate/up, down; then the LM head */
-    int n_layers, Hq, G, cap, C;
-    float scale_log2;
-    const void *embed;
-    float *x, *q, *att;
-    const int *params;
-    unsigned *bar; /* arrivals at grid barriers, zeroed before the launch */
-};
-
-/* Grid-wide barrier: every block's writes before it are visible to every block after
- * it. target counts the arrivals expected so far (the same sequence in every block). */
-__device__ __forceinline__ void dec_grid_sync(unsigned *bar, unsigned &target) {
-    __syncthreads();
-    target += gridDim.x;
-    if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(bar, 1u);
-        unsigned v;
-        do {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(bar) : "memory");
-        } while (v < target);
-    }
-    __syncthreads();
-}
-
-/* This warp's first row pair of phase a and its part of K. */
-template <typename T>
-__device__ __forceinline__ void dec_slot(const dec_gemv_args &a, int &p0, int &nslots, int &sub,
-                                         int &kbeg, int &kend) {
-    const int warp = threadIdx.x >> 5, ppb = PK_WARPS / a.ks;
-    sub = warp % a.ks;
-    p0 = (warp / a.ks) * (int)gridDim.x + (int)blockIdx.x;
-    nslots = ppb * (int)gridDim.x;
-    dec_kpart<T>(a.K, a.ks, sub, kbeg, kend);
-}
-
-/* Request the first chunks of this warp's first row pair of phase a (before a barrier). */
-template <typename T, int MODE>
-__device__ __forceinline__ void dec_phase_first(const dec_gemv_args &a, uint4 (&u0)[DEC_UNROLL],
-                                                uint4 (&u1)[DEC_UNROLL], bool &loaded) {
-    int p0, nslots, sub, kbeg, kend;
-    dec_slot<T>(a, p0, nslots, sub, kbeg, kend);
-    loaded = p0 < a.npairs;
-    if (!loaded) return;
-    const T *r0, *r1;
-    int seg, base, j, half;
-    dec_rows<T, MODE>(a, p0, r0, r1, seg, base, j, half);
-    dec_load_chunks<T>(u0, u1, r0, r1, kbeg + (threadIdx.x & 31) * cu_vn<T>::n, kend);
-}
-
-/* One matrix-vector phase of the persistent kernel (block-uniform). */
-template <typename T, int MODE>
-__device__ __forceinline__ void dec_phase(const dec_gemv_args &a, float *xs,
-                                          uint4 (&u0)[DEC_UNROLL], uint4 (&u1)[DEC_UNROLL],
-                                          bool &loaded, float (*red)[3], float *red32) {
-    constexpr int STEP = 32 * cu_vn<T>::n, U = DEC_UNROLL;
-    const int lane = threadIdx.x & 31, K = a.K;
-    /* the input, times the norm weight, to shared memory; 1/rms of the input */
-    const T *g = (const T *)a.g;
-    float ss = 0.f;
-    for (int i = (int)threadIdx.x * 4; i < K; i += ATT_THREADS * 4) {
-        float4 v = __ldcg(reinterpret_cast<const float4 *>(a.x + i));
-        if (g) {
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-            v.x *= cu_to_f(g[i]), v.y *= cu_to_f(g[i + 1]);
-            v.z *= cu_to_f(g[i + 2]), v.w *= cu_to_f(g[i + 3]);
-        }
-        *reinterpret_cast<float4 *>(xs + i) = v;
-    }
-    const float rstd = g ? rsqrtf(cu_block_sum(ss, red32) / (float)K + a.eps) : 1.f;
-    if (!g) __syncthreads(); /* (cu_block_sum has its own barriers) */
-    int p0, nslots, sub, kbeg, kend;
-    dec_slot<T>(a, p0, nslots, sub, kbeg, kend);
-    for (int r = 0; r < a.npairs; r += nslots) { /* block-uniform */
-        const int p = r + p0;
-        const bool valid = p < a.npairs;
-        const T *r0 = nullptr, *r1 = nullptr;
-        int seg = 0, base = 0, j = 0, half = 0;
-        float a0 = 0.f, a1 = 0.f, unused = 0.f;
-        if (valid) {
-            dec_rows<T, MODE>(a, p, r0, r1, seg, base, j, half);
-            int k = kbeg + lane * cu_vn<T>::n;
-            if (!loaded) dec_load_chunks<T>(u0, u1, r0, r1, k, kend);
-            loaded = false;
-            for (;;) {
-                dec_fma_chunks<T>(u0, u1, k, kend, xs, (const T *)nullptr, a0, a1, unused);
-                k += U * STEP;
-                if (k >= kend) {
-                    if (p + nslots < a.npairs) { /* the next pair's first chunks, now */
-                        const T *n0, *n1;
-                        int sg, bs, jn, hf;
-                        dec_rows<T, MODE>(a, p + nslots, n0, n1, sg, bs, jn, hf);
-                        dec_load_chunks<T>(u0, u1, n0, n1, kbeg + lane * cu_vn<T>::n, kend);
-                        loaded = true;
-                    }
-                    break;
-                }
-                dec_load_chunks<T>(u0, u1, r0, r1, k, kend);
-            }
-        }
-        dec_reduce_pair(a0, a1, unused, a.ks, sub, red);
-        if (valid && sub == 0 && lane == 0)
-            dec_epilogue<T, MODE>(a, p, r1 != nullptr, seg, base, j, half, a0 * rstd, a1 * rstd);
-    }
-}
-
-template <typename T, int D>
-__global__ void __launch_bounds__(ATT_THREADS, PK_BLOCKS_PER_SM) k_dec_step(dec_step_args s) {
-    extern __shared__ __align__(16) float xs[]; /* a phase's input */
-    __shared__ float red[PK_WARPS][3];
-    __shared__ float red32[32];
-    uint4 u0[DEC_UNROLL], u1[DEC_UNROLL];
-    bool loaded = false;
-    unsigned target = 0;
-    const int pos = s.params[1];
-    const T *row = (const T *)s.embed + (size_t)s.params[0] * s.C;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < s.C; i += gridDim.x * blockDim.x)
-        s.x[i] = cu_to_f(row[i]);
-    dec_phase_first<T, DEC_QKV>(s.ph[0], u0, u1, loaded);
-    dec_grid_sync(s.bar, target);
-    for (int l = 0; l < s.n_layers; l++) {
-        const dec_gemv_args *P = s.ph + 4 * l;
-        const T *kc = (const T *)P[0].kc, *vc = (const T *)P[0].vc;
-        if ((int)blockIdx.x < s.Hq && blockIdx.x % s.G == 0)
-            dec_attn_prefetch<T, D>(kc, vc, blockIdx.x / s.G, s.cap, pos);
-        dec_phase<T, DEC_QKV>(P[0], xs, u0, u1, loaded, red, red32);
-        dec_grid_sync(s.bar, target);
-        for (int h = blockIdx.x; h < s.Hq; h += gridDim.x)
-            dec_attn_head<T, D>(s.q, kc, vc, s.att, h, pos + 1, s.G, s.cap, s.scale_log2);
-        dec_phase_first<T, DEC_RESID>(P[1], u0, u1, loaded);
-        dec_grid_sync(s.bar, target);
-        dec_phase<T, DEC_RESID>(P[1], xs, u0, u1, loaded, red, red32);
-        dec_phase_first<T, DEC_SILU>(P[2], u0, u1, loaded);
-        dec_grid_sync(s.bar, target);
-        dec_phase<T, DEC_SILU>(P[2], xs, u0, u1, loaded, red, red32);
-        dec_phase_first<T, DEC_RESID>(P[3], u0, u1, loaded);
-        dec_grid_sync(s.bar, target);
-        dec_phase<T, DEC_RESID>(P[3], xs, u0, u1, loaded, red, red32);
-        if (l + 1 < s.n_layers)
-            dec_phase_first<T, DEC_QKV>(P[4], u0, u1, loaded);
-        else
-            dec_phase_first<T, DEC_PLAIN>(P[4], u0, u1, loaded);
-        dec_grid_sync(s.bar, target);
-    }
-    dec_phase<T, DEC_PLAIN>(s.ph[4 * s.n_layers], xs, u0, u1, loaded, red, red32);
-}
-
 /* ---- host side ----------------------------------------------------------------------- */
 
 struct fe_cuda_decode {
     fe_cuda_decode_desc d;
     fe_cuda_decode_layer *layers;
     cu_dev *dev;
-    void *block; /* one device allocation: x, q, att, h, logits, params, barrier, phases */
+    void *block; /* one device allocation: x, q, att, h, logits, params */
     size_t block_bytes;
     float *x, *q, *att, *h, *logits;
     int *params;
-    unsigned *bar;          /* the persistent kernel's barrier counter */
-    dec_gemv_args *phases;  /* its phases (4 per layer, then the LM head), on the device */
     int *params_host;   /* pinned: token, position, then the argmax read back */
     float *logits_host; /* pinned */
     bool pdl;          /* FE_DECODE_PDL=0 switches programmatic dependent launch off */
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
-    int ksplit;        /* warps per row pair, 0 = chosen per product (FE_DECODE_KSPLIT) */
-    bool persist;      /* one persistent kernel per token (FE_DECODE_PERSIST=0: chained) */
-    unsigned pk_grid;  /* its blocks (all resident) */
-    size_t pk_smem;    /* and its dynamic shared memory: the largest phase input */
+    int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
 };
@@ -681,6 +455,7 @@ static fe_status dec_kernel(fe_cuda_decode *e, bool first, const char *what, voi
 
 template <typename T, int MODE>
 static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
+    a.params = e->params;
     /* two warps per row pair, each over half of K, wherever a half keeps a full 32-lane
      * step: on an H200 (TinyLlama shape) that gave 1142 tokens/s against 1106 with one
      * warp, 973 with four, and 1109 choosing 2 or 4 by the number of pairs */
@@ -690,159 +465,52 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
                       dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
 
-/* The matrix-vector products of layer l (QKV, output, gate/up, down: ph[0..3]) or, for
- * l = n_layers, the LM head (ph[0]); ks is the caller's to choose. */
-static int dec_phases(const fe_cuda_decode *e, int64_t l, dec_gemv_args ph[4]) {
+/* Queue one token step on the engine's stream (captured into the graph). */
+template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
     const fe_cuda_decode_desc *d = &e->d;
     const int C = (int)d->dim, F = (int)d->ffn_dim, D = (int)d->head_dim, Hq = (int)d->n_heads,
-              Hkv = (int)d->n_kv_heads;
-    const float eps = (float)d->eps;
-    for (int i = 0; i < 4; i++) {
-        ph[i] = dec_gemv_args{};
-        ph[i].params = e->params;
-    }
-    if (l == d->n_layers) {
-        int V = (int)d->vocab;
-        ph[0].w[0] = d->lm_head, ph[0].K = C, ph[0].n = V, ph[0].npairs = (V + 1) / 2;
-        ph[0].x = e->x, ph[0].g = d->final_norm, ph[0].eps = eps, ph[0].out = e->logits;
-        return 1;
-    }
-    const fe_cuda_decode_layer *L = &e->layers[l];
-    dec_gemv_args *a = &ph[0];
-    a->w[0] = L->wq, a->w[1] = L->wk, a->w[2] = L->wv;
-    a->K = C, a->npairs = (Hq + 2 * Hkv) * (D / 2), a->x = e->x, a->g = L->ln_attn, a->eps = eps;
-    a->out = e->q, a->kc = L->k_cache, a->vc = L->v_cache, a->inv_freq = d->inv_freq;
-    a->D = D, a->Hq = Hq, a->Hkv = Hkv, a->cap = (int)d->capacity;
-    a = &ph[1];
-    a->w[0] = L->wo, a->K = Hq * D, a->n = C, a->npairs = (C + 1) / 2, a->x = e->att, a->out = e->x;
-    a = &ph[2];
-    a->w[0] = L->w_gate, a->w[1] = L->w_up, a->K = C, a->npairs = F, a->x = e->x;
-    a->g = L->ln_mlp, a->eps = eps, a->out = e->h;
-    a = &ph[3];
-    a->w[0] = L->w_down, a->K = F, a->n = C, a->npairs = (C + 1) / 2, a->x = e->h, a->out = e->x;
-    return 4;
-}
-
-/* Queue one token step on the engine's stream (captured into the graph): a chain of
- * kernels per layer. */
-template <typename T> static fe_status dec_enqueue_chained(fe_cuda_decode *e) {
-    const fe_cuda_decode_desc *d = &e->d;
-    const int C = (int)d->dim, D = (int)d->head_dim, Hq = (int)d->n_heads,
-              Hkv = (int)d->n_kv_heads;
-    const float sl2 = (float)(1.4426950408889634 / sqrt((double)D));
+              Hkv = (int)d->n_kv_heads, QD = Hq * D;
+    const float eps = (float)d->eps, sl2 = (float)(1.4426950408889634 / sqrt((double)D));
     fe_status st = dec_kernel(e, true, "decode embedding kernel", k_dec_embed<T>,
                               (unsigned)(C + 255) / 256, 256, 0, e->x, (const T *)d->embed,
                               (const int *)e->params, C);
     for (int64_t l = 0; l < d->n_layers && !st; l++) {
         const fe_cuda_decode_layer *L = &e->layers[l];
-        dec_gemv_args ph[4];
-        dec_phases(e, l, ph);
-        st = dec_launch<T, DEC_QKV>(e, ph[0]);
-        if (!st)
-            st = dec_kernel(e, false, "decode attention kernel",
-                            D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
-                            ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
-                            (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
-                            (int)d->capacity, sl2);
-        if (!st) st = dec_launch<T, DEC_RESID>(e, ph[1]);
-        if (!st) st = dec_launch<T, DEC_SILU>(e, ph[2]);
-        if (!st) st = dec_launch<T, DEC_RESID>(e, ph[3]);
+        dec_gemv_args a = {};
+        a.w[0] = L->wq, a.w[1] = L->wk, a.w[2] = L->wv;
+        a.K = C, a.npairs = (Hq + 2 * Hkv) * (D / 2), a.x = e->x, a.g = L->ln_attn, a.eps = eps;
+        a.out = e->q, a.kc = L->k_cache, a.vc = L->v_cache, a.inv_freq = d->inv_freq;
+        a.D = D, a.Hq = Hq, a.Hkv = Hkv, a.cap = (int)d->capacity;
+        st = dec_launch<T, DEC_QKV>(e, a);
+        if (st) break;
+        st = dec_kernel(e, false, "decode attention kernel",
+                        D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
+                        ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
+                        (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
+                        (int)d->capacity, sl2);
+        if (st) break;
+        a = dec_gemv_args{};
+        a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
+        if ((st = dec_launch<T, DEC_RESID>(e, a))) break;
+        a = dec_gemv_args{};
+        a.w[0] = L->w_gate, a.w[1] = L->w_up, a.K = C, a.npairs = F, a.x = e->x;
+        a.g = L->ln_mlp, a.eps = eps, a.out = e->h;
+        if ((st = dec_launch<T, DEC_SILU>(e, a))) break;
+        a = dec_gemv_args{};
+        a.w[0] = L->w_down, a.K = F, a.n = C, a.npairs = (C + 1) / 2, a.x = e->h, a.out = e->x;
+        st = dec_launch<T, DEC_RESID>(e, a);
     }
     if (!st) {
-        dec_gemv_args ph[4];
-        dec_phases(e, d->n_layers, ph);
-        st = dec_launch<T, DEC_PLAIN>(e, ph[0]);
+        dec_gemv_args a = {};
+        int V = (int)d->vocab;
+        a.w[0] = d->lm_head, a.K = C, a.n = V, a.npairs = (V + 1) / 2, a.x = e->x;
+        a.g = d->final_norm, a.eps = eps, a.out = e->logits;
+        st = dec_launch<T, DEC_PLAIN>(e, a);
     }
-    return st;
-}
-
-template <typename T> static void (*dec_step_kernel(int D))(dec_step_args) {
-    return D == 64 ? k_dec_step<T, 64> : k_dec_step<T, 128>;
-}
-
-/* Size the persistent kernel's grid (every block resident, at most PK_BLOCKS_PER_SM per
- * SM); false when it cannot run here (then the chain is used). */
-template <typename T> static bool dec_persist_plan(fe_cuda_decode *e) {
-    const fe_cuda_decode_desc *d = &e->d;
-    int64_t kmax = d->dim > d->ffn_dim ? d->dim : d->ffn_dim;
-    if (d->n_heads * d->head_dim > kmax) kmax = d->n_heads * d->head_dim;
-    e->pk_smem = (size_t)kmax * sizeof(float);
-    void (*k)(dec_step_args) = dec_step_kernel<T>((int)d->head_dim);
-    int occ = 0, coop = 0;
-    if (cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, e->dev->index) != cudaSuccess ||
-        !coop || cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)e->pk_smem) != cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, ATT_THREADS, e->pk_smem) !=
-            cudaSuccess ||
-        occ < 1) {
-        cudaGetLastError(); /* not an error of the engine: it falls back */
-        return false;
-    }
-    int g = e->dev->sm_count * (occ < PK_BLOCKS_PER_SM ? occ : PK_BLOCKS_PER_SM);
-    if (e->max_blocks > 0 && g > e->max_blocks) g = e->max_blocks;
-    e->pk_grid = (unsigned)g;
-    return true;
-}
-
-/* The persistent kernel's phases, with ks chosen for its grid, copied to the device. */
-template <typename T> static fe_status dec_persist_setup(fe_cuda_decode *e) {
-    const int64_t n = 4 * e->d.n_layers + 1;
-    dec_gemv_args *ph = (dec_gemv_args *)malloc((size_t)(n + 3) * sizeof *ph);
-    if (!ph) return fe_set_error(FE_ERR_OOM, "decode engine: out of host memory");
-    const int vec = 16 / (int)sizeof(T), warps = (int)e->pk_grid * PK_WARPS;
-    for (int64_t l = 0; l <= e->d.n_layers; l++) {
-        int np = dec_phases(e, l, ph + 4 * l);
-        for (int i = 0; i < np; i++) { /* the most warps per pair (1, 2, 4) that keeps
-                                        * every pair in one round of the grid's warps */
-            dec_gemv_args *a = &ph[4 * l + i];
-            a->ks = 1;
-            while (!e->ksplit && a->ks < 4 && a->npairs * a->ks * 2 <= warps &&
-                   a->K / (a->ks * 2) >= 32 * vec)
-                a->ks *= 2;
-            if (e->ksplit) a->ks = e->ksplit;
-        }
-    }
-    fe_status st = cu_check(cudaMemcpy(e->phases, ph, (size_t)n * sizeof *ph,
-                                       cudaMemcpyHostToDevice),
-                            "decode: phase upload");
-    free(ph);
-    return st;
-}
-
-template <typename T> static fe_status dec_enqueue_persistent(fe_cuda_decode *e) {
-    const fe_cuda_decode_desc *d = &e->d;
-    dec_step_args s = {};
-    s.ph = e->phases, s.n_layers = (int)d->n_layers, s.Hq = (int)d->n_heads;
-    s.G = (int)(d->n_heads / d->n_kv_heads), s.cap = (int)d->capacity, s.C = (int)d->dim;
-    s.scale_log2 = (float)(1.4426950408889634 / sqrt((double)d->head_dim));
-    s.embed = d->embed, s.x = e->x, s.q = e->q, s.att = e->att, s.params = e->params;
-    s.bar = e->bar;
-    fe_status st = cu_check(cudaMemsetAsync(e->bar, 0, sizeof(unsigned), e->dev->stream),
-                            "decode: barrier reset");
-    if (st) return st;
-    cudaLaunchConfig_t cfg = {};
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeCooperative;
-    at[0].val.cooperative = 1;
-    cfg.gridDim = dim3(e->pk_grid), cfg.blockDim = dim3(ATT_THREADS);
-    cfg.dynamicSmemBytes = e->pk_smem, cfg.stream = e->dev->stream;
-    cfg.attrs = at, cfg.numAttrs = 1;
-    return cu_check(cudaLaunchKernelEx(&cfg, dec_step_kernel<T>((int)d->head_dim), s),
-                    "decode persistent kernel");
-}
-
-template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
-    fe_status st = e->persist ? dec_enqueue_persistent<T>(e) : dec_enqueue_chained<T>(e);
     if (!st)
-        st = dec_kernel(e, e->persist, "decode argmax kernel", k_dec_argmax, 1, 1024, 0,
-                        (const float *)e->logits, (int)e->d.vocab, e->params + 2);
+        st = dec_kernel(e, false, "decode argmax kernel", k_dec_argmax, 1, 1024, 0,
+                        (const float *)e->logits, (int)d->vocab, e->params + 2);
     return st;
-}
-
-/* Choose the design and, for the persistent kernel, its grid and phases. */
-template <typename T> static fe_status dec_prepare(fe_cuda_decode *e) {
-    if (e->persist) e->persist = dec_persist_plan<T>(e);
-    return e->persist ? dec_persist_setup<T>(e) : FE_OK;
 }
 
 extern "C" void fe_cuda_decode_free(fe_cuda_decode *e) {
@@ -883,15 +551,11 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *ksp = getenv("FE_DECODE_KSPLIT");
     int kv = ksp ? atoi(ksp) : 0;
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
-    const char *per = getenv("FE_DECODE_PERSIST");
-    e->persist = !(per && !strcmp(per, "0"));
-    /* f32 activations, each start rounded up to 16 floats; 16 ints (params, the barrier
-     * counter at 8); the persistent kernel's phases */
+    /* f32 activations, each start rounded up to 16 floats */
     size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
     size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
            nh = (d->ffn_dim + r16 - 1) / r16 * r16, nl = (d->vocab + r16 - 1) / r16 * r16;
-    e->block_bytes = (nx + 2 * nq + nh + nl) * sizeof(float) + 16 * sizeof(int) +
-                     (size_t)(4 * d->n_layers + 1) * sizeof(dec_gemv_args);
+    e->block_bytes = (nx + 2 * nq + nh + nl) * sizeof(float) + 16 * sizeof(int);
     fe_status st = fe_cuda_alloc((fe_device){FE_CUDA, d->device}, e->block_bytes, &e->block);
     if (st) {
         e->block = NULL;
@@ -901,18 +565,12 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     e->x = (float *)e->block;
     e->q = e->x + nx, e->att = e->q + nq, e->h = e->att + nq, e->logits = e->h + nh;
     e->params = (int *)(e->logits + nl);
-    e->bar = (unsigned *)(e->params + 8);
-    e->phases = (dec_gemv_args *)(e->params + 16);
     st = cu_check(cudaMallocHost((void **)&e->params_host, 16 * sizeof(int)), "cudaMallocHost");
     if (!st)
         st = cu_check(cudaMallocHost((void **)&e->logits_host, (size_t)d->vocab * sizeof(float)),
                       "cudaMallocHost");
     if (!st) st = cu_check(cudaMemsetAsync(e->block, 0, e->block_bytes, dv->stream), "cudaMemset");
     if (!st) st = cu_check(cudaStreamSynchronize(dv->stream), "cudaStreamSynchronize");
-    if (!st)
-        st = d->dtype == FE_BF16  ? dec_prepare<__nv_bfloat16>(e)
-             : d->dtype == FE_F16 ? dec_prepare<__half>(e)
-                                  : dec_prepare<float>(e);
     if (!st)
         st = cu_check(cudaStreamBeginCapture(dv->stream, cudaStreamCaptureModeThreadLocal),
                       "cudaStreamBeginCapture");
