@@ -556,16 +556,10 @@ typedef struct sq_list {
 } sq_list;
 static_assert(sizeof(sq_list) + 64 <= 32764, "kernel parameters are limited to 32764 bytes");
 
-/* x times the scale, in f64, rounded to f32: what the CPU backend computes (a scale such
- * as 0.3 is not an f32 number, so an f32 product would differ) */
-__device__ __forceinline__ float sq_scaled(float x, double scd) {
-    return __double2float_rn(__dmul_rn((double)x, scd));
-}
-
 /* acc plus the squares of a whole unit at g (f32/f16/bf16, aligned to 4 elements), each
- * element first multiplied by the scale and rounded to f32: this thread's elements in the order
+ * element first multiplied by scf and rounded to f32: this thread's elements in the order
  * of the element-wise loop of k_sumsq, so a unit sums the same either way. */
-template <typename G> __device__ __forceinline__ double sq_unit(const G *g, double scd, double acc) {
+template <typename G> __device__ __forceinline__ double sq_unit(const G *g, float scf, double acc) {
     float x[SQ_U][4];
 #pragma unroll
     for (int u = 0; u < SQ_U; u++)
@@ -574,15 +568,15 @@ template <typename G> __device__ __forceinline__ double sq_unit(const G *g, doub
     for (int u = 0; u < SQ_U; u++)
 #pragma unroll
         for (int q = 0; q < 4; q++) {
-            float y = sq_scaled(x[u][q], scd);
+            float y = __fmul_rn(x[u][q], scf); /* rounded to f32, as the CPU's */
             acc = __fma_rn((double)y, (double)y, acc);
         }
     return acc;
 }
 
 /* part[blockIdx.x] = sum of squares over the units this block walks (f64), each element
- * first multiplied by the scale scd (then rounded to f32 for f32/f16/bf16 tensors). */
-__global__ void __launch_bounds__(SQ_THREADS) k_sumsq(sq_list L, double *part, double scd) {
+ * first multiplied by the scale (scf in f32 for f32/f16/bf16 tensors, scd for f64 ones). */
+__global__ void __launch_bounds__(SQ_THREADS) k_sumsq(sq_list L, double *part, float scf, double scd) {
     __shared__ double sh[32];
     double acc = 0.0;
     int t = 0;
@@ -594,11 +588,11 @@ __global__ void __launch_bounds__(SQ_THREADS) k_sumsq(sq_list L, double *part, d
         const void *g = L.e[t].g;
         if (len == SQ_UNIT && vec4_ok(g, dt)) { /* the base pointer decides: j0 is whole units */
             if (dt == FE_F32)
-                acc = sq_unit((const float *)g + j0, scd, acc);
+                acc = sq_unit((const float *)g + j0, scf, acc);
             else if (dt == FE_BF16)
-                acc = sq_unit((const __nv_bfloat16 *)g + j0, scd, acc);
+                acc = sq_unit((const __nv_bfloat16 *)g + j0, scf, acc);
             else
-                acc = sq_unit((const __half *)g + j0, scd, acc);
+                acc = sq_unit((const __half *)g + j0, scf, acc);
             continue;
         }
         /* a tensor's last, partial unit, an f64 tensor or a misaligned one */
@@ -615,7 +609,7 @@ __global__ void __launch_bounds__(SQ_THREADS) k_sumsq(sq_list L, double *part, d
                 float x[4];
                 ld4<float>(g, dt, j0 + j, cnt, x);
                 for (int k = 0; k < cnt; k++) {
-                    float y = sq_scaled(x[k], scd);
+                    float y = __fmul_rn(x[k], scf);
                     acc = __fma_rn((double)y, (double)y, acc);
                 }
             }
@@ -664,7 +658,7 @@ extern "C" fe_status fe_cuda_grad_norm_sq(fe_tensor *out, int n, const fe_tensor
         if (!last && fe_numel(g[i]) == 0) continue;
         if (L->n && (last || L->n == SQ_MAX)) {
             unsigned nb = (unsigned)(L->units < cap ? L->units : cap);
-            k_sumsq<<<nb, SQ_THREADS, 0, d->stream>>>(*L, part + off, scale);
+            k_sumsq<<<nb, SQ_THREADS, 0, d->stream>>>(*L, part + off, (float)scale, scale);
             st = cu_launched("grad_norm_sq kernel");
             off += nb;
             L->n = 0, L->units = 0;
