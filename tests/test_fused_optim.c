@@ -708,7 +708,11 @@ TEST(cuda_update_matches_cpu_and_the_calls) {
             double tn = c->prec == FE_F64 ? 1e-9 : s == 0 ? 1e-2 : 5e-2;
             CHECK(isfinite(hn) ? fabs(gn - hn) <= tn * fabs(hn) : !isfinite(gn));
         }
-        double tol = c->prec == FE_F64 ? 1e-10 : 1e-2; /* bf16/f16 forward and backward */
+        /* bf16/f16 forward and backward round differently on the two devices; in bf16 the
+         * optimizer moments over these 4 steps are very sensitive to it: on the CPU alone,
+         * letting the GEMMs add gradients before rounding (instead of after) moved this
+         * measure by 3.3-4.3% (f16 1e-5, f32 0), and CUDA against the CPU is 1.6-3.3% */
+        double tol = c->prec == FE_F64 ? 1e-10 : c->prec == FE_BF16 ? 8e-2 : 1e-2;
         printf("  %s: cuda vs cpu %.3g, fused vs the calls on cuda %.3g%s\n", c->name, e_cpu,
                e_calls, e_calls == 0 ? " (bit-identical)" : "");
         CHECK(fused == UPD_STEPS && e_cpu <= tol && e_calls <= 1e-6);
