@@ -1245,7 +1245,7 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
 
 #define ES_THREADS 1024 /* k_emb_sort: 32 warps */
 #define ES_WARPS (ES_THREADS / 32)
-#define ES_U 8            /* index loads in flight per lane */
+#define ES_U 16           /* index loads in flight per lane */
 #define ES_MAX_SLICE 1280 /* rows per slice: 32 x 1280 counters = 160 KB of shared memory */
 #define ER_THREADS 256    /* k_emb_rows */
 #define ER_U 8            /* gout loads in flight per thread */
@@ -1311,10 +1311,27 @@ template <int VN, typename A> __device__ __forceinline__ void emb_st_acc(A *p, c
     }
 }
 
-/* idx[p] when it is a row of [0, V), else -1. */
-__device__ __forceinline__ int emb_key(const void *idx, bool i64, int p, int V) {
-    long long k = index_at(idx, i64, p);
-    return k >= 0 && k < V ? (int)k : -1;
+/* key[u] = idx[p] for the positions p = b + 32 u + lane (u < ES_U) below p1 when it is a row of
+ * [0, V), else -1. Every load is issued before any is looked at (checking each as it came would
+ * keep only a few in flight). */
+template <typename I>
+__device__ __forceinline__ void emb_keys_of(int *key, const I *idx, int b, int p1, int V) {
+    int lane = threadIdx.x & 31;
+    I raw[ES_U];
+#pragma unroll
+    for (int u = 0; u < ES_U; u++) {
+        int p = b + u * 32 + lane;
+        raw[u] = p < p1 ? idx[p] : (I)-1;
+    }
+#pragma unroll
+    for (int u = 0; u < ES_U; u++)
+        key[u] = raw[u] >= 0 && raw[u] < V ? (int)raw[u] : -1;
+}
+__device__ __forceinline__ void emb_keys(int *key, const void *idx, bool i64, int b, int p1, int V) {
+    if (i64)
+        emb_keys_of(key, (const long long *)idx, b, p1, V);
+    else
+        emb_keys_of(key, (const int32_t *)idx, b, p1, V);
 }
 
 /* Exclusive prefix sums of a[0..m) in place (a in shared memory); returns the total. Every
@@ -1377,11 +1394,7 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
     int below = 0;
     for (int b = p0; b < p1; b += 32 * ES_U) {
         int key[ES_U];
-#pragma unroll
-        for (int u = 0; u < ES_U; u++) {
-            int p = b + u * 32 + lane;
-            key[u] = p < p1 ? emb_key(idx, i64, p, V) : -1;
-        }
+        emb_keys(key, idx, i64, b, p1, V);
 #pragma unroll
         for (int u = 0; u < ES_U; u++) {
             int k = key[u];
@@ -1429,11 +1442,7 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
     /* pass 2: every position of the slice to its place, in the order pass 1 counted them */
     for (int b = p0; b < p1; b += 32 * ES_U) {
         int key[ES_U];
-#pragma unroll
-        for (int u = 0; u < ES_U; u++) {
-            int p = b + u * 32 + lane;
-            key[u] = p < p1 ? emb_key(idx, i64, p, V) : -1;
-        }
+        emb_keys(key, idx, i64, b, p1, V);
 #pragma unroll
         for (int u = 0; u < ES_U; u++) {
             int k = key[u];
