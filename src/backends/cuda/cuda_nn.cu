@@ -1490,8 +1490,7 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
 
 /* Step 2 (see above): block q over the sorted entries [q H, q H + 2 H) (ent holds n entries, the
  * first M = start[V] of them sorted, the rest zeros). Dynamic shared memory: pos, row and flag,
- * 2 H ints each.
- * flag: 1 = last entry of a row or piece, 2 = hot piece, 4 = slot 1. */
+ * 2 H ints each; flag: 1 = last entry of a row or piece, 2 = hot piece, 4 = slot 1. */
 template <typename T, int VN>
 __global__ void __launch_bounds__(ER_THREADS)
     k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int4 *__restrict__ ent,
@@ -1564,8 +1563,9 @@ __global__ void __launch_bounds__(ER_THREADS)
         }
     __syncthreads();
     for (int sl = 0; sl < 2; sl++) {
-        int k = hot_row[sl], lo = hot_lo[sl], hi = hot_hi[sl], q0 = lo / H, q1 = (hi - 1) / H;
+        int k = hot_row[sl];
         if (k < 0 || !hot_last[sl]) continue;
+        int lo = hot_lo[sl], hi = hot_hi[sl], q0 = lo / H, q1 = (hi - 1) / H;
         __threadfence();
         for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
             A acc[VN];
