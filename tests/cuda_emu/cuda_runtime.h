@@ -47,9 +47,13 @@ struct float4 {
 struct double2 {
     double x, y;
 };
+struct int4 {
+    int x, y, z, w;
+};
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
 inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
 inline double2 make_double2(double a, double b) { return {a, b}; }
+inline int4 make_int4(int a, int b, int c, int d) { return {a, b, c, d}; }
 
 inline float __uint_as_float(unsigned u) {
     float f;
@@ -66,6 +70,11 @@ inline double __hiloint2double(int hi, int lo) {
     double d;
     memcpy(&d, &b, 8);
     return d;
+}
+inline long long __double_as_longlong(double d) {
+    long long b;
+    memcpy(&b, &d, 8);
+    return b;
 }
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 
@@ -250,4 +259,3 @@ inline unsigned long long atomicCAS(unsigned long long *p, unsigned long long c,
     return o;
 }
 template <class T> T __ldcg(const T *p) { return *p; }
-template <class T> void __stwb(T *p, T v) { *p = v; }

@@ -5,8 +5,8 @@
  *
  * RMSNorm backward: gx and gw for f32 and bf16 rows of one and two 16-byte vectors per thread,
  * with and without w, gx, gw and the extra gradient, on 1, 2 and 5 blocks (the kernel must be
- * right for any grid). Embedding backward: the sort's start[] and sorted list checked entry by
- * entry, then gw against float64 sums (rows no index hits exactly +0), for f32, bf16 and f64 on
+ * right for any grid). Embedding backward: the sort's start[] and entries checked one by one,
+ * then gw against float64 sums (rows no index hits exactly +0), for f32, bf16 and f64 on
  * the 16-byte path and f32 and f16 on the element path; out-of-range and negative indices; rows
  * hit thousands of times; blocks of 1 to 64 sorted entries (many pieces per row); the blocks of
  * both kernels in a random order, twice, with bit-identical results. Exit status 1 on a failure. */
@@ -150,7 +150,8 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
     int nslice = (V + S - 1) / S, nq = (n + H - 1) / H;
     std::vector<T> first;
     for (int run = 0; run < 2; run++) {
-        std::vector<int> start(V + 1, -7), sorted(n + 1, -7), skey(n + 1, -7);
+        std::vector<int> start(V + 1, -7);
+        std::vector<int4> ent(n + 1, make_int4(-7, -7, -7, -7));
         std::vector<unsigned> ticket(V, 12345u); /* the sort must zero them */
         std::vector<A> part((size_t)(2 * nq + 1) * C, (A)NAN);
         std::vector<T> gw((size_t)V * C, to_t<T>(NAN));
@@ -158,23 +159,30 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         for (int i = 0; i < nslice; i++) o1[i] = i;
         for (int i = 0; i < nq; i++) o2[i] = i;
         std::shuffle(o1.begin(), o1.end(), rng), std::shuffle(o2.begin(), o2.end(), rng);
-        emu::launch(nslice, ES_THREADS, (size_t)(ES_WARPS + 1) * S * sizeof(int), [&] {
+        emu::launch(nslice, ES_THREADS, (size_t)(ES_WARPS + 2) * S * sizeof(int), [&] {
             k_emb_sort<T, VN>(gw.data(), idx.data(), false, n, V, (int64_t)C, S, start.data(),
-                              ticket.data(), sorted.data(), skey.data());
+                              ticket.data(), ent.data());
         }, o1);
+        /* entries (position, row, the row's first place, its end) by row, positions in order;
+         * zeros past the last */
         int M = 0;
         bool ok = true;
         for (int v = 0; v < V; v++) {
             ok &= start[v] == M;
             for (int i = 0; i < n; i++)
-                if (idx[i] == v) ok &= sorted[M] == i && skey[M] == v, M++;
+                if (idx[i] == v)
+                    ok &= ent[M].x == i && ent[M].y == v && ent[M].z == start[v] &&
+                          ent[M].w == start[v] + cnt[v],
+                        M++;
         }
         ok &= start[V] == M;
-        expect(ok, "embedding sort: wrong start[] or sorted list (n %d, V %d, slices of %d)", n, V, S);
+        for (int s = M; s < n; s++)
+            ok &= !ent[s].x && !ent[s].y && !ent[s].z && !ent[s].w;
+        expect(ok, "embedding sort: wrong start[] or entries (n %d, V %d, slices of %d)", n, V, S);
         if (nq > 0)
             emu::launch(nq, ER_THREADS, (size_t)6 * H * sizeof(int), [&] {
-                k_emb_rows<T, VN>(gw.data(), gout.data(), sorted.data(), skey.data(), start.data(),
-                                  ticket.data(), part.data(), V, (int64_t)C, H);
+                k_emb_rows<T, VN>(gw.data(), gout.data(), ent.data(), start.data(), ticket.data(),
+                                  part.data(), n, V, (int64_t)C, H);
             }, o2);
         std::vector<double> g((size_t)V * C);
         bool zeros = true;

@@ -1229,8 +1229,9 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
  *    where the slice starts in the sorted list. A scan gives start[v] (start[V] = the number of
  *    valid indices) and each warp's first place for each row. The rows no index hits are written
  *    as zeros right away (most of gw's bytes), while the second pass puts every position at its
- *    place: sorted[] lists the positions row by row, each row's in increasing order, skey[] their
- *    rows. Every place follows from the counts alone, so the order is the same on every run.
+ *    place: ent[] lists the positions row by row, each row's in increasing order, each entry as
+ *    (position, row, the row's first place, its end) so that step 2 needs one load per entry.
+ *    Every place follows from the counts alone, so the order is the same on every run.
  * 2. k_emb_rows (programmatic dependent launch: it launches while the sort runs): block q takes
  *    the sorted entries [q H, q H + H). A row with at most H entries is summed whole by the block
  *    in which it begins (so a block reads at most 2 H entries) and written once. A longer ("hot")
@@ -1245,8 +1246,9 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
 
 #define ES_THREADS 1024 /* k_emb_sort: 32 warps */
 #define ES_WARPS (ES_THREADS / 32)
-#define ES_U 8            /* index loads in flight per lane */
-#define ES_MAX_SLICE 1280 /* rows per slice: 32 x 1280 counters = 160 KB of shared memory */
+#define ES_U 16           /* index loads in flight per lane: pass 1 */
+#define ES_U2 8           /* pass 2 (it holds more per position) */
+#define ES_MAX_SLICE 1280 /* rows per slice: (32 + 2) x 1280 ints = 170 KB of shared memory */
 #define ER_THREADS 256    /* k_emb_rows */
 #define ER_U 8            /* gout loads in flight per thread */
 
@@ -1273,37 +1275,54 @@ __device__ __forceinline__ void emb_add(A *acc, const typename emb_raw<T, VN>::t
             acc[e] += cu_vget<T>(r, e);
     }
 }
-/* Stores go through __stwb, which is always one 16-byte store: a plain uint4 store was split
- * into four 4-byte stores in these kernels. */
+/* One 16-byte store (p 16-byte aligned). A plain uint4 store came out as four 4-byte stores in
+ * these kernels, and the __stwb/__stcg intrinsics as "strong" stores; this is the ordinary one. */
+__device__ __forceinline__ void emb_st16(void *p, uint4 v) {
+#ifdef __CUDA_ARCH__
+    asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(p), "r"(v.x), "r"(v.y),
+                 "r"(v.z), "r"(v.w)
+                 : "memory");
+#else
+    *(uint4 *)p = v; /* the CPU emulation (scripts/row_grads_emu.sh) */
+#endif
+}
+__device__ __forceinline__ uint4 emb_bits(float a, float b, float c, float d) {
+    return make_uint4(__float_as_uint(a), __float_as_uint(b), __float_as_uint(c), __float_as_uint(d));
+}
+__device__ __forceinline__ uint4 emb_bits(double a, double b) {
+    unsigned long long x = (unsigned long long)__double_as_longlong(a),
+                       y = (unsigned long long)__double_as_longlong(b);
+    return make_uint4((unsigned)x, (unsigned)(x >> 32), (unsigned)y, (unsigned)(y >> 32));
+}
 template <typename T, int VN, typename A> __device__ __forceinline__ void emb_st(T *p, const A *f) {
     if constexpr (VN == 1) {
         p[0] = cu_cast<T>(f[0]);
     } else if constexpr (sizeof(T) == 8) {
-        __stwb((double2 *)p, make_double2(f[0], f[1]));
+        emb_st16(p, emb_bits(f[0], f[1]));
     } else {
         float g[VN];
 #pragma unroll
         for (int e = 0; e < VN; e++)
             g[e] = f[e];
-        __stwb((uint4 *)p, cu_vpack<T>(g));
+        emb_st16(p, cu_vpack<T>(g));
     }
 }
 template <typename T, int VN> __device__ __forceinline__ void emb_zero(T *p) {
     if constexpr (VN == 1)
         p[0] = cu_cast<T>(0.f);
     else
-        __stwb((uint4 *)p, make_uint4(0, 0, 0, 0)); /* +0 in every float dtype */
+        emb_st16(p, make_uint4(0, 0, 0, 0)); /* +0 in every float dtype */
 }
 /* VN compute-type values (the partial sum of a piece) to p, 16 bytes at a time where VN allows. */
 template <int VN, typename A> __device__ __forceinline__ void emb_st_acc(A *p, const A *f) {
     if constexpr (VN * sizeof(A) % 16 == 0 && sizeof(A) == 4) {
 #pragma unroll
         for (int i = 0; i < VN; i += 4)
-            __stwb((float4 *)(p + i), make_float4(f[i], f[i + 1], f[i + 2], f[i + 3]));
+            emb_st16(p + i, emb_bits(f[i], f[i + 1], f[i + 2], f[i + 3]));
     } else if constexpr (VN * sizeof(A) % 16 == 0) {
 #pragma unroll
         for (int i = 0; i < VN; i += 2)
-            __stwb((double2 *)(p + i), make_double2(f[i], f[i + 1]));
+            emb_st16(p + i, emb_bits(f[i], f[i + 1]));
     } else {
 #pragma unroll
         for (int i = 0; i < VN; i++)
@@ -1311,10 +1330,28 @@ template <int VN, typename A> __device__ __forceinline__ void emb_st_acc(A *p, c
     }
 }
 
-/* idx[p] when it is a row of [0, V), else -1. */
-__device__ __forceinline__ int emb_key(const void *idx, bool i64, int p, int V) {
-    long long k = index_at(idx, i64, p);
-    return k >= 0 && k < V ? (int)k : -1;
+/* key[u] = idx[p] for the positions p = b + 32 u + lane (u < U) below p1 when it is a row of
+ * [0, V), else -1. Every load is issued before any is looked at (checking each as it came would
+ * keep only a few in flight). */
+template <int U, typename I>
+__device__ __forceinline__ void emb_keys_of(int *key, const I *idx, int b, int p1, int V) {
+    int lane = threadIdx.x & 31;
+    I raw[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        int p = b + u * 32 + lane;
+        raw[u] = p < p1 ? idx[p] : (I)-1;
+    }
+#pragma unroll
+    for (int u = 0; u < U; u++)
+        key[u] = raw[u] >= 0 && raw[u] < V ? (int)raw[u] : -1;
+}
+template <int U>
+__device__ __forceinline__ void emb_keys(int *key, const void *idx, bool i64, int b, int p1, int V) {
+    if (i64)
+        emb_keys_of<U>(key, (const long long *)idx, b, p1, V);
+    else
+        emb_keys_of<U>(key, (const int32_t *)idx, b, p1, V);
 }
 
 /* Exclusive prefix sums of a[0..m) in place (a in shared memory); returns the total. Every
@@ -1353,16 +1390,17 @@ static __device__ int emb_block_scan(int *a, int m, int *wsum) {
     return total;
 }
 
-/* Step 1 (see above). Dynamic shared memory: cnt[ES_WARPS][S] and per[S] ints. */
+/* Step 1 (see above). Dynamic shared memory: cnt[ES_WARPS][S], per[S] and first[S] ints. */
 template <typename T, int VN>
 __global__ void __launch_bounds__(ES_THREADS, 1)
     k_emb_sort(T *__restrict__ gw, const void *__restrict__ idx, bool i64, int n, int V, int64_t C,
                int S, int *__restrict__ start, unsigned *__restrict__ ticket,
-               int *__restrict__ sorted, int *__restrict__ skey) {
+               int4 *__restrict__ ent) {
     extern __shared__ int es_sh[];
     __shared__ int wsum[32];
-    /* cnt[w * S + r]: warp w's count of row v0 + r, later its first place; per[r]: the row's */
-    int *cnt = es_sh, *per = es_sh + ES_WARPS * S;
+    /* cnt[w * S + r]: warp w's count of row v0 + r, later its next place; per[r]: the row's
+     * count; first[r]: its first place */
+    int *cnt = es_sh, *per = es_sh + ES_WARPS * S, *first = per + S;
     nn_launch_next(); /* k_emb_rows may start launching; it waits for this kernel to finish */
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     unsigned lt = (1u << lane) - 1; /* lanes below this one */
@@ -1377,11 +1415,7 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
     int below = 0;
     for (int b = p0; b < p1; b += 32 * ES_U) {
         int key[ES_U];
-#pragma unroll
-        for (int u = 0; u < ES_U; u++) {
-            int p = b + u * 32 + lane;
-            key[u] = p < p1 ? emb_key(idx, i64, p, V) : -1;
-        }
+        emb_keys<ES_U>(key, idx, i64, b, p1, V);
 #pragma unroll
         for (int u = 0; u < ES_U; u++) {
             int k = key[u];
@@ -1407,7 +1441,7 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
     int total = emb_block_scan(per, ns, wsum);
     for (int r = threadIdx.x; r < ns; r += blockDim.x) {
         int at = base + per[r], run = at;
-        start[v0 + r] = at;
+        start[v0 + r] = first[r] = at;
         ticket[v0 + r] = 0;
         for (int w = 0; w < ES_WARPS; w++) { /* warp w's first place for row r */
             int c = cnt[w * S + r];
@@ -1416,7 +1450,11 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
         }
         per[r] = run - at; /* the row's count again */
     }
-    if (v0 + ns == V && threadIdx.x == 0) start[V] = base + total;
+    if (v0 + ns == V) { /* the last slice: M, and the entries past it (indices out of range) */
+        if (threadIdx.x == 0) start[V] = base + total;
+        for (int i = base + total + threadIdx.x; i < n; i += blockDim.x)
+            emb_st16(&ent[i], make_uint4(0, 0, 0, 0));
+    }
     __syncthreads();
 
     /* rows no index hits: zeros (these stores drain while pass 2 runs) */
@@ -1427,24 +1465,20 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
                 emb_zero<T, VN>(gw + (int64_t)(v0 + r) * C + j * VN);
 
     /* pass 2: every position of the slice to its place, in the order pass 1 counted them */
-    for (int b = p0; b < p1; b += 32 * ES_U) {
-        int key[ES_U];
+    for (int b = p0; b < p1; b += 32 * ES_U2) {
+        int key[ES_U2];
+        emb_keys<ES_U2>(key, idx, i64, b, p1, V);
 #pragma unroll
-        for (int u = 0; u < ES_U; u++) {
-            int p = b + u * 32 + lane;
-            key[u] = p < p1 ? emb_key(idx, i64, p, V) : -1;
-        }
-#pragma unroll
-        for (int u = 0; u < ES_U; u++) {
+        for (int u = 0; u < ES_U2; u++) {
             int k = key[u];
             bool in = k >= v0 && k < v0 + ns;
             if (__ballot_sync(0xffffffffu, in)) {
                 unsigned m = __match_any_sync(0xffffffffu, in ? k : -1);
                 int *c = &cnt[warp * S + (in ? k - v0 : 0)];
                 if (in) {
-                    int at = *c + __popc(m & lt);
-                    sorted[at] = b + u * 32 + lane;
-                    skey[at] = k;
+                    int r = k - v0;
+                    emb_st16(&ent[*c + __popc(m & lt)],
+                             make_uint4(b + u * 32 + lane, k, first[r], first[r] + per[r]));
                 }
                 __syncwarp(); /* every lane has read *c before the lowest lane moves it on */
                 if (in && !(m & lt)) *c += __popc(m);
@@ -1454,37 +1488,38 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
     }
 }
 
-/* Step 2 (see above): block q over the sorted entries [q H, q H + 2 H). Dynamic shared memory:
- * pos, row and flag, 2 H ints each. flag: 1 = last entry of a row or piece, 2 = hot piece,
- * 4 = slot 1. */
+/* Step 2 (see above): block q over the sorted entries [q H, q H + 2 H) (ent holds n entries, the
+ * first M = start[V] of them sorted, the rest zeros). Dynamic shared memory: pos, row and flag,
+ * 2 H ints each; flag: 1 = last entry of a row or piece, 2 = hot piece, 4 = slot 1. */
 template <typename T, int VN>
 __global__ void __launch_bounds__(ER_THREADS)
-    k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int *__restrict__ sorted,
-               const int *__restrict__ skey, const int *__restrict__ start, unsigned *ticket,
-               typename cu_acc<T>::type *part, int V, int64_t C, int H) {
+    k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int4 *__restrict__ ent,
+               const int *__restrict__ start, unsigned *ticket, typename cu_acc<T>::type *part,
+               int n, int V, int64_t C, int H) {
     typedef typename cu_acc<T>::type A;
     typedef typename emb_raw<T, VN>::type Raw;
     extern __shared__ int er_sh[];
-    __shared__ int hot_row[2], hot_last[2]; /* the block's hot pieces by slot (-1: none) */
+    __shared__ int hot_row[2], hot_lo[2], hot_hi[2], hot_last[2]; /* hot pieces by slot */
     nn_wait_prev();
-    int M = start[V], s0 = blockIdx.x * H;
-    if (s0 >= M) return; /* uniform */
-    int W = M - s0 < 2 * H ? M - s0 : 2 * H;
-    int *pos = er_sh, *row = er_sh + 2 * H, *flag = er_sh + 4 * H;
+    int *pos = er_sh, *row = er_sh + 2 * H, *flag = er_sh + 4 * H, s0 = blockIdx.x * H;
+    int M = start[V]; /* in flight with the entries' loads: they do not depend on it */
     if (threadIdx.x < 2) hot_row[threadIdx.x] = -1;
     __syncthreads();
-    for (int e = threadIdx.x; e < W; e += blockDim.x) {
-        int s = s0 + e, k = skey[s], lo = start[k], hi = start[k + 1];
+    for (int e = threadIdx.x; e < 2 * H; e += blockDim.x) { /* entries past M are zeros */
+        int s = s0 + e;
+        int4 en = s < n ? ent[s] : make_int4(0, 0, 0, 0);
+        int p = en.x, k = en.y, lo = en.z, hi = en.w;
         bool hot = hi - lo > H;
         /* small rows: whole, in the block where they begin; hot rows: this block's piece */
-        bool take = hot ? s < s0 + H : lo >= s0 && lo < s0 + H;
+        bool take = s < M && (hot ? s < s0 + H : lo >= s0 && lo < s0 + H);
         bool last = s == (hot && hi > s0 + H ? s0 + H : hi) - 1;
         int slot = hot && lo > s0;
-        pos[e] = sorted[s];
+        pos[e] = p;
         row[e] = take ? k : -1;
         flag[e] = last | hot << 1 | slot << 2;
-        if (take && hot && last) hot_row[slot] = k;
+        if (take && hot && last) hot_row[slot] = k, hot_lo[slot] = lo, hot_hi[slot] = hi;
     }
+    int W = M - s0 < 2 * H ? M - s0 : 2 * H; /* entries of the window (none when s0 >= M) */
     __syncthreads();
     int64_t nv = C / VN, q = blockIdx.x;
     for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
@@ -1521,9 +1556,8 @@ __global__ void __launch_bounds__(ER_THREADS)
     __syncthreads();
     if (threadIdx.x == 0)
         for (int sl = 0; sl < 2; sl++) {
-            int k = hot_row[sl];
+            int k = hot_row[sl], lo = hot_lo[sl], hi = hot_hi[sl];
             if (k < 0) continue;
-            int lo = start[k], hi = start[k + 1];
             unsigned pieces = (unsigned)((hi - 1) / H - lo / H + 1);
             hot_last[sl] = atomicAdd(&ticket[k], 1u) + 1 == pieces;
         }
@@ -1531,8 +1565,8 @@ __global__ void __launch_bounds__(ER_THREADS)
     for (int sl = 0; sl < 2; sl++) {
         int k = hot_row[sl];
         if (k < 0 || !hot_last[sl]) continue;
+        int lo = hot_lo[sl], hi = hot_hi[sl], q0 = lo / H, q1 = (hi - 1) / H;
         __threadfence();
-        int lo = start[k], hi = start[k + 1], q0 = lo / H, q1 = (hi - 1) / H;
         for (int64_t j = threadIdx.x; j < nv; j += blockDim.x) {
             A acc[VN];
 #pragma unroll
@@ -1562,7 +1596,7 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
     S = (S + 31) / 32 * 32;
     if (S > ES_MAX_SLICE) S = ES_MAX_SLICE;
     int64_t nslice = (V + S - 1) / S;
-    size_t es_smem = (size_t)(ES_WARPS + 1) * (size_t)S * sizeof(int);
+    size_t es_smem = (size_t)(ES_WARPS + 2) * (size_t)S * sizeof(int);
     /* H entries per block of k_emb_rows: 64, more for long index lists so that the partial sums
      * (two rows of C per block) stay a small fraction of gout */
     int64_t H = 64;
@@ -1570,14 +1604,13 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
         H *= 2;
     int64_t nq = (n + H - 1) / H;
     size_t o_start = 0, o_ticket = o_start + emb_align((size_t)(V + 1) * 4),
-           o_sorted = o_ticket + emb_align((size_t)V * 4),
-           o_skey = o_sorted + emb_align((size_t)(n > 0 ? n : 1) * 4),
-           o_part = o_skey + emb_align((size_t)(n > 0 ? n : 1) * 4),
+           o_ent = o_ticket + emb_align((size_t)V * 4),
+           o_part = o_ent + emb_align((size_t)(n > 0 ? n : 1) * sizeof(int4)),
            bytes = o_part + emb_align((size_t)(nq > 0 ? 2 * nq : 1) * (size_t)C * sizeof(A));
     char *buf = NULL;
     if (cu_scratch(d, bytes, (void **)&buf)) return fe_last_status();
-    int *start = (int *)(buf + o_start), *sorted = (int *)(buf + o_sorted);
-    int *skey = (int *)(buf + o_skey);
+    int *start = (int *)(buf + o_start);
+    int4 *ent = (int4 *)(buf + o_ent);
     unsigned *ticket = (unsigned *)(buf + o_ticket);
     A *part = (A *)(buf + o_part);
     fe_status st = FE_OK;
@@ -1589,14 +1622,14 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
     if (!st) {
         k_emb_sort<T, VN><<<(unsigned)nslice, ES_THREADS, es_smem, d->stream>>>(
             (T *)fe__ptr(gw), fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, C, (int)S, start,
-            ticket, sorted, skey);
+            ticket, ent);
         st = cu_launched("embedding backward kernel (sort)");
     }
     if (!st && nq > 0)
         st = nn_launch_dep(d, "embedding backward kernel (rows)", k_emb_rows<T, VN>, (unsigned)nq,
                            ER_THREADS, (size_t)6 * (size_t)H * sizeof(int), (T *)fe__ptr(gw),
-                           (const T *)fe__ptr(gout), (const int *)sorted, (const int *)skey,
-                           (const int *)start, ticket, part, (int)V, C, (int)H);
+                           (const T *)fe__ptr(gout), (const int4 *)ent, (const int *)start, ticket,
+                           part, (int)n, (int)V, C, (int)H);
     cu_scratch_free(d, buf, bytes);
     return st;
 }
