@@ -61,50 +61,30 @@ __device__ __forceinline__ int mt_find(const mt_list &L, int64_t c) {
 /* ---- 4 consecutive elements of a compile-time dtype, as floats ---------------------------- */
 
 /* Vector load / store of elements q[0..4) (q aligned to 4 elements: 16 bytes for f32, 8
- * for f16/bf16), and the same for one element. Stores round as the CPU does. */
+ * for f16/bf16). Stores round to nearest, as the CPU does. */
 __device__ __forceinline__ void ld4v(const float *q, float x[4]) {
     float4 t = *(const float4 *)q;
     x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
 }
-__device__ __forceinline__ void ld4v(const __nv_bfloat16 *q, float x[4]) {
+/* f16/bf16: four 16-bit elements in one 8-byte access, converted by cu_to_f / cu_from */
+template <typename T> __device__ __forceinline__ void ld4v(const T *q, float x[4]) {
     uint2 t = *(const uint2 *)q;
-    const __nv_bfloat16 *h = (const __nv_bfloat16 *)&t;
+    const T *h = (const T *)&t;
 #pragma unroll
     for (int k = 0; k < 4; k++)
-        x[k] = __bfloat162float(h[k]);
-}
-__device__ __forceinline__ void ld4v(const __half *q, float x[4]) {
-    uint2 t = *(const uint2 *)q;
-    const __half *h = (const __half *)&t;
-#pragma unroll
-    for (int k = 0; k < 4; k++)
-        x[k] = __half2float(h[k]);
+        x[k] = cu_to_f(h[k]);
 }
 __device__ __forceinline__ void st4v(float *q, const float x[4]) {
     *(float4 *)q = make_float4(x[0], x[1], x[2], x[3]);
 }
-__device__ __forceinline__ void st4v(__nv_bfloat16 *q, const float x[4]) {
+template <typename T> __device__ __forceinline__ void st4v(T *q, const float x[4]) {
     uint2 t;
-    __nv_bfloat16 *h = (__nv_bfloat16 *)&t;
+    T *h = (T *)&t;
 #pragma unroll
     for (int k = 0; k < 4; k++)
-        h[k] = __float2bfloat16_rn(x[k]);
+        h[k] = cu_from<T>(x[k]);
     *(uint2 *)q = t;
 }
-__device__ __forceinline__ void st4v(__half *q, const float x[4]) {
-    uint2 t;
-    __half *h = (__half *)&t;
-#pragma unroll
-    for (int k = 0; k < 4; k++)
-        h[k] = __float2half_rn(x[k]);
-    *(uint2 *)q = t;
-}
-__device__ __forceinline__ float ld1(const float *q) { return *q; }
-__device__ __forceinline__ float ld1(const __nv_bfloat16 *q) { return __bfloat162float(*q); }
-__device__ __forceinline__ float ld1(const __half *q) { return __half2float(*q); }
-__device__ __forceinline__ void st1(float *q, float x) { *q = x; }
-__device__ __forceinline__ void st1(__nv_bfloat16 *q, float x) { *q = __float2bfloat16_rn(x); }
-__device__ __forceinline__ void st1(__half *q, float x) { *q = __float2half_rn(x); }
 
 /* ---- 4 consecutive elements of a runtime dtype ---------------------------------------------- */
 
@@ -354,9 +334,9 @@ __global__ void __launch_bounds__(AW_THREADS, AW_MIN_BLOCKS)
                 for (int u = 0; u < AW_U; u++)
                     for (int i = j + u * AW_THREADS * 4, q = i; q < i + 4 && q < len; q++) {
                         float w = p[q], mq = m[q], vq = v[q];
-                        adamw_elem(w, mq, vq, ld1(g + q), decay, k);
+                        adamw_elem(w, mq, vq, cu_to_f(g[q]), decay, k);
                         p[q] = w, m[q] = mq, v[q] = vq;
-                        if (cp) st1(cp + q, w);
+                        if (cp) cp[q] = cu_from<G>(w);
                     }
             }
         }
