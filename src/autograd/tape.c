@@ -90,9 +90,7 @@ static bool unshared(const fe_tensor *g) {
 
 fe_tensor *fe__take_pending_owned(fe_tensor *t) {
     fe_tensor *g = t ? t->bw_grad : NULL;
-    if (!g || !unshared(g) || g->st->dev.type != t->st->dev.type ||
-        g->st->dev.index != t->st->dev.index)
-        return NULL;
+    if (!g || !unshared(g) || !fe__same_device(g, t)) return NULL;
     return fe__take_pending(t);
 }
 
@@ -107,9 +105,8 @@ fe_tensor *fe_detach(fe_tensor *a) {
  * shared is copied instead. */
 static bool adoptable(const fe_tensor *leaf, const fe_tensor *g) {
     const fe_storage *st = g->st;
-    return unshared(g) && g->dtype == leaf->dtype && st->dev.type == leaf->st->dev.type &&
-           st->dev.index == leaf->st->dev.index && g->offset == 0 && fe_is_contiguous(g) &&
-           st->nbytes == (size_t)fe_numel(g) * fe_dtype_size(g->dtype);
+    return unshared(g) && g->dtype == leaf->dtype && fe__same_device(g, leaf) && g->offset == 0 &&
+           fe_is_contiguous(g) && st->nbytes == (size_t)fe_numel(g) * fe_dtype_size(g->dtype);
 }
 
 /* Add g into a leaf's persistent .grad. The first gradient is adopted as .grad when

@@ -76,6 +76,8 @@ fe_status fe__check_shape(int ndim, const int64_t *shape);
 /* Normalise a dim index into [0, ndim); sets an error and returns -1 when out of range. */
 int fe__norm_dim(int d, int ndim, const char *op);
 bool fe__same_shape(const fe_tensor *a, const fe_tensor *b);
+/* True when a and b live on the same device (type and index). */
+bool fe__same_device(const fe_tensor *a, const fe_tensor *b);
 /* Suspend / resume the current scope (allocations go unowned while suspended). */
 fe_scope *fe__scope_suspend(void);
 void fe__scope_resume(fe_scope *s);

@@ -119,6 +119,10 @@ bool fe__same_shape(const fe_tensor *a, const fe_tensor *b) {
     return true;
 }
 
+bool fe__same_device(const fe_tensor *a, const fe_tensor *b) {
+    return a->st->dev.type == b->st->dev.type && a->st->dev.index == b->st->dev.index;
+}
+
 /* ---- life cycle ---------------------------------------------------------- */
 
 static fe_tensor *header(fe_storage *st, fe_dtype dt, int ndim, const int64_t *shape) {
@@ -372,8 +376,7 @@ fe_status fe_copy_(fe_tensor *dst, const fe_tensor *src) {
         return fe_set_error(FE_ERR_SHAPE, "fe_copy_: shapes differ: %s vs %s",
                             fe_shape_str(dst, a, sizeof a), fe_shape_str(src, b, sizeof b));
     }
-    if (dst->st->dev.type == src->st->dev.type && dst->st->dev.index == src->st->dev.index)
-        return fe__be(dst)->copy(dst, src);
+    if (fe__same_device(dst, src)) return fe__be(dst)->copy(dst, src);
     /* across devices: stage through a contiguous tensor of src's dtype on the host side */
     fe_scope *saved = fe__scope_suspend();
     fe_status st = FE_OK;

@@ -9,11 +9,11 @@ fe_status fe__check_pair(const char *op, const fe_tensor *a, const fe_tensor *b)
     if (a->dtype != b->dtype)
         return fe_set_error(FE_ERR_DTYPE, "%s: dtypes differ (%s and %s)", op,
                             fe_dtype_name(a->dtype), fe_dtype_name(b->dtype));
-    fe_device da = a->st->dev, db = b->st->dev;
-    if (da.type != db.type || da.index != db.index) {
+    if (!fe__same_device(a, b)) {
         char x[16], y[16];
         return fe_set_error(FE_ERR_DEVICE, "%s: inputs are on different devices (%s and %s)", op,
-                            fe_device_str(da, x, sizeof x), fe_device_str(db, y, sizeof y));
+                            fe_device_str(a->st->dev, x, sizeof x),
+                            fe_device_str(b->st->dev, y, sizeof y));
     }
     return FE_OK;
 }

@@ -80,8 +80,7 @@ static fe_status check_args(fe_tensor *x, fe_tensor *w, fe_tensor *targets, int6
     if (targets->dtype != FE_I32 && targets->dtype != FE_I64)
         return fe_set_error(FE_ERR_DTYPE, OP ": targets must be i32 or i64, not %s",
                             fe_dtype_name(targets->dtype));
-    fe_device dx = x->st->dev, dt = targets->st->dev;
-    if (dx.type != dt.type || dx.index != dt.index)
+    if (!fe__same_device(x, targets))
         return fe_set_error(FE_ERR_DEVICE, OP ": targets are on another device than the input");
     int64_t rows = fe__numel_of(x->ndim - 1, x->shape);
     if (fe_numel(targets) != rows)

@@ -223,16 +223,12 @@ static fe_status linear_add_backward(fe_node *n, fe_tensor *out, fe_tensor *g, f
     return st;
 }
 
-static bool same_device(const fe_tensor *a, const fe_tensor *b) {
-    return a->st->dev.type == b->st->dev.type && a->st->dev.index == b->st->dev.index;
-}
-
 fe_tensor *fe__linear_add(fe_tensor *x, fe_tensor *w, fe_tensor *r) {
     if (fe__any_null("linear", 3, x, w, r)) return NULL;
     /* the GEMM adds r when r is laid out exactly as the result; else r is added after */
     bool direct = x->ndim >= 2 && w->ndim == 2 && x->shape[x->ndim - 1] == w->shape[1] &&
-                  fe_dtype_is_float(x->dtype) && w->dtype == x->dtype && same_device(x, w) &&
-                  same_device(x, r);
+                  fe_dtype_is_float(x->dtype) && w->dtype == x->dtype && fe__same_device(x, w) &&
+                  fe__same_device(x, r);
     int64_t shape[FE_MAX_DIMS];
     if (direct) {
         memcpy(shape, x->shape, sizeof shape);
