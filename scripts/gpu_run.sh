@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
-#                      trainbench decoder profile decprof memtrace
+#                      trainbench decoder profile decprof memtrace hostdiag
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -79,10 +79,15 @@ do_memtrace() {
         --steps 4 --bench --device cuda
 }
 do_decoder() { build-gpu/test_decoder; }
+# Host queueing time beside step time, a step at a time (FE_BENCH_SYNC): is the GPU waiting on the host?
+do_hostdiag() {
+    FE_BENCH_SYNC=1 timeout 200 build-gpu/ferric train --preset "${PROFILE_PRESET:-tinyllama}" --synthetic \
+        --steps 8 --bench --device cuda
+}
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
 do_profile() {
     local preset=${PROFILE_PRESET:-small}
-    timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+    timeout 300 ncu --clock-control none --cache-control "${PROFILE_CACHE:-all}" --metrics gpu__time_duration.sum --csv \
         --launch-skip "${PROFILE_SKIP:-3000}" --launch-count "${PROFILE_COUNT:-2500}" \
         build-gpu/ferric train --preset "$preset" --synthetic --steps 8 --bench --device cuda \
         >"$LOGS/profile.csv" 2>"$LOGS/profile.err"
@@ -107,6 +112,7 @@ for s in "$@"; do
     profile) stage profile do_profile ;;
     decprof) stage decprof do_decprof ;;
     memtrace) stage memtrace do_memtrace ;;
+    hostdiag) stage hostdiag do_hostdiag ;;
     *) echo "unknown stage $s" ;;
     esac
 done

@@ -8,6 +8,7 @@
 #include "ferric/runlog.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -287,6 +288,11 @@ fe_status fe_trainer_step(fe_trainer *t) {
         fe_device_sync(o->device);
         t->bench_t0 = now_s();
     }
+    /* FE_BENCH_SYNC=1 (bench runs): wait for the device before and after each step and print
+     * how long the host took to queue the step beside how long the step took in all; when the
+     * two are close, the GPU waits on the host. */
+    bool sync_diag = o->bench && getenv("FE_BENCH_SYNC");
+    if (sync_diag) fe_device_sync(o->device);
     double ts0 = now_s();
     fe_scope *s = fe_scope_begin();
     fe_tensor *loss_sum = NULL, *norm = NULL;
@@ -320,6 +326,12 @@ fe_status fe_trainer_step(fe_trainer *t) {
         emit(t, ev);
     }
     fe_scope_end(s);
+    if (sync_diag) {
+        double queued = now_s();
+        fe_device_sync(o->device);
+        fprintf(stderr, "bench step %lld: host queued it in %.2f ms, the step took %.2f ms\n", (long long)step,
+                (queued - ts0) * 1e3, (now_s() - ts0) * 1e3);
+    }
     t->step_s += now_s() - ts0;
     if (st || o->bench) {
         t->busy_s += now_s() - ts0;
