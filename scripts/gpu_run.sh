@@ -2,6 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
+#                      clocks flashncu
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -84,6 +85,26 @@ do_hostdiag() {
     FE_BENCH_SYNC=1 timeout 200 build-gpu/ferric train --preset "${PROFILE_PRESET:-tinyllama}" --synthetic \
         --steps 8 --bench --device cuda
 }
+# SM clock and power while a TinyLlama bench runs: do the clocks hold under a training step's load?
+do_clocks() {
+    nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_event_reasons.active \
+        --format=csv,noheader -lms 100 >"$LOGS/clocks.csv" &
+    local smi=$!
+    timeout 200 build-gpu/ferric train --preset "${PROFILE_PRESET:-tinyllama}" --synthetic --steps 23 --bench --device cuda
+    local rc=$?
+    kill $smi
+    awk -F', ' '{print $2, $4, $6}' "$LOGS/clocks.csv" | sort | uniq -c | sort -rn | head -25
+    return $rc
+}
+# Nsight Compute's full report of one flash attention backward and forward launch of a TinyLlama step.
+do_flashncu() {
+    local k
+    for k in fa_bwd_kernel fa_fwd_kernel; do
+        timeout 200 ncu --set full -k "regex:$k" --launch-skip 3 --launch-count 1 --print-details all \
+            build-gpu/ferric train --preset "${PROFILE_PRESET:-tinyllama}" --synthetic --steps 1 --bench --device cuda \
+            | grep -v "^==PROF==" | grep -E -v "^\s*$" | cut -c1-150
+    done
+}
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
 do_profile() {
     local preset=${PROFILE_PRESET:-small}
@@ -113,6 +134,8 @@ for s in "$@"; do
     decprof) stage decprof do_decprof ;;
     memtrace) stage memtrace do_memtrace ;;
     hostdiag) stage hostdiag do_hostdiag ;;
+    clocks) stage clocks do_clocks ;;
+    flashncu) stage flashncu do_flashncu ;;
     *) echo "unknown stage $s" ;;
     esac
 done

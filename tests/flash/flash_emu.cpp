@@ -408,7 +408,7 @@ static bool run_case(const Case &c) {
     auto run = [&](auto fwd, auto pre, auto bwd, auto conv) {
         emu::launch(Hq, B, (T + FA_BR - 1) / FA_BR, FA_NT, fa_fwd_smem(D), [&] { fwd(p); });
         emu::launch((FA_TPAD(T) + pre_rows - 1) / pre_rows, Hq, B, 256, 0, [&] { pre(p); });
-        emu::launch(Hq, B, (S + FA_BBC - 1) / FA_BBC, FA_NT, fa_bwd_smem(D), [&] { bwd(p); });
+        emu::launch(Hq, B, (S + fa_bwd_bc(D) - 1) / fa_bwd_bc(D), FA_NT, fa_bwd_smem(D), [&] { bwd(p); });
         emu::launch(conv_blocks, Hq, B, 256, 0, [&] { conv(p, 0); });
         if (G > 1) emu::launch(conv_kv_blocks, 2 * Hkv, B, 256, 0, [&] { conv(p, 1); });
     };

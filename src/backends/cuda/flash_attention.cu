@@ -174,7 +174,16 @@ struct fa_params {
     float scale, sl2; /* scale and scale * log2(e) */
 };
 
-enum { FA_BR = 64, FA_BC = 64, FA_NT = 128, FA_BBC = 64, FA_BBR = 32 };
+enum { FA_BR = 64, FA_BC = 64, FA_NT = 128, FA_BBR = 32 };
+
+/* Backward key tile: each of the 4 warps owns KW m16 tiles of keys. Two at D = 64, so that
+ * every Q, dO fragment read from shared memory feeds two products (shared-memory traffic,
+ * not the tensor cores, bounds the one-tile kernel); one at D = 128, where the dK, dV
+ * registers of two tiles would not fit. */
+constexpr int fa_bwd_bc(int D) { return D == 64 ? 128 : 64; }
+template <int D> struct fa_bwd_tile {
+    static constexpr int bc = fa_bwd_bc(D), kw = bc / 64;
+};
 
 /* T rounded up to whole backward query tiles: the row length of stat, so that a tile
  * of it is aligned, in-bounds runs of 16-byte chunks (host and device). */
@@ -184,7 +193,7 @@ enum { FA_BR = 64, FA_BC = 64, FA_NT = 128, FA_BBC = 64, FA_BBR = 32 };
  * 2x lse, 2x rowsum) kernels for head dim D; rows padded by 8 elements. */
 constexpr int fa_fwd_smem(int D) { return (FA_BR + 2 * FA_BC) * (D + 8) * 2; }
 constexpr int fa_bwd_smem(int D) {
-    return (2 * FA_BBC + 4 * FA_BBR) * (D + 8) * 2 + FA_BBC * (FA_BBR + 8) * 2 + 4 * FA_BBR * 4;
+    return (2 * fa_bwd_bc(D) + 4 * FA_BBR) * (D + 8) * 2 + fa_bwd_bc(D) * (FA_BBR + 8) * 2 + 4 * FA_BBR * 4;
 }
 
 /* Stage rows [r0, r0 + R) of an (nrows, D) matrix with row stride ld (elements) into a
@@ -425,8 +434,8 @@ template <bool BF, int D> FA_KERNEL(256) fa_convert_kernel(const fa_params p, in
  * At D = 64, 3 CTAs per SM (<= 168 registers): left to itself ptxas takes a few more
  * registers and fits only 2. At D = 128 no minimum (0): 2 fit, and asking for them
  * costs a spill. */
-template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 3 : 0) fa_bwd_kernel(const fa_params p) {
-    constexpr int BC = FA_BBC, BR = FA_BBR, LD = D + 8, LDS = BR + 8;
+template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 2 : 0) fa_bwd_kernel(const fa_params p) {
+    constexpr int KW = fa_bwd_tile<D>::kw, BC = fa_bwd_tile<D>::bc, BR = FA_BBR, LD = D + 8, LDS = BR + 8;
     constexpr int WR = BR / 16;        /* warps along the query rows of dQ */
     constexpr int DW = D / (4 / WR);   /* dQ columns per warp */
     uint16_t *sK = reinterpret_cast<uint16_t *>(fa_smem());
@@ -469,12 +478,16 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 3 : 0) fa_bwd_kernel(co
     };
     if (total > 0) prefetch(0, 0);
 
-    float dk[D / 8][4], dv[D / 8][4];
+    /* this warp's keys: KW m16 tiles from row w0 of the CTA's tile; lane holds keys
+     * w0 + 16 m + g and + 8 of tile m */
+    const int w0 = warp * 16 * KW;
+    float dk[KW][D / 8][4], dv[KW][D / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 8; n++)
+    for (int m = 0; m < KW; m++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) dk[n][e] = dv[n][e] = 0.f;
-    const int key0 = kv0 + warp * 16 + g; /* this lane's keys: key0 and key0 + 8 */
+        for (int n = 0; n < D / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dk[m][n][e] = dv[m][n][e] = 0.f;
 
     for (int it = 0; it < total; it++) {
         const int buf = it & 1;
@@ -485,101 +498,136 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 3 : 0) fa_bwd_kernel(co
         const uint16_t *cQ = sQ + buf * BR * LD, *cdO = sdO + buf * BR * LD;
         const float *cL = sSt + 2 * buf * BR, *cDi = cL + BR;
 
-        /* S^T = K Q^T: 16 keys x 32 queries per warp */
-        float s[BR / 8][4];
+        /* S^T = K Q^T: 16 KW keys x 32 queries per warp, each Q fragment used KW times */
+        float s[KW][BR / 8][4];
 #pragma unroll
-        for (int n = 0; n < BR / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+        for (int m = 0; m < KW; m++)
+#pragma unroll
+            for (int n = 0; n < BR / 8; n++) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t ka[4];
-            fa_ldsm4(ka, sK + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 +
-                             (lane >> 4) * 8);
+            uint32_t ka[KW][4];
+#pragma unroll
+            for (int m = 0; m < KW; m++)
+                fa_ldsm4(ka[m], sK + (w0 + 16 * m + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                    kk * 16 + (lane >> 4) * 8);
 #pragma unroll
             for (int np = 0; np < BR / 16; np++) {
                 uint32_t qb[4];
                 fa_ldsm4(qb, cQ + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 +
                                  ((lane >> 3) & 1) * 8);
-                fa_mma<BF>(s[2 * np], ka, qb[0], qb[1]);
-                fa_mma<BF>(s[2 * np + 1], ka, qb[2], qb[3]);
+#pragma unroll
+                for (int m = 0; m < KW; m++) {
+                    fa_mma<BF>(s[m][2 * np], ka[m], qb[0], qb[1]);
+                    fa_mma<BF>(s[m][2 * np + 1], ka[m], qb[2], qb[3]);
+                }
             }
         }
 
         /* P^T = exp(scale s - lse), zero where masked */
         const bool need_mask = kv0 + BC > S || (p.causal && kv0 + BC - 1 > i0 + S - T);
 #pragma unroll
-        for (int n = 0; n < BR / 8; n++)
+        for (int m = 0; m < KW; m++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int qi = 8 * n + 2 * t + (e & 1), j = key0 + 8 * (e >> 1), i = i0 + qi;
-                const bool masked = need_mask && (j >= S || (p.causal && j > i + S - T));
-                s[n][e] = masked ? 0.f : fa_ex2(fmaf(s[n][e], p.sl2, -cL[qi]));
-            }
+            for (int n = 0; n < BR / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int qi = 8 * n + 2 * t + (e & 1), i = i0 + qi;
+                    const int j = kv0 + w0 + 16 * m + g + 8 * (e >> 1);
+                    const bool masked = need_mask && (j >= S || (p.causal && j > i + S - T));
+                    s[m][n][e] = masked ? 0.f : fa_ex2(fmaf(s[m][n][e], p.sl2, -cL[qi]));
+                }
 
         /* dV += P^T dO */
 #pragma unroll
         for (int kk = 0; kk < BR / 16; kk++) {
-            const uint32_t pa[4] = {fa_pack<BF>(s[2 * kk][0], s[2 * kk][1]),
-                                    fa_pack<BF>(s[2 * kk][2], s[2 * kk][3]),
-                                    fa_pack<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                    fa_pack<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            uint32_t pa[KW][4];
+#pragma unroll
+            for (int m = 0; m < KW; m++) {
+                pa[m][0] = fa_pack<BF>(s[m][2 * kk][0], s[m][2 * kk][1]);
+                pa[m][1] = fa_pack<BF>(s[m][2 * kk][2], s[m][2 * kk][3]);
+                pa[m][2] = fa_pack<BF>(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
+                pa[m][3] = fa_pack<BF>(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t ob[4];
                 fa_ldsm4t(ob, cdO + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
                                   dp * 16 + (lane >> 4) * 8);
-                fa_mma<BF>(dv[2 * dp], pa, ob[0], ob[1]);
-                fa_mma<BF>(dv[2 * dp + 1], pa, ob[2], ob[3]);
+#pragma unroll
+                for (int m = 0; m < KW; m++) {
+                    fa_mma<BF>(dv[m][2 * dp], pa[m], ob[0], ob[1]);
+                    fa_mma<BF>(dv[m][2 * dp + 1], pa[m], ob[2], ob[3]);
+                }
             }
         }
 
         /* dP^T = V dO^T */
-        float dp_[BR / 8][4];
+        float dp_[KW][BR / 8][4];
 #pragma unroll
-        for (int n = 0; n < BR / 8; n++) dp_[n][0] = dp_[n][1] = dp_[n][2] = dp_[n][3] = 0.f;
+        for (int m = 0; m < KW; m++)
+#pragma unroll
+            for (int n = 0; n < BR / 8; n++)
+                dp_[m][n][0] = dp_[m][n][1] = dp_[m][n][2] = dp_[m][n][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
-            uint32_t va[4];
-            fa_ldsm4(va, sV + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 +
-                             (lane >> 4) * 8);
+            uint32_t va[KW][4];
+#pragma unroll
+            for (int m = 0; m < KW; m++)
+                fa_ldsm4(va[m], sV + (w0 + 16 * m + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                    kk * 16 + (lane >> 4) * 8);
 #pragma unroll
             for (int np = 0; np < BR / 16; np++) {
                 uint32_t ob[4];
                 fa_ldsm4(ob, cdO + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 +
                                  ((lane >> 3) & 1) * 8);
-                fa_mma<BF>(dp_[2 * np], va, ob[0], ob[1]);
-                fa_mma<BF>(dp_[2 * np + 1], va, ob[2], ob[3]);
+#pragma unroll
+                for (int m = 0; m < KW; m++) {
+                    fa_mma<BF>(dp_[m][2 * np], va[m], ob[0], ob[1]);
+                    fa_mma<BF>(dp_[m][2 * np + 1], va[m], ob[2], ob[3]);
+                }
             }
         }
 
         /* dS^T = P^T * (dP^T - rowsum(dO * O)) (gradient of the scaled scores) */
 #pragma unroll
-        for (int n = 0; n < BR / 8; n++)
+        for (int m = 0; m < KW; m++)
 #pragma unroll
-            for (int e = 0; e < 4; e++) s[n][e] *= dp_[n][e] - cDi[8 * n + 2 * t + (e & 1)];
+            for (int n = 0; n < BR / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[m][n][e] *= dp_[m][n][e] - cDi[8 * n + 2 * t + (e & 1)];
 
         /* dK += dS^T Q (scaled at the end); dS^T to shared for dQ */
 #pragma unroll
         for (int kk = 0; kk < BR / 16; kk++) {
-            const uint32_t da[4] = {fa_pack<BF>(s[2 * kk][0], s[2 * kk][1]),
-                                    fa_pack<BF>(s[2 * kk][2], s[2 * kk][3]),
-                                    fa_pack<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                    fa_pack<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-            fa_st32(sdS + (warp * 16 + g) * LDS + 16 * kk + 2 * t, da[0]);
-            fa_st32(sdS + (warp * 16 + g + 8) * LDS + 16 * kk + 2 * t, da[1]);
-            fa_st32(sdS + (warp * 16 + g) * LDS + 16 * kk + 8 + 2 * t, da[2]);
-            fa_st32(sdS + (warp * 16 + g + 8) * LDS + 16 * kk + 8 + 2 * t, da[3]);
+            uint32_t da[KW][4];
+#pragma unroll
+            for (int m = 0; m < KW; m++) {
+                da[m][0] = fa_pack<BF>(s[m][2 * kk][0], s[m][2 * kk][1]);
+                da[m][1] = fa_pack<BF>(s[m][2 * kk][2], s[m][2 * kk][3]);
+                da[m][2] = fa_pack<BF>(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
+                da[m][3] = fa_pack<BF>(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+                uint16_t *row = sdS + (w0 + 16 * m + g) * LDS + 16 * kk + 2 * t;
+                fa_st32(row, da[m][0]);
+                fa_st32(row + 8 * LDS, da[m][1]);
+                fa_st32(row + 8, da[m][2]);
+                fa_st32(row + 8 * LDS + 8, da[m][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t qb[4];
                 fa_ldsm4t(qb, cQ + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 +
                                   (lane >> 4) * 8);
-                fa_mma<BF>(dk[2 * dp], da, qb[0], qb[1]);
-                fa_mma<BF>(dk[2 * dp + 1], da, qb[2], qb[3]);
+#pragma unroll
+                for (int m = 0; m < KW; m++) {
+                    fa_mma<BF>(dk[m][2 * dp], da[m], qb[0], qb[1]);
+                    fa_mma<BF>(dk[m][2 * dp + 1], da[m], qb[2], qb[3]);
+                }
             }
         }
         fa_sync(); /* all of dS^T written */
 
-        /* dQ[rows rw*16.., cols cw*DW..] += scale * dS K over this tile's 64 keys */
+        /* dQ[rows rw*16.., cols cw*DW..] += scale * dS K over this tile's BC keys */
         {
             const int rw = warp % WR, cw = warp / WR;
             float dq[DW / 8][4];
@@ -617,37 +665,41 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 3 : 0) fa_bwd_kernel(co
         /* add this head's share of dK (scaled), dV into the group's f32 accumulators */
         const size_t krow = ((size_t)b * p.Hkv + hk) * S;
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int j = key0 + 8 * r;
-            if (total > 0 && j < S) {
-                float *dK = p.dk + (krow + j) * D + 2 * t, *dV = p.dv + (krow + j) * D + 2 * t;
+        for (int m = 0; m < KW; m++)
 #pragma unroll
-                for (int n = 0; n < D / 8; n++) {
-                    fa_red2(dK + 8 * n, dk[n][2 * r] * p.scale, dk[n][2 * r + 1] * p.scale);
-                    fa_red2(dV + 8 * n, dv[n][2 * r], dv[n][2 * r + 1]);
+            for (int r = 0; r < 2; r++) {
+                const int j = kv0 + w0 + 16 * m + g + 8 * r;
+                if (total > 0 && j < S) {
+                    float *dK = p.dk + (krow + j) * D + 2 * t, *dV = p.dv + (krow + j) * D + 2 * t;
+#pragma unroll
+                    for (int n = 0; n < D / 8; n++) {
+                        fa_red2(dK + 8 * n, dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale);
+                        fa_red2(dV + 8 * n, dv[m][n][2 * r], dv[m][n][2 * r + 1]);
+                    }
                 }
             }
-        }
         return;
     }
     /* stage dK (scaled), dV in this warp's own rows of sK, sV and copy out */
     fa_sync();
 #pragma unroll
-    for (int r = 0; r < 2; r++)
+    for (int m = 0; m < KW; m++)
 #pragma unroll
-        for (int n = 0; n < D / 8; n++) {
-            const int off = (warp * 16 + g + 8 * r) * LD + 8 * n + 2 * t;
-            fa_st32(sK + off, fa_pack<BF>(dk[n][2 * r] * p.scale, dk[n][2 * r + 1] * p.scale));
-            fa_st32(sV + off, fa_pack<BF>(dv[n][2 * r], dv[n][2 * r + 1]));
-        }
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) {
+                const int off = (w0 + 16 * m + g + 8 * r) * LD + 8 * n + 2 * t;
+                fa_st32(sK + off, fa_pack<BF>(dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale));
+                fa_st32(sV + off, fa_pack<BF>(dv[m][n][2 * r], dv[m][n][2 * r + 1]));
+            }
     fa_syncwarp();
     uint16_t *gK = p.gk + b * p.sgk.b + hk * p.sgk.h, *gV = p.gv + b * p.sgv.b + hk * p.sgv.h;
 #pragma unroll
-    for (int c = lane; c < 16 * (D / 8); c += 32) {
-        const int r = c / (D / 8), cc = c % (D / 8), j = kv0 + warp * 16 + r;
+    for (int c = lane; c < 16 * KW * (D / 8); c += 32) {
+        const int r = c / (D / 8), cc = c % (D / 8), j = kv0 + w0 + r;
         if (j < S) {
-            fa_copy16(gK + j * p.sgk.r + cc * 8, sK + (warp * 16 + r) * LD + cc * 8);
-            fa_copy16(gV + j * p.sgv.r + cc * 8, sV + (warp * 16 + r) * LD + cc * 8);
+            fa_copy16(gK + j * p.sgk.r + cc * 8, sK + (w0 + r) * LD + cc * 8);
+            fa_copy16(gV + j * p.sgv.r + cc * 8, sV + (w0 + r) * LD + cc * 8);
         }
     }
 }
@@ -779,7 +831,7 @@ template <bool BF, int D> static fe_status fa_backward(const fa_params &p, int B
     static bool optin = false;
     fe_status st = fa_smem_optin(fa_bwd_kernel<BF, D>, fa_bwd_smem(D), &optin);
     if (st) return st;
-    const unsigned ktiles = (unsigned)((p.S + FA_BBC - 1) / FA_BBC);
+    const unsigned ktiles = (unsigned)((p.S + fa_bwd_bc(D) - 1) / fa_bwd_bc(D));
     if (p.T == 0 || p.Hq == 0) {
         /* no queries: dK = dV = 0, written by the direct (G = 1) path of CTAs that see no
          * query tile; no scratch is used */
