@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu
+#                      clocks flashncu ferbench
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +73,7 @@ do_decprof() {
     grep -c k_dec "$LOGS/decprof.csv"
     return $rc
 }
+do_ferbench() { timeout 300 bash bench/train_llama.sh --no-torch ${TRAINBENCH_ARGS:-}; }
 do_trainbench() { timeout 500 bash bench/train_llama.sh ${TRAINBENCH_ARGS:-}; }
 # What is live at the memory peak of a TinyLlama training step (FE_MEM_TRACE histogram).
 do_memtrace() {
@@ -129,6 +130,7 @@ for s in "$@"; do
     hfparity) stage hfparity do_hfparity ;;
     decode) stage decode do_decode ;;
     trainbench) stage trainbench do_trainbench ;;
+    ferbench) stage ferbench do_ferbench ;;
     decoder) stage decoder do_decoder ;;
     profile) stage profile do_profile ;;
     decprof) stage decprof do_decprof ;;
