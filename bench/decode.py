@@ -124,16 +124,6 @@ def main():
                     ("ferric, one warp per row pair", {"FE_DECODE_KSPLIT": "1"}),
                     ("ferric, 2 warps per row pair", {"FE_DECODE_KSPLIT": "2"}),
                     ("ferric, 4 warps per row pair", {"FE_DECODE_KSPLIT": "4"}),
-                    ("ferric, no L2 prefetch", {"FE_DECODE_PREFETCH_MB": "0"}),
-                    ("ferric, L2 prefetch 8 MB", {"FE_DECODE_PREFETCH_MB": "8"}),
-                    ("ferric, L2 prefetch 32 MB", {"FE_DECODE_PREFETCH_MB": "32"}),
-                    ("ferric, L2 prefetch 48 MB", {"FE_DECODE_PREFETCH_MB": "48"}),
-                    ("ferric, 2 blocks/SM", {"FE_DECODE_BLOCKS_PER_SM": "2"}),
-                    ("ferric, 2 blocks/SM, no prefetch", {"FE_DECODE_BLOCKS_PER_SM": "2",
-                                                          "FE_DECODE_PREFETCH_MB": "0"}),
-                    ("ferric, 2 blocks/SM, 32 MB", {"FE_DECODE_BLOCKS_PER_SM": "2",
-                                                    "FE_DECODE_PREFETCH_MB": "32"}),
-                    ("ferric, 3 blocks/SM", {"FE_DECODE_BLOCKS_PER_SM": "3"}),
                     ("ferric op-by-op", {"FE_DECODE": "generic"}))
         for label, env in variants:
             t = time.perf_counter()

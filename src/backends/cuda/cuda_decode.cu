@@ -51,11 +51,6 @@ __device__ __forceinline__ void dec_launch_next() {
 }
 __device__ __forceinline__ void dec_wait_prev() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
 
-/* Ask L2 for `bytes` (a multiple of 16) from the 16-byte aligned p, without waiting. */
-__device__ __forceinline__ void dec_prefetch_l2(const void *p, unsigned bytes) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-}
-
 /* ---- kernels ------------------------------------------------------------------------- */
 
 struct dec_gemv_args {
@@ -71,7 +66,6 @@ struct dec_gemv_args {
     const float *inv_freq;
     int D, Hq, Hkv, cap;
     const int *params; /* token, position */
-    int pf_iters;      /* rounds of the block loop whose rows go to L2 before the wait */
 };
 
 /* The two rows warp task p computes (r1 NULL when p has one), and for QKV the segment
@@ -118,18 +112,6 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     bool waited = false, loaded = false; /* loaded: u0, u1 hold this pair's first chunks */
     uint4 u0[U], u1[U];
     /* the U chunks from k on of rows r0, r1 */
-    /* Before waiting for the previous kernel (which still streams its own weights), ask
-     * L2 for the whole weight rows of this block's first pf_iters rounds: one bulk
-     * prefetch per row, so that DRAM keeps streaming across the kernel boundary. */
-    for (int i = threadIdx.x; i < a.pf_iters * ppb * 2; i += DEC_THREADS) {
-        const int pb = blockIdx.x + (i / (2 * ppb)) * (int)gridDim.x, p = pb * ppb + (i / 2) % ppb;
-        if (p >= a.npairs) continue;
-        const T *r0, *r1;
-        int sg, bs, jn, hf;
-        dec_rows<T, MODE>(a, p, r0, r1, sg, bs, jn, hf);
-        const T *r = i % 2 ? r1 : r0;
-        if (r) dec_prefetch_l2(r, (unsigned)(K * sizeof(T)));
-    }
     auto load_first = [&](const T *r0, const T *r1, int k) {
 #pragma unroll
         for (int i = 0; i < U; i++) {
@@ -421,7 +403,6 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
-    double prefetch_bytes; /* L2 prefetch per matrix-vector kernel (FE_DECODE_PREFETCH_MB) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
 };
@@ -480,14 +461,8 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
      * warp, 973 with four, and 1109 choosing 2 or 4 by the number of pairs */
     const int vec = 16 / (int)sizeof(T);
     a.ks = e->ksplit ? e->ksplit : a.K / 2 >= 32 * vec ? 2 : 1;
-    const unsigned grid = dec_grid(e, a.npairs * a.ks);
-    /* L2 prefetch before the wait: whole rounds of the block loop, up to prefetch_bytes
-     * for the kernel (L2 must still hold them when the kernel gets to them) */
-    const double round = (double)grid * (DEC_WARPS / a.ks) * 2 * a.K * sizeof(T);
-    a.pf_iters = (int)((double)e->prefetch_bytes / round);
-    if (a.K * sizeof(T) % 16) a.pf_iters = 0;
-    return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>, grid,
-                      DEC_THREADS, 0, a);
+    return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
+                      dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
 
 /* Queue one token step on the engine's stream (captured into the graph). */
@@ -576,8 +551,6 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *ksp = getenv("FE_DECODE_KSPLIT");
     int kv = ksp ? atoi(ksp) : 0;
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
-    const char *pf = getenv("FE_DECODE_PREFETCH_MB");
-    e->prefetch_bytes = (pf && atof(pf) >= 0 ? atof(pf) : 16.0) * 1048576.0;
     /* f32 activations, each start rounded up to 16 floats */
     size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
     size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
