@@ -41,7 +41,7 @@ if [ "$bench" = 1 ]; then
   echo "== benchmark"
   ./build-flash/flash_check --bench --all 2>&1 | tee "$log/flash_bench.log"
   if python3 -c 'import torch' 2>/dev/null; then
-    python3 bench/attention.py --binary build-flash/flash_check 2>&1 | tee "$log/attention_bench.log"
+    python3 bench/attention.py --binary build-flash/flash_check --all 2>&1 | tee "$log/attention_bench.log"
   else
     echo "torch not installed: PyTorch comparison skipped"
   fi

@@ -406,7 +406,7 @@ static bool run_case(const Case &c) {
     const int conv_kv_blocks = (S * (D / 8) + 255) / 256 > 1 ? 2 : 1;
     const int pre_rows = D == 64 ? fa_pre<64>::rows : fa_pre<128>::rows;
     auto run = [&](auto fwd, auto pre, auto bwd, auto conv) {
-        emu::launch(Hq, B, (T + FA_BR - 1) / FA_BR, FA_NT, fa_fwd_smem(D), [&] { fwd(p); });
+        emu::launch(Hq, B, (T + fa_fwd_br(D) - 1) / fa_fwd_br(D), FA_NT, fa_fwd_smem(D), [&] { fwd(p); });
         emu::launch((FA_TPAD(T) + pre_rows - 1) / pre_rows, Hq, B, 256, 0, [&] { pre(p); });
         emu::launch(Hq, B, (S + fa_bwd_bc(D) - 1) / fa_bwd_bc(D), FA_NT, fa_bwd_smem(D), [&] { bwd(p); });
         emu::launch(conv_blocks, Hq, B, 256, 0, [&] { conv(p, 0); });

@@ -174,7 +174,14 @@ struct fa_params {
     float scale, sl2; /* scale and scale * log2(e) */
 };
 
-enum { FA_BR = 64, FA_BC = 64, FA_NT = 128, FA_BBR = 32 };
+enum { FA_BC = 64, FA_NT = 128, FA_BBR = 32 };
+
+/* Forward query tile: each of the 4 warps owns QW m16 tiles of query rows, two at D = 64
+ * (K, V fragments then feed two products each), one at D = 128 (registers). */
+constexpr int fa_fwd_br(int D) { return D == 64 ? 128 : 64; }
+template <int D> struct fa_fwd_tile {
+    static constexpr int br = fa_fwd_br(D), qw = br / 64;
+};
 
 /* Backward key tile: each of the 4 warps owns KW m16 tiles of keys. Two at D = 64, so that
  * every Q, dO fragment read from shared memory feeds two products (shared-memory traffic,
@@ -191,7 +198,7 @@ template <int D> struct fa_bwd_tile {
 
 /* Shared bytes of the forward (Q, K, V tiles) and backward (K, V, 2x Q, 2x dO, dS^T,
  * 2x lse, 2x rowsum) kernels for head dim D; rows padded by 8 elements. */
-constexpr int fa_fwd_smem(int D) { return (FA_BR + 2 * FA_BC) * (D + 8) * 2; }
+constexpr int fa_fwd_smem(int D) { return (fa_fwd_br(D) + 2 * FA_BC) * (D + 8) * 2; }
 constexpr int fa_bwd_smem(int D) {
     return (2 * fa_bwd_bc(D) + 4 * FA_BBR) * (D + 8) * 2 + fa_bwd_bc(D) * (FA_BBR + 8) * 2 + 4 * FA_BBR * 4;
 }
@@ -215,9 +222,11 @@ FA_DEV void fa_load_tile(uint16_t *s, const uint16_t *g, long long ld, int r0, i
     }
 }
 
-/* out, lse for one (head, batch, query tile). Grid (Hq, B, ceil(T / 64)), 128 threads. */
+/* out, lse for one (head, batch, query tile). Grid (Hq, B, ceil(T / BR)), 128 threads;
+ * each warp owns QW m16 tiles of query rows (BR = 64 QW), so that every K and V fragment
+ * read from shared memory feeds QW products. */
 template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
-    constexpr int BR = FA_BR, BC = FA_BC, LD = D + 8;
+    constexpr int QW = fa_fwd_tile<D>::qw, BR = fa_fwd_tile<D>::br, BC = FA_BC, LD = D + 8;
     uint16_t *sQ = reinterpret_cast<uint16_t *>(fa_smem());
     uint16_t *sK = sQ + BR * LD, *sV = sK + BC * LD;
     const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
@@ -225,7 +234,7 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
     /* heavy (late) query tiles first under the causal mask */
     const int qt = p.causal ? (T + BR - 1) / BR - 1 - fa_bz() : fa_bz();
     const int h = fa_bx(), b = fa_by(), hk = h / p.G;
-    const int i0 = qt * BR;
+    const int i0 = qt * BR, w0 = warp * 16 * QW; /* this warp's first row in the tile */
     const size_t qrow = ((size_t)b * p.Hq + h) * T; /* lse rows */
     const uint16_t *Q = p.q + b * p.sq.b + h * p.sq.h;
     const uint16_t *K = p.k + b * p.sk.b + hk * p.sk.h, *V = p.v + b * p.sv.b + hk * p.sv.h;
@@ -238,18 +247,23 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
     fa_cp_wait();
     fa_sync();
 
-    /* this warp's 16 query rows as A fragments, one per 16 columns of D */
-    uint32_t qf[D / 16][4];
+    /* this warp's query rows as A fragments, one per m tile and 16 columns of D */
+    uint32_t qf[QW][D / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-        fa_ldsm4(qf[kk], sQ + (warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 +
-                             (lane >> 4) * 8);
+    for (int mt = 0; mt < QW; mt++)
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++)
+            fa_ldsm4(qf[mt][kk], sQ + (w0 + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
+                                     kk * 16 + (lane >> 4) * 8);
 
-    float o[D / 8][4];
+    float o[QW][D / 8][4];
 #pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}; /* m in log2 units */
-    const int row0 = i0 + warp * 16 + g;                     /* rows row0 and row0 + 8 */
+    for (int mt = 0; mt < QW; mt++)
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f;
+    float m[QW][2], l[QW][2]; /* m in log2 units */
+#pragma unroll
+    for (int mt = 0; mt < QW; mt++) m[mt][0] = m[mt][1] = -INFINITY, l[mt][0] = l[mt][1] = 0.f;
 
     for (int jt = 0; jt < n_tiles; jt++) {
         const int kv0 = jt * BC;
@@ -260,10 +274,12 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
         fa_load_tile<BC, D>(sV, V, p.sv.r, kv0, S);
         fa_cp_commit();
 
-        /* S = Q K^T for 16 rows x 64 keys */
-        float s[BC / 8][4];
+        /* S = Q K^T for 16 QW rows x 64 keys */
+        float s[QW][BC / 8][4];
 #pragma unroll
-        for (int n = 0; n < BC / 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+        for (int mt = 0; mt < QW; mt++)
+#pragma unroll
+            for (int n = 0; n < BC / 8; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
 #pragma unroll
@@ -271,45 +287,53 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
                 uint32_t kb[4];
                 fa_ldsm4(kb, sK + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 +
                                  ((lane >> 3) & 1) * 8);
-                fa_mma<BF>(s[2 * np], qf[kk], kb[0], kb[1]);
-                fa_mma<BF>(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+#pragma unroll
+                for (int mt = 0; mt < QW; mt++) {
+                    fa_mma<BF>(s[mt][2 * np], qf[mt][kk], kb[0], kb[1]);
+                    fa_mma<BF>(s[mt][2 * np + 1], qf[mt][kk], kb[2], kb[3]);
+                }
             }
         }
 
         if (kv0 + BC > S || (p.causal && kv0 + BC - 1 > i0 + S - T)) {
 #pragma unroll
-            for (int n = 0; n < BC / 8; n++)
+            for (int mt = 0; mt < QW; mt++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int j = kv0 + 8 * n + 2 * t + (e & 1), i = row0 + 8 * (e >> 1);
-                    if (j >= S || (p.causal && j > i + S - T)) s[n][e] = -INFINITY;
-                }
+                for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int j = kv0 + 8 * n + 2 * t + (e & 1), i = i0 + w0 + 16 * mt + g + 8 * (e >> 1);
+                        if (j >= S || (p.causal && j > i + S - T)) s[mt][n][e] = -INFINITY;
+                    }
         }
 
-        /* online softmax, rows g (r = 0) and g + 8 (r = 1); a row lives in 4 lanes */
+        /* online softmax, rows g (r = 0) and g + 8 (r = 1) of each m tile; a row lives in
+         * 4 lanes */
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
-            float mx = -INFINITY;
+        for (int mt = 0; mt < QW; mt++)
 #pragma unroll
-            for (int n = 0; n < BC / 8; n++) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-            mx = fmaxf(mx, fa_shfl_xor(mx, 1));
-            mx = fmaxf(mx, fa_shfl_xor(mx, 2));
-            const float m_new = fmaxf(m[r], mx * p.sl2);
-            const float m_use = m_new == -INFINITY ? 0.f : m_new;
-            const float alpha = fa_ex2(m[r] - m_use);
-            float sum = 0.f;
+            for (int r = 0; r < 2; r++) {
+                float mx = -INFINITY;
 #pragma unroll
-            for (int n = 0; n < BC / 8; n++) {
-                float p0 = fa_ex2(fmaf(s[n][2 * r], p.sl2, -m_use));
-                float p1 = fa_ex2(fmaf(s[n][2 * r + 1], p.sl2, -m_use));
-                s[n][2 * r] = p0, s[n][2 * r + 1] = p1;
-                sum += p0 + p1;
+                for (int n = 0; n < BC / 8; n++) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+                mx = fmaxf(mx, fa_shfl_xor(mx, 1));
+                mx = fmaxf(mx, fa_shfl_xor(mx, 2));
+                const float m_new = fmaxf(m[mt][r], mx * p.sl2);
+                const float m_use = m_new == -INFINITY ? 0.f : m_new;
+                const float alpha = fa_ex2(m[mt][r] - m_use);
+                float sum = 0.f;
+#pragma unroll
+                for (int n = 0; n < BC / 8; n++) {
+                    float p0 = fa_ex2(fmaf(s[mt][n][2 * r], p.sl2, -m_use));
+                    float p1 = fa_ex2(fmaf(s[mt][n][2 * r + 1], p.sl2, -m_use));
+                    s[mt][n][2 * r] = p0, s[mt][n][2 * r + 1] = p1;
+                    sum += p0 + p1;
+                }
+                l[mt][r] = l[mt][r] * alpha + sum;
+                m[mt][r] = m_new;
+#pragma unroll
+                for (int n = 0; n < D / 8; n++) o[mt][n][2 * r] *= alpha, o[mt][n][2 * r + 1] *= alpha;
             }
-            l[r] = l[r] * alpha + sum;
-            m[r] = m_new;
-#pragma unroll
-            for (int n = 0; n < D / 8; n++) o[n][2 * r] *= alpha, o[n][2 * r + 1] *= alpha;
-        }
 
         /* V tile jt has landed; every warp is done with K tile jt */
         fa_cp_wait();
@@ -322,41 +346,50 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
         /* O += P V */
 #pragma unroll
         for (int kk = 0; kk < BC / 16; kk++) {
-            const uint32_t pa[4] = {fa_pack<BF>(s[2 * kk][0], s[2 * kk][1]),
-                                    fa_pack<BF>(s[2 * kk][2], s[2 * kk][3]),
-                                    fa_pack<BF>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                                    fa_pack<BF>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+            uint32_t pa[QW][4];
+#pragma unroll
+            for (int mt = 0; mt < QW; mt++) {
+                pa[mt][0] = fa_pack<BF>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                pa[mt][1] = fa_pack<BF>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                pa[mt][2] = fa_pack<BF>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                pa[mt][3] = fa_pack<BF>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+            }
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t vb[4];
                 fa_ldsm4t(vb, sV + (kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 +
                                   (lane >> 4) * 8);
-                fa_mma<BF>(o[2 * dp], pa, vb[0], vb[1]);
-                fa_mma<BF>(o[2 * dp + 1], pa, vb[2], vb[3]);
+#pragma unroll
+                for (int mt = 0; mt < QW; mt++) {
+                    fa_mma<BF>(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
+                    fa_mma<BF>(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+                }
             }
         }
     }
 
     /* normalise, write lse, stage O in this warp's own rows of sQ, copy out */
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-        float lt = l[r];
-        lt += fa_shfl_xor(lt, 1);
-        lt += fa_shfl_xor(lt, 2);
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
-        const int i = row0 + 8 * r;
-        if (t == 0 && i < T) p.lse[qrow + i] = lt > 0.f ? (m[r] + log2f(lt)) * FA_LN2 : -INFINITY;
+    for (int mt = 0; mt < QW; mt++)
 #pragma unroll
-        for (int n = 0; n < D / 8; n++)
-            fa_st32(sQ + (warp * 16 + g + 8 * r) * LD + 8 * n + 2 * t,
-                    fa_pack<BF>(o[n][2 * r] * inv, o[n][2 * r + 1] * inv));
-    }
+        for (int r = 0; r < 2; r++) {
+            float lt = l[mt][r];
+            lt += fa_shfl_xor(lt, 1);
+            lt += fa_shfl_xor(lt, 2);
+            const float inv = lt > 0.f ? 1.f / lt : 0.f;
+            const int rr = w0 + 16 * mt + g + 8 * r, i = i0 + rr;
+            if (t == 0 && i < T) p.lse[qrow + i] = lt > 0.f ? (m[mt][r] + log2f(lt)) * FA_LN2 : -INFINITY;
+#pragma unroll
+            for (int n = 0; n < D / 8; n++)
+                fa_st32(sQ + rr * LD + 8 * n + 2 * t,
+                        fa_pack<BF>(o[mt][n][2 * r] * inv, o[mt][n][2 * r + 1] * inv));
+        }
     fa_syncwarp();
     uint16_t *O = p.out + b * p.so.b + h * p.so.h;
 #pragma unroll
-    for (int c = lane; c < 16 * (D / 8); c += 32) {
-        const int r = c / (D / 8), cc = c % (D / 8), i = i0 + warp * 16 + r;
-        if (i < T) fa_copy16(O + i * p.so.r + cc * 8, sQ + (warp * 16 + r) * LD + cc * 8);
+    for (int c = lane; c < 16 * QW * (D / 8); c += 32) {
+        const int r = c / (D / 8), cc = c % (D / 8), i = i0 + w0 + r;
+        if (i < T) fa_copy16(O + i * p.so.r + cc * 8, sQ + (w0 + r) * LD + cc * 8);
     }
 }
 
@@ -822,7 +855,7 @@ template <bool BF, int D> static fe_status fa_forward(const fa_params &p, int B,
     static bool optin = false;
     fe_status st = fa_smem_optin(fa_fwd_kernel<BF, D>, fa_fwd_smem(D), &optin);
     if (st) return st;
-    dim3 grid((unsigned)p.Hq, (unsigned)B, (unsigned)((p.T + FA_BR - 1) / FA_BR));
+    dim3 grid((unsigned)p.Hq, (unsigned)B, (unsigned)((p.T + fa_fwd_br(D) - 1) / fa_fwd_br(D)));
     fa_fwd_kernel<BF, D><<<grid, FA_NT, fa_fwd_smem(D), s>>>(p);
     return fa_cuda_err(cudaGetLastError(), "forward kernel launch");
 }
