@@ -1,7 +1,9 @@
 /* Flash attention kernels (FlashAttention-2 scheme) on the tensor cores.
  *
- * Forward: one CTA of 4 warps per (head, batch, query tile of 64 rows); each warp
- * owns 16 query rows. Q is loaded once into mma A fragments; K and V tiles of 64
+ * Forward: one CTA of 4 warps per (head, batch, query tile of 128 rows at D = 64, 64 at
+ * D = 128); each warp owns 32 or 16 query rows (two or one m16 tiles, so that at D = 64
+ * every K, V fragment read from shared memory feeds two products). Q is loaded once into
+ * mma A fragments; K and V tiles of 64
  * keys are staged in shared memory with cp.async, V of tile j loading while
  * S = Q K^T runs and K of tile j+1 loading while O += P V runs. Softmax is online in
  * f32 registers with the scale folded into exp2 (log2 units). Fully masked key
@@ -9,7 +11,8 @@
  *
  * Backward: rowsum(dO * O) and the lse in log2 units first (a small kernel, so that the
  * main loop stages them with cp.async like the tiles), then one CTA of 4 warps per
- * (query head, batch, key tile of 64 keys); each warp owns 16 keys and keeps their
+ * (query head, batch, key tile of 128 keys at D = 64, 64 at D = 128); each warp owns 32
+ * or 16 keys (two or one m16 tiles, as in the forward) and keeps their
  * dK, dV in f32 registers while the CTA walks the query tiles (32 rows) of its head
  * that see the tile. dQ is accumulated in an f32 scratch buffer with atomic adds (each
  * CTA adds dS K for its keys) and converted at the end. With grouped KV heads
