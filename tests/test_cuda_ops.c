@@ -7,6 +7,7 @@
 #include "test.h"
 
 #include "backends/backend.h"
+#include "ops/ops_internal.h"
 
 #ifdef FE_HAVE_CUDA
 #include "backends/cuda/cuda_backend.h"
@@ -1017,6 +1018,45 @@ TEST(cuda_cross_entropy_ignored_rows_odd_vocab) {
                      (fe_tensor *[]){logits, fe_cast(t, FE_I32)}, 1, tol_of(dt));
         }
     }
+}
+
+/* ---- linear with its bias (and GELU) in the GEMM's epilogue ------------------------------ */
+
+static fe_tensor *f_linear_act(fe_tensor *const *in, const void *ctx) {
+    int which = ((const op_sel *)ctx)->which; /* 0 linear + bias, 1 GELU + bias, 2 GELU */
+    return which == 0 ? fe_linear(in[0], in[1], in[2])
+                      : fe_linear_gelu(in[0], in[1], which == 1 ? in[2] : NULL);
+}
+
+TEST(cuda_linear_bias_and_gelu_epilogues) {
+    NEED_GPU();
+    /* in and out sizes of whole 16-byte rows take the epilogue; 33 -> 19 is composed */
+    const int64_t shapes[2][3] = {{37, 64, 72}, {5, 33, 19}}; /* rows (x 3 batches), in, out */
+    for (int sh = 0; sh < 2; sh++)
+        for (size_t k = 0; k < 3; k++)
+            for (int which = 0; which < 3; which++) {
+                fe_dtype dt = k_float_dtypes[k];
+                const int64_t *d = shapes[sh];
+                int64_t before = fe__linear_epilogue_runs();
+                op_sel sel = {which};
+                char name[64];
+                snprintf(name, sizeof name, "linear_act %d (%lldx%lld -> %lld)", which,
+                         (long long)d[0], (long long)d[1], (long long)d[2]);
+                check_op(name, f_linear_act, &sel, 3,
+                         (fe_tensor *[]){randn_cpu(3, (int64_t[]){3, d[0], d[1]}, dt),
+                                         fe_randn(2, (int64_t[]){d[2], d[1]}, 0.0, 0.2, dt, CPU),
+                                         randn_cpu(1, (int64_t[]){d[2]}, dt)},
+                         which == 2 ? 3 : 7, tol_of(dt));
+#ifndef FE_TEST_CPU_AS_GPU
+                /* the GPU side took the epilogue exactly when the shape allows it */
+                int64_t ran = fe__linear_epilogue_runs() - before;
+                if (ran != (sh == 0 ? 1 : 0)) {
+                    fe_fails_in_case++;
+                    fprintf(stderr, "  %s (%s): the epilogue ran %lld times, expected %d\n", name,
+                            fe_dtype_name(dt), (long long)ran, sh == 0 ? 1 : 0);
+                }
+#endif
+            }
 }
 
 static fe_tensor *f_silu_gate(fe_tensor *const *in, const void *ctx) {

@@ -101,6 +101,16 @@ TEST(grad_linear) {
     GRADCHECK(f_linear, NULL, LEAF(3, 6), LEAF(4, 6));
 }
 
+static fe_tensor *f_linear_gelu(fe_tensor *const *x, int n, void *c) {
+    (void)c;
+    return fe_linear_gelu(x[0], x[1], n > 2 ? x[2] : NULL);
+}
+
+TEST(grad_linear_gelu) {
+    GRADCHECK(f_linear_gelu, NULL, LEAF(2, 3, 5), LEAF(7, 5), LEAF(7));
+    GRADCHECK(f_linear_gelu, NULL, LEAF(3, 6), LEAF(4, 6));
+}
+
 /* One tensor h = 0.5 x feeding four products (three of them linears, as q/k/v do) and a
  * tanh whose gradient reaches h before the products' (*c = 1: the tape runs the later
  * input of an add first) or after them (0): the products' gradients of h are added by

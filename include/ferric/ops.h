@@ -49,6 +49,11 @@ fe_tensor *fe_max(fe_tensor *a, int ndims, const int *dims, bool keepdim);
 fe_tensor *fe_matmul(fe_tensor *a, fe_tensor *b, bool ta, bool tb);
 /* x (..., in) @ w(out, in)^T + bias(out) -> (..., out); bias may be NULL. */
 fe_tensor *fe_linear(fe_tensor *x, fe_tensor *w, fe_tensor *bias);
+/* GELU (tanh form) of fe_linear(x, w, bias), bias may be NULL. On CUDA, when the operands
+ * allow it (contiguous f32/f16/bf16, in and out sizes multiples of 16 bytes), the bias and
+ * the GELU are the GEMM's epilogue, with no pass of their own; the same holds for
+ * fe_linear's bias. */
+fe_tensor *fe_linear_gelu(fe_tensor *x, fe_tensor *w, fe_tensor *bias);
 
 /* ---- normalisation, activation blocks ---------------------------------- */
 /* Softmax / log-softmax over `dim`. */

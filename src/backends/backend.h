@@ -46,6 +46,8 @@ typedef enum fe_binary_op {
 } fe_binary_op;
 
 typedef enum fe_reduce_op { FE_R_SUM, FE_R_MAX } fe_reduce_op;
+/* activations a GEMM epilogue can apply (linear_act) */
+typedef enum fe_act { FE_ACT_NONE, FE_ACT_GELU_TANH } fe_act;
 typedef enum fe_rand_kind { FE_RAND_UNIFORM, FE_RAND_NORMAL } fe_rand_kind;
 
 /* Arguments of fe_backend.adamw, the update PyTorch's AdamW makes, with g the gradient
@@ -109,6 +111,15 @@ typedef struct fe_backend {
      * 16-bit products) */
     fe_status (*matmul)(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha,
                         const fe_tensor *c);
+    /* Optional (NULL when absent): out (R, N) = act(x (R, K) @ w (N, K)^T + bias (N)) as
+     * one GEMM whose epilogue adds the bias and applies the activation: act FE_ACT_NONE,
+     * or FE_ACT_GELU_TANH, when pre (R, N) receives the value before the activation (the
+     * backward needs it). bias may be NULL (then act is GELU). Every tensor contiguous, of
+     * one dtype among f32/f16/bf16, rows a multiple of 16 bytes, pointers 16-byte aligned
+     * (the op layer checks). Returns FE_OK with *done false when the library has no
+     * algorithm for it: the caller then composes the ops. */
+    fe_status (*linear_act)(fe_tensor *out, fe_tensor *pre, const fe_tensor *x, const fe_tensor *w,
+                            const fe_tensor *bias, int act, bool *done);
 
     /* row kernels over the last dim */
     fe_status (*softmax)(fe_tensor *y, const fe_tensor *x, bool log);

@@ -14,7 +14,10 @@
 #include "ops/ops_internal.h"
 
 #include <inttypes.h>
+#include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static fe_tensor *transpose_raw(fe_tensor *t) {
     int64_t shape[FE_MAX_DIMS], st[FE_MAX_DIMS];
@@ -196,25 +199,122 @@ fe_tensor *fe_matmul(fe_tensor *a, fe_tensor *b, bool ta, bool tb) {
     return out;
 }
 
-fe_tensor *fe_linear(fe_tensor *x, fe_tensor *w, fe_tensor *bias) {
-    if (fe__any_null("linear", 2, x, w)) return NULL;
+/* Shapes of a linear's operands; sets the error and returns false when they do not fit. */
+static bool linear_shapes_ok(const char *name, fe_tensor *x, fe_tensor *w, fe_tensor *bias) {
     if (w->ndim != 2 || x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1]) {
         char a[96], b[96];
-        fe_set_error(FE_ERR_SHAPE, "linear: input %s does not fit weight %s (out, in)",
+        fe_set_error(FE_ERR_SHAPE, "%s: input %s does not fit weight %s (out, in)", name,
                      fe_shape_str(x, a, sizeof a), fe_shape_str(w, b, sizeof b));
-        return NULL;
+        return false;
     }
     if (bias && (bias->ndim != 1 || bias->shape[0] != w->shape[0])) {
         char b[96];
-        fe_set_error(FE_ERR_SHAPE, "linear: bias %s should be (%" PRId64 ",)",
+        fe_set_error(FE_ERR_SHAPE, "%s: bias %s should be (%" PRId64 ",)", name,
                      fe_shape_str(bias, b, sizeof b), w->shape[0]);
+        return false;
+    }
+    return !(bias && fe__check_pair(name, x, bias));
+}
+
+/* ---- linear with a GEMM epilogue (bias, GELU) ------------------------------------------ */
+
+static int64_t g_epilogue_runs; /* linears whose bias/activation the GEMM applied */
+int64_t fe__linear_epilogue_runs(void) { return g_epilogue_runs; }
+
+/* True when the backend can run x w^T + bias (then act) as one GEMM with an epilogue:
+ * it has the entry, and every operand is contiguous, of one 16/32-bit float dtype, with
+ * rows of whole 16-byte chunks on 16-byte aligned pointers, and with an activation a
+ * multiple of 8 outputs (cuBLASLt's rules for the epilogue's vectors and aux matrix). */
+static bool epilogue_ok(fe_tensor *x, fe_tensor *w, fe_tensor *bias, fe_act act) {
+    const fe_backend *be = fe__be(x);
+    const char *off = getenv("FE_LINEAR_EPILOGUE"); /* "0": always compose (measurements) */
+    if (!be->linear_act || (off && !strcmp(off, "0"))) return false;
+    fe_dtype dt = x->dtype;
+    if (x->ndim < 2) return false; /* the node's backward is matmul's, for >= 2-d inputs */
+    if (!(dt == FE_F32 || dt == FE_F16 || dt == FE_BF16) || w->dtype != dt ||
+        !fe__same_device(x, w) || !fe_is_contiguous(x) || !fe_is_contiguous(w))
+        return false;
+    if (bias && (bias->dtype != dt || !fe__same_device(x, bias) || !fe_is_contiguous(bias)))
+        return false;
+    const int64_t es = (int64_t)fe_dtype_size(dt);
+    if ((w->shape[0] * es) % 16 || (w->shape[1] * es) % 16) return false;
+    if (act != FE_ACT_NONE && w->shape[0] % 8) return false; /* the pre-activation's ld */
+    const fe_tensor *ts[3] = {x, w, bias};
+    for (int i = 0; i < 3; i++)
+        if (ts[i] && (uintptr_t)fe__ptr(ts[i]) % 16) return false;
+    return true;
+}
+
+static fe_status linear_act_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {
+    fe_tensor *bias = n->in[2];
+    /* through the activation first: GELU's derivative at the saved pre-activation */
+    fe_tensor *gy = n->i[2] == FE_ACT_GELU_TANH
+                        ? fe__binary_raw(FE_B_GELU_TANH_GRAD, n->saved[0], g, 1, "linear_gelu backward")
+                        : g;
+    if (!gy) return fe_last_status();
+    fe_status st = matmul_backward(n, out, gy, gin); /* x and w, from in[0], in[1] */
+    if (!st && bias && bias->requires_grad && !(gin[2] = fe__sum_to(gy, 1, bias->shape)))
+        st = fe_last_status();
+    return st;
+}
+
+/* act(x w^T + bias) through the backend's epilogue; NULL with *done false when the
+ * backend turned it down (nothing is left set: the caller composes the ops). */
+static fe_tensor *linear_epilogue(const char *name, fe_tensor *x, fe_tensor *w, fe_tensor *bias,
+                                  fe_act act, bool *done) {
+    *done = false;
+    int64_t shape[FE_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = w->shape[0];
+    fe_tensor *out = fe__alloc(x->ndim, shape, x->dtype, x->st->dev);
+    fe_tensor *pre = out && act != FE_ACT_NONE ? fe__alloc(x->ndim, shape, x->dtype, x->st->dev) : NULL;
+    fe_status st = !out || (act != FE_ACT_NONE && !pre) ? fe_last_status()
+                                                         : fe__be(x)->linear_act(out, pre, x, w, bias, act, done);
+    if (st || !*done) {
+        fe_free(out), fe_free(pre);
+        *done = st != FE_OK; /* an error is reported, not composed around */
         return NULL;
+    }
+    g_epilogue_runs++;
+    if (fe__needs_grad(3, (fe_tensor *[]){x, w, bias})) {
+        fe_node *n = fe__record(out, name, linear_act_backward, 3, (fe_tensor *[]){x, w, bias});
+        if (!n) {
+            fe_free(pre);
+            return fe__done(out, FE_ERR_OOM);
+        }
+        n->i[0] = false, n->i[1] = true, n->i[2] = act;
+        if (pre) fe__save(n, 0, pre);
+    }
+    fe_free(pre);
+    return out;
+}
+
+fe_tensor *fe_linear(fe_tensor *x, fe_tensor *w, fe_tensor *bias) {
+    if (fe__any_null("linear", 2, x, w) || !linear_shapes_ok("linear", x, w, bias)) return NULL;
+    if (bias && epilogue_ok(x, w, bias, FE_ACT_NONE)) {
+        bool done;
+        fe_tensor *y = linear_epilogue("linear", x, w, bias, FE_ACT_NONE, &done);
+        if (done) return y;
     }
     /* x's batch dims fold into the rows of one GEMM (see product) */
     fe_tensor *y = fe_matmul(x, w, false, true);
     fe_tensor *yb = y && bias ? fe_add(y, bias) : y;
     if (yb != y) fe_free(y);
     return yb;
+}
+
+fe_tensor *fe_linear_gelu(fe_tensor *x, fe_tensor *w, fe_tensor *bias) {
+    if (fe__any_null("linear_gelu", 2, x, w) || !linear_shapes_ok("linear_gelu", x, w, bias))
+        return NULL;
+    if (epilogue_ok(x, w, bias, FE_ACT_GELU_TANH)) {
+        bool done;
+        fe_tensor *y = linear_epilogue("linear_gelu", x, w, bias, FE_ACT_GELU_TANH, &done);
+        if (done) return y;
+    }
+    fe_tensor *y = fe_linear(x, w, bias);
+    fe_tensor *a = y ? fe_gelu(y, true) : NULL;
+    fe_free(y);
+    return a;
 }
 
 static fe_status linear_add_backward(fe_node *n, fe_tensor *out, fe_tensor *g, fe_tensor **gin) {

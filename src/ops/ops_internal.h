@@ -16,5 +16,8 @@ fe_tensor *fe__contig_raw(fe_tensor *t);
 fe_tensor *fe__unary_raw(fe_unary_op op, fe_tensor *a, double alpha, double beta);
 fe_tensor *fe__binary_raw(fe_binary_op op, fe_tensor *a, fe_tensor *b, double alpha,
                           const char *name);
+/* How many linears (fe_linear with a bias, fe_linear_gelu) the backend's GEMM epilogue has
+ * run in this process (tests check that the fused path is the one taken). */
+int64_t fe__linear_epilogue_runs(void);
 
 #endif

@@ -20,6 +20,7 @@ static const fe_backend k_cuda_backend = {
     .where = fe_cuda_where,
     .reduce = fe_cuda_reduce,
     .matmul = fe_cuda_matmul,
+    .linear_act = fe_cuda_linear_act,
     .softmax = fe_cuda_softmax,
     .softmax_backward = fe_cuda_softmax_backward,
     .rmsnorm = fe_cuda_rmsnorm,

@@ -72,6 +72,8 @@ fe_status fe_cuda_where(fe_tensor *out, const fe_tensor *cond, const fe_tensor *
 fe_status fe_cuda_reduce(fe_reduce_op op, fe_tensor *out, const fe_tensor *a);
 fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe_tensor *b, double alpha,
                          const fe_tensor *c);
+fe_status fe_cuda_linear_act(fe_tensor *out, fe_tensor *pre, const fe_tensor *x, const fe_tensor *w,
+                             const fe_tensor *bias, int act, bool *done);
 
 /* row kernels (cuda_nn.cu) */
 fe_status fe_cuda_softmax(fe_tensor *y, const fe_tensor *x, bool log);

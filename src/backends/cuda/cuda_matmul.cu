@@ -38,7 +38,7 @@ static bool describe(const fe_tensor *t, mat *m) {
 /* ---- the cuBLASLt algorithm cache ----------------------------------------------------------- */
 
 typedef struct gemm_key {
-    int dtype, cdtype, acc, tf32, ta, tb;
+    int dtype, cdtype, acc, tf32, ta, tb, epi;
     int64_t m, n, k, lda, ldb, ldc, batch, sa, sb, sc;
     int al_a, al_b, al_c, dev;
 } gemm_key;
@@ -109,7 +109,23 @@ typedef struct gemm_call {
     const void *A, *B, *C;
     void *D;
     double alpha;
+    /* epilogue (cuBLASLt only; 0 for none): a bias of m elements added to every column,
+     * then with GELU the value before it written to aux (leading dim ldc) */
+    int epi;
+    const void *bias;
+    void *aux;
 } gemm_call;
+
+enum { EPI_NONE = 0, EPI_BIAS, EPI_GELU_AUX, EPI_GELU_AUX_BIAS };
+
+static cublasLtEpilogue_t lt_epilogue(int epi) {
+    switch (epi) {
+    case EPI_BIAS: return CUBLASLT_EPILOGUE_BIAS;
+    case EPI_GELU_AUX: return CUBLASLT_EPILOGUE_GELU_AUX;
+    case EPI_GELU_AUX_BIAS: return CUBLASLT_EPILOGUE_GELU_AUX_BIAS;
+    default: return CUBLASLT_EPILOGUE_DEFAULT;
+    }
+}
 
 static cudaDataType_t cuda_type(int dt) {
     return dt == FE_F32 ? CUDA_R_32F : dt == FE_F16 ? CUDA_R_16F : CUDA_R_16BF;
@@ -132,7 +148,7 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
     gemm_key key;
     memset(&key, 0, sizeof key);
     key.dtype = g->dtype, key.cdtype = g->cdtype, key.acc = g->C != NULL,
-    key.tf32 = ct == CUBLAS_COMPUTE_32F_FAST_TF32, key.ta = g->ta, key.tb = g->tb;
+    key.tf32 = ct == CUBLAS_COMPUTE_32F_FAST_TF32, key.ta = g->ta, key.tb = g->tb, key.epi = g->epi;
     key.m = g->m, key.n = g->n, key.k = g->k, key.lda = g->lda, key.ldb = g->ldb, key.ldc = g->ldc;
     key.batch = g->batch, key.sa = g->sa, key.sb = g->sb, key.sc = g->sc, key.dev = d->index;
     key.al_a = alignment(g->A, g->sa * (int64_t)es, g->batch);
@@ -168,6 +184,27 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
     if (!st)
         LT_TRY(cublasLtMatrixLayoutCreate(&lc, cty, g->m, g->n, g->ldc),
                "cublasLtMatrixLayoutCreate (C)");
+    if (!st && g->epi != EPI_NONE) {
+        cublasLtEpilogue_t e = lt_epilogue(g->epi);
+        LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof e),
+               "set EPILOGUE");
+        /* the bias and the aux matrix take D's type (the library's default) */
+        if (g->bias && !st)
+            LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &g->bias,
+                                                  sizeof g->bias),
+                   "set BIAS_POINTER");
+        if (g->aux) {
+            int64_t ld = g->ldc;
+            if (!st)
+                LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                                                      &g->aux, sizeof g->aux),
+                       "set EPILOGUE_AUX_POINTER");
+            if (!st)
+                LT_TRY(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld,
+                                                      sizeof ld),
+                       "set EPILOGUE_AUX_LD");
+        }
+    }
     if (!st && g->batch > 1) {
         int32_t bc = (int32_t)g->batch;
         cublasLtMatrixLayout_t ls[3] = {la, lb, lc};
@@ -381,6 +418,7 @@ extern "C" fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe
         g.ldc = N, g.sc = so;
         g.batch = inner;
         g.alpha = alpha;
+        g.epi = EPI_NONE, g.bias = NULL, g.aux = NULL;
         if (out->dtype == FE_F64) {
             st = run_f64(d, &g);
         } else {
@@ -391,5 +429,33 @@ extern "C" fe_status fe_cuda_matmul(fe_tensor *out, const fe_tensor *a, const fe
     }
     fe_free(pa);
     fe_free(pb);
+    return st;
+}
+
+extern "C" fe_status fe_cuda_linear_act(fe_tensor *out, fe_tensor *pre, const fe_tensor *x,
+                                        const fe_tensor *w, const fe_tensor *bias, int act,
+                                        bool *done) {
+    *done = false;
+    cu_dev *d = cu_of(out);
+    if (!d) return fe_last_status();
+    const int64_t K = w->shape[1], N = w->shape[0], R = K ? fe_numel(x) / K : 0;
+    if (out->dtype == FE_F64 || (act == FE_ACT_GELU_TANH) != (pre != NULL) ||
+        (act != FE_ACT_GELU_TANH && !bias))
+        return fe_set_error(FE_ERR_ARG, "linear epilogue (cuda): unsupported combination");
+    if (R == 0 || N == 0 || K == 0) return FE_OK; /* composed instead: nothing to gain */
+    /* column-major: out^T (N, R) = w (N, K) x^T (K, R), the bias along out^T's rows */
+    gemm_call g;
+    memset(&g, 0, sizeof g);
+    g.dtype = g.cdtype = x->dtype;
+    g.m = N, g.n = R, g.k = K;
+    g.A = fe__ptr(w), g.ta = true, g.lda = K;
+    g.B = fe__ptr(x), g.tb = false, g.ldb = K;
+    g.D = fe__ptr(out), g.ldc = N, g.sc = N * R, g.batch = 1, g.alpha = 1.0;
+    g.bias = bias ? fe__ptr(bias) : NULL;
+    g.aux = pre ? fe__ptr(pre) : NULL;
+    g.epi = act == FE_ACT_GELU_TANH ? (bias ? EPI_GELU_AUX_BIAS : EPI_GELU_AUX) : EPI_BIAS;
+    bool no_algo = false;
+    fe_status st = run_lt(d, &g, &no_algo);
+    *done = !st && !no_algo;
     return st;
 }
