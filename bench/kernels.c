@@ -357,6 +357,33 @@ static void bench_gemm(int64_t M0, int64_t K0, int64_t N0) {
     }
 }
 
+/* gelu(x W^T + bias) (tanh form), x (M, K), W (N, K): with the bias and GELU as the GEMM's
+ * epilogue, and composed (FE_LINEAR_EPILOGUE=0: product, bias add, GELU, one pass each) */
+static fe_status k_linear_gelu(bench *b, int r) {
+    return fe_linear_gelu(b->t[r][0], b->t[r][1], b->t[r][2]) ? FE_OK : fe_last_status();
+}
+
+static void bench_linear_gelu(int64_t M0, int64_t K0, int64_t N0) {
+    int64_t M = S(M0), K = S(K0), N = S(N0), sx[2] = {M, K}, sw[2] = {N, K};
+    for (int fused = 1; fused >= 0; fused--) {
+        bench b = {.name = fused ? "linear_gelu_epilogue" : "linear_gelu_composed", .dtype = "bf16",
+                   .nrot = 2, .fn = k_linear_gelu};
+        if (!selected(b.name)) continue;
+        if (fused)
+            unsetenv("FE_LINEAR_EPILOGUE");
+        else
+            setenv("FE_LINEAR_EPILOGUE", "0", 1);
+        for (int r = 0; r < 2; r++)
+            b.t[r][0] = rnd(2, sx, FE_BF16, 1.0), b.t[r][1] = rnd(2, sw, FE_BF16, 0.02),
+            b.t[r][2] = rnd(1, &N, FE_BF16, 0.1);
+        b.flops = 2.0 * M * N * K;
+        snprintf(b.size, sizeof b.size, "M=%lld K=%lld N=%lld", (long long)M, (long long)K,
+                 (long long)N);
+        run_bench(&b);
+    }
+    unsetenv("FE_LINEAR_EPILOGUE");
+}
+
 /* The parameter shapes of a Llama with dim 768, 12 layers, MLP 2048, vocab 32000 and an
  * untied head: 134M parameters. */
 static fe_params *llama_134m(fe_dtype dt) {
@@ -545,5 +572,6 @@ int main(int argc, char **argv) {
                                         {5632, 2048}, {2048, 32000}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++)
         bench_gemm(16384, shapes[i][0], shapes[i][1]);
+    bench_linear_gelu(16384, 768, 3072); /* a GPT-2-small MLP's first product */
     return 0;
 }

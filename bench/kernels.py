@@ -170,6 +170,12 @@ def torch_time(row):
         fused = name == "adamw_fused"
         opt = torch.optim.AdamW(ps, lr=1e-4, fused=fused, foreach=False if not fused else None)
         return median_ms(lambda r: opt.step(), rot=1)
+    if name.startswith("linear_gelu"):
+        kv = dict(part.split("=") for part in size.split())
+        M, K, N = int(kv["M"]), int(kv["K"]), int(kv["N"])
+        x, w = [rnd(M, K) for _ in range(2)], [rnd(N, K) * 0.02 for _ in range(2)]
+        b = [rnd(N) * 0.1 for _ in range(2)]
+        return median_ms(lambda r: F.gelu(F.linear(x[r], w[r], b[r]), approximate="tanh"))
     if name.startswith("matmul"):
         kv = dict(part.split("=") for part in size.split())
         M, K, N = int(kv["M"]), int(kv["K"]), int(kv["N"])
@@ -217,7 +223,7 @@ def main():
     print(f"\nmemory-bound kernels below 80% of copy bandwidth: {len(low)} of {len(mem)}")
     for name in low:
         print("  " + name)
-    gem = [r for r in rows if "tflops" in r and r.get("torch_ms")]
+    gem = [r for r in rows if "tflops" in r and r.get("torch_ms") and r["name"].startswith("matmul")]
     slow = [r for r in gem if r["ms"] > 1.05 * r["torch_ms"]]
     print(f"GEMMs more than 5% slower than torch.matmul: {len(slow)} of {len(gem)}")
     for r in slow:
