@@ -150,6 +150,15 @@ template <bool BF> FA_DEV uint16_t fa_from_f(float f) {
 }
 #endif /* !FE_FLASH_EMU */
 
+/* The C fragments of n tiles 2 kk and 2 kk + 1 of a product (a 16 x 16 block) as the A
+ * fragment of the next product, rounded to 16 bits: the two layouts match pair for pair. */
+template <bool BF, int N> FA_DEV void fa_c_to_a(uint32_t (&a)[4], const float (&c)[N][4], int kk) {
+    a[0] = fa_pack<BF>(c[2 * kk][0], c[2 * kk][1]);
+    a[1] = fa_pack<BF>(c[2 * kk][2], c[2 * kk][3]);
+    a[2] = fa_pack<BF>(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+    a[3] = fa_pack<BF>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
 /* ---- kernels ------------------------------------------------------------------------- */
 
 #define FA_LOG2E 1.4426950408889634f
@@ -351,12 +360,7 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
         for (int kk = 0; kk < BC / 16; kk++) {
             uint32_t pa[QW][4];
 #pragma unroll
-            for (int mt = 0; mt < QW; mt++) {
-                pa[mt][0] = fa_pack<BF>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                pa[mt][1] = fa_pack<BF>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                pa[mt][2] = fa_pack<BF>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                pa[mt][3] = fa_pack<BF>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-            }
+            for (int mt = 0; mt < QW; mt++) fa_c_to_a<BF>(pa[mt], s[mt], kk);
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t vb[4];
@@ -579,12 +583,7 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 2 : 0) fa_bwd_kernel(co
         for (int kk = 0; kk < BR / 16; kk++) {
             uint32_t pa[KW][4];
 #pragma unroll
-            for (int m = 0; m < KW; m++) {
-                pa[m][0] = fa_pack<BF>(s[m][2 * kk][0], s[m][2 * kk][1]);
-                pa[m][1] = fa_pack<BF>(s[m][2 * kk][2], s[m][2 * kk][3]);
-                pa[m][2] = fa_pack<BF>(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
-                pa[m][3] = fa_pack<BF>(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
-            }
+            for (int m = 0; m < KW; m++) fa_c_to_a<BF>(pa[m], s[m], kk);
 #pragma unroll
             for (int dp = 0; dp < D / 16; dp++) {
                 uint32_t ob[4];
@@ -639,10 +638,7 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 2 : 0) fa_bwd_kernel(co
             uint32_t da[KW][4];
 #pragma unroll
             for (int m = 0; m < KW; m++) {
-                da[m][0] = fa_pack<BF>(s[m][2 * kk][0], s[m][2 * kk][1]);
-                da[m][1] = fa_pack<BF>(s[m][2 * kk][2], s[m][2 * kk][3]);
-                da[m][2] = fa_pack<BF>(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]);
-                da[m][3] = fa_pack<BF>(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3]);
+                fa_c_to_a<BF>(da[m], s[m], kk);
                 uint16_t *row = sdS + (w0 + 16 * m + g) * LDS + 16 * kk + 2 * t;
                 fa_st32(row, da[m][0]);
                 fa_st32(row + 8 * LDS, da[m][1]);
