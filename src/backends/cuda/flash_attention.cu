@@ -1,10 +1,10 @@
 /* Flash attention kernels (FlashAttention-2 scheme) on the tensor cores.
  *
- * Forward: one CTA of 4 warps per (head, batch, query tile of 128 rows at D = 64, 64 at
- * D = 128); each warp owns 32 or 16 query rows (two or one m16 tiles, so that at D = 64
- * every K, V fragment read from shared memory feeds two products). Q is loaded once into
- * mma A fragments; K and V tiles of 64
- * keys are staged in shared memory with cp.async, V of tile j loading while
+ * Forward: one CTA of 4 warps per (head, batch, query tile of 128 rows); each warp owns
+ * 32 query rows (two m16 tiles, so that every K, V fragment read from shared memory feeds
+ * two products). At D = 64, Q is loaded once into mma A fragments; at D = 128 (where the
+ * registers are taken by O) its fragments are read from shared memory again for each key
+ * tile. K and V tiles of 64 keys are staged in shared memory with cp.async, V of tile j loading while
  * S = Q K^T runs and K of tile j+1 loading while O += P V runs. Softmax is online in
  * f32 registers with the scale folded into exp2 (log2 units). Fully masked key
  * tiles of the causal mask are never visited.
@@ -188,11 +188,14 @@ struct fa_params {
 
 enum { FA_BC = 64, FA_NT = 128, FA_BBR = 32 };
 
-/* Forward query tile: each of the 4 warps owns QW m16 tiles of query rows, two at D = 64
- * (K, V fragments then feed two products each), one at D = 128 (registers). */
-constexpr int fa_fwd_br(int D) { return D == 64 ? 128 : 64; }
+/* Forward query tile: each of the 4 warps owns two m16 tiles of query rows (QW = 2), so
+ * that every K, V fragment read from shared memory feeds two products. At D = 64 the warp
+ * holds its Q fragments in registers for the whole loop (QREG); at D = 128 they would not
+ * fit beside the O accumulators, and are read again from shared memory at each K tile. */
+constexpr int fa_fwd_br(int D) { return D == 64 || D == 128 ? 128 : 64; }
 template <int D> struct fa_fwd_tile {
     static constexpr int br = fa_fwd_br(D), qw = br / 64;
+    static constexpr bool qreg = D == 64;
 };
 
 /* Backward key tile: each of the 4 warps owns KW m16 tiles of keys. Two at D = 64, so that
@@ -259,14 +262,20 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
     fa_cp_wait();
     fa_sync();
 
-    /* this warp's query rows as A fragments, one per m tile and 16 columns of D */
-    uint32_t qf[QW][D / 16][4];
+    /* this warp's query rows as A fragments, one per m tile and 16 columns of D (only
+     * with QREG; else read where they are used) */
+    constexpr bool QREG = fa_fwd_tile<D>::qreg;
+    auto q_frag = [&](uint32_t(&a)[4], int mt, int kk) {
+        fa_ldsm4(a, sQ + (w0 + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + kk * 16 +
+                        (lane >> 4) * 8);
+    };
+    uint32_t qf[QW][QREG ? D / 16 : 1][4];
+    if constexpr (QREG) {
 #pragma unroll
-    for (int mt = 0; mt < QW; mt++)
+        for (int mt = 0; mt < QW; mt++)
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++)
-            fa_ldsm4(qf[mt][kk], sQ + (w0 + 16 * mt + (lane & 7) + ((lane >> 3) & 1) * 8) * LD +
-                                     kk * 16 + (lane >> 4) * 8);
+            for (int kk = 0; kk < D / 16; kk++) q_frag(qf[mt][kk], mt, kk);
+    }
 
     float o[QW][D / 8][4];
 #pragma unroll
@@ -294,6 +303,16 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
             for (int n = 0; n < BC / 8; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t qa[QW][4];
+#pragma unroll
+            for (int mt = 0; mt < QW; mt++) {
+                if constexpr (QREG) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) qa[mt][e] = qf[mt][kk][e];
+                } else {
+                    q_frag(qa[mt], mt, kk);
+                }
+            }
 #pragma unroll
             for (int np = 0; np < BC / 16; np++) {
                 uint32_t kb[4];
@@ -301,8 +320,8 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
                                  ((lane >> 3) & 1) * 8);
 #pragma unroll
                 for (int mt = 0; mt < QW; mt++) {
-                    fa_mma<BF>(s[mt][2 * np], qf[mt][kk], kb[0], kb[1]);
-                    fa_mma<BF>(s[mt][2 * np + 1], qf[mt][kk], kb[2], kb[3]);
+                    fa_mma<BF>(s[mt][2 * np], qa[mt], kb[0], kb[1]);
+                    fa_mma<BF>(s[mt][2 * np + 1], qa[mt], kb[2], kb[3]);
                 }
             }
         }
