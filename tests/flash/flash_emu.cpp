@@ -408,7 +408,7 @@ static bool run_case(const Case &c) {
     auto run = [&](auto fwd, auto pre, auto bwd, auto conv) {
         emu::launch(Hq, B, (T + fa_fwd_br(D) - 1) / fa_fwd_br(D), FA_NT, fa_fwd_smem(D), [&] { fwd(p); });
         emu::launch((FA_TPAD(T) + pre_rows - 1) / pre_rows, Hq, B, 256, 0, [&] { pre(p); });
-        emu::launch(Hq, B, (S + fa_bwd_bc(D) - 1) / fa_bwd_bc(D), FA_NT, fa_bwd_smem(D), [&] { bwd(p); });
+        emu::launch(Hq, B, (S + fa_bwd_bc(D) - 1) / fa_bwd_bc(D), fa_bwd_nt(D), fa_bwd_smem(D), [&] { bwd(p); });
         emu::launch(conv_blocks, Hq, B, 256, 0, [&] { conv(p, 0); });
         if (G > 1) emu::launch(conv_kv_blocks, 2 * Hkv, B, 256, 0, [&] { conv(p, 1); });
     };
@@ -417,7 +417,7 @@ static bool run_case(const Case &c) {
             run(fa_fwd_kernel<true, 64>, fa_bwd_pre_kernel<true, 64>, fa_bwd_kernel<true, 64>,
                 fa_convert_kernel<true, 64>);
         else
-            run(fa_fwd_kernel<true, 128>, fa_bwd_pre_kernel<true, 128>, fa_bwd_kernel<true, 128>,
+            run(fa_fwd_kernel<true, 128>, fa_bwd_pre_kernel<true, 128>, fa_bwd8_kernel<true>,
                 fa_convert_kernel<true, 128>);
     } else {
         if (D == 64)
@@ -425,7 +425,7 @@ static bool run_case(const Case &c) {
                 fa_convert_kernel<false, 64>);
         else
             run(fa_fwd_kernel<false, 128>, fa_bwd_pre_kernel<false, 128>,
-                fa_bwd_kernel<false, 128>, fa_convert_kernel<false, 128>);
+                fa_bwd8_kernel<false>, fa_convert_kernel<false, 128>);
     }
     o = so.get(), gq = sgq.get(), gk = sgk.get(), gv = sgv.get();
     const long long clobbered = so.clobbered() + sgq.clobbered() + sgk.clobbered() +

@@ -198,24 +198,32 @@ template <int D> struct fa_fwd_tile {
     static constexpr bool qreg = D == 64;
 };
 
-/* Backward key tile: each of the 4 warps owns KW m16 tiles of keys. Two at D = 64, so that
- * every Q, dO fragment read from shared memory feeds two products (shared-memory traffic,
- * not the tensor cores, bounds the one-tile kernel); one at D = 128, where the dK, dV
- * registers of two tiles would not fit. */
-constexpr int fa_bwd_bc(int D) { return D == 64 ? 128 : 64; }
+/* Backward key tile: 128 keys at both head dims, in two kernels.
+ * D = 64 (fa_bwd_kernel): 4 warps, each owning KW = 2 m16 tiles of keys, so that every Q,
+ * dO fragment read from shared memory feeds two products (shared-memory traffic, not the
+ * tensor cores, bounds a one-tile kernel), over 32-row query tiles.
+ * D = 128 (fa_bwd8_kernel): 8 warps over 64-row query tiles; the dK, dV accumulators of a
+ * warp cover 32 keys x 64 columns, and P, dS go through shared memory (see there). */
+constexpr int fa_bwd_bc(int D) { return D == 64 || D == 128 ? 128 : 64; }
+constexpr int fa_bwd_nt(int D) { return D == 128 ? 256 : FA_NT; }
 template <int D> struct fa_bwd_tile {
     static constexpr int bc = fa_bwd_bc(D), kw = bc / 64;
 };
+enum { FA8_BR = 64 }; /* query rows per step of fa_bwd8_kernel */
 
-/* T rounded up to whole backward query tiles: the row length of stat, so that a tile
- * of it is aligned, in-bounds runs of 16-byte chunks (host and device). */
-#define FA_TPAD(T) (((T) + FA_BBR - 1) / FA_BBR * FA_BBR)
+/* T rounded up to whole backward query tiles (64 rows: both kernels' tiles): the row
+ * length of stat, so that a tile of it is aligned, in-bounds runs of 16-byte chunks (host
+ * and device). */
+#define FA_TPAD(T) (((T) + FA8_BR - 1) / FA8_BR * FA8_BR)
 
-/* Shared bytes of the forward (Q, K, V tiles) and backward (K, V, 2x Q, 2x dO, dS^T,
- * 2x lse, 2x rowsum) kernels for head dim D; rows padded by 8 elements. */
+/* Shared bytes of the forward (Q, K, V tiles) and backward kernels for head dim D; rows
+ * padded by 8 elements. Backward, D = 64: K, V, 2x Q, 2x dO, dS^T, 2x lse, 2x rowsum;
+ * D = 128: K, V, 2x Q, 2x dO, P, dS, 2x lse, 2x rowsum. */
 constexpr int fa_fwd_smem(int D) { return (fa_fwd_br(D) + 2 * FA_BC) * (D + 8) * 2; }
 constexpr int fa_bwd_smem(int D) {
-    return (2 * fa_bwd_bc(D) + 4 * FA_BBR) * (D + 8) * 2 + fa_bwd_bc(D) * (FA_BBR + 8) * 2 + 4 * FA_BBR * 4;
+    return D == 128 ? (2 * fa_bwd_bc(D) + 6 * FA8_BR) * (D + 8) * 2 + 4 * FA8_BR * 4
+                    : (2 * fa_bwd_bc(D) + 4 * FA_BBR) * (D + 8) * 2 +
+                          fa_bwd_bc(D) * (FA_BBR + 8) * 2 + 4 * FA_BBR * 4;
 }
 
 /* Stage rows [r0, r0 + R) of an (nrows, D) matrix with row stride ld (elements) into a
@@ -223,10 +231,10 @@ constexpr int fa_bwd_smem(int D) {
  * Asynchronous (cp.async). A thread moves the same 16-byte column of rows tid / CPR,
  * + NT / CPR, ... (one 64-bit multiply-add per row; precomputing a stepped pointer
  * instead costs the forward kernel registers and, at D = 64, a spill). */
-template <int R, int D>
+template <int R, int D, int NT = FA_NT>
 FA_DEV void fa_load_tile(uint16_t *s, const uint16_t *g, long long ld, int r0, int nrows) {
-    constexpr int CPR = D / 8, RPS = FA_NT / CPR; /* 16-byte chunks per row, rows per step */
-    static_assert(FA_NT % CPR == 0 && R % RPS == 0, "tile rows split evenly over the threads");
+    constexpr int CPR = D / 8, RPS = NT / CPR; /* 16-byte chunks per row, rows per step */
+    static_assert(NT % CPR == 0 && R % RPS == 0, "tile rows split evenly over the threads");
     const int r = fa_tid() / CPR, cc = fa_tid() % CPR;
     uint16_t *dst = s + r * (D + 8) + cc * 8;
 #pragma unroll
@@ -488,12 +496,11 @@ template <bool BF, int D> FA_KERNEL(256) fa_convert_kernel(const fa_params p, in
     }
 }
 
-/* The share of query head h in dK, dV of one key tile, and the tile's share of dQ.
- * Grid (Hq, B, ceil(S / 64)), 128 threads; each warp owns 16 keys.
- * At D = 64, 3 CTAs per SM (<= 168 registers): left to itself ptxas takes a few more
- * registers and fits only 2. At D = 128 no minimum (0): 2 fit, and asking for them
- * costs a spill. */
-template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 2 : 0) fa_bwd_kernel(const fa_params p) {
+/* The share of query head h in dK, dV of one key tile, and the tile's share of dQ, at
+ * D = 64. Grid (Hq, B, ceil(S / 128)), 128 threads; each warp owns 32 keys. At least 2 CTAs
+ * per SM. */
+template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params p) {
+    static_assert(D == 64, "head dim 128 has its own backward kernel (fa_bwd8_kernel)");
     constexpr int KW = fa_bwd_tile<D>::kw, BC = fa_bwd_tile<D>::bc, BR = FA_BBR, LD = D + 8, LDS = BR + 8;
     constexpr int WR = BR / 16;        /* warps along the query rows of dQ */
     constexpr int DW = D / (4 / WR);   /* dQ columns per warp */
@@ -755,6 +762,275 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, D == 64 ? 2 : 0) fa_bwd_kernel(co
     }
 }
 
+/* The share of query head h in dK, dV of one 128-key tile, and the tile's share of dQ, at
+ * D = 128 (FlashAttention-2's arrangement of the backward). Grid (Hq, B, ceil(S / 128)),
+ * 256 threads (8 warps), one CTA per SM (171 KB of shared memory). Per 64-row query tile:
+ *   1. S = Q K^T and dP = dO V^T, 64 x 128 each: warp (wm = w % 2, wn = w / 2) takes query
+ *      rows 32 wm.. and keys 32 wn.. (two m16 tiles by four n8 tiles);
+ *   2. P = exp2(S scale log2e - lse2) and dS = P (dP - rowsum(dO O)), written to shared
+ *      memory as (query, key) tiles;
+ *   3. dV += P^T dO and dK += dS^T Q: warp (wk = w % 4, wd = w / 4) owns keys 32 wk.. and
+ *      columns 64 wd.. of both (64 + 64 accumulator registers), its A fragments read
+ *      transposed from the P, dS tiles;
+ *   4. dQ += dS K: warp (wm, wn) takes query rows 32 wm.. and columns 32 wn.., added into
+ *      the f32 scratch with atomics.
+ * Every fragment read from shared memory feeds two to four products (the 4-warp kernel's
+ * 16 keys a warp fed one or two, and at D = 128 two key tiles a warp do not fit in the
+ * registers): ~0.45 ldmatrix per mma against ~0.63. The rest is as in fa_bwd_kernel:
+ * heavy key tiles first, Q, dO and the row statistics of the next step staged with
+ * cp.async while this one runs, dK, dV added into f32 scratch when G > 1. */
+template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
+    constexpr int D = 128, NT = 256, BC = 128, BR = FA8_BR, LD = D + 8, LP = BC + 8;
+    uint16_t *sK = reinterpret_cast<uint16_t *>(fa_smem());
+    uint16_t *sV = sK + BC * LD, *sQ = sV + BC * LD, *sdO = sQ + 2 * BR * LD;
+    uint16_t *sP = sdO + 2 * BR * LD, *sdS = sP + BR * LP; /* (query, key) */
+    float *sSt = reinterpret_cast<float *>(sdS + BR * LP); /* 2 x (lse2, rowsum) of a tile */
+    const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
+    const int T = p.T, S = p.S;
+    const int h = fa_bx(), b = fa_by(), kv0 = fa_bz() * BC, hk = h / p.G;
+    const uint16_t *K = p.k + b * p.sk.b + hk * p.sk.h, *V = p.v + b * p.sv.b + hk * p.sv.h;
+    auto qrow = [&](int len) { return ((size_t)fa_by() * p.Hq + fa_bx()) * len; };
+
+    fa_load_tile<BC, D, NT>(sK, K, p.sk.r, kv0, S);
+    fa_load_tile<BC, D, NT>(sV, V, p.sv.r, kv0, S);
+    fa_cp_commit();
+
+    const int qt0 = p.causal ? fa_max(0, kv0 - (S - T)) / BR : 0;
+    const int total = fa_max(0, (T + BR - 1) / BR - qt0);
+    auto prefetch = [&](int it, int buf) {
+        const int i0 = (qt0 + it) * BR;
+        const uint16_t *Q = p.q + fa_by() * p.sq.b + fa_bx() * p.sq.h;
+        const uint16_t *dO = p.go + fa_by() * p.sgo.b + fa_bx() * p.sgo.h;
+        fa_load_tile<BR, D, NT>(sQ + buf * BR * LD, Q, p.sq.r, i0, T);
+        fa_load_tile<BR, D, NT>(sdO + buf * BR * LD, dO, p.sgo.r, i0, T);
+        if (tid < BR / 2) { /* lse2 and rowsum: 2 x 16 chunks of 4 floats, in bounds (padded) */
+            const int k = tid / (BR / 4), c = 4 * (tid % (BR / 4)), Tp = FA_TPAD(T);
+            const float *src = p.stat + qrow(2 * Tp) + k * Tp + i0 + c;
+            fa_cp16(reinterpret_cast<uint16_t *>(sSt + (2 * buf + k) * BR + c),
+                    reinterpret_cast<const uint16_t *>(src), true);
+        }
+        fa_cp_commit();
+    };
+    if (total > 0) prefetch(0, 0);
+
+    const int wm = warp & 1, wn = warp >> 1; /* steps 1, 2 and 4 */
+    const int wk = warp & 3, wd = warp >> 2; /* step 3 */
+    float dk[2][8][4], dv[2][8][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dk[m][n][e] = dv[m][n][e] = 0.f;
+
+    /* the A fragment of rows m0.. (16) and columns k0.. (16) of a row-major tile, and of the
+     * transpose of a tile stored with rows k0.. and columns m0.. */
+    auto a_frag = [&](uint32_t(&a)[4], const uint16_t *tile, int ld, int m0, int k0) {
+        fa_ldsm4(a, tile + (m0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + k0 + (lane >> 4) * 8);
+    };
+    auto a_frag_t = [&](uint32_t(&a)[4], const uint16_t *tile, int ld, int m0, int k0) {
+        fa_ldsm4t(a, tile + (k0 + (lane & 7) + (lane >> 4) * 8) * ld + m0 + ((lane >> 3) & 1) * 8);
+    };
+    /* B fragments of two n8 tiles (n0.., n0 + 8..) and rows k0.. (16) of X^T, for X stored
+     * row-major with rows n and columns k; and of X itself, stored with rows k, columns n */
+    auto b_frag = [&](uint32_t(&r)[4], const uint16_t *tile, int ld, int n0, int k0) {
+        fa_ldsm4(r, tile + (n0 + (lane & 7) + (lane >> 4) * 8) * ld + k0 + ((lane >> 3) & 1) * 8);
+    };
+    auto b_frag_t = [&](uint32_t(&r)[4], const uint16_t *tile, int ld, int n0, int k0) {
+        fa_ldsm4t(r, tile + (k0 + (lane & 7) + ((lane >> 3) & 1) * 8) * ld + n0 + (lane >> 4) * 8);
+    };
+
+    for (int it = 0; it < total; it++) {
+        const int buf = it & 1;
+        fa_cp_wait(); /* step it staged; every warp is done with step it - 1 */
+        fa_sync();
+        if (it + 1 < total) prefetch(it + 1, buf ^ 1);
+        const int i0 = (qt0 + it) * BR;
+        const uint16_t *cQ = sQ + buf * BR * LD, *cdO = sdO + buf * BR * LD;
+        const float *cL = sSt + 2 * buf * BR, *cDi = cL + BR;
+
+        /* 1. S = Q K^T, dP = dO V^T: rows 32 wm.., keys 32 wn.. */
+        float s[2][4][4], dp[2][4][4];
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[m][n][e] = dp[m][n][e] = 0.f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t qa[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++) a_frag(qa[m], cQ, LD, 32 * wm + 16 * m, 16 * kk);
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                uint32_t kb[4];
+                b_frag(kb, sK, LD, 32 * wn + 16 * np, 16 * kk);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    fa_mma<BF>(s[m][2 * np], qa[m], kb[0], kb[1]);
+                    fa_mma<BF>(s[m][2 * np + 1], qa[m], kb[2], kb[3]);
+                }
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            uint32_t oa[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++) a_frag(oa[m], cdO, LD, 32 * wm + 16 * m, 16 * kk);
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                uint32_t vb[4];
+                b_frag(vb, sV, LD, 32 * wn + 16 * np, 16 * kk);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    fa_mma<BF>(dp[m][2 * np], oa[m], vb[0], vb[1]);
+                    fa_mma<BF>(dp[m][2 * np + 1], oa[m], vb[2], vb[3]);
+                }
+            }
+        }
+
+        /* 2. P and dS (zero where masked; rows past T have lse2 = +inf, so P = 0 there) */
+        const bool need_mask = kv0 + BC > S || (p.causal && kv0 + BC - 1 > i0 + S - T);
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int qi = 32 * wm + 16 * m + g + 8 * r, i = i0 + qi;
+                const float L = cL[qi], Di = cDi[qi];
+#pragma unroll
+                for (int n = 0; n < 4; n++) {
+                    const int kj = 32 * wn + 8 * n + 2 * t;
+                    float pr[2], ds[2];
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int j = kv0 + kj + e;
+                        const bool masked = need_mask && (j >= S || (p.causal && j > i + S - T));
+                        pr[e] = masked ? 0.f : fa_ex2(fmaf(s[m][n][2 * r + e], p.sl2, -L));
+                        ds[e] = pr[e] * (dp[m][n][2 * r + e] - Di);
+                    }
+                    fa_st32(sP + qi * LP + kj, fa_pack<BF>(pr[0], pr[1]));
+                    fa_st32(sdS + qi * LP + kj, fa_pack<BF>(ds[0], ds[1]));
+                }
+            }
+        fa_sync(); /* P, dS written */
+
+        /* 3. dV += P^T dO, dK += dS^T Q: keys 32 wk.., columns 64 wd.. */
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) {
+            uint32_t pa[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++) a_frag_t(pa[m], sP, LP, 32 * wk + 16 * m, 16 * kk);
+#pragma unroll
+            for (int dq4 = 0; dq4 < 4; dq4++) {
+                uint32_t ob[4];
+                b_frag_t(ob, cdO, LD, 64 * wd + 16 * dq4, 16 * kk);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    fa_mma<BF>(dv[m][2 * dq4], pa[m], ob[0], ob[1]);
+                    fa_mma<BF>(dv[m][2 * dq4 + 1], pa[m], ob[2], ob[3]);
+                }
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) {
+            uint32_t da[2][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++) a_frag_t(da[m], sdS, LP, 32 * wk + 16 * m, 16 * kk);
+#pragma unroll
+            for (int dq4 = 0; dq4 < 4; dq4++) {
+                uint32_t qb[4];
+                b_frag_t(qb, cQ, LD, 64 * wd + 16 * dq4, 16 * kk);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    fa_mma<BF>(dk[m][2 * dq4], da[m], qb[0], qb[1]);
+                    fa_mma<BF>(dk[m][2 * dq4 + 1], da[m], qb[2], qb[3]);
+                }
+            }
+        }
+
+        /* 4. dQ rows 32 wm.., columns 32 wn.. += scale * dS K over the tile's 128 keys */
+        {
+            float dq[2][4][4];
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int n = 0; n < 4; n++) dq[m][n][0] = dq[m][n][1] = dq[m][n][2] = dq[m][n][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) {
+                uint32_t sa[2][4];
+#pragma unroll
+                for (int m = 0; m < 2; m++) a_frag(sa[m], sdS, LP, 32 * wm + 16 * m, 16 * kk);
+#pragma unroll
+                for (int np = 0; np < 2; np++) {
+                    uint32_t kb[4];
+                    b_frag_t(kb, sK, LD, 32 * wn + 16 * np, 16 * kk);
+#pragma unroll
+                    for (int m = 0; m < 2; m++) {
+                        fa_mma<BF>(dq[m][2 * np], sa[m], kb[0], kb[1]);
+                        fa_mma<BF>(dq[m][2 * np + 1], sa[m], kb[2], kb[3]);
+                    }
+                }
+            }
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const int i = i0 + 32 * wm + 16 * m + g + 8 * r;
+                    if (i < T) {
+                        float *dst = p.dq + (qrow(T) + i) * D + 32 * wn + 2 * t;
+#pragma unroll
+                        for (int n = 0; n < 4; n++)
+                            fa_red2(dst + 8 * n, dq[m][n][2 * r] * p.scale, dq[m][n][2 * r + 1] * p.scale);
+                    }
+                }
+        }
+    }
+
+    fa_cp_wait(); /* K, V of a CTA without query tiles */
+    if (p.G > 1) {
+        /* add this head's share of dK (scaled), dV into the group's f32 accumulators */
+        const size_t krow = ((size_t)b * p.Hkv + hk) * S;
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int j = kv0 + 32 * wk + 16 * m + g + 8 * r;
+                if (total > 0 && j < S) {
+                    const size_t o = (krow + j) * D + 64 * wd + 2 * t;
+#pragma unroll
+                    for (int n = 0; n < 8; n++) {
+                        fa_red2(p.dk + o + 8 * n, dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale);
+                        fa_red2(p.dv + o + 8 * n, dv[m][n][2 * r], dv[m][n][2 * r + 1]);
+                    }
+                }
+            }
+        return;
+    }
+    /* stage dK (scaled), dV in this warp's own block of sK, sV and copy out */
+    fa_sync();
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                const int off = (32 * wk + 16 * m + g + 8 * r) * LD + 64 * wd + 8 * n + 2 * t;
+                fa_st32(sK + off, fa_pack<BF>(dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale));
+                fa_st32(sV + off, fa_pack<BF>(dv[m][n][2 * r], dv[m][n][2 * r + 1]));
+            }
+    fa_syncwarp();
+    uint16_t *gK = p.gk + b * p.sgk.b + hk * p.sgk.h, *gV = p.gv + b * p.sgv.b + hk * p.sgv.h;
+#pragma unroll
+    for (int c = lane; c < 32 * 8; c += 32) {
+        const int r = c / 8, col = 64 * wd + 8 * (c % 8), j = kv0 + 32 * wk + r;
+        if (j < S) {
+            fa_copy16(gK + j * p.sgk.r + col, sK + (32 * wk + r) * LD + col);
+            fa_copy16(gV + j * p.sgv.r + col, sV + (32 * wk + r) * LD + col);
+        }
+    }
+}
+
 #ifndef FE_FLASH_EMU
 /* ---- host launchers ------------------------------------------------------------------ */
 
@@ -878,21 +1154,27 @@ template <bool BF, int D> static fe_status fa_forward(const fa_params &p, int B,
     return fa_cuda_err(cudaGetLastError(), "forward kernel launch");
 }
 
-template <bool BF, int D> static fe_status fa_backward(const fa_params &p, int B, cudaStream_t s) {
+/* The main backward kernel of head dim D over grid (x, B, ceil(S / 128)). */
+template <bool BF, int D>
+static fe_status fa_backward_main(const fa_params &p, unsigned x, int B, unsigned ktiles,
+                                  cudaStream_t s) {
     static bool optin = false;
-    fe_status st = fa_smem_optin(fa_bwd_kernel<BF, D>, fa_bwd_smem(D), &optin);
+    auto *kernel = D == 128 ? fa_bwd8_kernel<BF> : fa_bwd_kernel<BF, 64>;
+    fe_status st = fa_smem_optin(kernel, fa_bwd_smem(D), &optin);
     if (st) return st;
+    kernel<<<dim3(x, (unsigned)B, ktiles), fa_bwd_nt(D), fa_bwd_smem(D), s>>>(p);
+    return fa_cuda_err(cudaGetLastError(), "backward kernel launch");
+}
+
+template <bool BF, int D> static fe_status fa_backward(const fa_params &p, int B, cudaStream_t s) {
+    fe_status st = FE_OK;
     const unsigned ktiles = (unsigned)((p.S + fa_bwd_bc(D) - 1) / fa_bwd_bc(D));
     if (p.T == 0 || p.Hq == 0) {
         /* no queries: dK = dV = 0, written by the direct (G = 1) path of CTAs that see no
          * query tile; no scratch is used */
         fa_params z = p;
         z.T = 0, z.G = 1, z.Hq = p.Hkv;
-        if (ktiles > 0) {
-            fa_bwd_kernel<BF, D><<<dim3((unsigned)p.Hkv, (unsigned)B, ktiles), FA_NT,
-                                   fa_bwd_smem(D), s>>>(z);
-            st = fa_cuda_err(cudaGetLastError(), "backward kernel launch");
-        }
+        if (ktiles > 0) st = fa_backward_main<BF, D>(z, (unsigned)p.Hkv, B, ktiles, s);
         return st;
     }
     const long long rows = (long long)B * p.Hq * p.T, n = rows * D;
@@ -909,11 +1191,7 @@ template <bool BF, int D> static fe_status fa_backward(const fa_params &p, int B
         fa_bwd_pre_kernel<BF, D><<<grid, 256, 0, s>>>(p);
         if ((st = fa_cuda_err(cudaGetLastError(), "backward preprocess launch"))) return st;
     }
-    if (ktiles > 0) {
-        dim3 grid((unsigned)p.Hq, (unsigned)B, ktiles);
-        fa_bwd_kernel<BF, D><<<grid, FA_NT, fa_bwd_smem(D), s>>>(p);
-        if ((st = fa_cuda_err(cudaGetLastError(), "backward kernel launch"))) return st;
-    }
+    if (ktiles > 0 && (st = fa_backward_main<BF, D>(p, (unsigned)p.Hq, B, ktiles, s))) return st;
     if (n > 0) {
         const long long blocks = ((long long)p.T * (D / 8) + 255) / 256;
         dim3 grid((unsigned)(blocks < 65536 ? blocks : 65536), (unsigned)p.Hq, (unsigned)B);
