@@ -861,8 +861,8 @@ TEST(cuda_embedding_backward_hot_rows_and_long_lists) {
 
 /* The sort splits the vocabulary into one slice per SM (at most 1280 rows each: larger
  * vocabularies take more slices and the widest slices ask for more shared memory), and the
- * row kernel takes the sorted entries in blocks of 64 (more for very long lists): many slices
- * with a row holding 30% of 20000 entries (about 94 pieces added by whichever block ends last),
+ * row kernel takes the sorted entries in blocks of 32 (more for very long lists): many slices
+ * with a row holding 30% of 20000 entries (about 188 pieces added by whichever block ends last),
  * a list long enough to widen the blocks, vocabularies of 100000 and 200000 rows, rows of 4096
  * bf16 (two passes of the block's threads) and of 2052 f32. */
 TEST(cuda_embedding_backward_slices_blocks_and_wide_rows) {

@@ -9,7 +9,9 @@
  * then gw against float64 sums (rows no index hits exactly +0), for f32, bf16 and f64 on
  * the 16-byte path and f32 and f16 on the element path; out-of-range and negative indices; rows
  * hit thousands of times; blocks of 1 to 64 sorted entries (many pieces per row); the blocks of
- * both kernels in a random order, twice, with bit-identical results. Exit status 1 on a failure. */
+ * both kernels in a random order, twice (i32 indices and as many rows blocks as entry blocks,
+ * then i64 indices and more rows blocks than 32-row groups, some with no work), with
+ * bit-identical results. Exit status 1 on a failure. */
 #include "backends/cuda/cuda_internal.cuh"
 
 #include <stdarg.h>
@@ -136,8 +138,12 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
     std::vector<int> idx(n);
     for (int i = 0; i < n; i++) {
         idx[i] = (int)(rng() % 10) < c.hot ? c.hot_row : (int)(rng() % V);
-        if (c.bad && rng() % 7 == 0) idx[i] = rng() % 2 ? -1 - (int)(rng() % 5) : V + (int)(rng() % 5);
+        if (c.bad && rng() % 7 == 0)
+            idx[i] = rng() % 8 == 0 ? (rng() % 2 ? INT32_MIN : INT32_MAX)
+                     : rng() % 2   ? -1 - (int)(rng() % 5)
+                                   : V + (int)(rng() % 5);
     }
+    std::vector<long long> idx64(idx.begin(), idx.end());
     std::vector<T> gout((size_t)n * C);
     for (auto &v : gout) v = to_t<T>(nd(rng));
     std::vector<double> ref((size_t)V * C, 0.0);
@@ -147,7 +153,7 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         cnt[idx[i]]++;
         for (int j = 0; j < C; j++) ref[(size_t)idx[i] * C + j] += to_d(gout[(size_t)i * C + j]);
     }
-    int nslice = (V + S - 1) / S, nq = (n + H - 1) / H;
+    int nslice = (V + S - 1) / S, nq = (n + H - 1) / H, groups = (V + 31) / 32;
     std::vector<T> first;
     for (int run = 0; run < 2; run++) {
         std::vector<int> start(V + 1, -7);
@@ -155,13 +161,15 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         std::vector<unsigned> ticket(V, 12345u); /* the sort must zero them */
         std::vector<A> part((size_t)(2 * nq + 1) * C, (A)NAN);
         std::vector<T> gw((size_t)V * C, to_t<T>(NAN));
-        std::vector<unsigned> o1(nslice), o2(nq);
+        /* rows blocks: one per entry block, at least one (the zeros need it when n = 0) */
+        int G = std::max(nq, run ? groups + 2 : 1);
+        std::vector<unsigned> o1(nslice), o2(G);
         for (int i = 0; i < nslice; i++) o1[i] = i;
-        for (int i = 0; i < nq; i++) o2[i] = i;
+        for (int i = 0; i < G; i++) o2[i] = i;
         std::shuffle(o1.begin(), o1.end(), rng), std::shuffle(o2.begin(), o2.end(), rng);
-        emu::launch(nslice, ES_THREADS, (size_t)(ES_WARPS + 2) * S * sizeof(int), [&] {
-            k_emb_sort<T, VN>(gw.data(), idx.data(), false, n, V, (int64_t)C, S, start.data(),
-                              ticket.data(), ent.data());
+        const void *ip = run ? (const void *)idx64.data() : (const void *)idx.data();
+        emu::launch(nslice, ES_THREADS, emb_sort_smem(S), [&] {
+            k_emb_sort(ip, run == 1, n, V, S, start.data(), ticket.data(), ent.data());
         }, o1);
         /* entries (position, row, the row's first place, its end) by row, positions in order;
          * zeros past the last */
@@ -178,12 +186,12 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         ok &= start[V] == M;
         for (int s = M; s < n; s++)
             ok &= !ent[s].x && !ent[s].y && !ent[s].z && !ent[s].w;
-        expect(ok, "embedding sort: wrong start[] or entries (n %d, V %d, slices of %d)", n, V, S);
-        if (nq > 0)
-            emu::launch(nq, ER_THREADS, (size_t)6 * H * sizeof(int), [&] {
-                k_emb_rows<T, VN>(gw.data(), gout.data(), ent.data(), start.data(), ticket.data(),
-                                  part.data(), n, V, (int64_t)C, H);
-            }, o2);
+        expect(ok, "embedding sort: wrong start[] or entries (n %d, V %d, slices of %d, %s)", n, V,
+               S, run ? "i64" : "i32");
+        emu::launch(G, ER_THREADS, (size_t)6 * H * sizeof(int), [&] {
+            k_emb_rows<T, VN>(gw.data(), gout.data(), ent.data(), start.data(), ticket.data(),
+                              part.data(), n, V, (int64_t)C, H);
+        }, o2);
         std::vector<double> g((size_t)V * C);
         bool zeros = true;
         for (size_t i = 0; i < g.size(); i++) {
@@ -193,8 +201,8 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         double e = relerr(g, ref), tol = sizeof(T) == 8 ? 1e-12 : sizeof(T) == 4 ? 1e-6 : 1e-2;
         expect(e <= tol && zeros,
                "embedding gw, n %d, V %d, C %d, %zu-byte, %d a vector, hot %d, slices of %d, "
-               "blocks of %d: relative error %g, untouched rows zero: %d",
-               n, V, C, sizeof(T), VN, c.hot, S, H, e, zeros);
+               "blocks of %d, %d rows blocks: relative error %g, untouched rows zero: %d",
+               n, V, C, sizeof(T), VN, c.hot, S, H, G, e, zeros);
         if (run == 0) first = gw;
         else
             expect(!memcmp(first.data(), gw.data(), gw.size() * sizeof(T)),

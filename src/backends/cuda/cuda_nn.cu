@@ -1223,23 +1223,29 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
  * gw[v] = the sum of gout rows i with idx[i] == v (zeros where there is none; indices out of range
  * add nothing: the forward reported them). Two kernels, no memsets:
  * 1. k_emb_sort: a counting sort of the positions by index. Block b owns the vocabulary slice
- *    [b S, b S + S) and reads every index twice. The first pass counts its rows' indices, warp by
- *    warp (warp w reads positions [w L, w L + L) in order and keeps its own counts, which one
- *    lane at a time updates: no atomics), and counts the valid indices below the slice: that is
- *    where the slice starts in the sorted list. A scan gives start[v] (start[V] = the number of
- *    valid indices) and each warp's first place for each row. The rows no index hits are written
- *    as zeros right away (most of gw's bytes), while the second pass puts every position at its
- *    place: ent[] lists the positions row by row, each row's in increasing order, each entry as
- *    (position, row, the row's first place, its end) so that step 2 needs one load per entry.
- *    Every place follows from the counts alone, so the order is the same on every run.
- * 2. k_emb_rows (programmatic dependent launch: it launches while the sort runs): block q takes
- *    the sorted entries [q H, q H + H). A row with at most H entries is summed whole by the block
- *    in which it begins (so a block reads at most 2 H entries) and written once. A longer ("hot")
- *    row is cut at the block boundaries: each block writes the f32 sum of its piece to part[2q +
- *    slot] (slot 0: the piece that starts the block, slot 1: one that starts later), counts the
- *    piece on ticket[v] (zeroed by the sort), and the block that brings the count to the row's
- *    number of pieces adds the pieces in order of q and writes the row. So a row hit thousands of
- *    times is spread over many blocks, and nothing depends on which block came last.
+ *    [b S, b S + S) and reads every index. The first pass counts its rows' indices, warp by warp
+ *    (warp w reads positions [w L, w L + L) in order and keeps its own counts, which one lane at
+ *    a time updates: no atomics), lists the first ES_LIST positions of the slice it meets, and
+ *    counts the valid indices below the slice: that is where the slice starts in the sorted list.
+ *    A scan gives start[v] (start[V] = the number of valid indices) and each warp's first place
+ *    for each row, and the second pass puts every position at its place, from the warp's list
+ *    (or, where that overflowed, reading the warp's indices again): ent[] lists the positions row
+ *    by row, each row's in increasing order, each entry as (position, row, the row's first place,
+ *    its end) so that step 2 needs one load per entry. Every place follows from the counts
+ *    alone, so the order is the same on every run. The sort writes nothing of gw: it is on the
+ *    critical path (step 2 waits for all of it), so it is kept short.
+ * 2. k_emb_rows (programmatic dependent launch: it launches while the sort runs): block q < nq
+ *    takes the sorted entries [q H, q H + H). A row with at most H entries is summed whole by the
+ *    block in which it begins (so a block reads at most 2 H entries) and written once. A longer
+ *    ("hot") row is cut at the block boundaries: each block writes the f32 sum of its piece to
+ *    part[2q + slot] (slot 0: the piece that starts the block, slot 1: one that starts later),
+ *    counts the piece on ticket[v] (zeroed by the sort), and the block that brings the count to
+ *    the row's number of pieces adds the pieces in order of q and writes the row. So a row hit
+ *    thousands of times is spread over many blocks, and nothing depends on which block came last.
+ *    Every block (there may be more than nq, for the zeros alone) also writes zeros to the rows
+ *    no index hits (start[v] == start[v + 1]), most of gw's bytes: the 32-row group g is block
+ *    g % G's (G blocks), each of its zero rows one warp's. So these stores overlap with the sums
+ *    and are spread over the blocks wherever the hits fall.
  * Sums are in f32 (f64 for f64) with one rounding; within a piece, in position order. Rows move
  * in VN-element pieces: 16-byte vectors when C * es is a multiple of 16 and the pointers are
  * 16-byte aligned, else single elements. */
@@ -1247,8 +1253,9 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
 #define ES_THREADS 1024 /* k_emb_sort: 32 warps */
 #define ES_WARPS (ES_THREADS / 32)
 #define ES_U 16           /* index loads in flight per lane: pass 1 */
-#define ES_U2 8           /* pass 2 (it holds more per position) */
-#define ES_MAX_SLICE 1280 /* rows per slice: (32 + 2) x 1280 ints = 170 KB of shared memory */
+#define ES_U2 8           /* pass 2, where it reads the indices again */
+#define ES_LIST 64        /* positions of its slice a warp keeps for pass 2 */
+#define ES_MAX_SLICE 1280 /* rows per slice: (32 + 2) x 1280 + 2 x 32 x 64 ints = 186 KB */
 #define ER_THREADS 256    /* k_emb_rows */
 #define ER_U 8            /* gout loads in flight per thread */
 
@@ -1330,9 +1337,10 @@ template <int VN, typename A> __device__ __forceinline__ void emb_st_acc(A *p, c
     }
 }
 
-/* key[u] = idx[p] for the positions p = b + 32 u + lane (u < U) below p1 when it is a row of
- * [0, V), else -1. Every load is issued before any is looked at (checking each as it came would
- * keep only a few in flight). */
+/* key[u] = idx[p] for the positions p = b + 32 u + lane (u < U) below p1, else -1; an index out
+ * of [0, V) may stay as it is (i32: the tests of its users leave it out of every slice) or become
+ * -1 (i64). Every load is issued before any is looked at (checking each as it came would keep
+ * only a few in flight). */
 template <int U, typename I>
 __device__ __forceinline__ void emb_keys_of(int *key, const I *idx, int b, int p1, int V) {
     int lane = threadIdx.x & 31;
@@ -1344,7 +1352,10 @@ __device__ __forceinline__ void emb_keys_of(int *key, const I *idx, int b, int p
     }
 #pragma unroll
     for (int u = 0; u < U; u++)
-        key[u] = raw[u] >= 0 && raw[u] < V ? (int)raw[u] : -1;
+        if constexpr (sizeof(I) == 4)
+            key[u] = raw[u];
+        else
+            key[u] = raw[u] >= 0 && raw[u] < V ? (int)raw[u] : -1;
 }
 template <int U>
 __device__ __forceinline__ void emb_keys(int *key, const void *idx, bool i64, int b, int p1, int V) {
@@ -1390,29 +1401,58 @@ static __device__ int emb_block_scan(int *a, int m, int *wsum) {
     return total;
 }
 
-/* Step 1 (see above). Dynamic shared memory: cnt[ES_WARPS][S], per[S] and first[S] ints. */
-template <typename T, int VN>
+/* The lanes whose k equals this lane's, where `has` (the same in every lane) holds the lanes with
+ * a key: __match_any_sync, which is slow, only where two or more lanes have one (rare: a slice is a
+ * small part of V). */
+__device__ __forceinline__ unsigned emb_match(unsigned has, int k) {
+    return has & (has - 1) ? __match_any_sync(0xffffffffu, k) : has;
+}
+
+/* Pass 2 of step 1 for one position p of each lane with key k, the lanes' positions increasing
+ * with the lane: the position to its place if k is a row of the slice [v0, v0 + ns), in the
+ * order pass 1 counted them; cw: the warp's next places. */
+__device__ __forceinline__ void emb_place(int k, int p, int v0, int ns, int *cw, const int *first,
+                                          const int *per, int4 *ent) {
+    unsigned lt = (1u << (threadIdx.x & 31)) - 1;
+    bool in = k >= v0 && k < v0 + ns;
+    unsigned has = __ballot_sync(0xffffffffu, in);
+    if (!has) return; /* uniform */
+    unsigned m = emb_match(has, in ? k : -1);
+    int *c = &cw[in ? k - v0 : 0];
+    if (in) {
+        int r = k - v0;
+        emb_st16(&ent[*c + __popc(m & lt)], make_uint4(p, k, first[r], first[r] + per[r]));
+    }
+    __syncwarp(); /* every lane has read *c before the lowest lane moves it on */
+    if (in && !(m & lt)) *c += __popc(m);
+    __syncwarp();
+}
+
+/* Step 1 (see above), S a multiple of 32. Dynamic shared memory (emb_sort_smem): cnt[ES_WARPS][S],
+ * per[S], first[S], lpos[ES_WARPS][ES_LIST] and lkey[ES_WARPS][ES_LIST] ints. */
 __global__ void __launch_bounds__(ES_THREADS, 1)
-    k_emb_sort(T *__restrict__ gw, const void *__restrict__ idx, bool i64, int n, int V, int64_t C,
-               int S, int *__restrict__ start, unsigned *__restrict__ ticket,
-               int4 *__restrict__ ent) {
+    k_emb_sort(const void *__restrict__ idx, bool i64, int n, int V, int S, int *__restrict__ start,
+               unsigned *__restrict__ ticket, int4 *__restrict__ ent) {
     extern __shared__ int es_sh[];
     __shared__ int wsum[32];
     /* cnt[w * S + r]: warp w's count of row v0 + r, later its next place; per[r]: the row's
-     * count; first[r]: its first place */
+     * count; first[r]: its first place; lpos, lkey: the warp's first ES_LIST positions of the
+     * slice and their rows */
     int *cnt = es_sh, *per = es_sh + ES_WARPS * S, *first = per + S;
     nn_launch_next(); /* k_emb_rows may start launching; it waits for this kernel to finish */
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int *lpos = first + S + warp * ES_LIST, *lkey = first + S + (ES_WARPS + warp) * ES_LIST;
     unsigned lt = (1u << lane) - 1; /* lanes below this one */
     int v0 = blockIdx.x * S, ns = V - v0 < S ? V - v0 : S;
     int L = ((n + ES_WARPS - 1) / ES_WARPS + 31) & ~31; /* positions per warp */
     int p0 = warp * L, p1 = p0 + L < n ? p0 + L : n;
-    for (int i = threadIdx.x; i < ES_WARPS * S; i += blockDim.x)
-        cnt[i] = 0;
+    for (int i = threadIdx.x; i < ES_WARPS * S / 4; i += blockDim.x) /* S: a multiple of 32 */
+        ((int4 *)cnt)[i] = make_int4(0, 0, 0, 0);
     __syncthreads();
 
-    /* pass 1: counts. Lanes holding the same row meet in __match_any_sync; the lowest adds. */
-    int below = 0;
+    /* pass 1: counts. Lanes holding the same row meet in __match_any_sync; the lowest adds. The
+     * positions of the slice also go to the warp's list while it has room. */
+    int below = 0, met = 0; /* met: positions of the slice the warp has seen */
     for (int b = p0; b < p1; b += 32 * ES_U) {
         int key[ES_U];
         emb_keys<ES_U>(key, idx, i64, b, p1, V);
@@ -1421,8 +1461,12 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
             int k = key[u];
             bool in = k >= v0 && k < v0 + ns;
             below += k >= 0 && k < v0;
-            if (__ballot_sync(0xffffffffu, in)) {
-                unsigned m = __match_any_sync(0xffffffffu, in ? k : -1);
+            unsigned has = __ballot_sync(0xffffffffu, in);
+            if (has) {
+                unsigned m = emb_match(has, in ? k : -1);
+                int at = met + __popc(has & lt);
+                if (in && at < ES_LIST) lpos[at] = b + u * 32 + lane, lkey[at] = k;
+                met += __popc(has);
                 if (in && !(m & lt)) cnt[warp * S + k - v0] += __popc(m);
                 __syncwarp(); /* the next lowest lane of a row reads what this one wrote */
             }
@@ -1457,40 +1501,54 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
     }
     __syncthreads();
 
-    /* rows no index hits: zeros (these stores drain while pass 2 runs) */
-    int64_t nv = C / VN;
-    for (int r = warp; r < ns; r += ES_WARPS)
-        if (per[r] == 0)
-            for (int64_t j = lane; j < nv; j += 32)
-                emb_zero<T, VN>(gw + (int64_t)(v0 + r) * C + j * VN);
-
-    /* pass 2: every position of the slice to its place, in the order pass 1 counted them */
-    for (int b = p0; b < p1; b += 32 * ES_U2) {
-        int key[ES_U2];
-        emb_keys<ES_U2>(key, idx, i64, b, p1, V);
+    /* pass 2: every position of the slice to its place, from the warp's list where it holds them
+     * all (the usual case: a slice is a small part of V), else from the indices again */
+    int *cw = cnt + warp * S;
+    if (met <= ES_LIST) {
+        for (int i = 0; i < met; i += 32) {
+            int e = i + lane;
+            emb_place(e < met ? lkey[e] : -1, e < met ? lpos[e] : 0, v0, ns, cw, first, per, ent);
+        }
+    } else {
+        for (int b = p0; b < p1; b += 32 * ES_U2) {
+            int key[ES_U2];
+            emb_keys<ES_U2>(key, idx, i64, b, p1, V);
 #pragma unroll
-        for (int u = 0; u < ES_U2; u++) {
-            int k = key[u];
-            bool in = k >= v0 && k < v0 + ns;
-            if (__ballot_sync(0xffffffffu, in)) {
-                unsigned m = __match_any_sync(0xffffffffu, in ? k : -1);
-                int *c = &cnt[warp * S + (in ? k - v0 : 0)];
-                if (in) {
-                    int r = k - v0;
-                    emb_st16(&ent[*c + __popc(m & lt)],
-                             make_uint4(b + u * 32 + lane, k, first[r], first[r] + per[r]));
-                }
-                __syncwarp(); /* every lane has read *c before the lowest lane moves it on */
-                if (in && !(m & lt)) *c += __popc(m);
-                __syncwarp();
-            }
+            for (int u = 0; u < ES_U2; u++)
+                emb_place(key[u], b + u * 32 + lane, v0, ns, cw, first, per, ent);
         }
     }
 }
 
+/* Dynamic shared memory of k_emb_sort for slices of S rows. */
+static size_t emb_sort_smem(int64_t S) {
+    return ((size_t)(ES_WARPS + 2) * (size_t)S + 2 * ES_WARPS * ES_LIST) * sizeof(int);
+}
+
+/* Step 2's zeros (see above): the rows of this block's 32-row groups that no index hits. Every
+ * warp reads the group's start[] (one load a lane) and takes the rows g 32 + w, g 32 + w + nw, ...
+ * Called by every thread of the block; warp-uniform. */
+template <typename T, int VN>
+__device__ __forceinline__ void emb_zero_rows(T *__restrict__ gw, const int *__restrict__ start,
+                                              int V, int64_t C) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int64_t nv = C / VN;
+    for (int64_t g = blockIdx.x; g * 32 < V; g += gridDim.x) {
+        int64_t v = g * 32 + lane;
+        unsigned z = __ballot_sync(0xffffffffu, v < V && start[v] == start[v + 1]);
+        for (int r = warp; r < 32; r += nw)
+            if (z >> r & 1) {
+                T *p = gw + (g * 32 + r) * C;
+                for (int64_t j = lane; j < nv; j += 32)
+                    emb_zero<T, VN>(p + j * VN);
+            }
+    }
+}
+
 /* Step 2 (see above): block q over the sorted entries [q H, q H + 2 H) (ent holds n entries, the
- * first M = start[V] of them sorted, the rest zeros). Dynamic shared memory: pos, row and flag,
- * 2 H ints each; flag: 1 = last entry of a row or piece, 2 = hot piece, 4 = slot 1. */
+ * first M = start[V] of them sorted, the rest zeros; a block past them has none), and the zeros
+ * of the 32-row groups q, q + G, ... Dynamic shared memory: pos, row and flag, 2 H ints each;
+ * flag: 1 = last entry of a row or piece, 2 = hot piece, 4 = slot 1. */
 template <typename T, int VN>
 __global__ void __launch_bounds__(ER_THREADS)
     k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int4 *__restrict__ ent,
@@ -1550,6 +1608,7 @@ __global__ void __launch_bounds__(ER_THREADS)
             }
         }
     }
+    emb_zero_rows<T, VN>(gw, start, V, C);
     if (hot_row[0] < 0 && hot_row[1] < 0) return; /* uniform */
     /* count this block's pieces; the block that completes a row adds its pieces in order */
     __threadfence(); /* the partial sums are visible before the count says so */
@@ -1596,13 +1655,19 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
     S = (S + 31) / 32 * 32;
     if (S > ES_MAX_SLICE) S = ES_MAX_SLICE;
     int64_t nslice = (V + S - 1) / S;
-    size_t es_smem = (size_t)(ES_WARPS + 2) * (size_t)S * sizeof(int);
-    /* H entries per block of k_emb_rows: 64, more for long index lists so that the partial sums
-     * (two rows of C per block) stay a small fraction of gout */
-    int64_t H = 64;
+    size_t es_smem = emb_sort_smem(S);
+    /* H entries per block of k_emb_rows: 32 (blocks enough to spread the sums evenly over the
+     * multiprocessors), more for long index lists so that the partial sums (two rows of C per
+     * block) stay a small fraction of gout */
+    int64_t H = 32;
     while ((n + H - 1) / H > 2048 && H < 1024)
         H *= 2;
     int64_t nq = (n + H - 1) / H;
+    /* blocks of k_emb_rows: nq, or more where the zeros need them (four a multiprocessor, as long
+     * as there are 32-row groups for them) */
+    int64_t groups = (V + 31) / 32, G = 4 * (int64_t)d->sm_count;
+    if (G > groups) G = groups;
+    if (G < nq) G = nq;
     size_t o_start = 0, o_ticket = o_start + emb_align((size_t)(V + 1) * 4),
            o_ent = o_ticket + emb_align((size_t)V * 4),
            o_part = o_ent + emb_align((size_t)(n > 0 ? n : 1) * sizeof(int4)),
@@ -1615,18 +1680,16 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
     A *part = (A *)(buf + o_part);
     fe_status st = FE_OK;
     if (es_smem > 48 * 1024)
-        st = cu_check(cudaFuncSetAttribute(k_emb_sort<T, VN>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize,
+        st = cu_check(cudaFuncSetAttribute(k_emb_sort, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)es_smem),
                       "cudaFuncSetAttribute");
     if (!st) {
-        k_emb_sort<T, VN><<<(unsigned)nslice, ES_THREADS, es_smem, d->stream>>>(
-            (T *)fe__ptr(gw), fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, C, (int)S, start,
-            ticket, ent);
+        k_emb_sort<<<(unsigned)nslice, ES_THREADS, es_smem, d->stream>>>(
+            fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, (int)S, start, ticket, ent);
         st = cu_launched("embedding backward kernel (sort)");
     }
-    if (!st && nq > 0)
-        st = nn_launch_dep(d, "embedding backward kernel (rows)", k_emb_rows<T, VN>, (unsigned)nq,
+    if (!st)
+        st = nn_launch_dep(d, "embedding backward kernel (rows)", k_emb_rows<T, VN>, (unsigned)G,
                            ER_THREADS, (size_t)6 * (size_t)H * sizeof(int), (T *)fe__ptr(gw),
                            (const T *)fe__ptr(gout), (const int4 *)ent, (const int *)start, ticket,
                            part, (int)n, (int)V, C, (int)H);

@@ -111,11 +111,9 @@ FA_DEV float fa_ex2(float x) {
     return y;
 }
 FA_DEV float fa_shfl_xor(float x, int m) { return __shfl_xor_sync(0xffffffffu, x, m); }
-/* *p += a, p[1] += b (8-byte aligned), without a result: a reduction, not an atomicAdd
- * (the float2 atomicAdd compiles to an atom with a result the code never reads) */
 FA_DEV void fa_red2(float *p, float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+    atomicAdd(reinterpret_cast<float2 *>(p), make_float2(a, b));
 #else
     atomicAdd(p, a);
     atomicAdd(p + 1, b);
@@ -851,8 +849,8 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
         const uint16_t *cQ = sQ + buf * BR * LD, *cdO = sdO + buf * BR * LD;
         const float *cL = sSt + 2 * buf * BR, *cDi = cL + BR;
 
-        /* 1. S = Q K^T, dP = dO V^T: rows 32 wm.., keys 32 wn.. (one loop for both, which
-         * lets 16 accumulators interleave, measured the same) */
+        /* 1. S = Q K^T, dP = dO V^T: rows 32 wm.., keys 32 wn.. (one loop over both, letting
+         * 16 accumulators interleave, measured the same as these two) */
         float s[2][4][4], dp[2][4][4];
 #pragma unroll
         for (int m = 0; m < 2; m++)
