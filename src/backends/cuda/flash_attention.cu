@@ -10,11 +10,12 @@
  * tiles of the causal mask are never visited.
  *
  * Backward: rowsum(dO * O) and the lse in log2 units first (a small kernel, so that the
- * main loop stages them with cp.async like the tiles), then one CTA of 4 warps per
- * (query head, batch, key tile of 128 keys at D = 64, 64 at D = 128); each warp owns 32
- * or 16 keys (two or one m16 tiles, as in the forward) and keeps their
- * dK, dV in f32 registers while the CTA walks the query tiles (32 rows) of its head
- * that see the tile. dQ is accumulated in an f32 scratch buffer with atomic adds (each
+ * main loop stages them with cp.async like the tiles), then one CTA per (query head,
+ * batch, key tile of 128 keys), which keeps the tile's dK, dV in f32 registers while it
+ * walks the query tiles of its head that see the tile. At D = 64 (fa_bwd_kernel) the CTA
+ * has 4 warps, each owning 32 keys (two m16 tiles, as in the forward) over 32-row query
+ * tiles; at D = 128 (fa_bwd8_kernel) 8 warps over 64-row query tiles, arranged per
+ * product as FlashAttention-2 does (see there). dQ is accumulated in an f32 scratch buffer with atomic adds (each
  * CTA adds dS K for its keys) and converted at the end. With grouped KV heads
  * (G = Hq / Hkv > 1) the G CTAs of one kv head add their dK, dV into f32 scratch
  * buffers the same way (one CTA per query head gives G times the parallelism and far
