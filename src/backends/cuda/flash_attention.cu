@@ -905,38 +905,25 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
         fa_sync(); /* P, dS written */
 
         /* 3. dV += P^T dO, dK += dS^T Q: keys 32 wk.., columns 64 wd.. */
+        auto kv_step = [&](float(&acc)[2][8][4], const uint16_t *At, const uint16_t *B, int kk) {
+            uint32_t a[2][4];
 #pragma unroll
-        for (int kk = 0; kk < BR / 16; kk++) {
-            uint32_t pa[2][4];
-#pragma unroll
-            for (int m = 0; m < 2; m++) a_frag_t(pa[m], sP, LP, 32 * wk + 16 * m, 16 * kk);
-#pragma unroll
-            for (int dq4 = 0; dq4 < 4; dq4++) {
-                uint32_t ob[4];
-                b_frag_t(ob, cdO, LD, 64 * wd + 16 * dq4, 16 * kk);
-#pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    fa_mma<BF>(dv[m][2 * dq4], pa[m], ob[0], ob[1]);
-                    fa_mma<BF>(dv[m][2 * dq4 + 1], pa[m], ob[2], ob[3]);
-                }
-            }
-        }
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; kk++) {
-            uint32_t da[2][4];
-#pragma unroll
-            for (int m = 0; m < 2; m++) a_frag_t(da[m], sdS, LP, 32 * wk + 16 * m, 16 * kk);
+            for (int m = 0; m < 2; m++) a_frag_t(a[m], At, LP, 32 * wk + 16 * m, 16 * kk);
 #pragma unroll
             for (int dq4 = 0; dq4 < 4; dq4++) {
-                uint32_t qb[4];
-                b_frag_t(qb, cQ, LD, 64 * wd + 16 * dq4, 16 * kk);
+                uint32_t bb[4];
+                b_frag_t(bb, B, LD, 64 * wd + 16 * dq4, 16 * kk);
 #pragma unroll
                 for (int m = 0; m < 2; m++) {
-                    fa_mma<BF>(dk[m][2 * dq4], da[m], qb[0], qb[1]);
-                    fa_mma<BF>(dk[m][2 * dq4 + 1], da[m], qb[2], qb[3]);
+                    fa_mma<BF>(acc[m][2 * dq4], a[m], bb[0], bb[1]);
+                    fa_mma<BF>(acc[m][2 * dq4 + 1], a[m], bb[2], bb[3]);
                 }
             }
-        }
+        };
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) kv_step(dv, sP, cdO, kk);
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) kv_step(dk, sdS, cQ, kk);
 
         /* 4. dQ rows 32 wm.., columns 32 wn.. += scale * dS K over the tile's 128 keys */
         {
