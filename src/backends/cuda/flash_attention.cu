@@ -160,6 +160,26 @@ template <bool BF, int N> FA_DEV void fa_c_to_a(uint32_t (&a)[4], const float (&
     a[3] = fa_pack<BF>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
 }
 
+/* One 16-deep step of acc += A B over a warp's two m16 tiles by N n8 tiles: la(a, m) loads
+ * the A fragment of m tile m, lb(b, np) the B fragments of n tiles 2 np and 2 np + 1, so that
+ * each A fragment feeds N products and each B fragment two. */
+template <bool BF, int N, typename LA, typename LB>
+FA_DEV void fa_mma_2xn(float (&acc)[2][N][4], LA la, LB lb) {
+    uint32_t a[2][4];
+#pragma unroll
+    for (int m = 0; m < 2; m++) la(a[m], m);
+#pragma unroll
+    for (int np = 0; np < N / 2; np++) {
+        uint32_t b[4];
+        lb(b, np);
+#pragma unroll
+        for (int m = 0; m < 2; m++) {
+            fa_mma<BF>(acc[m][2 * np], a[m], b[0], b[1]);
+            fa_mma<BF>(acc[m][2 * np + 1], a[m], b[2], b[3]);
+        }
+    }
+}
+
 /* ---- kernels ------------------------------------------------------------------------- */
 
 #define FA_LOG2E 1.4426950408889634f
@@ -860,19 +880,9 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
 #pragma unroll
                 for (int e = 0; e < 4; e++) s[m][n][e] = dp[m][n][e] = 0.f;
         auto sdp_step = [&](float(&acc)[2][4][4], const uint16_t *A, const uint16_t *Bt, int kk) {
-            uint32_t a[2][4];
-#pragma unroll
-            for (int m = 0; m < 2; m++) a_frag(a[m], A, LD, 32 * wm + 16 * m, 16 * kk);
-#pragma unroll
-            for (int np = 0; np < 2; np++) {
-                uint32_t bb[4];
-                b_frag(bb, Bt, LD, 32 * wn + 16 * np, 16 * kk);
-#pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    fa_mma<BF>(acc[m][2 * np], a[m], bb[0], bb[1]);
-                    fa_mma<BF>(acc[m][2 * np + 1], a[m], bb[2], bb[3]);
-                }
-            }
+            fa_mma_2xn<BF>(
+                acc, [&](uint32_t(&a)[4], int m) { a_frag(a, A, LD, 32 * wm + 16 * m, 16 * kk); },
+                [&](uint32_t(&b)[4], int np) { b_frag(b, Bt, LD, 32 * wn + 16 * np, 16 * kk); });
         };
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) sdp_step(s, cQ, sK, kk);
@@ -906,19 +916,9 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
 
         /* 3. dV += P^T dO, dK += dS^T Q: keys 32 wk.., columns 64 wd.. */
         auto kv_step = [&](float(&acc)[2][8][4], const uint16_t *At, const uint16_t *B, int kk) {
-            uint32_t a[2][4];
-#pragma unroll
-            for (int m = 0; m < 2; m++) a_frag_t(a[m], At, LP, 32 * wk + 16 * m, 16 * kk);
-#pragma unroll
-            for (int dq4 = 0; dq4 < 4; dq4++) {
-                uint32_t bb[4];
-                b_frag_t(bb, B, LD, 64 * wd + 16 * dq4, 16 * kk);
-#pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    fa_mma<BF>(acc[m][2 * dq4], a[m], bb[0], bb[1]);
-                    fa_mma<BF>(acc[m][2 * dq4 + 1], a[m], bb[2], bb[3]);
-                }
-            }
+            fa_mma_2xn<BF>(
+                acc, [&](uint32_t(&a)[4], int m) { a_frag_t(a, At, LP, 32 * wk + 16 * m, 16 * kk); },
+                [&](uint32_t(&b)[4], int np) { b_frag_t(b, B, LD, 64 * wd + 16 * np, 16 * kk); });
         };
 #pragma unroll
         for (int kk = 0; kk < BR / 16; kk++) kv_step(dv, sP, cdO, kk);
@@ -933,21 +933,10 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
 #pragma unroll
                 for (int n = 0; n < 4; n++) dq[m][n][0] = dq[m][n][1] = dq[m][n][2] = dq[m][n][3] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < BC / 16; kk++) {
-                uint32_t sa[2][4];
-#pragma unroll
-                for (int m = 0; m < 2; m++) a_frag(sa[m], sdS, LP, 32 * wm + 16 * m, 16 * kk);
-#pragma unroll
-                for (int np = 0; np < 2; np++) {
-                    uint32_t kb[4];
-                    b_frag_t(kb, sK, LD, 32 * wn + 16 * np, 16 * kk);
-#pragma unroll
-                    for (int m = 0; m < 2; m++) {
-                        fa_mma<BF>(dq[m][2 * np], sa[m], kb[0], kb[1]);
-                        fa_mma<BF>(dq[m][2 * np + 1], sa[m], kb[2], kb[3]);
-                    }
-                }
-            }
+            for (int kk = 0; kk < BC / 16; kk++)
+                fa_mma_2xn<BF>(
+                    dq, [&](uint32_t(&a)[4], int m) { a_frag(a, sdS, LP, 32 * wm + 16 * m, 16 * kk); },
+                    [&](uint32_t(&b)[4], int np) { b_frag_t(b, sK, LD, 32 * wn + 16 * np, 16 * kk); });
 #pragma unroll
             for (int m = 0; m < 2; m++)
 #pragma unroll
