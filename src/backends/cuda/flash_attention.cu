@@ -517,6 +517,57 @@ template <bool BF, int D> FA_KERNEL(256) fa_convert_kernel(const fa_params p, in
     }
 }
 
+/* The end of a backward CTA: this warp's dK (times the scale) and dV, MT m16 tiles of keys
+ * from key j0 (row r0 of the CTA's sK, sV tiles) by N n8 tiles of columns from c0, in C-fragment
+ * layout. With grouped KV heads (G > 1) they are added into the group's f32 accumulators, when
+ * the CTA saw any query (`any`); else staged in the warp's own block of sK, sV (after a barrier:
+ * every warp is done with K, V) and copied out as 16-byte rows. Every thread calls it. */
+template <bool BF, int D, int MT, int N>
+FA_DEV void fa_write_dkdv(const fa_params &p, const float (&dk)[MT][N][4], const float (&dv)[MT][N][4],
+                          uint16_t *sK, uint16_t *sV, int j0, int r0, int c0, bool any) {
+    constexpr int LD = D + 8;
+    const int lane = fa_tid() & 31, g = lane >> 2, t = lane & 3, b = fa_by(), hk = fa_bx() / p.G;
+    if (p.G > 1) {
+        const size_t krow = ((size_t)b * p.Hkv + hk) * p.S;
+#pragma unroll
+        for (int m = 0; m < MT; m++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int j = j0 + 16 * m + g + 8 * r;
+                if (any && j < p.S) {
+                    const size_t o = (krow + j) * D + c0 + 2 * t;
+#pragma unroll
+                    for (int n = 0; n < N; n++) {
+                        fa_red2(p.dk + o + 8 * n, dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale);
+                        fa_red2(p.dv + o + 8 * n, dv[m][n][2 * r], dv[m][n][2 * r + 1]);
+                    }
+                }
+            }
+        return;
+    }
+    fa_sync();
+#pragma unroll
+    for (int m = 0; m < MT; m++)
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int n = 0; n < N; n++) {
+                const int off = (r0 + 16 * m + g + 8 * r) * LD + c0 + 8 * n + 2 * t;
+                fa_st32(sK + off, fa_pack<BF>(dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale));
+                fa_st32(sV + off, fa_pack<BF>(dv[m][n][2 * r], dv[m][n][2 * r + 1]));
+            }
+    fa_syncwarp();
+    uint16_t *gK = p.gk + b * p.sgk.b + hk * p.sgk.h, *gV = p.gv + b * p.sgv.b + hk * p.sgv.h;
+#pragma unroll
+    for (int c = lane; c < 16 * MT * N; c += 32) {
+        const int r = c / N, col = c0 + 8 * (c % N), j = j0 + r;
+        if (j < p.S) {
+            fa_copy16(gK + j * p.sgk.r + col, sK + (r0 + r) * LD + col);
+            fa_copy16(gV + j * p.sgv.r + col, sV + (r0 + r) * LD + col);
+        }
+    }
+}
+
 /* The share of query head h in dK, dV of one key tile, and the tile's share of dQ, at
  * D = 64. Grid (Hq, B, ceil(S / 128)), 128 threads; each warp owns 32 keys. At least 2 CTAs
  * per SM. */
@@ -740,47 +791,7 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
     }
 
     fa_cp_wait(); /* K, V of a CTA without query tiles */
-    if (p.G > 1) {
-        /* add this head's share of dK (scaled), dV into the group's f32 accumulators */
-        const size_t krow = ((size_t)b * p.Hkv + hk) * S;
-#pragma unroll
-        for (int m = 0; m < KW; m++)
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const int j = kv0 + w0 + 16 * m + g + 8 * r;
-                if (total > 0 && j < S) {
-                    float *dK = p.dk + (krow + j) * D + 2 * t, *dV = p.dv + (krow + j) * D + 2 * t;
-#pragma unroll
-                    for (int n = 0; n < D / 8; n++) {
-                        fa_red2(dK + 8 * n, dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale);
-                        fa_red2(dV + 8 * n, dv[m][n][2 * r], dv[m][n][2 * r + 1]);
-                    }
-                }
-            }
-        return;
-    }
-    /* stage dK (scaled), dV in this warp's own rows of sK, sV and copy out */
-    fa_sync();
-#pragma unroll
-    for (int m = 0; m < KW; m++)
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-#pragma unroll
-            for (int n = 0; n < D / 8; n++) {
-                const int off = (w0 + 16 * m + g + 8 * r) * LD + 8 * n + 2 * t;
-                fa_st32(sK + off, fa_pack<BF>(dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale));
-                fa_st32(sV + off, fa_pack<BF>(dv[m][n][2 * r], dv[m][n][2 * r + 1]));
-            }
-    fa_syncwarp();
-    uint16_t *gK = p.gk + b * p.sgk.b + hk * p.sgk.h, *gV = p.gv + b * p.sgv.b + hk * p.sgv.h;
-#pragma unroll
-    for (int c = lane; c < 16 * KW * (D / 8); c += 32) {
-        const int r = c / (D / 8), cc = c % (D / 8), j = kv0 + w0 + r;
-        if (j < S) {
-            fa_copy16(gK + j * p.sgk.r + cc * 8, sK + (w0 + r) * LD + cc * 8);
-            fa_copy16(gV + j * p.sgv.r + cc * 8, sV + (w0 + r) * LD + cc * 8);
-        }
-    }
+    fa_write_dkdv<BF, D>(p, dk, dv, sK, sV, kv0 + w0, w0, 0, total > 0);
 }
 
 /* The share of query head h in dK, dV of one 128-key tile, and the tile's share of dQ, at
@@ -953,47 +964,7 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
     }
 
     fa_cp_wait(); /* K, V of a CTA without query tiles */
-    if (p.G > 1) {
-        /* add this head's share of dK (scaled), dV into the group's f32 accumulators */
-        const size_t krow = ((size_t)b * p.Hkv + hk) * S;
-#pragma unroll
-        for (int m = 0; m < 2; m++)
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const int j = kv0 + 32 * wk + 16 * m + g + 8 * r;
-                if (total > 0 && j < S) {
-                    const size_t o = (krow + j) * D + 64 * wd + 2 * t;
-#pragma unroll
-                    for (int n = 0; n < 8; n++) {
-                        fa_red2(p.dk + o + 8 * n, dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale);
-                        fa_red2(p.dv + o + 8 * n, dv[m][n][2 * r], dv[m][n][2 * r + 1]);
-                    }
-                }
-            }
-        return;
-    }
-    /* stage dK (scaled), dV in this warp's own block of sK, sV and copy out */
-    fa_sync();
-#pragma unroll
-    for (int m = 0; m < 2; m++)
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-#pragma unroll
-            for (int n = 0; n < 8; n++) {
-                const int off = (32 * wk + 16 * m + g + 8 * r) * LD + 64 * wd + 8 * n + 2 * t;
-                fa_st32(sK + off, fa_pack<BF>(dk[m][n][2 * r] * p.scale, dk[m][n][2 * r + 1] * p.scale));
-                fa_st32(sV + off, fa_pack<BF>(dv[m][n][2 * r], dv[m][n][2 * r + 1]));
-            }
-    fa_syncwarp();
-    uint16_t *gK = p.gk + b * p.sgk.b + hk * p.sgk.h, *gV = p.gv + b * p.sgv.b + hk * p.sgv.h;
-#pragma unroll
-    for (int c = lane; c < 32 * 8; c += 32) {
-        const int r = c / 8, col = 64 * wd + 8 * (c % 8), j = kv0 + 32 * wk + r;
-        if (j < S) {
-            fa_copy16(gK + j * p.sgk.r + col, sK + (32 * wk + r) * LD + col);
-            fa_copy16(gV + j * p.sgv.r + col, sV + (32 * wk + r) * LD + col);
-        }
-    }
+    fa_write_dkdv<BF, D>(p, dk, dv, sK, sV, kv0 + 32 * wk, 32 * wk, 64 * wd, total > 0);
 }
 
 #ifndef FE_FLASH_EMU
