@@ -20,9 +20,7 @@ log=${OUT:-build-flash}
 mkdir -p build-flash "$log"
 
 if [ "$emu" = 1 ]; then
-  g++ -O2 -std=c++17 -Wall -Wextra -Werror -Wno-unknown-pragmas -Wno-clobbered -Iinclude -Isrc \
-    tests/flash/flash_emu.cpp -o build-flash/flash_emu
-  ./build-flash/flash_emu 2>&1 | tee "$log/flash_emu.log"
+  scripts/flash_emu.sh 2>&1 | tee "$log/flash_emu.log"
 fi
 
 echo "== build (registers and spills per kernel in $log/flash_build.log)"

@@ -14,7 +14,7 @@
  * the same with rows padded and the data offset, as slices of a fused QKV projection
  * would be. Gaps of the written operands must keep their sentinel.
  *
- *   g++ -O2 -std=c++17 -Iinclude -Isrc tests/flash/flash_emu.cpp -o flash_emu && ./flash_emu
+ *   scripts/flash_emu.sh
  */
 #define FE_FLASH_EMU 1
 
