@@ -4,8 +4,8 @@
  * 32 query rows (two m16 tiles, so that every K, V fragment read from shared memory feeds
  * two products). At D = 64, Q is loaded once into mma A fragments; at D = 128 (where the
  * registers are taken by O) its fragments are read from shared memory again for each key
- * tile. K and V tiles of 64 keys are staged in shared memory with cp.async, V of tile j loading while
- * S = Q K^T runs and K of tile j+1 loading while O += P V runs. Softmax is online in
+ * tile. K and V tiles of 64 keys are staged in shared memory with cp.async, V of tile j
+ * loading while S = Q K^T runs and K of tile j+1 loading while O += P V runs. Softmax is online in
  * f32 registers with the scale folded into exp2 (log2 units). Fully masked key
  * tiles of the causal mask are never visited.
  *
@@ -15,9 +15,9 @@
  * walks the query tiles of its head that see the tile. At D = 64 (fa_bwd_kernel) the CTA
  * has 4 warps, each owning 32 keys (two m16 tiles, as in the forward) over 32-row query
  * tiles; at D = 128 (fa_bwd8_kernel) 8 warps over 64-row query tiles, arranged per
- * product as FlashAttention-2 does (see there). dQ is accumulated in an f32 scratch buffer with atomic adds (each
- * CTA adds dS K for its keys) and converted at the end. With grouped KV heads
- * (G = Hq / Hkv > 1) the G CTAs of one kv head add their dK, dV into f32 scratch
+ * product as FlashAttention-2 does (see there). dQ is accumulated in an f32 scratch buffer
+ * with atomic adds (each CTA adds dS K for its keys) and converted at the end. With grouped
+ * KV heads (G = Hq / Hkv > 1) the G CTAs of one kv head add their dK, dV into f32 scratch
  * buffers the same way (one CTA per query head gives G times the parallelism and far
  * shorter CTAs than walking the whole group in one); with G = 1 they write dK, dV
  * directly. Float atomics make dQ, and dK, dV when G > 1, not bitwise reproducible run
@@ -213,7 +213,7 @@ enum { FA_BC = 64, FA_NT = 128, FA_BBR = 32 };
  * that every K, V fragment read from shared memory feeds two products. At D = 64 the warp
  * holds its Q fragments in registers for the whole loop (QREG); at D = 128 they would not
  * fit beside the O accumulators, and are read again from shared memory at each K tile. */
-constexpr int fa_fwd_br(int D) { return D == 64 || D == 128 ? 128 : 64; }
+constexpr int fa_fwd_br(int /* D: 64 or 128 */) { return 128; }
 template <int D> struct fa_fwd_tile {
     static constexpr int br = fa_fwd_br(D), qw = br / 64;
     static constexpr bool qreg = D == 64;
@@ -225,7 +225,7 @@ template <int D> struct fa_fwd_tile {
  * tensor cores, bounds a one-tile kernel), over 32-row query tiles.
  * D = 128 (fa_bwd8_kernel): 8 warps over 64-row query tiles; the dK, dV accumulators of a
  * warp cover 32 keys x 64 columns, and P, dS go through shared memory (see there). */
-constexpr int fa_bwd_bc(int D) { return D == 64 || D == 128 ? 128 : 64; }
+constexpr int fa_bwd_bc(int /* D: 64 or 128 */) { return 128; }
 constexpr int fa_bwd_nt(int D) { return D == 128 ? 256 : FA_NT; }
 template <int D> struct fa_bwd_tile {
     static constexpr int bc = fa_bwd_bc(D), kw = bc / 64;
