@@ -167,6 +167,10 @@ static fe_status k_rmsnorm_bwd(bench *b, int r) {
     fe_tensor **t = b->t[r]; /* x, w, gy, rstd, gx, gw */
     return fe__be(t[0])->rmsnorm_backward(t[4], t[5], t[2], t[0], t[1], t[3], NULL);
 }
+static fe_status k_rmsnorm_bwd_dx(bench *b, int r) { /* frozen weight (LoRA): no gw */
+    fe_tensor **t = b->t[r];
+    return fe__be(t[0])->rmsnorm_backward(t[4], NULL, t[2], t[0], t[1], t[3], NULL);
+}
 static fe_status k_silu(bench *b, int r) {
     return fe_silu_gate(b->t[r][0], b->t[r][1]) ? FE_OK : fe_last_status();
 }
@@ -247,6 +251,17 @@ static void bench_rows(int64_t R0, int64_t C) {
             t[4] = fe_empty(2, sh, dt, g_dev), t[5] = fe_empty(1, &C, dt, g_dev);
         }
         b.bytes = E + E + W + st + E + W; /* gy, x, w, rstd in; gx, gw out */
+        strcpy(b.size, size), run_bench(&b);
+    }
+    {
+        bench b = {.name = "rmsnorm_bwd_dx", .dtype = "bf16", .nrot = nrot, .fn = k_rmsnorm_bwd_dx};
+        for (int r = 0; r < nrot; r++) {
+            fe_tensor **t = b.t[r];
+            t[0] = rnd(2, sh, dt, 1.0), t[1] = rnd(1, &C, dt, 1.0), t[2] = rnd(2, sh, dt, 1.0);
+            t[3] = fe_rand(1, &R, 0.5, 2.0, FE_F32, g_dev);
+            t[4] = fe_empty(2, sh, dt, g_dev);
+        }
+        b.bytes = E + E + W + st + E; /* gy, x, w, rstd in; gx out */
         strcpy(b.size, size), run_bench(&b);
     }
     {

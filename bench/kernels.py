@@ -85,7 +85,7 @@ def torch_time(row):
         xs = [rnd(n)]
         ys = [torch.empty_like(xs[0])]
         return median_ms(lambda r: ys[0].copy_(xs[0]), rot=1)
-    if name in ("rmsnorm_fwd", "rmsnorm_residual_fwd", "rmsnorm_bwd", "silu_gate_fwd",
+    if name in ("rmsnorm_fwd", "rmsnorm_residual_fwd", "rmsnorm_bwd", "rmsnorm_bwd_dx", "silu_gate_fwd",
                 "silu_gate_bwd", "softmax_fwd"):
         R, C = dims(size)
         xs = [rnd(R, C) for _ in range(2)]
@@ -104,6 +104,10 @@ def torch_time(row):
             ys = [rms_norm(xg[r], (C,), wg[r], 1e-5) for r in range(2)]
             return median_ms(lambda r: torch.autograd.grad(ys[r], (xg[r], wg[r]), rs[r],
                                                            retain_graph=True))
+        if name == "rmsnorm_bwd_dx":  # a frozen norm weight (LoRA): the input's gradient only
+            xg = [x.clone().requires_grad_(True) for x in xs]
+            ys = [rms_norm(xg[r], (C,), ws[r], 1e-5) for r in range(2)]
+            return median_ms(lambda r: torch.autograd.grad(ys[r], (xg[r],), rs[r], retain_graph=True))
         if name == "silu_gate_fwd":
             return median_ms(lambda r: F.silu(xs[r]) * rs[r])
         if name == "silu_gate_bwd":

@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu ferbench
+#                      clocks flashncu ferbench gemmalgos rbvariants
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +81,31 @@ do_memtrace() {
         --steps 4 --bench --device cuda
 }
 do_decoder() { build-gpu/test_decoder; }
+# Every cuBLASLt algorithm the heuristic offers for the benchmark's xWt shapes, timed beside
+# cublasGemmEx and torch.matmul (bench/gemm_algos.c).
+do_gemmalgos() {
+    cc -O2 bench/gemm_algos.c -I/usr/local/cuda/include -L/usr/local/cuda/lib64 -lcublasLt -lcublas \
+        -lcudart -o /tmp/gemm_algos || return 1
+    /tmp/gemm_algos ${GEMM_SHAPES:-16384,5632,2048 16384,2048,5632 16384,2048,2048 16384,768,2048}
+    python3 - ${GEMM_SHAPES:-16384,5632,2048 16384,2048,5632 16384,2048,2048 16384,768,2048} <<'PY'
+import sys, torch
+for a in sys.argv[1:]:
+    M, K, N = map(int, a.split(","))
+    x = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02
+    for _ in range(3): torch.matmul(x, w.t())
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    ts = []
+    for _ in range(5):
+        s.record()
+        for _ in range(20): torch.matmul(x, w.t())
+        e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e) / 20)
+    ms = sorted(ts)[2]
+    print(f"torch.matmul M={M} K={K} N={N}: {ms:.4f} ms {2*M*N*K/ms/1e9:.1f} TFLOP/s")
+PY
+}
+# The RMSNorm backward with two 16-byte vectors a thread (FE_RB_VPT=2: shorter rows per group).
+do_rbvariants() { FE_RB_VPT=2 timeout 100 python3 bench/kernels.py --build build-gpu --only rmsnorm_bwd; }
 # Host queueing time beside step time, a step at a time (FE_BENCH_SYNC): is the GPU waiting on the host?
 do_hostdiag() {
     FE_BENCH_SYNC=1 timeout 200 build-gpu/ferric train --preset "${PROFILE_PRESET:-tinyllama}" --synthetic \
@@ -132,6 +157,8 @@ for s in "$@"; do
     trainbench) stage trainbench do_trainbench ;;
     ferbench) stage ferbench do_ferbench ;;
     decoder) stage decoder do_decoder ;;
+    gemmalgos) stage gemmalgos do_gemmalgos ;;
+    rbvariants) stage rbvariants do_rbvariants ;;
     profile) stage profile do_profile ;;
     decprof) stage decprof do_decprof ;;
     memtrace) stage memtrace do_memtrace ;;

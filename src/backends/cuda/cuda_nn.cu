@@ -927,6 +927,8 @@ static fe_status rmsnorm_bwd_fast(cu_dev *d, fe_tensor *gx, fe_tensor *gw, const
                                   const fe_tensor *gextra, int64_t R, int64_t C) {
     int64_t nvec = C / (16 / (int64_t)fe_dtype_size(x->dtype));
     int vpt = nvec > RB_THREADS ? 2 : 1, tpr = 32;
+    const char *ev = getenv("FE_RB_VPT"); /* EXPERIMENT (session 7): force two vectors a thread */
+    if (ev && atoi(ev) == 2 && nvec > 64) vpt = 2;
     while ((int64_t)tpr * vpt < nvec)
         tpr *= 2; /* at most RB_THREADS, as nvec <= RB_MAX_VEC */
     FR_DISPATCH(x->dtype, {
