@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu ferbench gemmalgos rbvariants
+#                      clocks flashncu ferbench gemmalgos rowprof
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,7 +59,7 @@ do_bench() {
     done
 }
 
-do_kernels() { timeout 200 python3 bench/kernels.py --build build-gpu; }
+do_kernels() { timeout 200 python3 bench/kernels.py --build build-gpu ${KERNELS_ONLY:+--only $KERNELS_ONLY}; }
 do_hfparity() { timeout 200 python3 tests/parity/hf_parity.py --build build-gpu; }
 do_decode() { timeout 200 python3 bench/decode.py --build build-gpu --keep /tmp/tinyllama-bf16 ${DECODE_ARGS:-}; }
 # Per-kernel times of the decoder's graph (after the decode stage saved its model).
@@ -86,8 +86,13 @@ do_decoder() { build-gpu/test_decoder; }
 do_gemmalgos() {
     cc -O2 bench/gemm_algos.c -I/usr/local/cuda/include -L/usr/local/cuda/lib64 -lcublasLt -lcublas \
         -lcudart -o /tmp/gemm_algos || return 1
-    /tmp/gemm_algos ${GEMM_SHAPES:-16384,5632,2048 16384,2048,5632 16384,2048,2048 16384,768,2048}
-    python3 - ${GEMM_SHAPES:-16384,5632,2048 16384,2048,5632 16384,2048,2048 16384,768,2048} <<'PY'
+    local shapes=${GEMM_SHAPES:-16384,5632,2048 16384,2048,5632 16384,2048,2048 16384,768,2048}
+    torch_mm $shapes  # before and after: the card's clocks drift with its power state
+    /tmp/gemm_algos $shapes
+    torch_mm $shapes
+}
+torch_mm() {
+    python3 - "$@" <<'PY'
 import sys, torch
 for a in sys.argv[1:]:
     M, K, N = map(int, a.split(","))
@@ -95,17 +100,28 @@ for a in sys.argv[1:]:
     w = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) * 0.02
     for _ in range(3): torch.matmul(x, w.t())
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record(); torch.matmul(x, w.t()); e.record(); torch.cuda.synchronize()
+    n = max(20, min(2000, int(50 / s.elapsed_time(e))))  # ~50 ms a run, as gemm_algos
     ts = []
     for _ in range(5):
         s.record()
-        for _ in range(20): torch.matmul(x, w.t())
-        e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e) / 20)
+        for _ in range(n): torch.matmul(x, w.t())
+        e.record(); torch.cuda.synchronize(); ts.append(s.elapsed_time(e) / n)
     ms = sorted(ts)[2]
     print(f"torch.matmul M={M} K={K} N={N}: {ms:.4f} ms {2*M*N*K/ms/1e9:.1f} TFLOP/s")
 PY
 }
-# The RMSNorm backward with two 16-byte vectors a thread (FE_RB_VPT=2: shorter rows per group).
-do_rbvariants() { FE_RB_VPT=2 timeout 100 python3 bench/kernels.py --build build-gpu --only rmsnorm_bwd; }
+# Each kernel of the RMSNorm and embedding backward alone (ncu, clocks left alone).
+do_rowprof() {
+    bash bench/build.sh build-gpu >/dev/null || return 1
+    local k
+    for k in rmsnorm_bwd embedding_bwd; do
+        timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv \
+            --launch-skip 20 --launch-count 12 build-gpu/bench_kernels --device cuda --only $k \
+            >"$LOGS/rowprof_$k.csv" 2>&1
+        python3 bench/ncu_summary.py "$LOGS/rowprof_$k.csv"
+    done
+}
 # Host queueing time beside step time, a step at a time (FE_BENCH_SYNC): is the GPU waiting on the host?
 do_hostdiag() {
     FE_BENCH_SYNC=1 timeout 200 build-gpu/ferric train --preset "${PROFILE_PRESET:-tinyllama}" --synthetic \
@@ -158,7 +174,7 @@ for s in "$@"; do
     ferbench) stage ferbench do_ferbench ;;
     decoder) stage decoder do_decoder ;;
     gemmalgos) stage gemmalgos do_gemmalgos ;;
-    rbvariants) stage rbvariants do_rbvariants ;;
+    rowprof) stage rowprof do_rowprof ;;
     profile) stage profile do_profile ;;
     decprof) stage decprof do_decprof ;;
     memtrace) stage memtrace do_memtrace ;;
