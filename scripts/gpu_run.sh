@@ -59,7 +59,7 @@ do_bench() {
     done
 }
 
-do_kernels() { timeout 200 python3 bench/kernels.py --build build-gpu ${KERNELS_ONLY:+--only $KERNELS_ONLY}; }
+do_kernels() { FE_LT_LOG=${FE_LT_LOG:-0} timeout 200 python3 bench/kernels.py --build build-gpu ${KERNELS_ONLY:+--only $KERNELS_ONLY}; }
 do_hfparity() { timeout 200 python3 tests/parity/hf_parity.py --build build-gpu; }
 do_decode() { timeout 200 python3 bench/decode.py --build build-gpu --keep /tmp/tinyllama-bf16 ${DECODE_ARGS:-}; }
 # Per-kernel times of the decoder's graph (after the decode stage saved its model).
@@ -117,7 +117,8 @@ do_rowprof() {
     local k
     for k in rmsnorm_bwd embedding_bwd; do
         timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum --csv \
-            --launch-skip 20 --launch-count 12 build-gpu/bench_kernels --device cuda --only $k \
+            -k 'regex:k_emb|k_rmsnorm|k_colsum' --launch-skip 6 --launch-count 12 \
+            build-gpu/bench_kernels --device cuda --only $k \
             >"$LOGS/rowprof_$k.csv" 2>&1
         python3 bench/ncu_summary.py "$LOGS/rowprof_$k.csv"
     done

@@ -16,7 +16,7 @@ mkdir -p build-emu
   awk '/^\/\* ---- RMSNorm backward on rows in registers/{p=1} /^\/\* Softmax \(LOG/{p=0} p' $src
   awk '/^__device__ __forceinline__ long long index_at/{p=1} p{print} p&&/^}/{exit}' $src
   awk '/^\/\* ---- embedding backward: deterministic/{p=1} /^static size_t emb_align/{p=0} p' $src
-} | sed -E 's/extern __shared__ (__align__\([0-9]+\) )?(float|int) ([a-z_]+)\[\];/\2 *\3 = (\2 *)emu::dsmem();/' \
+} | sed -E 's/extern __shared__ (float|int) ([a-z_]+)\[\];/\1 *\2 = (\1 *)emu::dsmem();/' \
   > build-emu/row_grads_kernels.inc
 for k in k_rmsnorm_bwd_fast k_colsum_final_f k_emb_sort k_emb_rows; do
   grep -q "$k(" build-emu/row_grads_kernels.inc || { echo "$0: $k not found in $src" >&2; exit 2; }

@@ -96,7 +96,7 @@ static void rms_case(int R, int C, bool has_w, bool has_gx, bool has_gw, bool ha
     a.gy = gy.data(), a.x = x.data(), a.w = has_w ? w.data() : NULL;
     a.ge = has_gx && has_ge ? ge.data() : NULL;
     a.rstd = rstd.data(), a.R = R, a.C = C, a.tpr = tpr;
-    size_t smem = (size_t)(RB_THREADS / tpr) * C * sizeof(float); /* a row per group */
+    size_t smem = (size_t)C * sizeof(float);
     if (a.ge)
         vpt == 1 ? rms_launch<T, 1, true>(a, nb, has_gw, smem) : rms_launch<T, 2, true>(a, nb, has_gw, smem);
     else

@@ -84,6 +84,33 @@ static int alignment(const void *p, int64_t batch_stride_bytes, int64_t batch) {
     return a;
 }
 
+/* FE_LT_LOG=1: print each algorithm cuBLASLt's heuristic gives for a new shape (stderr), to
+ * compare with what another library runs on the same product (see bench/gemm_algos.c). */
+static void log_algo(const gemm_key *k, const cublasLtMatmulAlgo_t *a) {
+    const char *e = getenv("FE_LT_LOG");
+    if (!e || strcmp(e, "1")) return;
+    enum { NA = 7 };
+    static const cublasLtMatmulAlgoConfigAttributes_t at[NA] = {
+        CUBLASLT_ALGO_CONFIG_ID,           CUBLASLT_ALGO_CONFIG_TILE_ID,
+        CUBLASLT_ALGO_CONFIG_STAGES_ID,    CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+        CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
+        CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION};
+    int v[NA];
+    for (int i = 0; i < NA; i++) {
+        uint32_t x = 0;
+        size_t got = 0;
+        v[i] = cublasLtMatmulAlgoConfigGetAttribute(a, at[i], &x, sizeof x, &got) ? -1
+               : got == 2                                                      ? (int)(x & 0xffff)
+                                                                               : (int)x;
+    }
+    fprintf(stderr,
+            "cuBLASLt m %" PRId64 " n %" PRId64 " k %" PRId64 " ta %d tb %d ld %" PRId64 "/%" PRId64
+            "/%" PRId64 " batch %" PRId64 " align %d/%d/%d: algo %d tile %d stages %d splitk %d "
+            "swizzle %d cluster %d custom %d\n",
+            k->m, k->n, k->k, k->ta, k->tb, k->lda, k->ldb, k->ldc, k->batch, k->al_a, k->al_b,
+            k->al_c, v[0], v[1], v[2], v[3], v[4], v[5], v[6]);
+}
+
 static const char *lt_status(cublasStatus_t s) {
     switch (s) {
     case CUBLAS_STATUS_SUCCESS: return "success";
@@ -255,6 +282,7 @@ static fe_status run_lt(cu_dev *d, const gemm_call *g, bool *no_algo) {
         if (!st && !*no_algo) {
             algo = res.algo;
             algo_put(&key, &algo);
+            log_algo(&key, &algo);
         }
     }
     if (!st && !*no_algo) {

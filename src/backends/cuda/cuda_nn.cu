@@ -303,9 +303,8 @@ static fe_status nn_launch_dep(cu_dev *d, const char *what, void (*k)(P...), uns
 /* ---- RMSNorm backward on rows in registers ------------------------------------------------------
  * gx = rstd * (g*w - xhat * mean(g*w*xhat)) (+ gextra), xhat = x * rstd, and the weight gradient
  * gw = sum over rows of g * xhat. A group of tpr threads owns a row; thread `lane` holds vectors
- * lane and (VPT = 2) lane + tpr of it, so a thread keeps little: its w vectors and three row slots
- * (its columns' f32 sums for the weight gradient are in its group's row of shared memory: in
- * registers they made the kernel spill). The grid is persistent (as many blocks as fit on the
+ * lane and (VPT = 2) lane + tpr of it, so a thread keeps little: its w vectors, its f32 share of
+ * the weight gradient and three row slots. The grid is persistent (as many blocks as fit on the
  * device, or the fewest that give every group the same number of rows); group gid of G takes rows
  * gid, gid + G, ... While a group works on one row, the loads of its next two rows are in flight:
  * the slots form a ring and the loop is unrolled by three, so a slot is never copied (a copy would
@@ -350,42 +349,24 @@ __device__ __forceinline__ void rb_load(rb_slot<VPT, GE> &s, const rb_args<T> &a
     s.rs = a.rstd[row];
 }
 
-/* acc[0, N) += f: the thread's own columns of its group's weight-gradient row in shared
- * memory (16-byte accesses where N allows) */
-template <int N> __device__ __forceinline__ void rb_acc(float *acc, const float (&f)[N]) {
-    if constexpr (N % 4 == 0) {
-#pragma unroll
-        for (int e = 0; e < N; e += 4) {
-            float4 *p = reinterpret_cast<float4 *>(acc + e), q = *p;
-            q.x += f[e], q.y += f[e + 1], q.z += f[e + 2], q.w += f[e + 3];
-            *p = q;
-        }
-    } else {
-#pragma unroll
-        for (int e = 0; e < N; e++) acc[e] += f[e];
-    }
-}
-
 /* gx of one row (every thread of the block calls it: the row sum may take barriers), and the
  * row's g * xhat added to acc. */
 template <typename T, int VPT, bool PART, bool GE>
 __device__ __forceinline__ void rb_row(const rb_slot<VPT, GE> &s, const rb_args<T> &a, int row,
-                                       int lane, const uint4 *wv, float *acc, float *sh) {
+                                       int lane, const uint4 *wv, float (*acc)[cu_vn<T>::n],
+                                       float *sh) {
     constexpr int N = cu_vn<T>::n;
     bool ok = row < a.R;
     float dot = 0.f; /* sum of (g*w) * x over the thread's elements */
 #pragma unroll
     for (int v = 0; v < VPT; v++) {
-        const int j = (lane + v * a.tpr) * N;
-        if (ok && j < a.C) {
-            float gx[N];
+        if (ok && (lane + v * a.tpr) * N < a.C) {
 #pragma unroll
             for (int e = 0; e < N; e++) {
                 float gf = cu_vget<T>(s.g[v], e), xf = cu_vget<T>(s.x[v], e);
                 dot += (a.w ? gf * cu_vget<T>(wv[v], e) : gf) * xf;
-                gx[e] = gf * xf * s.rs;
+                if (PART) acc[v][e] += gf * xf * s.rs;
             }
-            if (PART) rb_acc<N>(acc + j, gx);
         }
     }
     if (!a.gx) return; /* uniform over the block */
@@ -414,18 +395,18 @@ __global__ void __launch_bounds__(RB_THREADS, VPT == 1 && !GE ? 2 : 1)
     k_rmsnorm_bwd_fast(rb_args<T> a) {
     constexpr int N = cu_vn<T>::n;
     __shared__ float sh[32];
-    extern __shared__ __align__(16) float shp[]; /* PART: a row of C floats per group */
-    nn_launch_next();                            /* the final column sum may start launching */
+    extern __shared__ float shp[]; /* PART: C floats */
+    nn_launch_next();              /* the final column sum may start launching */
     int tpr = a.tpr, g = threadIdx.x / tpr, lane = threadIdx.x % tpr, rpb = blockDim.x / tpr;
     uint4 wv[VPT];
-    float *acc = shp + (size_t)g * a.C; /* PART: this group's sums of g * xhat */
+    float acc[PART ? VPT : 1][N];
 #pragma unroll
     for (int v = 0; v < VPT; v++) {
         int j = (lane + v * tpr) * N;
         wv[v] = a.w && j < a.C ? cu_ld16(a.w + j) : make_uint4(0, 0, 0, 0);
-        if (PART && j < a.C)
 #pragma unroll
-            for (int e = 0; e < N; e++) acc[j + e] = 0.f; /* the thread's own columns */
+        for (int e = 0; e < N; e++)
+            if (PART) acc[v][e] = 0.f;
     }
     /* base: the block's first row this round (uniform, so every thread takes the same turns) */
     int G = gridDim.x * rpb, base = blockIdx.x * rpb, row = base + g;
@@ -445,13 +426,24 @@ __global__ void __launch_bounds__(RB_THREADS, VPT == 1 && !GE ? 2 : 1)
         rb_row<T, VPT, PART, GE>(s2, a, row, lane, wv, acc, sh);
         base += G, row += G;
     }
-    if constexpr (PART) { /* the block's sum: its groups' rows added in order */
-        __syncthreads();
-        for (int j = threadIdx.x; j < a.C; j += blockDim.x) {
-            float t = shp[j];
-            for (int gi = 1; gi < rpb; gi++) t += shp[(size_t)gi * a.C + j];
-            a.part[(int64_t)blockIdx.x * a.C + j] = t;
+    if constexpr (PART) {
+        /* the groups add their sums into shp one after another, then the block writes them */
+        for (int gi = 0; gi < rpb; gi++) {
+            if (g == gi) {
+#pragma unroll
+                for (int v = 0; v < VPT; v++) {
+                    int j = (lane + v * tpr) * N;
+                    if (j < a.C) {
+#pragma unroll
+                        for (int e = 0; e < N; e++)
+                            shp[j + e] = gi == 0 ? acc[v][e] : shp[j + e] + acc[v][e];
+                    }
+                }
+            }
+            __syncthreads();
         }
+        for (int j = threadIdx.x; j < a.C; j += blockDim.x)
+            a.part[(int64_t)blockIdx.x * a.C + j] = shp[j];
     }
 }
 
@@ -898,7 +890,7 @@ template <typename T, int VPT, bool GE>
 static fe_status rmsnorm_bwd_launch(cu_dev *d, rb_args<T> a, fe_tensor *gw) {
     void (*k)(rb_args<T>) =
         gw ? k_rmsnorm_bwd_fast<T, VPT, true, GE> : k_rmsnorm_bwd_fast<T, VPT, false, GE>;
-    size_t smem = gw ? (size_t)(RB_THREADS / a.tpr) * a.C * sizeof(float) : 0; /* <= 32 KB */
+    size_t smem = gw ? (size_t)a.C * sizeof(float) : 0;
     int occ = 0;
     fe_status st =
         cu_check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, RB_THREADS, smem),
