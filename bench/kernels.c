@@ -553,6 +553,7 @@ static void bench_amp_update(void) {
 
 int main(int argc, char **argv) {
     const char *devname = "cuda";
+    long long gemm_k = 0, gemm_n = 0; /* --gemm: that product's three GEMMs alone */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc)
             devname = argv[++i];
@@ -560,8 +561,12 @@ int main(int argc, char **argv) {
             g_small = true, g_target_ms = 2.0;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc)
             g_only = argv[++i];
+        else if (!strcmp(argv[i], "--gemm") && i + 1 < argc &&
+                 sscanf(argv[i + 1], "%lld,%lld", &gemm_k, &gemm_n) == 2)
+            i++;
         else {
-            fprintf(stderr, "usage: kernels [--device cpu|cuda] [--small] [--only SUBSTRING]\n");
+            fprintf(stderr, "usage: kernels [--device cpu|cuda] [--small] [--only SUBSTRING] "
+                            "[--gemm K,N]\n");
             return 2;
         }
     }
@@ -571,6 +576,10 @@ int main(int argc, char **argv) {
     }
     fe_set_grad_enabled(false);
     fe_manual_seed(1);
+    if (gemm_k > 0) {
+        bench_gemm(16384, gemm_k, gemm_n);
+        return 0;
+    }
     bench_copy();
     fe_set_grad_enabled(false);
     bench_rows(16384, 2048);
