@@ -252,11 +252,6 @@ inline unsigned atomicAdd(unsigned *p, unsigned v) {
     *p += v;
     return o;
 }
-inline unsigned atomicOr(unsigned *p, unsigned v) {
-    unsigned o = *p;
-    *p |= v;
-    return o;
-}
 inline unsigned long long atomicCAS(unsigned long long *p, unsigned long long c,
                                     unsigned long long v) {
     unsigned long long o = *p;

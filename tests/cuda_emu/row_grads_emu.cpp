@@ -188,9 +188,9 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
             ok &= !ent[s].x && !ent[s].y && !ent[s].z && !ent[s].w;
         expect(ok, "embedding sort: wrong start[] or entries (n %d, V %d, slices of %d, %s)", n, V,
                S, run ? "i64" : "i32");
-        emu::launch(G, ER_THREADS, emb_rows_smem(H, V, G), [&] {
+        emu::launch(G, ER_THREADS, (size_t)6 * H * sizeof(int), [&] {
             k_emb_rows<T, VN>(gw.data(), gout.data(), ent.data(), start.data(), ticket.data(),
-                              part.data(), ip, run == 1, n, V, (int64_t)C, H);
+                              part.data(), n, V, (int64_t)C, H);
         }, o2);
         std::vector<double> g((size_t)V * C);
         bool zeros = true;

@@ -1243,21 +1243,19 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
  *    the row's number of pieces adds the pieces in order of q and writes the row. So a row hit
  *    thousands of times is spread over many blocks, and nothing depends on which block came last.
  *    Every block (there may be more than nq, for the zeros alone) also writes zeros to the rows
- *    no index hits, most of gw's bytes: the 32-row group g is block g % G's (G blocks), each of
- *    its zero rows one warp's. It finds them itself, reading the indices (emb_hits), and writes
- *    them before it waits for the sort, which they do not need: the sort (a chain of latencies
- *    on 16 warps a multiprocessor, half the register file) runs while the zeros stream out
- *    beside it, instead of ahead of everything the rows kernel writes.
+ *    no index hits (start[v] == start[v + 1]), most of gw's bytes: the 32-row group g is block
+ *    g % G's (G blocks), each of its zero rows one warp's. So these stores overlap with the sums
+ *    and are spread over the blocks wherever the hits fall.
  * Sums are in f32 (f64 for f64) with one rounding; within a piece, in position order. Rows move
  * in VN-element pieces: 16-byte vectors when C * es is a multiple of 16 and the pointers are
  * 16-byte aligned, else single elements. */
 
-#define ES_THREADS 512 /* k_emb_sort: 16 warps (half the registers of an SM: see step 2) */
+#define ES_THREADS 1024 /* k_emb_sort: 32 warps */
 #define ES_WARPS (ES_THREADS / 32)
 #define ES_U 16           /* index loads in flight per lane: pass 1 */
 #define ES_U2 8           /* pass 2, where it reads the indices again */
 #define ES_LIST 64        /* positions of its slice a warp keeps for pass 2 */
-#define ES_MAX_SLICE 1280 /* rows per slice: (16 + 2) x 1280 + 2 x 16 x 64 ints = 98 KB */
+#define ES_MAX_SLICE 1280 /* rows per slice: (32 + 2) x 1280 + 2 x 32 x 64 ints = 186 KB */
 #define ER_THREADS 256    /* k_emb_rows */
 #define ER_U 8            /* gout loads in flight per thread */
 
@@ -1432,7 +1430,7 @@ __device__ __forceinline__ void emb_place(int k, int p, int v0, int ns, int *cw,
 
 /* Step 1 (see above), S a multiple of 32. Dynamic shared memory (emb_sort_smem): cnt[ES_WARPS][S],
  * per[S], first[S], lpos[ES_WARPS][ES_LIST] and lkey[ES_WARPS][ES_LIST] ints. */
-__global__ void __launch_bounds__(ES_THREADS, 2) /* 64 registers: see step 2 */
+__global__ void __launch_bounds__(ES_THREADS, 1)
     k_emb_sort(const void *__restrict__ idx, bool i64, int n, int V, int S, int *__restrict__ start,
                unsigned *__restrict__ ticket, int4 *__restrict__ ent) {
     extern __shared__ int es_sh[];
@@ -1527,50 +1525,17 @@ static size_t emb_sort_smem(int64_t S) {
     return ((size_t)(ES_WARPS + 2) * (size_t)S + 2 * ES_WARPS * ES_LIST) * sizeof(int);
 }
 
-/* Which rows of this block's 32-row groups (b, b + G, ... for block b of G) any index hits: bit
- * r of hit[i] for row 32 (b + i G) + r. Every thread reads the whole index list (from L2: it
- * is a few hundred KB at most), EH_U loads in flight; an index of one of the block's groups
- * sets its bit in shared memory. Called by every thread of the block; barriers inside. */
-#define EH_U 16
-template <typename I>
-__device__ __forceinline__ void emb_hits_of(unsigned *hit, const I *idx, int n, int V) {
-    const int G = gridDim.x, b = blockIdx.x;
-    for (int p0 = 0; p0 < n; p0 += blockDim.x * EH_U) {
-        I raw[EH_U];
-#pragma unroll
-        for (int u = 0; u < EH_U; u++) {
-            int p = p0 + u * blockDim.x + threadIdx.x;
-            raw[u] = p < n ? idx[p] : (I)-1;
-        }
-#pragma unroll
-        for (int u = 0; u < EH_U; u++) {
-            if (raw[u] < 0 || raw[u] >= V) continue; /* out of range: adds nothing */
-            int k = (int)raw[u], g = k >> 5;
-            if (g % G == b) atomicOr(&hit[g / G], 1u << (k & 31));
-        }
-    }
-}
-__device__ __forceinline__ void emb_hits(unsigned *hit, const void *idx, bool i64, int n, int V) {
-    const int ng = (V + 31) / 32, mine = blockIdx.x < ng ? (ng - 1 - blockIdx.x) / gridDim.x + 1 : 0;
-    for (int i = threadIdx.x; i < mine; i += blockDim.x) hit[i] = 0;
-    __syncthreads();
-    if (i64)
-        emb_hits_of(hit, (const long long *)idx, n, V);
-    else
-        emb_hits_of(hit, (const int32_t *)idx, n, V);
-    __syncthreads();
-}
-
-/* Zeros to the rows of this block's groups that no index hits (hit: emb_hits), a warp a row.
+/* Step 2's zeros (see above): the rows of this block's 32-row groups that no index hits. Every
+ * warp reads the group's start[] (one load a lane) and takes the rows g 32 + w, g 32 + w + nw, ...
  * Called by every thread of the block; warp-uniform. */
 template <typename T, int VN>
-__device__ __forceinline__ void emb_zero_rows(T *__restrict__ gw, const unsigned *hit, int V,
-                                              int64_t C) {
+__device__ __forceinline__ void emb_zero_rows(T *__restrict__ gw, const int *__restrict__ start,
+                                              int V, int64_t C) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     int64_t nv = C / VN;
-    for (int64_t g = blockIdx.x, i = 0; g * 32 < V; g += gridDim.x, i++) {
-        int left = V - (int)(g * 32);
-        unsigned z = ~hit[i] & (left >= 32 ? ~0u : (1u << left) - 1);
+    for (int64_t g = blockIdx.x; g * 32 < V; g += gridDim.x) {
+        int64_t v = g * 32 + lane;
+        unsigned z = __ballot_sync(0xffffffffu, v < V && start[v] == start[v + 1]);
         for (int r = warp; r < 32; r += nw)
             if (z >> r & 1) {
                 T *p = gw + (g * 32 + r) * C;
@@ -1580,25 +1545,19 @@ __device__ __forceinline__ void emb_zero_rows(T *__restrict__ gw, const unsigned
     }
 }
 
-/* Step 2 (see above): the zeros of the 32-row groups q, q + G, ... of block q, before it waits
- * for the sort (they need only the indices); then the sorted entries [q H, q H + 2 H) (ent holds
- * n entries, the first M = start[V] of them sorted, the rest zeros; a block past them has none).
- * Dynamic shared memory: pos, row and flag, 2 H ints each (flag: 1 = last entry of a row or
- * piece, 2 = hot piece, 4 = slot 1), then the hit bits of the block's groups. */
+/* Step 2 (see above): block q over the sorted entries [q H, q H + 2 H) (ent holds n entries, the
+ * first M = start[V] of them sorted, the rest zeros; a block past them has none), and the zeros
+ * of the 32-row groups q, q + G, ... Dynamic shared memory: pos, row and flag, 2 H ints each;
+ * flag: 1 = last entry of a row or piece, 2 = hot piece, 4 = slot 1. */
 template <typename T, int VN>
 __global__ void __launch_bounds__(ER_THREADS)
     k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int4 *__restrict__ ent,
                const int *__restrict__ start, unsigned *ticket, typename cu_acc<T>::type *part,
-               const void *__restrict__ idx, bool i64, int n, int V, int64_t C, int H) {
+               int n, int V, int64_t C, int H) {
     typedef typename cu_acc<T>::type A;
     typedef typename emb_raw<T, VN>::type Raw;
     extern __shared__ int er_sh[];
     __shared__ int hot_row[2], hot_lo[2], hot_hi[2], hot_last[2]; /* hot pieces by slot */
-    /* The indices were written before the sort began, so they may be read before the wait;
-     * gw is not touched by the sort. */
-    unsigned *hit = (unsigned *)(er_sh + 6 * H);
-    emb_hits(hit, idx, i64, n, V);
-    emb_zero_rows<T, VN>(gw, hit, V, C);
     nn_wait_prev();
     int *pos = er_sh, *row = er_sh + 2 * H, *flag = er_sh + 4 * H, s0 = blockIdx.x * H;
     int M = start[V]; /* in flight with the entries' loads: they do not depend on it */
@@ -1649,6 +1608,7 @@ __global__ void __launch_bounds__(ER_THREADS)
             }
         }
     }
+    emb_zero_rows<T, VN>(gw, start, V, C);
     if (hot_row[0] < 0 && hot_row[1] < 0) return; /* uniform */
     /* count this block's pieces; the block that completes a row adds its pieces in order */
     __threadfence(); /* the partial sums are visible before the count says so */
@@ -1682,12 +1642,6 @@ __global__ void __launch_bounds__(ER_THREADS)
             emb_st<T, VN>(gw + (int64_t)k * C + j * VN, acc);
         }
     }
-}
-
-/* Dynamic shared memory of k_emb_rows: 6 H ints, and a word of hit bits for each of a block's
- * 32-row groups (G blocks) */
-static size_t emb_rows_smem(int64_t H, int64_t V, int64_t G) {
-    return (size_t)(6 * H + ((V + 31) / 32 + G - 1) / G) * sizeof(int);
 }
 
 static size_t emb_align(size_t b) { return (b + 255) & ~(size_t)255; }
@@ -1736,10 +1690,9 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
     }
     if (!st)
         st = nn_launch_dep(d, "embedding backward kernel (rows)", k_emb_rows<T, VN>, (unsigned)G,
-                           ER_THREADS, emb_rows_smem(H, V, G), (T *)fe__ptr(gw),
+                           ER_THREADS, (size_t)6 * (size_t)H * sizeof(int), (T *)fe__ptr(gw),
                            (const T *)fe__ptr(gout), (const int4 *)ent, (const int *)start, ticket,
-                           part, (const void *)fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V,
-                           C, (int)H);
+                           part, (int)n, (int)V, C, (int)H);
     cu_scratch_free(d, buf, bytes);
     return st;
 }
