@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu ferbench gemmalgos rowprof
+#                      clocks flashncu ferbench gemmalgos rowprof flashprof
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -148,6 +148,20 @@ do_flashncu() {
             | grep -v "^==PROF==" | grep -E -v "^\s*$" | cut -c1-150
     done
 }
+# Nsight Compute's warp-state, scheduler and memory sections for one timed T = 8192 (B 4, H 16,
+# D 128, causal) launch of each flash kernel of `flash_check --bench` (3 warm-up and 30/30/10
+# timed launches at T = 1024/2048/4096 come before: skip 80).
+do_flashprof() {
+    [ -x build-flash/flash_check ] || scripts/flash_check.sh --no-bench >/dev/null || return 1
+    local k
+    for k in fa_bwd8_kernel fa_fwd_kernel; do
+        timeout 240 ncu --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+            --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \
+            --section MemoryWorkloadAnalysis --section SourceCounters --print-details all \
+            -k "regex:$k" --launch-skip 80 --launch-count 1 build-flash/flash_check --bench \
+            | grep -v "^==PROF==" | grep -E -v "^\s*$" | cut -c1-160
+    done
+}
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
 do_profile() {
     local preset=${PROFILE_PRESET:-small}
@@ -182,6 +196,7 @@ for s in "$@"; do
     hostdiag) stage hostdiag do_hostdiag ;;
     clocks) stage clocks do_clocks ;;
     flashncu) stage flashncu do_flashncu ;;
+    flashprof) stage flashprof do_flashprof ;;
     *) echo "unknown stage $s" ;;
     esac
 done
