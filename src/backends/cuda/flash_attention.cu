@@ -114,9 +114,7 @@ FA_DEV float fa_ex2(float x) {
 FA_DEV float fa_shfl_xor(float x, int m) { return __shfl_xor_sync(0xffffffffu, x, m); }
 FA_DEV void fa_red2(float *p, float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    /* a reduction, not atomicAdd(float2 *): that came out as an atom.v2 whose result registers
-     * the warp then waited for (long-scoreboard stalls) before it could use them again */
-    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(a), "f"(b) : "memory");
+    atomicAdd(reinterpret_cast<float2 *>(p), make_float2(a, b));
 #else
     atomicAdd(p, a);
     atomicAdd(p + 1, b);
