@@ -282,6 +282,15 @@ FA_DEV float fa_shfl_xor(float x, int m) {
     emu::warp_bar_();
     return y;
 }
+FA_DEV bool fa_any(bool x) {
+    const int w = emu::cur / 32;
+    emu::stage[w][emu::cur % 32].f = x ? 1.f : 0.f;
+    emu::warp_bar_();
+    bool any = false;
+    for (int l = 0; l < 32; l++) any |= emu::stage[w][l].f != 0.f;
+    emu::warp_bar_();
+    return any;
+}
 FA_DEV void fa_red2(float *p, float a, float b) { p[0] += a, p[1] += b; }
 FA_DEV void fa_copy16(void *dst, const void *src) {
     if ((uintptr_t)dst % 16 || (uintptr_t)src % 16) emu::fail("misaligned 16-byte copy");
@@ -305,6 +314,7 @@ struct Case {
     int D, B, Hq, Hkv, T, S;
     bool causal;
     int layout; /* 0 contiguous, 1 (B, N, H, D) memory, 2 the same padded and offset */
+    bool ramp = false; /* keys scaled by 1 + 4 n / S: row maxima keep growing over the key tiles */
 };
 
 /* A (B, H, N, D) operand in a strided buffer: element (b, h, n, d) at
@@ -379,7 +389,8 @@ static bool run_case(const Case &c) {
     auto cv = [&](double x) { return c.bf ? f_to_bf16((float)x) : f_to_f16((float)x); };
     auto fv = [&](uint16_t x) { return (double)(c.bf ? bf16_to_f(x) : f16_to_f(x)); };
     for (auto &x : q) x = cv(2.0 * rnd(&seed));
-    for (auto &x : k) x = cv(2.0 * rnd(&seed));
+    for (size_t i = 0; i < nk; i++) /* key row n = (i / D) % S */
+        k[i] = cv(2.0 * rnd(&seed) * (c.ramp ? 1.0 + 4.0 * (double)((i / D) % S) / S : 1.0));
     for (auto &x : v) x = cv(rnd(&seed));
     for (auto &x : go) x = cv(rnd(&seed));
 
@@ -488,15 +499,15 @@ static bool run_case(const Case &c) {
     bool ok = clobbered == 0;
     for (double x : e) ok = ok && x < 1e-2; /* NaN fails too */
     static const char *lay[3] = {"BHND", "BNHD", "BNHD+pad"};
-    printf("%-4s D=%-3d B=%d Hq=%d Hkv=%d T=%-4d S=%-4d %-10s %-8s out %.2e lse %.2e gq %.2e "
+    printf("%-4s D=%-3d B=%d Hq=%d Hkv=%d T=%-4d S=%-4d %-10s %-8s%s out %.2e lse %.2e gq %.2e "
            "gk %.2e gv %.2e gaps clobbered %lld  %s\n",
            c.bf ? "bf16" : "f16", D, B, Hq, Hkv, T, S, c.causal ? "causal" : "non-causal",
-           lay[c.layout], e[0], e[1], e[2], e[3], e[4], clobbered, ok ? "PASS" : "FAIL");
+           lay[c.layout], c.ramp ? " ramp" : "", e[0], e[1], e[2], e[3], e[4], clobbered,
+           ok ? "PASS" : "FAIL");
     return ok;
 }
 
 int main(int argc, char **argv) {
-    (void)argv;
     std::vector<Case> cases = {
         {true, 64, 1, 4, 2, 77, 77, true, 0},     {true, 128, 1, 2, 1, 77, 77, false, 0},
         {false, 64, 1, 2, 1, 64, 200, false, 0},  {true, 128, 1, 4, 2, 64, 200, true, 0},
@@ -515,8 +526,13 @@ int main(int argc, char **argv) {
         {true, 64, 2, 4, 2, 131, 131, true, 1},   {false, 128, 1, 2, 1, 199, 199, true, 0},
         /* one head per kv head over several key tiles (direct dK, dV writes) */
         {false, 128, 1, 2, 2, 200, 200, true, 1}, {true, 64, 1, 1, 1, 161, 97, true, 0},
+        /* scores growing along the keys: the forward's running maxima move on late tiles */
+        {true, 128, 1, 2, 1, 70, 300, false, 0, true}, {false, 64, 1, 2, 2, 260, 260, true, 1, true},
+        {false, 128, 1, 1, 1, 200, 200, true, 0, true},
     };
-    if (argc > 1) cases = {cases[0], cases[8], cases[16]}; /* quick */
+    if (argc > 1 && !strcmp(argv[1], "--ramp")) /* the growing-score cases alone */
+        cases = {cases[cases.size() - 3], cases[cases.size() - 2], cases[cases.size() - 1]};
+    else if (argc > 1) cases = {cases[0], cases[8], cases[16]}; /* quick */
     int fails = 0;
     for (const Case &c : cases) fails += !run_case(c);
     printf("%zu cases, %d failed\n", cases.size(), fails);

@@ -112,6 +112,7 @@ FA_DEV float fa_ex2(float x) {
     return y;
 }
 FA_DEV float fa_shfl_xor(float x, int m) { return __shfl_xor_sync(0xffffffffu, x, m); }
+FA_DEV bool fa_any(bool x) { return __any_sync(0xffffffffu, x); }
 FA_DEV void fa_red2(float *p, float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     atomicAdd(reinterpret_cast<float2 *>(p), make_float2(a, b));
@@ -183,6 +184,7 @@ FA_DEV void fa_mma_2xn(float (&acc)[2][N][4], LA la, LB lb) {
 /* ---- kernels ------------------------------------------------------------------------- */
 
 #define FA_LOG2E 1.4426950408889634f
+#define FA_SLACK 8.f /* forward: how far (log2 units) a row's maximum may outgrow the one in use */
 #define FA_LN2 0.6931471805599453f
 
 template <typename X> FA_DEV X fa_min(X a, X b) { return a < b ? a : b; }
@@ -368,7 +370,13 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
         }
 
         /* online softmax, rows g (r = 0) and g + 8 (r = 1) of each m tile; a row lives in
-         * 4 lanes */
+         * 4 lanes. The running maxima move only when some row of the warp has grown by more
+         * than FA_SLACK (log2 units) or had none: otherwise the tile's probabilities are taken
+         * against the old maxima (at most 2^FA_SLACK, harmless in f32 sums and 16-bit P),
+         * and the warp skips rescaling its O accumulators. Past the first key tiles the
+         * maxima rarely move that far, so most tiles save QW * D / 2 multiplies a thread. */
+        float m_new[QW][2];
+        bool grow = false;
 #pragma unroll
         for (int mt = 0; mt < QW; mt++)
 #pragma unroll
@@ -378,9 +386,16 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
                 for (int n = 0; n < BC / 8; n++) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
                 mx = fmaxf(mx, fa_shfl_xor(mx, 1));
                 mx = fmaxf(mx, fa_shfl_xor(mx, 2));
-                const float m_new = fmaxf(m[mt][r], mx * p.sl2);
-                const float m_use = m_new == -INFINITY ? 0.f : m_new;
-                const float alpha = fa_ex2(m[mt][r] - m_use);
+                m_new[mt][r] = fmaxf(m[mt][r], mx * p.sl2);
+                grow |= m_new[mt][r] > m[mt][r] + FA_SLACK; /* true from -inf to finite */
+            }
+        const bool rescale = fa_any(grow); /* warp-uniform */
+#pragma unroll
+        for (int mt = 0; mt < QW; mt++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const float m_keep = rescale ? m_new[mt][r] : m[mt][r];
+                const float m_use = m_keep == -INFINITY ? 0.f : m_keep;
                 float sum = 0.f;
 #pragma unroll
                 for (int n = 0; n < BC / 8; n++) {
@@ -389,10 +404,14 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
                     s[mt][n][2 * r] = p0, s[mt][n][2 * r + 1] = p1;
                     sum += p0 + p1;
                 }
-                l[mt][r] = l[mt][r] * alpha + sum;
-                m[mt][r] = m_new;
+                if (rescale) {
+                    const float alpha = fa_ex2(m[mt][r] - m_use);
+                    l[mt][r] *= alpha;
 #pragma unroll
-                for (int n = 0; n < D / 8; n++) o[mt][n][2 * r] *= alpha, o[mt][n][2 * r + 1] *= alpha;
+                    for (int n = 0; n < D / 8; n++) o[mt][n][2 * r] *= alpha, o[mt][n][2 * r + 1] *= alpha;
+                }
+                l[mt][r] += sum;
+                m[mt][r] = m_keep;
             }
 
         /* V tile jt has landed; every warp is done with K tile jt */
