@@ -6,7 +6,8 @@
  * registers are taken by O) its fragments are read from shared memory again for each key
  * tile. K and V tiles of 64 keys are staged in shared memory with cp.async, V of tile j
  * loading while S = Q K^T runs and K of tile j+1 loading while O += P V runs. Softmax is online in
- * f32 registers with the scale folded into exp2 (log2 units). Fully masked key
+ * f32 registers with the scale folded into exp2 (log2 units); a warp moves its running maxima,
+ * and rescales O, only when one has grown by more than FA_SLACK. Fully masked key
  * tiles of the causal mask are never visited.
  *
  * Backward: rowsum(dO * O) and the lse in log2 units first (a small kernel, so that the
