@@ -59,7 +59,7 @@ do_bench() {
     done
 }
 
-do_kernels() { FE_LT_LOG=${FE_LT_LOG:-0} timeout 200 python3 bench/kernels.py --build build-gpu ${KERNELS_ONLY:+--only $KERNELS_ONLY}; }
+do_kernels() { timeout 200 python3 bench/kernels.py --build build-gpu ${KERNELS_ONLY:+--only $KERNELS_ONLY}; }
 do_hfparity() { timeout 200 python3 tests/parity/hf_parity.py --build build-gpu; }
 do_decode() { timeout 200 python3 bench/decode.py --build build-gpu --keep /tmp/tinyllama-bf16 ${DECODE_ARGS:-}; }
 # Per-kernel times of the decoder's graph (after the decode stage saved its model).
