@@ -33,11 +33,15 @@ enum { DEC_QKV = 0, DEC_SILU = 1, DEC_RESID = 2, DEC_PLAIN = 3 };
 
 /* 16 bytes of weights that are read once: skip L1 */
 __device__ __forceinline__ uint4 dec_ld_stream(const void *p) {
+#ifdef __CUDA_ARCH__
     uint4 r;
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
         : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
         : "l"(p));
     return r;
+#else /* the CPU emulation (scripts/decode_emu.sh) */
+    return *(const uint4 *)p;
+#endif
 }
 
 /* Programmatic dependent launch: wait until the previous kernel has completed and its
@@ -46,10 +50,15 @@ __device__ __forceinline__ uint4 dec_ld_stream(const void *p) {
  * writes anything or reads what an earlier kernel wrote, so completion stays ordered
  * along the whole chain; triggering only after the wait keeps at most one kernel
  * ahead. Both are no-ops without the launch attribute. */
+#ifdef __CUDA_ARCH__
 __device__ __forceinline__ void dec_launch_next() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 }
 __device__ __forceinline__ void dec_wait_prev() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+#else /* the CPU emulation runs one kernel after another */
+__device__ __forceinline__ void dec_launch_next() {}
+__device__ __forceinline__ void dec_wait_prev() {}
+#endif
 
 /* ---- kernels ------------------------------------------------------------------------- */
 
