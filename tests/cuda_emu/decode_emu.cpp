@@ -185,8 +185,8 @@ template <class T> static void check_qkv(int K, int Hq, int Hkv, int D, int ks, 
 
 template <class T> static void all_modes() {
     const int V = cu_vn<T>::n;
-    /* K: under one 32-lane step, one step a part, four steps a part, more than eight */
-    const int Ks[] = {8 * V, 64 * V, 256 * V + 3 * V, 520 * V};
+    /* K: under one 32-lane step; two steps; 256 vectors (TinyLlama: four steps a half); more */
+    const int Ks[] = {8 * V, 64 * V, 256 * V, 256 * V + 3 * V, 520 * V};
     for (int K : Ks)
         for (int ks : {1, 2, 4})
             for (int cap : {1, 3, 1000}) {
