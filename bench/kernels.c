@@ -67,46 +67,36 @@ static int cmp_d(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-/* Median milliseconds per call. Each call runs in its own scope, so the outputs
- * it allocates go back to the caching allocator. */
-static double time_bench(bench *b) {
-    int r = 0;
-    double t0 = 0;
-    for (int w = 0; w < 3; w++) { /* warm-up; the last one times a single call */
-        die_if(fe_device_sync(g_dev) != FE_OK, "sync");
-        t0 = now_ms();
+/* n calls of b, the inputs rotating from copy *r on, then wait for the device. Each call runs
+ * in its own scope, so the outputs it allocates go back to the caching allocator. */
+static void run_calls(bench *b, int *r, int n) {
+    for (int i = 0; i < n; i++) {
         fe_scope *s = fe_scope_begin();
-        die_if(b->fn(b, r) != FE_OK, b->name);
+        die_if(b->fn(b, *r) != FE_OK, b->name);
         fe_scope_end(s);
-        r = (r + 1) % b->nrot;
+        *r = (*r + 1) % b->nrot;
     }
     die_if(fe_device_sync(g_dev) != FE_OK, "sync");
+}
+
+/* Median milliseconds per call. */
+static double time_bench(bench *b) {
+    int r = 0;
+    run_calls(b, &r, 2); /* warm-up */
+    double t0 = now_ms();
+    run_calls(b, &r, 1);
     double one = now_ms() - t0;
     int iters = one > 0 ? (int)(g_target_ms / one) : 100;
     if (iters < 3) iters = 3;
     if (iters > 200) iters = 200;
     /* GEMMs: keep the card busy for SETTLE_MS first, so that its clocks have settled under
      * the product's power draw (as bench/kernels.py does for torch) */
-    for (double t1 = now_ms(); b->flops > 0 && !g_small && now_ms() - t1 < SETTLE_MS;) {
-        for (int i = 0; i < iters; i++) {
-            fe_scope *s = fe_scope_begin();
-            die_if(b->fn(b, r) != FE_OK, b->name);
-            fe_scope_end(s);
-            r = (r + 1) % b->nrot;
-        }
-        die_if(fe_device_sync(g_dev) != FE_OK, "sync");
-    }
+    for (double t1 = now_ms(); b->flops > 0 && !g_small && now_ms() - t1 < SETTLE_MS;)
+        run_calls(b, &r, iters);
     double runs[NRUNS];
     for (int k = 0; k < NRUNS; k++) {
-        die_if(fe_device_sync(g_dev) != FE_OK, "sync");
         double a = now_ms();
-        for (int i = 0; i < iters; i++) {
-            fe_scope *s = fe_scope_begin();
-            die_if(b->fn(b, r) != FE_OK, b->name);
-            fe_scope_end(s);
-            r = (r + 1) % b->nrot;
-        }
-        die_if(fe_device_sync(g_dev) != FE_OK, "sync");
+        run_calls(b, &r, iters);
         runs[k] = (now_ms() - a) / iters;
     }
     qsort(runs, NRUNS, sizeof runs[0], cmp_d);

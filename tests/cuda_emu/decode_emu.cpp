@@ -11,7 +11,7 @@
  * sentinels that must survive. Exit status 1 on a failure. */
 #include "backends/cuda/cuda_internal.cuh"
 
-#include <stdarg.h>
+#include "emu_check.h"
 
 #include <algorithm>
 #include <random>
@@ -26,18 +26,6 @@ inline float __int2float_rn(int i) { return (float)i; }
 #include "decode_kernels.inc"
 
 static std::mt19937_64 rng(11);
-static int fails = 0, checks = 0;
-
-static void expect(bool ok, const char *fmt, ...) {
-    checks++;
-    if (ok) return;
-    fails++;
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
 
 static double uni() { return std::uniform_real_distribution<double>(-1, 1)(rng); }
 template <class T> static std::vector<T> rand_t(size_t n, double scale) {
@@ -45,7 +33,6 @@ template <class T> static std::vector<T> rand_t(size_t n, double scale) {
     for (auto &x : v) x = cu_cast<T>((float)(scale * uni()));
     return v;
 }
-template <class T> static double d(T v) { return (double)cu_to_f(v); }
 
 /* The grid dec_grid gives for `tasks` warp tasks under a cap of `cap` blocks. */
 static unsigned grid_for(int tasks, int cap) {
@@ -70,25 +57,16 @@ template <class T> static std::vector<double> norm_in(const std::vector<float> &
     for (float v : x) ss += (double)v * v;
     double rs = g ? 1.0 / sqrt(ss / (double)K + 1e-5) : 1.0;
     std::vector<double> xn(K);
-    for (size_t k = 0; k < K; k++) xn[k] = x[k] * (g ? d(g[k]) * rs : 1.0);
+    for (size_t k = 0; k < K; k++) xn[k] = x[k] * (g ? to_d(g[k]) * rs : 1.0);
     return xn;
 }
 template <class T> static double dot(const T *w, const std::vector<double> &xn) {
     double s = 0;
-    for (size_t k = 0; k < xn.size(); k++) s += d(w[k]) * xn[k];
+    for (size_t k = 0; k < xn.size(); k++) s += to_d(w[k]) * xn[k];
     return s;
 }
 
 static const float SENT = -12345.f;
-/* ||a - b|| / ||b||; infinite when a holds a NaN */
-static double relerr(const std::vector<double> &a, const std::vector<double> &b) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < a.size(); i++) {
-        if (a[i] != a[i]) return INFINITY;
-        num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
 
 /* PLAIN or RESID over n rows; with_norm only for PLAIN (the LM head) */
 template <class T, int MODE> static void check_rows(int K, int n, bool with_norm, int ks, int cap) {
@@ -169,15 +147,15 @@ template <class T> static void check_qkv(int K, int Hq, int Hkv, int D, int ks, 
             rope(wk.data(), h, j, y0, y1);
             const T *kr = kc.data() + ((size_t)h * cap_pos + pos) * D;
             const T *vr = vc.data() + ((size_t)h * cap_pos + pos) * D;
-            gkv.push_back(d(kr[j])), gkv.push_back(d(kr[j + D / 2]));
+            gkv.push_back(to_d(kr[j])), gkv.push_back(to_d(kr[j + D / 2]));
             rkv.push_back(y0), rkv.push_back(y1);
-            gkv.push_back(d(vr[j])), gkv.push_back(d(vr[j + D / 2]));
+            gkv.push_back(to_d(vr[j])), gkv.push_back(to_d(vr[j + D / 2]));
             rkv.push_back(dot(wv.data() + ((size_t)h * D + j) * K, xn));
             rkv.push_back(dot(wv.data() + ((size_t)h * D + j + D / 2) * K, xn));
         }
     bool ok = relerr(gq, rq) <= 1e-5 && relerr(gkv, rkv) <= tc;
     for (size_t i = 0; i < kc.size(); i++) /* other positions untouched */
-        if ((i / D) % cap_pos != (size_t)pos) ok &= d(kc[i]) == d(sent) && d(vc[i]) == d(sent);
+        if ((i / D) % cap_pos != (size_t)pos) ok &= to_d(kc[i]) == to_d(sent) && to_d(vc[i]) == to_d(sent);
     for (int i = Hq * D; i < Hq * D + 8; i++) ok &= q[i] == SENT;
     expect(ok, "%s qkv: K %d, Hq %d, Hkv %d, D %d, %d warps a pair, cap %d blocks",
            sizeof(T) == 4 ? "f32" : "bf16", K, Hq, Hkv, D, ks, cap);

@@ -14,7 +14,7 @@
  * bit-identical results. Exit status 1 on a failure. */
 #include "backends/cuda/cuda_internal.cuh"
 
-#include <stdarg.h>
+#include "emu_check.h"
 
 #include <algorithm>
 #include <random>
@@ -22,31 +22,9 @@
 #include "row_grads_kernels.inc"
 
 static std::mt19937_64 rng(7);
-static int fails = 0;
 
 template <class T> static T to_t(double v) { return cu_cast<T>((float)v); }
 template <> double to_t<double>(double v) { return v; }
-template <class T> static double to_d(T v) { return (double)cu_to_f(v); }
-
-/* ||a - b|| / ||b||; infinite when a holds a NaN (an element never written) */
-static double relerr(const std::vector<double> &a, const std::vector<double> &b) {
-    double num = 0, den = 0;
-    for (size_t i = 0; i < a.size(); i++) {
-        if (a[i] != a[i]) return INFINITY;
-        num += (a[i] - b[i]) * (a[i] - b[i]), den += b[i] * b[i];
-    }
-    return den > 0 ? sqrt(num / den) : sqrt(num);
-}
-
-static void expect(bool ok, const char *fmt, ...) {
-    if (ok) return;
-    fails++;
-    va_list ap;
-    va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
-    va_end(ap);
-    fputc('\n', stderr);
-}
 
 /* ---- RMSNorm backward -------------------------------------------------------------------- */
 
