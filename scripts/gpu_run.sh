@@ -80,7 +80,7 @@ do_memtrace() {
     FE_MEM_TRACE=1 timeout 200 build-gpu/ferric train --preset "${MEM_PRESET:-tinyllama}" --synthetic \
         --steps 4 --bench --device cuda
 }
-do_decoder() { build-gpu/test_decoder; }
+do_decoder() { timeout 150 build-gpu/test_decoder; }
 # Every cuBLASLt algorithm the heuristic offers for the benchmark's xWt shapes, timed beside
 # cublasGemmEx and torch.matmul (bench/gemm_algos.c).
 do_gemmalgos() {

@@ -6,9 +6,14 @@
  * alone from one barrier to the next. __syncthreads and __syncwarp are barriers over the block's
  * or the warp's fibers; a warp collective (shuffle, ballot, match) is a warp barrier at which the
  * lanes leave their values and another after they have read them, as the hardware exchanges
- * them. The blocks of a grid run one after another, in an order the caller may choose (a kernel
- * must not depend on it). Dynamic shared memory starts as 0xff bytes (ints -1, floats NaN), so a
- * read before a write shows. Races between threads cannot show here: a thread is never
+ * them. emu::launch runs the blocks of a grid one after another, in an order the caller may
+ * choose (a kernel must not depend on it). emu::launch_coop is a cooperative launch: every thread
+ * of every block is a fiber at once, each block with its own shared memory and barriers, and
+ * emu::grid_sync is a barrier over them all. Dynamic shared memory starts as 0xff bytes (ints -1,
+ * floats NaN), so a read before a write shows. `__shared__` variables are static, one copy for
+ * every block: a kernel run with launch_coop must use dynamic shared memory (emu::dsmem) only.
+ * emu::cp_async16 / cp_async_commit / cp_async_wait model cp.async: a copy lands only when a
+ * wait_group completes its group. Races between threads cannot show here: a thread is never
  * interrupted between barriers. */
 #pragma once
 #include <math.h>
@@ -19,6 +24,7 @@
 #include <ucontext.h>
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 #define __global__
@@ -28,6 +34,8 @@
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __shared__ static /* one copy for all the fibers of the block */
+#define __align__(n) __attribute__((aligned(n)))
+#define FE_CUDA_EMU 1 /* device code takes its emulation branches (emu::cp_async16, ...) */
 
 typedef int cudaError_t;
 typedef void *cudaStream_t;
@@ -108,94 +116,183 @@ inline __half __ushort_as_half(unsigned short u) { return {u}; }
 inline unsigned short __half_as_ushort(__half h) { return h.x; }
 
 namespace emu {
+struct copy16 { /* a cp.async in flight: its 16 source bytes, read when it was issued */
+    unsigned char *dst, bytes[16];
+};
 struct fiber {
     ucontext_t ctx;
     bool done;
-    int wait; /* 0: runnable, 1: at the block barrier, 2: at its warp's barrier */
-    long gen; /* the barrier's generation it waits to see pass */
+    int wait;       /* 0: runnable, 1: at its block's barrier, 2: its warp's, 3: the grid's */
+    const long *on; /* the generation counter of the barrier it waits at */
+    long gen;       /* the generation it waits to see pass */
+    std::vector<copy16> open;                /* cp.async copies of the group not yet committed */
+    std::vector<std::vector<copy16>> groups; /* committed groups not yet landed, oldest first */
 };
-inline std::vector<fiber> fibers;
-inline std::vector<std::vector<char>> stacks;
+struct block_state { /* a block of the running batch */
+    unsigned idx;    /* its blockIdx.x */
+    std::vector<unsigned char> smem;
+    long gen, warp_gen[32];
+    int count, warp_count[32];
+};
+const size_t stack_bytes = 64 * 1024;
+const uint64_t stack_canary = 0x5ca1ab1e0ddba11ull; /* at the bottom of each stack */
+inline std::vector<fiber> fibers;                   /* thread t of batch slot s: s * block + t */
+inline std::vector<std::unique_ptr<char[]>> stacks; /* allocated when first needed, kept */
+inline std::vector<block_state> blocks;
 inline ucontext_t scheduler;
-inline int cur, nthreads;
-inline emu_dim3 block_idx, block_dim, grid_dim;
-inline std::vector<unsigned char> dyn_smem;
-inline long block_gen, warp_gen[32];
-inline int block_count, warp_count[32];
-inline uint64_t lane_value[1024]; /* what each thread leaves at a warp collective */
+inline int cur, nthreads, nfibers; /* running fiber, threads a block, fibers in the batch */
+inline bool coop;                  /* the batch is a cooperative grid */
+inline long grid_gen;
+inline int grid_count;
+inline emu_dim3 block_dim, grid_dim;
+inline std::vector<uint64_t> lane_value; /* what each thread leaves at a warp collective */
 inline std::function<void()> kernel;
 
 inline void start_fiber() {
     kernel();
+    fibers[cur].open.clear(), fibers[cur].groups.clear(); /* copies never waited for: dropped */
     fibers[cur].done = true;
     swapcontext(&fibers[cur].ctx, &scheduler);
 }
-inline void block_barrier() {
-    long g = block_gen;
-    if (++block_count == nthreads) {
-        block_count = 0, block_gen++;
+/* Arrive at a barrier of n threads (gen, count: its state); wait there unless it is the last. */
+inline void arrive(long &gen, int &count, int n, int kind) {
+    long g = gen;
+    if (++count == n) {
+        count = 0, gen++;
         return;
     }
-    fibers[cur].wait = 1, fibers[cur].gen = g;
+    fibers[cur].wait = kind, fibers[cur].on = &gen, fibers[cur].gen = g;
     swapcontext(&fibers[cur].ctx, &scheduler);
+}
+inline block_state &my_block() { return blocks[cur / nthreads]; }
+inline void block_barrier() {
+    block_state &b = my_block();
+    arrive(b.gen, b.count, nthreads, 1);
 }
 inline void warp_barrier() {
-    int w = cur >> 5;
-    long g = warp_gen[w];
-    if (++warp_count[w] == 32) {
-        warp_count[w] = 0, warp_gen[w]++;
-        return;
-    }
-    fibers[cur].wait = 2, fibers[cur].gen = g;
-    swapcontext(&fibers[cur].ctx, &scheduler);
+    block_state &b = my_block();
+    int w = (cur % nthreads) >> 5;
+    arrive(b.warp_gen[w], b.warp_count[w], 32, 2);
 }
-inline emu_dim3 thread_idx() { return {(unsigned)cur, 0, 0}; }
-inline void *dsmem() { return dyn_smem.data(); }
+/* A barrier over every thread of a cooperative grid (device code's grid barrier on the host). */
+inline void grid_sync() {
+    if (!coop) {
+        fprintf(stderr, "emu: grid_sync outside a cooperative launch (emu::launch_coop)\n");
+        exit(2);
+    }
+    arrive(grid_gen, grid_count, nfibers, 3);
+}
+inline emu_dim3 thread_idx() { return {(unsigned)(cur % nthreads), 0, 0}; }
+inline emu_dim3 block_idx() { return {my_block().idx, 0, 0}; }
+inline void *dsmem() { return my_block().smem.data(); }
 
-/* Run kernel k (a call with its arguments bound) over `grid` blocks of `block` threads with
- * `smem` bytes of dynamic shared memory, the blocks in `order` (default 0, 1, ...). */
-inline void launch(unsigned grid, unsigned block, size_t smem, std::function<void()> k,
-                   const std::vector<unsigned> &order = {}) {
-    nthreads = (int)block;
-    grid_dim = {grid, 1, 1}, block_dim = {block, 1, 1};
-    if (stacks.size() < block) stacks.resize(block, std::vector<char>(64 * 1024));
-    fibers.assign(block, fiber{});
-    kernel = k;
-    for (unsigned q = 0; q < grid; q++) {
-        unsigned b = order.empty() ? q : order[q];
-        block_idx = {b, 0, 0};
-        dyn_smem.assign(smem + 16, 0xff);
-        block_gen = 0, block_count = 0;
+/* cp.async.cg.shared.global of 16 bytes: the source is read now, dst written when a
+ * cp_async_wait lands the group (so a read of dst before the wait sees the old bytes). */
+inline void cp_async16(void *dst, const void *src) {
+    if ((uintptr_t)dst % 16 || (uintptr_t)src % 16) {
+        fprintf(stderr, "emu: cp_async16 of a misaligned address\n");
+        exit(2);
+    }
+    copy16 c;
+    c.dst = (unsigned char *)dst;
+    memcpy(c.bytes, src, 16);
+    fibers[cur].open.push_back(c);
+}
+/* cp.async.commit_group: close the open group (an empty one counts too) */
+inline void cp_async_commit() {
+    fiber &f = fibers[cur];
+    f.groups.push_back(std::move(f.open));
+    f.open.clear();
+}
+/* cp.async.wait_group n: land every committed group but the n newest, oldest first */
+inline void cp_async_wait(int n) {
+    std::vector<std::vector<copy16>> &g = fibers[cur].groups;
+    size_t keep = (size_t)(n > 0 ? n : 0), land = g.size() > keep ? g.size() - keep : 0;
+    for (size_t i = 0; i < land; i++)
+        for (const copy16 &c : g[i])
+            memcpy(c.dst, c.bytes, 16);
+    g.erase(g.begin(), g.begin() + (long)land);
+}
+
+/* Run the blocks ids[0 .. nb) of a launch together, a fiber per thread, until every thread has
+ * returned; smem: bytes of dynamic shared memory a block. */
+inline void run_batch(const unsigned *ids, unsigned nb, size_t smem) {
+    nfibers = (int)nb * nthreads;
+    blocks.resize(nb);
+    for (unsigned s = 0; s < nb; s++) {
+        block_state &b = blocks[s];
+        b.idx = ids[s], b.smem.assign(smem + 16, 0xff), b.gen = 0, b.count = 0;
         for (int w = 0; w < 32; w++)
-            warp_gen[w] = 0, warp_count[w] = 0;
-        for (unsigned t = 0; t < block; t++) {
-            fiber &f = fibers[t];
-            f.done = false, f.wait = 0, f.gen = 0;
-            getcontext(&f.ctx);
-            f.ctx.uc_stack.ss_sp = stacks[t].data();
-            f.ctx.uc_stack.ss_size = stacks[t].size();
-            f.ctx.uc_link = NULL;
-            makecontext(&f.ctx, start_fiber, 0);
-        }
-        for (;;) { /* run every fiber that can run until all are done */
-            bool ran = false, alive = false;
-            for (unsigned t = 0; t < block; t++) {
-                fiber &f = fibers[t];
-                if (f.done) continue;
-                alive = true;
-                if ((f.wait == 1 && block_gen == f.gen) || (f.wait == 2 && warp_gen[t >> 5] == f.gen))
-                    continue;
-                f.wait = 0, cur = (int)t, ran = true;
-                swapcontext(&scheduler, &f.ctx);
+            b.warp_gen[w] = 0, b.warp_count[w] = 0;
+    }
+    grid_gen = 0, grid_count = 0;
+    if (fibers.size() < (size_t)nfibers) fibers.resize(nfibers);
+    if (lane_value.size() < (size_t)nfibers) lane_value.resize(nfibers);
+    while (stacks.size() < (size_t)nfibers) /* untouched pages cost no memory */
+        stacks.emplace_back(new char[stack_bytes]);
+    for (int i = 0; i < nfibers; i++) {
+        fiber &f = fibers[i];
+        f.done = false, f.wait = 0, f.on = NULL, f.gen = 0, f.open.clear(), f.groups.clear();
+        memcpy(stacks[i].get(), &stack_canary, 8);
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = stacks[i].get();
+        f.ctx.uc_stack.ss_size = stack_bytes;
+        f.ctx.uc_link = NULL;
+        makecontext(&f.ctx, start_fiber, 0);
+    }
+    static const char *const kinds[] = {"", "block", "warp", "grid"};
+    for (;;) { /* run every fiber that can run until all are done */
+        bool ran = false;
+        int stuck = -1;
+        for (int i = 0; i < nfibers; i++) {
+            fiber &f = fibers[i];
+            if (f.done) continue;
+            if (f.wait && *f.on == f.gen) { /* its barrier has not passed yet */
+                if (stuck < 0) stuck = i;
+                continue;
             }
-            if (!alive) break;
-            if (!ran) {
-                fprintf(stderr, "emu: block %u: threads wait at a barrier that others never reach\n",
-                        b);
+            f.wait = 0, cur = i, ran = true;
+            swapcontext(&scheduler, &f.ctx);
+            if (memcmp(stacks[i].get(), &stack_canary, 8)) {
+                fprintf(stderr, "emu: block %u thread %d overflowed its %zu-byte stack\n",
+                        blocks[i / nthreads].idx, i % nthreads, stack_bytes);
                 exit(2);
             }
         }
+        if (ran) continue;
+        if (stuck < 0) break; /* all done */
+        fprintf(stderr, "emu: block %u: threads wait at a %s barrier that others never reach\n",
+                blocks[stuck / nthreads].idx, kinds[fibers[stuck].wait]);
+        exit(2);
     }
+}
+
+/* Run kernel k (a call with its arguments bound) over `grid` blocks of `block` threads with
+ * `smem` bytes of dynamic shared memory each, the blocks one after another in `order` (default
+ * 0, 1, ...). grid_sync is an error here. */
+inline void launch(unsigned grid, unsigned block, size_t smem, std::function<void()> k,
+                   const std::vector<unsigned> &order = {}) {
+    nthreads = (int)block, coop = false, kernel = k;
+    grid_dim = {grid, 1, 1}, block_dim = {block, 1, 1};
+    for (unsigned q = 0; q < grid; q++) {
+        unsigned b = order.empty() ? q : order[q];
+        run_batch(&b, 1, smem);
+    }
+}
+/* The cooperative launch of k: every thread of the `grid` blocks runs at once (as fibers), each
+ * block with its own `smem` bytes of dynamic shared memory and its own barriers, so grid_sync
+ * can wait for all of them. `order` (default 0, 1, ...) is the order in which the blocks' threads
+ * get to run between barriers. Static __shared__ variables would be shared by every block: use
+ * emu::dsmem() only. */
+inline void launch_coop(unsigned grid, unsigned block, size_t smem, std::function<void()> k,
+                        const std::vector<unsigned> &order = {}) {
+    nthreads = (int)block, coop = true, kernel = k;
+    grid_dim = {grid, 1, 1}, block_dim = {block, 1, 1};
+    std::vector<unsigned> ids(grid);
+    for (unsigned q = 0; q < grid; q++)
+        ids[q] = order.empty() ? q : order[q];
+    run_batch(ids.data(), grid, smem);
+    coop = false;
 }
 
 /* A warp collective: leave v, wait for the warp, compute from all the lanes' values, wait again
@@ -205,7 +302,8 @@ template <class T, class F> inline T collective(T v, F from_lanes) {
     memcpy(&bits, &v, sizeof v);
     lane_value[cur] = bits;
     warp_barrier();
-    T r = from_lanes(cur & ~31, cur & 31);
+    int lane = (cur % nthreads) & 31;
+    T r = from_lanes(cur - lane, lane);
     warp_barrier();
     return r;
 }
@@ -217,15 +315,23 @@ template <class T> inline T lane_as(int t) {
 } // namespace emu
 
 #define threadIdx (emu::thread_idx())
-#define blockIdx (emu::block_idx)
+#define blockIdx (emu::block_idx())
 #define blockDim (emu::block_dim)
 #define gridDim (emu::grid_dim)
 
 inline void __syncthreads() { emu::block_barrier(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::warp_barrier(); }
-inline void __threadfence() {} /* blocks run one after another: all writes are visible */
+inline void __threadfence() {} /* fibers never run at once: every write is visible at once */
 template <class T> T __shfl_xor_sync(unsigned, T v, int o) {
-    return emu::collective(v, [&](int base, int lane) { return emu::lane_as<T>(base + (lane ^ o)); });
+    return emu::collective(v,
+                           [&](int base, int lane) { return emu::lane_as<T>(base + (lane ^ o)); });
+}
+template <class T> T __shfl_down_sync(unsigned, T v, int o) {
+    return emu::collective(
+        v, [&](int base, int lane) { return lane + o < 32 ? emu::lane_as<T>(base + lane + o) : v; });
+}
+template <class T> T __shfl_sync(unsigned, T v, int src) {
+    return emu::collective(v, [&](int base, int) { return emu::lane_as<T>(base + (src & 31)); });
 }
 template <class T> T __shfl_up_sync(unsigned, T v, int o) {
     return emu::collective(
@@ -250,6 +356,11 @@ inline unsigned __match_any_sync(unsigned, int v) {
 inline unsigned atomicAdd(unsigned *p, unsigned v) {
     unsigned o = *p;
     *p += v;
+    return o;
+}
+inline unsigned atomicExch(unsigned *p, unsigned v) {
+    unsigned o = *p;
+    *p = v;
     return o;
 }
 inline unsigned long long atomicCAS(unsigned long long *p, unsigned long long c,

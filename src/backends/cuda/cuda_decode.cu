@@ -60,6 +60,15 @@ __device__ __forceinline__ void dec_launch_next() {}
 __device__ __forceinline__ void dec_wait_prev() {}
 #endif
 
+/* ask L2 for the 128-byte line at p */
+__device__ __forceinline__ void dec_prefetch_l2(const void *p) {
+#ifdef __CUDA_ARCH__
+    asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
+#else
+    (void)p;
+#endif
+}
+
 /* ---- kernels ------------------------------------------------------------------------- */
 
 struct dec_gemv_args {
@@ -294,43 +303,27 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
     }
 }
 
-/* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32 */
-template <typename T, int D>
-__global__ void __launch_bounds__(ATT_THREADS)
-    k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
-               int cap, float scale_log2) {
-    constexpr int V = cu_vn<T>::n, NC = D / V, NG = ATT_THREADS / NC;
-    __shared__ __align__(16) float qs[D];
-    __shared__ float sc[DEC_CHUNK];
-    __shared__ float red[32];
-    __shared__ float part[NG][D];
-    if (blockIdx.x % G == 0) { /* once per KV head: the cached rows before this step's to L2
-                                * while the projection still runs (params is set before the
-                                * graph starts; row pos is the projection's to write) */
-        const char *kr = (const char *)(kc + (size_t)(blockIdx.x / G) * cap * D);
-        const char *vr = (const char *)(vc + (size_t)(blockIdx.x / G) * cap * D);
-        const int bytes = params[1] * D * (int)sizeof(T);
-        for (int o = (int)threadIdx.x * 128; o < bytes; o += ATT_THREADS * 128) {
-            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(kr + o));
-            asm volatile("prefetch.global.L2 [%0];\n" ::"l"(vr + o));
-        }
-    }
-    dec_wait_prev();
-    dec_launch_next();
-    const int h = blockIdx.x, tid = threadIdx.x, L = params[1] + 1;
-    const T *Kh = kc + (size_t)(h / G) * cap * D, *Vh = vc + (size_t)(h / G) * cap * D;
-    for (int i = tid; i < D; i += ATT_THREADS)
-        qs[i] = q[h * D + i] * scale_log2;
-    __syncthreads();
-    const int col = tid % NC, grp = tid / NC;
-    float acc[V], m = -INFINITY, l = 0.f;
+/* The attention of one query head over cached positions 0..L-1 by the NT threads of a block:
+ * qs (D floats in shared memory, scaled by scale * log2 e) against the key rows Kh, softmax
+ * online across chunks of up to DEC_CHUNK positions (scores in sc) in base 2, the value rows
+ * accumulated by (16-byte column chunk, position group) threads. Leaves the running max m and
+ * sum l in every thread and each group's unnormalised sums in part[group][D] (NT / (D / V)
+ * groups), followed by a barrier. red holds 32 floats. */
+template <typename T, int D, int NT>
+__device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, const T *Vh, int L,
+                                              float *sc, float *red, float *part, float &m,
+                                              float &l) {
+    constexpr int V = cu_vn<T>::n, NC = D / V, NG = NT / NC;
+    const int tid = threadIdx.x, col = tid % NC, grp = tid / NC;
+    float acc[V];
+    m = -INFINITY, l = 0.f;
 #pragma unroll
     for (int e = 0; e < V; e++)
         acc[e] = 0.f;
     for (int c0 = 0; c0 < L; c0 += DEC_CHUNK) {
-        const int n = min(DEC_CHUNK, L - c0);
+        const int n = L - c0 < DEC_CHUNK ? L - c0 : DEC_CHUNK;
         float lmax = -INFINITY;
-        for (int t = tid; t < n; t += ATT_THREADS) { /* a thread per position: q . k */
+        for (int t = tid; t < n; t += NT) { /* a thread per position: q . k */
             const T *kr = Kh + (size_t)(c0 + t) * D;
             uint4 u[NC];
 #pragma unroll
@@ -350,7 +343,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         }
         const float mn = fmaxf(m, cu_block_max(lmax, red)), corr = exp2f(m - mn);
         float ls = 0.f;
-        for (int t = tid; t < n; t += ATT_THREADS) {
+        for (int t = tid; t < n; t += NT) {
             float pr = exp2f(sc[t] - mn);
             sc[t] = pr;
             ls += pr;
@@ -386,14 +379,472 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 #pragma unroll
     for (int e = 0; e < V; e++)
-        part[grp][col * V + e] = acc[e];
+        part[grp * D + col * V + e] = acc[e];
     __syncthreads();
+}
+
+/* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32 */
+template <typename T, int D>
+__global__ void __launch_bounds__(ATT_THREADS)
+    k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
+               int cap, float scale_log2) {
+    constexpr int NG = ATT_THREADS / (D / cu_vn<T>::n);
+    __shared__ __align__(16) float qs[D];
+    __shared__ float sc[DEC_CHUNK];
+    __shared__ float red[32];
+    __shared__ float part[NG * D];
+    if (blockIdx.x % G == 0) { /* once per KV head: the cached rows before this step's to L2
+                                * while the projection still runs (params is set before the
+                                * graph starts; row pos is the projection's to write) */
+        const char *kr = (const char *)(kc + (size_t)(blockIdx.x / G) * cap * D);
+        const char *vr = (const char *)(vc + (size_t)(blockIdx.x / G) * cap * D);
+        const int bytes = params[1] * D * (int)sizeof(T);
+        for (int o = (int)threadIdx.x * 128; o < bytes; o += ATT_THREADS * 128)
+            dec_prefetch_l2(kr + o), dec_prefetch_l2(vr + o);
+    }
+    dec_wait_prev();
+    dec_launch_next();
+    const int h = blockIdx.x, tid = threadIdx.x;
+    for (int i = tid; i < D; i += ATT_THREADS)
+        qs[i] = q[h * D + i] * scale_log2;
+    __syncthreads();
+    float m, l;
+    dec_attn_core<T, D, ATT_THREADS>(qs, kc + (size_t)(h / G) * cap * D,
+                                     vc + (size_t)(h / G) * cap * D, params[1] + 1, sc, red, part,
+                                     m, l);
     for (int i = tid; i < D; i += ATT_THREADS) {
         float s = 0.f;
         for (int g = 0; g < NG; g++)
-            s += part[g][i];
+            s += part[g * D + i];
         out[h * D + i] = s / l;
     }
+}
+
+/* ---- the persistent decoder ------------------------------------------------------------ */
+
+/* One cooperative kernel runs a whole token step (k_dec_mega): one block of MK_THREADS
+ * threads per SM, grid barriers between the phases that depend on each other (embedding |
+ * per layer QKV | attention | output | gate/up | down | then the LM head and the argmax).
+ *
+ * What the chained kernels could not do is keep memory busy across a dependency: each
+ * kernel's loads start only when a predecessor's block leaves its SM. Here every block
+ * owns a fixed slice of every matrix-vector phase (contiguous output rows, the same share
+ * of each phase's weights) and streams its slices of all the phases of the token, in
+ * order, through a ring of MK_NS stages of shared memory filled by cp.async. A stage is
+ * consumed only when its phase's input is ready, but the copies into the ring never wait
+ * for anything but a free stage: while a block waits at a barrier, or works on attention,
+ * up to MK_NS stages of the following phases' weights keep arriving.
+ *
+ * A block's slice of a phase is a list of rows (QKV: q, k and v rows; gate/up: gate row j,
+ * then up row j, for its j); a row is cut into units of MK_UNIT bytes (the last one
+ * partial) and a stage holds MK_SU consecutive units. Warp w computes units w and
+ * w + MK_WARPS of a stage against the phase's input in shared memory (times the norm
+ * weight where the phase has a norm); warp 0 then adds the units of each row in order (a
+ * segmented scan, the sum of a row that continues past the stage carried to the next),
+ * so every sum is made in the same order on every run. The finished rows of the slice
+ * wait in shared memory (fin) for the phase's end, when the block writes its outputs:
+ * q, k, v unrotated; the residual adds; SiLU(gate) * up; the logits and the block's
+ * argmax. Attention (one block per query head) rotates q and the new k itself, and the
+ * first block of each KV head appends the new k and v to the caches. */
+enum { MK_THREADS = 512, MK_WARPS = MK_THREADS / 32, MK_UNIT = 1024, MK_SU = 2 * MK_WARPS,
+       MK_STAGE = MK_SU * MK_UNIT, MK_NS_MAX = 8 };
+
+struct mk_phase {
+    const void *w[3]; /* row segments: QKV q, k, v; SILU gate, up; else w[0] */
+    int seg_end[3];   /* QKV: the rows before the end of each segment */
+    int mode, K, items; /* items: output rows (SILU: gate/up pairs) */
+    const float *x;   /* input (K) */
+    const void *g;    /* RMSNorm weight (K) or NULL */
+    float *out;
+};
+
+struct mk_args {
+    const mk_phase *ph;     /* per layer QKV, output, gate/up, down; then the LM head */
+    void *const *kc, *const *vc; /* per layer caches (Hkv, cap, D) */
+    int n_layers, Hq, Hkv, cap, C, vocab, ns;
+    size_t work_bytes;      /* shared memory for a phase's input or attention */
+    int fin_n;              /* finished row sums a phase's slice needs at most */
+    float eps, scale_log2;
+    const void *embed;
+    const float *inv_freq;
+    float *x, *qkv, *att, *logits, *argv;
+    int *params, *argi;     /* token, position, argmax; per block argmax */
+    unsigned *sync;         /* grid barrier arrivals, argmax tickets (zeroed before each launch) */
+};
+
+/* The persistent kernel's shared memory for a shape on `grid` blocks: the ring's stages
+ * (a->ns, at most MK_NS_MAX), the work area (a->work_bytes: the longest phase input or
+ * attention's scratch) and the finished-row sums (a->fin_n: the most rows of any phase's
+ * slice); false when fewer than 3 stages fit in dev_smem bytes. */
+template <typename T>
+static bool mk_layout(int64_t C, int64_t F, int64_t Hq, int64_t Hkv, int64_t D, int64_t vocab,
+                      unsigned grid, int dev_smem, mk_args *a, size_t *smem) {
+    const int64_t V = cu_vn<T>::n, QD = Hq * D;
+    int64_t kmax = C > F ? C : F;
+    if (QD > kmax) kmax = QD;
+    const int64_t att = 3 * D + DEC_CHUNK + (MK_THREADS / (D / V)) * D;
+    const int64_t work = ((kmax > att ? kmax : att) * 4 + 15) / 16 * 16;
+    const int64_t rows[5] = {(Hq + 2 * Hkv) * D, C, F, C, vocab};
+    int64_t fin = 0;
+    for (int i = 0; i < 5; i++) {
+        int64_t r = (rows[i] + grid - 1) / grid * (i == 2 ? 2 : 1); /* gate and up rows */
+        if (r > fin) fin = r;
+    }
+    fin = (fin + 3) / 4 * 4;
+    const int64_t other = work + (fin + MK_SU + 32 + 1 + MK_WARPS + 3) * 4;
+    int64_t ns = ((int64_t)dev_smem - other) / MK_STAGE;
+    if (ns > MK_NS_MAX) ns = MK_NS_MAX;
+    if (ns < 3) return false;
+    a->ns = (int)ns, a->work_bytes = (size_t)work, a->fin_n = (int)fin;
+    *smem = (size_t)(ns * MK_STAGE + other);
+    return true;
+}
+
+/* A block's slice of a phase: items [i0, i0 + n), as rows of rb bytes cut into upr units. */
+struct mk_geo {
+    int i0, n, rows, rb, upr, units, stages;
+};
+template <typename T> __device__ __forceinline__ mk_geo mk_geom(const mk_phase &p) {
+    mk_geo g;
+    g.i0 = (int)((long long)blockIdx.x * p.items / gridDim.x);
+    g.n = (int)((long long)(blockIdx.x + 1) * p.items / gridDim.x) - g.i0;
+    g.rows = p.mode == DEC_SILU ? 2 * g.n : g.n;
+    g.rb = p.K * (int)sizeof(T);
+    g.upr = (g.rb + MK_UNIT - 1) / MK_UNIT;
+    g.units = g.rows * g.upr;
+    g.stages = (g.units + MK_SU - 1) / MK_SU;
+    return g;
+}
+
+/* The weights of row r of the slice. */
+template <typename T>
+__device__ __forceinline__ const char *mk_row(const mk_phase &p, const mk_geo &g, int r) {
+    if (p.mode == DEC_SILU)
+        return (const char *)p.w[r & 1] + (size_t)(g.i0 + (r >> 1)) * g.rb;
+    int gr = g.i0 + r, s = 0;
+    if (p.mode == DEC_QKV) {
+        s = gr < p.seg_end[0] ? 0 : gr < p.seg_end[1] ? 1 : 2;
+        gr -= s ? p.seg_end[s - 1] : 0;
+    }
+    return (const char *)p.w[s] + (size_t)gr * g.rb;
+}
+
+/* cp.async of 16 bytes global -> shared, groups, and waiting for all but the newest n. */
+__device__ __forceinline__ void mk_cp16(void *dst, const void *src) {
+#ifdef __CUDA_ARCH__
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#elif defined(FE_CUDA_EMU)
+    emu::cp_async16(dst, src);
+#else
+    (void)dst, (void)src;
+#endif
+}
+__device__ __forceinline__ void mk_commit() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(FE_CUDA_EMU)
+    emu::cp_async_commit();
+#endif
+}
+__device__ __forceinline__ void mk_wait_all_but(int n) {
+#ifdef __CUDA_ARCH__
+    switch (n) { /* the count is an immediate */
+#define MK_WAIT_CASE(k)                                                                        \
+    case k: asm volatile("cp.async.wait_group " #k ";\n" ::: "memory"); break;
+        MK_WAIT_CASE(0) MK_WAIT_CASE(1) MK_WAIT_CASE(2) MK_WAIT_CASE(3) MK_WAIT_CASE(4)
+        MK_WAIT_CASE(5) MK_WAIT_CASE(6)
+#undef MK_WAIT_CASE
+    default: asm volatile("cp.async.wait_group 7;\n" ::: "memory");
+    }
+#elif defined(FE_CUDA_EMU)
+    emu::cp_async_wait(n);
+#else
+    (void)n;
+#endif
+}
+
+/* Grid-wide barrier: every block's writes before it are visible to every block after it.
+ * target counts the arrivals expected so far (the same in every block). */
+__device__ __forceinline__ void mk_grid_sync(unsigned *bar, unsigned &target) {
+    target += gridDim.x;
+#ifdef __CUDA_ARCH__
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(bar, 1u);
+        unsigned v;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(bar) : "memory");
+        } while (v < target);
+    }
+    __syncthreads();
+#else
+    (void)bar;
+#ifdef FE_CUDA_EMU
+    emu::grid_sync();
+#endif
+#endif
+}
+
+/* The block's weight stream: the next stage to request (phase ph, stage st of its slice)
+ * and the ring position it goes to. */
+struct mk_stream {
+    int ph, st, slot;
+};
+
+/* Request the next stage of the stream into its ring slot (or nothing past the last
+ * phase), and close the copy group: one group per call, so that waiting for all but the
+ * newest ns - 1 groups means the oldest stage requested has landed. */
+template <typename T>
+__device__ __forceinline__ void mk_request(const mk_args &a, mk_stream &s, unsigned char *ring) {
+    const int nph = 4 * a.n_layers + 1;
+    mk_geo g;
+    while (s.ph < nph) {
+        g = mk_geom<T>(a.ph[s.ph]);
+        if (s.st < g.stages) break;
+        s.ph++, s.st = 0;
+    }
+    if (s.ph < nph) {
+        const mk_phase &p = a.ph[s.ph];
+        unsigned char *dst = ring + (size_t)s.slot * MK_STAGE;
+        for (int v = threadIdx.x; v < MK_STAGE / 16; v += MK_THREADS) {
+            const int unit = v / (MK_UNIT / 16), u = s.st * MK_SU + unit;
+            if (u >= g.units) break; /* v only grows */
+            const int r = u / g.upr, byte = (u - r * g.upr) * MK_UNIT + (v % (MK_UNIT / 16)) * 16;
+            if (byte < g.rb) mk_cp16(dst + (size_t)v * 16, mk_row<T>(p, g, r) + byte);
+        }
+        s.st++;
+        s.slot = s.slot + 1 == a.ns ? 0 : s.slot + 1;
+    }
+    mk_commit();
+}
+
+/* Shared memory of the kernel beyond the ring. */
+struct mk_smem {
+    unsigned char *ring;
+    float *work; /* a phase's input; attention's scratch */
+    float *fin;  /* finished row sums of the phase's slice */
+    float *upart, *red;
+    int *flag;
+};
+
+/* dot of the 16-byte vectors of unit u of the stage at sb with the input xs (K floats) */
+template <typename T>
+__device__ __forceinline__ float mk_unit_dot(const unsigned char *sb, int unit, const mk_geo &g,
+                                             int u, const float *xs) {
+    constexpr int V = cu_vn<T>::n;
+    const int lane = threadIdx.x & 31;
+    float s = 0.f;
+    if (u < g.units) {
+        const int r = u / g.upr, ub = (u - r * g.upr) * MK_UNIT;
+#pragma unroll
+        for (int h = 0; h < MK_UNIT / 16 / 32; h++) {
+            const int vb = (lane + 32 * h) * 16;
+            if (ub + vb < g.rb) {
+                float w[V];
+                cu_vunpack<T>(*(const uint4 *)(sb + (size_t)unit * MK_UNIT + vb), w);
+                const float *xv = xs + (ub + vb) / (int)sizeof(T);
+#pragma unroll
+                for (int e = 0; e < V; e++)
+                    s = fmaf(w[e], xv[e], s);
+            }
+        }
+    }
+    return cu_warp_sum(s);
+}
+
+/* One matrix-vector phase (block-uniform): stage the input, consume the slice's stages from
+ * the ring (requesting one more for each), then write the outputs. Returns the block's 1/rms. */
+template <typename T>
+__device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int &slot,
+                         const mk_smem &sm) {
+    const mk_geo g = mk_geom<T>(p);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const T *gw = (const T *)p.g;
+    float ss = 0.f;
+    for (int i = tid * 4; i < p.K; i += MK_THREADS * 4) {
+        float4 v = __ldcg(reinterpret_cast<const float4 *>(p.x + i));
+        if (gw) {
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            v.x *= cu_to_f(gw[i]), v.y *= cu_to_f(gw[i + 1]);
+            v.z *= cu_to_f(gw[i + 2]), v.w *= cu_to_f(gw[i + 3]);
+        }
+        *reinterpret_cast<float4 *>(sm.work + i) = v;
+    }
+    const float rstd = gw ? rsqrtf(cu_block_sum(ss, sm.red) / (float)p.K + a.eps) : 1.f;
+    if (!gw) __syncthreads(); /* (cu_block_sum has its barriers) */
+    float carry = 0.f;        /* warp 0: the sum so far of a row continued from a stage */
+    for (int st = 0; st < g.stages; st++) {
+        mk_wait_all_but(a.ns - 1);
+        __syncthreads(); /* every thread's copies of this stage have landed */
+        const unsigned char *sb = sm.ring + (size_t)slot * MK_STAGE;
+        const int u0 = st * MK_SU + warp;
+        float d0 = mk_unit_dot<T>(sb, warp, g, u0, sm.work);
+        float d1 = mk_unit_dot<T>(sb, warp + MK_WARPS, g, u0 + MK_WARPS, sm.work);
+        if (lane == 0) sm.upart[warp] = d0, sm.upart[warp + MK_WARPS] = d1;
+        __syncthreads(); /* the slot is read: refill it */
+        mk_request<T>(a, s, sm.ring);
+        slot = slot + 1 == a.ns ? 0 : slot + 1;
+        if (warp == 0) { /* rows' sums in unit order: a segmented scan over the stage */
+            const int u = st * MK_SU + lane;
+            const int r = u < g.units ? u / g.upr : -1, uin = u - r * g.upr;
+            float v = sm.upart[lane];
+            if (lane == 0 && uin != 0) v += carry;
+#pragma unroll
+            for (int o = 1; o < 32; o <<= 1) {
+                float v2 = __shfl_up_sync(0xffffffffu, v, o);
+                int r2 = __shfl_up_sync(0xffffffffu, r, o);
+                if (lane >= o && r2 == r) v += v2;
+            }
+            const int rn = __shfl_down_sync(0xffffffffu, r, 1);
+            const bool last = r >= 0 && (lane == 31 || rn != r);
+            if (last && uin == g.upr - 1) sm.fin[r] = v;
+            carry = __shfl_sync(0xffffffffu, v, 31); /* lane 31's row goes on, if unfinished */
+        }
+    }
+    __syncthreads(); /* fin is complete */
+    if (p.mode == DEC_SILU) {
+        for (int j = tid; j < g.n; j += MK_THREADS) {
+            float gv = sm.fin[2 * j] * rstd, uv = sm.fin[2 * j + 1] * rstd;
+            p.out[g.i0 + j] = gv / (1.f + __expf(-gv)) * uv;
+        }
+    } else {
+        for (int r = tid; r < g.n; r += MK_THREADS) {
+            if (p.mode == DEC_RESID)
+                p.out[g.i0 + r] += sm.fin[r];
+            else
+                p.out[g.i0 + r] = sm.fin[r] * rstd;
+        }
+    }
+    return rstd;
+}
+
+/* Attention of query head h at position pos (the block's threads): q and the new k rotated
+ * here, the new k and v appended to the caches by the first head of each KV head, positions
+ * before pos read from the caches and the new one merged in at the end. */
+template <typename T, int D>
+__device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &sm) {
+    constexpr int NG = MK_THREADS / (D / cu_vn<T>::n), H2 = D / 2;
+    const int tid = threadIdx.x, G = a.Hq / a.Hkv, kvh = h / G;
+    float *qs = sm.work, *kn = qs + D, *vn = kn + D, *sc = vn + D, *part = sc + DEC_CHUNK;
+    const float *q = a.qkv + (size_t)h * D, *k = a.qkv + (size_t)(a.Hq + kvh) * D;
+    const float *v = a.qkv + (size_t)(a.Hq + a.Hkv + kvh) * D;
+    T *Kh = (T *)a.kc[l] + (size_t)kvh * a.cap * D, *Vh = (T *)a.vc[l] + (size_t)kvh * a.cap * D;
+    for (int j = tid; j < H2; j += MK_THREADS) { /* rotate-half RoPE, the f32 angle of the rope op */
+        float ang = __fmul_rn(__int2float_rn(pos), a.inv_freq[j]), sn, cs;
+        sincosf(ang, &sn, &cs);
+        float q0 = __ldcg(q + j), q1 = __ldcg(q + j + H2), k0 = __ldcg(k + j), k1 = __ldcg(k + j + H2);
+        qs[j] = (q0 * cs - q1 * sn) * a.scale_log2;
+        qs[j + H2] = (q1 * cs + q0 * sn) * a.scale_log2;
+        T kr0 = cu_cast<T>(k0 * cs - k1 * sn), kr1 = cu_cast<T>(k1 * cs + k0 * sn);
+        T v0 = cu_cast<T>(__ldcg(v + j)), v1 = cu_cast<T>(__ldcg(v + j + H2));
+        kn[j] = cu_to_f(kr0), kn[j + H2] = cu_to_f(kr1);
+        vn[j] = cu_to_f(v0), vn[j + H2] = cu_to_f(v1);
+        if (h % G == 0) {
+            T *kd = Kh + (size_t)pos * D, *vd = Vh + (size_t)pos * D;
+            kd[j] = kr0, kd[j + H2] = kr1, vd[j] = v0, vd[j + H2] = v1;
+        }
+    }
+    __syncthreads();
+    float s = 0.f;
+    for (int i = tid; i < D; i += MK_THREADS)
+        s = fmaf(qs[i], kn[i], s);
+    const float snew = cu_block_sum(s, sm.red);
+    float m, lsum;
+    dec_attn_core<T, D, MK_THREADS>(qs, Kh, Vh, pos, sc, sm.red, part, m, lsum);
+    const float mf = fmaxf(m, snew), co = exp2f(m - mf), pn = exp2f(snew - mf);
+    for (int i = tid; i < D; i += MK_THREADS) {
+        float t = 0.f;
+        for (int gi = 0; gi < NG; gi++)
+            t += part[gi * D + i];
+        a.att[(size_t)h * D + i] = (t * co + pn * vn[i]) / (lsum * co + pn);
+    }
+    __syncthreads(); /* work is reused */
+}
+
+/* The LM head's block argmax (first index of the largest), then the last block to finish
+ * reduces the blocks' answers into params[2]. */
+__device__ void mk_argmax(const mk_args &a, const mk_phase &p, float rstd, const mk_smem &sm,
+                          int i0, int n) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, none = a.vocab;
+    float v = -INFINITY;
+    int i = none;
+    for (int r = tid; r < n; r += MK_THREADS)
+        dec_arg_take(v, i, sm.fin[r] * rstd, i0 + r, none);
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, i, o);
+        dec_arg_take(v, i, v2, i2, none);
+    }
+    float *bv = sm.red;
+    int *bi = sm.flag + 1;
+    if (lane == 0) bv[warp] = v, bi[warp] = i;
+    __syncthreads();
+    if (tid == 0) {
+        for (int w = 1; w < MK_WARPS; w++)
+            dec_arg_take(v, i, bv[w], bi[w], none);
+        a.argv[blockIdx.x] = v, a.argi[blockIdx.x] = i;
+        __threadfence();
+        sm.flag[0] = atomicAdd(a.sync + 1, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    (void)p;
+    if (!sm.flag[0] || warp != 0) return;
+    __threadfence(); /* every block's answer, published before its ticket */
+    v = -INFINITY, i = none;
+    for (int b = lane; b < (int)gridDim.x; b += 32)
+        dec_arg_take(v, i, __ldcg(a.argv + b), __ldcg(a.argi + b), none);
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, i, o);
+        dec_arg_take(v, i, v2, i2, none);
+    }
+    if (lane == 0) a.params[2] = i < none ? i : 0;
+}
+
+template <typename T, int D>
+__global__ void __launch_bounds__(MK_THREADS, 1) k_dec_mega(mk_args a) {
+#ifdef __CUDA_ARCH__
+    extern __shared__ __align__(16) unsigned char mk_buf[];
+#elif defined(FE_CUDA_EMU)
+    unsigned char *mk_buf = (unsigned char *)emu::dsmem();
+#else
+    unsigned char *mk_buf = nullptr;
+#endif
+    mk_smem sm;
+    sm.ring = mk_buf;
+    sm.work = (float *)(mk_buf + (size_t)a.ns * MK_STAGE);
+    sm.fin = sm.work + a.work_bytes / sizeof(float);
+    sm.upart = sm.fin + a.fin_n;
+    sm.red = sm.upart + MK_SU;
+    sm.flag = (int *)(sm.red + 32);
+    mk_stream s = {0, 0, 0};
+    for (int i = 0; i < a.ns; i++) /* the first ns stages, before anything else */
+        mk_request<T>(a, s, sm.ring);
+    int slot = 0;
+    unsigned target = 0;
+    const int pos = a.params[1];
+    const T *row = (const T *)a.embed + (size_t)a.params[0] * a.C;
+    for (int i = blockIdx.x * MK_THREADS + threadIdx.x; i < a.C; i += gridDim.x * MK_THREADS)
+        a.x[i] = cu_to_f(row[i]);
+    mk_grid_sync(a.sync, target);
+    for (int l = 0; l < a.n_layers; l++) {
+        const mk_phase *P = a.ph + 4 * l;
+        mk_gemv<T>(a, P[0], s, slot, sm);
+        mk_grid_sync(a.sync, target);
+        for (int h = blockIdx.x; h < a.Hq; h += gridDim.x)
+            mk_attn<T, D>(a, l, h, pos, sm);
+        mk_grid_sync(a.sync, target);
+        for (int k = 1; k < 4; k++) {
+            mk_gemv<T>(a, P[k], s, slot, sm);
+            mk_grid_sync(a.sync, target);
+        }
+    }
+    const mk_phase &lm = a.ph[4 * a.n_layers];
+    const float rstd = mk_gemv<T>(a, lm, s, slot, sm);
+    const mk_geo g = mk_geom<T>(lm);
+    mk_argmax(a, lm, rstd, sm, g.i0, g.n);
 }
 
 /* ---- host side ----------------------------------------------------------------------- */
@@ -402,10 +853,15 @@ struct fe_cuda_decode {
     fe_cuda_decode_desc d;
     fe_cuda_decode_layer *layers;
     cu_dev *dev;
-    void *block; /* one device allocation: x, q, att, h, logits, params */
+    void *block; /* one device allocation: activations, params, the persistent kernel's tables */
     size_t block_bytes;
-    float *x, *q, *att, *h, *logits;
+    float *x, *q, *att, *h, *logits, *qkv;
     int *params;
+    /* the persistent kernel (FE_DECODE_PERSIST=0: the chained kernels instead) */
+    bool persist, need_persist; /* FE_DECODE_PERSIST=1: fail rather than fall back */
+    mk_args mk;       /* its arguments (device pointers into block) */
+    unsigned mk_grid; /* blocks: one per SM (or FE_DECODE_MAX_BLOCKS) */
+    size_t mk_smem;   /* dynamic shared memory per block */
     int *params_host;   /* pinned: token, position, then the argmax read back */
     float *logits_host; /* pinned */
     bool pdl;          /* FE_DECODE_PDL=0 switches programmatic dependent launch off */
@@ -522,6 +978,157 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
     return st;
 }
 
+/* The persistent kernel's layout for this engine (ns, work_bytes, fin_n, the shared memory
+ * and the grid), or false when one block per SM cannot hold it. */
+template <typename T> static bool mk_plan(fe_cuda_decode *e) {
+    const fe_cuda_decode_desc *d = &e->d;
+    int dev_smem = 0;
+    if (cudaDeviceGetAttribute(&dev_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, e->dev->index))
+        return false;
+    unsigned grid = (unsigned)e->dev->sm_count;
+    if (e->max_blocks > 0 && grid > (unsigned)e->max_blocks) grid = (unsigned)e->max_blocks;
+    if (!mk_layout<T>(d->dim, d->ffn_dim, d->n_heads, d->n_kv_heads, d->head_dim, d->vocab, grid,
+                      dev_smem, &e->mk, &e->mk_smem))
+        return false;
+    e->mk_grid = grid;
+    void (*k)(mk_args) = d->head_dim == 64 ? k_dec_mega<T, 64> : k_dec_mega<T, 128>;
+    int occ = 0;
+    if (cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->mk_smem) ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, MK_THREADS, e->mk_smem) || occ < 1) {
+        cudaGetLastError();
+        return false;
+    }
+    return true;
+}
+
+/* The phase table and the persistent kernel's arguments (the tables live in the engine's
+ * device block at tab); false with the error set when the upload fails. */
+template <typename T> static fe_status mk_tables(fe_cuda_decode *e, char *tab) {
+    const fe_cuda_decode_desc *d = &e->d;
+    const int L = (int)d->n_layers, C = (int)d->dim, F = (int)d->ffn_dim, D = (int)d->head_dim;
+    const int Hq = (int)d->n_heads, Hkv = (int)d->n_kv_heads;
+    const size_t nph = 4 * (size_t)L + 1;
+    mk_phase *ph = (mk_phase *)calloc(nph, sizeof *ph);
+    void **caches = (void **)malloc(2 * (size_t)L * sizeof(void *));
+    if (!ph || !caches) {
+        free(ph), free(caches);
+        return fe_set_error(FE_ERR_OOM, "decode engine: out of host memory");
+    }
+    const float eps = (float)d->eps;
+    for (int l = 0; l < L; l++) {
+        const fe_cuda_decode_layer *y = &e->layers[l];
+        mk_phase *P = ph + 4 * l;
+        P[0].w[0] = y->wq, P[0].w[1] = y->wk, P[0].w[2] = y->wv;
+        P[0].seg_end[0] = Hq * D, P[0].seg_end[1] = (Hq + Hkv) * D;
+        P[0].seg_end[2] = (Hq + 2 * Hkv) * D;
+        P[0].mode = DEC_QKV, P[0].K = C, P[0].items = (Hq + 2 * Hkv) * D;
+        P[0].x = e->x, P[0].g = y->ln_attn, P[0].out = e->qkv;
+        P[1].w[0] = y->wo, P[1].mode = DEC_RESID, P[1].K = Hq * D, P[1].items = C;
+        P[1].x = e->att, P[1].out = e->x;
+        P[2].w[0] = y->w_gate, P[2].w[1] = y->w_up, P[2].mode = DEC_SILU, P[2].K = C;
+        P[2].items = F, P[2].x = e->x, P[2].g = y->ln_mlp, P[2].out = e->h;
+        P[3].w[0] = y->w_down, P[3].mode = DEC_RESID, P[3].K = F, P[3].items = C;
+        P[3].x = e->h, P[3].out = e->x;
+        caches[l] = y->k_cache, caches[L + l] = y->v_cache;
+    }
+    mk_phase *lm = ph + 4 * L;
+    lm->w[0] = d->lm_head, lm->mode = DEC_PLAIN, lm->K = C, lm->items = (int)d->vocab;
+    lm->x = e->x, lm->g = d->final_norm, lm->out = e->logits;
+    mk_args *a = &e->mk;
+    a->ph = (const mk_phase *)tab;
+    a->kc = (void *const *)(tab + nph * sizeof(mk_phase));
+    a->vc = a->kc + L;
+    a->n_layers = L, a->Hq = Hq, a->Hkv = Hkv, a->cap = (int)d->capacity, a->C = C;
+    a->vocab = (int)d->vocab, a->eps = eps;
+    a->scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
+    a->embed = d->embed, a->inv_freq = d->inv_freq;
+    a->x = e->x, a->qkv = e->qkv, a->att = e->att, a->logits = e->logits, a->params = e->params;
+    char *rest = tab + nph * sizeof(mk_phase) + 2 * (size_t)L * sizeof(void *);
+    rest = (char *)(((uintptr_t)rest + 15) / 16 * 16);
+    a->argv = (float *)rest, a->argi = (int *)(a->argv + e->mk_grid);
+    a->sync = (unsigned *)(a->argi + e->mk_grid);
+    fe_status st = cu_check(cudaMemcpy(tab, ph, nph * sizeof(mk_phase), cudaMemcpyHostToDevice),
+                            "decode: phase table upload");
+    if (!st)
+        st = cu_check(cudaMemcpy((void *)a->kc, caches, 2 * (size_t)L * sizeof(void *),
+                                 cudaMemcpyHostToDevice),
+                      "decode: cache table upload");
+    free(ph), free(caches);
+    return st;
+}
+
+/* Bytes of the persistent kernel's tables in the device block. */
+static size_t mk_table_bytes(const fe_cuda_decode_desc *d, unsigned grid) {
+    size_t L = (size_t)d->n_layers;
+    return (4 * L + 1) * sizeof(mk_phase) + 2 * L * sizeof(void *) + 16 +
+           (size_t)grid * (sizeof(float) + sizeof(int)) + 2 * sizeof(unsigned);
+}
+
+/* Queue one token step of the persistent kernel: clear its barrier and ticket counters, then
+ * the cooperative launch. */
+template <typename T> static fe_status mk_enqueue(fe_cuda_decode *e) {
+    fe_status st = cu_check(cudaMemsetAsync(e->mk.sync, 0, 2 * sizeof(unsigned), e->dev->stream),
+                            "decode: barrier reset");
+    if (st) return st;
+    cudaLaunchConfig_t cfg = {};
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeCooperative;
+    at[0].val.cooperative = 1;
+    cfg.gridDim = dim3(e->mk_grid), cfg.blockDim = dim3(MK_THREADS);
+    cfg.dynamicSmemBytes = e->mk_smem, cfg.stream = e->dev->stream;
+    cfg.attrs = at, cfg.numAttrs = 1;
+    void (*k)(mk_args) = e->d.head_dim == 64 ? k_dec_mega<T, 64> : k_dec_mega<T, 128>;
+    return cu_check(cudaLaunchKernelEx(&cfg, k, e->mk), "decode persistent kernel");
+}
+
+/* The engine's device block (activations, params, the persistent kernel's tables), then the
+ * token step captured into the graph: the persistent kernel where it fits (e->persist), else
+ * the chained kernels. */
+template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
+    const fe_cuda_decode_desc *d = &e->d;
+    cudaStream_t s = e->dev->stream;
+    if (e->persist) {
+        e->persist = mk_plan<T>(e);
+        if (!e->persist && e->need_persist)
+            return fe_set_error(FE_ERR_SHAPE,
+                                "decode engine: FE_DECODE_PERSIST=1, but the persistent kernel "
+                                "does not fit this model on this device");
+    }
+    /* f32 activations, each start rounded up to 16 floats */
+    size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
+    size_t QKV = (size_t)((d->n_heads + 2 * d->n_kv_heads) * d->head_dim);
+    size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
+           nh = (d->ffn_dim + r16 - 1) / r16 * r16, nl = (d->vocab + r16 - 1) / r16 * r16,
+           nqkv = (QKV + r16 - 1) / r16 * r16;
+    size_t act = (nx + 2 * nq + nh + nl + nqkv) * sizeof(float) + 16 * sizeof(int);
+    e->block_bytes = act + (e->persist ? mk_table_bytes(d, e->mk_grid) : 0);
+    fe_status st = fe_cuda_alloc((fe_device){FE_CUDA, d->device}, e->block_bytes, &e->block);
+    if (st) {
+        e->block = NULL;
+        return st;
+    }
+    e->x = (float *)e->block;
+    e->q = e->x + nx, e->att = e->q + nq, e->h = e->att + nq, e->logits = e->h + nh;
+    e->qkv = e->logits + nl;
+    e->params = (int *)(e->qkv + nqkv);
+    st = cu_check(cudaMallocHost((void **)&e->params_host, 16 * sizeof(int)), "cudaMallocHost");
+    if (!st)
+        st = cu_check(cudaMallocHost((void **)&e->logits_host, (size_t)d->vocab * sizeof(float)),
+                      "cudaMallocHost");
+    if (!st) st = cu_check(cudaMemsetAsync(e->block, 0, e->block_bytes, s), "cudaMemset");
+    if (!st) st = cu_check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+    if (!st && e->persist) st = mk_tables<T>(e, (char *)e->block + act);
+    if (!st)
+        st = cu_check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal),
+                      "cudaStreamBeginCapture");
+    if (!st) {
+        fe_status qs = e->persist ? mk_enqueue<T>(e) : dec_enqueue<T>(e);
+        cudaError_t r = cudaStreamEndCapture(s, &e->graph);
+        st = qs ? qs : cu_check(r, "cudaStreamEndCapture");
+    }
+    return st;
+}
+
 extern "C" void fe_cuda_decode_free(fe_cuda_decode *e) {
     if (!e) return;
     if (e->exec) cudaGraphExecDestroy(e->exec);
@@ -560,36 +1167,12 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *ksp = getenv("FE_DECODE_KSPLIT");
     int kv = ksp ? atoi(ksp) : 0;
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
-    /* f32 activations, each start rounded up to 16 floats */
-    size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
-    size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
-           nh = (d->ffn_dim + r16 - 1) / r16 * r16, nl = (d->vocab + r16 - 1) / r16 * r16;
-    e->block_bytes = (nx + 2 * nq + nh + nl) * sizeof(float) + 16 * sizeof(int);
-    fe_status st = fe_cuda_alloc((fe_device){FE_CUDA, d->device}, e->block_bytes, &e->block);
-    if (st) {
-        e->block = NULL;
-        fe_cuda_decode_free(e);
-        return NULL;
-    }
-    e->x = (float *)e->block;
-    e->q = e->x + nx, e->att = e->q + nq, e->h = e->att + nq, e->logits = e->h + nh;
-    e->params = (int *)(e->logits + nl);
-    st = cu_check(cudaMallocHost((void **)&e->params_host, 16 * sizeof(int)), "cudaMallocHost");
-    if (!st)
-        st = cu_check(cudaMallocHost((void **)&e->logits_host, (size_t)d->vocab * sizeof(float)),
-                      "cudaMallocHost");
-    if (!st) st = cu_check(cudaMemsetAsync(e->block, 0, e->block_bytes, dv->stream), "cudaMemset");
-    if (!st) st = cu_check(cudaStreamSynchronize(dv->stream), "cudaStreamSynchronize");
-    if (!st)
-        st = cu_check(cudaStreamBeginCapture(dv->stream, cudaStreamCaptureModeThreadLocal),
-                      "cudaStreamBeginCapture");
-    if (!st) {
-        fe_status qs = d->dtype == FE_BF16  ? dec_enqueue<__nv_bfloat16>(e)
-                       : d->dtype == FE_F16 ? dec_enqueue<__half>(e)
-                                            : dec_enqueue<float>(e);
-        cudaError_t r = cudaStreamEndCapture(dv->stream, &e->graph);
-        st = qs ? qs : cu_check(r, "cudaStreamEndCapture");
-    }
+    const char *per = getenv("FE_DECODE_PERSIST");
+    e->persist = !(per && !strcmp(per, "0"));
+    e->need_persist = per && !strcmp(per, "1");
+    fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
+                   : d->dtype == FE_F16 ? dec_build<__half>(e)
+                                        : dec_build<float>(e);
     if (!st) st = cu_check(cudaGraphInstantiate(&e->exec, e->graph, 0), "cudaGraphInstantiate");
     if (st) {
         fe_cuda_decode_free(e);

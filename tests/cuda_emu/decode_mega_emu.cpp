@@ -1,0 +1,255 @@
+/* The decoder's persistent kernel (k_dec_mega of src/backends/cuda/cuda_decode.cu) run on the
+ * CPU as a cooperative grid (cuda_runtime.h here: a fiber per thread, every block at once, grid
+ * barriers, cp.async copies that land only when waited for) against a float64 token step of
+ * the same model. scripts/decode_emu.sh cuts the kernels' text out of cuda_decode.cu unchanged
+ * into decode_kernels.inc, builds this file and runs it.
+ *
+ * Each case makes a small random Llama (f32 or bf16 weights, head dim 64 or 128, grouped KV
+ * heads), fills the caches with random rows before the first position, then runs a few token
+ * steps and checks each one: the logits, the argmax, the new cache rows (and that no other
+ * cache row or anything past the logits changed). Row lengths are chosen so that rows take
+ * parts of units and several units; grids of 1 to 5 blocks and rings of 3 to 6 stages make
+ * rows cross stages and the stream cross phases in every way; one case starts at position 0
+ * (no history), one passes 512 positions (two attention chunks). Exit status 1 on a failure. */
+#include "backends/cuda/cuda_internal.cuh"
+
+#include "emu_check.h"
+
+#include <algorithm>
+#include <random>
+
+using std::max;
+using std::min;
+inline void sincosf_emu(float a, float *s, float *c) { *s = sinf(a), *c = cosf(a); }
+#define sincosf sincosf_emu
+inline float __expf(float x) { return expf(x); }
+inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __int2float_rn(int i) { return (float)i; }
+
+#include "decode_kernels.inc"
+
+static std::mt19937_64 rng(23);
+static double uni() { return std::uniform_real_distribution<double>(-1, 1)(rng); }
+template <class T> static std::vector<T> rand_t(size_t n, double scale) {
+    std::vector<T> v(n);
+    for (auto &x : v) x = cu_cast<T>((float)(scale * uni()));
+    return v;
+}
+
+struct shape {
+    int C, F, Hq, Hkv, D, vocab, L, cap;
+};
+
+template <class T> struct model {
+    shape s;
+    std::vector<T> emb, lm, gf;
+    struct layer {
+        std::vector<T> wq, wk, wv, wo, wg, wu, wd, ga, gm, kc, vc;
+    };
+    std::vector<layer> ly;
+    std::vector<float> inv_freq;
+};
+
+template <class T> static model<T> make(shape s, int hist) {
+    model<T> m;
+    m.s = s;
+    const int QD = s.Hq * s.D, KD = s.Hkv * s.D;
+    const double wc = 1.0 / sqrt((double)s.C), wf = 1.0 / sqrt((double)s.F);
+    m.emb = rand_t<T>((size_t)s.vocab * s.C, 1.0);
+    m.lm = rand_t<T>((size_t)s.vocab * s.C, wc);
+    m.gf = rand_t<T>(s.C, 1.0);
+    for (int l = 0; l < s.L; l++) {
+        typename model<T>::layer y;
+        y.wq = rand_t<T>((size_t)QD * s.C, wc), y.wk = rand_t<T>((size_t)KD * s.C, wc);
+        y.wv = rand_t<T>((size_t)KD * s.C, wc), y.wo = rand_t<T>((size_t)s.C * QD, wc);
+        y.wg = rand_t<T>((size_t)s.F * s.C, wc), y.wu = rand_t<T>((size_t)s.F * s.C, wc);
+        y.wd = rand_t<T>((size_t)s.C * s.F, wf);
+        y.ga = rand_t<T>(s.C, 1.0), y.gm = rand_t<T>(s.C, 1.0);
+        /* rows before hist random (earlier tokens), the rest a sentinel */
+        y.kc.assign((size_t)KD * s.cap, cu_cast<T>(-7.f)), y.vc = y.kc;
+        for (int h = 0; h < s.Hkv; h++)
+            for (int p = 0; p < hist; p++)
+                for (int i = 0; i < s.D; i++) {
+                    size_t o = ((size_t)h * s.cap + p) * s.D + i;
+                    y.kc[o] = cu_cast<T>((float)(2 * uni())), y.vc[o] = cu_cast<T>((float)uni());
+                }
+        m.ly.push_back(y);
+    }
+    for (int j = 0; j < s.D / 2; j++)
+        m.inv_freq.push_back((float)pow(10000.0, -2.0 * j / s.D));
+    return m;
+}
+
+template <class T> static double dotw(const T *w, const std::vector<double> &x) {
+    double s = 0;
+    for (size_t k = 0; k < x.size(); k++) s += to_d(w[k]) * x[k];
+    return s;
+}
+template <class T> static std::vector<double> rmsn(const std::vector<double> &x, const std::vector<T> &g) {
+    double ss = 0;
+    for (double v : x) ss += v * v;
+    double r = 1.0 / sqrt(ss / (double)x.size() + 1e-5);
+    std::vector<double> y(x.size());
+    for (size_t i = 0; i < x.size(); i++) y[i] = x[i] * r * to_d(g[i]);
+    return y;
+}
+
+/* The float64 token step: logits; the model's caches get the new rows (rounded to T). */
+template <class T> static std::vector<double> reference(model<T> &m, int token, int pos) {
+    const shape &s = m.s;
+    const int D = s.D, H2 = D / 2, G = s.Hq / s.Hkv;
+    std::vector<double> x(s.C);
+    for (int i = 0; i < s.C; i++) x[i] = to_d(m.emb[(size_t)token * s.C + i]);
+    for (auto &y : m.ly) {
+        std::vector<double> xn = rmsn(x, y.ga), q(s.Hq * D), att(s.Hq * D);
+        for (int r = 0; r < s.Hq * D; r++) q[r] = dotw(y.wq.data() + (size_t)r * s.C, xn);
+        for (int h = 0; h < s.Hkv; h++) {
+            std::vector<double> k(D), v(D);
+            for (int i = 0; i < D; i++) {
+                k[i] = dotw(y.wk.data() + (size_t)(h * D + i) * s.C, xn);
+                v[i] = dotw(y.wv.data() + (size_t)(h * D + i) * s.C, xn);
+            }
+            T *kr = y.kc.data() + ((size_t)h * s.cap + pos) * D, *vr = y.vc.data() + ((size_t)h * s.cap + pos) * D;
+            for (int j = 0; j < H2; j++) {
+                double a = (double)((float)pos * m.inv_freq[j]), c = cos(a), sn = sin(a);
+                kr[j] = cu_cast<T>((float)(k[j] * c - k[j + H2] * sn));
+                kr[j + H2] = cu_cast<T>((float)(k[j + H2] * c + k[j] * sn));
+                vr[j] = cu_cast<T>((float)v[j]), vr[j + H2] = cu_cast<T>((float)v[j + H2]);
+            }
+        }
+        for (int h = 0; h < s.Hq; h++) {
+            double *qh = q.data() + h * D;
+            double a = 0;
+            for (int j = 0; j < H2; j++) {
+                a = (double)((float)pos * m.inv_freq[j]);
+                double q0 = qh[j], q1 = qh[j + H2];
+                qh[j] = q0 * cos(a) - q1 * sin(a), qh[j + H2] = q1 * cos(a) + q0 * sin(a);
+            }
+            const T *Kh = y.kc.data() + (size_t)(h / G) * s.cap * D, *Vh = y.vc.data() + (size_t)(h / G) * s.cap * D;
+            std::vector<double> sc(pos + 1);
+            double mx = -INFINITY, l = 0;
+            for (int t = 0; t <= pos; t++) {
+                double d = 0;
+                for (int i = 0; i < D; i++) d += qh[i] * to_d(Kh[(size_t)t * D + i]);
+                sc[t] = d / sqrt((double)D), mx = max(mx, sc[t]);
+            }
+            for (int t = 0; t <= pos; t++) sc[t] = exp(sc[t] - mx), l += sc[t];
+            for (int i = 0; i < D; i++) {
+                double o = 0;
+                for (int t = 0; t <= pos; t++) o += sc[t] * to_d(Vh[(size_t)t * D + i]);
+                att[h * D + i] = o / l;
+            }
+        }
+        for (int r = 0; r < s.C; r++) x[r] += dotw(y.wo.data() + (size_t)r * s.Hq * D, att);
+        xn = rmsn(x, y.gm);
+        std::vector<double> hh(s.F);
+        for (int j = 0; j < s.F; j++) {
+            double g = dotw(y.wg.data() + (size_t)j * s.C, xn), u = dotw(y.wu.data() + (size_t)j * s.C, xn);
+            hh[j] = g / (1 + exp(-g)) * u;
+        }
+        for (int r = 0; r < s.C; r++) x[r] += dotw(y.wd.data() + (size_t)r * s.F, hh);
+    }
+    std::vector<double> xn = rmsn(x, m.gf), lg(s.vocab);
+    for (int r = 0; r < s.vocab; r++) lg[r] = dotw(m.lm.data() + (size_t)r * s.C, xn);
+    return lg;
+}
+
+static const float SENT = -12345.f;
+
+/* Run `steps` tokens from position pos0 through k_dec_mega on `grid` blocks with a ring of
+ * `ns` stages, each against the reference. */
+template <class T> static void run_case(shape s, int pos0, int steps, unsigned grid, int ns) {
+    model<T> m = make<T>(s, pos0), ref = m;
+    const int QKV = (s.Hq + 2 * s.Hkv) * s.D, L = s.L;
+    mk_args a = {};
+    size_t smem = 0;
+    bool fits = mk_layout<T>(s.C, s.F, s.Hq, s.Hkv, s.D, s.vocab, grid, 1 << 30, &a, &smem);
+    a.ns = ns; /* the layout gives the most stages that fit; test fewer */
+    smem = (size_t)ns * MK_STAGE + (smem - (size_t)MK_NS_MAX * MK_STAGE);
+    std::vector<mk_phase> ph(4 * L + 1);
+    std::vector<void *> kc(L), vc(L);
+    std::vector<float> x(s.C + 16, SENT), qkv(QKV + 16, SENT), att(s.Hq * s.D + 16, SENT),
+        h(s.F + 16, SENT), logits(s.vocab + 16, SENT), argv(grid);
+    std::vector<int> argi(grid), params(4, 0);
+    unsigned sync[2];
+    for (int l = 0; l < L; l++) {
+        auto &y = m.ly[l];
+        mk_phase *P = ph.data() + 4 * l;
+        P[0].w[0] = y.wq.data(), P[0].w[1] = y.wk.data(), P[0].w[2] = y.wv.data();
+        P[0].seg_end[0] = s.Hq * s.D, P[0].seg_end[1] = (s.Hq + s.Hkv) * s.D, P[0].seg_end[2] = QKV;
+        P[0].mode = DEC_QKV, P[0].K = s.C, P[0].items = QKV, P[0].x = x.data(), P[0].g = y.ga.data();
+        P[0].out = qkv.data();
+        P[1].w[0] = y.wo.data(), P[1].mode = DEC_RESID, P[1].K = s.Hq * s.D, P[1].items = s.C;
+        P[1].x = att.data(), P[1].out = x.data();
+        P[2].w[0] = y.wg.data(), P[2].w[1] = y.wu.data(), P[2].mode = DEC_SILU, P[2].K = s.C;
+        P[2].items = s.F, P[2].x = x.data(), P[2].g = y.gm.data(), P[2].out = h.data();
+        P[3].w[0] = y.wd.data(), P[3].mode = DEC_RESID, P[3].K = s.F, P[3].items = s.C;
+        P[3].x = h.data(), P[3].out = x.data();
+        kc[l] = y.kc.data(), vc[l] = y.vc.data();
+    }
+    mk_phase &lm = ph[4 * L];
+    lm.w[0] = m.lm.data(), lm.mode = DEC_PLAIN, lm.K = s.C, lm.items = s.vocab, lm.x = x.data();
+    lm.g = m.gf.data(), lm.out = logits.data();
+    a.ph = ph.data(), a.kc = kc.data(), a.vc = vc.data();
+    a.n_layers = L, a.Hq = s.Hq, a.Hkv = s.Hkv, a.cap = s.cap, a.C = s.C, a.vocab = s.vocab;
+    a.eps = 1e-5f, a.scale_log2 = (float)(1.4426950408889634 / sqrt((double)s.D));
+    a.embed = m.emb.data(), a.inv_freq = m.inv_freq.data();
+    a.x = x.data(), a.qkv = qkv.data(), a.att = att.data(), a.logits = logits.data();
+    a.argv = argv.data(), a.argi = argi.data(), a.params = params.data(), a.sync = sync;
+    const char *tn = sizeof(T) == 4 ? "f32" : "bf16";
+    expect(fits, "%s: layout does not fit", tn);
+    const double tol = sizeof(T) == 4 ? 1e-5 : 2e-3;
+    for (int st = 0; st < steps; st++) {
+        const int pos = pos0 + st, token = (int)(rng() % s.vocab);
+        params[0] = token, params[1] = pos, params[2] = -1;
+        sync[0] = sync[1] = 0;
+        if (s.D == 64)
+            emu::launch_coop(grid, MK_THREADS, smem, [&] { k_dec_mega<T, 64>(a); });
+        else
+            emu::launch_coop(grid, MK_THREADS, smem, [&] { k_dec_mega<T, 128>(a); });
+        std::vector<double> r = reference(ref, token, pos), got(s.vocab);
+        for (int i = 0; i < s.vocab; i++) got[i] = logits[i];
+        double e = relerr(got, r);
+        int top = (int)(std::max_element(got.begin(), got.end()) - got.begin());
+        bool ok = e <= tol && params[2] == top;
+        for (int i = s.vocab; i < s.vocab + 16; i++) ok &= logits[i] == SENT;
+        /* every cache row as the reference's: the new ones within rounding, the rest exact */
+        std::vector<double> gk, rk;
+        for (int l = 0; l < L; l++)
+            for (size_t i = 0; i < m.ly[l].kc.size(); i++) {
+                bool fresh = (int)((i / s.D) % s.cap) == pos;
+                double g0 = to_d(m.ly[l].kc[i]), r0 = to_d(ref.ly[l].kc[i]);
+                double g1 = to_d(m.ly[l].vc[i]), r1 = to_d(ref.ly[l].vc[i]);
+                if (fresh)
+                    gk.push_back(g0), rk.push_back(r0), gk.push_back(g1), rk.push_back(r1);
+                else
+                    ok &= g0 == r0 && g1 == r1;
+            }
+        double ec = relerr(gk, rk);
+        ok &= ec <= (sizeof(T) == 4 ? 1e-5 : 1e-2);
+        expect(ok, "%s mega: C %d F %d Hq %d Hkv %d D %d vocab %d, grid %u, %d stages, pos %d: "
+                   "logits error %.3g, argmax %d (want %d), cache error %.3g",
+               tn, s.C, s.F, s.Hq, s.Hkv, s.D, s.vocab, grid, ns, pos, e, params[2], top, ec);
+        for (int l = 0; l < L; l++) /* the next step's history is the kernel's */
+            ref.ly[l].kc = m.ly[l].kc, ref.ly[l].vc = m.ly[l].vc;
+    }
+}
+
+int main() {
+    /* bf16 rows: C 192 (384 bytes), F 1096 (2192 bytes: two units and part of a third),
+     * Hq*D 256; f32 doubles them */
+    const shape s64 = {192, 1096, 4, 2, 64, 301, 2, 640};
+    const shape s128 = {160, 520, 2, 1, 128, 97, 2, 16};
+    for (unsigned grid : {1u, 3u, 5u}) {
+        int ns = grid == 3 ? 6 : 3;
+        run_case<float>(s64, 5, 2, grid, ns);
+        run_case<__nv_bfloat16>(s64, 5, 2, grid, 9 - ns);
+        run_case<__nv_bfloat16>(s128, 3, 2, grid, ns);
+    }
+    run_case<float>(s128, 0, 3, 2, 4);          /* the first position: nothing cached */
+    run_case<__nv_bfloat16>(s64, 515, 2, 3, 4); /* two chunks of cached positions */
+    printf("decoder persistent kernel, %d checks: %s (%d failed)\n", checks,
+           fails ? "FAIL" : "PASS", fails);
+    return fails ? 1 : 0;
+}
