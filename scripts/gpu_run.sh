@@ -81,6 +81,16 @@ do_memtrace() {
         --steps 4 --bench --device cuda
 }
 do_decoder() { timeout 150 build-gpu/test_decoder; }
+# The persistent decode kernel's own barrier trace (FE_DECODE_TRACE=1), then ncu over one of its
+# launches (after the decode stage saved its model).
+do_decdiag() {
+    local run="build-gpu/example_hf_logits --model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8 --bench 32 --repeat 1 --device cuda --dtype bf16"
+    FE_DECODE_TRACE=1 timeout 60 $run 2>&1 | tail -12
+    timeout 200 ncu --clock-control none --graph-profiling node -k regex:k_dec_mega --launch-skip 20 --launch-count 1 \
+        --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+        --metrics $(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard short_scoreboard barrier membar wait mio_throttle lg_throttle math_pipe_throttle not_selected selected no_instruction branch_resolving dispatch_stall sleeping misc | sed 's/,$//') \
+        $run 2>&1 | grep -v "^==PROF==" | tail -90
+}
 # Every cuBLASLt algorithm the heuristic offers for the benchmark's xWt shapes, timed beside
 # cublasGemmEx and torch.matmul (bench/gemm_algos.c).
 do_gemmalgos() {
@@ -188,6 +198,7 @@ for s in "$@"; do
     trainbench) stage trainbench do_trainbench ;;
     ferbench) stage ferbench do_ferbench ;;
     decoder) stage decoder do_decoder ;;
+    decdiag) stage decdiag do_decdiag ;;
     gemmalgos) stage gemmalgos do_gemmalgos ;;
     rowprof) stage rowprof do_rowprof ;;
     profile) stage profile do_profile ;;

@@ -7,9 +7,9 @@
  * Each case makes a small random Llama (f32 or bf16 weights, head dim 64 or 128, grouped KV
  * heads), fills the caches with random rows before the first position, then runs a few token
  * steps and checks each one: the logits, the argmax, the new cache rows (and that no other
- * cache row or anything past the logits changed). Row lengths are chosen so that rows take
- * parts of units and several units; grids of 1 to 5 blocks and rings of 3 to 6 stages make
- * rows cross stages and the stream cross phases in every way; one case starts at position 0
+ * cache row or anything past the logits changed). Row lengths are chosen so that rows take a
+ * part of one slot and parts of several; grids of 1 to 5 blocks (warps with many rows, or
+ * none) and rings of 3 to 6 slots make the stream cross phases in every way; one case starts at position 0
  * (no history), one passes 512 positions (two attention chunks). Exit status 1 on a failure. */
 #include "backends/cuda/cuda_internal.cuh"
 
@@ -158,7 +158,7 @@ template <class T> static std::vector<double> reference(model<T> &m, int token, 
 static const float SENT = -12345.f;
 
 /* Run `steps` tokens from position pos0 through k_dec_mega on `grid` blocks with a ring of
- * `ns` stages, each against the reference. */
+ * `ns` slots a warp, each against the reference. */
 template <class T> static void run_case(shape s, int pos0, int steps, unsigned grid, int ns) {
     model<T> m = make<T>(s, pos0), ref = m;
     const int QKV = (s.Hq + 2 * s.Hkv) * s.D, L = s.L;
@@ -166,7 +166,7 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
     size_t smem = 0;
     bool fits = mk_layout<T>(s.C, s.F, s.Hq, s.Hkv, s.D, s.vocab, grid, 1 << 30, &a, &smem);
     a.ns = ns; /* the layout gives the most stages that fit; test fewer */
-    smem = (size_t)ns * MK_STAGE + (smem - (size_t)MK_NS_MAX * MK_STAGE);
+    smem = (size_t)ns * MK_WARPS * MK_SLOT + (smem - (size_t)MK_NS_MAX * MK_WARPS * MK_SLOT);
     std::vector<mk_phase> ph(4 * L + 1);
     std::vector<void *> kc(L), vc(L);
     std::vector<float> x(s.C + 16, SENT), qkv(QKV + 16, SENT), att(s.Hq * s.D + 16, SENT),
@@ -228,7 +228,7 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
             }
         double ec = relerr(gk, rk);
         ok &= ec <= (sizeof(T) == 4 ? 1e-5 : 1e-2);
-        expect(ok, "%s mega: C %d F %d Hq %d Hkv %d D %d vocab %d, grid %u, %d stages, pos %d: "
+        expect(ok, "%s mega: C %d F %d Hq %d Hkv %d D %d vocab %d, grid %u, %d slots, pos %d: "
                    "logits error %.3g, argmax %d (want %d), cache error %.3g",
                tn, s.C, s.F, s.Hq, s.Hkv, s.D, s.vocab, grid, ns, pos, e, params[2], top, ec);
         for (int l = 0; l < L; l++) /* the next step's history is the kernel's */
@@ -237,7 +237,7 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
 }
 
 int main() {
-    /* bf16 rows: C 192 (384 bytes), F 1096 (2192 bytes: two units and part of a third),
+    /* bf16 rows: C 192 (384 bytes), F 1096 (2192 bytes: a 2 KiB slot and part of another),
      * Hq*D 256; f32 doubles them */
     const shape s64 = {192, 1096, 4, 2, 64, 301, 2, 640};
     const shape s128 = {160, 520, 2, 1, 128, 97, 2, 16};

@@ -429,25 +429,24 @@ __global__ void __launch_bounds__(ATT_THREADS)
  * What the chained kernels could not do is keep memory busy across a dependency: each
  * kernel's loads start only when a predecessor's block leaves its SM. Here every block
  * owns a fixed slice of every matrix-vector phase (contiguous output rows, the same share
- * of each phase's weights) and streams its slices of all the phases of the token, in
- * order, through a ring of MK_NS stages of shared memory filled by cp.async. A stage is
- * consumed only when its phase's input is ready, but the copies into the ring never wait
- * for anything but a free stage: while a block waits at a barrier, or works on attention,
- * up to MK_NS stages of the following phases' weights keep arriving.
+ * of each phase's weights), and within the block each warp owns rows w, w + MK_WARPS, ...
+ * of the slice. A warp streams its rows of all the phases of the token, in order, through
+ * its own ring of a->ns slots of shared memory (MK_SLOT bytes each: a row is cut into
+ * slot-sized chunks, the last one partial) filled by cp.async. A slot is consumed only
+ * when its phase's input is ready, but the copies never wait for anything but a free
+ * slot: while a block waits at a barrier, or works on attention, up to ns slots of the
+ * following phases' weights per warp keep arriving. Each lane reads back only the 16-byte
+ * pieces it copied itself, so the stream needs no barrier of any kind.
  *
- * A block's slice of a phase is a list of rows (QKV: q, k and v rows; gate/up: gate row j,
- * then up row j, for its j); a row is cut into units of MK_UNIT bytes (the last one
- * partial) and a stage holds MK_SU consecutive units. Warp w computes units w and
- * w + MK_WARPS of a stage against the phase's input in shared memory (times the norm
- * weight where the phase has a norm); warp 0 then adds the units of each row in order (a
- * segmented scan, the sum of a row that continues past the stage carried to the next),
- * so every sum is made in the same order on every run. The finished rows of the slice
- * wait in shared memory (fin) for the phase's end, when the block writes its outputs:
- * q, k, v unrotated; the residual adds; SiLU(gate) * up; the logits and the block's
- * argmax. Attention (one block per query head) rotates q and the new k itself, and the
- * first block of each KV head appends the new k and v to the caches. */
-enum { MK_THREADS = 512, MK_WARPS = MK_THREADS / 32, MK_UNIT = 1024, MK_SU = 2 * MK_WARPS,
-       MK_STAGE = MK_SU * MK_UNIT, MK_NS_MAX = 8 };
+ * A lane adds its pieces of a row (times the phase's input in shared memory, itself times
+ * the norm weight where the phase has a norm) in order, the warp sums its lanes, and the
+ * row's sum waits in shared memory (fin) for the end of the phase, when the block writes
+ * its outputs: q, k, v unrotated; the residual adds; SiLU(gate) * up; the logits and the
+ * block's argmax. Every sum is made in the same order on every run. Attention (one block
+ * per query head) rotates q and the new k itself, and the first head of each KV head
+ * appends the new k and v to the caches. */
+enum { MK_THREADS = 512, MK_WARPS = MK_THREADS / 32, MK_VPL = 4, MK_SLOT = 32 * 16 * MK_VPL,
+       MK_NS_MAX = 8 };
 
 struct mk_phase {
     const void *w[3]; /* row segments: QKV q, k, v; SILU gate, up; else w[0] */
@@ -470,12 +469,13 @@ struct mk_args {
     float *x, *qkv, *att, *logits, *argv;
     int *params, *argi;     /* token, position, argmax; per block argmax */
     unsigned *sync;         /* grid barrier arrivals, argmax tickets (zeroed before each launch) */
+    unsigned long long *trace; /* NULL, or per block and barrier: arrival, departure (ns) */
 };
 
-/* The persistent kernel's shared memory for a shape on `grid` blocks: the ring's stages
+/* The persistent kernel's shared memory for a shape on `grid` blocks: each warp's ring slots
  * (a->ns, at most MK_NS_MAX), the work area (a->work_bytes: the longest phase input or
  * attention's scratch) and the finished-row sums (a->fin_n: the most rows of any phase's
- * slice); false when fewer than 3 stages fit in dev_smem bytes. */
+ * slice); false when fewer than 3 slots a warp fit in dev_smem bytes. */
 template <typename T>
 static bool mk_layout(int64_t C, int64_t F, int64_t Hq, int64_t Hkv, int64_t D, int64_t vocab,
                       unsigned grid, int dev_smem, mk_args *a, size_t *smem) {
@@ -491,18 +491,19 @@ static bool mk_layout(int64_t C, int64_t F, int64_t Hq, int64_t Hkv, int64_t D, 
         if (r > fin) fin = r;
     }
     fin = (fin + 3) / 4 * 4;
-    const int64_t other = work + (fin + MK_SU + 32 + 1 + MK_WARPS + 3) * 4;
-    int64_t ns = ((int64_t)dev_smem - other) / MK_STAGE;
+    const int64_t other = work + (fin + 32 + 1 + MK_WARPS + 3) * 4;
+    int64_t ns = ((int64_t)dev_smem - other) / ((int64_t)MK_WARPS * MK_SLOT);
     if (ns > MK_NS_MAX) ns = MK_NS_MAX;
     if (ns < 3) return false;
     a->ns = (int)ns, a->work_bytes = (size_t)work, a->fin_n = (int)fin;
-    *smem = (size_t)(ns * MK_STAGE + other);
+    *smem = (size_t)(ns * MK_WARPS * MK_SLOT + other);
     return true;
 }
 
-/* A block's slice of a phase: items [i0, i0 + n), as rows of rb bytes cut into upr units. */
+/* A block's slice of a phase: items [i0, i0 + n) as `rows` rows of rb bytes (SILU: gate and up
+ * rows of each item), each cut into cpr slot-sized chunks; nk of them are this warp's. */
 struct mk_geo {
-    int i0, n, rows, rb, upr, units, stages;
+    int i0, n, rows, rb, cpr, nk;
 };
 template <typename T> __device__ __forceinline__ mk_geo mk_geom(const mk_phase &p) {
     mk_geo g;
@@ -510,9 +511,9 @@ template <typename T> __device__ __forceinline__ mk_geo mk_geom(const mk_phase &
     g.n = (int)((long long)(blockIdx.x + 1) * p.items / gridDim.x) - g.i0;
     g.rows = p.mode == DEC_SILU ? 2 * g.n : g.n;
     g.rb = p.K * (int)sizeof(T);
-    g.upr = (g.rb + MK_UNIT - 1) / MK_UNIT;
-    g.units = g.rows * g.upr;
-    g.stages = (g.units + MK_SU - 1) / MK_SU;
+    g.cpr = (g.rb + MK_SLOT - 1) / MK_SLOT;
+    const int w = threadIdx.x >> 5;
+    g.nk = g.rows > w ? (g.rows - w + MK_WARPS - 1) / MK_WARPS : 0;
     return g;
 }
 
@@ -564,101 +565,93 @@ __device__ __forceinline__ void mk_wait_all_but(int n) {
 #endif
 }
 
+/* nanoseconds of the GPU's global timer (FE_DECODE_TRACE) */
+__device__ __forceinline__ unsigned long long mk_now() {
+    unsigned long long t = 0;
+#ifdef __CUDA_ARCH__
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(t));
+#endif
+    return t;
+}
+
 /* Grid-wide barrier: every block's writes before it are visible to every block after it.
- * target counts the arrivals expected so far (the same in every block). */
-__device__ __forceinline__ void mk_grid_sync(unsigned *bar, unsigned &target) {
+ * target counts the arrivals expected so far (the same in every block). With a trace buffer,
+ * thread 0 records when its block arrived and when it left (event target / grid - 1). */
+__device__ __forceinline__ void mk_grid_sync(unsigned *bar, unsigned &target,
+                                             unsigned long long *trace, int nev) {
     target += gridDim.x;
 #ifdef __CUDA_ARCH__
     __syncthreads();
     if (threadIdx.x == 0) {
+        unsigned long long t0 = trace ? mk_now() : 0;
         __threadfence();
         atomicAdd(bar, 1u);
         unsigned v;
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(bar) : "memory");
         } while (v < target);
+        if (trace) {
+            unsigned long long *e = trace + ((size_t)blockIdx.x * nev + target / gridDim.x - 1) * 2;
+            e[0] = t0, e[1] = mk_now();
+        }
     }
     __syncthreads();
 #else
-    (void)bar;
+    (void)bar, (void)trace, (void)nev;
 #ifdef FE_CUDA_EMU
     emu::grid_sync();
 #endif
 #endif
 }
 
-/* The block's weight stream: the next stage to request (phase ph, stage st of its slice)
- * and the ring position it goes to. */
+/* A warp's weight stream: the next chunk to request (phase ph, the warp's row k of its slice,
+ * chunk c of the row, whose weights start at row), and the ring slot it goes to. */
 struct mk_stream {
-    int ph, st, slot;
+    int ph, k, c, slot;
+    mk_geo g;
+    const char *row;
 };
 
-/* Request the next stage of the stream into its ring slot (or nothing past the last
- * phase), and close the copy group: one group per call, so that waiting for all but the
- * newest ns - 1 groups means the oldest stage requested has landed. */
+/* Request the next chunk of the warp's stream into its ring slot (nothing past the last
+ * phase), and close the lane's copy group: one group per call, so that waiting for all but the
+ * newest ns - 1 groups means the oldest chunk requested has landed. Lane l copies the
+ * 16-byte pieces l, l + 32, ... of the chunk. */
 template <typename T>
 __device__ __forceinline__ void mk_request(const mk_args &a, mk_stream &s, unsigned char *ring) {
-    const int nph = 4 * a.n_layers + 1;
-    mk_geo g;
-    while (s.ph < nph) {
-        g = mk_geom<T>(a.ph[s.ph]);
-        if (s.st < g.stages) break;
-        s.ph++, s.st = 0;
+    const int nph = 4 * a.n_layers + 1, lane = threadIdx.x & 31;
+    while (s.ph < nph && s.k >= s.g.nk) {
+        s.ph++, s.k = 0, s.c = 0;
+        if (s.ph < nph) s.g = mk_geom<T>(a.ph[s.ph]);
     }
     if (s.ph < nph) {
-        const mk_phase &p = a.ph[s.ph];
-        unsigned char *dst = ring + (size_t)s.slot * MK_STAGE;
-        for (int v = threadIdx.x; v < MK_STAGE / 16; v += MK_THREADS) {
-            const int unit = v / (MK_UNIT / 16), u = s.st * MK_SU + unit;
-            if (u >= g.units) break; /* v only grows */
-            const int r = u / g.upr, byte = (u - r * g.upr) * MK_UNIT + (v % (MK_UNIT / 16)) * 16;
-            if (byte < g.rb) mk_cp16(dst + (size_t)v * 16, mk_row<T>(p, g, r) + byte);
+        if (s.c == 0) s.row = mk_row<T>(a.ph[s.ph], s.g, (threadIdx.x >> 5) + s.k * MK_WARPS);
+        unsigned char *dst = ring + (size_t)s.slot * MK_SLOT;
+#pragma unroll
+        for (int i = 0; i < MK_VPL; i++) {
+            const int o = (i * 32 + lane) * 16, byte = s.c * MK_SLOT + o;
+            if (byte < s.g.rb) mk_cp16(dst + o, s.row + byte);
         }
-        s.st++;
+        if (++s.c == s.g.cpr) s.c = 0, s.k++;
         s.slot = s.slot + 1 == a.ns ? 0 : s.slot + 1;
     }
     mk_commit();
 }
 
-/* Shared memory of the kernel beyond the ring. */
+/* Shared memory of the kernel beyond the rings. */
 struct mk_smem {
-    unsigned char *ring;
-    float *work; /* a phase's input; attention's scratch */
-    float *fin;  /* finished row sums of the phase's slice */
-    float *upart, *red;
+    unsigned char *ring; /* this warp's */
+    float *work;         /* a phase's input; attention's scratch */
+    float *fin;          /* finished row sums of the phase's slice */
+    float *red;
     int *flag;
 };
 
-/* dot of the 16-byte vectors of unit u of the stage at sb with the input xs (K floats) */
-template <typename T>
-__device__ __forceinline__ float mk_unit_dot(const unsigned char *sb, int unit, const mk_geo &g,
-                                             int u, const float *xs) {
-    constexpr int V = cu_vn<T>::n;
-    const int lane = threadIdx.x & 31;
-    float s = 0.f;
-    if (u < g.units) {
-        const int r = u / g.upr, ub = (u - r * g.upr) * MK_UNIT;
-#pragma unroll
-        for (int h = 0; h < MK_UNIT / 16 / 32; h++) {
-            const int vb = (lane + 32 * h) * 16;
-            if (ub + vb < g.rb) {
-                float w[V];
-                cu_vunpack<T>(*(const uint4 *)(sb + (size_t)unit * MK_UNIT + vb), w);
-                const float *xv = xs + (ub + vb) / (int)sizeof(T);
-#pragma unroll
-                for (int e = 0; e < V; e++)
-                    s = fmaf(w[e], xv[e], s);
-            }
-        }
-    }
-    return cu_warp_sum(s);
-}
-
-/* One matrix-vector phase (block-uniform): stage the input, consume the slice's stages from
- * the ring (requesting one more for each), then write the outputs. Returns the block's 1/rms. */
+/* One matrix-vector phase (block-uniform): stage the input, consume the warp's chunks from its
+ * ring (requesting one more for each), then write the outputs. Returns the block's 1/rms. */
 template <typename T>
 __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int &slot,
                          const mk_smem &sm) {
+    constexpr int V = cu_vn<T>::n;
     const mk_geo g = mk_geom<T>(p);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const T *gw = (const T *)p.g;
@@ -674,34 +667,28 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
     }
     const float rstd = gw ? rsqrtf(cu_block_sum(ss, sm.red) / (float)p.K + a.eps) : 1.f;
     if (!gw) __syncthreads(); /* (cu_block_sum has its barriers) */
-    float carry = 0.f;        /* warp 0: the sum so far of a row continued from a stage */
-    for (int st = 0; st < g.stages; st++) {
-        mk_wait_all_but(a.ns - 1);
-        __syncthreads(); /* every thread's copies of this stage have landed */
-        const unsigned char *sb = sm.ring + (size_t)slot * MK_STAGE;
-        const int u0 = st * MK_SU + warp;
-        float d0 = mk_unit_dot<T>(sb, warp, g, u0, sm.work);
-        float d1 = mk_unit_dot<T>(sb, warp + MK_WARPS, g, u0 + MK_WARPS, sm.work);
-        if (lane == 0) sm.upart[warp] = d0, sm.upart[warp + MK_WARPS] = d1;
-        __syncthreads(); /* the slot is read: refill it */
-        mk_request<T>(a, s, sm.ring);
-        slot = slot + 1 == a.ns ? 0 : slot + 1;
-        if (warp == 0) { /* rows' sums in unit order: a segmented scan over the stage */
-            const int u = st * MK_SU + lane;
-            const int r = u < g.units ? u / g.upr : -1, uin = u - r * g.upr;
-            float v = sm.upart[lane];
-            if (lane == 0 && uin != 0) v += carry;
+    for (int k = 0; k < g.nk; k++) {
+        float acc = 0.f;
+        for (int c = 0; c < g.cpr; c++) {
+            mk_wait_all_but(a.ns - 1); /* this lane's pieces of the chunk have landed */
+            const unsigned char *sb = sm.ring + (size_t)slot * MK_SLOT;
 #pragma unroll
-            for (int o = 1; o < 32; o <<= 1) {
-                float v2 = __shfl_up_sync(0xffffffffu, v, o);
-                int r2 = __shfl_up_sync(0xffffffffu, r, o);
-                if (lane >= o && r2 == r) v += v2;
+            for (int i = 0; i < MK_VPL; i++) {
+                const int o = (i * 32 + lane) * 16, byte = c * MK_SLOT + o;
+                if (byte < g.rb) {
+                    float w[V];
+                    cu_vunpack<T>(*(const uint4 *)(sb + o), w);
+                    const float *xv = sm.work + byte / (int)sizeof(T);
+#pragma unroll
+                    for (int e = 0; e < V; e++)
+                        acc = fmaf(w[e], xv[e], acc);
+                }
             }
-            const int rn = __shfl_down_sync(0xffffffffu, r, 1);
-            const bool last = r >= 0 && (lane == 31 || rn != r);
-            if (last && uin == g.upr - 1) sm.fin[r] = v;
-            carry = __shfl_sync(0xffffffffu, v, 31); /* lane 31's row goes on, if unfinished */
+            mk_request<T>(a, s, sm.ring); /* the slot is read: refill it */
+            slot = slot + 1 == a.ns ? 0 : slot + 1;
         }
+        acc = cu_warp_sum(acc);
+        if (lane == 0) sm.fin[warp + k * MK_WARPS] = acc;
     }
     __syncthreads(); /* fin is complete */
     if (p.mode == DEC_SILU) {
@@ -813,14 +800,15 @@ __global__ void __launch_bounds__(MK_THREADS, 1) k_dec_mega(mk_args a) {
     unsigned char *mk_buf = nullptr;
 #endif
     mk_smem sm;
-    sm.ring = mk_buf;
-    sm.work = (float *)(mk_buf + (size_t)a.ns * MK_STAGE);
+    sm.ring = mk_buf + (size_t)(threadIdx.x >> 5) * a.ns * MK_SLOT;
+    sm.work = (float *)(mk_buf + (size_t)a.ns * MK_WARPS * MK_SLOT);
     sm.fin = sm.work + a.work_bytes / sizeof(float);
-    sm.upart = sm.fin + a.fin_n;
-    sm.red = sm.upart + MK_SU;
+    sm.red = sm.fin + a.fin_n;
     sm.flag = (int *)(sm.red + 32);
-    mk_stream s = {0, 0, 0};
-    for (int i = 0; i < a.ns; i++) /* the first ns stages, before anything else */
+    mk_stream s;
+    s.ph = 0, s.k = 0, s.c = 0, s.slot = 0, s.row = nullptr;
+    s.g = mk_geom<T>(a.ph[0]);
+    for (int i = 0; i < a.ns; i++) /* the first ns chunks, before anything else */
         mk_request<T>(a, s, sm.ring);
     int slot = 0;
     unsigned target = 0;
@@ -828,23 +816,27 @@ __global__ void __launch_bounds__(MK_THREADS, 1) k_dec_mega(mk_args a) {
     const T *row = (const T *)a.embed + (size_t)a.params[0] * a.C;
     for (int i = blockIdx.x * MK_THREADS + threadIdx.x; i < a.C; i += gridDim.x * MK_THREADS)
         a.x[i] = cu_to_f(row[i]);
-    mk_grid_sync(a.sync, target);
+    mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
     for (int l = 0; l < a.n_layers; l++) {
         const mk_phase *P = a.ph + 4 * l;
         mk_gemv<T>(a, P[0], s, slot, sm);
-        mk_grid_sync(a.sync, target);
+        mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
         for (int h = blockIdx.x; h < a.Hq; h += gridDim.x)
             mk_attn<T, D>(a, l, h, pos, sm);
-        mk_grid_sync(a.sync, target);
+        mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
         for (int k = 1; k < 4; k++) {
             mk_gemv<T>(a, P[k], s, slot, sm);
-            mk_grid_sync(a.sync, target);
+            mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
         }
     }
     const mk_phase &lm = a.ph[4 * a.n_layers];
     const float rstd = mk_gemv<T>(a, lm, s, slot, sm);
     const mk_geo g = mk_geom<T>(lm);
     mk_argmax(a, lm, rstd, sm, g.i0, g.n);
+    if (a.trace && threadIdx.x == 0) { /* the last event: the block's end */
+        unsigned long long *e = a.trace + ((size_t)blockIdx.x * (5 * a.n_layers + 2) + 5 * a.n_layers + 1) * 2;
+        e[0] = e[1] = mk_now();
+    }
 }
 
 /* ---- host side ----------------------------------------------------------------------- */
@@ -862,6 +854,7 @@ struct fe_cuda_decode {
     mk_args mk;       /* its arguments (device pointers into block) */
     unsigned mk_grid; /* blocks: one per SM (or FE_DECODE_MAX_BLOCKS) */
     size_t mk_smem;   /* dynamic shared memory per block */
+    unsigned long long *trace; /* FE_DECODE_TRACE=1: the last step's barrier times (device) */
     int *params_host;   /* pinned: token, position, then the argmax read back */
     float *logits_host; /* pinned */
     bool pdl;          /* FE_DECODE_PDL=0 switches programmatic dependent launch off */
@@ -1118,6 +1111,13 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     if (!st) st = cu_check(cudaMemsetAsync(e->block, 0, e->block_bytes, s), "cudaMemset");
     if (!st) st = cu_check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
     if (!st && e->persist) st = mk_tables<T>(e, (char *)e->block + act);
+    const char *tr = getenv("FE_DECODE_TRACE");
+    if (!st && e->persist && tr && !strcmp(tr, "1")) {
+        size_t n = (size_t)e->mk_grid * (5 * (size_t)d->n_layers + 2) * 2 * sizeof(unsigned long long);
+        st = cu_check(cudaMalloc((void **)&e->trace, n), "decode: trace buffer");
+        if (!st) st = cu_check(cudaMemset(e->trace, 0, n), "decode: trace buffer");
+        e->mk.trace = e->trace;
+    }
     if (!st)
         st = cu_check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal),
                       "cudaStreamBeginCapture");
@@ -1129,8 +1129,57 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     return st;
 }
 
+/* FE_DECODE_TRACE=1: where the last token step of the persistent kernel spent its time, per
+ * kind of phase (mean over the layers), printed to stderr when the engine is freed: the
+ * phase's wall time (last block leaving the barrier before it to the last leaving the one
+ * after it), the blocks' mean and slowest work, and the barrier's latency (last arrival to
+ * first departure). A diagnostic; the timer reads cost nothing when it is off. */
+static void mk_trace_report(fe_cuda_decode *e) {
+    const int L = (int)e->d.n_layers, nev = 5 * L + 2, nb = (int)e->mk_grid;
+    size_t n = (size_t)nb * nev * 2;
+    unsigned long long *t = (unsigned long long *)malloc(n * sizeof *t);
+    if (!t || cudaMemcpy(t, e->trace, n * sizeof *t, cudaMemcpyDeviceToHost)) {
+        free(t);
+        return;
+    }
+    static const char *names[6] = {"QKV", "attention", "output", "gate/up", "down", "LM head"};
+    double wall[6] = {0}, work[6] = {0}, slow[6] = {0}, lat[6] = {0};
+    int cnt[6] = {0};
+    auto at = [&](int b, int k, int w) { return (double)t[((size_t)b * nev + k) * 2 + w]; };
+    for (int k = 1; k < nev; k++) {
+        int kind = k == nev - 1 ? 5 : (k - 1) % 5;
+        double prev_last = 0, last = 0, first_leave = 1e300, last_arrive = 0, sum = 0, mx = 0;
+        for (int b = 0; b < nb; b++) {
+            prev_last = fmax(prev_last, at(b, k - 1, 1));
+            last = fmax(last, at(b, k, 1));
+            first_leave = fmin(first_leave, at(b, k, 1));
+            last_arrive = fmax(last_arrive, at(b, k, 0));
+            double w = at(b, k, 0) - at(b, k - 1, 1);
+            sum += w, mx = fmax(mx, w);
+        }
+        wall[kind] += last - prev_last, work[kind] += sum / nb, slow[kind] += mx;
+        lat[kind] += first_leave - last_arrive, cnt[kind]++;
+    }
+    double total = 0;
+    for (int b = 0; b < nb; b++)
+        total = fmax(total, at(b, nev - 1, 1) - at(b, 0, 1));
+    fprintf(stderr, "decode trace (persistent kernel, %d blocks, %d-stage ring; us per phase, mean over layers):\n",
+            nb, e->mk.ns);
+    fprintf(stderr, "  %-10s %8s %10s %10s %13s\n", "phase", "wall", "work mean", "work max", "barrier lat.");
+    for (int i = 0; i < 6; i++)
+        if (cnt[i])
+            fprintf(stderr, "  %-10s %8.2f %10.2f %10.2f %13.2f\n", names[i], wall[i] / cnt[i] / 1e3,
+                    work[i] / cnt[i] / 1e3, slow[i] / cnt[i] / 1e3, lat[i] / cnt[i] / 1e3);
+    fprintf(stderr, "  token step after the embedding: %.1f us\n", total / 1e3);
+    free(t);
+}
+
 extern "C" void fe_cuda_decode_free(fe_cuda_decode *e) {
     if (!e) return;
+    if (e->trace) {
+        mk_trace_report(e);
+        cudaFree(e->trace);
+    }
     if (e->exec) cudaGraphExecDestroy(e->exec);
     if (e->graph) cudaGraphDestroy(e->graph);
     if (e->params_host) cudaFreeHost(e->params_host);
