@@ -445,7 +445,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
  * block's argmax. Every sum is made in the same order on every run. Attention (one block
  * per query head) rotates q and the new k itself, and the first head of each KV head
  * appends the new k and v to the caches. */
-enum { MK_THREADS = 512, MK_WARPS = MK_THREADS / 32, MK_VPL = 4, MK_SLOT = 32 * 16 * MK_VPL,
+enum { MK_THREADS = 512, MK_WARPS = MK_THREADS / 32, MK_VPL = 8, MK_SLOT = 32 * 16 * MK_VPL,
        MK_NS_MAX = 8 };
 
 struct mk_phase {
@@ -475,7 +475,7 @@ struct mk_args {
 /* The persistent kernel's shared memory for a shape on `grid` blocks: each warp's ring slots
  * (a->ns, at most MK_NS_MAX), the work area (a->work_bytes: the longest phase input or
  * attention's scratch) and the finished-row sums (a->fin_n: the most rows of any phase's
- * slice); false when fewer than 3 slots a warp fit in dev_smem bytes. */
+ * slice); false when fewer than 2 slots a warp fit in dev_smem bytes. */
 template <typename T>
 static bool mk_layout(int64_t C, int64_t F, int64_t Hq, int64_t Hkv, int64_t D, int64_t vocab,
                       unsigned grid, int dev_smem, mk_args *a, size_t *smem) {
@@ -494,7 +494,7 @@ static bool mk_layout(int64_t C, int64_t F, int64_t Hq, int64_t Hkv, int64_t D, 
     const int64_t other = work + (fin + 32 + 1 + MK_WARPS + 3) * 4;
     int64_t ns = ((int64_t)dev_smem - other) / ((int64_t)MK_WARPS * MK_SLOT);
     if (ns > MK_NS_MAX) ns = MK_NS_MAX;
-    if (ns < 3) return false;
+    if (ns < 2) return false;
     a->ns = (int)ns, a->work_bytes = (size_t)work, a->fin_n = (int)fin;
     *smem = (size_t)(ns * MK_WARPS * MK_SLOT + other);
     return true;
@@ -665,10 +665,21 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
         }
         *reinterpret_cast<float4 *>(sm.work + i) = v;
     }
-    const float rstd = gw ? rsqrtf(cu_block_sum(ss, sm.red) / (float)p.K + a.eps) : 1.f;
-    if (!gw) __syncthreads(); /* (cu_block_sum has its barriers) */
+    /* one barrier publishes the input and the warps' sums of squares; each warp adds those
+     * in the same order */
+    ss = cu_warp_sum(ss);
+    if (lane == 0) sm.red[warp] = ss;
+    __syncthreads();
+    float rstd = 1.f;
+    if (gw) {
+        ss = cu_warp_sum(lane < MK_WARPS ? sm.red[lane] : 0.f);
+        rstd = rsqrtf(ss / (float)p.K + a.eps);
+    }
     for (int k = 0; k < g.nk; k++) {
-        float acc = 0.f;
+        float acc[MK_VPL]; /* one chain of sums per piece of a chunk */
+#pragma unroll
+        for (int i = 0; i < MK_VPL; i++)
+            acc[i] = 0.f;
         for (int c = 0; c < g.cpr; c++) {
             mk_wait_all_but(a.ns - 1); /* this lane's pieces of the chunk have landed */
             const unsigned char *sb = sm.ring + (size_t)slot * MK_SLOT;
@@ -681,14 +692,18 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
                     const float *xv = sm.work + byte / (int)sizeof(T);
 #pragma unroll
                     for (int e = 0; e < V; e++)
-                        acc = fmaf(w[e], xv[e], acc);
+                        acc[i] = fmaf(w[e], xv[e], acc[i]);
                 }
             }
             mk_request<T>(a, s, sm.ring); /* the slot is read: refill it */
             slot = slot + 1 == a.ns ? 0 : slot + 1;
         }
-        acc = cu_warp_sum(acc);
-        if (lane == 0) sm.fin[warp + k * MK_WARPS] = acc;
+        float t = 0.f;
+#pragma unroll
+        for (int i = 0; i < MK_VPL; i++)
+            t += acc[i];
+        t = cu_warp_sum(t);
+        if (lane == 0) sm.fin[warp + k * MK_WARPS] = t;
     }
     __syncthreads(); /* fin is complete */
     if (p.mode == DEC_SILU) {
