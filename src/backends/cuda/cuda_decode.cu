@@ -445,7 +445,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
  * block's argmax. Every sum is made in the same order on every run. Attention (one block
  * per query head) rotates q and the new k itself, and the first head of each KV head
  * appends the new k and v to the caches. */
-enum { MK_THREADS = 512, MK_WARPS = MK_THREADS / 32, MK_VPL = 8, MK_SLOT = 32 * 16 * MK_VPL,
+enum { MK_THREADS = 512, MK_WARPS = MK_THREADS / 32, MK_VPL = 4, MK_SLOT = 32 * 16 * MK_VPL,
        MK_NS_MAX = 8 };
 
 struct mk_phase {
@@ -469,7 +469,8 @@ struct mk_args {
     float *x, *qkv, *att, *logits, *argv;
     int *params, *argi;     /* token, position, argmax; per block argmax */
     unsigned *sync;         /* grid barrier arrivals, argmax tickets (zeroed before each launch) */
-    unsigned long long *trace; /* NULL, or per block and barrier: arrival, departure (ns) */
+    unsigned long long *trace; /* NULL, or per block and barrier: arrival, departure, and in the
+                                * phase before it: input staged, rows done (ns) */
 };
 
 /* The persistent kernel's shared memory for a shape on `grid` blocks: each warp's ring slots
@@ -574,6 +575,12 @@ __device__ __forceinline__ unsigned long long mk_now() {
     return t;
 }
 
+/* FE_DECODE_TRACE: thread 0 records time point w (2: input staged, 3: rows done) of the phase
+ * that ends at barrier ev */
+__device__ __forceinline__ void mk_mark(unsigned long long *trace, int nev, int ev, int w) {
+    if (trace && threadIdx.x == 0) trace[((size_t)blockIdx.x * nev + ev) * 4 + w] = mk_now();
+}
+
 /* Grid-wide barrier: every block's writes before it are visible to every block after it.
  * target counts the arrivals expected so far (the same in every block). With a trace buffer,
  * thread 0 records when its block arrived and when it left (event target / grid - 1). */
@@ -591,7 +598,7 @@ __device__ __forceinline__ void mk_grid_sync(unsigned *bar, unsigned &target,
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(bar) : "memory");
         } while (v < target);
         if (trace) {
-            unsigned long long *e = trace + ((size_t)blockIdx.x * nev + target / gridDim.x - 1) * 2;
+            unsigned long long *e = trace + ((size_t)blockIdx.x * nev + target / gridDim.x - 1) * 4;
             e[0] = t0, e[1] = mk_now();
         }
     }
@@ -650,7 +657,8 @@ struct mk_smem {
  * ring (requesting one more for each), then write the outputs. Returns the block's 1/rms. */
 template <typename T>
 __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int &slot,
-                         const mk_smem &sm) {
+                         const mk_smem &sm, int ev) {
+    const int nev = 5 * a.n_layers + 2;
     constexpr int V = cu_vn<T>::n;
     const mk_geo g = mk_geom<T>(p);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -675,6 +683,7 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
         ss = cu_warp_sum(lane < MK_WARPS ? sm.red[lane] : 0.f);
         rstd = rsqrtf(ss / (float)p.K + a.eps);
     }
+    mk_mark(a.trace, nev, ev, 2);
     for (int k = 0; k < g.nk; k++) {
         float acc[MK_VPL]; /* one chain of sums per piece of a chunk */
 #pragma unroll
@@ -706,6 +715,7 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
         if (lane == 0) sm.fin[warp + k * MK_WARPS] = t;
     }
     __syncthreads(); /* fin is complete */
+    mk_mark(a.trace, nev, ev, 3);
     if (p.mode == DEC_SILU) {
         for (int j = tid; j < g.n; j += MK_THREADS) {
             float gv = sm.fin[2 * j] * rstd, uv = sm.fin[2 * j + 1] * rstd;
@@ -726,7 +736,7 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
  * here, the new k and v appended to the caches by the first head of each KV head, positions
  * before pos read from the caches and the new one merged in at the end. */
 template <typename T, int D>
-__device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &sm) {
+__device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &sm, int ev) {
     constexpr int NG = MK_THREADS / (D / cu_vn<T>::n), H2 = D / 2;
     const int tid = threadIdx.x, G = a.Hq / a.Hkv, kvh = h / G;
     float *qs = sm.work, *kn = qs + D, *vn = kn + D, *sc = vn + D, *part = sc + DEC_CHUNK;
@@ -749,6 +759,7 @@ __device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &
         }
     }
     __syncthreads();
+    mk_mark(a.trace, 5 * a.n_layers + 2, ev, 2);
     float s = 0.f;
     for (int i = tid; i < D; i += MK_THREADS)
         s = fmaf(qs[i], kn[i], s);
@@ -763,6 +774,7 @@ __device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &
         a.att[(size_t)h * D + i] = (t * co + pn * vn[i]) / (lsum * co + pn);
     }
     __syncthreads(); /* work is reused */
+    mk_mark(a.trace, 5 * a.n_layers + 2, ev, 3);
 }
 
 /* The LM head's block argmax (first index of the largest), then the last block to finish
@@ -834,22 +846,22 @@ __global__ void __launch_bounds__(MK_THREADS, 1) k_dec_mega(mk_args a) {
     mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
     for (int l = 0; l < a.n_layers; l++) {
         const mk_phase *P = a.ph + 4 * l;
-        mk_gemv<T>(a, P[0], s, slot, sm);
+        mk_gemv<T>(a, P[0], s, slot, sm, 1 + 5 * l);
         mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
         for (int h = blockIdx.x; h < a.Hq; h += gridDim.x)
-            mk_attn<T, D>(a, l, h, pos, sm);
+            mk_attn<T, D>(a, l, h, pos, sm, 2 + 5 * l);
         mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
         for (int k = 1; k < 4; k++) {
-            mk_gemv<T>(a, P[k], s, slot, sm);
+            mk_gemv<T>(a, P[k], s, slot, sm, 2 + 5 * l + k);
             mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
         }
     }
     const mk_phase &lm = a.ph[4 * a.n_layers];
-    const float rstd = mk_gemv<T>(a, lm, s, slot, sm);
+    const float rstd = mk_gemv<T>(a, lm, s, slot, sm, 5 * a.n_layers + 1);
     const mk_geo g = mk_geom<T>(lm);
     mk_argmax(a, lm, rstd, sm, g.i0, g.n);
     if (a.trace && threadIdx.x == 0) { /* the last event: the block's end */
-        unsigned long long *e = a.trace + ((size_t)blockIdx.x * (5 * a.n_layers + 2) + 5 * a.n_layers + 1) * 2;
+        unsigned long long *e = a.trace + ((size_t)blockIdx.x * (5 * a.n_layers + 2) + 5 * a.n_layers + 1) * 4;
         e[0] = e[1] = mk_now();
     }
 }
@@ -998,6 +1010,11 @@ template <typename T> static bool mk_plan(fe_cuda_decode *e) {
     if (!mk_layout<T>(d->dim, d->ffn_dim, d->n_heads, d->n_kv_heads, d->head_dim, d->vocab, grid,
                       dev_smem, &e->mk, &e->mk_smem))
         return false;
+    const char *sl = getenv("FE_DECODE_SLOTS"); /* fewer ring slots a warp (experiments) */
+    if (sl && atoi(sl) >= 2 && atoi(sl) < e->mk.ns) {
+        e->mk_smem -= (size_t)(e->mk.ns - atoi(sl)) * MK_WARPS * MK_SLOT;
+        e->mk.ns = atoi(sl);
+    }
     e->mk_grid = grid;
     void (*k)(mk_args) = d->head_dim == 64 ? k_dec_mega<T, 64> : k_dec_mega<T, 128>;
     int occ = 0;
@@ -1128,7 +1145,7 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     if (!st && e->persist) st = mk_tables<T>(e, (char *)e->block + act);
     const char *tr = getenv("FE_DECODE_TRACE");
     if (!st && e->persist && tr && !strcmp(tr, "1")) {
-        size_t n = (size_t)e->mk_grid * (5 * (size_t)d->n_layers + 2) * 2 * sizeof(unsigned long long);
+        size_t n = (size_t)e->mk_grid * (5 * (size_t)d->n_layers + 2) * 4 * sizeof(unsigned long long);
         st = cu_check(cudaMalloc((void **)&e->trace, n), "decode: trace buffer");
         if (!st) st = cu_check(cudaMemset(e->trace, 0, n), "decode: trace buffer");
         e->mk.trace = e->trace;
@@ -1151,16 +1168,16 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
  * first departure). A diagnostic; the timer reads cost nothing when it is off. */
 static void mk_trace_report(fe_cuda_decode *e) {
     const int L = (int)e->d.n_layers, nev = 5 * L + 2, nb = (int)e->mk_grid;
-    size_t n = (size_t)nb * nev * 2;
+    size_t n = (size_t)nb * nev * 4;
     unsigned long long *t = (unsigned long long *)malloc(n * sizeof *t);
     if (!t || cudaMemcpy(t, e->trace, n * sizeof *t, cudaMemcpyDeviceToHost)) {
         free(t);
         return;
     }
     static const char *names[6] = {"QKV", "attention", "output", "gate/up", "down", "LM head"};
-    double wall[6] = {0}, work[6] = {0}, slow[6] = {0}, lat[6] = {0};
-    int cnt[6] = {0};
-    auto at = [&](int b, int k, int w) { return (double)t[((size_t)b * nev + k) * 2 + w]; };
+    double wall[6] = {0}, work[6] = {0}, slow[6] = {0}, lat[6] = {0}, stg[6] = {0}, rows[6] = {0};
+    int cnt[6] = {0}, cin[6] = {0};
+    auto at = [&](int b, int k, int w) { return (double)t[((size_t)b * nev + k) * 4 + w]; };
     for (int k = 1; k < nev; k++) {
         int kind = k == nev - 1 ? 5 : (k - 1) % 5;
         double prev_last = 0, last = 0, first_leave = 1e300, last_arrive = 0, sum = 0, mx = 0;
@@ -1171,6 +1188,10 @@ static void mk_trace_report(fe_cuda_decode *e) {
             last_arrive = fmax(last_arrive, at(b, k, 0));
             double w = at(b, k, 0) - at(b, k - 1, 1);
             sum += w, mx = fmax(mx, w);
+            if (at(b, k, 2) > 0 && at(b, k, 3) > 0) { /* blocks with work in the phase */
+                stg[kind] += at(b, k, 2) - at(b, k - 1, 1), rows[kind] += at(b, k, 3) - at(b, k, 2);
+                cin[kind]++;
+            }
         }
         wall[kind] += last - prev_last, work[kind] += sum / nb, slow[kind] += mx;
         lat[kind] += first_leave - last_arrive, cnt[kind]++;
@@ -1178,13 +1199,16 @@ static void mk_trace_report(fe_cuda_decode *e) {
     double total = 0;
     for (int b = 0; b < nb; b++)
         total = fmax(total, at(b, nev - 1, 1) - at(b, 0, 1));
-    fprintf(stderr, "decode trace (persistent kernel, %d blocks, %d-stage ring; us per phase, mean over layers):\n",
+    fprintf(stderr, "decode trace (persistent kernel, %d blocks, %d slots a warp; us per phase, mean over layers):\n",
             nb, e->mk.ns);
-    fprintf(stderr, "  %-10s %8s %10s %10s %13s\n", "phase", "wall", "work mean", "work max", "barrier lat.");
+    fprintf(stderr, "  %-10s %8s %10s %10s %13s %9s %9s\n", "phase", "wall", "work mean", "work max",
+            "barrier lat.", "staging", "rows");
     for (int i = 0; i < 6; i++)
         if (cnt[i])
-            fprintf(stderr, "  %-10s %8.2f %10.2f %10.2f %13.2f\n", names[i], wall[i] / cnt[i] / 1e3,
-                    work[i] / cnt[i] / 1e3, slow[i] / cnt[i] / 1e3, lat[i] / cnt[i] / 1e3);
+            fprintf(stderr, "  %-10s %8.2f %10.2f %10.2f %13.2f %9.2f %9.2f\n", names[i],
+                    wall[i] / cnt[i] / 1e3, work[i] / cnt[i] / 1e3, slow[i] / cnt[i] / 1e3,
+                    lat[i] / cnt[i] / 1e3, cin[i] ? stg[i] / cin[i] / 1e3 : 0.0,
+                    cin[i] ? rows[i] / cin[i] / 1e3 : 0.0);
     fprintf(stderr, "  token step after the embedding: %.1f us\n", total / 1e3);
     free(t);
 }
