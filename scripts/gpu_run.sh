@@ -85,13 +85,14 @@ do_decoder() { timeout 150 build-gpu/test_decoder; }
 # launches (after the decode stage saved its model).
 do_decdiag() {
     local run="build-gpu/example_hf_logits --model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8 --bench 32 --repeat 1 --device cuda --dtype bf16"
-    for slots in ${DECDIAG_SLOTS:-0}; do
-        FE_DECODE_SLOTS=$slots FE_DECODE_TRACE=1 timeout 60 $run 2>&1 | tail -10
+    for v in ${DECDIAG_ENV:-FE_DECODE_SLOTS=0}; do
+        echo "--- $v"
+        env $v FE_DECODE_PERSIST=1 FE_DECODE_TRACE=1 timeout 60 $run 2>&1 | tail -10
     done
     timeout 200 ncu --clock-control none --graph-profiling node -k regex:k_dec_mega --launch-skip 20 --launch-count 1 \
         --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
         --metrics $(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' long_scoreboard short_scoreboard barrier membar wait mio_throttle lg_throttle math_pipe_throttle not_selected selected no_instruction branch_resolving dispatch_stall sleeping misc | sed 's/,$//') \
-        $run 2>&1 | grep -v "^==PROF==" | tail -90
+        env FE_DECODE_PERSIST=1 $run 2>&1 | grep -v "^==PROF==" | tail -90
 }
 # Every cuBLASLt algorithm the heuristic offers for the benchmark's xWt shapes, timed beside
 # cublasGemmEx and torch.matmul (bench/gemm_algos.c).
