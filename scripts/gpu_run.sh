@@ -42,6 +42,7 @@ do_sanitize() {
     local rc=0
     FE_CUDA_NO_CACHE=1 timeout 150 compute-sanitizer --tool memcheck --report-api-errors no --error-exitcode 99 build-gpu/test_cuda_ops || rc=1
     FE_CUDA_NO_CACHE=1 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 99 build-gpu/test_decoder decoder_matches || rc=1
+    FE_CUDA_NO_CACHE=1 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 99 build-gpu/test_decoder decoder_persistent || rc=1
     FE_CUDA_NO_CACHE=1 timeout 120 compute-sanitizer --tool memcheck --error-exitcode 99 build-gpu/test_fused_optim cuda || rc=1
     for part in softmax rmsnorm attention embedding cross_entropy; do
         timeout 40 compute-sanitizer --tool racecheck --error-exitcode 99 build-gpu/test_cuda_ops $part || rc=1

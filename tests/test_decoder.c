@@ -114,12 +114,14 @@ static void compare_both(fe_dtype dt64, fe_dtype dt128) {
     }
 }
 
-/* The default engine is the persistent kernel (FE_DECODE_PERSIST=1 makes a fallback to the
- * chained kernels an error, so these cases do run it); here on grids of 1 and 3 blocks, every
- * block taking many rows of every phase, and the chained kernels on their own. */
-TEST(decoder_persistent_small_grids) {
+/* The persistent kernel (FE_DECODE_PERSIST=1; an error, not a fallback, where it does not
+ * fit): one block per SM, then grids of 3 and 1 blocks, every block taking many rows of every
+ * phase; and long contexts (two attention chunks). */
+TEST(decoder_persistent_kernel) {
     setenv("FE_DECODE_PERSIST", "1", 1);
     compare_both(FE_F32, FE_BF16);
+    compare(cfg64(), FE_F32, 600, 4, 2e-5);
+    compare(cfg128(), FE_BF16, 530, 3, 3e-2);
     setenv("FE_DECODE_MAX_BLOCKS", "3", 1);
     compare_both(FE_BF16, FE_F32);
     setenv("FE_DECODE_MAX_BLOCKS", "1", 1);
@@ -127,35 +129,24 @@ TEST(decoder_persistent_small_grids) {
     unsetenv("FE_DECODE_MAX_BLOCKS");
     unsetenv("FE_DECODE_PERSIST");
 }
-TEST(decoder_chained_kernels) {
-    setenv("FE_DECODE_PERSIST", "0", 1);
-    compare_both(FE_F32, FE_BF16);
-    compare(cfg64(), FE_BF16, 530, 3, 3e-2);
-    unsetenv("FE_DECODE_PERSIST");
-}
-
-/* chained kernels: each row pair split over 2 and 4 warps (uneven K parts: ffn 328 and 712) */
+/* each row pair split over 2 and 4 warps (uneven K parts: ffn 328 and 712) */
 TEST(decoder_split_k) {
-    setenv("FE_DECODE_PERSIST", "0", 1);
     setenv("FE_DECODE_KSPLIT", "2", 1);
     compare_both(FE_BF16, FE_F32);
     setenv("FE_DECODE_KSPLIT", "4", 1);
     compare_both(FE_F32, FE_BF16);
     unsetenv("FE_DECODE_KSPLIT");
-    unsetenv("FE_DECODE_PERSIST");
 }
 
-/* chained kernels, two blocks in all: every warp takes many row pairs in turn, each pair's first loads
+/* two blocks in all: every warp takes many row pairs in turn, each pair's first loads
  * issued while the previous pair's sums are reduced */
 TEST(decoder_many_pairs_per_warp) {
-    setenv("FE_DECODE_PERSIST", "0", 1);
     setenv("FE_DECODE_MAX_BLOCKS", "2", 1);
     compare_both(FE_BF16, FE_F32);
     setenv("FE_DECODE_KSPLIT", "4", 1);
     compare_both(FE_F32, FE_BF16);
     unsetenv("FE_DECODE_KSPLIT");
     unsetenv("FE_DECODE_MAX_BLOCKS");
-    unsetenv("FE_DECODE_PERSIST");
 }
 
 TEST(decoder_errors) {

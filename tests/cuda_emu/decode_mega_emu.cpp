@@ -197,7 +197,7 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
     a.embed = m.emb.data(), a.inv_freq = m.inv_freq.data();
     a.x = x.data(), a.qkv = qkv.data(), a.att = att.data(), a.logits = logits.data();
     a.argv = argv.data(), a.argi = argi.data(), a.params = params.data(), a.sync = sync;
-    a.l2pf = 3; /* the walk ahead runs; the prefetch itself is a no-op here */
+
     const char *tn = sizeof(T) == 4 ? "f32" : "bf16";
     expect(fits, "%s: layout does not fit", tn);
     const double tol = sizeof(T) == 4 ? 1e-5 : 2e-3;

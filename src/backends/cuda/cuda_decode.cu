@@ -463,7 +463,6 @@ struct mk_args {
     int n_layers, Hq, Hkv, cap, C, vocab, ns;
     size_t work_bytes;      /* shared memory for a phase's input or attention */
     int fin_n;              /* finished row sums a phase's slice needs at most */
-    int l2pf;               /* chunks a warp asks L2 for beyond its ring at each barrier */
     float eps, scale_log2;
     const void *embed;
     const float *inv_freq;
@@ -645,26 +644,6 @@ __device__ __forceinline__ void mk_request(const mk_args &a, mk_stream &s, unsig
     mk_commit();
 }
 
-/* Ask L2 for the n chunks of the warp's stream that follow s (a copy: s itself does not move),
- * a 128-byte line a lane. A warp does this when it has finished its rows of a phase: its ring
- * is then full, and while the grid meets at the barrier the memory keeps streaming weights
- * of the phases ahead into L2, from where the ring refills fast. */
-template <typename T>
-__device__ __forceinline__ void mk_prefetch_l2(const mk_args &a, mk_stream s, int n) {
-    const int nph = 4 * a.n_layers + 1, lane = threadIdx.x & 31;
-    for (int q = 0; q < n; q++) {
-        while (s.ph < nph && s.k >= s.g.nk) {
-            s.ph++, s.k = 0, s.c = 0;
-            if (s.ph < nph) s.g = mk_geom<T>(a.ph[s.ph]);
-        }
-        if (s.ph >= nph) return;
-        if (s.c == 0) s.row = mk_row<T>(a.ph[s.ph], s.g, (threadIdx.x >> 5) + s.k * MK_WARPS);
-        const int byte = s.c * MK_SLOT + lane * 128;
-        if (lane < MK_SLOT / 128 && byte < s.g.rb) dec_prefetch_l2(s.row + byte);
-        if (++s.c == s.g.cpr) s.c = 0, s.k++;
-    }
-}
-
 /* Shared memory of the kernel beyond the rings. */
 struct mk_smem {
     unsigned char *ring; /* this warp's */
@@ -735,7 +714,6 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
         t = cu_warp_sum(t);
         if (lane == 0) sm.fin[warp + k * MK_WARPS] = t;
     }
-    mk_prefetch_l2<T>(a, s, a.l2pf);
     __syncthreads(); /* fin is complete */
     mk_mark(a.trace, nev, ev, 3);
     if (p.mode == DEC_SILU) {
@@ -872,7 +850,6 @@ __global__ void __launch_bounds__(MK_THREADS, 1) k_dec_mega(mk_args a) {
         mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
         for (int h = blockIdx.x; h < a.Hq; h += gridDim.x)
             mk_attn<T, D>(a, l, h, pos, sm, 2 + 5 * l);
-        if ((int)blockIdx.x >= a.Hq) mk_prefetch_l2<T>(a, s, 2 * a.l2pf);
         mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
         for (int k = 1; k < 4; k++) {
             mk_gemv<T>(a, P[k], s, slot, sm, 2 + 5 * l + k);
@@ -900,7 +877,7 @@ struct fe_cuda_decode {
     float *x, *q, *att, *h, *logits, *qkv;
     int *params;
     /* the persistent kernel (FE_DECODE_PERSIST=0: the chained kernels instead) */
-    bool persist, need_persist; /* FE_DECODE_PERSIST=1: fail rather than fall back */
+    bool persist; /* FE_DECODE_PERSIST=1 */
     mk_args mk;       /* its arguments (device pointers into block) */
     unsigned mk_grid; /* blocks: one per SM (or FE_DECODE_MAX_BLOCKS) */
     size_t mk_smem;   /* dynamic shared memory per block */
@@ -1033,9 +1010,6 @@ template <typename T> static bool mk_plan(fe_cuda_decode *e) {
     if (!mk_layout<T>(d->dim, d->ffn_dim, d->n_heads, d->n_kv_heads, d->head_dim, d->vocab, grid,
                       dev_smem, &e->mk, &e->mk_smem))
         return false;
-    const char *pf = getenv("FE_DECODE_L2PF"); /* chunks a warp asks L2 for at a barrier */
-    e->mk.l2pf = pf ? atoi(pf) : 4;
-    if (e->mk.l2pf < 0 || e->mk.l2pf > 64) e->mk.l2pf = 4;
     const char *sl = getenv("FE_DECODE_SLOTS"); /* fewer ring slots a warp (experiments) */
     if (sl && atoi(sl) >= 2 && atoi(sl) < e->mk.ns) {
         e->mk_smem -= (size_t)(e->mk.ns - atoi(sl)) * MK_WARPS * MK_SLOT;
@@ -1138,13 +1112,9 @@ template <typename T> static fe_status mk_enqueue(fe_cuda_decode *e) {
 template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     const fe_cuda_decode_desc *d = &e->d;
     cudaStream_t s = e->dev->stream;
-    if (e->persist) {
-        e->persist = mk_plan<T>(e);
-        if (!e->persist && e->need_persist)
-            return fe_set_error(FE_ERR_SHAPE,
-                                "decode engine: FE_DECODE_PERSIST=1, but the persistent kernel "
-                                "does not fit this model on this device");
-    }
+    if (e->persist && !mk_plan<T>(e))
+        return fe_set_error(FE_ERR_SHAPE, "decode engine: FE_DECODE_PERSIST=1, but the persistent "
+                                          "kernel does not fit this model on this device");
     /* f32 activations, each start rounded up to 16 floats */
     size_t QD = (size_t)(d->n_heads * d->head_dim), r16 = 16;
     size_t QKV = (size_t)((d->n_heads + 2 * d->n_kv_heads) * d->head_dim);
@@ -1282,8 +1252,7 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     int kv = ksp ? atoi(ksp) : 0;
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
     const char *per = getenv("FE_DECODE_PERSIST");
-    e->persist = !(per && !strcmp(per, "0"));
-    e->need_persist = per && !strcmp(per, "1");
+    e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
                    : d->dtype == FE_F16 ? dec_build<__half>(e)
                                         : dec_build<float>(e);
