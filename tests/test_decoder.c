@@ -199,6 +199,86 @@ TEST(decoder_errors) {
     fe_llama_free(m);
 }
 
+typedef struct collect {
+    int32_t *t;
+    int n, stop_after; /* stop_after 0: never */
+} collect;
+static bool collect_token(void *ctx, int32_t t) {
+    collect *c = ctx;
+    c->t[c->n++] = t;
+    return !c->stop_after || c->n < c->stop_after;
+}
+
+/* fe_llama_decoder_greedy (argmax fed back on the device, steps queued ahead) gives the tokens
+ * that fe_llama_decoder_step gives one at a time; stopped early, the cache keeps only the
+ * accepted steps and decoding goes on from there as if the run had not been queued further. */
+static void greedy_case(fe_llama_config c, fe_dtype dt) {
+    fe_manual_seed(13);
+    fe_llama *m = fe_llama_new(&c, dt, GPU);
+    CHECK(m != NULL);
+    if (!m) return;
+    enum { P = 6, N = 20 };
+    int32_t prompt[P] = {3, 14, 15, 92, 65, 35}, a[N], b[N], e[N];
+    fe_tensor *p = fe_from_data(prompt, 2, (int64_t[]){1, P}, FE_I32, GPU);
+    fe_kv_cache *ca = fe_kv_cache_new(m, P + N), *cb = fe_kv_cache_new(m, P + N),
+                *ce = fe_kv_cache_new(m, P + N);
+    CHECK(fe_llama_forward_cached(m, p, ca, true) && fe_llama_forward_cached(m, p, cb, true) &&
+          fe_llama_forward_cached(m, p, ce, true));
+    fe_llama_decoder *da = fe_llama_decoder_new(m, ca), *db = fe_llama_decoder_new(m, cb),
+                     *de = fe_llama_decoder_new(m, ce);
+    CHECK(da && db && de);
+    if (da && db && de) {
+        collect ka = {a, 0, 0}, ke = {e, 0, 5};
+        int64_t done = -1;
+        CHECK(fe_llama_decoder_greedy(da, 7, N, collect_token, &ka, &done) == FE_OK);
+        CHECK(done == N && ka.n == N && fe_kv_cache_len(ca) == P + N);
+        int32_t t = 7;
+        for (int i = 0; i < N; i++) {
+            CHECK(fe_llama_decoder_step(db, t, NULL, &b[i]) == FE_OK);
+            t = b[i];
+        }
+        int same = 0;
+        for (int i = 0; i < N; i++)
+            same += a[i] == b[i];
+        CHECK(same == N);
+        /* stopped after 5 tokens: the cache holds 5 steps, and stepping on gives a[5..] */
+        CHECK(fe_llama_decoder_greedy(de, 7, N, collect_token, &ke, &done) == FE_OK);
+        CHECK(done == 5 && ke.n == 5 && fe_kv_cache_len(ce) == P + 5);
+        t = e[4];
+        int after = 0;
+        for (int i = 5; i < 9; i++) {
+            int32_t top = -1;
+            CHECK(fe_llama_decoder_step(de, t, NULL, &top) == FE_OK);
+            after += top == a[i];
+            t = top;
+        }
+        CHECK(after == 4);
+        printf("    %s: %d/%d greedy tokens as step by step, early stop after 5 resumed %d/4\n",
+               fe_dtype_name(dt), same, N, after);
+        /* too many steps for the cache, a token outside the vocabulary: nothing runs */
+        CHECK_ERROR(fe_llama_decoder_greedy(da, 7, 1, collect_token, &ka, &done) != FE_OK,
+                    "overflow");
+        CHECK_ERROR(fe_llama_decoder_greedy(de, (int32_t)c.vocab_size, 2, collect_token, &ke,
+                                            &done) != FE_OK,
+                    "vocabulary");
+        CHECK(done == 0 && fe_kv_cache_len(ca) == P + N && fe_kv_cache_len(ce) == P + 9);
+    }
+    fe_llama_decoder_free(da), fe_llama_decoder_free(db), fe_llama_decoder_free(de);
+    fe_kv_cache_free(ca), fe_kv_cache_free(cb), fe_kv_cache_free(ce);
+    fe_free(p);
+    fe_llama_free(m);
+}
+
+TEST(decoder_greedy_pipelined) {
+    if (!fe_device_available(FE_CUDA)) SKIP("no CUDA device (or ferric was built without CUDA)");
+    greedy_case(cfg64(), FE_BF16);
+    greedy_case(cfg128(), FE_F32);
+    setenv("FE_DECODE_PERSIST", "1", 1);
+    greedy_case(cfg64(), FE_F32);
+    greedy_case(cfg128(), FE_BF16);
+    unsetenv("FE_DECODE_PERSIST");
+}
+
 static bool count_token(void *ctx, int32_t t) {
     (void)t;
     ++*(int *)ctx;

@@ -256,6 +256,15 @@ int32_t fe_sample_logits(const double *logits, int64_t V, const fe_sample_config
 
 /* Called with each new token; return false to stop generating (after this token). */
 typedef bool (*fe_token_fn)(void *ctx, int32_t token);
+/* Greedy decoding of up to n tokens on the decoder: `token` at the cache's next position,
+ * then each step's argmax as the next step's token, fed back on the device with a few steps
+ * queued ahead, so the GPU does not wait for the host between tokens. on_token(ctx, t) gets
+ * each generated token in order; returning false stops (the steps already queued still run
+ * on the device, but the cache keeps only the accepted ones). *n_done: tokens delivered.
+ * FE_ERR_RANGE for a token outside the vocabulary or n steps that would overflow the cache
+ * (nothing runs). */
+fe_status fe_llama_decoder_greedy(fe_llama_decoder *d, int32_t token, int64_t n,
+                                  fe_token_fn on_token, void *ctx, int64_t *n_done);
 /* Timings of one fe_llama_generate_cached call (device-synchronised). */
 typedef struct fe_generate_stats {
     int64_t n_prompt, n_generated;

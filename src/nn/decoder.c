@@ -154,6 +154,32 @@ fe_status fe_llama_decoder_step(fe_llama_decoder *d, int32_t token, double *logi
 #endif
 }
 
+fe_status fe_llama_decoder_greedy(fe_llama_decoder *d, int32_t token, int64_t n,
+                                  fe_token_fn on_token, void *ctx, int64_t *n_done) {
+    if (n_done) *n_done = 0;
+    if (!d || !on_token || n < 0)
+        return fe_set_error(FE_ERR_ARG, "decoder greedy: NULL decoder or callback, or n < 0");
+    int64_t pos = fe_kv_cache_len(d->cache);
+    if (token < 0 || token >= d->vocab)
+        return fe_set_error(FE_ERR_RANGE,
+                            "decoder greedy: token %" PRId32 " is outside the vocabulary of %" PRId64,
+                            token, d->vocab);
+    if (pos + n > fe_kv_cache_capacity(d->cache))
+        return fe_set_error(FE_ERR_RANGE,
+                            "decoder greedy: %" PRId64 " steps from position %" PRId64
+                            " overflow the cache (%" PRId64 " positions)",
+                            n, pos, fe_kv_cache_capacity(d->cache));
+#ifdef FE_HAVE_CUDA
+    int64_t done = 0;
+    fe_status st = fe_cuda_decode_greedy(d->engine, token, pos, n, on_token, ctx, &done);
+    fe_status sl = fe__kv_cache_set_len(d->cache, pos + done);
+    if (n_done) *n_done = done;
+    return st ? st : sl;
+#else
+    return fe_set_error(FE_ERR_DEVICE, "decoder greedy: this build has no CUDA backend");
+#endif
+}
+
 void fe_llama_decoder_free(fe_llama_decoder *d) {
     if (!d) return;
 #ifdef FE_HAVE_CUDA

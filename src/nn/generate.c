@@ -86,6 +86,20 @@ static bool generic_decode_forced(void) {
     return v && strcmp(v, "generic") == 0;
 }
 
+/* The tokens of a greedy run on the decoder: appended to out, then passed on to the caller's
+ * callback (which may stop the run). */
+typedef struct greedy_sink {
+    int32_t *out;
+    int64_t len;
+    fe_token_fn on_token;
+    void *ctx;
+} greedy_sink;
+static bool greedy_take(void *ctx, int32_t t) {
+    greedy_sink *g = ctx;
+    g->out[g->len++] = t;
+    return !g->on_token || g->on_token(g->ctx, t);
+}
+
 fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n_prompt,
                                    int64_t n_new, const fe_sample_config *cfg, int32_t *out,
                                    fe_token_fn on_token, void *ctx, fe_generate_stats *stats) {
@@ -122,10 +136,15 @@ fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n
             dec = fe_llama_decoder_new(m, cache);
             if (!dec) fe_clear_error(); /* not available for this model: the generic path */
         }
-        int32_t top = -1;
+        if (dec && greedy) { /* every remaining token in one pipelined run */
+            greedy_sink g = {out, len, on_token, ctx};
+            int64_t got = 0;
+            st = fe_llama_decoder_greedy(dec, out[len - 1], n_new - s, greedy_take, &g, &got);
+            made = s + got;
+            break;
+        }
         if (dec) {
-            /* greedy decoding reads back only the argmax */
-            st = fe_llama_decoder_step(dec, out[len - 1], greedy ? NULL : row, &top);
+            st = fe_llama_decoder_step(dec, out[len - 1], row, NULL);
         } else {
             fe_scope *sc = fe_scope_begin();
             /* the first step feeds the whole prompt, later ones the last token */
@@ -136,7 +155,7 @@ fe_status fe_llama_generate_cached(fe_llama *m, const int32_t *prompt, int64_t n
             fe_scope_end(sc);
         }
         if (st) break;
-        out[len] = dec && greedy ? top : fe_sample_logits(row, V, cfg, (uint64_t)s, scratch);
+        out[len] = fe_sample_logits(row, V, cfg, (uint64_t)s, scratch);
         made = s + 1;
         if (s == 0) t1 = now_s();
         if (on_token && !on_token(ctx, out[len])) break;

@@ -171,7 +171,7 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
     std::vector<void *> kc(L), vc(L);
     std::vector<float> x(s.C + 16, SENT), qkv(QKV + 16, SENT), att(s.Hq * s.D + 16, SENT),
         h(s.F + 16, SENT), logits(s.vocab + 16, SENT), argv(grid);
-    std::vector<int> argi(grid), params(4, 0);
+    std::vector<int> argi(grid), params(8, 0), tops(DEC_RING, -1);
     unsigned sync[2];
     for (int l = 0; l < L; l++) {
         auto &y = m.ly[l];
@@ -197,13 +197,15 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
     a.embed = m.emb.data(), a.inv_freq = m.inv_freq.data();
     a.x = x.data(), a.qkv = qkv.data(), a.att = att.data(), a.logits = logits.data();
     a.argv = argv.data(), a.argi = argi.data(), a.params = params.data(), a.sync = sync;
+    a.tops = tops.data();
 
     const char *tn = sizeof(T) == 4 ? "f32" : "bf16";
     expect(fits, "%s: layout does not fit", tn);
     const double tol = sizeof(T) == 4 ? 1e-5 : 2e-3;
     for (int st = 0; st < steps; st++) {
         const int pos = pos0 + st, token = (int)(rng() % s.vocab);
-        params[0] = token, params[1] = pos, params[2] = -1;
+        const int feed = st & 1; /* odd steps as a greedy run would: the argmax fed back */
+        params[0] = token, params[1] = pos, params[2] = -1, params[3] = feed, params[4] = st;
         sync[0] = sync[1] = 0;
         if (s.D == 64)
             emu::launch_coop(grid, MK_THREADS, smem, [&] { k_dec_mega<T, 64>(a); });
@@ -214,6 +216,11 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
         double e = relerr(got, r);
         int top = (int)(std::max_element(got.begin(), got.end()) - got.begin());
         bool ok = e <= tol && params[2] == top;
+        if (feed)
+            ok &= params[0] == top && params[1] == pos + 1 && params[4] == st + 1 &&
+                  tops[st % DEC_RING] == top;
+        else
+            ok &= params[0] == token && params[1] == pos && params[4] == st;
         for (int i = s.vocab; i < s.vocab + 16; i++) ok &= logits[i] == SENT;
         /* every cache row as the reference's: the new ones within rounding, the rest exact */
         std::vector<double> gk, rk;

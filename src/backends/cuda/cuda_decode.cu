@@ -26,7 +26,8 @@
 
 #include <math.h>
 
-enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_CHUNK = 512, ATT_THREADS = 256, DEC_UNROLL = 8 };
+enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_CHUNK = 512, ATT_THREADS = 256, DEC_UNROLL = 8,
+       DEC_AHEAD = 3, DEC_RING = 8 };
 enum { DEC_QKV = 0, DEC_SILU = 1, DEC_RESID = 2, DEC_PLAIN = 3 };
 
 /* ---- device helpers ------------------------------------------------------------------ */
@@ -269,7 +270,20 @@ __device__ __forceinline__ void dec_arg_take(float &v, int &i, float v2, int i2,
     if (i2 == none) return;
     if (i == none || v2 > v || (v2 == v && i2 < i)) v = v2, i = i2;
 }
-__global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int *top) {
+/* The step's argmax to params[2]; when the host asked for device feedback (params[3], greedy
+ * runs of fe_cuda_decode_greedy) it is also the next step's token at the next position, and
+ * goes straight to the host's ring of tokens (mapped pinned memory) at slot params[4]. */
+__device__ __forceinline__ void dec_publish_top(int *params, int *tops, int top) {
+    params[2] = top;
+    if (params[3]) {
+        params[0] = top, params[1] += 1;
+        tops[params[4] % DEC_RING] = top;
+        params[4] += 1;
+    }
+}
+
+__global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int *params,
+                                                     int *tops) {
     __shared__ float bv[32];
     __shared__ int bi[32];
     dec_wait_prev();
@@ -299,7 +313,7 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
     if (threadIdx.x == 0) {
         for (int w = 1; w < (int)(blockDim.x >> 5); w++)
             dec_arg_take(v, i, bv[w], bi[w], n);
-        *top = i < n ? i : 0;
+        dec_publish_top(params, tops, i < n ? i : 0);
     }
 }
 
@@ -467,7 +481,8 @@ struct mk_args {
     const void *embed;
     const float *inv_freq;
     float *x, *qkv, *att, *logits, *argv;
-    int *params, *argi;     /* token, position, argmax; per block argmax */
+    int *params, *argi;     /* token, position, argmax, feedback, step; per block argmax */
+    int *tops;              /* the host's ring of greedy tokens (mapped) */
     unsigned *sync;         /* grid barrier arrivals, argmax tickets (zeroed before each launch) */
     unsigned long long *trace; /* NULL, or per block and barrier: arrival, departure, and in the
                                 * phase before it: input staged, rows done (ns) */
@@ -778,7 +793,7 @@ __device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &
 }
 
 /* The LM head's block argmax (first index of the largest), then the last block to finish
- * reduces the blocks' answers into params[2]. */
+ * reduces the blocks' answers (dec_publish_top). */
 __device__ void mk_argmax(const mk_args &a, const mk_phase &p, float rstd, const mk_smem &sm,
                           int i0, int n) {
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, none = a.vocab;
@@ -814,7 +829,7 @@ __device__ void mk_argmax(const mk_args &a, const mk_phase &p, float rstd, const
         int i2 = __shfl_xor_sync(0xffffffffu, i, o);
         dec_arg_take(v, i, v2, i2, none);
     }
-    if (lane == 0) a.params[2] = i < none ? i : 0;
+    if (lane == 0) dec_publish_top(a.params, a.tops, i < none ? i : 0);
 }
 
 template <typename T, int D>
@@ -890,6 +905,8 @@ struct fe_cuda_decode {
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
+    int *tops_host, *tops_dev; /* pinned, mapped: greedy step i's argmax at i % DEC_RING */
+    cudaEvent_t ev[DEC_RING];  /* greedy runs: step i has finished */
 };
 
 extern "C" fe_status fe_cuda_decode_supported(const fe_cuda_decode_desc *d) {
@@ -994,7 +1011,7 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
     }
     if (!st)
         st = dec_kernel(e, false, "decode argmax kernel", k_dec_argmax, 1, 1024, 0,
-                        (const float *)e->logits, (int)d->vocab, e->params + 2);
+                        (const float *)e->logits, (int)d->vocab, e->params, e->tops_dev);
     return st;
 }
 
@@ -1068,6 +1085,7 @@ template <typename T> static fe_status mk_tables(fe_cuda_decode *e, char *tab) {
     a->scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
     a->embed = d->embed, a->inv_freq = d->inv_freq;
     a->x = e->x, a->qkv = e->qkv, a->att = e->att, a->logits = e->logits, a->params = e->params;
+    a->tops = e->tops_dev;
     char *rest = tab + nph * sizeof(mk_phase) + 2 * (size_t)L * sizeof(void *);
     rest = (char *)(((uintptr_t)rest + 15) / 16 * 16);
     a->argv = (float *)rest, a->argi = (int *)(a->argv + e->mk_grid);
@@ -1136,6 +1154,13 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     if (!st)
         st = cu_check(cudaMallocHost((void **)&e->logits_host, (size_t)d->vocab * sizeof(float)),
                       "cudaMallocHost");
+    if (!st)
+        st = cu_check(cudaHostAlloc((void **)&e->tops_host, DEC_RING * sizeof(int),
+                                    cudaHostAllocMapped),
+                      "cudaHostAlloc");
+    if (!st)
+        st = cu_check(cudaHostGetDevicePointer((void **)&e->tops_dev, e->tops_host, 0),
+                      "cudaHostGetDevicePointer");
     if (!st) st = cu_check(cudaMemsetAsync(e->block, 0, e->block_bytes, s), "cudaMemset");
     if (!st) st = cu_check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
     if (!st && e->persist) st = mk_tables<T>(e, (char *)e->block + act);
@@ -1215,9 +1240,12 @@ extern "C" void fe_cuda_decode_free(fe_cuda_decode *e) {
         mk_trace_report(e);
         cudaFree(e->trace);
     }
+    for (int i = 0; i < DEC_RING; i++)
+        if (e->ev[i]) cudaEventDestroy(e->ev[i]);
     if (e->exec) cudaGraphExecDestroy(e->exec);
     if (e->graph) cudaGraphDestroy(e->graph);
     if (e->params_host) cudaFreeHost(e->params_host);
+    if (e->tops_host) cudaFreeHost(e->tops_host);
     if (e->logits_host) cudaFreeHost(e->logits_host);
     if (e->block) fe_cuda_free((fe_device){FE_CUDA, e->dev->index}, e->block, e->block_bytes);
     free(e->layers);
@@ -1277,9 +1305,10 @@ extern "C" fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64
     cudaStream_t s = e->dev->stream;
     e->params_host[0] = token;
     e->params_host[1] = (int)pos;
+    e->params_host[2] = -1, e->params_host[3] = 0; /* no device feedback */
     fe_status st = cu_check(cudaSetDevice(e->dev->index), "cudaSetDevice");
     if (!st)
-        st = cu_check(cudaMemcpyAsync(e->params, e->params_host, 2 * sizeof(int),
+        st = cu_check(cudaMemcpyAsync(e->params, e->params_host, 4 * sizeof(int),
                                       cudaMemcpyHostToDevice, s),
                       "decode: token upload");
     if (!st) st = cu_check(cudaGraphLaunch(e->exec, s), "cudaGraphLaunch");
@@ -1295,4 +1324,53 @@ extern "C" fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64
     if (logits) *logits = st ? NULL : e->logits_host;
     if (top) *top = st ? -1 : e->params_host[2];
     return st;
+}
+
+extern "C" fe_status fe_cuda_decode_greedy(fe_cuda_decode *e, int32_t token, int64_t pos, int64_t n,
+                                           bool (*on_top)(void *ctx, int32_t top), void *ctx,
+                                           int64_t *done) {
+    if (done) *done = 0;
+    if (!e || !on_top || n < 0)
+        return fe_set_error(FE_ERR_ARG, "decode greedy: NULL engine or callback, or n < 0");
+    if (n == 0) return FE_OK;
+    if (token < 0 || token >= e->d.vocab || pos < 0 || pos + n > e->d.capacity)
+        return fe_set_error(FE_ERR_RANGE,
+                            "decode greedy: token %d, or positions %lld..%lld, out of range "
+                            "(vocab %lld, cache %lld)",
+                            (int)token, (long long)pos, (long long)(pos + n - 1),
+                            (long long)e->d.vocab, (long long)e->d.capacity);
+    cudaStream_t s = e->dev->stream;
+    fe_status st = cu_check(cudaSetDevice(e->dev->index), "cudaSetDevice");
+    for (int i = 0; i < DEC_RING && !st; i++)
+        if (!e->ev[i])
+            st = cu_check(cudaEventCreateWithFlags(&e->ev[i], cudaEventDisableTiming),
+                          "cudaEventCreate");
+    e->params_host[0] = token, e->params_host[1] = (int)pos;
+    e->params_host[2] = -1, e->params_host[3] = 1; /* each argmax feeds the next step */
+    e->params_host[4] = 0;                         /* and goes to tops_host[step % DEC_RING] */
+    if (!st)
+        st = cu_check(cudaMemcpyAsync(e->params, e->params_host, 5 * sizeof(int),
+                                      cudaMemcpyHostToDevice, s),
+                      "decode: token upload");
+    /* keep DEC_AHEAD steps queued: the device never waits for the host to read a token */
+    int64_t queued = 0, taken = 0;
+    bool stop = false;
+    while (!st) {
+        while (!st && !stop && queued < n && queued - taken < DEC_AHEAD) {
+            const int k = (int)(queued % DEC_RING);
+            st = cu_check(cudaGraphLaunch(e->exec, s), "cudaGraphLaunch");
+            if (!st) st = cu_check(cudaEventRecord(e->ev[k], s), "cudaEventRecord");
+            queued++;
+        }
+        if (st || taken == queued) break;
+        st = cu_check(cudaEventSynchronize(e->ev[taken % DEC_RING]), "cudaEventSynchronize");
+        if (st) break;
+        const int32_t top = ((volatile int *)e->tops_host)[taken % DEC_RING];
+        taken++;
+        if (!on_top(ctx, top)) stop = true;
+    }
+    /* steps queued past a stop still run (their cache rows lie past the accepted ones) */
+    fe_status sy = cu_check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+    if (done) *done = taken;
+    return st ? st : sy;
 }

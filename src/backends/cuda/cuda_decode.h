@@ -56,6 +56,14 @@ fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d);
  * first index of the largest logit, found on the device. Synchronises once. */
 fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64_t pos, const float **logits,
                               int32_t *top);
+/* Greedy decoding of n steps from `token` at position pos (pos + n <= capacity): each step's
+ * argmax becomes the next step's token on the device, and a few steps stay queued ahead, so
+ * the device does not wait for the host between tokens. on_top(ctx, top) gets each step's
+ * argmax in order; when it returns false no more steps are queued (the ones already queued
+ * still run and write cache rows past the accepted ones). *done: the steps delivered. */
+fe_status fe_cuda_decode_greedy(fe_cuda_decode *e, int32_t token, int64_t pos, int64_t n,
+                                bool (*on_top)(void *ctx, int32_t top), void *ctx,
+                                int64_t *done);
 void fe_cuda_decode_free(fe_cuda_decode *e);
 
 #ifdef __cplusplus
