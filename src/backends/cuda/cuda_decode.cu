@@ -1354,9 +1354,8 @@ extern "C" fe_status fe_cuda_decode_greedy(fe_cuda_decode *e, int32_t token, int
                       "decode: token upload");
     /* keep DEC_AHEAD steps queued: the device never waits for the host to read a token */
     int64_t queued = 0, taken = 0;
-    bool stop = false;
     while (!st) {
-        while (!st && !stop && queued < n && queued - taken < DEC_AHEAD) {
+        while (!st && queued < n && queued - taken < DEC_AHEAD) {
             const int k = (int)(queued % DEC_RING);
             st = cu_check(cudaGraphLaunch(e->exec, s), "cudaGraphLaunch");
             if (!st) st = cu_check(cudaEventRecord(e->ev[k], s), "cudaEventRecord");
@@ -1367,7 +1366,7 @@ extern "C" fe_status fe_cuda_decode_greedy(fe_cuda_decode *e, int32_t token, int
         if (st) break;
         const int32_t top = ((volatile int *)e->tops_host)[taken % DEC_RING];
         taken++;
-        if (!on_top(ctx, top)) stop = true;
+        if (!on_top(ctx, top)) break; /* the steps still queued run, unread */
     }
     /* steps queued past a stop still run (their cache rows lie past the accepted ones) */
     fe_status sy = cu_check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
