@@ -120,8 +120,7 @@ def main():
         # ferric, in its own process (the torch model stays resident: plenty of memory):
         # the default path (the CUDA-graph decoder) and the op-by-op path for comparison
         wall = 0.0
-        variants = (("ferric", {}), ("ferric, attention kernel of its own", {"FE_DECODE_FUSED_ATTN": "0"}),
-                    ("ferric, no PDL", {"FE_DECODE_PDL": "0"}),
+        variants = (("ferric", {}), ("ferric, no PDL", {"FE_DECODE_PDL": "0"}),
                     ("ferric, persistent kernel", {"FE_DECODE_PERSIST": "1"}),
                     ("ferric op-by-op", {"FE_DECODE": "generic"}))
         for label, env in variants:

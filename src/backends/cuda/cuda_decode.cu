@@ -72,87 +72,6 @@ __device__ __forceinline__ void dec_prefetch_l2(const void *p) {
 
 /* ---- kernels ------------------------------------------------------------------------- */
 
-/* The attention of one query head over cached positions 0..L-1 by the NT threads of a block:
- * qs (D floats in shared memory, scaled by scale * log2 e) against the key rows Kh, softmax
- * online across chunks of up to DEC_CHUNK positions (scores in sc) in base 2, the value rows
- * accumulated by (16-byte column chunk, position group) threads. Leaves the running max m and
- * sum l in every thread and each group's unnormalised sums in part[group][D] (NT / (D / V)
- * groups), followed by a barrier. red holds 32 floats. */
-template <typename T, int D, int NT>
-__device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, const T *Vh, int L,
-                                              float *sc, float *red, float *part, float &m,
-                                              float &l) {
-    constexpr int V = cu_vn<T>::n, NC = D / V, NG = NT / NC;
-    const int tid = threadIdx.x, col = tid % NC, grp = tid / NC;
-    float acc[V];
-    m = -INFINITY, l = 0.f;
-#pragma unroll
-    for (int e = 0; e < V; e++)
-        acc[e] = 0.f;
-    for (int c0 = 0; c0 < L; c0 += DEC_CHUNK) {
-        const int n = L - c0 < DEC_CHUNK ? L - c0 : DEC_CHUNK;
-        float lmax = -INFINITY;
-        for (int t = tid; t < n; t += NT) { /* a thread per position: q . k */
-            const T *kr = Kh + (size_t)(c0 + t) * D;
-            uint4 u[NC];
-#pragma unroll
-            for (int c = 0; c < NC; c++)
-                u[c] = cu_ld16(kr + c * V);
-            float s = 0.f;
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                float f[V];
-                cu_vunpack<T>(u[c], f);
-#pragma unroll
-                for (int e = 0; e < V; e++)
-                    s = fmaf(f[e], qs[c * V + e], s);
-            }
-            sc[t] = s;
-            lmax = fmaxf(lmax, s);
-        }
-        const float mn = fmaxf(m, cu_block_max(lmax, red)), corr = exp2f(m - mn);
-        float ls = 0.f;
-        for (int t = tid; t < n; t += NT) {
-            float pr = exp2f(sc[t] - mn);
-            sc[t] = pr;
-            ls += pr;
-        }
-        l = l * corr + cu_block_sum(ls, red); /* its barriers publish sc */
-        m = mn;
-#pragma unroll
-        for (int e = 0; e < V; e++)
-            acc[e] *= corr;
-        int t = grp; /* p . v: four value rows in flight per thread */
-        for (; t + 3 * NG < n; t += 4 * NG) {
-            uint4 u[4];
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-                u[i] = cu_ld16(Vh + (size_t)(c0 + t + i * NG) * D + col * V);
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                float f[V], pr = sc[t + i * NG];
-                cu_vunpack<T>(u[i], f);
-#pragma unroll
-                for (int e = 0; e < V; e++)
-                    acc[e] = fmaf(pr, f[e], acc[e]);
-            }
-        }
-        for (; t < n; t += NG) {
-            float f[V], pr = sc[t];
-            cu_vunpack<T>(cu_ld16(Vh + (size_t)(c0 + t) * D + col * V), f);
-#pragma unroll
-            for (int e = 0; e < V; e++)
-                acc[e] = fmaf(pr, f[e], acc[e]);
-        }
-        __syncthreads(); /* sc is rewritten by the next chunk */
-    }
-#pragma unroll
-    for (int e = 0; e < V; e++)
-        part[grp * D + col * V + e] = acc[e];
-    __syncthreads();
-}
-
-
 struct dec_gemv_args {
     const void *w[3]; /* weight segments, rows of K */
     int K, npairs;
@@ -166,11 +85,6 @@ struct dec_gemv_args {
     const float *inv_freq;
     int D, Hq, Hkv, cap;
     const int *params; /* token, position */
-    /* QKV with attention folded in (att not NULL): each query head's attention runs in the
-     * block that completes its inputs, counted in cnt (Hq, zero between tokens) */
-    float *att;
-    unsigned *cnt;
-    float scale_log2;
 };
 
 /* The two rows warp task p computes (r1 NULL when p has one), and for QKV the segment
@@ -199,33 +113,6 @@ __device__ __forceinline__ void dec_rows(const dec_gemv_args &a, int p, const T 
     }
 }
 
-/* QKV with attention folded in: shared memory for one head's attention by the block, and the
- * list of heads whose inputs the block completed in this round (count in list[DEC_HLIST]). */
-enum { DEC_HLIST = 64, DEC_ATT_SM = 128 + DEC_CHUNK + 32 + DEC_THREADS * 8 };
-
-/* Query head h's attention over positions 0..pos by the block (after every q, k and v row it
- * needs is written: the counters say so), into a.att. */
-template <typename T, int D>
-__device__ void dec_head_attn(const dec_gemv_args &a, int h, float *sm) {
-    constexpr int NG = DEC_THREADS / (D / cu_vn<T>::n);
-    float *qs = sm, *sc = qs + 128, *red = sc + DEC_CHUNK, *part = red + 32;
-    const int tid = threadIdx.x, G = a.Hq / a.Hkv, pos = a.params[1];
-    for (int i = tid; i < D; i += DEC_THREADS)
-        qs[i] = __ldcg(a.out + (size_t)h * D + i) * a.scale_log2;
-    __syncthreads();
-    const T *Kh = (const T *)a.kc + (size_t)(h / G) * a.cap * D;
-    const T *Vh = (const T *)a.vc + (size_t)(h / G) * a.cap * D;
-    float m, l;
-    dec_attn_core<T, D, DEC_THREADS>(qs, Kh, Vh, pos + 1, sc, red, part, m, l);
-    for (int i = tid; i < D; i += DEC_THREADS) {
-        float t = 0.f;
-        for (int g = 0; g < NG; g++)
-            t += part[g * D + i];
-        a.att[(size_t)h * D + i] = t / l;
-    }
-    __syncthreads(); /* sm is reused */
-}
-
 /* Each row pair is computed by `ks` warps of one block (1, 2 or 4), each over its part
  * of K: the weights of the first pair are requested before waiting for the previous
  * kernel, then per 16-byte chunk the lane reads the matching input (f32, and the norm
@@ -233,21 +120,9 @@ __device__ void dec_head_attn(const dec_gemv_args &a, int h, float *sm) {
  * along and the 1/rms scale is applied to the finished dot products. With ks > 1 the
  * parts meet in shared memory (small products get more warps streaming at once). */
 template <typename T, int MODE>
-__global__ void __launch_bounds__(DEC_THREADS, 4) k_dec_gemv(dec_gemv_args a) {
+__global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     constexpr int V = cu_vn<T>::n, STEP = 32 * V, U = DEC_UNROLL;
-    constexpr bool QKV = MODE == DEC_QKV;
     __shared__ float red[DEC_WARPS][3];
-    __shared__ __align__(16) float att_sm[QKV ? DEC_ATT_SM : 1];
-    __shared__ unsigned hlist[QKV ? DEC_HLIST + 1 : 1];
-    const bool fused = QKV && a.att; /* block-uniform */
-    if (fused && threadIdx.x == 0) hlist[DEC_HLIST] = 0;
-    if (fused && (int)blockIdx.x < a.Hkv) { /* the cached rows before this step's to L2 */
-        const char *kr = (const char *)a.kc + (size_t)blockIdx.x * a.cap * a.D * sizeof(T);
-        const char *vr = (const char *)a.vc + (size_t)blockIdx.x * a.cap * a.D * sizeof(T);
-        const int bytes = a.params[1] * a.D * (int)sizeof(T);
-        for (int o = (int)threadIdx.x * 128; o < bytes; o += DEC_THREADS * 128)
-            dec_prefetch_l2(kr + o), dec_prefetch_l2(vr + o);
-    }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, K = a.K, ks = a.ks;
     const int ppb = DEC_WARPS / ks, sub = warp % ks;
     const int kpart = (K / ks + V - 1) / V * V, kbeg = sub * kpart;
@@ -339,7 +214,7 @@ __global__ void __launch_bounds__(DEC_THREADS, 4) k_dec_gemv(dec_gemv_args a) {
                     s0 += red[warp + q][0], s1 += red[warp + q][1], ss += red[warp + q][2];
             __syncthreads(); /* red is rewritten next round */
         }
-        if (valid && sub == 0 && lane == 0) {
+        if (!valid || sub != 0 || lane != 0) continue;
         if (g) {
             float rstd = rsqrtf(ss / (float)K + a.eps);
             s0 *= rstd, s1 *= rstd;
@@ -370,32 +245,6 @@ __global__ void __launch_bounds__(DEC_THREADS, 4) k_dec_gemv(dec_gemv_args a) {
         } else {
             a.out[p] = s0;
             if (r1) a.out[p + half] = s1;
-        }
-        if (fused) { /* count the rows; a head whose q, k and v rows are all written is ours */
-            __threadfence();
-            const int G = a.Hq / a.Hkv, hh = base / a.D;
-            const unsigned need = 3u * (unsigned)half;
-            const int h0 = seg == 0 ? hh : hh * G, h1 = seg == 0 ? hh + 1 : hh * G + G;
-            for (int h = h0; h < h1; h++)
-                if (atomicAdd(a.cnt + h, 1u) == need - 1)
-                    hlist[atomicAdd(hlist + DEC_HLIST, 1u)] = (unsigned)h;
-        }
-        }
-        if (fused) { /* block-uniform: the heads this round completed */
-            __syncthreads();
-            const unsigned nh = hlist[DEC_HLIST];
-            __syncthreads();
-            if (threadIdx.x == 0) hlist[DEC_HLIST] = 0;
-            if (nh) __threadfence(); /* the other blocks' rows, counted before their adds */
-            for (unsigned i = 0; i < nh; i++) {
-                const int h = (int)hlist[i];
-                if (a.D == 64)
-                    dec_head_attn<T, 64>(a, h, att_sm);
-                else
-                    dec_head_attn<T, 128>(a, h, att_sm);
-                if (threadIdx.x == 0) a.cnt[h] = 0; /* ready for the next token */
-            }
-            __syncthreads();
         }
     }
     if (!waited) {
@@ -466,6 +315,86 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
             dec_arg_take(v, i, bv[w], bi[w], n);
         dec_publish_top(params, tops, i < n ? i : 0);
     }
+}
+
+/* The attention of one query head over cached positions 0..L-1 by the NT threads of a block:
+ * qs (D floats in shared memory, scaled by scale * log2 e) against the key rows Kh, softmax
+ * online across chunks of up to DEC_CHUNK positions (scores in sc) in base 2, the value rows
+ * accumulated by (16-byte column chunk, position group) threads. Leaves the running max m and
+ * sum l in every thread and each group's unnormalised sums in part[group][D] (NT / (D / V)
+ * groups), followed by a barrier. red holds 32 floats. */
+template <typename T, int D, int NT>
+__device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, const T *Vh, int L,
+                                              float *sc, float *red, float *part, float &m,
+                                              float &l) {
+    constexpr int V = cu_vn<T>::n, NC = D / V, NG = NT / NC;
+    const int tid = threadIdx.x, col = tid % NC, grp = tid / NC;
+    float acc[V];
+    m = -INFINITY, l = 0.f;
+#pragma unroll
+    for (int e = 0; e < V; e++)
+        acc[e] = 0.f;
+    for (int c0 = 0; c0 < L; c0 += DEC_CHUNK) {
+        const int n = L - c0 < DEC_CHUNK ? L - c0 : DEC_CHUNK;
+        float lmax = -INFINITY;
+        for (int t = tid; t < n; t += NT) { /* a thread per position: q . k */
+            const T *kr = Kh + (size_t)(c0 + t) * D;
+            uint4 u[NC];
+#pragma unroll
+            for (int c = 0; c < NC; c++)
+                u[c] = cu_ld16(kr + c * V);
+            float s = 0.f;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                float f[V];
+                cu_vunpack<T>(u[c], f);
+#pragma unroll
+                for (int e = 0; e < V; e++)
+                    s = fmaf(f[e], qs[c * V + e], s);
+            }
+            sc[t] = s;
+            lmax = fmaxf(lmax, s);
+        }
+        const float mn = fmaxf(m, cu_block_max(lmax, red)), corr = exp2f(m - mn);
+        float ls = 0.f;
+        for (int t = tid; t < n; t += NT) {
+            float pr = exp2f(sc[t] - mn);
+            sc[t] = pr;
+            ls += pr;
+        }
+        l = l * corr + cu_block_sum(ls, red); /* its barriers publish sc */
+        m = mn;
+#pragma unroll
+        for (int e = 0; e < V; e++)
+            acc[e] *= corr;
+        int t = grp; /* p . v: four value rows in flight per thread */
+        for (; t + 3 * NG < n; t += 4 * NG) {
+            uint4 u[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                u[i] = cu_ld16(Vh + (size_t)(c0 + t + i * NG) * D + col * V);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float f[V], pr = sc[t + i * NG];
+                cu_vunpack<T>(u[i], f);
+#pragma unroll
+                for (int e = 0; e < V; e++)
+                    acc[e] = fmaf(pr, f[e], acc[e]);
+            }
+        }
+        for (; t < n; t += NG) {
+            float f[V], pr = sc[t];
+            cu_vunpack<T>(cu_ld16(Vh + (size_t)(c0 + t) * D + col * V), f);
+#pragma unroll
+            for (int e = 0; e < V; e++)
+                acc[e] = fmaf(pr, f[e], acc[e]);
+        }
+        __syncthreads(); /* sc is rewritten by the next chunk */
+    }
+#pragma unroll
+    for (int e = 0; e < V; e++)
+        part[grp * D + col * V + e] = acc[e];
+    __syncthreads();
 }
 
 /* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32 */
@@ -974,8 +903,6 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
-    bool fused_attn;   /* attention in the QKV kernel (FE_DECODE_FUSED_ATTN=0: its own kernel) */
-    unsigned *cnt;     /* its per-head counters (Hq) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     int *tops_host, *tops_dev; /* pinned, mapped: greedy step i's argmax at i % DEC_RING */
@@ -1056,15 +983,13 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         a.K = C, a.npairs = (Hq + 2 * Hkv) * (D / 2), a.x = e->x, a.g = L->ln_attn, a.eps = eps;
         a.out = e->q, a.kc = L->k_cache, a.vc = L->v_cache, a.inv_freq = d->inv_freq;
         a.D = D, a.Hq = Hq, a.Hkv = Hkv, a.cap = (int)d->capacity;
-        if (e->fused_attn) a.att = e->att, a.cnt = e->cnt, a.scale_log2 = sl2;
         st = dec_launch<T, DEC_QKV>(e, a);
         if (st) break;
-        if (!e->fused_attn)
-            st = dec_kernel(e, false, "decode attention kernel",
-                            D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
-                            ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
-                            (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
-                            (int)d->capacity, sl2);
+        st = dec_kernel(e, false, "decode attention kernel",
+                        D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
+                        ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
+                        (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
+                        (int)d->capacity, sl2);
         if (st) break;
         a = dec_gemv_args{};
         a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
@@ -1214,8 +1139,7 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
            nh = (d->ffn_dim + r16 - 1) / r16 * r16, nl = (d->vocab + r16 - 1) / r16 * r16,
            nqkv = (QKV + r16 - 1) / r16 * r16;
-    size_t nc = (size_t)(d->n_heads + 15) / 16 * 16;
-    size_t act = (nx + 2 * nq + nh + nl + nqkv + nc) * sizeof(float) + 16 * sizeof(int);
+    size_t act = (nx + 2 * nq + nh + nl + nqkv) * sizeof(float) + 16 * sizeof(int);
     e->block_bytes = act + (e->persist ? mk_table_bytes(d, e->mk_grid) : 0);
     fe_status st = fe_cuda_alloc((fe_device){FE_CUDA, d->device}, e->block_bytes, &e->block);
     if (st) {
@@ -1225,8 +1149,7 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     e->x = (float *)e->block;
     e->q = e->x + nx, e->att = e->q + nq, e->h = e->att + nq, e->logits = e->h + nh;
     e->qkv = e->logits + nl;
-    e->cnt = (unsigned *)(e->qkv + nqkv);
-    e->params = (int *)(e->cnt + nc);
+    e->params = (int *)(e->qkv + nqkv);
     st = cu_check(cudaMallocHost((void **)&e->params_host, 16 * sizeof(int)), "cudaMallocHost");
     if (!st)
         st = cu_check(cudaMallocHost((void **)&e->logits_host, (size_t)d->vocab * sizeof(float)),
@@ -1356,9 +1279,6 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *ksp = getenv("FE_DECODE_KSPLIT");
     int kv = ksp ? atoi(ksp) : 0;
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
-    const char *fa = getenv("FE_DECODE_FUSED_ATTN");
-    /* a block lists at most DEC_WARPS rounds' worth of heads: G <= DEC_HLIST / DEC_WARPS */
-    e->fused_attn = !(fa && !strcmp(fa, "0")) && d->n_heads / d->n_kv_heads <= DEC_HLIST / DEC_WARPS;
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
