@@ -1,6 +1,7 @@
 /* Batch-1 decode engine (see cuda_decode.h): fused matrix-vector kernels with the
  * neighbouring row work in their prologue and epilogue, an attention kernel that
- * reads the KV cache in place, all captured once into a CUDA graph.
+ * reads the KV cache in place, all captured once into a CUDA graph. (FE_DECODE_PERSIST=1
+ * captures one persistent kernel per token instead: "the persistent decoder" below.)
  *
  * Matrix-vector products (k_dec_gemv): two output rows at a time, each pair streamed
  * by one to four warps of a block over parts of K (two by default) with 16-byte loads
@@ -891,8 +892,8 @@ struct fe_cuda_decode {
     size_t block_bytes;
     float *x, *q, *att, *h, *logits, *qkv;
     int *params;
-    /* the persistent kernel (FE_DECODE_PERSIST=0: the chained kernels instead) */
-    bool persist; /* FE_DECODE_PERSIST=1 */
+    /* the persistent kernel (FE_DECODE_PERSIST=1; by default the chained kernels) */
+    bool persist;
     mk_args mk;       /* its arguments (device pointers into block) */
     unsigned mk_grid; /* blocks: one per SM (or FE_DECODE_MAX_BLOCKS) */
     size_t mk_smem;   /* dynamic shared memory per block */

@@ -3,10 +3,13 @@
  * append; attention over the cache in place; output projection + residual add;
  * RMSNorm + gate/up projection + SiLU gate; down projection + residual add), captured
  * once and replayed for every token. The token and its position are read on the
- * device from a small buffer copied before each replay, so one host synchronisation
- * per token (to read the logits, or only their argmax, back) is all there is. Kernels
+ * device from a small buffer copied before a replay, so one host synchronisation per
+ * token (to read the logits, or only their argmax, back) is all there is, and none in a
+ * greedy run (fe_cuda_decode_greedy: the argmax is fed back on the device). Kernels
  * are chained with programmatic dependent launches: each one starts launching while
- * its predecessor finishes and prefetches its first weight rows to L2 before waiting.
+ * its predecessor finishes and requests its first weight rows before waiting.
+ * FE_DECODE_PERSIST=1 captures one persistent cooperative kernel per token instead
+ * (slower today; see docs/ARCHITECTURE.md).
  *
  * The weights and the cache are the caller's (raw device pointers, row-major,
  * contiguous, one dtype: f32, f16 or bf16); the engine owns only its activations
