@@ -130,15 +130,19 @@ fe_llama_decoder *fe_llama_decoder_new(fe_llama *m, fe_kv_cache *c) {
 #endif
 }
 
+/* FE_ERR_RANGE naming `what` when token is outside the model's vocabulary. */
+static fe_status check_token(const fe_llama_decoder *d, int32_t token, const char *what) {
+    if (token >= 0 && token < d->vocab) return FE_OK;
+    return fe_set_error(FE_ERR_RANGE, "%s: token %" PRId32 " is outside the vocabulary of %" PRId64,
+                        what, token, d->vocab);
+}
+
 fe_status fe_llama_decoder_step(fe_llama_decoder *d, int32_t token, double *logits,
                                 int32_t *top) {
     if (!d || (!logits && !top))
         return fe_set_error(FE_ERR_ARG, "decoder step: NULL decoder or no output asked for");
     int64_t pos = fe_kv_cache_len(d->cache);
-    if (token < 0 || token >= d->vocab)
-        return fe_set_error(FE_ERR_RANGE,
-                            "decoder step: token %" PRId32 " is outside the vocabulary of %" PRId64,
-                            token, d->vocab);
+    if (check_token(d, token, "decoder step")) return fe_last_status();
     if (pos >= fe_kv_cache_capacity(d->cache))
         return fe_set_error(FE_ERR_RANGE, "decoder step: the cache is full (%" PRId64 " positions)",
                             pos);
@@ -160,10 +164,7 @@ fe_status fe_llama_decoder_greedy(fe_llama_decoder *d, int32_t token, int64_t n,
     if (!d || !on_token || n < 0)
         return fe_set_error(FE_ERR_ARG, "decoder greedy: NULL decoder or callback, or n < 0");
     int64_t pos = fe_kv_cache_len(d->cache);
-    if (token < 0 || token >= d->vocab)
-        return fe_set_error(FE_ERR_RANGE,
-                            "decoder greedy: token %" PRId32 " is outside the vocabulary of %" PRId64,
-                            token, d->vocab);
+    if (check_token(d, token, "decoder greedy")) return fe_last_status();
     if (pos + n > fe_kv_cache_capacity(d->cache))
         return fe_set_error(FE_ERR_RANGE,
                             "decoder greedy: %" PRId64 " steps from position %" PRId64

@@ -370,3 +370,11 @@ inline unsigned long long atomicCAS(unsigned long long *p, unsigned long long c,
     return o;
 }
 template <class T> T __ldcg(const T *p) { return *p; }
+
+/* Device math intrinsics, in host precision. */
+inline void sincosf_emu(float a, float *s, float *c) { *s = sinf(a), *c = cosf(a); }
+#define sincosf sincosf_emu
+inline float __expf(float x) { return expf(x); }
+inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __int2float_rn(int i) { return (float)i; }

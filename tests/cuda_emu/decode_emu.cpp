@@ -16,23 +16,8 @@
 #include <algorithm>
 #include <random>
 
-inline void sincosf_emu(float a, float *s, float *c) { *s = sinf(a), *c = cosf(a); }
-#define sincosf sincosf_emu
-inline float __expf(float x) { return expf(x); }
-inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __int2float_rn(int i) { return (float)i; }
-
 #include "decode_kernels.inc"
 
-static std::mt19937_64 rng(11);
-
-static double uni() { return std::uniform_real_distribution<double>(-1, 1)(rng); }
-template <class T> static std::vector<T> rand_t(size_t n, double scale) {
-    std::vector<T> v(n);
-    for (auto &x : v) x = cu_cast<T>((float)(scale * uni()));
-    return v;
-}
 
 /* The grid dec_grid gives for `tasks` warp tasks under a cap of `cap` blocks. */
 static unsigned grid_for(int tasks, int cap) {
@@ -46,7 +31,7 @@ template <class T, int MODE> static void run(dec_gemv_args a, int cap) {
     unsigned g = grid_for(a.npairs * a.ks, cap);
     std::vector<unsigned> order(g);
     for (unsigned i = 0; i < g; i++) order[i] = i;
-    std::shuffle(order.begin(), order.end(), rng);
+    std::shuffle(order.begin(), order.end(), emu_rng());
     emu::launch(g, DEC_THREADS, 0, [&] { k_dec_gemv<T, MODE>(a); }, order);
 }
 
@@ -180,6 +165,7 @@ template <class T> static void all_modes() {
 }
 
 int main() {
+    emu_seed(11);
     all_modes<float>();
     all_modes<__nv_bfloat16>();
     printf("decoder matrix-vector kernel, %d checks: %s (%d failed)\n", checks,

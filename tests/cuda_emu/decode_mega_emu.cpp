@@ -19,23 +19,8 @@
 #include <random>
 
 using std::max;
-using std::min;
-inline void sincosf_emu(float a, float *s, float *c) { *s = sinf(a), *c = cosf(a); }
-#define sincosf sincosf_emu
-inline float __expf(float x) { return expf(x); }
-inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __int2float_rn(int i) { return (float)i; }
-
 #include "decode_kernels.inc"
 
-static std::mt19937_64 rng(23);
-static double uni() { return std::uniform_real_distribution<double>(-1, 1)(rng); }
-template <class T> static std::vector<T> rand_t(size_t n, double scale) {
-    std::vector<T> v(n);
-    for (auto &x : v) x = cu_cast<T>((float)(scale * uni()));
-    return v;
-}
 
 struct shape {
     int C, F, Hq, Hkv, D, vocab, L, cap;
@@ -203,7 +188,7 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
     expect(fits, "%s: layout does not fit", tn);
     const double tol = sizeof(T) == 4 ? 1e-5 : 2e-3;
     for (int st = 0; st < steps; st++) {
-        const int pos = pos0 + st, token = (int)(rng() % s.vocab);
+        const int pos = pos0 + st, token = (int)(emu_rng()() % s.vocab);
         const int feed = st & 1; /* odd steps as a greedy run would: the argmax fed back */
         params[0] = token, params[1] = pos, params[2] = -1, params[3] = feed, params[4] = st;
         sync[0] = sync[1] = 0;
@@ -245,6 +230,7 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
 }
 
 int main() {
+    emu_seed(23);
     /* bf16 rows: C 192 (384 bytes), F 1096 (2192 bytes: a 2 KiB slot and part of another),
      * Hq*D 256; f32 doubles them */
     const shape s64 = {192, 1096, 4, 2, 64, 301, 2, 640};

@@ -1,11 +1,13 @@
 /* What the harnesses of the CPU emulations share: a check that counts and reports failures,
- * the normwise relative error they compare with, and a value as double. Include after
- * backends/cuda/cuda_internal.cuh. */
+ * the normwise relative error they compare with, a value as double, and the random inputs.
+ * Include after backends/cuda/cuda_internal.cuh. */
 #pragma once
 #include <math.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdio.h>
 
+#include <random>
 #include <vector>
 
 static int fails = 0, checks = 0;
@@ -32,3 +34,17 @@ static double relerr(const std::vector<double> &a, const std::vector<double> &b)
 }
 
 template <class T> static double to_d(T v) { return (double)cu_to_f(v); }
+
+/* The harness's random numbers: seed once at the start of main (emu_seed), then uniform in
+ * [-1, 1) (uni) and vectors of them times scale in dtype T (rand_t). */
+inline std::mt19937_64 &emu_rng() {
+    static std::mt19937_64 r;
+    return r;
+}
+inline void emu_seed(uint64_t s) { emu_rng().seed(s); }
+inline double uni() { return std::uniform_real_distribution<double>(-1, 1)(emu_rng()); }
+template <class T> std::vector<T> rand_t(size_t n, double scale) {
+    std::vector<T> v(n);
+    for (auto &x : v) x = cu_cast<T>((float)(scale * uni()));
+    return v;
+}
