@@ -591,36 +591,39 @@ __device__ __forceinline__ unsigned long long mk_now() {
     return t;
 }
 
-/* FE_DECODE_TRACE: thread 0 records time point w (2: input staged, 3: rows done) of the phase
- * that ends at barrier ev */
-__device__ __forceinline__ void mk_mark(unsigned long long *trace, int nev, int ev, int w) {
-    if (trace && threadIdx.x == 0) trace[((size_t)blockIdx.x * nev + ev) * 4 + w] = mk_now();
+/* FE_DECODE_TRACE: events a token step records per block: the barrier after the embedding,
+ * five per layer (after QKV, attention, output, gate/up, down), and the end of the LM head;
+ * each event holds 4 times (ns): arrival at and departure from its barrier, and within the
+ * phase before it, when the input was staged and when the rows were done. */
+__host__ __device__ __forceinline__ int mk_events(int n_layers) { return 5 * n_layers + 2; }
+
+/* thread 0 records, with a trace buffer, time point w (0..3) of event ev */
+__device__ __forceinline__ void mk_mark(const mk_args &a, int ev, int w) {
+    if (a.trace && threadIdx.x == 0)
+        a.trace[((size_t)blockIdx.x * mk_events(a.n_layers) + ev) * 4 + w] = mk_now();
 }
 
 /* Grid-wide barrier: every block's writes before it are visible to every block after it.
- * target counts the arrivals expected so far (the same in every block). With a trace buffer,
- * thread 0 records when its block arrived and when it left (event target / grid - 1). */
-__device__ __forceinline__ void mk_grid_sync(unsigned *bar, unsigned &target,
-                                             unsigned long long *trace, int nev) {
+ * target counts the arrivals expected so far (the same in every block); the barrier is event
+ * target / grid - 1 of the trace. */
+__device__ __forceinline__ void mk_grid_sync(const mk_args &a, unsigned &target) {
     target += gridDim.x;
+    const int ev = (int)(target / gridDim.x) - 1;
 #ifdef __CUDA_ARCH__
     __syncthreads();
     if (threadIdx.x == 0) {
-        unsigned long long t0 = trace ? mk_now() : 0;
+        mk_mark(a, ev, 0);
         __threadfence();
-        atomicAdd(bar, 1u);
+        atomicAdd(a.sync, 1u);
         unsigned v;
         do {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(bar) : "memory");
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(a.sync) : "memory");
         } while (v < target);
-        if (trace) {
-            unsigned long long *e = trace + ((size_t)blockIdx.x * nev + target / gridDim.x - 1) * 4;
-            e[0] = t0, e[1] = mk_now();
-        }
+        mk_mark(a, ev, 1);
     }
     __syncthreads();
 #else
-    (void)bar, (void)trace, (void)nev;
+    (void)a, (void)ev;
 #ifdef FE_CUDA_EMU
     emu::grid_sync();
 #endif
@@ -674,7 +677,6 @@ struct mk_smem {
 template <typename T>
 __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int &slot,
                          const mk_smem &sm, int ev) {
-    const int nev = 5 * a.n_layers + 2;
     constexpr int V = cu_vn<T>::n;
     const mk_geo g = mk_geom<T>(p);
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -699,7 +701,7 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
         ss = cu_warp_sum(lane < MK_WARPS ? sm.red[lane] : 0.f);
         rstd = rsqrtf(ss / (float)p.K + a.eps);
     }
-    mk_mark(a.trace, nev, ev, 2);
+    mk_mark(a, ev, 2);
     for (int k = 0; k < g.nk; k++) {
         float acc[MK_VPL]; /* one chain of sums per piece of a chunk */
 #pragma unroll
@@ -731,7 +733,7 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
         if (lane == 0) sm.fin[warp + k * MK_WARPS] = t;
     }
     __syncthreads(); /* fin is complete */
-    mk_mark(a.trace, nev, ev, 3);
+    mk_mark(a, ev, 3);
     if (p.mode == DEC_SILU) {
         for (int j = tid; j < g.n; j += MK_THREADS) {
             float gv = sm.fin[2 * j] * rstd, uv = sm.fin[2 * j + 1] * rstd;
@@ -775,7 +777,7 @@ __device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &
         }
     }
     __syncthreads();
-    mk_mark(a.trace, 5 * a.n_layers + 2, ev, 2);
+    mk_mark(a, ev, 2);
     float s = 0.f;
     for (int i = tid; i < D; i += MK_THREADS)
         s = fmaf(qs[i], kn[i], s);
@@ -790,7 +792,7 @@ __device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &
         a.att[(size_t)h * D + i] = (t * co + pn * vn[i]) / (lsum * co + pn);
     }
     __syncthreads(); /* work is reused */
-    mk_mark(a.trace, 5 * a.n_layers + 2, ev, 3);
+    mk_mark(a, ev, 3);
 }
 
 /* The LM head's block argmax (first index of the largest), then the last block to finish
@@ -859,27 +861,26 @@ __global__ void __launch_bounds__(MK_THREADS, 1) k_dec_mega(mk_args a) {
     const T *row = (const T *)a.embed + (size_t)a.params[0] * a.C;
     for (int i = blockIdx.x * MK_THREADS + threadIdx.x; i < a.C; i += gridDim.x * MK_THREADS)
         a.x[i] = cu_to_f(row[i]);
-    mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
+    mk_grid_sync(a, target);
     for (int l = 0; l < a.n_layers; l++) {
         const mk_phase *P = a.ph + 4 * l;
         mk_gemv<T>(a, P[0], s, slot, sm, 1 + 5 * l);
-        mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
+        mk_grid_sync(a, target);
         for (int h = blockIdx.x; h < a.Hq; h += gridDim.x)
             mk_attn<T, D>(a, l, h, pos, sm, 2 + 5 * l);
-        mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
+        mk_grid_sync(a, target);
         for (int k = 1; k < 4; k++) {
             mk_gemv<T>(a, P[k], s, slot, sm, 2 + 5 * l + k);
-            mk_grid_sync(a.sync, target, a.trace, 5 * a.n_layers + 2);
+            mk_grid_sync(a, target);
         }
     }
     const mk_phase &lm = a.ph[4 * a.n_layers];
-    const float rstd = mk_gemv<T>(a, lm, s, slot, sm, 5 * a.n_layers + 1);
+    const int ev_end = mk_events(a.n_layers) - 1;
+    const float rstd = mk_gemv<T>(a, lm, s, slot, sm, ev_end);
     const mk_geo g = mk_geom<T>(lm);
     mk_argmax(a, lm, rstd, sm, g.i0, g.n);
-    if (a.trace && threadIdx.x == 0) { /* the last event: the block's end */
-        unsigned long long *e = a.trace + ((size_t)blockIdx.x * (5 * a.n_layers + 2) + 5 * a.n_layers + 1) * 4;
-        e[0] = e[1] = mk_now();
-    }
+    mk_mark(a, ev_end, 0); /* the last event has no barrier: the block's end */
+    mk_mark(a, ev_end, 1);
 }
 
 /* ---- host side ----------------------------------------------------------------------- */
@@ -1167,7 +1168,7 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     if (!st && e->persist) st = mk_tables<T>(e, (char *)e->block + act);
     const char *tr = getenv("FE_DECODE_TRACE");
     if (!st && e->persist && tr && !strcmp(tr, "1")) {
-        size_t n = (size_t)e->mk_grid * (5 * (size_t)d->n_layers + 2) * 4 * sizeof(unsigned long long);
+        size_t n = (size_t)e->mk_grid * mk_events((int)d->n_layers) * 4 * sizeof(unsigned long long);
         st = cu_check(cudaMalloc((void **)&e->trace, n), "decode: trace buffer");
         if (!st) st = cu_check(cudaMemset(e->trace, 0, n), "decode: trace buffer");
         e->mk.trace = e->trace;
@@ -1189,7 +1190,7 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
  * after it), the blocks' mean and slowest work, and the barrier's latency (last arrival to
  * first departure). A diagnostic; the timer reads cost nothing when it is off. */
 static void mk_trace_report(fe_cuda_decode *e) {
-    const int L = (int)e->d.n_layers, nev = 5 * L + 2, nb = (int)e->mk_grid;
+    const int nev = mk_events((int)e->d.n_layers), nb = (int)e->mk_grid;
     size_t n = (size_t)nb * nev * 4;
     unsigned long long *t = (unsigned long long *)malloc(n * sizeof *t);
     if (!t || cudaMemcpy(t, e->trace, n * sizeof *t, cudaMemcpyDeviceToHost)) {
