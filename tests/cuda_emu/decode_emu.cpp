@@ -9,6 +9,7 @@
  * K from a part of one 32-lane step to several steps a warp; grids from one block (every warp
  * takes many pairs) to one pair a warp; blocks run in a random order. Outputs past the rows are
  * sentinels that must survive. Exit status 1 on a failure. */
+#include "backends/cuda/cuda_decode.h" /* the persistent kernel's tables (compiled, not run here) */
 #include "backends/cuda/cuda_internal.cuh"
 
 #include "emu_check.h"

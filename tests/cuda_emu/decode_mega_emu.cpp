@@ -11,6 +11,7 @@
  * part of one slot and parts of several; grids of 1 to 5 blocks (warps with many rows, or
  * none) and rings of 2 to 5 slots make the stream cross phases in every way; one case starts at position 0
  * (no history), one passes 512 positions (two attention chunks). Exit status 1 on a failure. */
+#include "backends/cuda/cuda_decode.h"
 #include "backends/cuda/cuda_internal.cuh"
 
 #include "emu_check.h"
@@ -152,35 +153,27 @@ template <class T> static void run_case(shape s, int pos0, int steps, unsigned g
     bool fits = mk_layout<T>(s.C, s.F, s.Hq, s.Hkv, s.D, s.vocab, grid, 1 << 30, &a, &smem);
     a.ns = ns; /* the layout gives the most stages that fit; test fewer */
     smem = (size_t)ns * MK_WARPS * MK_SLOT + (smem - (size_t)MK_NS_MAX * MK_WARPS * MK_SLOT);
-    std::vector<mk_phase> ph(4 * L + 1);
-    std::vector<void *> kc(L), vc(L);
     std::vector<float> x(s.C + 16, SENT), qkv(QKV + 16, SENT), att(s.Hq * s.D + 16, SENT),
         h(s.F + 16, SENT), logits(s.vocab + 16, SENT), argv(grid);
     std::vector<int> argi(grid), params(8, 0), tops(DEC_RING, -1);
     unsigned sync[2];
+    /* the tables as the engine makes them (mk_fill), over this model's host buffers */
+    std::vector<fe_cuda_decode_layer> layers(L);
     for (int l = 0; l < L; l++) {
         auto &y = m.ly[l];
-        mk_phase *P = ph.data() + 4 * l;
-        P[0].w[0] = y.wq.data(), P[0].w[1] = y.wk.data(), P[0].w[2] = y.wv.data();
-        P[0].seg_end[0] = s.Hq * s.D, P[0].seg_end[1] = (s.Hq + s.Hkv) * s.D, P[0].seg_end[2] = QKV;
-        P[0].mode = DEC_QKV, P[0].K = s.C, P[0].items = QKV, P[0].x = x.data(), P[0].g = y.ga.data();
-        P[0].out = qkv.data();
-        P[1].w[0] = y.wo.data(), P[1].mode = DEC_RESID, P[1].K = s.Hq * s.D, P[1].items = s.C;
-        P[1].x = att.data(), P[1].out = x.data();
-        P[2].w[0] = y.wg.data(), P[2].w[1] = y.wu.data(), P[2].mode = DEC_SILU, P[2].K = s.C;
-        P[2].items = s.F, P[2].x = x.data(), P[2].g = y.gm.data(), P[2].out = h.data();
-        P[3].w[0] = y.wd.data(), P[3].mode = DEC_RESID, P[3].K = s.F, P[3].items = s.C;
-        P[3].x = h.data(), P[3].out = x.data();
-        kc[l] = y.kc.data(), vc[l] = y.vc.data();
+        layers[l] = {y.wq.data(), y.wk.data(), y.wv.data(), y.wo.data(), y.wg.data(), y.wu.data(),
+                     y.wd.data(), y.ga.data(), y.gm.data(), y.kc.data(), y.vc.data()};
     }
-    mk_phase &lm = ph[4 * L];
-    lm.w[0] = m.lm.data(), lm.mode = DEC_PLAIN, lm.K = s.C, lm.items = s.vocab, lm.x = x.data();
-    lm.g = m.gf.data(), lm.out = logits.data();
-    a.ph = ph.data(), a.kc = kc.data(), a.vc = vc.data();
-    a.n_layers = L, a.Hq = s.Hq, a.Hkv = s.Hkv, a.cap = s.cap, a.C = s.C, a.vocab = s.vocab;
-    a.eps = 1e-5f, a.scale_log2 = (float)(1.4426950408889634 / sqrt((double)s.D));
-    a.embed = m.emb.data(), a.inv_freq = m.inv_freq.data();
-    a.x = x.data(), a.qkv = qkv.data(), a.att = att.data(), a.logits = logits.data();
+    fe_cuda_decode_desc d = {};
+    d.dim = s.C, d.n_layers = L, d.n_heads = s.Hq, d.n_kv_heads = s.Hkv, d.head_dim = s.D;
+    d.ffn_dim = s.F, d.vocab = s.vocab, d.capacity = s.cap, d.eps = 1e-5;
+    d.inv_freq = m.inv_freq.data(), d.embed = m.emb.data(), d.final_norm = m.gf.data();
+    d.lm_head = m.lm.data(), d.layers = layers.data();
+    std::vector<mk_phase> ph(4 * L + 1);
+    std::vector<void *> caches(2 * L);
+    mk_fill(&d, x.data(), qkv.data(), att.data(), h.data(), logits.data(), &a, ph.data(),
+            caches.data());
+    a.ph = ph.data(), a.kc = caches.data(), a.vc = caches.data() + L;
     a.argv = argv.data(), a.argi = argi.data(), a.params = params.data(), a.sync = sync;
     a.tops = tops.data();
 

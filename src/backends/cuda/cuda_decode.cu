@@ -883,6 +883,42 @@ __global__ void __launch_bounds__(MK_THREADS, 1) k_dec_mega(mk_args a) {
     mk_mark(a, ev_end, 1);
 }
 
+/* The persistent kernel's tables for the model d (host side, before they are uploaded): the
+ * phases (4 per layer, then the LM head) over the activations x, qkv, att, h and logits, the
+ * caches (keys of every layer, then values), and the arguments that follow from d. The
+ * caller sets the table, params, tops, argmax and sync pointers. */
+static inline void mk_fill(const fe_cuda_decode_desc *d, float *x, float *qkv, float *att,
+                           float *h, float *logits, mk_args *a, mk_phase *ph, void **caches) {
+    const int L = (int)d->n_layers, C = (int)d->dim, F = (int)d->ffn_dim, D = (int)d->head_dim;
+    const int Hq = (int)d->n_heads, Hkv = (int)d->n_kv_heads;
+    for (int l = 0; l < L; l++) {
+        const fe_cuda_decode_layer *y = &d->layers[l];
+        mk_phase *P = ph + 4 * l;
+        P[0] = P[1] = P[2] = P[3] = mk_phase{};
+        P[0].w[0] = y->wq, P[0].w[1] = y->wk, P[0].w[2] = y->wv;
+        P[0].seg_end[0] = Hq * D, P[0].seg_end[1] = (Hq + Hkv) * D;
+        P[0].seg_end[2] = (Hq + 2 * Hkv) * D;
+        P[0].mode = DEC_QKV, P[0].K = C, P[0].items = (Hq + 2 * Hkv) * D;
+        P[0].x = x, P[0].g = y->ln_attn, P[0].out = qkv;
+        P[1].w[0] = y->wo, P[1].mode = DEC_RESID, P[1].K = Hq * D, P[1].items = C;
+        P[1].x = att, P[1].out = x;
+        P[2].w[0] = y->w_gate, P[2].w[1] = y->w_up, P[2].mode = DEC_SILU, P[2].K = C;
+        P[2].items = F, P[2].x = x, P[2].g = y->ln_mlp, P[2].out = h;
+        P[3].w[0] = y->w_down, P[3].mode = DEC_RESID, P[3].K = F, P[3].items = C;
+        P[3].x = h, P[3].out = x;
+        caches[l] = y->k_cache, caches[L + l] = y->v_cache;
+    }
+    mk_phase *lm = ph + 4 * L;
+    *lm = mk_phase{};
+    lm->w[0] = d->lm_head, lm->mode = DEC_PLAIN, lm->K = C, lm->items = (int)d->vocab;
+    lm->x = x, lm->g = d->final_norm, lm->out = logits;
+    a->n_layers = L, a->Hq = Hq, a->Hkv = Hkv, a->cap = (int)d->capacity, a->C = C;
+    a->vocab = (int)d->vocab, a->eps = (float)d->eps;
+    a->scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
+    a->embed = d->embed, a->inv_freq = d->inv_freq;
+    a->x = x, a->qkv = qkv, a->att = att, a->logits = logits;
+}
+
 /* ---- host side ----------------------------------------------------------------------- */
 
 struct fe_cuda_decode {
@@ -1049,8 +1085,7 @@ template <typename T> static bool mk_plan(fe_cuda_decode *e) {
  * device block at tab); false with the error set when the upload fails. */
 template <typename T> static fe_status mk_tables(fe_cuda_decode *e, char *tab) {
     const fe_cuda_decode_desc *d = &e->d;
-    const int L = (int)d->n_layers, C = (int)d->dim, F = (int)d->ffn_dim, D = (int)d->head_dim;
-    const int Hq = (int)d->n_heads, Hkv = (int)d->n_kv_heads;
+    const int L = (int)d->n_layers;
     const size_t nph = 4 * (size_t)L + 1;
     mk_phase *ph = (mk_phase *)calloc(nph, sizeof *ph);
     void **caches = (void **)malloc(2 * (size_t)L * sizeof(void *));
@@ -1058,36 +1093,12 @@ template <typename T> static fe_status mk_tables(fe_cuda_decode *e, char *tab) {
         free(ph), free(caches);
         return fe_set_error(FE_ERR_OOM, "decode engine: out of host memory");
     }
-    const float eps = (float)d->eps;
-    for (int l = 0; l < L; l++) {
-        const fe_cuda_decode_layer *y = &e->layers[l];
-        mk_phase *P = ph + 4 * l;
-        P[0].w[0] = y->wq, P[0].w[1] = y->wk, P[0].w[2] = y->wv;
-        P[0].seg_end[0] = Hq * D, P[0].seg_end[1] = (Hq + Hkv) * D;
-        P[0].seg_end[2] = (Hq + 2 * Hkv) * D;
-        P[0].mode = DEC_QKV, P[0].K = C, P[0].items = (Hq + 2 * Hkv) * D;
-        P[0].x = e->x, P[0].g = y->ln_attn, P[0].out = e->qkv;
-        P[1].w[0] = y->wo, P[1].mode = DEC_RESID, P[1].K = Hq * D, P[1].items = C;
-        P[1].x = e->att, P[1].out = e->x;
-        P[2].w[0] = y->w_gate, P[2].w[1] = y->w_up, P[2].mode = DEC_SILU, P[2].K = C;
-        P[2].items = F, P[2].x = e->x, P[2].g = y->ln_mlp, P[2].out = e->h;
-        P[3].w[0] = y->w_down, P[3].mode = DEC_RESID, P[3].K = F, P[3].items = C;
-        P[3].x = e->h, P[3].out = e->x;
-        caches[l] = y->k_cache, caches[L + l] = y->v_cache;
-    }
-    mk_phase *lm = ph + 4 * L;
-    lm->w[0] = d->lm_head, lm->mode = DEC_PLAIN, lm->K = C, lm->items = (int)d->vocab;
-    lm->x = e->x, lm->g = d->final_norm, lm->out = e->logits;
     mk_args *a = &e->mk;
+    mk_fill(d, e->x, e->qkv, e->att, e->h, e->logits, a, ph, caches);
     a->ph = (const mk_phase *)tab;
     a->kc = (void *const *)(tab + nph * sizeof(mk_phase));
     a->vc = a->kc + L;
-    a->n_layers = L, a->Hq = Hq, a->Hkv = Hkv, a->cap = (int)d->capacity, a->C = C;
-    a->vocab = (int)d->vocab, a->eps = eps;
-    a->scale_log2 = (float)(1.4426950408889634 / sqrt((double)D));
-    a->embed = d->embed, a->inv_freq = d->inv_freq;
-    a->x = e->x, a->qkv = e->qkv, a->att = e->att, a->logits = e->logits, a->params = e->params;
-    a->tops = e->tops_dev;
+    a->params = e->params, a->tops = e->tops_dev;
     char *rest = tab + nph * sizeof(mk_phase) + 2 * (size_t)L * sizeof(void *);
     rest = (char *)(((uintptr_t)rest + 15) / 16 * 16);
     a->argv = (float *)rest, a->argi = (int *)(a->argv + e->mk_grid);
