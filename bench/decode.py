@@ -89,6 +89,9 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile transformers' forward")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
     ap.add_argument("--keep", metavar="DIR", help="save the model folder in DIR and keep it")
+    ap.add_argument("--base", metavar="BUILD",
+                    help="also time the decoder of another build (a change's baseline), "
+                         "alternating with this one")
     a = ap.parse_args()
     if not torch.cuda.is_available():
         print("skipped: no CUDA device for torch")
@@ -120,12 +123,16 @@ def main():
         # ferric, in its own process (the torch model stays resident: plenty of memory):
         # the default path (the CUDA-graph decoder) and the op-by-op path for comparison
         wall = 0.0
-        variants = (("ferric", {}), ("ferric, no PDL", {"FE_DECODE_PDL": "0"}),
-                    ("ferric, persistent kernel", {"FE_DECODE_PERSIST": "1"}),
-                    ("ferric op-by-op", {"FE_DECODE": "generic"}))
-        for label, env in variants:
+        variants = [("ferric", {}, exe), ("ferric, no PDL", {"FE_DECODE_PDL": "0"}, exe),
+                    ("ferric, persistent kernel", {"FE_DECODE_PERSIST": "1"}, exe),
+                    ("ferric op-by-op", {"FE_DECODE": "generic"}, exe)]
+        if a.base:  # baseline and this build twice each, alternating (the card's clocks drift)
+            base_exe = os.path.join(a.base, "example_hf_logits")
+            variants[1:1] = [("ferric, base build", {}, base_exe), ("ferric (again)", {}, exe),
+                             ("ferric, base build (again)", {}, base_exe)]
+        for label, env, prog in variants:
             t = time.perf_counter()
-            r = subprocess.run([exe, "--model", folder, "--ids", ",".join(map(str, ids)),
+            r = subprocess.run([prog, "--model", folder, "--ids", ",".join(map(str, ids)),
                                 "--bench", str(a.new), "--repeat", str(a.repeat + 1), "--device",
                                 "cuda", "--dtype", "bf16"], capture_output=True, text=True,
                                env={**os.environ, **env})

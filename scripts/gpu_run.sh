@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu ferbench gemmalgos rowprof flashprof
+#                      clocks flashncu ferbench gemmalgos rowprof flashprof base dectrace
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,7 +62,24 @@ do_bench() {
 
 do_kernels() { timeout 200 python3 bench/kernels.py --build build-gpu ${KERNELS_ONLY:+--only $KERNELS_ONLY}; }
 do_hfparity() { timeout 200 python3 tests/parity/hf_parity.py --build build-gpu; }
-do_decode() { timeout 200 python3 bench/decode.py --build build-gpu --keep /tmp/tinyllama-bf16 ${DECODE_ARGS:-}; }
+do_decode() {
+    local base=""
+    [ -x build-base/example_hf_logits ] && base="--base build-base"
+    timeout 300 python3 bench/decode.py --build build-gpu --keep /tmp/tinyllama-bf16 $base ${DECODE_ARGS:-}
+}
+# A baseline build of the source in .shared/base.tgz (git archive --prefix=base/ of the commit a
+# change is measured against) in build-base: the decode stage then times both in one call.
+do_base() {
+    rm -rf /tmp/fe-base && mkdir -p /tmp/fe-base && tar xzf .shared/base.tgz -C /tmp/fe-base &&
+        cmake -S /tmp/fe-base/base -B build-base -DCMAKE_BUILD_TYPE=Release -DFE_CUDA=ON -DFE_CUDA_ARCH=90 >/dev/null &&
+        cmake --build build-base -j"$JOBS" --target example_hf_logits 2>&1 | grep -E "error|warning:" | head -20
+    return "${PIPESTATUS[0]}"
+}
+# The chained decoder's own per-kernel trace (FE_DECODE_TRACE=1; after the decode stage saved its model).
+do_dectrace() {
+    FE_DECODE_TRACE=1 timeout 60 build-gpu/example_hf_logits --model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8 \
+        --bench 256 --repeat 2 --device cuda --dtype bf16 2>&1 | tail -14
+}
 # Per-kernel times of the decoder's graph (after the decode stage saved its model).
 do_decprof() {
     timeout 200 ncu --clock-control none --cache-control none --graph-profiling node --metrics gpu__time_duration.sum,dram__bytes_read.sum \
@@ -203,6 +220,8 @@ for s in "$@"; do
     ferbench) stage ferbench do_ferbench ;;
     decoder) stage decoder do_decoder ;;
     decdiag) stage decdiag do_decdiag ;;
+    base) stage base do_base ;;
+    dectrace) stage dectrace do_dectrace ;;
     gemmalgos) stage gemmalgos do_gemmalgos ;;
     rowprof) stage rowprof do_rowprof ;;
     profile) stage profile do_profile ;;

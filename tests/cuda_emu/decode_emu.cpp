@@ -165,11 +165,65 @@ template <class T> static void all_modes() {
         }
 }
 
+/* k_dec_attn<T, D, P> over cached positions 0..pos of Hkv KV heads (Hq / Hkv query heads each)
+ * against float64 attention. Cache rows past pos hold huge values that must not be read. */
+template <class T, int D, int P> static void check_attn(int Hq, int Hkv, int pos) {
+    const int cap = pos + 3;
+    auto kc = rand_t<T>((size_t)Hkv * cap * D, 1.0), vc = rand_t<T>((size_t)Hkv * cap * D, 1.0);
+    for (int h = 0; h < Hkv; h++)
+        for (int t = pos + 1; t < cap; t++)
+            for (int i = 0; i < D; i++)
+                kc[((size_t)h * cap + t) * D + i] = vc[((size_t)h * cap + t) * D + i] =
+                    cu_cast<T>(1e30f);
+    std::vector<float> q((size_t)Hq * D), out((size_t)Hq * D + 8, SENT);
+    for (auto &v : q) v = (float)(2 * uni());
+    int params[2] = {0, pos};
+    const double scale = 1.0 / sqrt((double)D);
+    emu::launch(Hq, ATT_THREADS, dec_att_smem<T, D, P>(), [&] {
+        k_dec_attn<T, D, P>(q.data(), kc.data(), vc.data(), out.data(), params, Hq / Hkv, cap,
+                            (float)(1.4426950408889634 * scale), 0);
+    });
+    std::vector<double> got(out.begin(), out.begin() + (size_t)Hq * D), ref((size_t)Hq * D);
+    for (int h = 0; h < Hq; h++) {
+        const T *K = kc.data() + (size_t)(h / (Hq / Hkv)) * cap * D;
+        const T *Vv = vc.data() + (size_t)(h / (Hq / Hkv)) * cap * D;
+        std::vector<double> sc(pos + 1);
+        double mx = -INFINITY, sum = 0;
+        for (int t = 0; t <= pos; t++) {
+            double s = 0;
+            for (int i = 0; i < D; i++) s += (double)q[(size_t)h * D + i] * to_d(K[(size_t)t * D + i]);
+            sc[t] = s * scale, mx = fmax(mx, sc[t]);
+        }
+        for (int t = 0; t <= pos; t++) sum += sc[t] = exp(sc[t] - mx);
+        for (int i = 0; i < D; i++) {
+            double o = 0;
+            for (int t = 0; t <= pos; t++) o += sc[t] * to_d(Vv[(size_t)t * D + i]);
+            ref[(size_t)h * D + i] = o / sum;
+        }
+    }
+    bool ok = relerr(got, ref) <= 1e-5;
+    for (int i = Hq * D; i < Hq * D + 8; i++) ok &= out[i] == SENT;
+    expect(ok, "%s attention: D %d, %d staged positions, Hq %d, Hkv %d, pos %d",
+           sizeof(T) == 4 ? "f32" : "bf16", D, P, Hq, Hkv, pos);
+}
+
+template <class T, int D> static void all_attn() {
+    constexpr int P = dec_att_stage<T, D>();
+    for (int pos : {0, 1, 5, 7, 8, 9, 31, 44})
+        check_attn<T, D, 8>(4, 2, pos); /* most positions past the stage */
+    for (int pos : {0, 3, P - 1, P, P + 1, P + 70})
+        check_attn<T, D, P>(pos % 2 ? 8 : 2, pos % 2 ? 1 : 2, pos);
+}
+
 int main() {
     emu_seed(11);
     all_modes<float>();
     all_modes<__nv_bfloat16>();
-    printf("decoder matrix-vector kernel, %d checks: %s (%d failed)\n", checks,
+    all_attn<float, 64>();
+    all_attn<float, 128>();
+    all_attn<__nv_bfloat16, 64>();
+    all_attn<__nv_bfloat16, 128>();
+    printf("decoder matrix-vector and attention kernels, %d checks: %s (%d failed)\n", checks,
            fails ? "FAIL" : "PASS", fails);
     return fails ? 1 : 0;
 }
