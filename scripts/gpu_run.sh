@@ -75,6 +75,23 @@ do_base() {
         cmake --build build-base -j"$JOBS" --target example_hf_logits 2>&1 | grep -E "error|warning:" | head -20
     return "${PIPESTATUS[0]}"
 }
+# EXPERIMENT: decode tok/s of build-gpu under each setting of DECAB_ENV (comma-separated
+# VAR=VALUE lists, "-" for none) and of build-base, alternating, twice (after the decode stage).
+do_decab() {
+    local run="--model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32 --bench 256 --repeat 3 --device cuda --dtype bf16"
+    for round in 1 2; do
+        for v in ${DECAB_ENV:--}; do
+            printf '%-50s ' "$v"; env $(echo "$v" | tr ',' ' ' | sed 's/^-$//') build-gpu/example_hf_logits $run 2>/dev/null | tail -1
+        done
+        if [ -x build-base/example_hf_logits ]; then
+            printf '%-50s ' base; build-base/example_hf_logits $run 2>/dev/null | tail -1
+        fi
+    done
+    for v in ${DECAB_TRACE:-}; do
+        echo "--- trace $v"
+        env $(echo "$v" | tr ',' ' ') FE_DECODE_TRACE=1 build-gpu/example_hf_logits $run 2>&1 | tail -11
+    done
+}
 # The chained decoder's own per-kernel trace (FE_DECODE_TRACE=1; after the decode stage saved its model).
 do_dectrace() {
     FE_DECODE_TRACE=1 timeout 60 build-gpu/example_hf_logits --model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8 \
@@ -222,6 +239,7 @@ for s in "$@"; do
     decdiag) stage decdiag do_decdiag ;;
     base) stage base do_base ;;
     dectrace) stage dectrace do_dectrace ;;
+    decab) stage decab do_decab ;;
     gemmalgos) stage gemmalgos do_gemmalgos ;;
     rowprof) stage rowprof do_rowprof ;;
     profile) stage profile do_profile ;;

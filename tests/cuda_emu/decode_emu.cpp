@@ -210,7 +210,8 @@ template <class T, int D, int P> static void check_attn(int Hq, int Hkv, int pos
 template <class T, int D> static void all_attn() {
     constexpr int P = dec_att_stage<T, D>();
     for (int pos : {0, 1, 5, 7, 8, 9, 31, 44})
-        check_attn<T, D, 8>(4, 2, pos); /* most positions past the stage */
+        check_attn<T, D, 8>(4, 2, pos), /* most positions past the stage */
+            check_attn<T, D, 0>(2, 1, pos); /* nothing staged */
     for (int pos : {0, 3, P - 1, P, P + 1, P + 70})
         check_attn<T, D, P>(pos % 2 ? 8 : 2, pos % 2 ? 1 : 2, pos);
 }

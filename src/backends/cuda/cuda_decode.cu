@@ -1023,6 +1023,8 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
+    bool att_stage;    /* EXPERIMENT FE_DECODE_ATT_STAGE=0 */
+    int carveout;      /* EXPERIMENT FE_DECODE_CARVEOUT */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     int *tops_host, *tops_dev; /* pinned, mapped: greedy step i's argmax at i % DEC_RING */
@@ -1094,12 +1096,24 @@ static fe_status dec_attn_launch(fe_cuda_decode *e, const fe_cuda_decode_layer *
                                  int slot) {
     constexpr int P = dec_att_stage<T, D>();
     void (*k)(const float *, const T *, const T *, float *, const int *, int, int, float, int) =
-        k_dec_attn<T, D, P>;
-    const size_t smem = dec_att_smem<T, D, P>();
-    if (!L)
-        return cu_check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             (int)smem),
-                        "decode attention kernel (shared memory)");
+        e->att_stage ? k_dec_attn<T, D, P> : k_dec_attn<T, D, 0>;
+    const size_t smem = e->att_stage ? dec_att_smem<T, D, P>() : dec_att_smem<T, D, 0>();
+    if (!L) {
+        fe_status st = cu_check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                     (int)smem),
+                                "decode attention kernel (shared memory)");
+        if (!st && e->carveout >= 0) {
+            st = cu_check(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                               e->carveout), "carveout");
+            void *ks[] = {(void *)k_dec_gemv<T, DEC_QKV>, (void *)k_dec_gemv<T, DEC_SILU>,
+                          (void *)k_dec_gemv<T, DEC_RESID>, (void *)k_dec_gemv<T, DEC_PLAIN>,
+                          (void *)k_dec_embed<T>, (void *)k_dec_argmax};
+            for (void *f : ks)
+                if (!st) st = cu_check(cudaFuncSetAttribute(f, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                                            e->carveout), "carveout");
+        }
+        return st;
+    }
     return dec_kernel(e, false, "decode attention kernel", k, (unsigned)e->d.n_heads, ATT_THREADS,
                       smem, (const float *)e->q, (const T *)L->k_cache, (const T *)L->v_cache,
                       e->att, (const int *)e->params, (int)(e->d.n_heads / e->d.n_kv_heads),
@@ -1453,6 +1467,9 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *ksp = getenv("FE_DECODE_KSPLIT");
     int kv = ksp ? atoi(ksp) : 0;
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
+    const char *ast = getenv("FE_DECODE_ATT_STAGE"), *cvo = getenv("FE_DECODE_CARVEOUT");
+    e->att_stage = !(ast && !strcmp(ast, "0"));
+    e->carveout = cvo ? atoi(cvo) : -1;
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
