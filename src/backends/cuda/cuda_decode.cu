@@ -102,41 +102,6 @@ __device__ __forceinline__ void dec_prefetch_l2(const void *p) {
 #endif
 }
 
-/* cp.async of 16 bytes global -> shared, groups, and waiting for all but the newest n. */
-__device__ __forceinline__ void dec_cp16(void *dst, const void *src) {
-#ifdef __CUDA_ARCH__
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
-#elif defined(FE_CUDA_EMU)
-    emu::cp_async16(dst, src);
-#else
-    (void)dst, (void)src;
-#endif
-}
-__device__ __forceinline__ void dec_cp_commit() {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-#elif defined(FE_CUDA_EMU)
-    emu::cp_async_commit();
-#endif
-}
-__device__ __forceinline__ void dec_cp_wait_all_but(int n) {
-#ifdef __CUDA_ARCH__
-    switch (n) { /* the count is an immediate */
-#define DEC_WAIT_CASE(k)                                                                        \
-    case k: asm volatile("cp.async.wait_group " #k ";\n" ::: "memory"); break;
-        DEC_WAIT_CASE(0) DEC_WAIT_CASE(1) DEC_WAIT_CASE(2) DEC_WAIT_CASE(3) DEC_WAIT_CASE(4)
-        DEC_WAIT_CASE(5) DEC_WAIT_CASE(6)
-#undef DEC_WAIT_CASE
-    default: asm volatile("cp.async.wait_group 7;\n" ::: "memory");
-    }
-#elif defined(FE_CUDA_EMU)
-    emu::cp_async_wait(n);
-#else
-    (void)n;
-#endif
-}
-
 /* ---- kernels ------------------------------------------------------------------------- */
 
 struct dec_gemv_args {
@@ -381,173 +346,134 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
     dec_leave(slot);
 }
 
-/* ---- attention over the KV cache --------------------------------------------------------
- * A block of NT threads: thread (col, grp) takes the 16-byte column chunk col = tid % NC of
- * every row and the positions grp, grp + NG, ... (grp = tid / NC). Each group keeps its own
- * online softmax in base 2 (running maximum m, sum l, and the unnormalised sums acc of its
- * column chunk), so scoring needs no block-wide step: a score is the group's NC partial dots
- * added by shuffles. dec_att_rows takes DEC_ATT_B positions a group at a time (their key and
- * value rows loaded together) and rescales once per batch. dec_att_merge brings the groups
- * together at the end. Rows are read with plain loads, from shared or global memory. */
-enum { DEC_ATT_B = 4 };
-
-template <typename T, int D, int NT> struct dec_att {
-    static constexpr int V = cu_vn<T>::n, NC = D / V, NG = NT / NC;
-    float q[V]; /* the thread's chunk of q, times scale * log2 e */
-    float m, l, acc[V];
-};
-
-/* q: D floats (global or shared), times scale */
-template <typename T, int D, int NT>
-__device__ __forceinline__ void dec_att_init(dec_att<T, D, NT> &s, const float *q, float scale) {
-    constexpr int V = dec_att<T, D, NT>::V, NC = dec_att<T, D, NT>::NC;
-    const int col = threadIdx.x % NC;
+/* The attention of one query head over cached positions 0..L-1 by the NT threads of a block:
+ * qs (D floats in shared memory, scaled by scale * log2 e) against the key rows Kh, softmax
+ * online across chunks of up to DEC_CHUNK positions (scores in sc) in base 2, the value rows
+ * accumulated by (16-byte column chunk, position group) threads. Leaves the running max m and
+ * sum l in every thread and each group's unnormalised sums in part[group][D] (NT / (D / V)
+ * groups), followed by a barrier. red holds 32 floats. */
+template <typename T, int D, int NT, int VPF>
+__device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, const T *Vh, int L,
+                                              float *sc, float *red, float *part, float &m,
+                                              float &l) {
+    constexpr int V = cu_vn<T>::n, NC = D / V, NG = NT / NC;
+    const int tid = threadIdx.x, col = tid % NC, grp = tid / NC;
+    float acc[V];
+    m = -INFINITY, l = 0.f;
 #pragma unroll
     for (int e = 0; e < V; e++)
-        s.q[e] = q[col * V + e] * scale, s.acc[e] = 0.f;
-    s.m = -INFINITY, s.l = 0.f;
-}
-
-/* Positions 0..n-1 of the key and value rows at K and Vr (row stride D) into the state. */
-template <typename T, int D, int NT>
-__device__ __forceinline__ void dec_att_rows(dec_att<T, D, NT> &s, const T *K, const T *Vr, int n) {
-    constexpr int V = dec_att<T, D, NT>::V, NC = dec_att<T, D, NT>::NC, NG = dec_att<T, D, NT>::NG;
-    constexpr int B = DEC_ATT_B;
-    const int col = threadIdx.x % NC, grp = threadIdx.x / NC;
-    for (int t0 = 0; t0 < n; t0 += NG * B) { /* the same trips in every thread: shuffles */
-        uint4 kr[B], vr[B];
-        float sc[B];
+        acc[e] = 0.f;
+    for (int c0 = 0; c0 < L; c0 += DEC_CHUNK) {
+        const int n = L - c0 < DEC_CHUNK ? L - c0 : DEC_CHUNK;
+        uint4 vp[VPF > 0 ? VPF : 1]; /* the thread's first VPF value rows, before the scores */
 #pragma unroll
-        for (int b = 0; b < B; b++) {
-            const int t = t0 + b * NG + grp;
-            const size_t o = (size_t)t * D + col * V;
-            kr[b] = t < n ? *reinterpret_cast<const uint4 *>(K + o) : make_uint4(0, 0, 0, 0);
-            vr[b] = t < n ? *reinterpret_cast<const uint4 *>(Vr + o) : make_uint4(0, 0, 0, 0);
+        for (int i = 0; i < VPF; i++)
+            vp[i] = grp + i * NG < n ? cu_ld16(Vh + (size_t)(c0 + grp + i * NG) * D + col * V)
+                                     : make_uint4(0, 0, 0, 0);
+        float lmax = -INFINITY;
+        for (int t = tid; t < n; t += NT) { /* a thread per position: q . k */
+            const T *kr = Kh + (size_t)(c0 + t) * D;
+            uint4 u[NC];
+#pragma unroll
+            for (int c = 0; c < NC; c++)
+                u[c] = cu_ld16(kr + c * V);
+            float s = 0.f;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                float f[V];
+                cu_vunpack<T>(u[c], f);
+#pragma unroll
+                for (int e = 0; e < V; e++)
+                    s = fmaf(f[e], qs[c * V + e], s);
+            }
+            sc[t] = s;
+            lmax = fmaxf(lmax, s);
         }
-#pragma unroll
-        for (int b = 0; b < B; b++) {
-            float f[V];
-            cu_vunpack<T>(kr[b], f);
-            sc[b] = 0.f;
-#pragma unroll
-            for (int e = 0; e < V; e++)
-                sc[b] = fmaf(f[e], s.q[e], sc[b]);
+        const float mn = fmaxf(m, cu_block_max(lmax, red)), corr = exp2f(m - mn);
+        float ls = 0.f;
+        for (int t = tid; t < n; t += NT) {
+            float pr = exp2f(sc[t] - mn);
+            sc[t] = pr;
+            ls += pr;
         }
-#pragma unroll
-        for (int o = NC / 2; o > 0; o >>= 1)
-#pragma unroll
-            for (int b = 0; b < B; b++)
-                sc[b] += __shfl_xor_sync(0xffffffffu, sc[b], o);
-        float mx = -INFINITY;
-#pragma unroll
-        for (int b = 0; b < B; b++)
-            if (t0 + b * NG + grp < n) mx = fmaxf(mx, sc[b]);
-        if (mx == -INFINITY) continue; /* none of this group's positions are left */
-        const float mn = fmaxf(s.m, mx), corr = exp2f(s.m - mn);
-        s.l *= corr;
+        l = l * corr + cu_block_sum(ls, red); /* its barriers publish sc */
+        m = mn;
 #pragma unroll
         for (int e = 0; e < V; e++)
-            s.acc[e] *= corr;
+            acc[e] *= corr;
 #pragma unroll
-        for (int b = 0; b < B; b++) {
-            if (t0 + b * NG + grp >= n) continue;
-            const float p = exp2f(sc[b] - mn);
-            float f[V];
-            cu_vunpack<T>(vr[b], f);
-            s.l += p;
+        for (int i = 0; i < VPF; i++) {
+            if (grp + i * NG >= n) break;
+            float f[V], pr = sc[grp + i * NG];
+            cu_vunpack<T>(vp[i], f);
 #pragma unroll
             for (int e = 0; e < V; e++)
-                s.acc[e] = fmaf(p, f[e], s.acc[e]);
+                acc[e] = fmaf(pr, f[e], acc[e]);
         }
-        s.m = mn;
+        int t = grp + VPF * NG; /* p . v: four value rows in flight per thread */
+        for (; t + 3 * NG < n; t += 4 * NG) {
+            uint4 u[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                u[i] = cu_ld16(Vh + (size_t)(c0 + t + i * NG) * D + col * V);
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                float f[V], pr = sc[t + i * NG];
+                cu_vunpack<T>(u[i], f);
+#pragma unroll
+                for (int e = 0; e < V; e++)
+                    acc[e] = fmaf(pr, f[e], acc[e]);
+            }
+        }
+        for (; t < n; t += NG) {
+            float f[V], pr = sc[t];
+            cu_vunpack<T>(cu_ld16(Vh + (size_t)(c0 + t) * D + col * V), f);
+#pragma unroll
+            for (int e = 0; e < V; e++)
+                acc[e] = fmaf(pr, f[e], acc[e]);
+        }
+        __syncthreads(); /* sc is rewritten by the next chunk */
     }
-}
-
-/* The groups' states to shared memory (part: NG x D sums; ml: NG maxima, then NG sums), a
- * barrier, and the block's maximum M and sum Ls over every group (M = -inf, Ls = 0 when no
- * group saw a position). Then dec_att_sum gives element i's unnormalised sum at M. */
-template <typename T, int D, int NT>
-__device__ __forceinline__ void dec_att_merge(const dec_att<T, D, NT> &s, float *part, float *ml,
-                                              float &M, float &Ls) {
-    constexpr int V = dec_att<T, D, NT>::V, NC = dec_att<T, D, NT>::NC, NG = dec_att<T, D, NT>::NG;
-    const int col = threadIdx.x % NC, grp = threadIdx.x / NC;
 #pragma unroll
     for (int e = 0; e < V; e++)
-        part[grp * D + col * V + e] = s.acc[e];
-    if (col == 0) ml[grp] = s.m, ml[NG + grp] = s.l;
+        part[grp * D + col * V + e] = acc[e];
     __syncthreads();
-    M = -INFINITY;
-    for (int g = 0; g < NG; g++)
-        M = fmaxf(M, ml[g]);
-    Ls = 0.f;
-    if (M != -INFINITY)
-        for (int g = 0; g < NG; g++)
-            Ls += ml[NG + g] * exp2f(ml[g] - M);
-}
-template <typename T, int D, int NT>
-__device__ __forceinline__ float dec_att_sum(const float *part, const float *ml, int i, float M) {
-    constexpr int NG = dec_att<T, D, NT>::NG;
-    float o = 0.f;
-    if (M != -INFINITY)
-        for (int g = 0; g < NG; g++)
-            o += part[g * D + i] * exp2f(ml[g] - M);
-    return o;
 }
 
-/* Positions of the cache k_dec_attn stages in shared memory: up to 48 KiB of keys and as much
- * of values. */
-template <typename T, int D> constexpr int dec_att_stage() {
-    return 48 * 1024 / (D * (int)sizeof(T)) < DEC_CHUNK ? 48 * 1024 / (D * (int)sizeof(T))
-                                                         : DEC_CHUNK;
-}
-/* k_dec_attn's dynamic shared memory with P staged positions */
-template <typename T, int D, int P> constexpr size_t dec_att_smem() {
-    return (size_t)2 * P * D * sizeof(T) +
-           ((size_t)dec_att<T, D, ATT_THREADS>::NG * (D + 2)) * sizeof(float);
-}
-
-/* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32; one block
- * per query head. The cached rows before pos were written by earlier steps, so the block copies
- * the first P of them to shared memory (cp.async) before it waits for the projection, which
- * writes q and row pos; after the wait it reads q, then the staged rows, then the rest (row pos
- * and, past P positions, the rows that did not fit, which the first block of each KV head has
- * asked L2 for) from the cache. */
-template <typename T, int D, int P>
+/* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32 */
+template <typename T, int D, int VPF>
 __global__ void __launch_bounds__(ATT_THREADS)
     k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
                int cap, float scale_log2, int slot) {
-    typedef dec_att<T, D, ATT_THREADS> A;
-#ifdef __CUDA_ARCH__
-    extern __shared__ __align__(16) unsigned char att_buf[];
-#elif defined(FE_CUDA_EMU)
-    unsigned char *att_buf = (unsigned char *)emu::dsmem();
-#else
-    unsigned char *att_buf = nullptr;
-#endif
-    T *Ks = (T *)att_buf, *Vs = Ks + (size_t)P * D;
-    float *part = (float *)(Vs + (size_t)P * D), *ml = part + A::NG * D;
-    const int h = blockIdx.x, tid = threadIdx.x, pos = params[1]; /* set before the graph */
-    const T *Kh = kc + (size_t)(h / G) * cap * D, *Vh = vc + (size_t)(h / G) * cap * D;
-    const int n0 = pos < P ? pos : P;
-    for (int i = tid; i < n0 * A::NC; i += ATT_THREADS) /* rows r < n0 are i / NC, contiguous */
-        dec_cp16(Ks + (size_t)i * A::V, Kh + (size_t)i * A::V),
-            dec_cp16(Vs + (size_t)i * A::V, Vh + (size_t)i * A::V);
-    dec_cp_commit();
-    if (blockIdx.x % G == 0) /* rows past the stage, before this step's, to L2 */
-        for (int o = (n0 * D + tid * (128 / (int)sizeof(T))) * (int)sizeof(T);
-             o < pos * D * (int)sizeof(T); o += ATT_THREADS * 128)
-            dec_prefetch_l2((const char *)Kh + o), dec_prefetch_l2((const char *)Vh + o);
+    constexpr int NG = ATT_THREADS / (D / cu_vn<T>::n);
+    __shared__ __align__(16) float qs[D];
+    __shared__ float sc[DEC_CHUNK];
+    __shared__ float red[32];
+    __shared__ float part[NG * D];
+    if (blockIdx.x % G == 0) { /* once per KV head: the cached rows before this step's to L2
+                                * while the projection still runs (params is set before the
+                                * graph starts; row pos is the projection's to write) */
+        const char *kr = (const char *)(kc + (size_t)(blockIdx.x / G) * cap * D);
+        const char *vr = (const char *)(vc + (size_t)(blockIdx.x / G) * cap * D);
+        const int bytes = params[1] * D * (int)sizeof(T);
+        for (int o = (int)threadIdx.x * 128; o < bytes; o += ATT_THREADS * 128)
+            dec_prefetch_l2(kr + o), dec_prefetch_l2(vr + o);
+    }
     dec_enter(slot);
-    A s;
-    dec_att_init(s, q + (size_t)h * D, scale_log2);
-    dec_cp_wait_all_but(0);
-    __syncthreads();
-    dec_att_rows(s, Ks, Vs, n0);
-    dec_att_rows(s, Kh + (size_t)n0 * D, Vh + (size_t)n0 * D, pos + 1 - n0);
-    float M, Ls;
-    dec_att_merge(s, part, ml, M, Ls);
+    const int h = blockIdx.x, tid = threadIdx.x;
     for (int i = tid; i < D; i += ATT_THREADS)
-        out[h * D + i] = dec_att_sum<T, D, ATT_THREADS>(part, ml, i, M) / Ls;
+        qs[i] = q[h * D + i] * scale_log2;
+    __syncthreads();
+    float m, l;
+    dec_attn_core<T, D, ATT_THREADS, VPF>(qs, kc + (size_t)(h / G) * cap * D,
+                                     vc + (size_t)(h / G) * cap * D, params[1] + 1, sc, red, part,
+                                     m, l);
+    for (int i = tid; i < D; i += ATT_THREADS) {
+        float s = 0.f;
+        for (int g = 0; g < NG; g++)
+            s += part[g * D + i];
+        out[h * D + i] = s / l;
+    }
     dec_leave(slot);
 }
 
@@ -615,7 +541,7 @@ static bool mk_layout(int64_t C, int64_t F, int64_t Hq, int64_t Hkv, int64_t D, 
     const int64_t V = cu_vn<T>::n, QD = Hq * D;
     int64_t kmax = C > F ? C : F;
     if (QD > kmax) kmax = QD;
-    const int64_t att = 3 * D + (MK_THREADS / (D / V)) * (D + 2); /* see mk_attn */
+    const int64_t att = 3 * D + DEC_CHUNK + (MK_THREADS / (D / V)) * D;
     const int64_t work = ((kmax > att ? kmax : att) * 4 + 15) / 16 * 16;
     const int64_t rows[5] = {(Hq + 2 * Hkv) * D, C, F, C, vocab};
     int64_t fin = 0;
@@ -661,6 +587,41 @@ __device__ __forceinline__ const char *mk_row(const mk_phase &p, const mk_geo &g
         gr -= s ? p.seg_end[s - 1] : 0;
     }
     return (const char *)p.w[s] + (size_t)gr * g.rb;
+}
+
+/* cp.async of 16 bytes global -> shared, groups, and waiting for all but the newest n. */
+__device__ __forceinline__ void mk_cp16(void *dst, const void *src) {
+#ifdef __CUDA_ARCH__
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(src) : "memory");
+#elif defined(FE_CUDA_EMU)
+    emu::cp_async16(dst, src);
+#else
+    (void)dst, (void)src;
+#endif
+}
+__device__ __forceinline__ void mk_commit() {
+#ifdef __CUDA_ARCH__
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+#elif defined(FE_CUDA_EMU)
+    emu::cp_async_commit();
+#endif
+}
+__device__ __forceinline__ void mk_wait_all_but(int n) {
+#ifdef __CUDA_ARCH__
+    switch (n) { /* the count is an immediate */
+#define MK_WAIT_CASE(k)                                                                        \
+    case k: asm volatile("cp.async.wait_group " #k ";\n" ::: "memory"); break;
+        MK_WAIT_CASE(0) MK_WAIT_CASE(1) MK_WAIT_CASE(2) MK_WAIT_CASE(3) MK_WAIT_CASE(4)
+        MK_WAIT_CASE(5) MK_WAIT_CASE(6)
+#undef MK_WAIT_CASE
+    default: asm volatile("cp.async.wait_group 7;\n" ::: "memory");
+    }
+#elif defined(FE_CUDA_EMU)
+    emu::cp_async_wait(n);
+#else
+    (void)n;
+#endif
 }
 
 /* nanoseconds of the GPU's global timer (FE_DECODE_TRACE) */
@@ -736,12 +697,12 @@ __device__ __forceinline__ void mk_request(const mk_args &a, mk_stream &s, unsig
 #pragma unroll
         for (int i = 0; i < MK_VPL; i++) {
             const int o = (i * 32 + lane) * 16, byte = s.c * MK_SLOT + o;
-            if (byte < s.g.rb) dec_cp16(dst + o, s.row + byte);
+            if (byte < s.g.rb) mk_cp16(dst + o, s.row + byte);
         }
         if (++s.c == s.g.cpr) s.c = 0, s.k++;
         s.slot = s.slot + 1 == a.ns ? 0 : s.slot + 1;
     }
-    dec_cp_commit();
+    mk_commit();
 }
 
 /* Shared memory of the kernel beyond the rings. */
@@ -789,7 +750,7 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
         for (int i = 0; i < MK_VPL; i++)
             acc[i] = 0.f;
         for (int c = 0; c < g.cpr; c++) {
-            dec_cp_wait_all_but(a.ns - 1); /* this lane's pieces of the chunk have landed */
+            mk_wait_all_but(a.ns - 1); /* this lane's pieces of the chunk have landed */
             const unsigned char *sb = sm.ring + (size_t)slot * MK_SLOT;
 #pragma unroll
             for (int i = 0; i < MK_VPL; i++) {
@@ -836,10 +797,9 @@ __device__ float mk_gemv(const mk_args &a, const mk_phase &p, mk_stream &s, int 
  * before pos read from the caches and the new one merged in at the end. */
 template <typename T, int D>
 __device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &sm, int ev) {
-    typedef dec_att<T, D, MK_THREADS> A;
-    constexpr int H2 = D / 2;
+    constexpr int NG = MK_THREADS / (D / cu_vn<T>::n), H2 = D / 2;
     const int tid = threadIdx.x, G = a.Hq / a.Hkv, kvh = h / G;
-    float *qs = sm.work, *kn = qs + D, *vn = kn + D, *part = vn + D, *ml = part + A::NG * D;
+    float *qs = sm.work, *kn = qs + D, *vn = kn + D, *sc = vn + D, *part = sc + DEC_CHUNK;
     const float *q = a.qkv + (size_t)h * D, *k = a.qkv + (size_t)(a.Hq + kvh) * D;
     const float *v = a.qkv + (size_t)(a.Hq + a.Hkv + kvh) * D;
     T *Kh = (T *)a.kc[l] + (size_t)kvh * a.cap * D, *Vh = (T *)a.vc[l] + (size_t)kvh * a.cap * D;
@@ -864,15 +824,15 @@ __device__ void mk_attn(const mk_args &a, int l, int h, int pos, const mk_smem &
     for (int i = tid; i < D; i += MK_THREADS)
         s = fmaf(qs[i], kn[i], s);
     const float snew = cu_block_sum(s, sm.red);
-    A st;
-    dec_att_init(st, qs, 1.f);
-    dec_att_rows(st, Kh, Vh, pos); /* the cached positions; the new one is merged below */
     float m, lsum;
-    dec_att_merge(st, part, ml, m, lsum);
+    dec_attn_core<T, D, MK_THREADS, 0>(qs, Kh, Vh, pos, sc, sm.red, part, m, lsum);
     const float mf = fmaxf(m, snew), co = exp2f(m - mf), pn = exp2f(snew - mf);
-    for (int i = tid; i < D; i += MK_THREADS)
-        a.att[(size_t)h * D + i] =
-            (dec_att_sum<T, D, MK_THREADS>(part, ml, i, m) * co + pn * vn[i]) / (lsum * co + pn);
+    for (int i = tid; i < D; i += MK_THREADS) {
+        float t = 0.f;
+        for (int gi = 0; gi < NG; gi++)
+            t += part[gi * D + i];
+        a.att[(size_t)h * D + i] = (t * co + pn * vn[i]) / (lsum * co + pn);
+    }
     __syncthreads(); /* work is reused */
     mk_mark(a, ev, 3);
 }
@@ -1023,8 +983,8 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
-    bool att_stage;    /* EXPERIMENT FE_DECODE_ATT_STAGE=0 */
-    int carveout;      /* EXPERIMENT FE_DECODE_CARVEOUT */
+    int att_vpf;       /* EXPERIMENT FE_DECODE_ATT_VPF=0/8/16 */
+    bool full_grid;    /* EXPERIMENT FE_DECODE_FULLGRID=1 */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     int *tops_host, *tops_dev; /* pinned, mapped: greedy step i's argmax at i % DEC_RING */
@@ -1056,6 +1016,10 @@ extern "C" fe_status fe_cuda_decode_supported(const fe_cuda_decode_desc *d) {
 static unsigned dec_grid(const fe_cuda_decode *e, int npairs) {
     int cap = e->dev->sm_count * e->blocks_per_sm;
     if (e->max_blocks > 0 && cap > e->max_blocks) cap = e->max_blocks;
+    if (e->full_grid) {
+        int g = (npairs + DEC_WARPS - 1) / DEC_WARPS;
+        return (unsigned)(g < cap ? g : cap);
+    }
     int per = (npairs + DEC_WARPS * cap - 1) / (DEC_WARPS * cap);
     if (per < 1) per = 1;
     int g = (npairs + DEC_WARPS * per - 1) / (DEC_WARPS * per);
@@ -1089,37 +1053,6 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
                       dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
 
-/* The attention kernel of layer L (head dim D) with the cache positions it stages; with L NULL,
- * only its shared-memory limit is raised (before the graph is captured). */
-template <typename T, int D>
-static fe_status dec_attn_launch(fe_cuda_decode *e, const fe_cuda_decode_layer *L, float sl2,
-                                 int slot) {
-    constexpr int P = dec_att_stage<T, D>();
-    void (*k)(const float *, const T *, const T *, float *, const int *, int, int, float, int) =
-        e->att_stage ? k_dec_attn<T, D, P> : k_dec_attn<T, D, 0>;
-    const size_t smem = e->att_stage ? dec_att_smem<T, D, P>() : dec_att_smem<T, D, 0>();
-    if (!L) {
-        fe_status st = cu_check(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                     (int)smem),
-                                "decode attention kernel (shared memory)");
-        if (!st && e->carveout >= 0) {
-            st = cu_check(cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                               e->carveout), "carveout");
-            void *ks[] = {(void *)k_dec_gemv<T, DEC_QKV>, (void *)k_dec_gemv<T, DEC_SILU>,
-                          (void *)k_dec_gemv<T, DEC_RESID>, (void *)k_dec_gemv<T, DEC_PLAIN>,
-                          (void *)k_dec_embed<T>, (void *)k_dec_argmax};
-            for (void *f : ks)
-                if (!st) st = cu_check(cudaFuncSetAttribute(f, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                                            e->carveout), "carveout");
-        }
-        return st;
-    }
-    return dec_kernel(e, false, "decode attention kernel", k, (unsigned)e->d.n_heads, ATT_THREADS,
-                      smem, (const float *)e->q, (const T *)L->k_cache, (const T *)L->v_cache,
-                      e->att, (const int *)e->params, (int)(e->d.n_heads / e->d.n_kv_heads),
-                      (int)e->d.capacity, sl2, slot);
-}
-
 /* The chained kernels' trace (FE_DECODE_TRACE=1): 3 words for each of the 5 n_layers + 3
  * kernels of a token step (see dec_mark). */
 static size_t dec_trace_bytes(const fe_cuda_decode_desc *d) {
@@ -1151,8 +1084,15 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         a.slot = slot;
         st = dec_launch<T, DEC_QKV>(e, a);
         if (st) break;
-        st = D == 64 ? dec_attn_launch<T, 64>(e, L, sl2, slot + 1)
-                     : dec_attn_launch<T, 128>(e, L, sl2, slot + 1);
+        st = dec_kernel(e, false, "decode attention kernel",
+                        D == 64 ? (e->att_vpf == 16 ? k_dec_attn<T, 64, 16>
+                                   : e->att_vpf == 8 ? k_dec_attn<T, 64, 8> : k_dec_attn<T, 64, 0>)
+                                : (e->att_vpf == 16 ? k_dec_attn<T, 128, 16>
+                                   : e->att_vpf == 8 ? k_dec_attn<T, 128, 8> : k_dec_attn<T, 128, 0>),
+                        (unsigned)Hq,
+                        ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
+                        (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
+                        (int)d->capacity, sl2, slot + 1);
         if (st) break;
         a = dec_gemv_args{};
         a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
@@ -1305,9 +1245,6 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     if (!st) st = cu_check(cudaMemsetAsync(e->block, 0, e->block_bytes, s), "cudaMemset");
     if (!st) st = cu_check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
     if (!st && e->persist) st = mk_tables<T>(e, (char *)e->block + act);
-    if (!st && !e->persist)
-        st = d->head_dim == 64 ? dec_attn_launch<T, 64>(e, NULL, 0.f, 0)
-                               : dec_attn_launch<T, 128>(e, NULL, 0.f, 0);
     const char *tr = getenv("FE_DECODE_TRACE");
     if (!st && e->persist && tr && !strcmp(tr, "1")) {
         size_t n = (size_t)e->mk_grid * mk_events((int)d->n_layers) * 4 * sizeof(unsigned long long);
@@ -1467,9 +1404,9 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *ksp = getenv("FE_DECODE_KSPLIT");
     int kv = ksp ? atoi(ksp) : 0;
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
-    const char *ast = getenv("FE_DECODE_ATT_STAGE"), *cvo = getenv("FE_DECODE_CARVEOUT");
-    e->att_stage = !(ast && !strcmp(ast, "0"));
-    e->carveout = cvo ? atoi(cvo) : -1;
+    const char *avp = getenv("FE_DECODE_ATT_VPF"), *fgr = getenv("FE_DECODE_FULLGRID");
+    e->att_vpf = avp ? atoi(avp) : 8;
+    e->full_grid = fgr && !strcmp(fgr, "1");
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
