@@ -67,13 +67,20 @@ do_decode() {
     [ -x build-base/example_hf_logits ] && base="--base build-base"
     timeout 300 python3 bench/decode.py --build build-gpu --keep /tmp/tinyllama-bf16 $base ${DECODE_ARGS:-}
 }
-# A baseline build of the source in .shared/base.tgz (git archive --prefix=base/ of the commit a
-# change is measured against) in build-base: the decode stage then times both in one call.
+# Baseline builds: each .shared/NAME.tgz (git archive --prefix=base/ of a commit a change is
+# measured against; base.tgz -> build-base) built into build-NAME, side by side; the decode and
+# decab stages then time them in the same call.
 do_base() {
-    rm -rf /tmp/fe-base && mkdir -p /tmp/fe-base && tar xzf .shared/base.tgz -C /tmp/fe-base &&
-        cmake -S /tmp/fe-base/base -B build-base -DCMAKE_BUILD_TYPE=Release -DFE_CUDA=ON -DFE_CUDA_ARCH=90 >/dev/null &&
-        cmake --build build-base -j"$JOBS" --target example_hf_logits 2>&1 | grep -E "error|warning:" | head -20
-    return "${PIPESTATUS[0]}"
+    local rc=0 t n
+    for t in .shared/*.tgz; do
+        n=$(basename "$t" .tgz)
+        (rm -rf /tmp/fe-$n && mkdir -p /tmp/fe-$n && tar xzf "$t" -C /tmp/fe-$n &&
+            cmake -S /tmp/fe-$n/base -B build-$n -DCMAKE_BUILD_TYPE=Release -DFE_CUDA=ON -DFE_CUDA_ARCH=90 >/dev/null &&
+            cmake --build build-$n -j$(( JOBS / 2 )) --target example_hf_logits 2>&1 | grep -E "error|warning:" | head -20) &
+    done
+    wait
+    for t in .shared/*.tgz; do [ -x build-$(basename "$t" .tgz)/example_hf_logits ] || rc=1; done
+    return $rc
 }
 # EXPERIMENT: decode tok/s of build-gpu under each setting of DECAB_ENV (comma-separated
 # VAR=VALUE lists, "-" for none) and of build-base, alternating, twice (after the decode stage).
@@ -83,9 +90,10 @@ do_decab() {
         for v in ${DECAB_ENV:--}; do
             printf '%-50s ' "$v"; env $(echo "$v" | tr ',' ' ' | sed 's/^-$//') build-gpu/example_hf_logits $run 2>/dev/null | tail -1
         done
-        if [ -x build-base/example_hf_logits ]; then
-            printf '%-50s ' base; build-base/example_hf_logits $run 2>/dev/null | tail -1
-        fi
+        for b in build-base build-v*; do
+            [ -x $b/example_hf_logits ] || continue
+            printf '%-50s ' $b; $b/example_hf_logits $run 2>/dev/null | tail -1
+        done
     done
     for v in ${DECAB_TRACE:-}; do
         echo "--- trace $v"
