@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu ferbench gemmalgos rowprof flashprof base dectrace
+#                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -82,7 +82,7 @@ do_base() {
     for t in .shared/*.tgz; do [ -x build-$(basename "$t" .tgz)/example_hf_logits ] || rc=1; done
     return $rc
 }
-# EXPERIMENT: decode tok/s of build-gpu under each setting of DECAB_ENV (comma-separated
+# Decode tok/s of build-gpu under each setting of DECAB_ENV (comma-separated
 # VAR=VALUE lists, "-" for none) and of build-base, alternating, twice (after the decode stage).
 do_decab() {
     local run="--model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32 --bench 256 --repeat 3 --device cuda --dtype bf16"
@@ -95,15 +95,6 @@ do_decab() {
             printf '%-50s ' $b; $b/example_hf_logits $run 2>/dev/null | tail -1
         done
     done
-    for v in ${DECAB_TRACE:-}; do
-        echo "--- trace $v"
-        env $(echo "$v" | tr ',' ' ') FE_DECODE_TRACE=1 build-gpu/example_hf_logits $run 2>&1 | tail -11
-    done
-}
-# The chained decoder's own per-kernel trace (FE_DECODE_TRACE=1; after the decode stage saved its model).
-do_dectrace() {
-    FE_DECODE_TRACE=1 timeout 60 build-gpu/example_hf_logits --model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8 \
-        --bench 256 --repeat 2 --device cuda --dtype bf16 2>&1 | tail -14
 }
 # Per-kernel times of the decoder's graph (after the decode stage saved its model).
 do_decprof() {
@@ -246,7 +237,6 @@ for s in "$@"; do
     decoder) stage decoder do_decoder ;;
     decdiag) stage decdiag do_decdiag ;;
     base) stage base do_base ;;
-    dectrace) stage dectrace do_dectrace ;;
     decab) stage decab do_decab ;;
     gemmalgos) stage gemmalgos do_gemmalgos ;;
     rowprof) stage rowprof do_rowprof ;;

@@ -34,7 +34,6 @@
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __shared__ static /* one copy for all the fibers of the block */
-#define __constant__
 #define __align__(n) __attribute__((aligned(n)))
 #define FE_CUDA_EMU 1 /* device code takes its emulation branches (emu::cp_async16, ...) */
 

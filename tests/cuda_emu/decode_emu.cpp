@@ -22,8 +22,10 @@
 
 /* The grid dec_grid gives for `tasks` warp tasks under a cap of `cap` blocks. */
 static unsigned grid_for(int tasks, int cap) {
-    int g = (tasks + DEC_WARPS - 1) / DEC_WARPS;
-    return (unsigned)(g < cap ? g : cap);
+    int per = (tasks + DEC_WARPS * cap - 1) / (DEC_WARPS * cap);
+    if (per < 1) per = 1;
+    int g = (tasks + DEC_WARPS * per - 1) / (DEC_WARPS * per);
+    return (unsigned)(g > 0 ? g : 1);
 }
 
 template <class T, int MODE> static void run(dec_gemv_args a, int cap) {
@@ -31,7 +33,7 @@ template <class T, int MODE> static void run(dec_gemv_args a, int cap) {
     std::vector<unsigned> order(g);
     for (unsigned i = 0; i < g; i++) order[i] = i;
     std::shuffle(order.begin(), order.end(), emu_rng());
-    emu::launch(g, DEC_THREADS, 0, [&] { k_dec_gemv<T, MODE, false>(a); }, order);
+    emu::launch(g, DEC_THREADS, 0, [&] { k_dec_gemv<T, MODE>(a); }, order);
 }
 
 /* x normalised as the kernel folds it in (g: RMSNorm weight, or none) */
@@ -178,8 +180,8 @@ template <class T, int D> static void check_attn(int Hq, int Hkv, int pos) {
     int params[2] = {0, pos};
     const double scale = 1.0 / sqrt((double)D);
     emu::launch(Hq, ATT_THREADS, 0, [&] {
-        k_dec_attn<T, D, false>(q.data(), kc.data(), vc.data(), out.data(), params, Hq / Hkv, cap,
-                              (float)(1.4426950408889634 * scale), 0);
+        k_dec_attn<T, D>(q.data(), kc.data(), vc.data(), out.data(), params, Hq / Hkv, cap,
+                         (float)(1.4426950408889634 * scale));
     });
     std::vector<double> got(out.begin(), out.begin() + (size_t)Hq * D), ref((size_t)Hq * D);
     for (int h = 0; h < Hq; h++) {

@@ -21,7 +21,8 @@
  * positions at a time go to shared memory (a thread per position, the whole key row
  * in 16-byte loads), softmax is online across those chunks in base 2, and the value
  * rows are accumulated by (16-byte column chunk, position group) threads, reduced in
- * shared memory at the end. */
+ * shared memory at the end. A thread requests its first DEC_ATT_VPF value rows of a
+ * chunk before the scores, which they do not depend on. */
 #include "backends/cuda/cuda_decode.h"
 #include "backends/cuda/cuda_internal.cuh"
 
@@ -62,39 +63,6 @@ __device__ __forceinline__ void dec_launch_next() {}
 __device__ __forceinline__ void dec_wait_prev() {}
 #endif
 
-/* FE_DECODE_TRACE=1 with the chained kernels: each kernel of the graph (its launch number in
- * the token step is `slot`) records the first time one of its blocks started (word 0), the
- * first time one passed its wait for the previous kernel (word 1), and the last time one of
- * its warps finished (word 2, stored inverted so that every word is a minimum), from the GPU's
- * global timer; the graph sets every word to ~0 first. dec_trace is NULL otherwise (a
- * diagnostic for one engine at a time: the pointer is the module's). */
-__constant__ unsigned long long *dec_trace;
-
-__device__ __forceinline__ void dec_mark(int slot, int w) {
-#ifdef __CUDA_ARCH__
-    unsigned long long *t = dec_trace;
-    if (!t) return;
-    unsigned long long now;
-    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(now));
-    atomicMin(t + 3 * slot + w, w < 2 ? now : ~now); /* the last end: the least ~time */
-#else
-    (void)slot, (void)w;
-#endif
-}
-/* a kernel's start: wait for the previous kernel, then let the next one launch (TR: the
- * kernel was built for FE_DECODE_TRACE; compiled in only there: in the kernels that run by
- * default, even the check of dec_trace cost 9% of the decode speed on an H200) */
-template <bool TR> __device__ __forceinline__ void dec_enter(int slot) {
-    if (TR && threadIdx.x == 0) dec_mark(slot, 0);
-    dec_wait_prev();
-    dec_launch_next();
-    if (TR && threadIdx.x == 0) dec_mark(slot, 1);
-}
-/* the end of a warp's work (lane 0 records) */
-template <bool TR> __device__ __forceinline__ void dec_leave(int slot) {
-    if (TR && (threadIdx.x & 31) == 0) dec_mark(slot, 2);
-}
-
 /* ask L2 for the 128-byte line at p */
 __device__ __forceinline__ void dec_prefetch_l2(const void *p) {
 #ifdef __CUDA_ARCH__
@@ -119,7 +87,6 @@ struct dec_gemv_args {
     const float *inv_freq;
     int D, Hq, Hkv, cap;
     const int *params; /* token, position */
-    int slot;          /* the kernel's launch number in the token step (FE_DECODE_TRACE) */
 };
 
 /* The two rows warp task p computes (r1 NULL when p has one), and for QKV the segment
@@ -154,7 +121,7 @@ __device__ __forceinline__ void dec_rows(const dec_gemv_args &a, int p, const T 
  * weight, from L1/L2) and accumulates; with a norm the sum of squares of the input comes
  * along and the 1/rms scale is applied to the finished dot products. With ks > 1 the
  * parts meet in shared memory (small products get more warps streaming at once). */
-template <typename T, int MODE, bool TR>
+template <typename T, int MODE>
 __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     constexpr int V = cu_vn<T>::n, STEP = 32 * V, U = DEC_UNROLL;
     __shared__ float red[DEC_WARPS][3];
@@ -186,7 +153,8 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
             if (!loaded) load_first(r0, r1, k);
             loaded = false;
             if (!waited) { /* the input comes from the previous kernel */
-                dec_enter<TR>(a.slot);
+                dec_wait_prev();
+                dec_launch_next();
                 waited = true;
             }
             for (;;) {
@@ -234,7 +202,8 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
                 load_first(r0, r1, k);
             }
         } else if (!waited) {
-            dec_enter<TR>(a.slot);
+            dec_wait_prev();
+            dec_launch_next();
             waited = true;
         }
         float s0 = cu_warp_sum(a0), s1 = cu_warp_sum(a1);
@@ -280,18 +249,20 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
             if (r1) a.out[p + half] = s1;
         }
     }
-    if (!waited) dec_enter<TR>(a.slot);
-    dec_leave<TR>(a.slot);
+    if (!waited) {
+        dec_wait_prev();
+        dec_launch_next();
+    }
 }
 
 /* x = embedding row of the token */
-template <typename T, bool TR>
+template <typename T>
 __global__ void k_dec_embed(float *x, const T *emb, const int *params, int C) {
-    dec_enter<TR>(0);
+    dec_wait_prev();
+    dec_launch_next();
     const T *row = emb + (size_t)params[0] * C;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < C; i += gridDim.x * blockDim.x)
         x[i] = cu_to_f(row[i]);
-    dec_leave<TR>(0);
 }
 
 /* *top = the first index of the largest of x[0..n) (one block of 1024 threads; each
@@ -313,12 +284,12 @@ __device__ __forceinline__ void dec_publish_top(int *params, int *tops, int top)
     }
 }
 
-template <bool TR>
 __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int *params,
-                                                     int *tops, int slot) {
+                                                     int *tops) {
     __shared__ float bv[32];
     __shared__ int bi[32];
-    dec_enter<TR>(slot);
+    dec_wait_prev();
+    dec_launch_next();
     float v = -INFINITY;
     int i = n; /* none yet */
     for (int k0 = 0; k0 < n; k0 += ARG_PER * 1024) {
@@ -346,7 +317,6 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
             dec_arg_take(v, i, bv[w], bi[w], n);
         dec_publish_top(params, tops, i < n ? i : 0);
     }
-    dec_leave<TR>(slot);
 }
 
 /* The attention of one query head over cached positions 0..L-1 by the NT threads of a block:
@@ -444,10 +414,10 @@ __device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, cons
 }
 
 /* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32 */
-template <typename T, int D, bool TR>
+template <typename T, int D>
 __global__ void __launch_bounds__(ATT_THREADS)
     k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
-               int cap, float scale_log2, int slot) {
+               int cap, float scale_log2) {
     constexpr int NG = ATT_THREADS / (D / cu_vn<T>::n);
     __shared__ __align__(16) float qs[D];
     __shared__ float sc[DEC_CHUNK];
@@ -462,7 +432,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
         for (int o = (int)threadIdx.x * 128; o < bytes; o += ATT_THREADS * 128)
             dec_prefetch_l2(kr + o), dec_prefetch_l2(vr + o);
     }
-    dec_enter<TR>(slot);
+    dec_wait_prev();
+    dec_launch_next();
     const int h = blockIdx.x, tid = threadIdx.x;
     for (int i = tid; i < D; i += ATT_THREADS)
         qs[i] = q[h * D + i] * scale_log2;
@@ -477,7 +448,6 @@ __global__ void __launch_bounds__(ATT_THREADS)
             s += part[g * D + i];
         out[h * D + i] = s / l;
     }
-    dec_leave<TR>(slot);
 }
 
 /* ---- the persistent decoder ------------------------------------------------------------ */
@@ -1013,16 +983,14 @@ extern "C" fe_status fe_cuda_decode_supported(const fe_cuda_decode_desc *d) {
     return FE_OK;
 }
 
-/* Blocks for npairs warp tasks: one per task's warp up to `blocks_per_sm` blocks on every SM,
- * the tasks then shared round-robin (warps' counts differ by at most one). The grid used to be
- * the fewest blocks that gave every warp the same count (470 blocks for TinyLlama's gate/up, so
- * that 74 SMs ran 4 blocks and 58 ran 3 and finished 13.7 us early); filling every slot gave
- * 2% more tokens/s on an H200. */
+/* Blocks for npairs warp tasks: at most `per_sm` blocks per SM, every warp the same count. */
 static unsigned dec_grid(const fe_cuda_decode *e, int npairs) {
     int cap = e->dev->sm_count * e->blocks_per_sm;
     if (e->max_blocks > 0 && cap > e->max_blocks) cap = e->max_blocks;
-    int g = (npairs + DEC_WARPS - 1) / DEC_WARPS;
-    return (unsigned)(g < cap ? g : cap > 0 ? cap : 1);
+    int per = (npairs + DEC_WARPS * cap - 1) / (DEC_WARPS * cap);
+    if (per < 1) per = 1;
+    int g = (npairs + DEC_WARPS * per - 1) / (DEC_WARPS * per);
+    return (unsigned)(g > 0 ? g : 1);
 }
 
 /* Launch kernel k on the engine's stream, as a programmatic dependent launch unless
@@ -1048,15 +1016,8 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
      * warp, 973 with four, and 1109 choosing 2 or 4 by the number of pairs */
     const int vec = 16 / (int)sizeof(T);
     a.ks = e->ksplit ? e->ksplit : a.K / 2 >= 32 * vec ? 2 : 1;
-    return dec_kernel(e, false, "decode matrix-vector kernel",
-                      e->trace ? k_dec_gemv<T, MODE, true> : k_dec_gemv<T, MODE, false>,
+    return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
                       dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
-}
-
-/* The chained kernels' trace (FE_DECODE_TRACE=1): 3 words for each of the 5 n_layers + 3
- * kernels of a token step (see dec_mark). */
-static size_t dec_trace_bytes(const fe_cuda_decode_desc *d) {
-    return (size_t)3 * (5 * (size_t)d->n_layers + 3) * sizeof(unsigned long long);
 }
 
 /* Queue one token step on the engine's stream (captured into the graph). */
@@ -1065,13 +1026,7 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
     const int C = (int)d->dim, F = (int)d->ffn_dim, D = (int)d->head_dim, Hq = (int)d->n_heads,
               Hkv = (int)d->n_kv_heads, QD = Hq * D;
     const float eps = (float)d->eps, sl2 = (float)(1.4426950408889634 / sqrt((double)D));
-    fe_status st = FE_OK;
-    if (e->trace)
-        st = cu_check(cudaMemsetAsync(e->trace, 0xff, dec_trace_bytes(d), e->dev->stream),
-                      "decode trace reset");
-    if (!st)
-        st = dec_kernel(e, true, "decode embedding kernel",
-                        e->trace ? k_dec_embed<T, true> : k_dec_embed<T, false>,
+    fe_status st = dec_kernel(e, true, "decode embedding kernel", k_dec_embed<T>,
                               (unsigned)(C + 255) / 256, 256, 0, e->x, (const T *)d->embed,
                               (const int *)e->params, C);
     for (int64_t l = 0; l < d->n_layers && !st; l++) {
@@ -1081,43 +1036,35 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         a.K = C, a.npairs = (Hq + 2 * Hkv) * (D / 2), a.x = e->x, a.g = L->ln_attn, a.eps = eps;
         a.out = e->q, a.kc = L->k_cache, a.vc = L->v_cache, a.inv_freq = d->inv_freq;
         a.D = D, a.Hq = Hq, a.Hkv = Hkv, a.cap = (int)d->capacity;
-        const int slot = 1 + 5 * (int)l; /* the kernels' launch numbers (FE_DECODE_TRACE) */
-        a.slot = slot;
         st = dec_launch<T, DEC_QKV>(e, a);
         if (st) break;
         st = dec_kernel(e, false, "decode attention kernel",
-                        D == 64 ? (e->trace ? k_dec_attn<T, 64, true> : k_dec_attn<T, 64, false>)
-                                : (e->trace ? k_dec_attn<T, 128, true> : k_dec_attn<T, 128, false>),
-                        (unsigned)Hq,
+                        D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
                         ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
                         (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
-                        (int)d->capacity, sl2, slot + 1);
+                        (int)d->capacity, sl2);
         if (st) break;
         a = dec_gemv_args{};
         a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
-        a.slot = slot + 2;
         if ((st = dec_launch<T, DEC_RESID>(e, a))) break;
         a = dec_gemv_args{};
         a.w[0] = L->w_gate, a.w[1] = L->w_up, a.K = C, a.npairs = F, a.x = e->x;
-        a.g = L->ln_mlp, a.eps = eps, a.out = e->h, a.slot = slot + 3;
+        a.g = L->ln_mlp, a.eps = eps, a.out = e->h;
         if ((st = dec_launch<T, DEC_SILU>(e, a))) break;
         a = dec_gemv_args{};
         a.w[0] = L->w_down, a.K = F, a.n = C, a.npairs = (C + 1) / 2, a.x = e->h, a.out = e->x;
-        a.slot = slot + 4;
         st = dec_launch<T, DEC_RESID>(e, a);
     }
-    const int last = 1 + 5 * (int)d->n_layers; /* the LM head's launch number */
     if (!st) {
         dec_gemv_args a = {};
         int V = (int)d->vocab;
         a.w[0] = d->lm_head, a.K = C, a.n = V, a.npairs = (V + 1) / 2, a.x = e->x;
-        a.g = d->final_norm, a.eps = eps, a.out = e->logits, a.slot = last;
+        a.g = d->final_norm, a.eps = eps, a.out = e->logits;
         st = dec_launch<T, DEC_PLAIN>(e, a);
     }
     if (!st)
-        st = dec_kernel(e, false, "decode argmax kernel",
-                        e->trace ? k_dec_argmax<true> : k_dec_argmax<false>, 1, 1024, 0,
-                        (const float *)e->logits, (int)d->vocab, e->params, e->tops_dev, last + 1);
+        st = dec_kernel(e, false, "decode argmax kernel", k_dec_argmax, 1, 1024, 0,
+                        (const float *)e->logits, (int)d->vocab, e->params, e->tops_dev);
     return st;
 }
 
@@ -1252,12 +1199,6 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
         if (!st) st = cu_check(cudaMemset(e->trace, 0, n), "decode: trace buffer");
         e->mk.trace = e->trace;
     }
-    if (!st && !e->persist && tr && !strcmp(tr, "1")) {
-        st = cu_check(cudaMalloc((void **)&e->trace, dec_trace_bytes(d)), "decode: trace buffer");
-        if (!st)
-            st = cu_check(cudaMemcpyToSymbol(dec_trace, &e->trace, sizeof e->trace),
-                          "decode: trace buffer");
-    }
     if (!st)
         st = cu_check(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal),
                       "cudaStreamBeginCapture");
@@ -1321,48 +1262,10 @@ static void mk_trace_report(fe_cuda_decode *e) {
     free(t);
 }
 
-/* FE_DECODE_TRACE=1 with the chained kernels: where the last token step spent its time, per
- * kind of kernel (mean over the layers), printed to stderr when the engine is freed: from the
- * previous kernel's last warp to this one's (its share of the step), from then to this kernel's
- * first block passing its wait (the dependency's latency), and how long before the previous
- * kernel's end this one's first block had started (its head start). A diagnostic. */
-static void dec_trace_report(fe_cuda_decode *e) {
-    const int nk = 5 * (int)e->d.n_layers + 3;
-    unsigned long long *t = (unsigned long long *)malloc(dec_trace_bytes(&e->d));
-    unsigned long long *none = NULL;
-    cudaMemcpyToSymbol(dec_trace, &none, sizeof none);
-    if (!t || cudaMemcpy(t, e->trace, dec_trace_bytes(&e->d), cudaMemcpyDeviceToHost)) {
-        free(t);
-        return;
-    }
-    static const char *names[8] = {"embedding", "QKV", "attention", "output", "gate/up", "down",
-                                   "LM head", "argmax"};
-    double share[8] = {0}, lat[8] = {0}, head[8] = {0};
-    int cnt[8] = {0};
-    for (int k = 1; k < nk; k++) {
-        const int kind = k == nk - 1 ? 7 : k == nk - 2 ? 6 : 1 + (k - 1) % 5;
-        const double end_prev = (double)~t[3 * (k - 1) + 2], end = (double)~t[3 * k + 2];
-        share[kind] += end - end_prev, lat[kind] += (double)t[3 * k + 1] - end_prev;
-        head[kind] += end_prev - (double)t[3 * k], cnt[kind]++;
-    }
-    fprintf(stderr, "decode trace (chained kernels; us per kernel, mean over layers):\n");
-    fprintf(stderr, "  %-10s %8s %12s %11s\n", "kernel", "share", "dep. latency", "head start");
-    for (int i = 1; i < 8; i++)
-        if (cnt[i])
-            fprintf(stderr, "  %-10s %8.2f %12.2f %11.2f\n", names[i], share[i] / cnt[i] / 1e3,
-                    lat[i] / cnt[i] / 1e3, head[i] / cnt[i] / 1e3);
-    fprintf(stderr, "  token step, first embedding block to the argmax's end: %.1f us\n",
-            (double)(~t[3 * (nk - 1) + 2] - t[0]) / 1e3);
-    free(t);
-}
-
 extern "C" void fe_cuda_decode_free(fe_cuda_decode *e) {
     if (!e) return;
     if (e->trace) {
-        if (e->persist)
-            mk_trace_report(e);
-        else
-            dec_trace_report(e);
+        mk_trace_report(e);
         cudaFree(e->trace);
     }
     for (int i = 0; i < DEC_RING; i++)
