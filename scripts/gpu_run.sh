@@ -76,7 +76,7 @@ do_base() {
         n=$(basename "$t" .tgz)
         (rm -rf /tmp/fe-$n && mkdir -p /tmp/fe-$n && tar xzf "$t" -C /tmp/fe-$n &&
             cmake -S /tmp/fe-$n/base -B build-$n -DCMAKE_BUILD_TYPE=Release -DFE_CUDA=ON -DFE_CUDA_ARCH=90 >/dev/null &&
-            cmake --build build-$n -j$(( JOBS / 2 )) --target example_hf_logits 2>&1 | grep -E "error|warning:" | head -20) &
+            cmake --build build-$n -j$(( JOBS / 2 )) --target example_hf_logits test_decoder 2>&1 | grep -E "error|warning:" | head -20) &
     done
     wait
     for t in .shared/*.tgz; do [ -x build-$(basename "$t" .tgz)/example_hf_logits ] || rc=1; done
@@ -94,6 +94,9 @@ do_decab() {
             [ -x $b/example_hf_logits ] || continue
             printf '%-50s ' $b; $b/example_hf_logits $run 2>/dev/null | tail -1
         done
+    done
+    for b in build-base build-v*; do
+        [ -x $b/test_decoder ] && echo "$b test_decoder: $(timeout 60 $b/test_decoder 2>&1 | tail -1)"
     done
 }
 # Per-kernel times of the decoder's graph (after the decode stage saved its model).
