@@ -88,6 +88,10 @@ struct dec_gemv_args {
     int D, Hq, Hkv, cap;
     const int *params; /* token, position */
 };
+/* Kept to 128 bytes: the same kernels with one more int in here (136 bytes) decoded 5.5% slower
+ * on an H200, in graphs with programmatic dependent launch; and a __constant__ variable in this
+ * file, merely set once, cost 3.5% (bench/RESULTS.md, ninth session). */
+static_assert(sizeof(dec_gemv_args) <= 128, "decode matrix-vector arguments past 128 bytes");
 
 /* The two rows warp task p computes (r1 NULL when p has one), and for QKV the segment
  * (0 q, 1 k, 2 v), the row base of its head and the pair index j < D/2; half is the
