@@ -1,7 +1,12 @@
-/* The decoder's matrix-vector kernel (k_dec_gemv of src/backends/cuda/cuda_decode.cu) run on the
+/* The decoder's matrix-vector and attention kernels (k_dec_gemv, k_dec_attn of
+ * src/backends/cuda/cuda_decode.cu) run on the
  * CPU (cuda_runtime.h here: a fiber per thread) against float64 references, for machines without
  * a GPU. scripts/decode_emu.sh cuts the kernel's text out of cuda_decode.cu unchanged into
  * decode_kernels.inc, builds this file and runs it.
+ *
+ * Attention: f32 and bf16 caches, head dims 64 and 128, one to eight query heads per KV head,
+ * 1 to 601 cached positions (past the value rows requested early, and past one chunk); cache
+ * rows past the position hold huge values that must not be read.
  *
  * Every mode: QKV (RMSNorm folded in, rotate-half RoPE on q and k, k and v written to the caches
  * at the step's position), SiLU gate (norm folded in), residual add and plain rows (with and
