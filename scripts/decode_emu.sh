@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# CPU emulation of the decoder's matrix-vector and attention kernels (k_dec_gemv, k_dec_attn; no
-# GPU needed). Cuts their text out of src/backends/cuda/cuda_decode.cu (from the enums to the host side, unchanged),
-# builds tests/cuda_emu/decode_emu.cpp with g++ against the host stand-ins in tests/cuda_emu/
-# and runs it: every mode (QKV with RoPE and the cache writes, SiLU gate, residual, plain) against
-# a float64 reference, on f32 and bf16 weights, one, two and four warps per row pair, and grids
-# small enough that every warp takes many pairs; attention against float64 attention. Then the emulator's own self-test of its
+# CPU emulation of the decoder's matrix-vector and attention kernels (k_dec_gemv, k_dec_attn;
+# no GPU needed). Cuts their text out of src/backends/cuda/cuda_decode.cu (from the enums to
+# the host side, unchanged), builds tests/cuda_emu/decode_emu.cpp with g++ against the host
+# stand-ins in tests/cuda_emu/ and runs it: every matrix-vector mode (QKV with RoPE and the
+# cache writes, SiLU gate, residual, plain) against a float64 reference, on f32 and bf16
+# weights, one, two and four warps per row pair, and grids small enough that every warp takes
+# many pairs; attention against float64 attention. Then the emulator's own self-test of its
 # cooperative launch, grid barrier and cp.async (tests/cuda_emu/coop_emu_selftest.cpp), and the
 # persistent kernel (k_dec_mega) as a cooperative grid against a float64 token step
 # (tests/cuda_emu/decode_mega_emu.cpp). Exit status 1 when a check fails.
