@@ -189,23 +189,11 @@ template <class T, int D> static void check_attn(int Hq, int Hkv, int pos) {
                          (float)(1.4426950408889634 * scale));
     });
     std::vector<double> got(out.begin(), out.begin() + (size_t)Hq * D), ref((size_t)Hq * D);
-    for (int h = 0; h < Hq; h++) {
-        const T *K = kc.data() + (size_t)(h / (Hq / Hkv)) * cap * D;
-        const T *Vv = vc.data() + (size_t)(h / (Hq / Hkv)) * cap * D;
-        std::vector<double> sc(pos + 1);
-        double mx = -INFINITY, sum = 0;
-        for (int t = 0; t <= pos; t++) {
-            double s = 0;
-            for (int i = 0; i < D; i++) s += (double)q[(size_t)h * D + i] * to_d(K[(size_t)t * D + i]);
-            sc[t] = s * scale, mx = fmax(mx, sc[t]);
-        }
-        for (int t = 0; t <= pos; t++) sum += sc[t] = exp(sc[t] - mx);
-        for (int i = 0; i < D; i++) {
-            double o = 0;
-            for (int t = 0; t <= pos; t++) o += sc[t] * to_d(Vv[(size_t)t * D + i]);
-            ref[(size_t)h * D + i] = o / sum;
-        }
-    }
+    std::vector<double> qd(q.begin(), q.end());
+    for (int h = 0; h < Hq; h++)
+        ref_attention(qd.data() + (size_t)h * D, kc.data() + (size_t)(h / (Hq / Hkv)) * cap * D,
+                      vc.data() + (size_t)(h / (Hq / Hkv)) * cap * D, pos + 1, D,
+                      ref.data() + (size_t)h * D);
     bool ok = relerr(got, ref) <= 1e-5;
     for (int i = Hq * D; i < Hq * D + 8; i++) ok &= out[i] == SENT;
     expect(ok, "%s attention: D %d, Hq %d, Hkv %d, pos %d", sizeof(T) == 4 ? "f32" : "bf16", D,

@@ -113,19 +113,7 @@ template <class T> static std::vector<double> reference(model<T> &m, int token, 
                 qh[j] = q0 * cos(a) - q1 * sin(a), qh[j + H2] = q1 * cos(a) + q0 * sin(a);
             }
             const T *Kh = y.kc.data() + (size_t)(h / G) * s.cap * D, *Vh = y.vc.data() + (size_t)(h / G) * s.cap * D;
-            std::vector<double> sc(pos + 1);
-            double mx = -INFINITY, l = 0;
-            for (int t = 0; t <= pos; t++) {
-                double d = 0;
-                for (int i = 0; i < D; i++) d += qh[i] * to_d(Kh[(size_t)t * D + i]);
-                sc[t] = d / sqrt((double)D), mx = max(mx, sc[t]);
-            }
-            for (int t = 0; t <= pos; t++) sc[t] = exp(sc[t] - mx), l += sc[t];
-            for (int i = 0; i < D; i++) {
-                double o = 0;
-                for (int t = 0; t <= pos; t++) o += sc[t] * to_d(Vh[(size_t)t * D + i]);
-                att[h * D + i] = o / l;
-            }
+            ref_attention(qh, Kh, Vh, pos + 1, D, att.data() + h * D);
         }
         for (int r = 0; r < s.C; r++) x[r] += dotw(y.wo.data() + (size_t)r * s.Hq * D, att);
         xn = rmsn(x, y.gm);

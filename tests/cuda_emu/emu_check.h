@@ -35,6 +35,25 @@ static double relerr(const std::vector<double> &a, const std::vector<double> &b)
 
 template <class T> static double to_d(T v) { return (double)cu_to_f(v); }
 
+/* One query head's attention in float64: o (D) = softmax(q . K[t] / sqrt(D)) over the n rows
+ * of K (row stride D), times the rows of V. */
+template <class T>
+static void ref_attention(const double *q, const T *K, const T *V, int n, int D, double *o) {
+    std::vector<double> sc(n);
+    double mx = -INFINITY, l = 0;
+    for (int t = 0; t < n; t++) {
+        double d = 0;
+        for (int i = 0; i < D; i++) d += q[i] * to_d(K[(size_t)t * D + i]);
+        sc[t] = d / sqrt((double)D), mx = fmax(mx, sc[t]);
+    }
+    for (int t = 0; t < n; t++) sc[t] = exp(sc[t] - mx), l += sc[t];
+    for (int i = 0; i < D; i++) {
+        double s = 0;
+        for (int t = 0; t < n; t++) s += sc[t] * to_d(V[(size_t)t * D + i]);
+        o[i] = s / l;
+    }
+}
+
 /* The harness's random numbers: seed once at the start of main (emu_seed), then uniform in
  * [-1, 1) (uni) and vectors of them times scale in dtype T (rand_t). */
 inline std::mt19937_64 &emu_rng() {
