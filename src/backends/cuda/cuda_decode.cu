@@ -1326,6 +1326,20 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     return e;
 }
 
+/* The step's parameters to the device (on the engine's stream): token, position, no argmax
+ * yet, whether each argmax feeds the next step (greedy runs), and the greedy step counter
+ * (tops_host[step % DEC_RING]). */
+static fe_status dec_upload(fe_cuda_decode *e, int32_t token, int64_t pos, bool feedback) {
+    e->params_host[0] = token, e->params_host[1] = (int)pos;
+    e->params_host[2] = -1, e->params_host[3] = feedback, e->params_host[4] = 0;
+    fe_status st = cu_check(cudaSetDevice(e->dev->index), "cudaSetDevice");
+    if (!st)
+        st = cu_check(cudaMemcpyAsync(e->params, e->params_host, 5 * sizeof(int),
+                                      cudaMemcpyHostToDevice, e->dev->stream),
+                      "decode: token upload");
+    return st;
+}
+
 extern "C" fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64_t pos,
                                          const float **logits, int32_t *top) {
     if (!e || (!logits && !top))
@@ -1337,14 +1351,7 @@ extern "C" fe_status fe_cuda_decode_step(fe_cuda_decode *e, int32_t token, int64
                             (int)token, (long long)pos, (long long)e->d.vocab,
                             (long long)e->d.capacity);
     cudaStream_t s = e->dev->stream;
-    e->params_host[0] = token;
-    e->params_host[1] = (int)pos;
-    e->params_host[2] = -1, e->params_host[3] = 0; /* no device feedback */
-    fe_status st = cu_check(cudaSetDevice(e->dev->index), "cudaSetDevice");
-    if (!st)
-        st = cu_check(cudaMemcpyAsync(e->params, e->params_host, 4 * sizeof(int),
-                                      cudaMemcpyHostToDevice, s),
-                      "decode: token upload");
+    fe_status st = dec_upload(e, token, pos, false);
     if (!st) st = cu_check(cudaGraphLaunch(e->exec, s), "cudaGraphLaunch");
     if (!st && logits)
         st = cu_check(cudaMemcpyAsync(e->logits_host, e->logits, (size_t)e->d.vocab * sizeof(float),
@@ -1374,18 +1381,11 @@ extern "C" fe_status fe_cuda_decode_greedy(fe_cuda_decode *e, int32_t token, int
                             (int)token, (long long)pos, (long long)(pos + n - 1),
                             (long long)e->d.vocab, (long long)e->d.capacity);
     cudaStream_t s = e->dev->stream;
-    fe_status st = cu_check(cudaSetDevice(e->dev->index), "cudaSetDevice");
+    fe_status st = dec_upload(e, token, pos, true); /* each argmax feeds the next step */
     for (int i = 0; i < DEC_RING && !st; i++)
         if (!e->ev[i])
             st = cu_check(cudaEventCreateWithFlags(&e->ev[i], cudaEventDisableTiming),
                           "cudaEventCreate");
-    e->params_host[0] = token, e->params_host[1] = (int)pos;
-    e->params_host[2] = -1, e->params_host[3] = 1; /* each argmax feeds the next step */
-    e->params_host[4] = 0;                         /* and goes to tops_host[step % DEC_RING] */
-    if (!st)
-        st = cu_check(cudaMemcpyAsync(e->params, e->params_host, 5 * sizeof(int),
-                                      cudaMemcpyHostToDevice, s),
-                      "decode: token upload");
     /* keep DEC_AHEAD steps queued: the device never waits for the host to read a token */
     int64_t queued = 0, taken = 0;
     while (!st) {
