@@ -86,7 +86,7 @@ do_base() {
 # "-" for none) and of every baseline build (build-base, build-v*), alternating, twice; then each
 # baseline's test_decoder (after the decode stage, which saves the model).
 do_decab() {
-    local run="--model /tmp/tinyllama-bf16 --ids 1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29,30,31,32 --bench 256 --repeat 3 --device cuda --dtype bf16"
+    local run="--model /tmp/tinyllama-bf16 --ids $(seq -s, 1 32) --bench 256 --repeat 3 --device cuda --dtype bf16"
     for round in 1 2; do
         for v in ${DECAB_ENV:--}; do
             printf '%-50s ' "$v"; env $(echo "$v" | tr ',' ' ' | sed 's/^-$//') build-gpu/example_hf_logits $run 2>/dev/null | tail -1
