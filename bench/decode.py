@@ -89,6 +89,9 @@ def main():
     ap.add_argument("--compile", action="store_true", help="torch.compile transformers' forward")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
     ap.add_argument("--keep", metavar="DIR", help="save the model folder in DIR and keep it")
+    ap.add_argument("--quick", action="store_true",
+                    help="time only the default decoder (and --base), not the no-PDL, persistent "
+                         "and op-by-op variants")
     ap.add_argument("--base", metavar="BUILD",
                     help="also time the decoder of another build (a change's baseline), "
                          "alternating with this one")
@@ -126,6 +129,8 @@ def main():
         variants = [("ferric", {}, exe), ("ferric, no PDL", {"FE_DECODE_PDL": "0"}, exe),
                     ("ferric, persistent kernel", {"FE_DECODE_PERSIST": "1"}, exe),
                     ("ferric op-by-op", {"FE_DECODE": "generic"}, exe)]
+        if a.quick:
+            variants = variants[:1]
         if a.base:  # baseline and this build twice each, alternating (the card's clocks drift)
             base_exe = os.path.join(a.base, "example_hf_logits")
             variants[1:1] = [("ferric, base build", {}, base_exe), ("ferric (again)", {}, exe),

@@ -29,7 +29,7 @@
 #include <math.h>
 
 enum { DEC_THREADS = 128, DEC_WARPS = 4, DEC_CHUNK = 512, ATT_THREADS = 256, DEC_ATT_VPF = 16,
-       DEC_UNROLL = 8, DEC_AHEAD = 3, DEC_RING = 8, DEC_PF_PIECE = 4096 };
+       DEC_UNROLL = 8, DEC_AHEAD = 3, DEC_RING = 8 };
 enum { DEC_QKV = 0, DEC_SILU = 1, DEC_RESID = 2, DEC_PLAIN = 3 };
 
 /* ---- device helpers ------------------------------------------------------------------ */
@@ -69,15 +69,6 @@ __device__ __forceinline__ void dec_prefetch_l2(const void *p) {
     asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p));
 #else
     (void)p;
-#endif
-}
-
-/* ask L2 for `bytes` (a multiple of 16) from the 16-byte aligned p, without waiting */
-__device__ __forceinline__ void dec_prefetch_l2_bulk(const void *p, unsigned bytes) {
-#ifdef __CUDA_ARCH__
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-#else
-    (void)p, (void)bytes;
 #endif
 }
 
@@ -343,7 +334,7 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
 template <typename T, int D, int NT, int VPF>
 __device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, const T *Vh, int L,
                                               float *sc, float *red, float *part, float &m,
-                                              float &l) {
+                                              float &l, bool trig = false) {
     constexpr int V = cu_vn<T>::n, NC = D / V, NG = NT / NC;
     const int tid = threadIdx.x, col = tid % NC, grp = tid / NC;
     float acc[V];
@@ -378,6 +369,7 @@ __device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, cons
             lmax = fmaxf(lmax, s);
         }
         const float mn = fmaxf(m, cu_block_max(lmax, red)), corr = exp2f(m - mn);
+        if (trig && c0 == 0) dec_launch_next(); /* the first chunk's keys have arrived */
         float ls = 0.f;
         for (int t = tid; t < n; t += NT) {
             float pr = exp2f(sc[t] - mn);
@@ -428,40 +420,16 @@ __device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, cons
     __syncthreads();
 }
 
-/* Blocks that ask L2 for two ranges of pf_bytes each, a piece per thread (at most 32). */
-__host__ __device__ inline int dec_pf_blocks(int pf_bytes) {
-    const int per = ATT_THREADS * DEC_PF_PIECE, n = (2 * pf_bytes + per - 1) / per;
-    return n < 32 ? n : 32;
-}
-
-/* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32; the
- * grid has dec_pf_blocks(pf_bytes) prefetch blocks after the Hq attention blocks */
+/* out (Hq, D) = softmax(q k^T * scale) v over cached positions 0..pos, q (Hq, D) f32 */
 template <typename T, int D>
 __global__ void __launch_bounds__(ATT_THREADS)
     k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
-               int cap, float scale_log2, const char *pf0, const char *pf1, int pf_bytes) {
+               int cap, float scale_log2, int trig) {
     constexpr int NG = ATT_THREADS / (D / cu_vn<T>::n);
     __shared__ __align__(16) float qs[D];
     __shared__ float sc[DEC_CHUNK];
     __shared__ float red[32];
     __shared__ float part[NG * D];
-    const int Hq = (int)gridDim.x - dec_pf_blocks(pf_bytes);
-    if ((int)blockIdx.x >= Hq) {
-        /* A prefetch block: attention moves almost no bytes, so once the projection has
-         * finished, ask L2 for the first pf_bytes of each of the ranges pf0 and pf1 (the
-         * rows the gate/up kernel reads first) while DRAM would otherwise sit idle. */
-        dec_wait_prev();
-        dec_launch_next();
-        const int stride = ((int)gridDim.x - Hq) * ATT_THREADS * DEC_PF_PIECE;
-        for (int o = ((int)blockIdx.x - Hq) * ATT_THREADS * DEC_PF_PIECE + (int)threadIdx.x *
-                                                                                DEC_PF_PIECE;
-             o < 2 * pf_bytes; o += stride) {
-            const int r = o < pf_bytes ? o : o - pf_bytes, n = pf_bytes - r;
-            dec_prefetch_l2_bulk((o < pf_bytes ? pf0 : pf1) + r,
-                                 (unsigned)(n < DEC_PF_PIECE ? n : DEC_PF_PIECE));
-        }
-        return;
-    }
     if (blockIdx.x % G == 0) { /* once per KV head: the cached rows before this step's to L2
                                 * while the projection still runs (params is set before the
                                 * graph starts; row pos is the projection's to write) */
@@ -472,7 +440,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
             dec_prefetch_l2(kr + o), dec_prefetch_l2(vr + o);
     }
     dec_wait_prev();
-    dec_launch_next();
+    if (trig == 0) dec_launch_next();
     const int h = blockIdx.x, tid = threadIdx.x;
     for (int i = tid; i < D; i += ATT_THREADS)
         qs[i] = q[h * D + i] * scale_log2;
@@ -480,7 +448,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
     float m, l;
     dec_attn_core<T, D, ATT_THREADS, DEC_ATT_VPF>(qs, kc + (size_t)(h / G) * cap * D,
                                      vc + (size_t)(h / G) * cap * D, params[1] + 1, sc, red, part,
-                                     m, l);
+                                     m, l, trig == 1);
+    if (trig == 2) dec_launch_next();
     for (int i = tid; i < D; i += ATT_THREADS) {
         float s = 0.f;
         for (int g = 0; g < NG; g++)
@@ -995,8 +964,7 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
-    double att_prefetch_bytes; /* gate/up weights asked to L2 during attention
-                                * (FE_DECODE_ATT_PREFETCH_MB) */
+    int att_trigger;   /* when attention lets the output product launch (FE_DECODE_ATT_TRIGGER) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     int *tops_host, *tops_dev; /* pinned, mapped: greedy step i's argmax at i % DEC_RING */
@@ -1056,7 +1024,12 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
      * step: on an H200 (TinyLlama shape) that gave 1142 tokens/s against 1106 with one
      * warp, 973 with four, and 1109 choosing 2 or 4 by the number of pairs */
     const int vec = 16 / (int)sizeof(T);
-    a.ks = e->ksplit ? e->ksplit : a.K / 2 >= 32 * vec ? 2 : 1;
+    a.ks = e->ksplit > 0 ? e->ksplit : a.K / 2 >= 32 * vec ? 2 : 1;
+    if (e->ksplit < 0 && a.ks == 2) { /* experiment: one warp a pair where that makes one round */
+        int cap = e->dev->sm_count * e->blocks_per_sm;
+        if (e->max_blocks > 0 && cap > e->max_blocks) cap = e->max_blocks;
+        if (a.npairs * 2 > cap * DEC_WARPS && a.npairs <= cap * DEC_WARPS) a.ks = 1;
+    }
     return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
                       dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
@@ -1067,9 +1040,6 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
     const int C = (int)d->dim, F = (int)d->ffn_dim, D = (int)d->head_dim, Hq = (int)d->n_heads,
               Hkv = (int)d->n_kv_heads, QD = Hq * D;
     const float eps = (float)d->eps, sl2 = (float)(1.4426950408889634 / sqrt((double)D));
-    /* bytes of the gate rows and of the up rows asked to L2 during attention: whole pieces */
-    double pfr = e->att_prefetch_bytes / 2, rows = (double)F * C * sizeof(T);
-    const int pf = (int)((pfr < rows ? pfr : rows) / DEC_PF_PIECE) * DEC_PF_PIECE;
     fe_status st = dec_kernel(e, true, "decode embedding kernel", k_dec_embed<T>,
                               (unsigned)(C + 255) / 256, 256, 0, e->x, (const T *)d->embed,
                               (const int *)e->params, C);
@@ -1083,11 +1053,10 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         st = dec_launch<T, DEC_QKV>(e, a);
         if (st) break;
         st = dec_kernel(e, false, "decode attention kernel",
-                        D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>,
-                        (unsigned)(Hq + dec_pf_blocks(pf)), ATT_THREADS, 0, (const float *)e->q,
-                        (const T *)L->k_cache, (const T *)L->v_cache, e->att,
-                        (const int *)e->params, Hq / Hkv, (int)d->capacity, sl2,
-                        (const char *)L->w_gate, (const char *)L->w_up, pf);
+                        D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
+                        ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
+                        (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
+                        (int)d->capacity, sl2, e->att_trigger);
         if (st) break;
         a = dec_gemv_args{};
         a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
@@ -1351,10 +1320,9 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     e->max_blocks = mb && atoi(mb) > 0 ? atoi(mb) : 0;
     const char *ksp = getenv("FE_DECODE_KSPLIT");
     int kv = ksp ? atoi(ksp) : 0;
-    e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
-    const char *apf = getenv("FE_DECODE_ATT_PREFETCH_MB");
-    double apv = apf ? atof(apf) : 0.0;
-    e->att_prefetch_bytes = (apv > 0 && apv <= 256 ? apv : 0.0) * 1048576.0;
+    e->ksplit = kv == 1 || kv == 2 || kv == 4 || kv == -1 ? kv : 0;
+    const char *atr = getenv("FE_DECODE_ATT_TRIGGER");
+    e->att_trigger = atr && (atoi(atr) == 1 || atoi(atr) == 2) ? atoi(atr) : 0;
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
