@@ -439,6 +439,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         for (int o = (int)threadIdx.x * 128; o < bytes; o += ATT_THREADS * 128)
             dec_prefetch_l2(kr + o), dec_prefetch_l2(vr + o);
     }
+    if (trig == -1) dec_launch_next();
     dec_wait_prev();
     if (trig == 0) dec_launch_next();
     const int h = blockIdx.x, tid = threadIdx.x;
@@ -964,6 +965,7 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
+    int ks_of[5];      /* experiment: warps per pair of QKV, output, gate/up, down, LM head */
     int att_trigger;   /* when attention lets the output product launch (FE_DECODE_ATT_TRIGGER) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
@@ -1018,7 +1020,7 @@ static fe_status dec_kernel(fe_cuda_decode *e, bool first, const char *what, voi
 }
 
 template <typename T, int MODE>
-static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
+static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a, int which) {
     a.params = e->params;
     /* two warps per row pair, each over half of K, wherever a half keeps a full 32-lane
      * step: on an H200 (TinyLlama shape) that gave 1142 tokens/s against 1106 with one
@@ -1030,6 +1032,7 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
         if (e->max_blocks > 0 && cap > e->max_blocks) cap = e->max_blocks;
         if (a.npairs * 2 > cap * DEC_WARPS && a.npairs <= cap * DEC_WARPS) a.ks = 1;
     }
+    if (e->ks_of[which]) a.ks = e->ks_of[which]; /* experiment: FE_DECODE_KS */
     return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
                       dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
@@ -1050,7 +1053,7 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         a.K = C, a.npairs = (Hq + 2 * Hkv) * (D / 2), a.x = e->x, a.g = L->ln_attn, a.eps = eps;
         a.out = e->q, a.kc = L->k_cache, a.vc = L->v_cache, a.inv_freq = d->inv_freq;
         a.D = D, a.Hq = Hq, a.Hkv = Hkv, a.cap = (int)d->capacity;
-        st = dec_launch<T, DEC_QKV>(e, a);
+        st = dec_launch<T, DEC_QKV>(e, a, 0);
         if (st) break;
         st = dec_kernel(e, false, "decode attention kernel",
                         D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
@@ -1060,21 +1063,21 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         if (st) break;
         a = dec_gemv_args{};
         a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
-        if ((st = dec_launch<T, DEC_RESID>(e, a))) break;
+        if ((st = dec_launch<T, DEC_RESID>(e, a, 1))) break;
         a = dec_gemv_args{};
         a.w[0] = L->w_gate, a.w[1] = L->w_up, a.K = C, a.npairs = F, a.x = e->x;
         a.g = L->ln_mlp, a.eps = eps, a.out = e->h;
-        if ((st = dec_launch<T, DEC_SILU>(e, a))) break;
+        if ((st = dec_launch<T, DEC_SILU>(e, a, 2))) break;
         a = dec_gemv_args{};
         a.w[0] = L->w_down, a.K = F, a.n = C, a.npairs = (C + 1) / 2, a.x = e->h, a.out = e->x;
-        st = dec_launch<T, DEC_RESID>(e, a);
+        st = dec_launch<T, DEC_RESID>(e, a, 3);
     }
     if (!st) {
         dec_gemv_args a = {};
         int V = (int)d->vocab;
         a.w[0] = d->lm_head, a.K = C, a.n = V, a.npairs = (V + 1) / 2, a.x = e->x;
         a.g = d->final_norm, a.eps = eps, a.out = e->logits;
-        st = dec_launch<T, DEC_PLAIN>(e, a);
+        st = dec_launch<T, DEC_PLAIN>(e, a, 4);
     }
     if (!st)
         st = dec_kernel(e, false, "decode argmax kernel", k_dec_argmax, 1, 1024, 0,
@@ -1322,7 +1325,15 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     int kv = ksp ? atoi(ksp) : 0;
     e->ksplit = kv == 1 || kv == 2 || kv == 4 || kv == -1 ? kv : 0;
     const char *atr = getenv("FE_DECODE_ATT_TRIGGER");
-    e->att_trigger = atr && (atoi(atr) == 1 || atoi(atr) == 2) ? atoi(atr) : 0;
+    e->att_trigger = atr && atoi(atr) >= -1 && atoi(atr) <= 2 ? atoi(atr) : 0;
+    const char *ksl = getenv("FE_DECODE_KS");
+    for (int i = 0; ksl && i < 5 && *ksl; i++) {
+        int v = atoi(ksl);
+        e->ks_of[i] = v == 1 || v == 2 || v == 4 ? v : 0;
+        ksl = strchr(ksl, ',');
+        if (!ksl) break;
+        ksl++;
+    }
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
