@@ -965,7 +965,7 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
-    int ks_of[5];      /* experiment: warps per pair of QKV, output, gate/up, down, LM head */
+    int ks_of[5];      /* experiment (FE_DECODE_KS=q:o:gu:d:lm): warps per pair of each product */
     int att_trigger;   /* when attention lets the output product launch (FE_DECODE_ATT_TRIGGER) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
@@ -1330,7 +1330,7 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     for (int i = 0; ksl && i < 5 && *ksl; i++) {
         int v = atoi(ksl);
         e->ks_of[i] = v == 1 || v == 2 || v == 4 ? v : 0;
-        ksl = strchr(ksl, ',');
+        ksl = strchr(ksl, ':');
         if (!ksl) break;
         ksl++;
     }
