@@ -186,7 +186,7 @@ template <class T, int D> static void check_attn(int Hq, int Hkv, int pos) {
     const double scale = 1.0 / sqrt((double)D);
     emu::launch(Hq, ATT_THREADS, 0, [&] {
         k_dec_attn<T, D>(q.data(), kc.data(), vc.data(), out.data(), params, Hq / Hkv, cap,
-                         (float)(1.4426950408889634 * scale), pos % 3);
+                         (float)(1.4426950408889634 * scale));
     });
     std::vector<double> got(out.begin(), out.begin() + (size_t)Hq * D), ref((size_t)Hq * D);
     std::vector<double> qd(q.begin(), q.end());

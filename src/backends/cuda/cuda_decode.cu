@@ -334,7 +334,7 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
 template <typename T, int D, int NT, int VPF>
 __device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, const T *Vh, int L,
                                               float *sc, float *red, float *part, float &m,
-                                              float &l, bool trig = false) {
+                                              float &l) {
     constexpr int V = cu_vn<T>::n, NC = D / V, NG = NT / NC;
     const int tid = threadIdx.x, col = tid % NC, grp = tid / NC;
     float acc[V];
@@ -369,7 +369,6 @@ __device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, cons
             lmax = fmaxf(lmax, s);
         }
         const float mn = fmaxf(m, cu_block_max(lmax, red)), corr = exp2f(m - mn);
-        if (trig && c0 == 0) dec_launch_next(); /* the first chunk's keys have arrived */
         float ls = 0.f;
         for (int t = tid; t < n; t += NT) {
             float pr = exp2f(sc[t] - mn);
@@ -424,7 +423,7 @@ __device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, cons
 template <typename T, int D>
 __global__ void __launch_bounds__(ATT_THREADS)
     k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
-               int cap, float scale_log2, int trig) {
+               int cap, float scale_log2) {
     constexpr int NG = ATT_THREADS / (D / cu_vn<T>::n);
     __shared__ __align__(16) float qs[D];
     __shared__ float sc[DEC_CHUNK];
@@ -439,9 +438,8 @@ __global__ void __launch_bounds__(ATT_THREADS)
         for (int o = (int)threadIdx.x * 128; o < bytes; o += ATT_THREADS * 128)
             dec_prefetch_l2(kr + o), dec_prefetch_l2(vr + o);
     }
-    if (trig == -1) dec_launch_next();
     dec_wait_prev();
-    if (trig == 0) dec_launch_next();
+    dec_launch_next();
     const int h = blockIdx.x, tid = threadIdx.x;
     for (int i = tid; i < D; i += ATT_THREADS)
         qs[i] = q[h * D + i] * scale_log2;
@@ -449,8 +447,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
     float m, l;
     dec_attn_core<T, D, ATT_THREADS, DEC_ATT_VPF>(qs, kc + (size_t)(h / G) * cap * D,
                                      vc + (size_t)(h / G) * cap * D, params[1] + 1, sc, red, part,
-                                     m, l, trig == 1);
-    if (trig == 2) dec_launch_next();
+                                     m, l);
     for (int i = tid; i < D; i += ATT_THREADS) {
         float s = 0.f;
         for (int g = 0; g < NG; g++)
@@ -965,8 +962,6 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
-    int ks_of[5];      /* experiment (FE_DECODE_KS=q:o:gu:d:lm): warps per pair of each product */
-    int att_trigger;   /* when attention lets the output product launch (FE_DECODE_ATT_TRIGGER) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     int *tops_host, *tops_dev; /* pinned, mapped: greedy step i's argmax at i % DEC_RING */
@@ -1020,19 +1015,20 @@ static fe_status dec_kernel(fe_cuda_decode *e, bool first, const char *what, voi
 }
 
 template <typename T, int MODE>
-static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a, int which) {
+static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
     a.params = e->params;
-    /* two warps per row pair, each over half of K, wherever a half keeps a full 32-lane
-     * step: on an H200 (TinyLlama shape) that gave 1142 tokens/s against 1106 with one
-     * warp, 973 with four, and 1109 choosing 2 or 4 by the number of pairs */
+    /* Two warps per row pair, each over half of K, wherever a half keeps a full 32-lane step
+     * (on an H200, TinyLlama shape: 1142 tokens/s against 1106 with one warp everywhere, 973
+     * with four); but one warp a pair where two would take two rounds of the grid's warps and
+     * one takes one (the QKV product there: +0.9%, tenth session). */
     const int vec = 16 / (int)sizeof(T);
-    a.ks = e->ksplit > 0 ? e->ksplit : a.K / 2 >= 32 * vec ? 2 : 1;
-    if (e->ksplit < 0 && a.ks == 2) { /* experiment: one warp a pair where that makes one round */
-        int cap = e->dev->sm_count * e->blocks_per_sm;
-        if (e->max_blocks > 0 && cap > e->max_blocks) cap = e->max_blocks;
-        if (a.npairs * 2 > cap * DEC_WARPS && a.npairs <= cap * DEC_WARPS) a.ks = 1;
+    a.ks = e->ksplit ? e->ksplit : a.K / 2 >= 32 * vec ? 2 : 1;
+    if (!e->ksplit && a.ks == 2) {
+        int warps = e->dev->sm_count * e->blocks_per_sm;
+        if (e->max_blocks > 0 && warps > e->max_blocks) warps = e->max_blocks;
+        warps *= DEC_WARPS;
+        if (a.npairs * 2 > warps && a.npairs <= warps) a.ks = 1;
     }
-    if (e->ks_of[which]) a.ks = e->ks_of[which]; /* experiment: FE_DECODE_KS */
     return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
                       dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
@@ -1053,31 +1049,31 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         a.K = C, a.npairs = (Hq + 2 * Hkv) * (D / 2), a.x = e->x, a.g = L->ln_attn, a.eps = eps;
         a.out = e->q, a.kc = L->k_cache, a.vc = L->v_cache, a.inv_freq = d->inv_freq;
         a.D = D, a.Hq = Hq, a.Hkv = Hkv, a.cap = (int)d->capacity;
-        st = dec_launch<T, DEC_QKV>(e, a, 0);
+        st = dec_launch<T, DEC_QKV>(e, a);
         if (st) break;
         st = dec_kernel(e, false, "decode attention kernel",
                         D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
                         ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
                         (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
-                        (int)d->capacity, sl2, e->att_trigger);
+                        (int)d->capacity, sl2);
         if (st) break;
         a = dec_gemv_args{};
         a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
-        if ((st = dec_launch<T, DEC_RESID>(e, a, 1))) break;
+        if ((st = dec_launch<T, DEC_RESID>(e, a))) break;
         a = dec_gemv_args{};
         a.w[0] = L->w_gate, a.w[1] = L->w_up, a.K = C, a.npairs = F, a.x = e->x;
         a.g = L->ln_mlp, a.eps = eps, a.out = e->h;
-        if ((st = dec_launch<T, DEC_SILU>(e, a, 2))) break;
+        if ((st = dec_launch<T, DEC_SILU>(e, a))) break;
         a = dec_gemv_args{};
         a.w[0] = L->w_down, a.K = F, a.n = C, a.npairs = (C + 1) / 2, a.x = e->h, a.out = e->x;
-        st = dec_launch<T, DEC_RESID>(e, a, 3);
+        st = dec_launch<T, DEC_RESID>(e, a);
     }
     if (!st) {
         dec_gemv_args a = {};
         int V = (int)d->vocab;
         a.w[0] = d->lm_head, a.K = C, a.n = V, a.npairs = (V + 1) / 2, a.x = e->x;
         a.g = d->final_norm, a.eps = eps, a.out = e->logits;
-        st = dec_launch<T, DEC_PLAIN>(e, a, 4);
+        st = dec_launch<T, DEC_PLAIN>(e, a);
     }
     if (!st)
         st = dec_kernel(e, false, "decode argmax kernel", k_dec_argmax, 1, 1024, 0,
@@ -1323,17 +1319,7 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     e->max_blocks = mb && atoi(mb) > 0 ? atoi(mb) : 0;
     const char *ksp = getenv("FE_DECODE_KSPLIT");
     int kv = ksp ? atoi(ksp) : 0;
-    e->ksplit = kv == 1 || kv == 2 || kv == 4 || kv == -1 ? kv : 0;
-    const char *atr = getenv("FE_DECODE_ATT_TRIGGER");
-    e->att_trigger = atr && atoi(atr) >= -1 && atoi(atr) <= 2 ? atoi(atr) : 0;
-    const char *ksl = getenv("FE_DECODE_KS");
-    for (int i = 0; ksl && i < 5 && *ksl; i++) {
-        int v = atoi(ksl);
-        e->ks_of[i] = v == 1 || v == 2 || v == 4 ? v : 0;
-        ksl = strchr(ksl, ':');
-        if (!ksl) break;
-        ksl++;
-    }
+    e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
