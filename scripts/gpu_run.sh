@@ -76,7 +76,7 @@ do_base() {
         n=$(basename "$t" .tgz)
         (rm -rf /tmp/fe-$n && mkdir -p /tmp/fe-$n && tar xzf "$t" -C /tmp/fe-$n &&
             cmake -S /tmp/fe-$n/base -B build-$n -DCMAKE_BUILD_TYPE=Release -DFE_CUDA=ON -DFE_CUDA_ARCH=90 >/dev/null &&
-            cmake --build build-$n -j$(( JOBS / 2 )) --target example_hf_logits test_decoder 2>&1 | grep -E "error|warning:" | head -20) &
+            cmake --build build-$n -j$(( JOBS / 2 )) --target ferric example_hf_logits test_decoder 2>&1 | grep -E "error|warning:" | head -20) &
     done
     wait
     for t in .shared/*.tgz; do [ -x build-$(basename "$t" .tgz)/example_hf_logits ] || rc=1; done
