@@ -139,8 +139,7 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         std::vector<unsigned> ticket(V, 12345u); /* the sort must zero them */
         std::vector<A> part((size_t)(2 * nq + 1) * C, (A)NAN);
         std::vector<T> gw((size_t)V * C, to_t<T>(NAN));
-        /* rows blocks: one per entry block, at least one; in the second run, more (blocks past
-         * the entries have nothing to do) */
+        /* rows blocks: one per entry block, at least one (the zeros need it when n = 0) */
         int G = std::max(nq, run ? groups + 2 : 1);
         std::vector<unsigned> o1(nslice), o2(G);
         for (int i = 0; i < nslice; i++) o1[i] = i;
@@ -148,8 +147,7 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         std::shuffle(o1.begin(), o1.end(), rng), std::shuffle(o2.begin(), o2.end(), rng);
         const void *ip = run ? (const void *)idx64.data() : (const void *)idx.data();
         emu::launch(nslice, ES_THREADS, emb_sort_smem(S), [&] {
-            k_emb_sort(ip, run == 1, n, V, S, start.data(), ticket.data(), ent.data(),
-                       (char *)gw.data(), (int64_t)C * (int64_t)sizeof(T), VN > 1);
+            k_emb_sort(ip, run == 1, n, V, S, start.data(), ticket.data(), ent.data());
         }, o1);
         /* entries (position, row, the row's first place, its end) by row, positions in order;
          * zeros past the last */

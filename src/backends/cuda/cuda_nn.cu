@@ -927,8 +927,6 @@ static fe_status rmsnorm_bwd_fast(cu_dev *d, fe_tensor *gx, fe_tensor *gw, const
                                   const fe_tensor *gextra, int64_t R, int64_t C) {
     int64_t nvec = C / (16 / (int64_t)fe_dtype_size(x->dtype));
     int vpt = nvec > RB_THREADS ? 2 : 1, tpr = 32;
-    const char *ev = getenv("FE_RMSNORM_BWD_VPT"); /* experiment: two vectors a thread */
-    if (ev && atoi(ev) == 2 && nvec >= 64) vpt = 2;
     while ((int64_t)tpr * vpt < nvec)
         tpr *= 2; /* at most RB_THREADS, as nvec <= RB_MAX_VEC */
     FR_DISPATCH(x->dtype, {
@@ -1234,10 +1232,8 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
  *    (or, where that overflowed, reading the warp's indices again): ent[] lists the positions row
  *    by row, each row's in increasing order, each entry as (position, row, the row's first place,
  *    its end) so that step 2 needs one load per entry. Every place follows from the counts
- *    alone, so the order is the same on every run. Once the counts are known, the block also
- *    writes the zeros of its slice's rows that no index hits (most of gw's bytes at a usual batch
- *    and vocabulary): the sort itself moves almost no bytes, so DRAM would otherwise idle until
- *    step 2 starts, which waits for all of it.
+ *    alone, so the order is the same on every run. The sort writes nothing of gw: it is on the
+ *    critical path (step 2 waits for all of it), so it is kept short.
  * 2. k_emb_rows (programmatic dependent launch: it launches while the sort runs): block q < nq
  *    takes the sorted entries [q H, q H + H). A row with at most H entries is summed whole by the
  *    block in which it begins (so a block reads at most 2 H entries) and written once. A longer
@@ -1246,6 +1242,10 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
  *    counts the piece on ticket[v] (zeroed by the sort), and the block that brings the count to
  *    the row's number of pieces adds the pieces in order of q and writes the row. So a row hit
  *    thousands of times is spread over many blocks, and nothing depends on which block came last.
+ *    Every block (there may be more than nq, for the zeros alone) also writes zeros to the rows
+ *    no index hits (start[v] == start[v + 1]), most of gw's bytes: the 32-row group g is block
+ *    g % G's (G blocks), each of its zero rows one warp's. So these stores overlap with the sums
+ *    and are spread over the blocks wherever the hits fall.
  * Sums are in f32 (f64 for f64) with one rounding; within a piece, in position order. Rows move
  * in VN-element pieces: 16-byte vectors when C * es is a multiple of 16 and the pointers are
  * 16-byte aligned, else single elements. */
@@ -1313,6 +1313,12 @@ template <typename T, int VN, typename A> __device__ __forceinline__ void emb_st
             g[e] = f[e];
         emb_st16(p, cu_vpack<T>(g));
     }
+}
+template <typename T, int VN> __device__ __forceinline__ void emb_zero(T *p) {
+    if constexpr (VN == 1)
+        p[0] = cu_cast<T>(0.f);
+    else
+        emb_st16(p, make_uint4(0, 0, 0, 0)); /* +0 in every float dtype */
 }
 /* VN compute-type values (the partial sum of a piece) to p, 16 bytes at a time where VN allows. */
 template <int VN, typename A> __device__ __forceinline__ void emb_st_acc(A *p, const A *f) {
@@ -1426,8 +1432,7 @@ __device__ __forceinline__ void emb_place(int k, int p, int v0, int ns, int *cw,
  * per[S], first[S], lpos[ES_WARPS][ES_LIST] and lkey[ES_WARPS][ES_LIST] ints. */
 __global__ void __launch_bounds__(ES_THREADS, 1)
     k_emb_sort(const void *__restrict__ idx, bool i64, int n, int V, int S, int *__restrict__ start,
-               unsigned *__restrict__ ticket, int4 *__restrict__ ent, char *__restrict__ gw,
-               int64_t row_bytes, bool vec) {
+               unsigned *__restrict__ ticket, int4 *__restrict__ ent) {
     extern __shared__ int es_sh[];
     __shared__ int wsum[32];
     /* cnt[w * S + r]: warp w's count of row v0 + r, later its next place; per[r]: the row's
@@ -1496,19 +1501,6 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
     }
     __syncthreads();
 
-    /* the zeros of the slice's rows that no index hits, a row a warp: stores that drain while
-     * pass 2 runs and step 2 waits, instead of DRAM idling through the sort */
-    for (int r = warp; r < ns; r += ES_WARPS) {
-        if (per[r]) continue;
-        char *p = gw + (int64_t)(v0 + r) * row_bytes;
-        if (vec)
-            for (int64_t j = (int64_t)lane * 16; j < row_bytes; j += 32 * 16)
-                emb_st16(p + j, make_uint4(0, 0, 0, 0));
-        else
-            for (int64_t j = lane; j < row_bytes; j += 32)
-                p[j] = 0;
-    }
-
     /* pass 2: every position of the slice to its place, from the warp's list where it holds them
      * all (the usual case: a slice is a small part of V), else from the indices again */
     int *cw = cnt + warp * S;
@@ -1533,9 +1525,29 @@ static size_t emb_sort_smem(int64_t S) {
     return ((size_t)(ES_WARPS + 2) * (size_t)S + 2 * ES_WARPS * ES_LIST) * sizeof(int);
 }
 
+/* Step 2's zeros (see above): the rows of this block's 32-row groups that no index hits. Every
+ * warp reads the group's start[] (one load a lane) and takes the rows g 32 + w, g 32 + w + nw, ...
+ * Called by every thread of the block; warp-uniform. */
+template <typename T, int VN>
+__device__ __forceinline__ void emb_zero_rows(T *__restrict__ gw, const int *__restrict__ start,
+                                              int V, int64_t C) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    int64_t nv = C / VN;
+    for (int64_t g = blockIdx.x; g * 32 < V; g += gridDim.x) {
+        int64_t v = g * 32 + lane;
+        unsigned z = __ballot_sync(0xffffffffu, v < V && start[v] == start[v + 1]);
+        for (int r = warp; r < 32; r += nw)
+            if (z >> r & 1) {
+                T *p = gw + (g * 32 + r) * C;
+                for (int64_t j = lane; j < nv; j += 32)
+                    emb_zero<T, VN>(p + j * VN);
+            }
+    }
+}
+
 /* Step 2 (see above): block q over the sorted entries [q H, q H + 2 H) (ent holds n entries, the
- * first M = start[V] of them sorted, the rest zeros; a block past them has none). Dynamic shared
- * memory: pos, row and flag, 2 H ints each;
+ * first M = start[V] of them sorted, the rest zeros; a block past them has none), and the zeros
+ * of the 32-row groups q, q + G, ... Dynamic shared memory: pos, row and flag, 2 H ints each;
  * flag: 1 = last entry of a row or piece, 2 = hot piece, 4 = slot 1. */
 template <typename T, int VN>
 __global__ void __launch_bounds__(ER_THREADS)
@@ -1596,6 +1608,7 @@ __global__ void __launch_bounds__(ER_THREADS)
             }
         }
     }
+    emb_zero_rows<T, VN>(gw, start, V, C);
     if (hot_row[0] < 0 && hot_row[1] < 0) return; /* uniform */
     /* count this block's pieces; the block that completes a row adds its pieces in order */
     __threadfence(); /* the partial sums are visible before the count says so */
@@ -1650,7 +1663,11 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
     while ((n + H - 1) / H > 2048 && H < 1024)
         H *= 2;
     int64_t nq = (n + H - 1) / H;
-    int64_t G = nq > 0 ? nq : 1; /* blocks of k_emb_rows */
+    /* blocks of k_emb_rows: nq, or more where the zeros need them (four a multiprocessor, as long
+     * as there are 32-row groups for them) */
+    int64_t groups = (V + 31) / 32, G = 4 * (int64_t)d->sm_count;
+    if (G > groups) G = groups;
+    if (G < nq) G = nq;
     size_t o_start = 0, o_ticket = o_start + emb_align((size_t)(V + 1) * 4),
            o_ent = o_ticket + emb_align((size_t)V * 4),
            o_part = o_ent + emb_align((size_t)(n > 0 ? n : 1) * sizeof(int4)),
@@ -1668,8 +1685,7 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
                       "cudaFuncSetAttribute");
     if (!st) {
         k_emb_sort<<<(unsigned)nslice, ES_THREADS, es_smem, d->stream>>>(
-            fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, (int)S, start, ticket, ent,
-            (char *)fe__ptr(gw), C * (int64_t)sizeof(T), VN > 1);
+            fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, (int)S, start, ticket, ent);
         st = cu_launched("embedding backward kernel (sort)");
     }
     if (!st)
