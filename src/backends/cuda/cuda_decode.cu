@@ -332,9 +332,10 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
  * sum l in every thread and each group's unnormalised sums in part[group][D] (NT / (D / V)
  * groups), followed by a barrier. red holds 32 floats. */
 template <typename T, int D, int NT, int VPF>
-__device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, const T *Vh, int L,
+__device__ __forceinline__ void dec_attn_core(float *qs, const T *Kh, const T *Vh, int L,
                                               float *sc, float *red, float *part, float &m,
-                                              float &l) {
+                                              float &l, const float *qsrc = nullptr,
+                                              float qscale = 1.f) {
     constexpr int V = cu_vn<T>::n, NC = D / V, NG = NT / NC;
     const int tid = threadIdx.x, col = tid % NC, grp = tid / NC;
     float acc[V];
@@ -349,13 +350,25 @@ __device__ __forceinline__ void dec_attn_core(const float *qs, const T *Kh, cons
         for (int i = 0; i < VPF; i++)
             vp[i] = grp + i * NG < n ? cu_ld16(Vh + (size_t)(c0 + grp + i * NG) * D + col * V)
                                      : make_uint4(0, 0, 0, 0);
-        float lmax = -INFINITY;
-        for (int t = tid; t < n; t += NT) { /* a thread per position: q . k */
-            const T *kr = Kh + (size_t)(c0 + t) * D;
-            uint4 u[NC];
+        /* the key row of the thread's first position, requested with the values where its
+         * registers allow (a key row of up to 128 bytes; longer ones spilled) */
+        constexpr bool EARLY = NC <= 8;
+        uint4 u[NC];
+        if (EARLY && tid < n)
 #pragma unroll
             for (int c = 0; c < NC; c++)
-                u[c] = cu_ld16(kr + c * V);
+                u[c] = cu_ld16(Kh + (size_t)(c0 + tid) * D + c * V);
+        if (qsrc && c0 == 0) { /* q to shared memory while those loads are in flight */
+            for (int i = tid; i < D; i += NT)
+                qs[i] = qsrc[i] * qscale;
+            __syncthreads();
+        }
+        float lmax = -INFINITY;
+        for (int t = tid; t < n; t += NT) { /* a thread per position: q . k */
+            if (!EARLY || t != tid)
+#pragma unroll
+                for (int c = 0; c < NC; c++)
+                    u[c] = cu_ld16(Kh + (size_t)(c0 + t) * D + c * V);
             float s = 0.f;
 #pragma unroll
             for (int c = 0; c < NC; c++) {
@@ -441,19 +454,21 @@ __global__ void __launch_bounds__(ATT_THREADS)
     dec_wait_prev();
     dec_launch_next();
     const int h = blockIdx.x, tid = threadIdx.x;
-    for (int i = tid; i < D; i += ATT_THREADS)
-        qs[i] = q[h * D + i] * scale_log2;
-    __syncthreads();
-    float m, l;
+    float m, l; /* q is read inside, once the first key and value rows are requested */
     dec_attn_core<T, D, ATT_THREADS, DEC_ATT_VPF>(qs, kc + (size_t)(h / G) * cap * D,
                                      vc + (size_t)(h / G) * cap * D, params[1] + 1, sc, red, part,
-                                     m, l);
-    for (int i = tid; i < D; i += ATT_THREADS) {
-        float s = 0.f;
-        for (int g = 0; g < NG; g++)
-            s += part[g * D + i];
-        out[h * D + i] = s / l;
-    }
+                                     m, l, q + h * D, scale_log2);
+    /* the groups' sums: R adjacent threads a column, each over every R-th group, then added
+     * across the R lanes (a fixed order) */
+    constexpr int R = ATT_THREADS / D;
+    static_assert(R >= 1 && R <= 32 && (R & (R - 1)) == 0 && NG % R == 0, "attention reduction");
+    float s = 0.f;
+    for (int g = tid % R; g < NG; g += R)
+        s += part[g * D + tid / R];
+#pragma unroll
+    for (int o = 1; o < R; o <<= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (tid % R == 0) out[h * D + tid / R] = s / l;
 }
 
 /* ---- the persistent decoder ------------------------------------------------------------ */
