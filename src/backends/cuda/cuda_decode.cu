@@ -22,7 +22,8 @@
  * in 16-byte loads), softmax is online across those chunks in base 2, and the value
  * rows are accumulated by (16-byte column chunk, position group) threads, reduced in
  * shared memory at the end. A thread requests its first DEC_ATT_VPF value rows of a
- * chunk before the scores, which they do not depend on. */
+ * chunk before the scores, which they do not depend on, and (head dim 64 in bf16/f16) its
+ * first key row with them, before it reads q. */
 #include "backends/cuda/cuda_decode.h"
 #include "backends/cuda/cuda_internal.cuh"
 
@@ -328,7 +329,10 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
  * online across chunks of up to DEC_CHUNK positions (scores in sc) in base 2, the value rows
  * accumulated by (16-byte column chunk, position group) threads; each thread's first VPF value
  * rows of a chunk are requested before its scores (one to two fewer L2 round trips after the
- * softmax: +1.9% tokens/s on an H200 with 16), the rest four at a time after. Leaves the running max m and
+ * softmax: +1.9% tokens/s on an H200 with 16), the rest four at a time after. With qsrc, qs is
+ * filled here (qsrc times qscale) once the first chunk's first key row (where it fits in
+ * registers) and value rows are requested, so q's round trip overlaps theirs (+0.6% on an H200,
+ * tenth session). Leaves the running max m and
  * sum l in every thread and each group's unnormalised sums in part[group][D] (NT / (D / V)
  * groups), followed by a barrier. red holds 32 floats. */
 template <typename T, int D, int NT, int VPF>
