@@ -1008,10 +1008,16 @@ extern "C" fe_status fe_cuda_decode_supported(const fe_cuda_decode_desc *d) {
     return FE_OK;
 }
 
-/* Blocks for npairs warp tasks: at most `per_sm` blocks per SM, every warp the same count. */
-static unsigned dec_grid(const fe_cuda_decode *e, int npairs) {
+/* The most matrix-vector blocks a grid may have: blocks_per_sm a multiprocessor, at most
+ * max_blocks. */
+static int dec_block_cap(const fe_cuda_decode *e) {
     int cap = e->dev->sm_count * e->blocks_per_sm;
-    if (e->max_blocks > 0 && cap > e->max_blocks) cap = e->max_blocks;
+    return e->max_blocks > 0 && cap > e->max_blocks ? e->max_blocks : cap;
+}
+
+/* Blocks for npairs warp tasks: at most dec_block_cap, every warp the same count. */
+static unsigned dec_grid(const fe_cuda_decode *e, int npairs) {
+    const int cap = dec_block_cap(e);
     int per = (npairs + DEC_WARPS * cap - 1) / (DEC_WARPS * cap);
     if (per < 1) per = 1;
     int g = (npairs + DEC_WARPS * per - 1) / (DEC_WARPS * per);
@@ -1042,12 +1048,8 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
      * one takes one (the QKV product there: +0.9%, tenth session). */
     const int vec = 16 / (int)sizeof(T);
     a.ks = e->ksplit ? e->ksplit : a.K / 2 >= 32 * vec ? 2 : 1;
-    if (!e->ksplit && a.ks == 2) {
-        int warps = e->dev->sm_count * e->blocks_per_sm;
-        if (e->max_blocks > 0 && warps > e->max_blocks) warps = e->max_blocks;
-        warps *= DEC_WARPS;
-        if (a.npairs * 2 > warps && a.npairs <= warps) a.ks = 1;
-    }
+    const int warps = dec_block_cap(e) * DEC_WARPS;
+    if (!e->ksplit && a.ks == 2 && a.npairs * 2 > warps && a.npairs <= warps) a.ks = 1;
     return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
                       dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
