@@ -20,10 +20,8 @@
 #include "emu_check.h"
 
 #include <algorithm>
-#include <random>
 
 #include "decode_kernels.inc"
-
 
 /* The grid dec_grid gives for `tasks` warp tasks under a cap of `cap` blocks. */
 static unsigned grid_for(int tasks, int cap) {

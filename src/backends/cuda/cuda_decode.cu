@@ -341,6 +341,9 @@ __device__ __forceinline__ void dec_attn_core(float *qs, const T *Kh, const T *V
                                               float &l, const float *qsrc = nullptr,
                                               float qscale = 1.f) {
     constexpr int V = cu_vn<T>::n, NC = D / V, NG = NT / NC;
+    /* a thread's first key row is requested with its value rows where its registers allow
+     * (key rows of up to 128 bytes; longer ones spilled) */
+    constexpr bool EARLY = NC <= 8;
     const int tid = threadIdx.x, col = tid % NC, grp = tid / NC;
     float acc[V];
     m = -INFINITY, l = 0.f;
@@ -354,10 +357,7 @@ __device__ __forceinline__ void dec_attn_core(float *qs, const T *Kh, const T *V
         for (int i = 0; i < VPF; i++)
             vp[i] = grp + i * NG < n ? cu_ld16(Vh + (size_t)(c0 + grp + i * NG) * D + col * V)
                                      : make_uint4(0, 0, 0, 0);
-        /* the key row of the thread's first position, requested with the values where its
-         * registers allow (a key row of up to 128 bytes; longer ones spilled) */
-        constexpr bool EARLY = NC <= 8;
-        uint4 u[NC];
+        uint4 u[NC]; /* the key row of the thread's position */
         if (EARLY && tid < n)
 #pragma unroll
             for (int c = 0; c < NC; c++)
