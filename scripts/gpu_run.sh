@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashab
+#                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -214,35 +214,6 @@ do_flashprof() {
             | grep -v "^==PROF==" | grep -E -v "^\s*$" | cut -c1-160
     done
 }
-# The flash kernels' grid order (fa_params::order) A/B: flash_check built with FA_ORDER 0 and 1,
-# order 1 checked, both timed twice alternating, PyTorch beside order 1, then DRAM bytes of one
-# T = 8192 backward and forward launch under each order.
-do_flashab() {
-    local o rc=0
-    mkdir -p build-flash
-    for o in 0 1; do
-        nvcc -O3 -std=c++17 -arch=sm_90 -lineinfo -Iinclude -Isrc -DFA_ORDER=$o \
-            tests/flash/flash_check.cu src/backends/cuda/flash_attention.cu \
-            -o build-flash/flash_check_o$o || return 1
-    done
-    build-flash/flash_check_o1 | tail -n 3 || rc=1
-    for r in 1 2; do
-        for o in 0 1; do
-            echo "## order $o round $r"
-            build-flash/flash_check_o$o --bench --all | grep "BENCH"
-        done
-    done
-    python3 bench/attention.py --binary build-flash/flash_check_o1 --all
-    for o in 0 1; do
-        for k in fa_bwd8_kernel fa_fwd_kernel; do
-            echo "## order $o $k T 8192"
-            timeout 100 ncu --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct \
-                -k "regex:$k" --launch-skip 80 --launch-count 1 build-flash/flash_check_o$o --bench \
-                | grep -E "duration|bytes|hit_rate"
-        done
-    done
-    return $rc
-}
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
 do_profile() {
     local preset=${PROFILE_PRESET:-small}
@@ -281,7 +252,6 @@ for s in "$@"; do
     clocks) stage clocks do_clocks ;;
     flashncu) stage flashncu do_flashncu ;;
     flashprof) stage flashprof do_flashprof ;;
-    flashab) stage flashab do_flashab ;;
     *) echo "unknown stage $s" ;;
     esac
 done

@@ -377,7 +377,7 @@ static double rel_err(const std::vector<double> &x, const std::vector<double> &r
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static bool run_case(const Case &c, int order) {
+static bool run_case(const Case &c) {
     const int D = c.D, B = c.B, Hq = c.Hq, Hkv = c.Hkv, T = c.T, S = c.S, G = Hq / Hkv;
     const double scale = 1.0 / sqrt((double)D);
     const size_t nq = (size_t)B * Hq * T * D, nk = (size_t)B * Hkv * S * D;
@@ -410,7 +410,6 @@ static bool run_case(const Case &c, int order) {
     p.dk = G > 1 ? dk.data() : NULL, p.dv = G > 1 ? dv.data() : NULL;
     p.Hq = Hq, p.Hkv = Hkv, p.G = G, p.T = T, p.S = S, p.causal = c.causal;
     p.scale = (float)scale, p.sl2 = (float)(scale * 1.4426950408889634);
-    p.order = order;
 
     /* the launch geometry of the host launchers (the conversions with few blocks, so
      * that their grid-stride loops turn) */
@@ -418,13 +417,9 @@ static bool run_case(const Case &c, int order) {
     const int conv_kv_blocks = (S * (D / 8) + 255) / 256 > 1 ? 2 : 1;
     const int pre_rows = D == 64 ? fa_pre<64>::rows : fa_pre<128>::rows;
     auto run = [&](auto fwd, auto pre, auto bwd, auto conv) {
-        auto grid = [&](int heads, int tiles, int nt, size_t smem, std::function<void()> fn) {
-            if (order) emu::launch(tiles, heads, B, nt, smem, fn);
-            else emu::launch(heads, B, tiles, nt, smem, fn);
-        };
-        grid(Hq, (T + fa_fwd_br(D) - 1) / fa_fwd_br(D), FA_NT, fa_fwd_smem(D), [&] { fwd(p); });
+        emu::launch(Hq, B, (T + fa_fwd_br(D) - 1) / fa_fwd_br(D), FA_NT, fa_fwd_smem(D), [&] { fwd(p); });
         emu::launch((FA_TPAD(T) + pre_rows - 1) / pre_rows, Hq, B, 256, 0, [&] { pre(p); });
-        grid(Hq, (S + fa_bwd_bc(D) - 1) / fa_bwd_bc(D), fa_bwd_nt(D), fa_bwd_smem(D), [&] { bwd(p); });
+        emu::launch(Hq, B, (S + fa_bwd_bc(D) - 1) / fa_bwd_bc(D), fa_bwd_nt(D), fa_bwd_smem(D), [&] { bwd(p); });
         emu::launch(conv_blocks, Hq, B, 256, 0, [&] { conv(p, 0); });
         if (G > 1) emu::launch(conv_kv_blocks, 2 * Hkv, B, 256, 0, [&] { conv(p, 1); });
     };
@@ -504,10 +499,10 @@ static bool run_case(const Case &c, int order) {
     bool ok = clobbered == 0;
     for (double x : e) ok = ok && x < 1e-2; /* NaN fails too */
     static const char *lay[3] = {"BHND", "BNHD", "BNHD+pad"};
-    printf("%-4s D=%-3d B=%d Hq=%d Hkv=%d T=%-4d S=%-4d %-10s %-8s%s order %d out %.2e lse %.2e gq %.2e "
+    printf("%-4s D=%-3d B=%d Hq=%d Hkv=%d T=%-4d S=%-4d %-10s %-8s%s out %.2e lse %.2e gq %.2e "
            "gk %.2e gv %.2e gaps clobbered %lld  %s\n",
            c.bf ? "bf16" : "f16", D, B, Hq, Hkv, T, S, c.causal ? "causal" : "non-causal",
-           lay[c.layout], c.ramp ? " ramp" : "", order, e[0], e[1], e[2], e[3], e[4], clobbered,
+           lay[c.layout], c.ramp ? " ramp" : "", e[0], e[1], e[2], e[3], e[4], clobbered,
            ok ? "PASS" : "FAIL");
     return ok;
 }
@@ -539,8 +534,7 @@ int main(int argc, char **argv) {
         cases = {cases[cases.size() - 3], cases[cases.size() - 2], cases[cases.size() - 1]};
     else if (argc > 1) cases = {cases[0], cases[8], cases[16]}; /* quick */
     int fails = 0;
-    /* the grid orders (fa_params::order) alternate over the cases */
-    for (size_t i = 0; i < cases.size(); i++) fails += !run_case(cases[i], (int)(i % 2));
+    for (const Case &c : cases) fails += !run_case(c);
     printf("%zu cases, %d failed\n", cases.size(), fails);
     return fails ? 1 : 0;
 }

@@ -48,7 +48,6 @@
 
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 #ifndef FE_FLASH_EMU
@@ -209,22 +208,7 @@ struct fa_params {
     fa_strides sq, sk, sv, so, sgo, sgq, sgk, sgv; /* so: out (= o) */
     int Hq, Hkv, G, T, S, causal;
     float scale, sl2; /* scale and scale * log2(e) */
-    /* grid order of the forward and main backward kernels. 0: grid (Hq, B, tiles), the tile
-     * slowest. 1: grid (tiles, Hq, B), so that a head's tiles run together and share its
-     * operands in L2; the backward then walks its query tiles from the last one down, so
-     * that the CTAs of a head read the same Q, dO tile (and add into the same dQ rows) at
-     * about the same time. */
-    int order;
 };
-#ifdef FA_ORDER /* fixed at compile time (experiment builds) */
-#define FA_ORD(p) (FA_ORDER)
-#else
-#define FA_ORD(p) ((p).order)
-#endif
-/* head, batch and tile index of this CTA of the forward or main backward grid */
-FA_DEV int fa_head(const fa_params &p) { return FA_ORD(p) ? fa_by() : fa_bx(); }
-FA_DEV int fa_batch(const fa_params &p) { return FA_ORD(p) ? fa_bz() : fa_by(); }
-FA_DEV int fa_tile(const fa_params &p) { return FA_ORD(p) ? fa_bx() : fa_bz(); }
 
 enum { FA_BC = 64, FA_NT = 128, FA_BBR = 32 };
 
@@ -295,8 +279,8 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
     const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int T = p.T, S = p.S;
     /* heavy (late) query tiles first under the causal mask */
-    const int qt = p.causal ? (T + BR - 1) / BR - 1 - fa_tile(p) : fa_tile(p);
-    const int h = fa_head(p), b = fa_batch(p), hk = h / p.G;
+    const int qt = p.causal ? (T + BR - 1) / BR - 1 - fa_bz() : fa_bz();
+    const int h = fa_bx(), b = fa_by(), hk = h / p.G;
     const int i0 = qt * BR, w0 = warp * 16 * QW; /* this warp's first row in the tile */
     const size_t qrow = ((size_t)b * p.Hq + h) * T; /* lse rows */
     const uint16_t *Q = p.q + b * p.sq.b + h * p.sq.h;
@@ -562,7 +546,7 @@ template <bool BF, int D, int MT, int N>
 FA_DEV void fa_write_dkdv(const fa_params &p, const float (&dk)[MT][N][4], const float (&dv)[MT][N][4],
                           uint16_t *sK, uint16_t *sV, int j0, int r0, int c0, bool any) {
     constexpr int LD = D + 8;
-    const int lane = fa_tid() & 31, g = lane >> 2, t = lane & 3, b = fa_batch(p), hk = fa_head(p) / p.G;
+    const int lane = fa_tid() & 31, g = lane >> 2, t = lane & 3, b = fa_by(), hk = fa_bx() / p.G;
     if (p.G > 1) {
         const size_t krow = ((size_t)b * p.Hkv + hk) * p.S;
 #pragma unroll
@@ -619,12 +603,12 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
     const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int T = p.T, S = p.S;
     /* z = 0 first: under the causal mask the first key tiles have the most queries */
-    const int h = fa_head(p), b = fa_batch(p), kv0 = fa_tile(p) * BC, hk = h / p.G;
+    const int h = fa_bx(), b = fa_by(), kv0 = fa_bz() * BC, hk = h / p.G;
     const uint16_t *K = p.k + b * p.sk.b + hk * p.sk.h, *V = p.v + b * p.sv.b + hk * p.sv.h;
     /* the first row of this head in dQ (row length T) and stat (row length 2 FA_TPAD(T));
      * recomputed from the block index where needed, which keeps it out of the registers
      * over the loop (else D = 64 spills) */
-    auto qrow = [&](int len) { return ((size_t)fa_batch(p) * p.Hq + fa_head(p)) * len; };
+    auto qrow = [&](int len) { return ((size_t)fa_by() * p.Hq + fa_bx()) * len; };
 
     fa_load_tile<BC, D>(sK, K, p.sk.r, kv0, S);
     fa_load_tile<BC, D>(sV, V, p.sv.r, kv0, S);
@@ -636,9 +620,9 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
 
     /* stage Q, dO (zero past T) and the row statistics of step `it` */
     auto prefetch = [&](int it, int buf) {
-        const int i0 = (qt0 + (FA_ORD(p) ? total - 1 - it : it)) * BR;
-        const uint16_t *Q = p.q + fa_batch(p) * p.sq.b + fa_head(p) * p.sq.h;
-        const uint16_t *dO = p.go + fa_batch(p) * p.sgo.b + fa_head(p) * p.sgo.h;
+        const int i0 = (qt0 + it) * BR;
+        const uint16_t *Q = p.q + fa_by() * p.sq.b + fa_bx() * p.sq.h;
+        const uint16_t *dO = p.go + fa_by() * p.sgo.b + fa_bx() * p.sgo.h;
         fa_load_tile<BR, D>(sQ + buf * BR * LD, Q, p.sq.r, i0, T);
         fa_load_tile<BR, D>(sdO + buf * BR * LD, dO, p.sgo.r, i0, T);
         /* lse2 and rowsum of the tile: 2 x 8 chunks of 4 floats, in bounds (padded) */
@@ -668,7 +652,7 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
         fa_cp_wait(); /* step it staged; every warp is done with step it - 1 */
         fa_sync();
         if (it + 1 < total) prefetch(it + 1, buf ^ 1);
-        const int i0 = (qt0 + (FA_ORD(p) ? total - 1 - it : it)) * BR;
+        const int i0 = (qt0 + it) * BR;
         const uint16_t *cQ = sQ + buf * BR * LD, *cdO = sdO + buf * BR * LD;
         const float *cL = sSt + 2 * buf * BR, *cDi = cL + BR;
 
@@ -855,9 +839,9 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
     float *sSt = reinterpret_cast<float *>(sdS + BR * LP); /* 2 x (lse2, rowsum) of a tile */
     const int tid = fa_tid(), warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int T = p.T, S = p.S;
-    const int h = fa_head(p), b = fa_batch(p), kv0 = fa_tile(p) * BC, hk = h / p.G;
+    const int h = fa_bx(), b = fa_by(), kv0 = fa_bz() * BC, hk = h / p.G;
     const uint16_t *K = p.k + b * p.sk.b + hk * p.sk.h, *V = p.v + b * p.sv.b + hk * p.sv.h;
-    auto qrow = [&](int len) { return ((size_t)fa_batch(p) * p.Hq + fa_head(p)) * len; };
+    auto qrow = [&](int len) { return ((size_t)fa_by() * p.Hq + fa_bx()) * len; };
 
     fa_load_tile<BC, D, NT>(sK, K, p.sk.r, kv0, S);
     fa_load_tile<BC, D, NT>(sV, V, p.sv.r, kv0, S);
@@ -866,9 +850,9 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
     const int qt0 = p.causal ? fa_max(0, kv0 - (S - T)) / BR : 0;
     const int total = fa_max(0, (T + BR - 1) / BR - qt0);
     auto prefetch = [&](int it, int buf) {
-        const int i0 = (qt0 + (FA_ORD(p) ? total - 1 - it : it)) * BR;
-        const uint16_t *Q = p.q + fa_batch(p) * p.sq.b + fa_head(p) * p.sq.h;
-        const uint16_t *dO = p.go + fa_batch(p) * p.sgo.b + fa_head(p) * p.sgo.h;
+        const int i0 = (qt0 + it) * BR;
+        const uint16_t *Q = p.q + fa_by() * p.sq.b + fa_bx() * p.sq.h;
+        const uint16_t *dO = p.go + fa_by() * p.sgo.b + fa_bx() * p.sgo.h;
         fa_load_tile<BR, D, NT>(sQ + buf * BR * LD, Q, p.sq.r, i0, T);
         fa_load_tile<BR, D, NT>(sdO + buf * BR * LD, dO, p.sgo.r, i0, T);
         if (tid < BR / 2) { /* lse2 and rowsum: 2 x 16 chunks of 4 floats, in bounds (padded) */
@@ -913,7 +897,7 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
         fa_cp_wait(); /* step it staged; every warp is done with step it - 1 */
         fa_sync();
         if (it + 1 < total) prefetch(it + 1, buf ^ 1);
-        const int i0 = (qt0 + (FA_ORD(p) ? total - 1 - it : it)) * BR;
+        const int i0 = (qt0 + it) * BR;
         const uint16_t *cQ = sQ + buf * BR * LD, *cdO = sdO + buf * BR * LD;
         const float *cL = sSt + 2 * buf * BR, *cDi = cL + BR;
 
@@ -1104,22 +1088,7 @@ static fa_params fa_make_params(const fe_flash_args *a) {
     p.Hq = (int)a->Hq, p.Hkv = (int)a->Hkv, p.G = (int)(a->Hq / a->Hkv);
     p.T = (int)a->T, p.S = (int)a->S, p.causal = a->causal;
     p.scale = (float)a->scale, p.sl2 = (float)(a->scale * 1.4426950408889634);
-#ifdef FA_ORDER
-    p.order = FA_ORDER;
-#else
-    static int order = -1;
-    if (order < 0) {
-        const char *e = getenv("FE_FLASH_ORDER");
-        order = e && e[0] == '1';
-    }
-    p.order = order;
-#endif
     return p;
-}
-
-/* The grid of the forward or main backward kernel (see fa_params::order). */
-static dim3 fa_grid(const fa_params &p, unsigned heads, int B, unsigned tiles) {
-    return FA_ORD(p) ? dim3(tiles, heads, (unsigned)B) : dim3(heads, (unsigned)B, tiles);
 }
 
 /* Opt a kernel in to more than 48 KiB of dynamic shared memory (once). */
@@ -1136,7 +1105,7 @@ template <bool BF, int D> static fe_status fa_forward(const fa_params &p, int B,
     static bool optin = false;
     fe_status st = fa_smem_optin(fa_fwd_kernel<BF, D>, fa_fwd_smem(D), &optin);
     if (st) return st;
-    dim3 grid = fa_grid(p, (unsigned)p.Hq, B, (unsigned)((p.T + fa_fwd_br(D) - 1) / fa_fwd_br(D)));
+    dim3 grid((unsigned)p.Hq, (unsigned)B, (unsigned)((p.T + fa_fwd_br(D) - 1) / fa_fwd_br(D)));
     fa_fwd_kernel<BF, D><<<grid, FA_NT, fa_fwd_smem(D), s>>>(p);
     return fa_cuda_err(cudaGetLastError(), "forward kernel launch");
 }
@@ -1149,7 +1118,7 @@ static fe_status fa_backward_main(const fa_params &p, unsigned x, int B, unsigne
     auto *kernel = D == 128 ? fa_bwd8_kernel<BF> : fa_bwd_kernel<BF, 64>;
     fe_status st = fa_smem_optin(kernel, fa_bwd_smem(D), &optin);
     if (st) return st;
-    kernel<<<fa_grid(p, x, B, ktiles), fa_bwd_nt(D), fa_bwd_smem(D), s>>>(p);
+    kernel<<<dim3(x, (unsigned)B, ktiles), fa_bwd_nt(D), fa_bwd_smem(D), s>>>(p);
     return fa_cuda_err(cudaGetLastError(), "backward kernel launch");
 }
 
