@@ -76,7 +76,7 @@ __device__ __forceinline__ void dec_wait_prev() {}
  * wait, so all blocks of a kernel are resident before any of the next one is, and a spinning
  * block never keeps one that it waits for from running. link 0 is off (programmatic dependent
  * launch as before); the argmax kernel, last of the step, clears the counters for the next step. */
-enum { DEC_PARAMS = 16, DEC_SPREAD = 1, DEC_LINE = 32 /* ints */ };
+enum { DEC_PARAMS = 16, DEC_SPREAD = 32, DEC_LINE = 32 /* ints */ };
 __device__ __forceinline__ unsigned *dec_counter(const int *params, int link, int i) {
     return (unsigned *)(params + DEC_PARAMS) + ((size_t)link * DEC_SPREAD + i) * DEC_LINE;
 }
@@ -96,7 +96,7 @@ __device__ __forceinline__ void dec_wait(const int *params, int link, int n) {
         do {
             asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(c) : "memory");
         } while (v < want);
-        asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+        __threadfence();
     }
 #else /* the CPU emulation runs one kernel after another: the counts are there */
     (void)params, (void)n;
@@ -108,13 +108,8 @@ __device__ __forceinline__ void dec_signal(const int *params, int link) {
     if (link <= 0) return;
     __syncthreads();
     if (threadIdx.x == 0) {
-#ifdef __CUDA_ARCH__
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;\n" ::"l"(
-                         dec_counter(params, link, (int)(blockIdx.x % DEC_SPREAD)))
-                     : "memory");
-#else
+        __threadfence();
         atomicAdd(dec_counter(params, link, (int)(blockIdx.x % DEC_SPREAD)), 1u);
-#endif
     }
 }
 
