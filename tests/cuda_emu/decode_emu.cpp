@@ -31,18 +31,6 @@ static unsigned grid_for(int tasks, int cap) {
     return (unsigned)(g > 0 ? g : 1);
 }
 
-/* Counter links (dec_wait, dec_signal): params with the counters of links 0..n-1; link l marked
- * as done by `blocks` blocks (as they spread their adds); the count on link l. */
-static size_t link_ints(int n) { return DEC_PARAMS + (size_t)n * DEC_SPREAD * DEC_LINE; }
-static void link_done(int *params, int l, int blocks) {
-    for (int b = 0; b < blocks; b++) (*dec_counter(params, l, b % DEC_SPREAD))++;
-}
-static unsigned link_count(const int *params, int l) {
-    unsigned s = 0;
-    for (int i = 0; i < DEC_SPREAD; i++) s += *dec_counter(params, l, i);
-    return s;
-}
-
 template <class T, int MODE> static void run(dec_gemv_args a, int cap) {
     unsigned g = grid_for(a.npairs * a.ks, cap);
     std::vector<unsigned> order(g);
@@ -122,10 +110,9 @@ template <class T> static void check_qkv(int K, int Hq, int Hkv, int D, int ks, 
     std::vector<T> kc((size_t)Hkv * cap_pos * D, sent), vc((size_t)Hkv * cap_pos * D, sent);
     /* with cap 2, through counter links (dec_wait, dec_signal): counter 2 says the previous
      * kernel's 7 blocks are done, and this one's blocks must count themselves on counter 3 */
-    std::vector<int> pv(link_ints(4));
-    int *params = pv.data();
-    params[1] = pos;
-    link_done(params, 2, 7);
+    int params[DEC_PARAMS + 4] = {0, pos};
+    unsigned *links = (unsigned *)(params + DEC_PARAMS);
+    links[2] = 7;
     dec_gemv_args a = {};
     if (cap == 2) a.link = 3, a.wait_n = 7;
     a.w[0] = wq.data(), a.w[1] = wk.data(), a.w[2] = wv.data(), a.K = K, a.ks = ks;
@@ -164,8 +151,7 @@ template <class T> static void check_qkv(int K, int Hq, int Hkv, int D, int ks, 
     for (size_t i = 0; i < kc.size(); i++) /* other positions untouched */
         if ((i / D) % cap_pos != (size_t)pos) ok &= to_d(kc[i]) == to_d(sent) && to_d(vc[i]) == to_d(sent);
     for (int i = Hq * D; i < Hq * D + 8; i++) ok &= q[i] == SENT;
-    ok &= link_count(params, 3) == (cap == 2 ? grid_for(a.npairs * ks, cap) : 0u) &&
-          link_count(params, 2) == 7;
+    ok &= links[3] == (cap == 2 ? grid_for(a.npairs * ks, cap) : 0u) && links[2] == 7;
     expect(ok, "%s qkv: K %d, Hq %d, Hkv %d, D %d, %d warps a pair, cap %d blocks%s",
            sizeof(T) == 4 ? "f32" : "bf16", K, Hq, Hkv, D, ks, cap,
            cap == 2 ? ", counter links" : "");
@@ -202,11 +188,10 @@ template <class T, int D> static void check_attn(int Hq, int Hkv, int pos) {
     std::vector<float> q((size_t)Hq * D), out((size_t)Hq * D + 8, SENT);
     for (auto &v : q) v = (float)(2 * uni());
     /* through counter links when pos is odd (see check_qkv) */
-    std::vector<int> pv(link_ints(3));
-    int *params = pv.data();
-    params[1] = pos;
+    int params[DEC_PARAMS + 4] = {0, pos};
+    unsigned *links = (unsigned *)(params + DEC_PARAMS);
     const int link = pos % 2 ? 2 : 0;
-    link_done(params, 1, 5);
+    links[1] = 5;
     const double scale = 1.0 / sqrt((double)D);
     emu::launch(Hq, ATT_THREADS, 0, [&] {
         k_dec_attn<T, D>(q.data(), kc.data(), vc.data(), out.data(), params, Hq / Hkv, cap,
@@ -220,7 +205,7 @@ template <class T, int D> static void check_attn(int Hq, int Hkv, int pos) {
                       ref.data() + (size_t)h * D);
     bool ok = relerr(got, ref) <= 1e-5;
     for (int i = Hq * D; i < Hq * D + 8; i++) ok &= out[i] == SENT;
-    ok &= link_count(params, 2) == (link ? (unsigned)Hq : 0u) && link_count(params, 1) == 5;
+    ok &= links[2] == (link ? (unsigned)Hq : 0u) && links[1] == 5;
     expect(ok, "%s attention: D %d, Hq %d, Hkv %d, pos %d%s", sizeof(T) == 4 ? "f32" : "bf16", D,
            Hq, Hkv, pos, link ? ", counter links" : "");
 }

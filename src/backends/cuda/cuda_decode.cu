@@ -65,51 +65,53 @@ __device__ __forceinline__ void dec_wait_prev() {}
 #endif
 
 /* Counter links (FE_DECODE_LINK=1): in place of griddepcontrol.wait, which releases a kernel only
- * once every block of the previous one has exited, each kernel counts its finished blocks on
- * counters of its own (link, after the 16 ints of params) and the next one waits for the counts.
- * A link has DEC_SPREAD counters, one per 128-byte line, block b adding to counter b % DEC_SPREAD:
- * adds to one address are serialised in L2 (500 blocks finishing at once queue up there), and so
- * are the polls. A block signals after a barrier, with a fence before its add (its writes first);
- * a waiting block's first warp polls the counters, a lane each, with relaxed loads (acquire
- * loads, each time, were slower: they may drop L1 lines the previous kernel's warps on the SM
- * read) and fences once after. Every kernel still triggers the next one's launch only after its
- * wait, so all blocks of a kernel are resident before any of the next one is, and a spinning
- * block never keeps one that it waits for from running. link 0 is off (programmatic dependent
- * launch as before); the argmax kernel, last of the step, clears the counters for the next step. */
-enum { DEC_PARAMS = 16, DEC_SPREAD = 32, DEC_LINE = 32 /* ints */ };
-__device__ __forceinline__ unsigned *dec_counter(const int *params, int link, int i) {
-    return (unsigned *)(params + DEC_PARAMS) + ((size_t)link * DEC_SPREAD + i) * DEC_LINE;
+ * once every block of the previous one has exited, each kernel counts its finished blocks on a
+ * counter of its own (link, after the 16 ints of params) and the next one waits for that count.
+ * A block signals after a barrier, with a fence before the add (its writes first); a waiting
+ * block's thread 0 polls with acquire loads and fences before the barrier that lets the others
+ * on. Every kernel still triggers the next one's launch only after its wait, so all blocks of a
+ * kernel are resident before any of the next one is, and a spinning block never keeps one that
+ * it waits for from running. link 0 is off (programmatic dependent launch as before); the
+ * argmax kernel, last of the step, clears the counters for the next step. */
+enum { DEC_PARAMS = 16 };
+__device__ __forceinline__ unsigned *dec_links(const int *params) {
+    return (unsigned *)(params + DEC_PARAMS);
 }
-/* Wait for the previous kernel: link > 1 polls link - 1's counters up to its n blocks; else
- * griddepcontrol. Block-uniform. */
+/* Wait for the previous kernel: link > 1 polls counter link - 1 up to n; else griddepcontrol.
+ * Block-uniform. */
 __device__ __forceinline__ void dec_wait(const int *params, int link, int n) {
     if (link <= 1) {
         dec_wait_prev();
         return;
     }
 #ifdef __CUDA_ARCH__
-    if (threadIdx.x < DEC_SPREAD) {
-        const int i = (int)threadIdx.x;
-        const unsigned *c = dec_counter(params, link - 1, i);
-        const unsigned want = (unsigned)(n / DEC_SPREAD + (i < n % DEC_SPREAD));
+    if (threadIdx.x == 0) {
+        /* relaxed polls (an acquire load, each time, cost 16% of the tokens/s: it may drop the
+         * lines the previous kernel's warps on this SM read from L1), one fence after;
+         * n < 0: a pause of 64 ns between polls (experiment) */
+        const unsigned *c = dec_links(params) + link - 1;
+        const bool nap = n < 0;
+        const unsigned want = (unsigned)(nap ? -n : n);
         unsigned v;
-        do {
+        for (;;) {
             asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(c) : "memory");
-        } while (v < want);
+            if (v >= want) break;
+            if (nap) __nanosleep(64);
+        }
         __threadfence();
     }
-#else /* the CPU emulation runs one kernel after another: the counts are there */
+#else /* the CPU emulation runs one kernel after another: the count is there */
     (void)params, (void)n;
 #endif
     __syncthreads();
 }
-/* This block is done with everything it reads and writes: count it on link. Block-uniform. */
+/* This block is done with everything it reads and writes: count it on counter link. Block-uniform. */
 __device__ __forceinline__ void dec_signal(const int *params, int link) {
     if (link <= 0) return;
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
-        atomicAdd(dec_counter(params, link, (int)(blockIdx.x % DEC_SPREAD)), 1u);
+        atomicAdd(dec_links(params) + link, 1u);
     }
 }
 
@@ -348,8 +350,8 @@ __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int 
     dec_wait(params, link, wait_n);
     dec_launch_next();
     /* every kernel of the step has passed its wait and signalled: the counters are free */
-    for (int i = (int)threadIdx.x; i < link * DEC_SPREAD; i += (int)blockDim.x)
-        *dec_counter(params, i / DEC_SPREAD, i % DEC_SPREAD) = 0;
+    for (int i = (int)threadIdx.x; i < link; i += (int)blockDim.x)
+        dec_links(params)[i] = 0;
     float v = -INFINITY;
     int i = n; /* none yet */
     for (int k0 = 0; k0 < n; k0 += ARG_PER * 1024) {
@@ -1038,6 +1040,7 @@ struct fe_cuda_decode {
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
     bool link;         /* counter links between the kernels (FE_DECODE_LINK=1; dec_wait) */
+    bool lk_nap;       /* FE_DECODE_LINK=2: pause between polls (experiment) */
     int lk_next, lk_prev; /* while queueing: the next kernel's link, the last kernel's blocks */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
@@ -1102,12 +1105,12 @@ static fe_status dec_kernel(fe_cuda_decode *e, bool first, const char *what, voi
 static void dec_link(fe_cuda_decode *e, unsigned grid, int *link, int *wait_n) {
     *link = 0, *wait_n = 0;
     if (!e->link) return;
-    *link = e->lk_next++, *wait_n = e->lk_prev, e->lk_prev = (int)grid;
+    *link = e->lk_next++, *wait_n = e->lk_nap ? -e->lk_prev : e->lk_prev, e->lk_prev = (int)grid;
 }
-/* Ints of the counters of a step (dec_counter): links of the embedding, five kernels a layer,
- * the LM head and the argmax (link 0 unused). */
+/* Counters of a step: the embedding, five kernels a layer, the LM head and the argmax (link 0
+ * unused), rounded up with the params before them to a multiple of 16 ints. */
 static size_t dec_nlinks(const fe_cuda_decode_desc *d) {
-    return (5 * (size_t)d->n_layers + 3) * DEC_SPREAD * DEC_LINE;
+    return (5 * (size_t)d->n_layers + 3 + 15) / 16 * 16;
 }
 
 template <typename T, int MODE>
@@ -1425,7 +1428,8 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     const char *lk = getenv("FE_DECODE_LINK");
-    e->link = lk && !strcmp(lk, "1");
+    e->link = lk && (!strcmp(lk, "1") || !strcmp(lk, "2"));
+    e->lk_nap = lk && !strcmp(lk, "2");
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
                    : d->dtype == FE_F16 ? dec_build<__half>(e)
                                         : dec_build<float>(e);
