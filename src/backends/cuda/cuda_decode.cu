@@ -86,18 +86,11 @@ __device__ __forceinline__ void dec_wait(const int *params, int link, int n) {
     }
 #ifdef __CUDA_ARCH__
     if (threadIdx.x == 0) {
-        /* relaxed polls (an acquire load, each time, cost 16% of the tokens/s: it may drop the
-         * lines the previous kernel's warps on this SM read from L1), one fence after;
-         * n < 0: a pause of 64 ns between polls (experiment) */
         const unsigned *c = dec_links(params) + link - 1;
-        const bool nap = n < 0;
-        const unsigned want = (unsigned)(nap ? -n : n);
         unsigned v;
-        for (;;) {
-            asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(c) : "memory");
-            if (v >= want) break;
-            if (nap) __nanosleep(64);
-        }
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(c) : "memory");
+        } while (v < (unsigned)n);
         __threadfence();
     }
 #else /* the CPU emulation runs one kernel after another: the count is there */
@@ -1040,7 +1033,6 @@ struct fe_cuda_decode {
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
     bool link;         /* counter links between the kernels (FE_DECODE_LINK=1; dec_wait) */
-    bool lk_nap;       /* FE_DECODE_LINK=2: pause between polls (experiment) */
     int lk_next, lk_prev; /* while queueing: the next kernel's link, the last kernel's blocks */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
@@ -1105,7 +1097,7 @@ static fe_status dec_kernel(fe_cuda_decode *e, bool first, const char *what, voi
 static void dec_link(fe_cuda_decode *e, unsigned grid, int *link, int *wait_n) {
     *link = 0, *wait_n = 0;
     if (!e->link) return;
-    *link = e->lk_next++, *wait_n = e->lk_nap ? -e->lk_prev : e->lk_prev, e->lk_prev = (int)grid;
+    *link = e->lk_next++, *wait_n = e->lk_prev, e->lk_prev = (int)grid;
 }
 /* Counters of a step: the embedding, five kernels a layer, the LM head and the argmax (link 0
  * unused), rounded up with the params before them to a multiple of 16 ints. */
@@ -1428,8 +1420,7 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     const char *lk = getenv("FE_DECODE_LINK");
-    e->link = lk && (!strcmp(lk, "1") || !strcmp(lk, "2"));
-    e->lk_nap = lk && !strcmp(lk, "2");
+    e->link = lk && !strcmp(lk, "1");
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
                    : d->dtype == FE_F16 ? dec_build<__half>(e)
                                         : dec_build<float>(e);
