@@ -129,25 +129,6 @@ TEST(decoder_persistent_kernel) {
     unsetenv("FE_DECODE_MAX_BLOCKS");
     unsetenv("FE_DECODE_PERSIST");
 }
-/* counter links between the kernels (FE_DECODE_LINK=1) in place of waiting for the previous
- * kernel's completion: all dtypes, long contexts, grids of two blocks, and pipelined greedy runs
- * (the argmax kernel clears the counters for the next step) */
-static void greedy_case(fe_llama_config c, fe_dtype dt);
-TEST(decoder_counter_links) {
-    setenv("FE_DECODE_LINK", "1", 1);
-    compare_both(FE_F32, FE_BF16);
-    compare_both(FE_F16, FE_F32);
-    compare(cfg64(), FE_BF16, 600, 4, 3e-2);
-    setenv("FE_DECODE_MAX_BLOCKS", "2", 1);
-    compare_both(FE_BF16, FE_F32);
-    unsetenv("FE_DECODE_MAX_BLOCKS");
-    if (fe_device_available(FE_CUDA)) {
-        greedy_case(cfg64(), FE_BF16);
-        greedy_case(cfg128(), FE_F32);
-    }
-    unsetenv("FE_DECODE_LINK");
-}
-
 /* each row pair split over 2 and 4 warps (uneven K parts: ffn 328 and 712) */
 TEST(decoder_split_k) {
     setenv("FE_DECODE_KSPLIT", "2", 1);

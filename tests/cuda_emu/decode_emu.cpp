@@ -108,13 +108,8 @@ template <class T> static void check_qkv(int K, int Hq, int Hkv, int D, int ks, 
     for (int j = 0; j < D / 2; j++) inv[j] = (float)pow(10000.0, -2.0 * j / D);
     T sent = cu_cast<T>(SENT);
     std::vector<T> kc((size_t)Hkv * cap_pos * D, sent), vc((size_t)Hkv * cap_pos * D, sent);
-    /* with cap 2, through counter links (dec_wait, dec_signal): counter 2 says the previous
-     * kernel's 7 blocks are done, and this one's blocks must count themselves on counter 3 */
-    int params[DEC_PARAMS + 4] = {0, pos};
-    unsigned *links = (unsigned *)(params + DEC_PARAMS);
-    links[2] = 7;
+    int params[2] = {0, pos};
     dec_gemv_args a = {};
-    if (cap == 2) a.link = 3, a.wait_n = 7;
     a.w[0] = wq.data(), a.w[1] = wk.data(), a.w[2] = wv.data(), a.K = K, a.ks = ks;
     a.npairs = (Hq + 2 * Hkv) * (D / 2), a.x = x.data(), a.g = gw.data(), a.eps = 1e-5f;
     a.out = q.data(), a.kc = kc.data(), a.vc = vc.data(), a.inv_freq = inv.data();
@@ -151,10 +146,8 @@ template <class T> static void check_qkv(int K, int Hq, int Hkv, int D, int ks, 
     for (size_t i = 0; i < kc.size(); i++) /* other positions untouched */
         if ((i / D) % cap_pos != (size_t)pos) ok &= to_d(kc[i]) == to_d(sent) && to_d(vc[i]) == to_d(sent);
     for (int i = Hq * D; i < Hq * D + 8; i++) ok &= q[i] == SENT;
-    ok &= links[3] == (cap == 2 ? grid_for(a.npairs * ks, cap) : 0u) && links[2] == 7;
-    expect(ok, "%s qkv: K %d, Hq %d, Hkv %d, D %d, %d warps a pair, cap %d blocks%s",
-           sizeof(T) == 4 ? "f32" : "bf16", K, Hq, Hkv, D, ks, cap,
-           cap == 2 ? ", counter links" : "");
+    expect(ok, "%s qkv: K %d, Hq %d, Hkv %d, D %d, %d warps a pair, cap %d blocks",
+           sizeof(T) == 4 ? "f32" : "bf16", K, Hq, Hkv, D, ks, cap);
 }
 
 template <class T> static void all_modes() {
@@ -187,15 +180,11 @@ template <class T, int D> static void check_attn(int Hq, int Hkv, int pos) {
                     cu_cast<T>(1e30f);
     std::vector<float> q((size_t)Hq * D), out((size_t)Hq * D + 8, SENT);
     for (auto &v : q) v = (float)(2 * uni());
-    /* through counter links when pos is odd (see check_qkv) */
-    int params[DEC_PARAMS + 4] = {0, pos};
-    unsigned *links = (unsigned *)(params + DEC_PARAMS);
-    const int link = pos % 2 ? 2 : 0;
-    links[1] = 5;
+    int params[2] = {0, pos};
     const double scale = 1.0 / sqrt((double)D);
     emu::launch(Hq, ATT_THREADS, 0, [&] {
         k_dec_attn<T, D>(q.data(), kc.data(), vc.data(), out.data(), params, Hq / Hkv, cap,
-                         (float)(1.4426950408889634 * scale), link, 5);
+                         (float)(1.4426950408889634 * scale));
     });
     std::vector<double> got(out.begin(), out.begin() + (size_t)Hq * D), ref((size_t)Hq * D);
     std::vector<double> qd(q.begin(), q.end());
@@ -205,9 +194,8 @@ template <class T, int D> static void check_attn(int Hq, int Hkv, int pos) {
                       ref.data() + (size_t)h * D);
     bool ok = relerr(got, ref) <= 1e-5;
     for (int i = Hq * D; i < Hq * D + 8; i++) ok &= out[i] == SENT;
-    ok &= links[2] == (link ? (unsigned)Hq : 0u) && links[1] == 5;
-    expect(ok, "%s attention: D %d, Hq %d, Hkv %d, pos %d%s", sizeof(T) == 4 ? "f32" : "bf16", D,
-           Hq, Hkv, pos, link ? ", counter links" : "");
+    expect(ok, "%s attention: D %d, Hq %d, Hkv %d, pos %d", sizeof(T) == 4 ? "f32" : "bf16", D,
+           Hq, Hkv, pos);
 }
 
 template <class T, int D> static void all_attn() {

@@ -64,50 +64,6 @@ __device__ __forceinline__ void dec_launch_next() {}
 __device__ __forceinline__ void dec_wait_prev() {}
 #endif
 
-/* Counter links (FE_DECODE_LINK=1): in place of griddepcontrol.wait, which releases a kernel only
- * once every block of the previous one has exited, each kernel counts its finished blocks on a
- * counter of its own (link, after the 16 ints of params) and the next one waits for that count.
- * A block signals after a barrier, with a fence before the add (its writes first); a waiting
- * block's thread 0 polls with acquire loads and fences before the barrier that lets the others
- * on. Every kernel still triggers the next one's launch only after its wait, so all blocks of a
- * kernel are resident before any of the next one is, and a spinning block never keeps one that
- * it waits for from running. link 0 is off (programmatic dependent launch as before); the
- * argmax kernel, last of the step, clears the counters for the next step. */
-enum { DEC_PARAMS = 16 };
-__device__ __forceinline__ unsigned *dec_links(const int *params) {
-    return (unsigned *)(params + DEC_PARAMS);
-}
-/* Wait for the previous kernel: link > 1 polls counter link - 1 up to n; else griddepcontrol.
- * Block-uniform. */
-__device__ __forceinline__ void dec_wait(const int *params, int link, int n) {
-    if (link <= 1) {
-        dec_wait_prev();
-        return;
-    }
-#ifdef __CUDA_ARCH__
-    if (threadIdx.x == 0) {
-        const unsigned *c = dec_links(params) + link - 1;
-        unsigned v;
-        do {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(c) : "memory");
-        } while (v < (unsigned)n);
-        __threadfence();
-    }
-#else /* the CPU emulation runs one kernel after another: the count is there */
-    (void)params, (void)n;
-#endif
-    __syncthreads();
-}
-/* This block is done with everything it reads and writes: count it on counter link. Block-uniform. */
-__device__ __forceinline__ void dec_signal(const int *params, int link) {
-    if (link <= 0) return;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        atomicAdd(dec_links(params) + link, 1u);
-    }
-}
-
 /* ask L2 for the 128-byte line at p */
 __device__ __forceinline__ void dec_prefetch_l2(const void *p) {
 #ifdef __CUDA_ARCH__
@@ -123,11 +79,9 @@ struct dec_gemv_args {
     const void *w[3]; /* weight segments, rows of K */
     int K, npairs;
     int ks;           /* warps per row pair (1, 2 or 4), each over a part of K */
-    int link;         /* counter link (dec_wait, dec_signal); 0: off */
     const float *x;   /* input (K) */
     const void *g;    /* RMSNorm weight (K) or NULL: no norm */
     float eps;
-    int wait_n;       /* with link > 1: the previous kernel's blocks */
     float *out;       /* QKV: q (Hq*D); SILU: h (F); RESID: out += ; PLAIN: out = */
     int n;            /* RESID / PLAIN: rows */
     void *kc, *vc;    /* QKV: caches (Hkv, cap, D) */
@@ -181,7 +135,7 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     const int kpart = (K / ks + V - 1) / V * V, kbeg = sub * kpart;
     const int kend = kbeg + kpart < K ? kbeg + kpart : K;
     const T *g = (const T *)a.g;
-    bool loaded = false; /* u0, u1 hold the first chunks of the warp's next pair */
+    bool waited = false, loaded = false; /* loaded: u0, u1 hold this pair's first chunks */
     uint4 u0[U], u1[U];
     /* the U chunks from k on of rows r0, r1 */
     auto load_first = [&](const T *r0, const T *r1, int k) {
@@ -192,18 +146,6 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
             u1[i] = kk < kend && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
         }
     };
-    { /* the first pair's first chunks are requested before the input is there */
-        const int p = blockIdx.x * ppb + warp / ks;
-        if (p < a.npairs) {
-            const T *r0, *r1;
-            int seg, base, j, half;
-            dec_rows<T, MODE>(a, p, r0, r1, seg, base, j, half);
-            load_first(r0, r1, kbeg + lane * V);
-            loaded = true;
-        }
-    }
-    dec_wait(a.params, a.link, a.wait_n); /* the input comes from the previous kernel */
-    dec_launch_next();
     for (int pb = blockIdx.x; pb * ppb < a.npairs; pb += gridDim.x) { /* block-uniform */
         const int p = pb * ppb + warp / ks;
         const bool valid = p < a.npairs;
@@ -215,6 +157,11 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
             int k = kbeg + lane * V;
             if (!loaded) load_first(r0, r1, k);
             loaded = false;
+            if (!waited) { /* the input comes from the previous kernel */
+                dec_wait_prev();
+                dec_launch_next();
+                waited = true;
+            }
             for (;;) {
 #pragma unroll
                 for (int i = 0; i < U; i++) {
@@ -259,6 +206,10 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
                 }
                 load_first(r0, r1, k);
             }
+        } else if (!waited) {
+            dec_wait_prev();
+            dec_launch_next();
+            waited = true;
         }
         float s0 = cu_warp_sum(a0), s1 = cu_warp_sum(a1);
         if (g) ss = cu_warp_sum(ss);
@@ -303,18 +254,20 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
             if (r1) a.out[p + half] = s1;
         }
     }
-    dec_signal(a.params, a.link);
+    if (!waited) {
+        dec_wait_prev();
+        dec_launch_next();
+    }
 }
 
 /* x = embedding row of the token */
 template <typename T>
-__global__ void k_dec_embed(float *x, const T *emb, const int *params, int C, int link) {
+__global__ void k_dec_embed(float *x, const T *emb, const int *params, int C) {
     dec_wait_prev();
     dec_launch_next();
     const T *row = emb + (size_t)params[0] * C;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < C; i += gridDim.x * blockDim.x)
         x[i] = cu_to_f(row[i]);
-    dec_signal(params, link);
 }
 
 /* *top = the first index of the largest of x[0..n) (one block of 1024 threads; each
@@ -337,14 +290,11 @@ __device__ __forceinline__ void dec_publish_top(int *params, int *tops, int top)
 }
 
 __global__ void __launch_bounds__(1024) k_dec_argmax(const float *x, int n, int *params,
-                                                     int *tops, int link, int wait_n) {
+                                                     int *tops) {
     __shared__ float bv[32];
     __shared__ int bi[32];
-    dec_wait(params, link, wait_n);
+    dec_wait_prev();
     dec_launch_next();
-    /* every kernel of the step has passed its wait and signalled: the counters are free */
-    for (int i = (int)threadIdx.x; i < link; i += (int)blockDim.x)
-        dec_links(params)[i] = 0;
     float v = -INFINITY;
     int i = n; /* none yet */
     for (int k0 = 0; k0 < n; k0 += ARG_PER * 1024) {
@@ -490,7 +440,7 @@ __device__ __forceinline__ void dec_attn_core(float *qs, const T *Kh, const T *V
 template <typename T, int D>
 __global__ void __launch_bounds__(ATT_THREADS)
     k_dec_attn(const float *q, const T *kc, const T *vc, float *out, const int *params, int G,
-               int cap, float scale_log2, int link, int wait_n) {
+               int cap, float scale_log2) {
     constexpr int NG = ATT_THREADS / (D / cu_vn<T>::n);
     __shared__ __align__(16) float qs[D];
     __shared__ float sc[DEC_CHUNK];
@@ -505,7 +455,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
         for (int o = (int)threadIdx.x * 128; o < bytes; o += ATT_THREADS * 128)
             dec_prefetch_l2(kr + o), dec_prefetch_l2(vr + o);
     }
-    dec_wait(params, link, wait_n);
+    dec_wait_prev();
     dec_launch_next();
     const int h = blockIdx.x, tid = threadIdx.x;
     float m, l; /* q is read inside, once the first key and value rows are requested */
@@ -523,7 +473,6 @@ __global__ void __launch_bounds__(ATT_THREADS)
     for (int o = 1; o < R; o <<= 1)
         s += __shfl_xor_sync(0xffffffffu, s, o);
     if (tid % R == 0) out[h * D + tid / R] = s / l;
-    dec_signal(params, link);
 }
 
 /* ---- the persistent decoder ------------------------------------------------------------ */
@@ -1032,8 +981,6 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
-    bool link;         /* counter links between the kernels (FE_DECODE_LINK=1; dec_wait) */
-    int lk_next, lk_prev; /* while queueing: the next kernel's link, the last kernel's blocks */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     int *tops_host, *tops_dev; /* pinned, mapped: greedy step i's argmax at i % DEC_RING */
@@ -1092,19 +1039,6 @@ static fe_status dec_kernel(fe_cuda_decode *e, bool first, const char *what, voi
     return cu_check(cudaLaunchKernelEx(&cfg, k, static_cast<A &&>(args)...), what);
 }
 
-/* The counter link of the next kernel, of `grid` blocks, and the blocks it waits for (0 and 0
- * with the links off). */
-static void dec_link(fe_cuda_decode *e, unsigned grid, int *link, int *wait_n) {
-    *link = 0, *wait_n = 0;
-    if (!e->link) return;
-    *link = e->lk_next++, *wait_n = e->lk_prev, e->lk_prev = (int)grid;
-}
-/* Counters of a step: the embedding, five kernels a layer, the LM head and the argmax (link 0
- * unused), rounded up with the params before them to a multiple of 16 ints. */
-static size_t dec_nlinks(const fe_cuda_decode_desc *d) {
-    return (5 * (size_t)d->n_layers + 3 + 15) / 16 * 16;
-}
-
 template <typename T, int MODE>
 static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
     a.params = e->params;
@@ -1116,10 +1050,8 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
     a.ks = e->ksplit ? e->ksplit : a.K / 2 >= 32 * vec ? 2 : 1;
     const int warps = dec_block_cap(e) * DEC_WARPS;
     if (!e->ksplit && a.ks == 2 && a.npairs * 2 > warps && a.npairs <= warps) a.ks = 1;
-    const unsigned grid = dec_grid(e, a.npairs * a.ks);
-    dec_link(e, grid, &a.link, &a.wait_n);
-    return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>, grid,
-                      DEC_THREADS, 0, a);
+    return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
+                      dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
 
 /* Queue one token step on the engine's stream (captured into the graph). */
@@ -1128,12 +1060,9 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
     const int C = (int)d->dim, F = (int)d->ffn_dim, D = (int)d->head_dim, Hq = (int)d->n_heads,
               Hkv = (int)d->n_kv_heads, QD = Hq * D;
     const float eps = (float)d->eps, sl2 = (float)(1.4426950408889634 / sqrt((double)D));
-    int link, wait_n;
-    e->lk_next = 1, e->lk_prev = 0;
-    const unsigned egrid = (unsigned)(C + 255) / 256;
-    dec_link(e, egrid, &link, &wait_n);
-    fe_status st = dec_kernel(e, true, "decode embedding kernel", k_dec_embed<T>, egrid, 256, 0,
-                              e->x, (const T *)d->embed, (const int *)e->params, C, link);
+    fe_status st = dec_kernel(e, true, "decode embedding kernel", k_dec_embed<T>,
+                              (unsigned)(C + 255) / 256, 256, 0, e->x, (const T *)d->embed,
+                              (const int *)e->params, C);
     for (int64_t l = 0; l < d->n_layers && !st; l++) {
         const fe_cuda_decode_layer *L = &e->layers[l];
         dec_gemv_args a = {};
@@ -1143,12 +1072,11 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         a.D = D, a.Hq = Hq, a.Hkv = Hkv, a.cap = (int)d->capacity;
         st = dec_launch<T, DEC_QKV>(e, a);
         if (st) break;
-        dec_link(e, (unsigned)Hq, &link, &wait_n);
         st = dec_kernel(e, false, "decode attention kernel",
                         D == 64 ? k_dec_attn<T, 64> : k_dec_attn<T, 128>, (unsigned)Hq,
                         ATT_THREADS, 0, (const float *)e->q, (const T *)L->k_cache,
                         (const T *)L->v_cache, e->att, (const int *)e->params, Hq / Hkv,
-                        (int)d->capacity, sl2, link, wait_n);
+                        (int)d->capacity, sl2);
         if (st) break;
         a = dec_gemv_args{};
         a.w[0] = L->wo, a.K = QD, a.n = C, a.npairs = (C + 1) / 2, a.x = e->att, a.out = e->x;
@@ -1168,12 +1096,9 @@ template <typename T> static fe_status dec_enqueue(fe_cuda_decode *e) {
         a.g = d->final_norm, a.eps = eps, a.out = e->logits;
         st = dec_launch<T, DEC_PLAIN>(e, a);
     }
-    if (!st) {
-        dec_link(e, 1, &link, &wait_n);
+    if (!st)
         st = dec_kernel(e, false, "decode argmax kernel", k_dec_argmax, 1, 1024, 0,
-                        (const float *)e->logits, (int)d->vocab, e->params, e->tops_dev, link,
-                        wait_n);
-    }
+                        (const float *)e->logits, (int)d->vocab, e->params, e->tops_dev);
     return st;
 }
 
@@ -1276,8 +1201,7 @@ template <typename T> static fe_status dec_build(fe_cuda_decode *e) {
     size_t nx = (d->dim + r16 - 1) / r16 * r16, nq = (QD + r16 - 1) / r16 * r16,
            nh = (d->ffn_dim + r16 - 1) / r16 * r16, nl = (d->vocab + r16 - 1) / r16 * r16,
            nqkv = (QKV + r16 - 1) / r16 * r16;
-    size_t act = (nx + 2 * nq + nh + nl + nqkv) * sizeof(float) +
-                 (DEC_PARAMS + dec_nlinks(d)) * sizeof(int);
+    size_t act = (nx + 2 * nq + nh + nl + nqkv) * sizeof(float) + 16 * sizeof(int);
     e->block_bytes = act + (e->persist ? mk_table_bytes(d, e->mk_grid) : 0);
     fe_status st = fe_cuda_alloc((fe_device){FE_CUDA, d->device}, e->block_bytes, &e->block);
     if (st) {
@@ -1419,8 +1343,6 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
-    const char *lk = getenv("FE_DECODE_LINK");
-    e->link = lk && !strcmp(lk, "1");
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
                    : d->dtype == FE_F16 ? dec_build<__half>(e)
                                         : dec_build<float>(e);
