@@ -1428,36 +1428,18 @@ __device__ __forceinline__ void emb_place(int k, int p, int v0, int ns, int *cw,
     __syncwarp();
 }
 
-/* The zero-row flags between the two kernels: put (a fence first: what this block wrote before
- * is visible once the flag is), and wait until up (then a fence: what was written before it is
- * visible to this block). Thread 0 of a block; the others wait at a barrier. */
-__device__ __forceinline__ void emb_flag_put(unsigned *f, unsigned v) {
-    __threadfence();
-    *(volatile unsigned *)f = v;
-}
-__device__ __forceinline__ void emb_flag_wait(const unsigned *f) {
-    while (*(volatile const unsigned *)f == 0u) {
-    }
-    __threadfence();
-}
-
 /* Step 1 (see above), S a multiple of 32. Dynamic shared memory (emb_sort_smem): cnt[ES_WARPS][S],
  * per[S], first[S], lpos[ES_WARPS][ES_LIST] and lkey[ES_WARPS][ES_LIST] ints. */
 __global__ void __launch_bounds__(ES_THREADS, 1)
     k_emb_sort(const void *__restrict__ idx, bool i64, int n, int V, int S, int *__restrict__ start,
-               unsigned *__restrict__ ticket, int4 *__restrict__ ent, unsigned *__restrict__ zmask,
-               unsigned *zflag) {
+               unsigned *__restrict__ ticket, int4 *__restrict__ ent) {
     extern __shared__ int es_sh[];
     __shared__ int wsum[32];
     /* cnt[w * S + r]: warp w's count of row v0 + r, later its next place; per[r]: the row's
      * count; first[r]: its first place; lpos, lkey: the warp's first ES_LIST positions of the
      * slice and their rows */
     int *cnt = es_sh, *per = es_sh + ES_WARPS * S, *first = per + S;
-    /* the slice's zero-row flag is down before k_emb_rows may start launching (it waits for the
-     * flag, then for this kernel to finish) */
-    if (threadIdx.x == 0) emb_flag_put(zflag + blockIdx.x, 0u);
-    __syncthreads();
-    nn_launch_next();
+    nn_launch_next(); /* k_emb_rows may start launching; it waits for this kernel to finish */
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     int *lpos = first + S + warp * ES_LIST, *lkey = first + S + (ES_WARPS + warp) * ES_LIST;
     unsigned lt = (1u << lane) - 1; /* lanes below this one */
@@ -1500,14 +1482,6 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
         per[r] = t;
     }
     __syncthreads();
-    /* the rows no index hits, a bit each in their 32-row group's word, then the flag up: k_emb_rows
-     * writes those rows' zeros while this kernel goes on */
-    for (int gi = warp; gi * 32 < ns; gi += ES_WARPS) {
-        unsigned z = __ballot_sync(0xffffffffu, gi * 32 + lane < ns && per[gi * 32 + lane] == 0);
-        if (lane == 0) zmask[v0 / 32 + gi] = z;
-    }
-    __syncthreads();
-    if (threadIdx.x == 0) emb_flag_put(zflag + blockIdx.x, 1u);
     int total = emb_block_scan(per, ns, wsum);
     for (int r = threadIdx.x; r < ns; r += blockDim.x) {
         int at = base + per[r], run = at;
@@ -1551,19 +1525,17 @@ static size_t emb_sort_smem(int64_t S) {
     return ((size_t)(ES_WARPS + 2) * (size_t)S + 2 * ES_WARPS * ES_LIST) * sizeof(int);
 }
 
-/* Step 2's zeros (see above), before the block waits for the sort: the rows of this block's
- * 32-row groups that no index hits, from the group's word of zmask once its slice (S rows) has
- * put its flag up. Warp w takes the rows g 32 + w, g 32 + w + nw, ... Called by every thread of
- * the block (barriers inside). */
+/* Step 2's zeros (see above): the rows of this block's 32-row groups that no index hits. Every
+ * warp reads the group's start[] (one load a lane) and takes the rows g 32 + w, g 32 + w + nw, ...
+ * Called by every thread of the block; warp-uniform. */
 template <typename T, int VN>
-__device__ __forceinline__ void emb_zero_rows(T *__restrict__ gw, const unsigned *zmask,
-                                              const unsigned *zflag, int S, int V, int64_t C) {
+__device__ __forceinline__ void emb_zero_rows(T *__restrict__ gw, const int *__restrict__ start,
+                                              int V, int64_t C) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     int64_t nv = C / VN;
-    for (int64_t g = blockIdx.x; g * 32 < V; g += gridDim.x) { /* block-uniform */
-        if (threadIdx.x == 0) emb_flag_wait(zflag + g * 32 / S);
-        __syncthreads();
-        unsigned z = __ldcg(zmask + g); /* written by the sort while this kernel ran: from L2 */
+    for (int64_t g = blockIdx.x; g * 32 < V; g += gridDim.x) {
+        int64_t v = g * 32 + lane;
+        unsigned z = __ballot_sync(0xffffffffu, v < V && start[v] == start[v + 1]);
         for (int r = warp; r < 32; r += nw)
             if (z >> r & 1) {
                 T *p = gw + (g * 32 + r) * C;
@@ -1581,13 +1553,11 @@ template <typename T, int VN>
 __global__ void __launch_bounds__(ER_THREADS)
     k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int4 *__restrict__ ent,
                const int *__restrict__ start, unsigned *ticket, typename cu_acc<T>::type *part,
-               const unsigned *zmask, const unsigned *zflag, int S, int n, int V, int64_t C,
-               int H) {
+               int n, int V, int64_t C, int H) {
     typedef typename cu_acc<T>::type A;
     typedef typename emb_raw<T, VN>::type Raw;
     extern __shared__ int er_sh[];
     __shared__ int hot_row[2], hot_lo[2], hot_hi[2], hot_last[2]; /* hot pieces by slot */
-    emb_zero_rows<T, VN>(gw, zmask, zflag, S, V, C);
     nn_wait_prev();
     int *pos = er_sh, *row = er_sh + 2 * H, *flag = er_sh + 4 * H, s0 = blockIdx.x * H;
     int M = start[V]; /* in flight with the entries' loads: they do not depend on it */
@@ -1638,6 +1608,7 @@ __global__ void __launch_bounds__(ER_THREADS)
             }
         }
     }
+    emb_zero_rows<T, VN>(gw, start, V, C);
     if (hot_row[0] < 0 && hot_row[1] < 0) return; /* uniform */
     /* count this block's pieces; the block that completes a row adds its pieces in order */
     __threadfence(); /* the partial sums are visible before the count says so */
@@ -1699,16 +1670,13 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
     if (G < nq) G = nq;
     size_t o_start = 0, o_ticket = o_start + emb_align((size_t)(V + 1) * 4),
            o_ent = o_ticket + emb_align((size_t)V * 4),
-           o_zmask = o_ent + emb_align((size_t)(n > 0 ? n : 1) * sizeof(int4)),
-           o_zflag = o_zmask + emb_align((size_t)groups * 4),
-           o_part = o_zflag + emb_align((size_t)nslice * 4),
+           o_part = o_ent + emb_align((size_t)(n > 0 ? n : 1) * sizeof(int4)),
            bytes = o_part + emb_align((size_t)(nq > 0 ? 2 * nq : 1) * (size_t)C * sizeof(A));
     char *buf = NULL;
     if (cu_scratch(d, bytes, (void **)&buf)) return fe_last_status();
     int *start = (int *)(buf + o_start);
     int4 *ent = (int4 *)(buf + o_ent);
     unsigned *ticket = (unsigned *)(buf + o_ticket);
-    unsigned *zmask = (unsigned *)(buf + o_zmask), *zflag = (unsigned *)(buf + o_zflag);
     A *part = (A *)(buf + o_part);
     fe_status st = FE_OK;
     if (es_smem > 48 * 1024)
@@ -1717,16 +1685,14 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
                       "cudaFuncSetAttribute");
     if (!st) {
         k_emb_sort<<<(unsigned)nslice, ES_THREADS, es_smem, d->stream>>>(
-            fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, (int)S, start, ticket, ent,
-            zmask, zflag);
+            fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, (int)S, start, ticket, ent);
         st = cu_launched("embedding backward kernel (sort)");
     }
     if (!st)
         st = nn_launch_dep(d, "embedding backward kernel (rows)", k_emb_rows<T, VN>, (unsigned)G,
                            ER_THREADS, (size_t)6 * (size_t)H * sizeof(int), (T *)fe__ptr(gw),
                            (const T *)fe__ptr(gout), (const int4 *)ent, (const int *)start, ticket,
-                           part, (const unsigned *)zmask, (const unsigned *)zflag, (int)S, (int)n,
-                           (int)V, C, (int)H);
+                           part, (int)n, (int)V, C, (int)H);
     cu_scratch_free(d, buf, bytes);
     return st;
 }
