@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab
+#                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -214,6 +214,30 @@ do_flashprof() {
             | grep -v "^==PROF==" | grep -E -v "^\s*$" | cut -c1-160
     done
 }
+# Nsight Compute on PyTorch's flash backward beside ours, one T = 8192 (B 4, H 16, D 128, causal)
+# launch each: the kernels' names and times first, then the same sections for both main kernels
+# (full reports in flashcmp_*.txt).
+do_flashcmp() {
+    [ -x build-flash/flash_check ] || scripts/flash_check.sh --no-bench >/dev/null || return 1
+    cat >"$LOGS/torch_flash_bwd.py" <<'PY'
+import torch, torch.nn.functional as F
+from torch.nn.attention import sdpa_kernel, SDPBackend
+B, H, T, D = 4, 16, 8192, 128
+q, k, v = (torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+go = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
+with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+    for _ in range(2):
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.autograd.grad(out, (q, k, v), go)
+torch.cuda.synchronize()
+PY
+    local secs="--section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis"
+    local keys="Duration|Registers Per|Block Size|Grid Size|Shared Memory Per Block|Achieved Occupancy|Issue Slots Busy|Executed Ipc A|SM Busy|Warp Cycles Per Issued|No Eligible|Executed Instructions  |Compute \(SM\) Throughput|Memory Throughput|Stall|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth"
+    timeout 120 ncu --metrics gpu__time_duration.sum -k regex:flash python3 "$LOGS/torch_flash_bwd.py" 2>&1 | grep -E "flash|duration" | cut -c1-150
+    timeout 200 ncu $secs -k regex:flash_bwd_dq_dk_dv --launch-skip 1 --launch-count 1 python3 "$LOGS/torch_flash_bwd.py" >"$LOGS/flashcmp_torch.txt" 2>&1
+    timeout 200 ncu $secs -k regex:fa_bwd8_kernel --launch-skip 80 --launch-count 1 build-flash/flash_check --bench >"$LOGS/flashcmp_ours.txt" 2>&1
+    for f in torch ours; do echo "## $f"; grep -E "$keys" "$LOGS/flashcmp_$f.txt" | sed -E 's/ +/ /g' | cut -c1-120; done
+}
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
 do_profile() {
     local preset=${PROFILE_PRESET:-small}
@@ -252,6 +276,7 @@ for s in "$@"; do
     clocks) stage clocks do_clocks ;;
     flashncu) stage flashncu do_flashncu ;;
     flashprof) stage flashprof do_flashprof ;;
+    flashcmp) stage flashcmp do_flashcmp ;;
     *) echo "unknown stage $s" ;;
     esac
 done
