@@ -238,27 +238,6 @@ PY
     timeout 200 ncu $secs -k regex:fa_bwd8_kernel --launch-skip 80 --launch-count 1 build-flash/flash_check --bench >"$LOGS/flashcmp_ours.txt" 2>&1
     for f in torch ours; do echo "## $f"; grep -E "$keys" "$LOGS/flashcmp_$f.txt" | sed -E 's/ +/ /g' | cut -c1-120; done
 }
-# A flash backward A/B: flash_check built with FA_DQ_MID 0 and 1, the latter checked, both timed
-# twice alternating, PyTorch beside the latter.
-do_flashdq() {
-    local o rc=0
-    mkdir -p build-flash
-    for o in 0 1; do
-        nvcc -O3 -std=c++17 -arch=sm_90 -lineinfo -Iinclude -Isrc -DFA_DQ_MID=$o \
-            tests/flash/flash_check.cu src/backends/cuda/flash_attention.cu \
-            -o build-flash/flash_check_q$o || return 1
-    done
-    build-flash/flash_check_q1 >"$LOGS/flash_check_q1.log" || rc=1
-    tail -n 1 "$LOGS/flash_check_q1.log"
-    for r in 1 2; do
-        for o in 0 1; do
-            echo "## FA_DQ_MID=$o round $r"
-            build-flash/flash_check_q$o --bench | grep "BENCH ours bf16"
-        done
-    done
-    python3 bench/attention.py --binary build-flash/flash_check_q1
-    return $rc
-}
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
 do_profile() {
     local preset=${PROFILE_PRESET:-small}
@@ -298,7 +277,6 @@ for s in "$@"; do
     flashncu) stage flashncu do_flashncu ;;
     flashprof) stage flashprof do_flashprof ;;
     flashcmp) stage flashcmp do_flashcmp ;;
-    flashdq) stage flashdq do_flashdq ;;
     *) echo "unknown stage $s" ;;
     esac
 done

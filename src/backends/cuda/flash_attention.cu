@@ -831,9 +831,6 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
  * registers): ~0.45 ldmatrix per mma against ~0.63. The rest is as in fa_bwd_kernel:
  * heavy key tiles first, Q, dO and the row statistics of the next step staged with
  * cp.async while this one runs, dK, dV added into f32 scratch when G > 1. */
-#ifndef FA_DQ_MID /* experiment switch: 0 puts dQ after dK, as before */
-#define FA_DQ_MID 1
-#endif
 template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
     constexpr int D = 128, NT = 256, BC = 128, BR = FA8_BR, LD = D + 8, LP = BC + 8;
     uint16_t *sK = reinterpret_cast<uint16_t *>(fa_smem());
@@ -954,8 +951,13 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
                 acc, [&](uint32_t(&a)[4], int m) { a_frag_t(a, At, LP, 32 * wk + 16 * m, 16 * kk); },
                 [&](uint32_t(&b)[4], int np) { b_frag_t(b, B, LD, 64 * wd + 16 * np, 16 * kk); });
         };
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) kv_step(dv, sP, cdO, kk);
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; kk++) kv_step(dk, sdS, cQ, kk);
+
         /* 4. dQ rows 32 wm.., columns 32 wn.. += scale * dS K over the tile's 128 keys */
-        auto dq_step = [&]() {
+        {
             float dq[2][4][4];
 #pragma unroll
             for (int m = 0; m < 2; m++)
@@ -978,14 +980,7 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
                             fa_red2(dst + 8 * n, dq[m][n][2 * r] * p.scale, dq[m][n][2 * r + 1] * p.scale);
                     }
                 }
-        };
-        /* dV, then dQ (its atomic adds drain while the dK products run), then dK */
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; kk++) kv_step(dv, sP, cdO, kk);
-        if (FA_DQ_MID) dq_step();
-#pragma unroll
-        for (int kk = 0; kk < BR / 16; kk++) kv_step(dk, sdS, cQ, kk);
-        if (!FA_DQ_MID) dq_step();
+        }
     }
 
     fa_cp_wait(); /* K, V of a CTA without query tiles */
