@@ -234,8 +234,9 @@ PY
     local secs="--section SpeedOfLight --section ComputeWorkloadAnalysis --section InstructionStats --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis"
     local keys="Duration|Registers Per|Block Size|Grid Size|Shared Memory Per Block|Achieved Occupancy|Issue Slots Busy|Executed Ipc A|SM Busy|Warp Cycles Per Issued|No Eligible|Executed Instructions  |Compute \(SM\) Throughput|Memory Throughput|Stall|L1/TEX Hit|L2 Hit|Mem Busy|Max Bandwidth"
     timeout 120 ncu --metrics gpu__time_duration.sum -k regex:flash python3 "$LOGS/torch_flash_bwd.py" 2>&1 | grep -E "flash|duration" | cut -c1-150
-    timeout 200 ncu $secs -k regex:flash_bwd_dq_dk_dv --launch-skip 1 --launch-count 1 python3 "$LOGS/torch_flash_bwd.py" >"$LOGS/flashcmp_torch.txt" 2>&1
-    timeout 200 ncu $secs -k regex:fa_bwd8_kernel --launch-skip 80 --launch-count 1 build-flash/flash_check --bench >"$LOGS/flashcmp_ours.txt" 2>&1
+    timeout 200 ncu $secs --print-details all -k regex:flash_bwd_dq_dk_dv --launch-skip 1 --launch-count 1 python3 "$LOGS/torch_flash_bwd.py" >"$LOGS/flashcmp_torch.txt" 2>&1
+    timeout 200 ncu $secs --print-details all -k regex:fa_bwd8_kernel --launch-skip 80 --launch-count 1 build-flash/flash_check --bench >"$LOGS/flashcmp_ours.txt" 2>&1
+    for f in torch ours; do echo "## $f stalls (cycles per issued instruction)"; grep -E "^ +Stall|smsp__average_warp|warp_latency" "$LOGS/flashcmp_$f.txt" | sed -E 's/ +/ /g' | cut -c1-110; done
     for f in torch ours; do echo "## $f"; grep -E "$keys" "$LOGS/flashcmp_$f.txt" | sed -E 's/ +/ /g' | cut -c1-120; done
 }
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
