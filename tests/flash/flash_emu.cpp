@@ -73,6 +73,7 @@ static std::function<void()> body;
 static Bar block_bar, warp_bar[32];
 static Lane stage[32][32];
 static std::vector<Pending> pending[1024];
+static std::vector<size_t> groups[1024]; /* per thread: where each committed group ends in pending */
 
 static void barrier(Bar &b, int n) {
     long gen = b.gen;
@@ -122,6 +123,7 @@ static void launch(int x, int y, int z, int threads, size_t shmem, std::function
                     f.ctx.uc_link = &sched;
                     makecontext(&f.ctx, fiber_main, 0);
                     pending[i].clear();
+                    groups[i].clear();
                 }
                 const int nw = (threads + 31) / 32;
                 std::vector<int> order(nw);
@@ -265,14 +267,24 @@ FA_DEV void fa_cp16(uint16_t *dst, const uint16_t *src, bool valid) {
     for (int i = 0; i < 8; i++) dst[i] = 0x7fff; /* NaN until the wait */
     emu::pending[emu::cur].push_back({dst, src, valid});
 }
-FA_DEV void fa_cp_commit() {}
-FA_DEV void fa_cp_wait() {
-    for (auto &pc : emu::pending[emu::cur]) {
-        if (pc.valid) memcpy(pc.dst, pc.src, 16);
-        else memset(pc.dst, 0, 16);
+FA_DEV void fa_cp_commit() { emu::groups[emu::cur].push_back(emu::pending[emu::cur].size()); }
+/* cp.async.wait_group n: every committed group but the newest n has landed (copies not yet
+ * committed stay pending, as on the device) */
+FA_DEV void fa_cp_wait_n(int n) {
+    auto &pd = emu::pending[emu::cur];
+    auto &gr = emu::groups[emu::cur];
+    if ((int)gr.size() <= n) return;
+    const size_t end = gr[gr.size() - n - 1];
+    for (size_t i = 0; i < end; i++) {
+        if (pd[i].valid) memcpy(pd[i].dst, pd[i].src, 16);
+        else memset(pd[i].dst, 0, 16);
     }
-    emu::pending[emu::cur].clear();
+    pd.erase(pd.begin(), pd.begin() + (long)end);
+    gr.erase(gr.begin(), gr.end() - n);
+    for (auto &g : gr) g -= end;
 }
+FA_DEV void fa_cp_wait() { fa_cp_wait_n(0); }
+FA_DEV void fa_cp_wait1() { fa_cp_wait_n(1); }
 FA_DEV float fa_ex2(float x) { return exp2f(x); }
 FA_DEV float fa_shfl_xor(float x, int m) {
     const int w = emu::cur / 32, l = emu::cur % 32;
