@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp
+#                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp flashvs
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -239,6 +239,38 @@ PY
     for f in torch ours; do echo "## $f stalls (cycles per issued instruction)"; grep -E "^ +Stall|smsp__average_warp|warp_latency" "$LOGS/flashcmp_$f.txt" | sed -E 's/ +/ /g' | cut -c1-110; done
     for f in torch ours; do echo "## $f"; grep -E "$keys" "$LOGS/flashcmp_$f.txt" | sed -E 's/ +/ /g' | cut -c1-120; done
 }
+# Flash kernel variants side by side: flash_check built from this tree's flash_attention.cu
+# ("tree") and from each .shared/fa_*.cu (e.g. `git show BRANCH:src/backends/cuda/flash_attention.cu
+# > .shared/fa_NAME.cu`), each variant checked, then all timed twice, alternating
+# (flash_check --bench, the D 128 rows).
+do_flashvs() {
+    local v f rc=0
+    mkdir -p build-flash
+    local names=(tree) srcs=(src/backends/cuda/flash_attention.cu)
+    for f in .shared/fa_*.cu; do
+        [ -e "$f" ] || continue
+        v=$(basename "$f" .cu); names+=("$v"); srcs+=("$f")
+    done
+    for i in "${!names[@]}"; do
+        nvcc -O3 -std=c++17 -arch=sm_90 -Iinclude -Isrc -Xptxas -v tests/flash/flash_check.cu \
+            "${srcs[$i]}" -o "build-flash/fc_${names[$i]}" >"$LOGS/flashvs_build_${names[$i]}.log" 2>&1 &
+    done
+    wait
+    for v in "${names[@]}"; do
+        [ -x "build-flash/fc_$v" ] || { echo "$v: build failed"; tail -5 "$LOGS/flashvs_build_$v.log"; rc=1; continue; }
+        grep -A1 "fa_bwd8_kernelILb1" "$LOGS/flashvs_build_$v.log" | grep -o "[0-9]* bytes spill stores" | head -1 | sed "s/^/$v: /"
+        "build-flash/fc_$v" >"$LOGS/flashvs_check_$v.log" || rc=1
+        echo "$v: $(tail -n 1 "$LOGS/flashvs_check_$v.log")"
+    done
+    for r in 1 2; do
+        for v in "${names[@]}"; do
+            [ -x "build-flash/fc_$v" ] || continue
+            echo "## $v round $r"
+            "build-flash/fc_$v" --bench | grep "BENCH ours" | grep -v Hkv | sed -E 's/fwd_ms=[0-9.]+ //; s/bwd_ms=[0-9.]+ //'
+        done
+    done
+    return $rc
+}
 # Kernel times of training steps (ncu, clocks left alone), summed per kernel name.
 do_profile() {
     local preset=${PROFILE_PRESET:-small}
@@ -278,6 +310,7 @@ for s in "$@"; do
     flashncu) stage flashncu do_flashncu ;;
     flashprof) stage flashprof do_flashprof ;;
     flashcmp) stage flashcmp do_flashcmp ;;
+    flashvs) stage flashvs do_flashvs ;;
     *) echo "unknown stage $s" ;;
     esac
 done
