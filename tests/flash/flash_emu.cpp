@@ -284,7 +284,6 @@ FA_DEV void fa_cp_wait_n(int n) {
     for (auto &g : gr) g -= end;
 }
 FA_DEV void fa_cp_wait() { fa_cp_wait_n(0); }
-FA_DEV void fa_cp_wait1() { fa_cp_wait_n(1); }
 FA_DEV float fa_ex2(float x) { return exp2f(x); }
 FA_DEV float fa_shfl_xor(float x, int m) {
     const int w = emu::cur / 32, l = emu::cur % 32;

@@ -814,6 +814,9 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
     fa_write_dkdv<BF, D>(p, dk, dv, sK, sV, kv0 + w0, w0, 0, total > 0);
 }
 
+/* a compile-time bool, for code compiled in masked and unmasked versions */
+template <bool B> struct fa_bool { static constexpr bool value = B; };
+
 /* The share of query head h in dK, dV of one 128-key tile, and the tile's share of dQ, at
  * D = 128 (FlashAttention-2's arrangement of the backward). Grid (Hq, B, ceil(S / 128)),
  * 256 threads (8 warps), one CTA per SM (171 KB of shared memory). Per 64-row query tile:
@@ -831,7 +834,6 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
  * registers): ~0.45 ldmatrix per mma against ~0.63. The rest is as in fa_bwd_kernel:
  * heavy key tiles first, Q, dO and the row statistics of the next step staged with
  * cp.async while this one runs, dK, dV added into f32 scratch when G > 1. */
-template <bool B> struct fa_bool { static constexpr bool value = B; };
 template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
     constexpr int D = 128, NT = 256, BC = 128, BR = FA8_BR, LD = D + 8, LP = BC + 8;
     uint16_t *sK = reinterpret_cast<uint16_t *>(fa_smem());
