@@ -591,6 +591,9 @@ FA_DEV void fa_write_dkdv(const fa_params &p, const float (&dk)[MT][N][4], const
 /* The share of query head h in dK, dV of one key tile, and the tile's share of dQ, at
  * D = 64. Grid (Hq, B, ceil(S / 128)), 128 threads; each warp owns 32 keys. At least 2 CTAs
  * per SM. */
+/* a compile-time bool for the lambdas that come in masked and unmasked versions */
+template <bool B> struct fa_bool { static constexpr bool value = B; };
+
 template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params p) {
     static_assert(D == 64, "head dim 128 has its own backward kernel (fa_bwd8_kernel)");
     constexpr int KW = fa_bwd_tile<D>::kw, BC = fa_bwd_tile<D>::bc, BR = FA_BBR, LD = D + 8, LDS = BR + 8;
@@ -682,19 +685,27 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
             }
         }
 
-        /* P^T = exp(scale s - lse), zero where masked */
+        /* P^T = exp(scale s - lse), zero where masked; the mask tests only in tiles with masked
+         * keys (as in fa_bwd8_kernel) */
         const bool need_mask = kv0 + BC > S || (p.causal && kv0 + BC - 1 > i0 + S - T);
+        auto p_exp = [&](auto mask) {
+            constexpr bool MASK = decltype(mask)::value;
 #pragma unroll
-        for (int m = 0; m < KW; m++)
+            for (int m = 0; m < KW; m++)
 #pragma unroll
-            for (int n = 0; n < BR / 8; n++)
+                for (int n = 0; n < BR / 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int qi = 8 * n + 2 * t + (e & 1), i = i0 + qi;
-                    const int j = kv0 + w0 + 16 * m + g + 8 * (e >> 1);
-                    const bool masked = need_mask && (j >= S || (p.causal && j > i + S - T));
-                    s[m][n][e] = masked ? 0.f : fa_ex2(fmaf(s[m][n][e], p.sl2, -cL[qi]));
-                }
+                    for (int e = 0; e < 4; e++) {
+                        const int qi = 8 * n + 2 * t + (e & 1), i = i0 + qi;
+                        const int j = kv0 + w0 + 16 * m + g + 8 * (e >> 1);
+                        const bool masked = MASK && (j >= S || (p.causal && j > i + S - T));
+                        s[m][n][e] = masked ? 0.f : fa_ex2(fmaf(s[m][n][e], p.sl2, -cL[qi]));
+                    }
+        };
+        if (need_mask)
+            p_exp(fa_bool<true>{});
+        else
+            p_exp(fa_bool<false>{});
 
         /* dV += P^T dO */
 #pragma unroll
