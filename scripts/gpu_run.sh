@@ -258,7 +258,8 @@ do_flashvs() {
     wait
     for v in "${names[@]}"; do
         [ -x "build-flash/fc_$v" ] || { echo "$v: build failed"; tail -5 "$LOGS/flashvs_build_$v.log"; rc=1; continue; }
-        grep -A1 "fa_bwd8_kernelILb1" "$LOGS/flashvs_build_$v.log" | grep -o "[0-9]* bytes spill stores" | head -1 | sed "s/^/$v: /"
+        grep -A1 "Function properties for .*fa_bwd" "$LOGS/flashvs_build_$v.log" |
+            grep -o "fa_bwd[0-9a-zA-Z_]*\|[0-9]* bytes spill stores" | paste -sd' ' | sed "s/^/$v: /"
         "build-flash/fc_$v" >"$LOGS/flashvs_check_$v.log" || rc=1
         echo "$v: $(tail -n 1 "$LOGS/flashvs_check_$v.log")"
     done
@@ -266,7 +267,7 @@ do_flashvs() {
         for v in "${names[@]}"; do
             [ -x "build-flash/fc_$v" ] || continue
             echo "## $v round $r"
-            "build-flash/fc_$v" --bench | grep "BENCH ours" | grep -v Hkv | sed -E 's/fwd_ms=[0-9.]+ //; s/bwd_ms=[0-9.]+ //'
+            "build-flash/fc_$v" --bench | grep "BENCH ours" | sed -E 's/fwd_ms=[0-9.]+ //; s/bwd_ms=[0-9.]+ //'
         done
     done
     return $rc
