@@ -588,11 +588,12 @@ FA_DEV void fa_write_dkdv(const fa_params &p, const float (&dk)[MT][N][4], const
     }
 }
 
+/* a compile-time bool, for code compiled in masked and unmasked versions */
+template <bool B> struct fa_bool { static constexpr bool value = B; };
+
 /* The share of query head h in dK, dV of one key tile, and the tile's share of dQ, at
  * D = 64. Grid (Hq, B, ceil(S / 128)), 128 threads; each warp owns 32 keys. At least 2 CTAs
  * per SM. */
-/* a compile-time bool for the lambdas that come in masked and unmasked versions */
-template <bool B> struct fa_bool { static constexpr bool value = B; };
 
 template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params p) {
     static_assert(D == 64, "head dim 128 has its own backward kernel (fa_bwd8_kernel)");
@@ -824,9 +825,6 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
     fa_cp_wait(); /* K, V of a CTA without query tiles */
     fa_write_dkdv<BF, D>(p, dk, dv, sK, sV, kv0 + w0, w0, 0, total > 0);
 }
-
-/* a compile-time bool, for code compiled in masked and unmasked versions */
-template <bool B> struct fa_bool { static constexpr bool value = B; };
 
 /* The share of query head h in dK, dV of one 128-key tile, and the tile's share of dQ, at
  * D = 128 (FlashAttention-2's arrangement of the backward). Grid (Hq, B, ceil(S / 128)),
