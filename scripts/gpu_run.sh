@@ -2,7 +2,7 @@
 # Everything we run on a lent GPU machine, in stages, logging to $OUT (or ./gpu-out).
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
-#                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp flashvs
+#                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp flashvs rowab
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -243,6 +243,28 @@ PY
 # ("tree") and from each .shared/fa_*.cu (e.g. `git show BRANCH:src/backends/cuda/flash_attention.cu
 # > .shared/fa_NAME.cu`), each variant checked, then all timed twice, alternating
 # (flash_check --bench, the D 128 rows).
+# A/B of runtime variants of one build: ROWAB="NAME:ENV[,ENV...] ..." ("-" for none), each case
+# of ROWAB_ONLY (bench_kernels --only patterns, space-separated) under each variant, alternating,
+# twice; test_cuda_ops first under each variant.
+do_rowab() {
+    local rc=0 v n e o
+    bench/build.sh build-gpu >/dev/null || return 1
+    for v in $ROWAB; do
+        n=${v%%:*}; e=${v#*:}; [ "$e" = "-" ] && e=""
+        env $(echo "$e" | tr ',' ' ') build-gpu/test_cuda_ops >"$LOGS/rowab_test_$n.log" 2>&1 || rc=1
+        echo "$n: test_cuda_ops $(tail -n 1 "$LOGS/rowab_test_$n.log")"
+    done
+    for r in 1 2; do
+        for v in $ROWAB; do
+            n=${v%%:*}; e=${v#*:}; [ "$e" = "-" ] && e=""
+            for o in $ROWAB_ONLY; do
+                env $(echo "$e" | tr ',' ' ') build-gpu/bench_kernels --only "$o" 2>&1 | grep KERNEL |
+                    sed -E "s/^/$n r$r /; s/\"(bytes|gbps|dtype)\": [^,]*, //g"
+            done
+        done
+    done
+    return $rc
+}
 do_flashvs() {
     local v f rc=0
     mkdir -p build-flash
@@ -312,6 +334,7 @@ for s in "$@"; do
     flashprof) stage flashprof do_flashprof ;;
     flashcmp) stage flashcmp do_flashcmp ;;
     flashvs) stage flashvs do_flashvs ;;
+    rowab) stage rowab do_rowab ;;
     *) echo "unknown stage $s" ;;
     esac
 done
