@@ -809,16 +809,23 @@ template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params 
                     fa_mma<BF>(dq[2 * dp + 1], da, kb[2], kb[3]);
                 }
             }
+            /* one base address, the rows at constant offsets from it (see fa_bwd8_kernel), and
+             * a version without the row tests for tiles with no rows past T */
+            float *dq0 = p.dq + (qrow(T) + i0 + rw * 16 + g) * D + cw * DW + 2 * t;
+            auto red_dq = [&](auto tail) {
 #pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const int i = i0 + rw * 16 + g + 8 * r;
-                if (i < T) {
-                    float *dst = p.dq + (qrow(T) + i) * D + cw * DW + 2 * t;
+                for (int r = 0; r < 2; r++)
+                    if (!decltype(tail)::value || i0 + rw * 16 + g + 8 * r < T) {
 #pragma unroll
-                    for (int n = 0; n < DW / 8; n++)
-                        fa_red2(dst + 8 * n, dq[n][2 * r] * p.scale, dq[n][2 * r + 1] * p.scale);
-                }
-            }
+                        for (int n = 0; n < DW / 8; n++)
+                            fa_red2(dq0 + 8 * r * D + 8 * n, dq[n][2 * r] * p.scale,
+                                    dq[n][2 * r + 1] * p.scale);
+                    }
+            };
+            if (i0 + BR <= T)
+                red_dq(fa_bool<false>{});
+            else
+                red_dq(fa_bool<true>{});
         }
     }
 
@@ -990,18 +997,23 @@ template <bool BF> FA_KERNEL(256) fa_bwd8_kernel(const fa_params p) {
                 fa_mma_2xn<BF>(
                     dq, [&](uint32_t(&a)[4], int m) { a_frag(a, sdS, LP, 32 * wm + 16 * m, 16 * kk); },
                     [&](uint32_t(&b)[4], int np) { b_frag_t(b, sK, LD, 32 * wn + 16 * np, 16 * kk); });
+            /* The atomics take their rows at constant offsets from one base address. With an
+             * address computed afresh for each row, the new address went into the registers of
+             * the atomics just issued, and the warp waited for those (queued behind the other
+             * memory instructions) to read them: on an H200 at T 8192 that long-scoreboard stall
+             * was 9% of the kernel's warp samples. (A version without the row tests for tiles
+             * with no rows past T, as fa_bwd_kernel has, spilled here and ran slower.) */
+            float *dq0 = p.dq + (qrow(T) + i0 + 32 * wm + g) * D + 32 * wn + 2 * t;
 #pragma unroll
             for (int m = 0; m < 2; m++)
 #pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    const int i = i0 + 32 * wm + 16 * m + g + 8 * r;
-                    if (i < T) {
-                        float *dst = p.dq + (qrow(T) + i) * D + 32 * wn + 2 * t;
+                for (int r = 0; r < 2; r++)
+                    if (i0 + 32 * wm + 16 * m + 8 * r + g < T) {
 #pragma unroll
                         for (int n = 0; n < 4; n++)
-                            fa_red2(dst + 8 * n, dq[m][n][2 * r] * p.scale, dq[m][n][2 * r + 1] * p.scale);
+                            fa_red2(dq0 + (16 * m + 8 * r) * D + 8 * n, dq[m][n][2 * r] * p.scale,
+                                    dq[m][n][2 * r + 1] * p.scale);
                     }
-                }
         }
     }
 
