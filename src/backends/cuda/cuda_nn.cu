@@ -265,7 +265,12 @@ __global__ void __launch_bounds__(1024)
  * while the kernel before it on the stream is still running, so it calls nn_wait_prev() before it
  * touches any memory (the wait returns once that kernel has completed and its writes are
  * visible); the kernel before it calls nn_launch_next() to let it start launching early. Both are
- * no-ops on older architectures and in a kernel launched the ordinary way. */
+ * no-ops on older architectures and in a kernel launched the ordinary way.
+ * What the kernel before wrote must not be read through `const T *__restrict__` (nor __ldg):
+ * those become non-coherent loads (ld.global.nc), which promise that the data does not change
+ * while the kernel runs, and ptxas may then move them above the wait. It did (LDG.E.CONSTANT
+ * before ACQBULK in the SASS, and wrong gradients on an H200) when k_emb_rows gained a trigger;
+ * scripts/pdl_order_check.sh checks the SASS of these kernels. */
 __device__ __forceinline__ void nn_wait_prev() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
@@ -459,7 +464,7 @@ __global__ void __launch_bounds__(RB_THREADS, VPT == 1 && !GE ? 2 : 1)
 #define CF_U 8
 template <typename T>
 __global__ void __launch_bounds__(CF_TX *CF_TY)
-    k_colsum_final_f(T *out, const float *__restrict__ part, int64_t C, int P) {
+    k_colsum_final_f(T *out, const float *part, int64_t C, int P) { /* part: see nn_wait_prev */
     __shared__ double sh[CF_TY][CF_TX + 1];
     nn_wait_prev();
     int tx = threadIdx.x % CF_TX, ty = threadIdx.x / CF_TX;
@@ -1548,11 +1553,13 @@ __device__ __forceinline__ void emb_zero_rows(T *__restrict__ gw, const int *__r
 /* Step 2 (see above): block q over the sorted entries [q H, q H + 2 H) (ent holds n entries, the
  * first M = start[V] of them sorted, the rest zeros; a block past them has none), and the zeros
  * of the 32-row groups q, q + G, ... Dynamic shared memory: pos, row and flag, 2 H ints each;
- * flag: 1 = last entry of a row or piece, 2 = hot piece, 4 = slot 1. */
+ * flag: 1 = last entry of a row or piece, 2 = hot piece, 4 = slot 1. ent and start, the sort's,
+ * are read with coherent loads (see nn_wait_prev); gout may take the read-only path, as its
+ * writer completed before the sort, an ordinary launch, began. */
 template <typename T, int VN>
 __global__ void __launch_bounds__(ER_THREADS)
-    k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int4 *__restrict__ ent,
-               const int *__restrict__ start, unsigned *ticket, typename cu_acc<T>::type *part,
+    k_emb_rows(T *__restrict__ gw, const T *__restrict__ gout, const int4 *ent, const int *start,
+               unsigned *ticket, typename cu_acc<T>::type *part,
                int n, int V, int64_t C, int H) {
     typedef typename cu_acc<T>::type A;
     typedef typename emb_raw<T, VN>::type Raw;
