@@ -594,7 +594,6 @@ template <bool B> struct fa_bool { static constexpr bool value = B; };
 /* The share of query head h in dK, dV of one key tile, and the tile's share of dQ, at
  * D = 64. Grid (Hq, B, ceil(S / 128)), 128 threads; each warp owns 32 keys. At least 2 CTAs
  * per SM. */
-
 template <bool BF, int D> FA_KERNEL_MIN(FA_NT, 2) fa_bwd_kernel(const fa_params p) {
     static_assert(D == 64, "head dim 128 has its own backward kernel (fa_bwd8_kernel)");
     constexpr int KW = fa_bwd_tile<D>::kw, BC = fa_bwd_tile<D>::bc, BR = FA_BBR, LD = D + 8, LDS = BR + 8;
