@@ -18,6 +18,6 @@ awk '
   /Function : / { fn = $3; seen = 0; bad = ""; next }
   fn != "" && /ACQBULK/ && !seen { seen = 1; n++
                                    if (bad != "") { print "FAIL " fn ":" bad; fails++ } else print "ok   " fn }
-  fn != "" && !seen && /(LDG|STG|ATOMG|REDG|LDGSTS)/ { sub(/^ *\/\*[0-9a-f]+\*\/ */, ""); sub(/ *;.*/, ""); bad = bad " [" $0 "]" }
+  fn != "" && !seen && /(LDG|STG|ATOMG|REDG|LD\.E|ST\.E|ATOM\.E|RED\.E)/ { sub(/^ *\/\*[0-9a-f]+\*\/ */, ""); sub(/ *;.*/, ""); bad = bad " [" $0 "]" }
   END { printf "%d kernels wait for the kernel before them; %d touch memory first\n", n, fails; exit fails > 0 }
 ' "$out/nn.sass"
