@@ -23,6 +23,13 @@ stage() { # name, command...
     return 0
 }
 
+# Run a command under an environment given as VAR=VALUE[,VAR=VALUE...] ("-" for none).
+with_env() { # spec, command...
+    local spec=$1; shift
+    [ "$spec" = "-" ] && spec=""
+    env $(echo "$spec" | tr ',' ' ') "$@"
+}
+
 do_build() {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     nvcc --version | tail -2
@@ -89,7 +96,7 @@ do_decab() {
     local run="--model /tmp/tinyllama-bf16 --ids $(seq -s, 1 32) --bench 256 --repeat 3 --device cuda --dtype bf16"
     for round in 1 2; do
         for v in ${DECAB_ENV:--}; do
-            printf '%-50s ' "$v"; env $(echo "$v" | tr ',' ' ' | sed 's/^-$//') build-gpu/example_hf_logits $run 2>/dev/null | tail -1
+            printf '%-50s ' "$v"; with_env "$v" build-gpu/example_hf_logits $run 2>/dev/null | tail -1
         done
         for b in build-base build-v*; do
             [ -x $b/example_hf_logits ] || continue
@@ -239,10 +246,6 @@ PY
     for f in torch ours; do echo "## $f stalls (cycles per issued instruction)"; grep -E "^ +Stall|smsp__average_warp|warp_latency" "$LOGS/flashcmp_$f.txt" | sed -E 's/ +/ /g' | cut -c1-110; done
     for f in torch ours; do echo "## $f"; grep -E "$keys" "$LOGS/flashcmp_$f.txt" | sed -E 's/ +/ /g' | cut -c1-120; done
 }
-# Flash kernel variants side by side: flash_check built from this tree's flash_attention.cu
-# ("tree") and from each .shared/fa_*.cu (e.g. `git show BRANCH:src/backends/cuda/flash_attention.cu
-# > .shared/fa_NAME.cu`), each variant checked, then all timed twice, alternating
-# (flash_check --bench, the D 128 rows).
 # A/B of runtime variants of one build: ROWAB="NAME:ENV[,ENV...] ..." ("-" for none), each case
 # of ROWAB_ONLY (bench_kernels --only patterns, space-separated) under each variant, alternating,
 # twice; test_cuda_ops first under each variant.
@@ -250,21 +253,25 @@ do_rowab() {
     local rc=0 v n e o
     bench/build.sh build-gpu >/dev/null || return 1
     for v in $ROWAB; do
-        n=${v%%:*}; e=${v#*:}; [ "$e" = "-" ] && e=""
-        env $(echo "$e" | tr ',' ' ') build-gpu/test_cuda_ops >"$LOGS/rowab_test_$n.log" 2>&1 || rc=1
+        n=${v%%:*}; e=${v#*:}
+        with_env "$e" build-gpu/test_cuda_ops >"$LOGS/rowab_test_$n.log" 2>&1 || rc=1
         echo "$n: test_cuda_ops $(tail -n 1 "$LOGS/rowab_test_$n.log")"
     done
     for r in 1 2; do
         for v in $ROWAB; do
-            n=${v%%:*}; e=${v#*:}; [ "$e" = "-" ] && e=""
+            n=${v%%:*}; e=${v#*:}
             for o in $ROWAB_ONLY; do
-                env $(echo "$e" | tr ',' ' ') build-gpu/bench_kernels --only "$o" 2>&1 | grep KERNEL |
+                with_env "$e" build-gpu/bench_kernels --only "$o" 2>&1 | grep KERNEL |
                     sed -E "s/^/$n r$r /; s/\"(bytes|gbps|dtype)\": [^,]*, //g"
             done
         done
     done
     return $rc
 }
+# Flash kernel variants side by side: flash_check built from this tree's flash_attention.cu
+# ("tree") and from each .shared/fa_*.cu (e.g. `git show BRANCH:src/backends/cuda/flash_attention.cu
+# > .shared/fa_NAME.cu`), each variant checked (with its backward kernels' spills), then all
+# timed twice, alternating (flash_check --bench: every row).
 do_flashvs() {
     local v f rc=0
     mkdir -p build-flash
