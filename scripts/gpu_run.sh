@@ -3,6 +3,7 @@
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
 #                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp flashvs rowab
+#                      sanall
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +58,32 @@ do_sanitize() {
     return $rc
 }
 do_flash() { OUT="$LOGS/flash" scripts/flash_check.sh; }
+# compute-sanitizer memcheck and racecheck over every test program of build-gpu and over
+# flash_check (its checks only), eight runs at a time, each capped at SANALL_CAP seconds; the
+# logs go straight to $OUT/sanall (kept if the call is cut short).
+do_sanall() {
+    local d="$OUT/sanall" cap=${SANALL_CAP:-300} rc=0 t n tool
+    mkdir -p "$d" build-flash
+    nvcc -O3 -std=c++17 -arch=sm_90 -lineinfo -Iinclude -Isrc tests/flash/flash_check.cu \
+        src/backends/cuda/flash_attention.cu -o build-flash/flash_check || return 1
+    local progs=(build-flash/flash_check)
+    for t in build-gpu/test_*; do [ -x "$t" ] && progs+=("$t"); done
+    for t in "${progs[@]}"; do
+        for tool in memcheck racecheck; do
+            n=$(basename "$t")
+            while [ "$(jobs -rp | wc -l)" -ge 8 ]; do wait -n; done
+            (env FE_CUDA_NO_CACHE=1 timeout "$cap" compute-sanitizer --tool $tool \
+                --report-api-errors no --error-exitcode 99 "$t" >"$d/${tool}_$n.log" 2>&1
+             echo "$tool $n rc=$?" >>"$d/summary.txt") &
+        done
+    done
+    wait
+    sort "$d/summary.txt"
+    grep -h "ERROR SUMMARY\|RACECHECK SUMMARY" "$d"/*.log | sort | uniq -c
+    grep -q -v "rc=0$" "$d/summary.txt" && rc=1
+    return $rc
+}
+
 do_parity() {
     python3 tests/parity/llama_parity.py --build build-gpu
 }
@@ -319,6 +346,7 @@ for s in "$@"; do
     test) stage test do_test ;;
     sanitize) stage sanitize do_sanitize ;;
     flash) stage flash do_flash ;;
+    sanall) stage sanall do_sanall ;;
     parity) stage parity do_parity ;;
     bench) stage bench do_bench ;;
     kernels) stage kernels do_kernels ;;
