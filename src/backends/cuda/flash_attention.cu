@@ -443,7 +443,11 @@ template <bool BF, int D> FA_KERNEL(FA_NT) fa_fwd_kernel(const fa_params p) {
         }
     }
 
-    /* normalise, write lse, stage O in this warp's own rows of sQ, copy out */
+    /* normalise, write lse, stage O in this warp's own rows of sQ, copy out. The lanes wait for
+     * each other first: the rows were read by the warp's ldmatrix, whose lanes fetch rows for
+     * one another, so a lane's store could otherwise race another lane's read (compute-sanitizer
+     * racecheck reported these intra-warp hazards over flash_check on an H200) */
+    fa_syncwarp();
 #pragma unroll
     for (int mt = 0; mt < QW; mt++)
 #pragma unroll
