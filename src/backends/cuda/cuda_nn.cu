@@ -1413,11 +1413,31 @@ __device__ __forceinline__ unsigned emb_match(unsigned has, int k) {
     return has & (has - 1) ? __match_any_sync(0xffffffffu, k) : has;
 }
 
+/* What the sort asks L2 for while DRAM has nothing else to do (FE_EMB_PREFETCH, an experiment):
+ * the gout rows (bytes each, a multiple of 16) of the first x entries of every window of h
+ * entries, the ones k_emb_rows reads first. rows NULL: nothing. */
+struct emb_pf {
+    const char *rows;
+    unsigned bytes;
+    int h, x;
+};
+__device__ __forceinline__ void emb_prefetch_row(const emb_pf &pf, int place, int p) {
+#ifdef __CUDA_ARCH__
+    if (pf.rows && place % pf.h < pf.x)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(
+                         pf.rows + (size_t)p * pf.bytes),
+                     "r"(pf.bytes)
+                     : "memory");
+#else
+    (void)pf, (void)place, (void)p;
+#endif
+}
+
 /* Pass 2 of step 1 for one position p of each lane with key k, the lanes' positions increasing
  * with the lane: the position to its place if k is a row of the slice [v0, v0 + ns), in the
  * order pass 1 counted them; cw: the warp's next places. */
 __device__ __forceinline__ void emb_place(int k, int p, int v0, int ns, int *cw, const int *first,
-                                          const int *per, int4 *ent) {
+                                          const int *per, int4 *ent, const emb_pf &pf) {
     unsigned lt = (1u << (threadIdx.x & 31)) - 1;
     bool in = k >= v0 && k < v0 + ns;
     unsigned has = __ballot_sync(0xffffffffu, in);
@@ -1425,8 +1445,9 @@ __device__ __forceinline__ void emb_place(int k, int p, int v0, int ns, int *cw,
     unsigned m = emb_match(has, in ? k : -1);
     int *c = &cw[in ? k - v0 : 0];
     if (in) {
-        int r = k - v0;
-        emb_st16(&ent[*c + __popc(m & lt)], make_uint4(p, k, first[r], first[r] + per[r]));
+        int r = k - v0, place = *c + __popc(m & lt);
+        emb_st16(&ent[place], make_uint4(p, k, first[r], first[r] + per[r]));
+        emb_prefetch_row(pf, place, p);
     }
     __syncwarp(); /* every lane has read *c before the lowest lane moves it on */
     if (in && !(m & lt)) *c += __popc(m);
@@ -1437,7 +1458,7 @@ __device__ __forceinline__ void emb_place(int k, int p, int v0, int ns, int *cw,
  * per[S], first[S], lpos[ES_WARPS][ES_LIST] and lkey[ES_WARPS][ES_LIST] ints. */
 __global__ void __launch_bounds__(ES_THREADS, 1)
     k_emb_sort(const void *__restrict__ idx, bool i64, int n, int V, int S, int *__restrict__ start,
-               unsigned *__restrict__ ticket, int4 *__restrict__ ent) {
+               unsigned *__restrict__ ticket, int4 *__restrict__ ent, emb_pf pf) {
     extern __shared__ int es_sh[];
     __shared__ int wsum[32];
     /* cnt[w * S + r]: warp w's count of row v0 + r, later its next place; per[r]: the row's
@@ -1512,7 +1533,8 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
     if (met <= ES_LIST) {
         for (int i = 0; i < met; i += 32) {
             int e = i + lane;
-            emb_place(e < met ? lkey[e] : -1, e < met ? lpos[e] : 0, v0, ns, cw, first, per, ent);
+            emb_place(e < met ? lkey[e] : -1, e < met ? lpos[e] : 0, v0, ns, cw, first, per, ent,
+                      pf);
         }
     } else {
         for (int b = p0; b < p1; b += 32 * ES_U2) {
@@ -1520,7 +1542,7 @@ __global__ void __launch_bounds__(ES_THREADS, 1)
             emb_keys<ES_U2>(key, idx, i64, b, p1, V);
 #pragma unroll
             for (int u = 0; u < ES_U2; u++)
-                emb_place(key[u], b + u * 32 + lane, v0, ns, cw, first, per, ent);
+                emb_place(key[u], b + u * 32 + lane, v0, ns, cw, first, per, ent, pf);
         }
     }
 }
@@ -1690,9 +1712,14 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
         st = cu_check(cudaFuncSetAttribute(k_emb_sort, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)es_smem),
                       "cudaFuncSetAttribute");
+    /* FE_EMB_PREFETCH=X (an experiment, default 0): the sort asks L2 for the gout rows of the first
+     * X entries of every window (16-byte rows only) */
+    const char *pfe = getenv("FE_EMB_PREFETCH");
+    emb_pf pf = {NULL, 0, (int)H, pfe ? atoi(pfe) : 0};
+    if (VN > 1 && pf.x > 0) pf.rows = (const char *)fe__ptr(gout), pf.bytes = (unsigned)(C * sizeof(T));
     if (!st) {
         k_emb_sort<<<(unsigned)nslice, ES_THREADS, es_smem, d->stream>>>(
-            fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, (int)S, start, ticket, ent);
+            fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, (int)S, start, ticket, ent, pf);
         st = cu_launched("embedding backward kernel (sort)");
     }
     if (!st)
