@@ -3,7 +3,7 @@
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
 #                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp flashvs rowab
-#                      sanall
+#                      sanall probes
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +58,15 @@ do_sanitize() {
     return $rc
 }
 do_flash() { OUT="$LOGS/flash" scripts/flash_check.sh; }
+# The GPU probes: programmatic dependent launch ordering (tests/pdl) and Hopper's warpgroup MMA
+# layouts (tests/wgmma), each built and run.
+do_probes() {
+    local rc=0
+    nvcc -O2 -arch=sm_90 tests/pdl/pdl_probe.cu -o /tmp/pdl_probe && /tmp/pdl_probe || rc=1
+    nvcc -O2 -gencode arch=compute_90a,code=sm_90a tests/wgmma/wgmma_probe.cu -o /tmp/wgmma_probe &&
+        /tmp/wgmma_probe || rc=1
+    return $rc
+}
 # compute-sanitizer memcheck and racecheck over every test program of build-gpu and over
 # flash_check (its checks only), SANALL_JOBS runs at a time (default 4: with 8 on an H200 the
 # decoder, fused-loss, fused-optimizer and flash runs did not finish in 300 s), each capped at
@@ -354,6 +363,7 @@ for s in "$@"; do
     sanitize) stage sanitize do_sanitize ;;
     flash) stage flash do_flash ;;
     sanall) stage sanall do_sanall ;;
+    probes) stage probes do_probes ;;
     parity) stage parity do_parity ;;
     bench) stage bench do_bench ;;
     kernels) stage kernels do_kernels ;;
