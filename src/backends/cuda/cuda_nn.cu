@@ -1423,11 +1423,11 @@ struct emb_pf {
 };
 __device__ __forceinline__ void emb_prefetch_row(const emb_pf &pf, int place, int p) {
 #ifdef __CUDA_ARCH__
-    if (pf.rows && place % pf.h < pf.x)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(
-                         pf.rows + (size_t)p * pf.bytes),
-                     "r"(pf.bytes)
+    if (pf.rows && place % pf.h < pf.x) {
+        const char *row = pf.rows + (size_t)p * pf.bytes;
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(row), "r"(pf.bytes)
                      : "memory");
+    }
 #else
     (void)pf, (void)place, (void)p;
 #endif
@@ -1716,7 +1716,8 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
      * X entries of every window (16-byte rows only) */
     const char *pfe = getenv("FE_EMB_PREFETCH");
     emb_pf pf = {NULL, 0, (int)H, pfe ? atoi(pfe) : 0};
-    if (VN > 1 && pf.x > 0) pf.rows = (const char *)fe__ptr(gout), pf.bytes = (unsigned)(C * sizeof(T));
+    if (VN > 1 && pf.x > 0)
+        pf.rows = (const char *)fe__ptr(gout), pf.bytes = (unsigned)(C * sizeof(T));
     if (!st) {
         k_emb_sort<<<(unsigned)nslice, ES_THREADS, es_smem, d->stream>>>(
             fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, (int)S, start, ticket, ent, pf);
