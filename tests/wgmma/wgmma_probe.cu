@@ -125,6 +125,9 @@ __global__ void __launch_bounds__(128) wg_case(const __nv_bfloat16 *A, const __n
     extern __shared__ __align__(1024) unsigned char sm[];
     unsigned char *sA = sm, *sB = sm + 64 * K * 2;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    if (tid == 0 && __cvta_generic_to_shared(sm) % 1024) /* the swizzle works on address bits */
+        printf("  shared memory at %u: not 1024-byte aligned\n",
+               (unsigned)__cvta_generic_to_shared(sm));
     for (int i = tid; i < 64 * K; i += 128)
         memcpy(sA + wg_off(i / K, i % K, K, SW), A + i, 2);
     for (int i = tid; i < N * K; i += 128)
