@@ -9,9 +9,9 @@
  * then gw against float64 sums (rows no index hits exactly +0), for f32, bf16 and f64 on
  * the 16-byte path and f32 and f16 on the element path; out-of-range and negative indices; rows
  * hit thousands of times; blocks of 1 to 64 sorted entries (many pieces per row); the blocks of
- * both kernels in a random order, twice (i32 indices and as many rows blocks as entry blocks,
- * then i64 indices and more rows blocks than 32-row groups, some with no work), with
- * bit-identical results. Exit status 1 on a failure. */
+ * both kernels in a random order, twice (i32 indices, sort blocks of 32 warps and as many rows
+ * blocks as entry blocks; then i64 indices, sort blocks of 16 warps and more rows blocks than
+ * 32-row groups, some with no work), with bit-identical results. Exit status 1 on a failure. */
 #include "backends/cuda/cuda_internal.cuh"
 
 #include "emu_check.h"
@@ -146,10 +146,15 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         for (int i = 0; i < G; i++) o2[i] = i;
         std::shuffle(o1.begin(), o1.end(), rng), std::shuffle(o2.begin(), o2.end(), rng);
         const void *ip = run ? (const void *)idx64.data() : (const void *)idx.data();
-        emu::launch(nslice, ES_THREADS, emb_sort_smem(S), [&] {
-            /* run 1 with the L2 prefetch switched on (a no-op here: it must not change a thing) */
+        /* run 1: sort blocks of 16 warps (FE_EMB_SORT_WARPS=16) and the L2 prefetch switched on
+         * (a no-op here: it must not change a thing) */
+        const int nw = run ? 16 : 32;
+        emu::launch(nslice, nw * 32, emb_sort_smem(S, nw), [&] {
             emb_pf pf = {run ? (const char *)gout.data() : nullptr, (unsigned)(C * sizeof(T)), H, 8};
-            k_emb_sort(ip, run == 1, n, V, S, start.data(), ticket.data(), ent.data(), pf);
+            if (run)
+                k_emb_sort<16>(ip, true, n, V, S, start.data(), ticket.data(), ent.data(), pf);
+            else
+                k_emb_sort<32>(ip, false, n, V, S, start.data(), ticket.data(), ent.data(), pf);
         }, o1);
         /* entries (position, row, the row's first place, its end) by row, positions in order;
          * zeros past the last */
