@@ -1353,7 +1353,7 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
     const char *ea = getenv("FE_DECODE_EARLY");
     int ev = ea ? atoi(ea) : DEC_UNROLL;
-    e->early = ea && (ev == 0 || ev == 2 || ev == 4) ? ev : DEC_UNROLL;
+    e->early = ev == 0 || ev == 2 || ev == 4 ? ev : DEC_UNROLL;
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)

@@ -1676,21 +1676,34 @@ __global__ void __launch_bounds__(ER_THREADS)
 
 static size_t emb_align(size_t b) { return (b + 255) & ~(size_t)255; }
 
+/* An experiment switch of the embedding backward: the integer value of environment variable
+ * `name` (0 when unset or negative), read once into *cache (-1 until then), as the device's
+ * FE_CUDA_POISON and FE_CUDA_NO_CACHE are, so that a call does not look it up again. */
+static int emb_switch(const char *name, int *cache) {
+    int v = __atomic_load_n(cache, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv(name);
+        v = e && atoi(e) > 0 ? atoi(e) : 0;
+        __atomic_store_n(cache, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+static int g_emb_sort_warps = -1, g_emb_prefetch = -1;
+
 template <typename T, int VN>
 static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, const fe_tensor *idx,
                              int64_t n, int64_t V, int64_t C) {
     typedef typename cu_acc<T>::type A;
     /* slices: one block of 32 warps per SM (two of 16 with FE_EMB_SORT_WARPS=16) where the
      * counters fit */
-    const char *sw = getenv("FE_EMB_SORT_WARPS");
-    const int nw = sw && !strcmp(sw, "16") ? 16 : 32, per_sm = 32 / nw;
+    const int nw = emb_switch("FE_EMB_SORT_WARPS", &g_emb_sort_warps) == 16 ? 16 : 32;
+    const int per_sm = 32 / nw;
     int64_t S = (V + (int64_t)d->sm_count * per_sm - 1) / ((int64_t)d->sm_count * per_sm);
     S = (S + 31) / 32 * 32;
     if (S > ES_MAX_SLICE) S = ES_MAX_SLICE;
     int64_t nslice = (V + S - 1) / S;
     size_t es_smem = emb_sort_smem(S, nw);
-    void (*ksort)(const void *, bool, int, int, int, int *, unsigned *, int4 *, emb_pf) =
-        nw == 16 ? k_emb_sort<16> : k_emb_sort<32>;
+    auto ksort = nw == 16 ? k_emb_sort<16> : k_emb_sort<32>;
     /* H entries per block of k_emb_rows: 32 (blocks enough to spread the sums evenly over the
      * multiprocessors), more for long index lists so that the partial sums (two rows of C per
      * block) stay a small fraction of gout */
@@ -1720,8 +1733,7 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
                       "cudaFuncSetAttribute");
     /* FE_EMB_PREFETCH=X (an experiment, default 0): the sort asks L2 for the gout rows of the first
      * X entries of every window (16-byte rows only) */
-    const char *pfe = getenv("FE_EMB_PREFETCH");
-    emb_pf pf = {NULL, 0, (int)H, pfe ? atoi(pfe) : 0};
+    emb_pf pf = {NULL, 0, (int)H, emb_switch("FE_EMB_PREFETCH", &g_emb_prefetch)};
     if (VN > 1 && pf.x > 0)
         pf.rows = (const char *)fe__ptr(gout), pf.bytes = (unsigned)(C * sizeof(T));
     if (!st) {
