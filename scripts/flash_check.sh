@@ -3,17 +3,20 @@
 # benchmarks: ours (flash_check --bench --all) and PyTorch's SDPA beside it
 # (bench/attention.py, when torch is installed). Needs an sm_90 GPU (H100/H200).
 # Logs go to $OUT when it is set, else to build-flash/. Exit status 1 when a check fails.
-#   scripts/flash_check.sh [--no-bench] [--emu]
+#   scripts/flash_check.sh [--no-bench] [--emu] [--build-only]
 #     --emu  also run the CPU emulation of the kernels (g++ only, no GPU needed)
+#     --build-only  build build-flash/flash_check and stop (gpu_run.sh's sanall runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bench=1
 emu=0
+build_only=0
 for a in "$@"; do
   case "$a" in
     --no-bench) bench=0 ;;
     --emu) emu=1 ;;
-    *) echo "usage: $0 [--no-bench] [--emu]" >&2; exit 2 ;;
+    --build-only) build_only=1 ;;
+    *) echo "usage: $0 [--no-bench] [--emu] [--build-only]" >&2; exit 2 ;;
   esac
 done
 log=${OUT:-build-flash}
@@ -30,6 +33,7 @@ nvcc -O3 -std=c++17 -arch=sm_90 -lineinfo -Iinclude -Isrc -Xcompiler -Wall,-Wext
 awk -F"'" '/Compiling entry function/ {k = $2} /spill stores/ {sp = $0; sub(/^ */, "", sp)}
   /Used [0-9]+ registers/ && k ~ /fa_/ {match($0, /Used [0-9]+ registers/)
   printf "  %-48s %s, %s\n", k, substr($0, RSTART, RLENGTH), sp}' "$log/flash_build.log"
+[ "$build_only" = 1 ] && exit 0
 
 echo "== check"
 rc=0

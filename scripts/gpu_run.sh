@@ -58,15 +58,7 @@ do_sanitize() {
     return $rc
 }
 do_flash() { OUT="$LOGS/flash" scripts/flash_check.sh; }
-# The GPU probes: programmatic dependent launch ordering (tests/pdl) and Hopper's warpgroup MMA
-# layouts (tests/wgmma), each built and run.
-do_probes() {
-    local rc=0
-    nvcc -O2 -arch=sm_90 tests/pdl/pdl_probe.cu -o /tmp/pdl_probe && /tmp/pdl_probe || rc=1
-    nvcc -O2 -gencode arch=compute_90a,code=sm_90a tests/wgmma/wgmma_probe.cu -o /tmp/wgmma_probe &&
-        /tmp/wgmma_probe || rc=1
-    return $rc
-}
+do_probes() { scripts/gpu_probes.sh; }
 # compute-sanitizer memcheck and racecheck over every test program of build-gpu and over
 # flash_check (its checks only), SANALL_JOBS runs at a time (default 4: with 8 on an H200 the
 # decoder, fused-loss, fused-optimizer and flash runs did not finish in 300 s), each capped at
@@ -74,9 +66,8 @@ do_probes() {
 # program that never calls CUDA counts as passed ("terminated before first instrumented API call").
 do_sanall() {
     local d="$OUT/sanall" cap=${SANALL_CAP:-400} jobs=${SANALL_JOBS:-4} rc=0 t n tool f
-    mkdir -p "$d" build-flash
-    nvcc -O3 -std=c++17 -arch=sm_90 -lineinfo -Iinclude -Isrc tests/flash/flash_check.cu \
-        src/backends/cuda/flash_attention.cu -o build-flash/flash_check || return 1
+    mkdir -p "$d"
+    OUT="$LOGS/flash" scripts/flash_check.sh --build-only >/dev/null || return 1
     local progs=(build-flash/flash_check)
     for t in build-gpu/test_*; do [ -x "$t" ] && progs+=("$t"); done
     for t in "${progs[@]}"; do

@@ -151,10 +151,8 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         const int nw = run ? 16 : 32;
         emu::launch(nslice, nw * 32, emb_sort_smem(S, nw), [&] {
             emb_pf pf = {run ? (const char *)gout.data() : nullptr, (unsigned)(C * sizeof(T)), H, 8};
-            if (run)
-                k_emb_sort<16>(ip, true, n, V, S, start.data(), ticket.data(), ent.data(), pf);
-            else
-                k_emb_sort<32>(ip, false, n, V, S, start.data(), ticket.data(), ent.data(), pf);
+            auto sort = run ? k_emb_sort<16> : k_emb_sort<32>;
+            sort(ip, run == 1, n, V, S, start.data(), ticket.data(), ent.data(), pf);
         }, o1);
         /* entries (position, row, the row's first place, its end) by row, positions in order;
          * zeros past the last */
