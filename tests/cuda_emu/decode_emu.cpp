@@ -12,9 +12,8 @@
  * at the step's position), SiLU gate (norm folded in), residual add and plain rows (with and
  * without a norm, odd row counts). f32 and bf16 weights; one, two and four warps per row pair;
  * K from a part of one 32-lane step to several steps a warp; grids from one block (every warp
- * takes many pairs) to one pair a warp; blocks run in a random order; the kernel's instances
- * with fewer chunks requested before the wait (FE_DECODE_EARLY) in turn. Outputs past the rows
- * are sentinels that must survive. Exit status 1 on a failure. */
+ * takes many pairs) to one pair a warp; blocks run in a random order. Outputs past the rows are
+ * sentinels that must survive. Exit status 1 on a failure. */
 #include "backends/cuda/cuda_decode.h" /* the persistent kernel's tables (compiled, not run here) */
 #include "backends/cuda/cuda_internal.cuh"
 
@@ -32,20 +31,12 @@ static unsigned grid_for(int tasks, int cap) {
     return (unsigned)(g > 0 ? g : 1);
 }
 
-/* Each call takes the next of the kernel's instances by the chunks requested before the wait
- * (FE_DECODE_EARLY): all of them (the default), 0, 2, 4. */
 template <class T, int MODE> static void run(dec_gemv_args a, int cap) {
-    static int turn = 0;
     unsigned g = grid_for(a.npairs * a.ks, cap);
     std::vector<unsigned> order(g);
     for (unsigned i = 0; i < g; i++) order[i] = i;
     std::shuffle(order.begin(), order.end(), emu_rng());
-    void (*k)(dec_gemv_args) = turn % 4 == 0   ? k_dec_gemv<T, MODE>
-                               : turn % 4 == 1 ? k_dec_gemv<T, MODE, 0>
-                               : turn % 4 == 2 ? k_dec_gemv<T, MODE, 2>
-                                               : k_dec_gemv<T, MODE, 4>;
-    turn++;
-    emu::launch(g, DEC_THREADS, 0, [&] { k(a); }, order);
+    emu::launch(g, DEC_THREADS, 0, [&] { k_dec_gemv<T, MODE>(a); }, order);
 }
 
 /* x normalised as the kernel folds it in (g: RMSNorm weight, or none) */

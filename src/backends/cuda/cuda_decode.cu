@@ -126,7 +126,7 @@ __device__ __forceinline__ void dec_rows(const dec_gemv_args &a, int p, const T 
  * weight, from L1/L2) and accumulates; with a norm the sum of squares of the input comes
  * along and the 1/rms scale is applied to the finished dot products. With ks > 1 the
  * parts meet in shared memory (small products get more warps streaming at once). */
-template <typename T, int MODE, int EARLY = DEC_UNROLL>
+template <typename T, int MODE>
 __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     constexpr int V = cu_vn<T>::n, STEP = 32 * V, U = DEC_UNROLL;
     __shared__ float red[DEC_WARPS][3];
@@ -137,17 +137,15 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
     const T *g = (const T *)a.g;
     bool waited = false, loaded = false; /* loaded: u0, u1 hold this pair's first chunks */
     uint4 u0[U], u1[U];
-    /* chunks [lo, hi) of the U from k on of rows r0, r1 */
-    auto load_chunks = [&](const T *r0, const T *r1, int k, int lo, int hi) {
+    /* the U chunks from k on of rows r0, r1 */
+    auto load_first = [&](const T *r0, const T *r1, int k) {
 #pragma unroll
         for (int i = 0; i < U; i++) {
-            if (i < lo || i >= hi) continue;
             int kk = k + i * STEP;
             u0[i] = kk < kend ? dec_ld_stream(r0 + kk) : make_uint4(0, 0, 0, 0);
             u1[i] = kk < kend && r1 ? dec_ld_stream(r1 + kk) : make_uint4(0, 0, 0, 0);
         }
     };
-    auto load_first = [&](const T *r0, const T *r1, int k) { load_chunks(r0, r1, k, 0, U); };
     for (int pb = blockIdx.x; pb * ppb < a.npairs; pb += gridDim.x) { /* block-uniform */
         const int p = pb * ppb + warp / ks;
         const bool valid = p < a.npairs;
@@ -157,16 +155,13 @@ __global__ void __launch_bounds__(DEC_THREADS) k_dec_gemv(dec_gemv_args a) {
         if (valid) {
             dec_rows<T, MODE>(a, p, r0, r1, seg, base, j, half);
             int k = kbeg + lane * V;
-            /* the first pair's first EARLY chunks before the wait (all of them by default;
-             * FE_DECODE_EARLY asks for fewer, an experiment), the rest after it */
-            if (!loaded) load_chunks(r0, r1, k, 0, waited ? U : EARLY);
+            if (!loaded) load_first(r0, r1, k);
+            loaded = false;
             if (!waited) { /* the input comes from the previous kernel */
                 dec_wait_prev();
                 dec_launch_next();
                 waited = true;
-                if (EARLY < U && !loaded) load_chunks(r0, r1, k, EARLY, U);
             }
-            loaded = false;
             for (;;) {
 #pragma unroll
                 for (int i = 0; i < U; i++) {
@@ -986,7 +981,6 @@ struct fe_cuda_decode {
     int blocks_per_sm; /* matrix-vector grid cap (FE_DECODE_BLOCKS_PER_SM, default 4) */
     int max_blocks;    /* and in all (FE_DECODE_MAX_BLOCKS; tests make warps take many pairs) */
     int ksplit;        /* warps per row pair, 0 = 2 where K allows (FE_DECODE_KSPLIT) */
-    int early;         /* chunks a lane requests before the wait (FE_DECODE_EARLY: 0, 2, 4) */
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     int *tops_host, *tops_dev; /* pinned, mapped: greedy step i's argmax at i % DEC_RING */
@@ -1056,12 +1050,8 @@ static fe_status dec_launch(fe_cuda_decode *e, dec_gemv_args a) {
     a.ks = e->ksplit ? e->ksplit : a.K / 2 >= 32 * vec ? 2 : 1;
     const int warps = dec_block_cap(e) * DEC_WARPS;
     if (!e->ksplit && a.ks == 2 && a.npairs * 2 > warps && a.npairs <= warps) a.ks = 1;
-    void (*k)(dec_gemv_args) = e->early == 0   ? k_dec_gemv<T, MODE, 0>
-                               : e->early == 2 ? k_dec_gemv<T, MODE, 2>
-                               : e->early == 4 ? k_dec_gemv<T, MODE, 4>
-                                               : k_dec_gemv<T, MODE>;
-    return dec_kernel(e, false, "decode matrix-vector kernel", k, dec_grid(e, a.npairs * a.ks),
-                      DEC_THREADS, 0, a);
+    return dec_kernel(e, false, "decode matrix-vector kernel", k_dec_gemv<T, MODE>,
+                      dec_grid(e, a.npairs * a.ks), DEC_THREADS, 0, a);
 }
 
 /* Queue one token step on the engine's stream (captured into the graph). */
@@ -1351,9 +1341,6 @@ extern "C" fe_cuda_decode *fe_cuda_decode_new(const fe_cuda_decode_desc *d) {
     const char *ksp = getenv("FE_DECODE_KSPLIT");
     int kv = ksp ? atoi(ksp) : 0;
     e->ksplit = kv == 1 || kv == 2 || kv == 4 ? kv : 0;
-    const char *ea = getenv("FE_DECODE_EARLY");
-    int ev = ea ? atoi(ea) : DEC_UNROLL;
-    e->early = ev == 0 || ev == 2 || ev == 4 ? ev : DEC_UNROLL;
     const char *per = getenv("FE_DECODE_PERSIST");
     e->persist = per && !strcmp(per, "1"); /* measured slower than the chained kernels */
     fe_status st = d->dtype == FE_BF16  ? dec_build<__nv_bfloat16>(e)
