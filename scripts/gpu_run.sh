@@ -62,34 +62,42 @@ do_probes() { scripts/gpu_probes.sh; }
 # compute-sanitizer memcheck and racecheck over every test program of build-gpu and over
 # flash_check (its checks only), SANALL_JOBS runs at a time (default 4: with 8 on an H200 the
 # decoder, fused-loss, fused-optimizer and flash runs did not finish in 300 s), each capped at
-# SANALL_CAP seconds; the logs go straight to $OUT/sanall (kept if the call is cut short). A
-# program that never calls CUDA counts as passed ("terminated before first instrumented API call").
+# SANALL_CAP seconds. SANALL_ONLY="tool:program[:case] ..." (program: flash_check or a test_*
+# name; case: the test's name filter) runs just those, in that order. Each run's verdict (and a
+# failed run's first report lines) goes to $OUT/sanall.txt as it ends, so a call cut short keeps
+# what finished; the full logs go into logs.tgz. A program that never calls CUDA counts as passed
+# ("terminated before first instrumented API call").
 do_sanall() {
-    local d="$OUT/sanall" cap=${SANALL_CAP:-400} jobs=${SANALL_JOBS:-4} rc=0 t n tool f
+    local d="$LOGS/sanall" cap=${SANALL_CAP:-400} jobs=${SANALL_JOBS:-4} rc=0 t n tool e
     mkdir -p "$d"
     OUT="$LOGS/flash" scripts/flash_check.sh --build-only >/dev/null || return 1
-    local progs=(build-flash/flash_check)
-    for t in build-gpu/test_*; do [ -x "$t" ] && progs+=("$t"); done
-    for t in "${progs[@]}"; do
-        for tool in memcheck racecheck; do
-            n=$(basename "$t")
-            while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
-            (env FE_CUDA_NO_CACHE=1 timeout "$cap" compute-sanitizer --tool $tool \
-                --report-api-errors no --error-exitcode 99 "$t" >"$d/${tool}_$n.log" 2>&1
-             echo "$tool $n rc=$?" >>"$d/summary.txt") &
+    local runs=()
+    if [ -n "${SANALL_ONLY:-}" ]; then
+        runs=($SANALL_ONLY)
+    else
+        for t in build-flash/flash_check build-gpu/test_*; do
+            [ -x "$t" ] && runs+=("memcheck:$(basename "$t")" "racecheck:$(basename "$t")")
         done
+    fi
+    for e in "${runs[@]}"; do
+        IFS=: read -r tool n c <<<"$e"
+        t=build-gpu/$n; [ "$n" = flash_check ] && t=build-flash/flash_check
+        while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
+        (f="$d/${tool}_$n${c:+_$c}.log"
+         env FE_CUDA_NO_CACHE=1 timeout "$cap" compute-sanitizer --tool "$tool" \
+             --report-api-errors no --error-exitcode 99 "$t" $c >"$f" 2>&1
+         r=$?
+         if [ $r != 0 ] && grep -q "terminated before first instrumented API call" "$f"; then
+             v="no CUDA work"
+         else
+             v="rc=$r $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$f" | tr -s ' =' ' ')"
+             [ $r = 0 ] || v="$v FAILED; first lines: $(grep -m 12 '=========' "$f" | tr '\n' '|')"
+         fi
+         echo "$tool $n${c:+ $c}: $v ($(( SECONDS ))s)" >>"$OUT/sanall.txt") &
     done
     wait
-    while read -r tool n r; do
-        f="$d/${tool}_$n.log"
-        if [ "$r" != rc=0 ] && grep -q "terminated before first instrumented API call" "$f"; then
-            echo "$tool $n: no CUDA work"
-        else
-            echo "$tool $n: $r $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$f" | tr -s ' =' ' ')"
-            [ "$r" = rc=0 ] || rc=1
-        fi
-    done < <(sort "$d/summary.txt")
-    return $rc
+    sort "$OUT/sanall.txt"
+    ! grep -q FAILED "$OUT/sanall.txt"
 }
 do_parity() {
     python3 tests/parity/llama_parity.py --build build-gpu

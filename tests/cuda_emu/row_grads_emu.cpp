@@ -146,13 +146,10 @@ template <class T, int VN> static void emb_case(const emb_spec &c) {
         for (int i = 0; i < G; i++) o2[i] = i;
         std::shuffle(o1.begin(), o1.end(), rng), std::shuffle(o2.begin(), o2.end(), rng);
         const void *ip = run ? (const void *)idx64.data() : (const void *)idx.data();
-        /* run 1: sort blocks of 16 warps (FE_EMB_SORT_WARPS=16) and the L2 prefetch switched on
-         * (a no-op here: it must not change a thing) */
-        const int nw = run ? 16 : 32;
-        emu::launch(nslice, nw * 32, emb_sort_smem(S, nw), [&] {
-            emb_pf pf = {run ? (const char *)gout.data() : nullptr, (unsigned)(C * sizeof(T)), H, 8};
-            auto sort = run ? k_emb_sort<16> : k_emb_sort<32>;
-            sort(ip, run == 1, n, V, S, start.data(), ticket.data(), ent.data(), pf);
+        /* run 1 with the L2 prefetch switched on (a no-op here: it must not change a thing) */
+        emu::launch(nslice, ES_THREADS, emb_sort_smem(S), [&] {
+            emb_pf pf = {run ? (const char *)gout.data() : nullptr, (unsigned)(C * sizeof(T)), H, 4};
+            k_emb_sort(ip, run == 1, n, V, S, start.data(), ticket.data(), ent.data(), pf);
         }, o1);
         /* entries (position, row, the row's first place, its end) by row, positions in order;
          * zeros past the last */

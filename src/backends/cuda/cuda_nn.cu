@@ -1255,6 +1255,8 @@ extern "C" fe_status fe_cuda_embedding(fe_tensor *out, const fe_tensor *w, const
  * in VN-element pieces: 16-byte vectors when C * es is a multiple of 16 and the pointers are
  * 16-byte aligned, else single elements. */
 
+#define ES_THREADS 1024 /* k_emb_sort: 32 warps */
+#define ES_WARPS (ES_THREADS / 32)
 #define ES_U 16           /* index loads in flight per lane: pass 1 */
 #define ES_U2 8           /* pass 2, where it reads the indices again */
 #define ES_LIST 64        /* positions of its slice a warp keeps for pass 2 */
@@ -1411,7 +1413,7 @@ __device__ __forceinline__ unsigned emb_match(unsigned has, int k) {
     return has & (has - 1) ? __match_any_sync(0xffffffffu, k) : has;
 }
 
-/* What the sort asks L2 for while DRAM has nothing else to do (FE_EMB_PREFETCH, an experiment):
+/* What the sort asks L2 for while DRAM has nothing else to do (FE_EMB_PREFETCH):
  * the gout rows (bytes each, a multiple of 16) of the first x entries of every window of h
  * entries, the ones k_emb_rows reads first. rows NULL: nothing. */
 struct emb_pf {
@@ -1452,12 +1454,10 @@ __device__ __forceinline__ void emb_place(int k, int p, int v0, int ns, int *cw,
     __syncwarp();
 }
 
-/* Step 1 (see above) by blocks of NW warps, S a multiple of 32. Dynamic shared memory
- * (emb_sort_smem): cnt[NW][S], per[S], first[S], lpos[NW][ES_LIST] and lkey[NW][ES_LIST] ints.
- * NW = 16 (FE_EMB_SORT_WARPS=16, an experiment) runs two blocks an SM, each over half the rows
- * of a 32-warp block's slice. */
-template <int NW>
-__global__ void __launch_bounds__(NW * 32, 32 / NW)
+/* Step 1 (see above), S a multiple of 32. Dynamic shared memory (emb_sort_smem): cnt[ES_WARPS][S],
+ * per[S], first[S], lpos[ES_WARPS][ES_LIST] and lkey[ES_WARPS][ES_LIST] ints. (Two blocks of 16
+ * warps an SM instead measured the same or 1% slower, H200.) */
+__global__ void __launch_bounds__(ES_THREADS, 1)
     k_emb_sort(const void *__restrict__ idx, bool i64, int n, int V, int S, int *__restrict__ start,
                unsigned *__restrict__ ticket, int4 *__restrict__ ent, emb_pf pf) {
     extern __shared__ int es_sh[];
@@ -1465,15 +1465,15 @@ __global__ void __launch_bounds__(NW * 32, 32 / NW)
     /* cnt[w * S + r]: warp w's count of row v0 + r, later its next place; per[r]: the row's
      * count; first[r]: its first place; lpos, lkey: the warp's first ES_LIST positions of the
      * slice and their rows */
-    int *cnt = es_sh, *per = es_sh + NW * S, *first = per + S;
+    int *cnt = es_sh, *per = es_sh + ES_WARPS * S, *first = per + S;
     nn_launch_next(); /* k_emb_rows may start launching; it waits for this kernel to finish */
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int *lpos = first + S + warp * ES_LIST, *lkey = first + S + (NW + warp) * ES_LIST;
+    int *lpos = first + S + warp * ES_LIST, *lkey = first + S + (ES_WARPS + warp) * ES_LIST;
     unsigned lt = (1u << lane) - 1; /* lanes below this one */
     int v0 = blockIdx.x * S, ns = V - v0 < S ? V - v0 : S;
-    int L = ((n + NW - 1) / NW + 31) & ~31; /* positions per warp */
+    int L = ((n + ES_WARPS - 1) / ES_WARPS + 31) & ~31; /* positions per warp */
     int p0 = warp * L, p1 = p0 + L < n ? p0 + L : n;
-    for (int i = threadIdx.x; i < NW * S / 4; i += blockDim.x) /* S: a multiple of 32 */
+    for (int i = threadIdx.x; i < ES_WARPS * S / 4; i += blockDim.x) /* S: a multiple of 32 */
         ((int4 *)cnt)[i] = make_int4(0, 0, 0, 0);
     __syncthreads();
 
@@ -1504,7 +1504,7 @@ __global__ void __launch_bounds__(NW * 32, 32 / NW)
     /* the slice's rows: count, then first places (start) by a scan over the rows */
     for (int r = threadIdx.x; r < ns; r += blockDim.x) {
         int t = 0;
-        for (int w = 0; w < NW; w++)
+        for (int w = 0; w < ES_WARPS; w++)
             t += cnt[w * S + r];
         per[r] = t;
     }
@@ -1514,7 +1514,7 @@ __global__ void __launch_bounds__(NW * 32, 32 / NW)
         int at = base + per[r], run = at;
         start[v0 + r] = first[r] = at;
         ticket[v0 + r] = 0;
-        for (int w = 0; w < NW; w++) { /* warp w's first place for row r */
+        for (int w = 0; w < ES_WARPS; w++) { /* warp w's first place for row r */
             int c = cnt[w * S + r];
             cnt[w * S + r] = run;
             run += c;
@@ -1548,9 +1548,9 @@ __global__ void __launch_bounds__(NW * 32, 32 / NW)
     }
 }
 
-/* Dynamic shared memory of k_emb_sort<nw> for slices of S rows. */
-static size_t emb_sort_smem(int64_t S, int nw) {
-    return ((size_t)(nw + 2) * (size_t)S + 2 * (size_t)nw * ES_LIST) * sizeof(int);
+/* Dynamic shared memory of k_emb_sort for slices of S rows. */
+static size_t emb_sort_smem(int64_t S) {
+    return ((size_t)(ES_WARPS + 2) * (size_t)S + 2 * ES_WARPS * ES_LIST) * sizeof(int);
 }
 
 /* Step 2's zeros (see above): the rows of this block's 32-row groups that no index hits. Every
@@ -1676,34 +1676,31 @@ __global__ void __launch_bounds__(ER_THREADS)
 
 static size_t emb_align(size_t b) { return (b + 255) & ~(size_t)255; }
 
-/* An experiment switch of the embedding backward: the integer value of environment variable
- * `name` (0 when unset or negative), read once into *cache (-1 until then), as the device's
- * FE_CUDA_POISON and FE_CUDA_NO_CACHE are, so that a call does not look it up again. */
-static int emb_switch(const char *name, int *cache) {
-    int v = __atomic_load_n(cache, __ATOMIC_RELAXED);
+/* The entries of a window whose gout rows the sort asks L2 for: FE_EMB_PREFETCH (default 4; 0
+ * switches it off), read once, as the device's FE_CUDA_POISON and FE_CUDA_NO_CACHE are, so that a
+ * call does not look it up again. 4 measured 0.5-1.5 us faster than 0 on a 62 us backward, 8 and
+ * 16 less so (H200). */
+static int emb_prefetch_entries(void) {
+    static int cache = -1;
+    int v = __atomic_load_n(&cache, __ATOMIC_RELAXED);
     if (v < 0) {
-        const char *e = getenv(name);
-        v = e && atoi(e) > 0 ? atoi(e) : 0;
-        __atomic_store_n(cache, v, __ATOMIC_RELAXED);
+        const char *e = getenv("FE_EMB_PREFETCH");
+        v = !e ? 4 : atoi(e) > 0 ? atoi(e) : 0;
+        __atomic_store_n(&cache, v, __ATOMIC_RELAXED);
     }
     return v;
 }
-static int g_emb_sort_warps = -1, g_emb_prefetch = -1;
 
 template <typename T, int VN>
 static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, const fe_tensor *idx,
                              int64_t n, int64_t V, int64_t C) {
     typedef typename cu_acc<T>::type A;
-    /* slices: one block of 32 warps per SM (two of 16 with FE_EMB_SORT_WARPS=16) where the
-     * counters fit */
-    const int nw = emb_switch("FE_EMB_SORT_WARPS", &g_emb_sort_warps) == 16 ? 16 : 32;
-    const int per_sm = 32 / nw;
-    int64_t S = (V + (int64_t)d->sm_count * per_sm - 1) / ((int64_t)d->sm_count * per_sm);
+    /* slices: one block per SM where the counters fit */
+    int64_t S = (V + d->sm_count - 1) / d->sm_count;
     S = (S + 31) / 32 * 32;
     if (S > ES_MAX_SLICE) S = ES_MAX_SLICE;
     int64_t nslice = (V + S - 1) / S;
-    size_t es_smem = emb_sort_smem(S, nw);
-    auto ksort = nw == 16 ? k_emb_sort<16> : k_emb_sort<32>;
+    size_t es_smem = emb_sort_smem(S);
     /* H entries per block of k_emb_rows: 32 (blocks enough to spread the sums evenly over the
      * multiprocessors), more for long index lists so that the partial sums (two rows of C per
      * block) stay a small fraction of gout */
@@ -1728,16 +1725,15 @@ static fe_status emb_bwd_run(cu_dev *d, fe_tensor *gw, const fe_tensor *gout, co
     A *part = (A *)(buf + o_part);
     fe_status st = FE_OK;
     if (es_smem > 48 * 1024)
-        st = cu_check(cudaFuncSetAttribute(ksort, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        st = cu_check(cudaFuncSetAttribute(k_emb_sort, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)es_smem),
                       "cudaFuncSetAttribute");
-    /* FE_EMB_PREFETCH=X (an experiment, default 0): the sort asks L2 for the gout rows of the first
-     * X entries of every window (16-byte rows only) */
-    emb_pf pf = {NULL, 0, (int)H, emb_switch("FE_EMB_PREFETCH", &g_emb_prefetch)};
+    /* the sort asks L2 for the gout rows of the first entries of every window (16-byte rows) */
+    emb_pf pf = {NULL, 0, (int)H, emb_prefetch_entries()};
     if (VN > 1 && pf.x > 0)
         pf.rows = (const char *)fe__ptr(gout), pf.bytes = (unsigned)(C * sizeof(T));
     if (!st) {
-        ksort<<<(unsigned)nslice, (unsigned)nw * 32, es_smem, d->stream>>>(
+        k_emb_sort<<<(unsigned)nslice, ES_THREADS, es_smem, d->stream>>>(
             fe__ptr(idx), idx->dtype == FE_I64, (int)n, (int)V, (int)S, start, ticket, ent, pf);
         st = cu_launched("embedding backward kernel (sort)");
     }
