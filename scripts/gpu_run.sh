@@ -83,17 +83,24 @@ do_sanall() {
         IFS=: read -r tool n c <<<"$e"
         t=build-gpu/$n; [ "$n" = flash_check ] && t=build-flash/flash_check
         while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
-        (f="$d/${tool}_$n${c:+_$c}.log"
+        (f="$d/${tool}_$n${c:+_$c}.log" s0=$SECONDS
          env FE_CUDA_NO_CACHE=1 timeout "$cap" compute-sanitizer --tool "$tool" \
              --report-api-errors no --error-exitcode 99 "$t" $c >"$f" 2>&1
          r=$?
          if [ $r != 0 ] && grep -q "terminated before first instrumented API call" "$f"; then
              v="no CUDA work"
+         elif [ $r = 99 ] && [ "$tool" = racecheck ] && grep -q ", 0 failed" "$f" &&
+             grep -q "Race reported" "$f" &&
+             ! grep "Race reported" "$f" | grep -qv "access at nvjet_"; then
+             # racecheck reports hazards inside cuBLASLt's own GEMM kernels (nvjet_*, whose
+             # synchronisation we can neither see nor change): listed apart from ours
+             v="hazards only inside cuBLASLt's kernels: $(grep "Race reported" "$f" |
+                 sed 's/.*access at \(nvjet_[A-Za-z0-9_]*\).*/\1/' | sort -u | paste -sd' ')"
          else
              v="rc=$r $(grep -h 'ERROR SUMMARY\|RACECHECK SUMMARY' "$f" | tr -s ' =' ' ')"
              [ $r = 0 ] || v="$v FAILED; first lines: $(grep -m 12 '=========' "$f" | tr '\n' '|')"
          fi
-         echo "$tool $n${c:+ $c}: $v ($(( SECONDS ))s)" >>"$OUT/sanall.txt") &
+         echo "$tool $n${c:+ $c}: $v ($(( SECONDS - s0 )) s)" >>"$OUT/sanall.txt") &
     done
     wait
     sort "$OUT/sanall.txt"
