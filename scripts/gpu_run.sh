@@ -63,7 +63,7 @@ do_probes() { scripts/gpu_probes.sh; }
 # flash_check (its checks only), SANALL_JOBS runs at a time (default 4: with 8 on an H200 the
 # decoder, fused-loss, fused-optimizer and flash runs did not finish in 300 s), each capped at
 # SANALL_CAP seconds. SANALL_ONLY="tool:program[:case] ..." (program: flash_check or a test_*
-# name; case: the test's name filter) runs just those, in that order. Each run's verdict (and a
+# name; case: a test's name filter, or flash_check's --cases=A:B) runs just those, in that order. Each run's verdict (and a
 # failed run's first report lines) goes to $OUT/sanall.txt as it ends, so a call cut short keeps
 # what finished; the full logs go into logs.tgz. A program that never calls CUDA counts as passed
 # ("terminated before first instrumented API call").
@@ -83,7 +83,7 @@ do_sanall() {
         IFS=: read -r tool n c <<<"$e"
         t=build-gpu/$n; [ "$n" = flash_check ] && t=build-flash/flash_check
         while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
-        (f="$d/${tool}_$n${c:+_$c}.log" s0=$SECONDS
+        (f="$d/${tool}_$n${c:+_${c//[^A-Za-z0-9_]/_}}.log" s0=$SECONDS
          env FE_CUDA_NO_CACHE=1 timeout "$cap" compute-sanitizer --tool "$tool" \
              --report-api-errors no --error-exitcode 99 "$t" $c >"$f" 2>&1
          r=$?
