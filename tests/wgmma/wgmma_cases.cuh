@@ -1,0 +1,294 @@
+/* The wgmma probe's device code and cases (tests/wgmma/wgmma_probe.cu runs them on a GPU,
+ * tests/wgmma/wgmma_emu.cpp on the CPU through tests/cuda_emu/wgmma_emu.h). One warpgroup (128
+ * threads) computes C (64 x N) = A (64 x K) B^T, B stored N x K (both K-major), bf16 in, f32
+ * accumulation, from small integers so that every sum is exact. Then B stored MN-major (n
+ * contiguous, as V is in attention's P V) with the transpose flag, each layout with the
+ * descriptor's two byte offsets one way and the other: one of each pair should pass.
+ * Layouts and descriptor fields as the PTX ISA describes them ("Asynchronous Warpgroup Level
+ * Matrix Shared Memory Layout"); the accumulator of warp w holds rows 16 w .. 16 w + 15, and for
+ * each 8-column block j of N its thread (g = lane / 4, t = lane % 4) holds, in d[4 j .. 4 j + 3],
+ * (g, 8 j + 2 t), (g, 8 j + 2 t + 1), (g + 8, 8 j + 2 t), (g + 8, 8 j + 2 t + 1), as mma.sync
+ * does for one m16n8 tile. */
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+#ifdef FE_CUDA_EMU
+#include "wgmma_emu.h"
+#endif
+
+/* the fences and group operations around the MMAs (nothing to do on the CPU but the wait) */
+__device__ __forceinline__ void wg_fence_proxy() {
+#ifndef FE_CUDA_EMU
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_fence() {
+#ifndef FE_CUDA_EMU
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_commit() {
+#ifdef FE_CUDA_EMU
+    emu::wgmma_commit();
+#else
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wg_wait0() {
+#ifdef FE_CUDA_EMU
+    emu::wgmma_wait(0);
+#else
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+
+/* d (64 x 64, f32 fragments) = A B, or d += A B where acc, over one k16 step; A and B from
+ * shared memory through their descriptors */
+template <int TB = 0>
+__device__ __forceinline__ void wg_ss_n64(float (&d)[32], uint64_t da, uint64_t db, int acc) {
+#ifdef FE_CUDA_EMU
+    emu::wgmma(d, 64, da, nullptr, db, TB, acc, true);
+#else
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {\n"
+                 " %0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
+                 " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31\n"
+                 " }, %32, %33, p, 1, 1, 0, %35;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+          "+f"(d[30]), "+f"(d[31])
+        : "l"(da), "l"(db), "r"(acc), "n"(TB));
+#endif
+}
+
+/* the same with A (64 x 16) from registers: each warp's 16 rows as mma.sync A fragments */
+template <int TB = 0>
+__device__ __forceinline__ void wg_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t db,
+                                          int acc) {
+#ifdef FE_CUDA_EMU
+    emu::wgmma(d, 64, 0, a, db, TB, acc, true);
+#else
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %37, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {\n"
+                 " %0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
+                 " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31\n"
+                 " }, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+          "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
+#endif
+}
+
+/* d (64 x 128, f32 fragments) = A B, or d += A B where acc, over one k16 step; A and B from
+ * shared memory through their descriptors */
+template <int TB = 0>
+__device__ __forceinline__ void wg_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int acc) {
+#ifdef FE_CUDA_EMU
+    emu::wgmma(d, 128, da, nullptr, db, TB, acc, true);
+#else
+    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"
+                 " wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {\n"
+                 " %0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
+                 " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,\n"
+                 " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,\n"
+                 " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63\n"
+                 " }, %64, %65, p, 1, 1, 0, %67;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
+          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
+          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
+          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+          "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
+          "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
+          "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
+          "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(acc), "n"(TB));
+#endif
+}
+
+/* A shared-memory matrix descriptor: start address, leading- and stride-dimension byte offsets
+ * (all in 16-byte units) and the swizzle mode (0 none, 1 128-byte). */
+__device__ __forceinline__ uint64_t wg_desc(const void *smem, unsigned lbo, unsigned sbo,
+                                            unsigned swizzle) {
+#ifdef FE_CUDA_EMU
+    uint64_t a = emu::shared_addr(smem);
+#else
+    uint64_t a = (uint64_t)__cvta_generic_to_shared(smem);
+#endif
+    return ((a >> 4) & 0x3fff) | (uint64_t)((lbo >> 4) & 0x3fff) << 16 |
+           (uint64_t)((sbo >> 4) & 0x3fff) << 32 | (uint64_t)swizzle << 62;
+}
+
+/* Byte offset of element (r, k) of a K-major operand of K columns in shared memory.
+ * No swizzle: 8 x 8 core matrices of 128 contiguous bytes, the two of a k16 step side by side
+ * (LBO 128), 8-row groups K / 8 core matrices apart (SBO 16 K). 128-byte swizzle (K = 64: a row
+ * is 128 bytes): 8-row atoms of 1024 bytes, row r's 16-byte chunk c at chunk c ^ (r % 8). */
+__host__ __device__ inline unsigned wg_off(int r, int k, int K, bool sw128) {
+    if (sw128)
+        return (unsigned)((r / 8) * 1024 + (r % 8) * 128 + (((k / 8) ^ (r % 8)) * 16) + (k % 8) * 2);
+    return (unsigned)((r / 8) * (K / 8) * 128 + (k / 8) * 128 + (r % 8) * 16 + (k % 8) * 2);
+}
+
+/* Byte offset of element (k, n) of an MN-major operand of N columns and K rows (n contiguous):
+ * core matrices of 8 k-rows by 16 bytes of n, 128 bytes apart along n, 8-row groups N / 8 core
+ * matrices apart; with the 128-byte swizzle, atoms 64 columns wide (a k-row of an atom is 128
+ * bytes), each K rows of 128 bytes, side by side along n; in an atom, 8-row groups of 1024 bytes,
+ * k-row r's 16-byte chunk c at chunk c ^ (r % 8). */
+__host__ __device__ inline unsigned wg_off_mn(int k, int n, int N, int K, bool sw128) {
+    if (sw128)
+        return (unsigned)((n / 64) * K * 128 + (k / 8) * 1024 + (k % 8) * 128 +
+                          ((((n % 64) / 8) ^ (k % 8)) * 16) + (n % 8) * 2);
+    return (unsigned)((k / 8) * (N / 8) * 128 + (n / 8) * 128 + (k % 8) * 16 + (n % 8) * 2);
+}
+
+/* One case: C = A B^T with A 64 x K, B N x K (row-major in global memory, K contiguous). RS: A
+ * from registers instead of shared memory. MN: B stored MN-major in shared memory (n contiguous,
+ * the layout of V in attention's P V) and read with the transpose flag; which of the two byte
+ * offsets of its descriptor runs along n and which along k is what the case finds out: swap 0
+ * puts the step between n-neighbouring core matrices (or atoms) in LBO, swap 1 in SBO. */
+template <int N, int K, bool SW, bool RS, bool MN>
+__global__ void __launch_bounds__(128) wg_case(const __nv_bfloat16 *A, const __nv_bfloat16 *B,
+                                               float *C, int swap) {
+#ifdef FE_CUDA_EMU
+    unsigned char *sm = (unsigned char *)emu::dsmem();
+    auto __cvta_generic_to_shared = [](const void *q) { return emu::shared_addr(q); };
+#else
+    extern __shared__ __align__(1024) unsigned char sm[];
+#endif
+    unsigned char *sA = sm, *sB = sm + 64 * K * 2;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t = lane % 4;
+    if (tid == 0 && __cvta_generic_to_shared(sm) % 1024) /* the swizzle works on address bits */
+        printf("  shared memory at %u: not 1024-byte aligned\n",
+               (unsigned)__cvta_generic_to_shared(sm));
+    for (int i = tid; i < 64 * K; i += 128)
+        memcpy(sA + wg_off(i / K, i % K, K, SW), A + i, 2);
+    if (MN)
+        for (int i = tid; i < 16384 / 16; i += 128)
+            ((uint4 *)(sB + N * K * 2))[i] = make_uint4(0, 0, 0, 0);
+    for (int i = tid; i < N * K; i += 128)
+        memcpy(sB + (MN ? wg_off_mn(i % K, i / K, N, K, SW) : wg_off(i / K, i % K, K, SW)), B + i, 2);
+    /* the generic-proxy stores above, made visible to the MMA's async proxy */
+    wg_fence_proxy();
+    __syncthreads();
+
+    float d[N / 2];
+#pragma unroll
+    for (int i = 0; i < N / 2; i++)
+        d[i] = -1.f; /* overwritten by the first step (acc = 0) */
+    uint32_t a[K / 16][4];
+    if (RS) /* this warp's rows 16 warp.., columns 16 s.. of A, as mma.sync A fragments */
+#pragma unroll
+        for (int s = 0; s < K / 16; s++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int r = 16 * warp + g + 8 * (q & 1), c = 16 * s + 2 * t + 8 * (q >> 1);
+                uint32_t lo, hi;
+                memcpy(&lo, A + r * K + c, 2), memcpy(&hi, A + r * K + c + 1, 2);
+                a[s][q] = (lo & 0xffff) | hi << 16;
+            }
+    wg_fence();
+    const unsigned lbo = SW ? 16 : 128, sbo = SW ? 1024 : 16 * K, step = SW ? 32 : 256;
+    /* MN-major B: along n 128 bytes between core matrices without swizzle, with it K 128 between
+     * atoms (16 where N 64 is one atom: not used); along k 16 N bytes between 8-row groups (1024
+     * with the swizzle); a k16 step is two groups */
+    const unsigned mn_n = SW ? (N > 64 ? K * 128 : 16) : 128, mn_k = SW ? 1024 : 16 * N, mn_step = 2 * mn_k;
+    const unsigned blbo = MN ? (swap ? mn_k : mn_n) : lbo, bsbo = MN ? (swap ? mn_n : mn_k) : sbo;
+#pragma unroll
+    for (int s = 0; s < K / 16; s++) {
+        const uint64_t db = wg_desc(sB + s * (MN ? mn_step : step), blbo, bsbo, SW ? 1 : 0);
+        if constexpr (RS) {
+            static_assert(N == 64, "A from registers: n64 only here");
+            wg_rs_n64<MN>(d, a[s], db, s > 0);
+        } else {
+            const uint64_t da = wg_desc(sA + s * step, lbo, sbo, SW ? 1 : 0);
+            if constexpr (N == 64)
+                wg_ss_n64<MN>(d, da, db, s > 0);
+            else
+                wg_ss_n128<MN>(d, da, db, s > 0);
+        }
+    }
+    wg_commit();
+    wg_wait0();
+#pragma unroll
+    for (int j = 0; j < N / 8; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int r = 16 * warp + g + 8 * (e >> 1), c = 8 * j + 2 * t + (e & 1);
+            C[r * N + c] = d[4 * j + e];
+        }
+}
+
+
+/* A case's inputs (integers -3..3: every product and sum exact in f32) and C = A B^T. */
+inline void wg_inputs(int N, int K, std::vector<__nv_bfloat16> &A, std::vector<__nv_bfloat16> &B,
+                      std::vector<float> &ref) {
+    A.resize((size_t)64 * K), B.resize((size_t)N * K), ref.assign((size_t)64 * N, 0.f);
+    unsigned x = 12345u;
+    auto small = [&] {
+        x = x * 1664525u + 1013904223u;
+        return (float)((int)(x >> 28) % 7 - 3);
+    };
+    for (auto &v : A) v = __float2bfloat16_rn(small());
+    for (auto &v : B) v = __float2bfloat16_rn(small());
+    for (int m = 0; m < 64; m++)
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++)
+                ref[m * N + n] += __bfloat162float(A[m * K + k]) * __bfloat162float(B[n * K + k]);
+}
+/* Prints the case's verdict (and its first wrong elements); returns the count of wrong elements
+ * (-1: the launch failed). */
+inline int wg_report(const char *name, const std::vector<float> &got, const std::vector<float> &ref,
+                      int N, const char *err) {
+    int bad = 0;
+    for (int i = 0; i < 64 * N; i++)
+        if (got[i] != ref[i]) {
+            if (bad < 4)
+                printf("  %s: C[%d][%d] = %g, want %g\n", name, i / N, i % N, got[i], ref[i]);
+            bad++;
+        }
+    printf("%-52s %s (%d of %d wrong)%s%s\n", name, bad || err ? "FAIL" : "PASS", bad, 64 * N,
+           err ? ", " : "", err ? err : "");
+    return err ? -1 : bad;
+}
+inline int wg_smem_bytes(int N, int K, bool mn) { return (64 + N) * K * 2 + (mn ? 16384 : 0); }
+
+/* The cases: X(N, K, swizzle, A from registers, B MN-major, swap, name). The known ones first,
+ * then the MN-major ones, which run one a process (a wrong descriptor can fault). In each MN-major
+ * pair one should pass; the one expected from the PTX ISA's canonical layouts is marked in
+ * WG_MN_EXPECTED (without swizzle the step along n is SBO, along k LBO: swap 1; with the 128-byte
+ * swizzle the step along k is SBO, and between atoms along n LBO: swap 0). */
+#define WG_KNOWN_CASES(X)                                                                        \
+    X(64, 16, false, false, false, 0, "m64n64, K 16, A and B in smem, no swizzle")               \
+    X(64, 64, false, false, false, 0, "m64n64, K 64 (4 steps), no swizzle")                      \
+    X(128, 64, false, false, false, 0, "m64n128, K 64, no swizzle")                              \
+    X(64, 64, true, false, false, 0, "m64n64, K 64, 128-byte swizzle")                           \
+    X(128, 64, true, false, false, 0, "m64n128, K 64, 128-byte swizzle")                         \
+    X(64, 64, false, true, false, 0, "m64n64, K 64, A from registers, no swizzle")               \
+    X(64, 64, true, true, false, 0, "m64n64, K 64, A from registers, 128B swizzle")
+#define WG_MN_CASES(X)                                                                           \
+    X(64, 64, false, false, true, 0, "m64n64, K 64, B MN-major, no swizzle, swap 0")             \
+    X(64, 64, false, false, true, 1, "m64n64, K 64, B MN-major, no swizzle, swap 1")             \
+    X(64, 64, true, false, true, 0, "m64n64, K 64, B MN-major, 128B swizzle, swap 0")            \
+    X(64, 64, true, false, true, 1, "m64n64, K 64, B MN-major, 128B swizzle, swap 1")            \
+    X(64, 64, true, true, true, 0, "m64n64, K 64, A regs, B MN-major, 128B, swap 0")             \
+    X(64, 64, true, true, true, 1, "m64n64, K 64, A regs, B MN-major, 128B, swap 1")             \
+    X(128, 64, true, false, true, 0, "m64n128, K 64, B MN-major, 128B, two atoms, swap 0")       \
+    X(128, 64, true, false, true, 1, "m64n128, K 64, B MN-major, 128B, two atoms, swap 1")
+#define WG_N_MN 8
+static const bool WG_MN_EXPECTED[WG_N_MN] = {false, true, true, false, true, false, true, false};
+/* the wrong elements of the failing ones on an H200 (-1: not yet run there) */
+static const int WG_MN_WRONG_H200[WG_N_MN] = {4051, 0, 0, 4044, 0, 4044, -1, -1};
