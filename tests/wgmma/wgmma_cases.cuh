@@ -10,128 +10,11 @@
  * (g, 8 j + 2 t), (g, 8 j + 2 t + 1), (g + 8, 8 j + 2 t), (g + 8, 8 j + 2 t + 1), as mma.sync
  * does for one m16n8 tile. */
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-
-#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <vector>
-#ifdef FE_CUDA_EMU
-#include "wgmma_emu.h"
-#endif
 
-/* the fences and group operations around the MMAs (nothing to do on the CPU but the wait) */
-__device__ __forceinline__ void wg_fence_proxy() {
-#ifndef FE_CUDA_EMU
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wg_fence() {
-#ifndef FE_CUDA_EMU
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wg_commit() {
-#ifdef FE_CUDA_EMU
-    emu::wgmma_commit();
-#else
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wg_wait0() {
-#ifdef FE_CUDA_EMU
-    emu::wgmma_wait(0);
-#else
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#endif
-}
-
-/* d (64 x 64, f32 fragments) = A B, or d += A B where acc, over one k16 step; A and B from
- * shared memory through their descriptors */
-template <int TB = 0>
-__device__ __forceinline__ void wg_ss_n64(float (&d)[32], uint64_t da, uint64_t db, int acc) {
-#ifdef FE_CUDA_EMU
-    emu::wgmma(d, 64, da, nullptr, db, TB, acc, true);
-#else
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %34, 0;\n"
-                 " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {\n"
-                 " %0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
-                 " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31\n"
-                 " }, %32, %33, p, 1, 1, 0, %35;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31])
-        : "l"(da), "l"(db), "r"(acc), "n"(TB));
-#endif
-}
-
-/* the same with A (64 x 16) from registers: each warp's 16 rows as mma.sync A fragments */
-template <int TB = 0>
-__device__ __forceinline__ void wg_rs_n64(float (&d)[32], const uint32_t (&a)[4], uint64_t db,
-                                          int acc) {
-#ifdef FE_CUDA_EMU
-    emu::wgmma(d, 64, 0, a, db, TB, acc, true);
-#else
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %37, 0;\n"
-                 " wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {\n"
-                 " %0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
-                 " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31\n"
-                 " }, {%32, %33, %34, %35}, %36, p, 1, 1, %38;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
-#endif
-}
-
-/* d (64 x 128, f32 fragments) = A B, or d += A B where acc, over one k16 step; A and B from
- * shared memory through their descriptors */
-template <int TB = 0>
-__device__ __forceinline__ void wg_ss_n128(float (&d)[64], uint64_t da, uint64_t db, int acc) {
-#ifdef FE_CUDA_EMU
-    emu::wgmma(d, 128, da, nullptr, db, TB, acc, true);
-#else
-    asm volatile("{\n .reg .pred p;\n setp.ne.b32 p, %66, 0;\n"
-                 " wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {\n"
-                 " %0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15,\n"
-                 " %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31,\n"
-                 " %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47,\n"
-                 " %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63\n"
-                 " }, %64, %65, p, 1, 1, 0, %67;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),
-          "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]),
-          "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]),
-          "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-          "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-          "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-          "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]),
-          "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]),
-          "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(da), "l"(db), "r"(acc), "n"(TB));
-#endif
-}
-
-/* A shared-memory matrix descriptor: start address, leading- and stride-dimension byte offsets
- * (all in 16-byte units) and the swizzle mode (0 none, 1 128-byte). */
-__device__ __forceinline__ uint64_t wg_desc(const void *smem, unsigned lbo, unsigned sbo,
-                                            unsigned swizzle) {
-#ifdef FE_CUDA_EMU
-    uint64_t a = emu::shared_addr(smem);
-#else
-    uint64_t a = (uint64_t)__cvta_generic_to_shared(smem);
-#endif
-    return ((a >> 4) & 0x3fff) | (uint64_t)((lbo >> 4) & 0x3fff) << 16 |
-           (uint64_t)((sbo >> 4) & 0x3fff) << 32 | (uint64_t)swizzle << 62;
-}
+#include "wgmma_ops.cuh"
 
 /* Byte offset of element (r, k) of a K-major operand of K columns in shared memory.
  * No swizzle: 8 x 8 core matrices of 128 contiguous bytes, the two of a k16 step side by side
@@ -212,13 +95,13 @@ __global__ void __launch_bounds__(128) wg_case(const __nv_bfloat16 *A, const __n
         const uint64_t db = wg_desc(sB + s * (MN ? mn_step : step), blbo, bsbo, SW ? 1 : 0);
         if constexpr (RS) {
             static_assert(N == 64, "A from registers: n64 only here");
-            wg_rs_n64<MN>(d, a[s], db, s > 0);
+            wg_rs_n64<true, MN>(d, a[s], db, s > 0);
         } else {
             const uint64_t da = wg_desc(sA + s * step, lbo, sbo, SW ? 1 : 0);
             if constexpr (N == 64)
-                wg_ss_n64<MN>(d, da, db, s > 0);
+                wg_ss_n64<true, MN>(d, da, db, s > 0);
             else
-                wg_ss_n128<MN>(d, da, db, s > 0);
+                wg_ss_n128<true, MN>(d, da, db, s > 0);
         }
     }
     wg_commit();

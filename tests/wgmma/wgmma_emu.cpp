@@ -40,7 +40,7 @@ static bool self_check() {
         __syncthreads();
         float d[32];
         for (int s = 0; s < 2; s++)
-            wg_ss_n64(d, wg_desc(sm + s * 256, 128, 16 * 32, 0),
+            wg_ss_n64<true>(d, wg_desc(sm + s * 256, 128, 16 * 32, 0),
                       wg_desc(sm + 64 * 32 * 2 + s * 256, 128, 16 * 32, 0), s > 0);
         wg_commit();
         nan_before &= d[0] != d[0];
