@@ -3,7 +3,7 @@
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
 #                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp flashvs rowab
-#                      sanall probes
+#                      sanall probes wgflash
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +59,7 @@ do_sanitize() {
 }
 do_flash() { OUT="$LOGS/flash" scripts/flash_check.sh; }
 do_probes() { scripts/gpu_probes.sh; }
+do_wgflash() { scripts/gpu_probes.sh --bench; } # the probes, then the wgmma forward timed
 # compute-sanitizer memcheck and racecheck over every test program of build-gpu and over
 # flash_check (its checks only), SANALL_JOBS runs at a time (default 4: with 8 on an H200 the
 # decoder, fused-loss, fused-optimizer and flash runs did not finish in 300 s), each capped at
@@ -392,6 +393,7 @@ for s in "$@"; do
     flashprof) stage flashprof do_flashprof ;;
     flashcmp) stage flashcmp do_flashcmp ;;
     flashvs) stage flashvs do_flashvs ;;
+    wgflash) stage wgflash do_wgflash ;;
     rowab) stage rowab do_rowab ;;
     *) echo "unknown stage $s" ;;
     esac

@@ -1,0 +1,203 @@
+/* An experimental flash attention forward on Hopper's warpgroup MMA (wgmma), head dim 128, bf16
+ * or f16, the semantics of fe_flash_attention_forward (grouped KV heads, optional causal mask
+ * j > i + S - T, strided (B, H, rows, D) operands, lse in natural-log units, rows with no
+ * visible key: out 0, lse -inf). Not in the library yet: tests/wgmma/wg_flash_check.cu times it
+ * against the library's mma.sync forward on a GPU, tests/wgmma/wg_flash_emu.cpp checks it on
+ * the CPU against float64 attention.
+ *
+ * A block of two warpgroups (256 threads) takes 128 query rows of one head, 64 a warpgroup, and
+ * walks the key tiles of 64 keys that those rows see. Q stays in shared memory; K and V tiles
+ * are double-buffered with cp.async, tile j + 1 loading while tile j is used. All three are
+ * stored in 128-byte-swizzled atoms (two 64-column halves of D, each rows x 128 bytes, 8-row
+ * groups of 1024 bytes), the layout the descriptors read:
+ *   S (64 x 64) = Q K^T: 8 k16 steps of wgmma m64n64k16 with both operands K-major in shared
+ *     memory (step s reads half s / 4 at byte 32 (s % 4) of each row);
+ *   online softmax on the accumulator fragments in f32 (log2 units, scale folded into exp2);
+ *   O (64 x 128) += P V: P from registers (the accumulator fragment is the A fragment, packed
+ *     to 16 bits), V as the MN-major B operand (d contiguous: V's tile is stored exactly as K's),
+ *     for each k16 step one m64n64k16 per half of D (n 64 is one swizzle atom wide, the layout
+ *     the probe checked on an H200).
+ * Each product waits for its own group (no overlap of softmax and MMA inside a warpgroup yet:
+ * the two warpgroups, and two blocks an SM with MINB 2, overlap each other). */
+#pragma once
+#include <math.h>
+
+#include "wgmma_ops.cuh"
+
+#define WF_BR 128 /* query rows a block */
+#define WF_BC 64  /* keys a tile */
+#define WF_D 128
+#define WF_NT 256
+/* shared memory: Q (128 x 128), then K and V of two stages (64 x 128 each), 16-bit */
+#define WF_SMEM (WF_BR * WF_D * 2 + 4 * WF_BC * WF_D * 2)
+
+struct wf_params {
+    const uint16_t *q, *k, *v;
+    uint16_t *out;
+    float *lse;
+    int B, Hq, Hkv, T, S;
+    long long sq[3], sk[3], sv[3], so[3]; /* element strides of batch, head and row */
+    float sl2;                            /* scale * log2(e) */
+    bool causal;
+};
+
+/* Byte offset of 16-byte chunk c (0..15) of row r in a tile of R rows (two 64-column halves,
+ * each R x 128 bytes in 128-byte-swizzled atoms). */
+__host__ __device__ inline int wf_off(int R, int r, int c) {
+    return (c / 8) * R * 128 + (r / 8) * 1024 + (r % 8) * 128 + (((c % 8) ^ (r % 8)) * 16);
+}
+
+/* Start loading rows [r0, r0 + R) of a (rows, 128) operand with row stride rs into a tile; rows
+ * at or past n become zeros (so that a masked key's V row is 0, not garbage). */
+template <int R>
+__device__ __forceinline__ void wf_load(unsigned char *tile, const uint16_t *base, long long rs,
+                                        int r0, int n) {
+    for (int i = (int)threadIdx.x; i < R * 16; i += WF_NT) {
+        const int r = i / 16, c = i % 16;
+        unsigned char *dst = tile + wf_off(R, r, c);
+        if (r0 + r < n)
+            wg_cp16(dst, base + (long long)(r0 + r) * rs + c * 8);
+        else
+            *(uint4 *)dst = make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* MINB: blocks an SM the registers must allow (1: 165 registers; 2: 128, no spills, so two
+ * blocks of 96 KB of shared memory each share an SM) */
+template <bool BF, int MINB>
+__global__ void __launch_bounds__(WF_NT, MINB) wf_fwd_kernel(const wf_params p) {
+#ifdef FE_CUDA_EMU
+    unsigned char *sm = (unsigned char *)emu::dsmem();
+#else
+    extern __shared__ __align__(1024) unsigned char sm[];
+#endif
+    unsigned char *sQ = sm;
+    auto sK = [&](int st) { return sm + WF_BR * WF_D * 2 + st * 2 * WF_BC * WF_D * 2; };
+    auto sV = [&](int st) { return sK(st) + WF_BC * WF_D * 2; };
+    const int tid = (int)threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    /* blocks: heads fastest, query tiles from the last (the most keys under the mask) */
+    const int nh = p.B * p.Hq, nqb = (p.T + WF_BR - 1) / WF_BR;
+    const int bh = (int)blockIdx.x % nh, qb = nqb - 1 - (int)blockIdx.x / nh;
+    const int b = bh / p.Hq, h = bh % p.Hq, hk = h / (p.Hq / p.Hkv), i0 = qb * WF_BR;
+    const uint16_t *q = p.q + b * p.sq[0] + h * p.sq[1];
+    const uint16_t *k = p.k + b * p.sk[0] + hk * p.sk[1], *v = p.v + b * p.sv[0] + hk * p.sv[1];
+    /* key tiles: every one, or with the mask those up to the last key row i0 + 127 sees */
+    int ntiles = (p.S + WF_BC - 1) / WF_BC;
+    if (p.causal) {
+        const int last = i0 + WF_BR - 1 + p.S - p.T; /* may be negative: no key at all */
+        ntiles = last < 0 ? 0 : (last / WF_BC + 1 < ntiles ? last / WF_BC + 1 : ntiles);
+    }
+
+    wf_load<WF_BR>(sQ, q, p.sq[2], i0, p.T);
+    if (ntiles > 0) {
+        wf_load<WF_BC>(sK(0), k, p.sk[2], 0, p.S);
+        wf_load<WF_BC>(sV(0), v, p.sv[2], 0, p.S);
+    }
+    wg_cp_commit();
+
+    /* this thread's rows (r = 0, 1): i0 + 64 wg + 16 warp + g + 8 r */
+    const int row0 = i0 + 64 * wg + 16 * warp + g;
+    float o[2][32], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    for (int hh = 0; hh < 2; hh++)
+        for (int i = 0; i < 32; i++)
+            o[hh][i] = 0.f;
+    for (int j = 0; j < ntiles; j++) {
+        const int st = j & 1, kv0 = j * WF_BC;
+        if (j + 1 < ntiles) { /* the next tile into the other stage, freed at the end of j - 1 */
+            wf_load<WF_BC>(sK(st ^ 1), k, p.sk[2], kv0 + WF_BC, p.S);
+            wf_load<WF_BC>(sV(st ^ 1), v, p.sv[2], kv0 + WF_BC, p.S);
+            wg_cp_commit();
+            wg_cp_wait<1>();
+        } else {
+            wg_cp_wait<0>();
+        }
+        wg_fence_proxy(); /* this thread's landed copies (and zero rows), for the MMAs */
+        __syncthreads();
+
+        /* S = Q K^T for this warpgroup's 64 rows */
+        float s[32];
+        wg_fence();
+        for (int kk = 0; kk < 8; kk++) {
+            const int half = kk / 4, off = (kk % 4) * 32;
+            const uint64_t da = wg_desc(sQ + half * WF_BR * 128 + wg * 8192 + off, 16, 1024, 1);
+            const uint64_t db = wg_desc(sK(st) + half * WF_BC * 128 + off, 16, 1024, 1);
+            wg_ss_n64<BF>(s, da, db, kk > 0);
+        }
+        wg_commit();
+        wg_wait0();
+
+        /* online softmax: s[4 jj + 2 r + e] is (row0 + 8 r, key kv0 + 8 jj + 2 t + e) */
+        const bool mask = kv0 + WF_BC > p.S || (p.causal && kv0 + WF_BC - 1 > i0 + p.S - p.T);
+        uint32_t a[4][4];
+        for (int r = 0; r < 2; r++) {
+            const int i = row0 + 8 * r;
+            float mx = -INFINITY;
+            for (int jj = 0; jj < 8; jj++)
+                for (int e = 0; e < 2; e++) {
+                    const int key = kv0 + 8 * jj + 2 * t + e;
+                    float &x = s[4 * jj + 2 * r + e];
+                    x *= p.sl2;
+                    if (mask && (key >= p.S || (p.causal && key > i + p.S - p.T))) x = -INFINITY;
+                    mx = fmaxf(mx, x);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float mn = fmaxf(m[r], mx);
+            /* no visible key so far: nothing to scale, every p 0 */
+            const float alpha = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
+            float sum = 0.f;
+            for (int jj = 0; jj < 8; jj++)
+                for (int e = 0; e < 2; e++) {
+                    float &x = s[4 * jj + 2 * r + e];
+                    x = mn == -INFINITY ? 0.f : exp2f(x - mn);
+                    sum += x;
+                }
+            l[r] = l[r] * alpha + sum;
+            m[r] = mn;
+            for (int hh = 0; hh < 2; hh++)
+                for (int jj = 0; jj < 8; jj++)
+                    for (int e = 0; e < 2; e++)
+                        o[hh][4 * jj + 2 * r + e] *= alpha;
+        }
+        /* P as A fragments: k16 step u covers keys 16 u .. 16 u + 15, column blocks 2 u, 2 u + 1 */
+        for (int u = 0; u < 4; u++) {
+            a[u][0] = wg_pack<BF>(s[8 * u + 0], s[8 * u + 1]);
+            a[u][1] = wg_pack<BF>(s[8 * u + 2], s[8 * u + 3]);
+            a[u][2] = wg_pack<BF>(s[8 * u + 4], s[8 * u + 5]);
+            a[u][3] = wg_pack<BF>(s[8 * u + 6], s[8 * u + 7]);
+        }
+
+        /* O += P V, a half of D at a time (V MN-major: keys along k, d along n) */
+        wg_fence();
+        for (int u = 0; u < 4; u++)
+            for (int hh = 0; hh < 2; hh++) {
+                const uint64_t db = wg_desc(sV(st) + hh * WF_BC * 128 + u * 2048, 16, 1024, 1);
+                wg_rs_n64<BF, 1>(o[hh], a[u], db, 1);
+            }
+        wg_commit();
+        wg_wait0();
+        __syncthreads(); /* every warp is done with stage st before tile j + 2 loads into it */
+    }
+    wg_cp_wait<0>(); /* (nothing left in flight when there was no key tile) */
+
+    /* out = O / l, lse = (m + log2 l) ln 2; rows with no visible key: 0 and -inf */
+    for (int r = 0; r < 2; r++) {
+        const int i = row0 + 8 * r;
+        float lt = l[r];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        if (i >= p.T) continue;
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        uint16_t *orow = p.out + b * p.so[0] + h * p.so[1] + (long long)i * p.so[2];
+        for (int hh = 0; hh < 2; hh++)
+            for (int jj = 0; jj < 8; jj++) {
+                const int d = 64 * hh + 8 * jj + 2 * t;
+                *(uint32_t *)(orow + d) =
+                    wg_pack<BF>(o[hh][4 * jj + 2 * r] * inv, o[hh][4 * jj + 2 * r + 1] * inv);
+            }
+        if (t == 0)
+            p.lse[((long long)b * p.Hq + h) * p.T + i] =
+                lt > 0.f ? (m[r] + log2f(lt)) * 0.69314718055994531f : -INFINITY;
+    }
+}
