@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The GPU probes: programmatic dependent launch ordering (tests/pdl/pdl_probe.cu), Hopper's
 # warpgroup MMA layouts (tests/wgmma/wgmma_probe.cu) and the experimental wgmma flash forward
-# against the library's (tests/wgmma/wg_flash_check.cu); the last two need the sm_90a target.
-# Builds all three (ptxas's register and spill report of the wgmma forward in the output), then
-# runs them; --build-only stops after the build (.ci/run, on a machine without a GPU); --bench
-# also times the wgmma forward against the library's. Says so and exits 0 when nvcc is missing.
+# and backward against the library's (tests/wgmma/wg_flash_check.cu); the last two need the
+# sm_90a target. Builds all three (ptxas's register and spill report of the wgmma kernels in the
+# output), then runs them; --build-only stops after the build (.ci/run, on a machine without a
+# GPU); --bench also times the wgmma kernels against the library's. Says so and exits 0 when nvcc is missing.
 # Exit status 1 when a build or a probe fails.
 #   scripts/gpu_probes.sh [--build-only | --bench]
 set -uo pipefail
@@ -18,7 +18,9 @@ nvcc -O2 -arch=sm_90 tests/pdl/pdl_probe.cu -o "$dir/pdl_probe" &&
   nvcc -O3 -std=c++17 $sm90a -Iinclude -Isrc -Itests/wgmma -Xptxas -v tests/wgmma/wg_flash_check.cu \
     src/backends/cuda/flash_attention.cu -o "$dir/wg_flash_check" >"$dir/ptxas.log" 2>&1 ||
   { cat "$dir/ptxas.log" 2>/dev/null; exit 1; }
-grep -A2 "Function properties for _Z13wf_fwd_kernel" "$dir/ptxas.log" | grep -o "_Z13wf_fwd[A-Za-z0-9_]*\|[0-9]* bytes spill stores\|Used [0-9]* registers" | paste -sd' ' | sed 's/_Z13wf_fwd/\nwf_fwd/g'
+grep -A2 "Function properties for _Z13w[fb]_[fb]wd_kernel" "$dir/ptxas.log" |
+  grep -o "_Z13w[fb]_[fb]wd[A-Za-z0-9_]*\|[0-9]* bytes spill stores\|Used [0-9]* registers" |
+  paste -sd' ' | sed -E 's/_Z13(w[fb]_[fb]wd)/\n\1/g'
 echo
 if [ "${1:-}" = --build-only ]; then
   echo "gpu_probes: built"

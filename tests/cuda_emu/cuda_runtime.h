@@ -358,6 +358,11 @@ inline unsigned atomicAdd(unsigned *p, unsigned v) {
     *p += v;
     return o;
 }
+inline float atomicAdd(float *p, float v) {
+    float o = *p;
+    *p += v;
+    return o;
+}
 inline unsigned atomicExch(unsigned *p, unsigned v) {
     unsigned o = *p;
     *p = v;
