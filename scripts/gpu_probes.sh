@@ -18,9 +18,9 @@ nvcc -O2 -arch=sm_90 tests/pdl/pdl_probe.cu -o "$dir/pdl_probe" &&
   nvcc -O3 -std=c++17 $sm90a -Iinclude -Isrc -Itests/wgmma -Xptxas -v tests/wgmma/wg_flash_check.cu \
     src/backends/cuda/flash_attention.cu -o "$dir/wg_flash_check" >"$dir/ptxas.log" 2>&1 ||
   { cat "$dir/ptxas.log" 2>/dev/null; exit 1; }
-grep -A2 "Function properties for _Z13w[fb]_[fb]wd_kernel" "$dir/ptxas.log" |
-  grep -o "_Z13w[fb]_[fb]wd[A-Za-z0-9_]*\|[0-9]* bytes spill stores\|Used [0-9]* registers" |
-  paste -sd' ' | sed -E 's/_Z13(w[fb]_[fb]wd)/\n\1/g'
+grep -A2 "Function properties for _Z[0-9]*w[fb]_[fb]wd_" "$dir/ptxas.log" |
+  grep -o "_Z[0-9]*w[fb]_[fb]wd_[A-Za-z0-9_]*\|[0-9]* bytes spill stores\|Used [0-9]* registers" |
+  paste -sd' ' | sed -E 's/_Z[0-9]+(w[fb]_[fb]wd_)/\n\1/g'
 echo
 if [ "${1:-}" = --build-only ]; then
   echo "gpu_probes: built"

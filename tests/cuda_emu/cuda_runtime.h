@@ -13,7 +13,9 @@
  * floats NaN), so a read before a write shows. `__shared__` variables are static, one copy for
  * every block: a kernel run with launch_coop must use dynamic shared memory (emu::dsmem) only.
  * emu::cp_async16 / cp_async_commit / cp_async_wait model cp.async: a copy lands only when a
- * wait_group completes its group. Races between threads cannot show here: a thread is never
+ * wait_group completes its group; a copy into shared memory that an asynchronous MMA
+ * (wgmma_emu.h) still reads, or such a read of memory a copy has not landed in yet, stops the
+ * run. Races between threads cannot show here: a thread is never
  * interrupted between barriers. */
 #pragma once
 #include <math.h>
@@ -131,11 +133,16 @@ struct fiber {
 struct block_state { /* a block of the running batch */
     unsigned idx;    /* its blockIdx.x */
     std::vector<unsigned char> smem;
+    /* per byte of smem: cp.async copies issued into it and not yet landed, and asynchronous
+     * readers (wgmma_emu.h) issued and not yet complete; a copy into a byte being read, or an
+     * asynchronous read of a byte still being copied, stops the run */
+    std::vector<unsigned short> copying, reading;
     long gen, warp_gen[32];
     int count, warp_count[32];
 };
 const size_t stack_bytes = 64 * 1024;
 const uint64_t stack_canary = 0x5ca1ab1e0ddba11ull; /* at the bottom of each stack */
+inline void uncount_copy(const copy16 &c); /* below */
 inline std::vector<fiber> fibers;                   /* thread t of batch slot s: s * block + t */
 inline std::vector<std::unique_ptr<char[]>> stacks; /* allocated when first needed, kept */
 inline std::vector<block_state> blocks;
@@ -150,7 +157,10 @@ inline std::function<void()> kernel;
 
 inline void start_fiber() {
     kernel();
-    fibers[cur].open.clear(), fibers[cur].groups.clear(); /* copies never waited for: dropped */
+    for (auto &g : fibers[cur].groups) /* copies never waited for: dropped */
+        for (const copy16 &c : g) uncount_copy(c);
+    for (const copy16 &c : fibers[cur].open) uncount_copy(c);
+    fibers[cur].open.clear(), fibers[cur].groups.clear();
     fibers[cur].done = true;
     swapcontext(&fibers[cur].ctx, &scheduler);
 }
@@ -185,6 +195,16 @@ inline void grid_sync() {
 inline emu_dim3 thread_idx() { return {(unsigned)(cur % nthreads), 0, 0}; }
 inline emu_dim3 block_idx() { return {my_block().idx, 0, 0}; }
 inline void *dsmem() { return my_block().smem.data(); }
+/* the byte offset of p in the block's dynamic shared memory, or -1 */
+inline long smem_offset(const void *p) {
+    const std::vector<unsigned char> &s = my_block().smem;
+    const unsigned char *c = (const unsigned char *)p;
+    return c >= s.data() && c < s.data() + s.size() ? (long)(c - s.data()) : -1;
+}
+inline void uncount_copy(const copy16 &c) {
+    const long o = smem_offset(c.dst);
+    for (int i = 0; o >= 0 && i < 16; i++) my_block().copying[o + i]--;
+}
 
 /* cp.async.cg.shared.global of 16 bytes: the source is read now, dst written when a
  * cp_async_wait lands the group (so a read of dst before the wait sees the old bytes). */
@@ -196,6 +216,15 @@ inline void cp_async16(void *dst, const void *src) {
     copy16 c;
     c.dst = (unsigned char *)dst;
     memcpy(c.bytes, src, 16);
+    const long o = smem_offset(dst);
+    for (int i = 0; o >= 0 && i < 16; i++) {
+        if (my_block().reading[o + i]) {
+            fprintf(stderr, "emu: cp.async into shared offset %ld, which an asynchronous MMA "
+                            "still reads\n", o + i);
+            exit(2);
+        }
+        my_block().copying[o + i]++;
+    }
     fibers[cur].open.push_back(c);
 }
 /* cp.async.commit_group: close the open group (an empty one counts too) */
@@ -210,7 +239,7 @@ inline void cp_async_wait(int n) {
     size_t keep = (size_t)(n > 0 ? n : 0), land = g.size() > keep ? g.size() - keep : 0;
     for (size_t i = 0; i < land; i++)
         for (const copy16 &c : g[i])
-            memcpy(c.dst, c.bytes, 16);
+            memcpy(c.dst, c.bytes, 16), uncount_copy(c);
     g.erase(g.begin(), g.begin() + (long)land);
 }
 
@@ -222,6 +251,7 @@ inline void run_batch(const unsigned *ids, unsigned nb, size_t smem) {
     for (unsigned s = 0; s < nb; s++) {
         block_state &b = blocks[s];
         b.idx = ids[s], b.smem.assign(smem + 16, 0xff), b.gen = 0, b.count = 0;
+        b.copying.assign(smem + 16, 0), b.reading.assign(smem + 16, 0);
         for (int w = 0; w < 32; w++)
             b.warp_gen[w] = 0, b.warp_count[w] = 0;
     }

@@ -21,7 +21,10 @@
  *
  * Like the hardware's, the operation is asynchronous: at issue the result is computed (from the
  * shared memory and registers as they are then) but the accumulator registers read NaN until a
- * wgmma_wait lands its group, so reading them before the wait shows. A wgmma that accumulates
+ * wgmma_wait lands its group, so reading them before the wait shows; A fragment registers
+ * changed before then stop the run (the hardware reads them asynchronously too), as do a
+ * cp.async into shared memory an incomplete wgmma reads and a wgmma read of shared memory a
+ * cp.async has not landed in yet (cuda_runtime.h keeps both counts per byte). A wgmma that accumulates
  * into registers still in flight starts from the in-flight value, as the hardware chains them. An
  * address outside the shared memory is a fault: the run stops with exit status 3. */
 #pragma once
@@ -34,6 +37,9 @@ namespace emu {
 struct wg_result { /* a wgmma's result, waiting for its group to land */
     float *d;
     std::vector<float> v;
+    const uint32_t *a;   /* its A fragment registers (or null), which must not change before */
+    std::array<uint32_t, 4> a_then; /* it lands: the hardware reads them asynchronously */
+    std::vector<unsigned> read; /* the shared-memory bytes it reads (block_state::reading) */
 };
 struct wg_thread {
     std::vector<wg_result> open;                /* issued, not yet committed */
@@ -68,16 +74,24 @@ inline size_t wg_addr(uint64_t desc, bool mn_major, int row, int k) {
     if (mode) a ^= ((a >> 7) & 7) << 4;
     return a;
 }
-inline float wg_load(uint64_t desc, bool mn_major, int row, int k, bool bf) {
+/* An operand element; its two bytes are counted as read until the wgmma completes (read). */
+inline float wg_load(uint64_t desc, bool mn_major, int row, int k, bool bf,
+                     std::vector<unsigned> &read) {
     const size_t a = wg_addr(desc, mn_major, row, k);
-    const std::vector<unsigned char> &s = my_block().smem;
-    if (a + 2 > s.size() - 16) { /* run_batch adds 16 bytes of slack past the request */
+    block_state &b = my_block();
+    if (a + 2 > b.smem.size() - 16) { /* run_batch adds 16 bytes of slack past the request */
         fprintf(stderr, "emu: wgmma operand at shared offset %zu, past the %zu bytes (a fault)\n", a,
-                s.size() - 16);
+                b.smem.size() - 16);
         exit(3);
     }
+    if (b.copying[a] || b.copying[a + 1]) {
+        fprintf(stderr, "emu: wgmma reads shared offset %zu before the cp.async into it landed\n", a);
+        exit(2);
+    }
+    b.reading[a]++, b.reading[a + 1]++;
+    read.push_back((unsigned)a);
     uint16_t h;
-    memcpy(&h, s.data() + a, 2);
+    memcpy(&h, b.smem.data() + a, 2);
     return wg_to_f(h, bf);
 }
 
@@ -93,12 +107,24 @@ inline void wgmma(float *d, int N, uint64_t da, const uint32_t *a_regs, uint64_t
         warp_barrier();
     }
     wg_thread &me = wg_me(); /* (taken after the barrier: another fiber may have grown the list) */
-    auto a_at = [&](int r, int k) -> float { /* r: 0..63 in the warpgroup */
-        if (!a_regs) return wg_load(da, false, r, k, bf);
-        const int rr = r % 16, src = cur - lane + (rr % 8) * 4 + (k % 8) / 2;
-        const uint32_t w = wg_threads[src].a[(rr / 8) + 2 * ((k % 16) / 8)];
-        return wg_to_f((uint16_t)(k % 2 ? w >> 16 : w & 0xffff), bf);
-    };
+    wg_result r{d, std::vector<float>((size_t)N / 2), a_regs, {}, {}};
+    /* this thread's two rows of A and N / 4 columns of B */
+    float A[2][16], Bc[64][16];
+    for (int h = 0; h < 2; h++)
+        for (int k = 0; k < 16; k++) {
+            const int row = 16 * warp + g + 8 * h;
+            if (!a_regs) {
+                A[h][k] = wg_load(da, false, row, k, bf, r.read);
+                continue;
+            }
+            const int rr = row % 16, src = cur - lane + (rr % 8) * 4 + (k % 8) / 2;
+            const uint32_t w = wg_threads[src].a[(rr / 8) + 2 * ((k % 16) / 8)];
+            A[h][k] = wg_to_f((uint16_t)(k % 2 ? w >> 16 : w & 0xffff), bf);
+        }
+    for (int j = 0; j < N / 8; j++)
+        for (int e = 0; e < 2; e++)
+            for (int k = 0; k < 16; k++)
+                Bc[2 * j + e][k] = wg_load(db, tb, 8 * j + 2 * t + e, k, bf, r.read);
     /* the accumulator's value at issue: the newest in-flight result for d, else the registers */
     const float *in = d;
     auto newest = [&](const std::vector<wg_result> &list) {
@@ -108,13 +134,13 @@ inline void wgmma(float *d, int N, uint64_t da, const uint32_t *a_regs, uint64_t
     newest(me.open);
     for (auto it = me.groups.rbegin(); it != me.groups.rend() && in == d; ++it)
         newest(*it);
-    wg_result r{d, std::vector<float>((size_t)N / 2)};
+    if (a_regs)
+        for (int q = 0; q < 4; q++) r.a_then[q] = a_regs[q];
     for (int j = 0; j < N / 8; j++)
         for (int e = 0; e < 4; e++) {
-            const int row = 16 * warp + g + 8 * (e >> 1), col = 8 * j + 2 * t + (e & 1);
             float s = acc ? in[4 * j + e] : 0.f;
             for (int k = 0; k < 16; k++)
-                s += a_at(row, k) * wg_load(db, tb, col, k, bf);
+                s += A[e >> 1][k] * Bc[2 * j + (e & 1)][k];
             r.v[4 * j + e] = s;
         }
     if (a_regs) warp_barrier(); /* every lane has read the fragments */
@@ -133,8 +159,16 @@ inline void wgmma_wait(int n) {
     wg_thread &me = wg_me();
     size_t keep = (size_t)(n > 0 ? n : 0), land = me.groups.size() > keep ? me.groups.size() - keep : 0;
     for (size_t i = 0; i < land; i++)
-        for (const wg_result &r : me.groups[i])
+        for (const wg_result &r : me.groups[i]) {
             memcpy(r.d, r.v.data(), r.v.size() * sizeof(float));
+            for (unsigned a : r.read) my_block().reading[a]--, my_block().reading[a + 1]--;
+            for (int q = 0; r.a && q < 4; q++)
+                if (r.a[q] != r.a_then[q]) {
+                    fprintf(stderr, "emu: thread %d changed the A fragment registers of a wgmma "
+                                    "before it completed\n", cur % nthreads);
+                    exit(2);
+                }
+        }
     me.groups.erase(me.groups.begin(), me.groups.begin() + (long)land);
 }
 /* Whether every thread has landed all its wgmma groups (a kernel must wait for them before it

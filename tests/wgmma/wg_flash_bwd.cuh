@@ -131,15 +131,13 @@ __global__ void __launch_bounds__(WF_NT, MINB) wb_bwd_kernel(const wb_params p) 
             dk[hh][i] = dv[hh][i] = 0.f;
     for (int qt = qt0; qt < nqt; qt++) {
         const int st = (qt - qt0) & 1, q0 = qt * WB_BR;
-        if (qt + 1 < nqt) { /* the next tile into the other stage, freed at the end of qt - 1 */
-            load_q(st ^ 1, qt + 1);
-            wg_cp_commit();
-            wg_cp_wait<1>();
-        } else {
-            wg_cp_wait<0>();
-        }
+        wg_cp_wait<0>(); /* tile qt, issued a step ago */
         wg_fence_proxy();
         __syncthreads();
+        /* the next tile into the other stage, which every warpgroup is done with now (its dK
+         * product of step qt - 1, reading Q, completed before the barrier) */
+        if (qt + 1 < nqt) load_q(st ^ 1, qt + 1);
+        wg_cp_commit();
 
         /* S^T = K Q^T, dP^T = V dO^T for this warpgroup's 64 keys */
         float s[32], dp[32];

@@ -1,8 +1,8 @@
 /* The experimental wgmma flash kernels (wg_flash_fwd.cuh, wg_flash_bwd.cuh) on a GPU, beside the
  * library's mma.sync kernels (fe_flash_attention_forward, _backward) in the same process: first
  * their results against the library's on several shapes (normwise errors of out, gq, gk, gv under
- * 1e-2, lse within 1e-3, the same -inf rows), the forward for both register bounds (wgmma-1: one
- * block an SM, wgmma-2: two); then, with --bench, TFLOP/s of each, alternating, at B 4, H 16,
+ * 1e-2, lse within 1e-3, the same -inf rows), for each forward (wgmma-pipe: the pipelined one;
+ * wgmma-1, wgmma-2: the plain one with one or two blocks an SM); then, with --bench, TFLOP/s of each, alternating, at B 4, H 16,
  * D 128, T = S = 1024..8192, causal and not (forward FLOPs 4 B H T S D, halved when causal;
  * backward 2.5 times that). The wgmma backward's time covers its three kernels and the memset of
  * its f32 scratch, as the library's covers its own. Built by scripts/gpu_probes.sh.
@@ -101,6 +101,7 @@ static void release(op &o) {
         CK(cudaFree(p));
 }
 
+/* the wgmma forward: MINB 1 or 2 (wf_fwd_kernel's register bound), 0 the pipelined kernel */
 template <int MINB> static void wf_launch(const op &o) {
     const fe_flash_args &a = o.a;
     wf_params p;
@@ -110,13 +111,16 @@ template <int MINB> static void wf_launch(const op &o) {
     p.sl2 = o.w.sl2, p.causal = a.causal;
     static bool optin[2];
     const bool bf = a.dtype == FE_BF16;
-    auto *kernel = bf ? wf_fwd_kernel<true, MINB> : wf_fwd_kernel<false, MINB>;
+    auto *kernel = MINB == 0 ? (bf ? wf_fwd_pipe_kernel<true> : wf_fwd_pipe_kernel<false>)
+                             : (bf ? wf_fwd_kernel<true, MINB ? MINB : 1>
+                                   : wf_fwd_kernel<false, MINB ? MINB : 1>);
+    const int smem = MINB == 0 ? WF_SMEM_PIPE : WF_SMEM;
     if (!optin[bf]) {
-        CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WF_SMEM));
+        CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         optin[bf] = true;
     }
     const int nqb = (p.T + WF_BR - 1) / WF_BR;
-    kernel<<<(unsigned)(p.B * p.Hq * nqb), WF_NT, WF_SMEM>>>(p);
+    kernel<<<(unsigned)(p.B * p.Hq * nqb), WF_NT, smem>>>(p);
     CK(cudaGetLastError());
 }
 static void wb_launch(const op &o) {
@@ -192,7 +196,7 @@ static bool check(int minb, bool bf, int B, int Hq, int Hkv, int T, int S, bool 
     for (void *p : {(void *)o.out, (void *)o.gq}) CK(cudaMemset(p, 0xff, nq * 2));
     for (void *p : {(void *)o.gk, (void *)o.gv}) CK(cudaMemset(p, 0xff, nk * 2));
     CK(cudaMemset(o.lse, 0xff, nl * 4));
-    minb == 1 ? wf_launch<1>(o) : wf_launch<2>(o);
+    minb == 0 ? wf_launch<0>(o) : minb == 1 ? wf_launch<1>(o) : wf_launch<2>(o);
     wb_launch(o);
     CK(cudaDeviceSynchronize());
     CK(cudaMemcpy(wl.data(), o.lse, nl * 4, cudaMemcpyDeviceToHost));
@@ -206,9 +210,9 @@ static bool check(int minb, bool bf, int B, int Hq, int Hkv, int T, int S, bool 
         if (wl[i] != wl[i]) le = INFINITY;
     }
     const bool ok = eo < 1e-2 && le < 1e-3 && inf_same && eq < 1e-2 && ek < 1e-2 && ev < 1e-2;
-    printf("wgmma-%d %s B=%d Hq=%d Hkv=%d T=%-5d S=%-5d %-10s out %.1e lse %.1e%s gq %.1e gk %.1e "
+    printf("%s %s B=%d Hq=%d Hkv=%d T=%-5d S=%-5d %-10s out %.1e lse %.1e%s gq %.1e gk %.1e "
            "gv %.1e  %s\n",
-           minb, bf ? "bf16" : "f16 ", B, Hq, Hkv, T, S, causal ? "causal" : "non-causal", eo, le,
+           minb == 0 ? "wgmma-pipe" : minb == 1 ? "wgmma-1   " : "wgmma-2   ", bf ? "bf16" : "f16 ", B, Hq, Hkv, T, S, causal ? "causal" : "non-causal", eo, le,
            inf_same ? "" : " (-inf rows differ)", eq, ek, ev, ok ? "PASS" : "FAIL");
     release(o);
     return ok;
@@ -223,16 +227,18 @@ static void bench(bool causal) {
         CK(cudaEventCreate(&e1));
         const int iters = T >= 4096 ? 10 : 30;
         const double fwd = 4.0 * B * H * (double)T * T * 128 * (causal ? 0.5 : 1.0);
-        const char *names[5] = {"mma.sync fwd", "wgmma-1 fwd", "wgmma-2 fwd", "mma.sync bwd", "wgmma bwd"};
+        const char *names[6] = {"mma.sync fwd", "wgmma-1 fwd", "wgmma-2 fwd", "wgmma-pipe fwd",
+                                "mma.sync bwd", "wgmma bwd"};
         lib_fwd(o); /* out and lse for the backward runs */
         for (int round = 0; round < 2; round++)
-            for (int which = 0; which < 5; which++) {
+            for (int which = 0; which < 6; which++) {
                 auto go = [&] {
                     switch (which) {
                     case 0: lib_fwd(o); break;
                     case 1: wf_launch<1>(o); break;
                     case 2: wf_launch<2>(o); break;
-                    case 3: lib_bwd(o); break;
+                    case 3: wf_launch<0>(o); break;
+                    case 4: lib_bwd(o); break;
                     default: wb_launch(o);
                     }
                 };
@@ -244,8 +250,8 @@ static void bench(bool causal) {
                 float ms;
                 CK(cudaEventElapsedTime(&ms, e0, e1));
                 ms /= iters;
-                const double flops = which >= 3 ? 2.5 * fwd : fwd;
-                printf("BENCH %-12s bf16 D=128 B=%d H=%d T=%d causal=%d round=%d ms=%.3f tflops=%.1f\n",
+                const double flops = which >= 4 ? 2.5 * fwd : fwd;
+                printf("BENCH %-14s bf16 D=128 B=%d H=%d T=%d causal=%d round=%d ms=%.3f tflops=%.1f\n",
                        names[which], B, H, T, (int)causal, round + 1, ms, flops / (ms * 1e-3) / 1e12);
             }
         CK(cudaEventDestroy(e0));
@@ -261,7 +267,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     int fails = 0, n = 0;
-    for (int minb = 1; minb <= 2; minb++) {
+    for (int minb = 0; minb <= 2; minb++) { /* the pipelined forward, then MINB 1 and 2 */
         fails += !check(minb, true, 1, 8, 2, 1000, 1000, true), n++;
         fails += !check(minb, true, 1, 8, 2, 1000, 1000, false), n++;
         fails += !check(minb, true, 2, 8, 2, 77, 77, true), n++;

@@ -1,5 +1,5 @@
-/* The experimental wgmma flash kernels (wg_flash_fwd.cuh, wg_flash_bwd.cuh) on the CPU, through
- * the host stand-ins of tests/cuda_emu/ (fibers, cp.async, wgmma), against float64 attention
+/* The experimental wgmma flash kernels (wg_flash_fwd.cuh: plain and pipelined forward;
+ * wg_flash_bwd.cuh) on the CPU, through the host stand-ins of tests/cuda_emu/ (fibers, cp.async, wgmma), against float64 attention
  * and its gradients: bf16 and f16, causal and not, grouped KV heads, query and key counts that
  * are not multiples of the tiles, more queries than keys (rows with no visible key), and
  * (B, N, H, D) memory viewed as (B, H, N, D). Outputs and gradients must match within 1e-2
@@ -124,20 +124,30 @@ static void run(const wf_case &c) {
     p.B = c.B, p.Hq = c.Hq, p.Hkv = c.Hkv, p.T = c.T, p.S = c.S, p.causal = c.causal;
     p.sl2 = (float)(P.scale * 1.4426950408889634);
     for (int x = 0; x < 3; x++) p.sq[x] = p.so[x] = P.sq[x], p.sk[x] = p.sv[x] = P.sk[x];
-    std::vector<uint16_t> out(nq, 0xabcd);
-    std::vector<float> lse(nl, -7.f);
-    p.q = P.q.data(), p.k = P.k.data(), p.v = P.v.data(), p.out = out.data(), p.lse = lse.data();
-    const int nqb = (c.T + WF_BR - 1) / WF_BR;
-    emu::launch((unsigned)(c.B * c.Hq * nqb), WF_NT, WF_SMEM,
-                [&] { c.bf ? wf_fwd_kernel<true, 2>(p) : wf_fwd_kernel<false, 2>(p); });
-    const bool landed_f = emu::wgmma_all_landed();
-    double lse_err = 0;
-    bool inf_ok = true;
-    for (size_t i = 0; i < nl; i++) {
-        if (isinf(P.lse[i])) inf_ok &= lse[i] == -INFINITY;
-        else lse_err = std::max(lse_err, fabs((double)lse[i] - P.lse[i]));
+    std::vector<uint16_t> out(nq, 0xabcd), out2(nq, 0xabcd);
+    std::vector<float> lse(nl, -7.f), lse2(nl, -7.f);
+    p.q = P.q.data(), p.k = P.k.data(), p.v = P.v.data();
+    const unsigned nqb = (unsigned)(c.B * c.Hq * ((c.T + WF_BR - 1) / WF_BR));
+    double lse_err = 0, eo = 0;
+    bool inf_ok = true, landed_f = true;
+    /* the plain kernel, whose out and lse the backward takes, then the pipelined one */
+    for (int pipe = 0; pipe < 2; pipe++) {
+        std::vector<uint16_t> &o = pipe ? out2 : out;
+        std::vector<float> &L = pipe ? lse2 : lse;
+        p.out = o.data(), p.lse = L.data();
+        if (pipe)
+            emu::launch(nqb, WF_NT, WF_SMEM_PIPE,
+                        [&] { c.bf ? wf_fwd_pipe_kernel<true>(p) : wf_fwd_pipe_kernel<false>(p); });
+        else
+            emu::launch(nqb, WF_NT, WF_SMEM,
+                        [&] { c.bf ? wf_fwd_kernel<true, 2>(p) : wf_fwd_kernel<false, 2>(p); });
+        landed_f &= emu::wgmma_all_landed();
+        for (size_t i = 0; i < nl; i++) {
+            if (isinf(P.lse[i])) inf_ok &= L[i] == -INFINITY;
+            else lse_err = std::max(lse_err, fabs((double)L[i] - P.lse[i]));
+        }
+        eo = std::max(eo, err(P, o, P.o, c.Hq, c.T, P.sq));
     }
-    const double eo = err(P, out, P.o, c.Hq, c.T, P.sq);
 
     /* backward, from this forward's out and lse */
     wb_params w;

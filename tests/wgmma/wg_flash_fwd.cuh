@@ -17,8 +17,15 @@
  *     to 16 bits), V as the MN-major B operand (d contiguous: V's tile is stored exactly as K's),
  *     for each k16 step one m64n64k16 per half of D (n 64 is one swizzle atom wide, the layout
  *     the probe checked on an H200).
- * Each product waits for its own group (no overlap of softmax and MMA inside a warpgroup yet:
- * the two warpgroups, and two blocks an SM with MINB 2, overlap each other). */
+ * Two versions:
+ *   wf_fwd_kernel waits for each product before it uses it: softmax and MMA do not overlap
+ *     inside a warpgroup; the two warpgroups, and two blocks an SM with MINB 2, overlap each
+ *     other. Two stages of K and V.
+ *   wf_fwd_pipe_kernel overlaps them inside a warpgroup, as FlashAttention-3 does: in step j
+ *     it issues S_j = Q K_j^T and then O += P_{j-1} V_{j-1}, and computes the softmax of S_j
+ *     while the second product runs; O is rescaled once that product has completed. So K_j and
+ *     V_{j-1} are in use while tile j + 1 loads: three stages, and P in two register sets (the
+ *     hardware reads A fragments while the product runs). */
 #pragma once
 #include <math.h>
 
@@ -28,8 +35,10 @@
 #define WF_BC 64  /* keys a tile */
 #define WF_D 128
 #define WF_NT 256
-/* shared memory: Q (128 x 128), then K and V of two stages (64 x 128 each), 16-bit */
+/* shared memory: Q (128 x 128), then K and V of two stages (64 x 128 each), 16-bit; three
+ * stages for the pipelined kernel */
 #define WF_SMEM (WF_BR * WF_D * 2 + 4 * WF_BC * WF_D * 2)
+#define WF_SMEM_PIPE (WF_BR * WF_D * 2 + 6 * WF_BC * WF_D * 2)
 
 struct wf_params {
     const uint16_t *q, *k, *v;
@@ -62,51 +71,168 @@ __device__ __forceinline__ void wf_load(unsigned char *tile, const uint16_t *bas
     }
 }
 
+/* What a block works on: its head, its 128 query rows and the key tiles they see. */
+struct wf_block {
+    int b, h, i0, ntiles;
+    const uint16_t *q, *k, *v;
+};
+__device__ __forceinline__ wf_block wf_block_of(const wf_params &p) {
+    wf_block w;
+    /* blocks: heads fastest, query tiles from the last (the most keys under the mask) */
+    const int nh = p.B * p.Hq, nqb = (p.T + WF_BR - 1) / WF_BR;
+    const int bh = (int)blockIdx.x % nh, qb = nqb - 1 - (int)blockIdx.x / nh;
+    w.b = bh / p.Hq, w.h = bh % p.Hq, w.i0 = qb * WF_BR;
+    const int hk = w.h / (p.Hq / p.Hkv);
+    w.q = p.q + w.b * p.sq[0] + w.h * p.sq[1];
+    w.k = p.k + w.b * p.sk[0] + hk * p.sk[1], w.v = p.v + w.b * p.sv[0] + hk * p.sv[1];
+    /* key tiles: every one, or with the mask those up to the last key row i0 + 127 sees */
+    w.ntiles = (p.S + WF_BC - 1) / WF_BC;
+    if (p.causal) {
+        const int last = w.i0 + WF_BR - 1 + p.S - p.T; /* may be negative: no key at all */
+        w.ntiles = last < 0 ? 0 : (last / WF_BC + 1 < w.ntiles ? last / WF_BC + 1 : w.ntiles);
+    }
+    return w;
+}
+
+/* Issue S = Q K^T for warpgroup wg's 64 rows (8 k16 steps; the caller fences and commits). */
+template <bool BF>
+__device__ __forceinline__ void wf_qk(float (&s)[32], const unsigned char *sQ,
+                                      const unsigned char *sK, int wg) {
+    for (int kk = 0; kk < 8; kk++) {
+        const int half = kk / 4, off = (kk % 4) * 32;
+        const uint64_t da = wg_desc(sQ + half * WF_BR * 128 + wg * 8192 + off, 16, 1024, 1);
+        const uint64_t db = wg_desc(sK + half * WF_BC * 128 + off, 16, 1024, 1);
+        wg_ss_n64<BF>(s, da, db, kk > 0);
+    }
+}
+/* Issue O += P V, a half of D at a time (V MN-major: keys along k, d along n). */
+template <bool BF>
+__device__ __forceinline__ void wf_pv(float (&o)[2][32], const uint32_t (&a)[4][4],
+                                      const unsigned char *sV) {
+    for (int u = 0; u < 4; u++)
+        for (int hh = 0; hh < 2; hh++) {
+            const uint64_t db = wg_desc(sV + hh * WF_BC * 128 + u * 2048, 16, 1024, 1);
+            wg_rs_n64<BF, 1>(o[hh], a[u], db, 1);
+        }
+}
+/* The online softmax of one tile: s[4 jj + 2 r + e] is (row row0 + 8 r, key kv0 + 8 jj + 2 t + e).
+ * s becomes P, m and l move on, alpha[r] is what row r's O must be multiplied by (done here
+ * where RESCALE: fewer registers live than a separate pass). mask: the tile has keys past S or
+ * past the causal diagonal of a row. */
+template <bool RESCALE>
+__device__ __forceinline__ void wf_softmax(float (&s)[32], float (&m)[2], float (&l)[2],
+                                           float (&alpha)[2], float (&o)[2][32],
+                                           const wf_params &p, int row0, int kv0, bool mask,
+                                           int t) {
+    for (int r = 0; r < 2; r++) {
+        const int i = row0 + 8 * r;
+        float mx = -INFINITY;
+        for (int jj = 0; jj < 8; jj++)
+            for (int e = 0; e < 2; e++) {
+                const int key = kv0 + 8 * jj + 2 * t + e;
+                float &x = s[4 * jj + 2 * r + e];
+                x *= p.sl2;
+                if (mask && (key >= p.S || (p.causal && key > i + p.S - p.T))) x = -INFINITY;
+                mx = fmaxf(mx, x);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float mn = fmaxf(m[r], mx);
+        /* no visible key so far: nothing to scale, every p 0 */
+        alpha[r] = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
+        float sum = 0.f;
+        for (int jj = 0; jj < 8; jj++)
+            for (int e = 0; e < 2; e++) {
+                float &x = s[4 * jj + 2 * r + e];
+                x = mn == -INFINITY ? 0.f : exp2f(x - mn);
+                sum += x;
+            }
+        l[r] = l[r] * alpha[r] + sum;
+        m[r] = mn;
+        if (RESCALE)
+            for (int hh = 0; hh < 2; hh++)
+                for (int jj = 0; jj < 8; jj++)
+                    for (int e = 0; e < 2; e++)
+                        o[hh][4 * jj + 2 * r + e] *= alpha[r];
+    }
+}
+/* P as A fragments: k16 step u covers keys 16 u .. 16 u + 15, column blocks 2 u, 2 u + 1 */
+template <bool BF> __device__ __forceinline__ void wf_to_a(uint32_t (&a)[4][4], const float (&s)[32]) {
+    for (int u = 0; u < 4; u++)
+        for (int c = 0; c < 4; c++)
+            a[u][c] = wg_pack<BF>(s[8 * u + 2 * c], s[8 * u + 2 * c + 1]);
+}
+__device__ __forceinline__ void wf_rescale(float (&o)[2][32], const float (&alpha)[2]) {
+    for (int hh = 0; hh < 2; hh++)
+        for (int jj = 0; jj < 8; jj++)
+            for (int i = 0; i < 4; i++)
+                o[hh][4 * jj + i] *= alpha[i / 2];
+}
+/* out = O / l, lse = (m + log2 l) ln 2; rows with no visible key: 0 and -inf */
+template <bool BF>
+__device__ __forceinline__ void wf_store(const float (&o)[2][32], const float (&m)[2],
+                                         const float (&l)[2], const wf_params &p,
+                                         const wf_block &w, int row0, int t) {
+    for (int r = 0; r < 2; r++) {
+        const int i = row0 + 8 * r;
+        float lt = l[r];
+        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
+        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
+        if (i >= p.T) continue;
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        uint16_t *orow = p.out + w.b * p.so[0] + w.h * p.so[1] + (long long)i * p.so[2];
+        for (int hh = 0; hh < 2; hh++)
+            for (int jj = 0; jj < 8; jj++) {
+                const int d = 64 * hh + 8 * jj + 2 * t;
+                *(uint32_t *)(orow + d) =
+                    wg_pack<BF>(o[hh][4 * jj + 2 * r] * inv, o[hh][4 * jj + 2 * r + 1] * inv);
+            }
+        if (t == 0)
+            p.lse[((long long)w.b * p.Hq + w.h) * p.T + i] =
+                lt > 0.f ? (m[r] + log2f(lt)) * 0.69314718055994531f : -INFINITY;
+    }
+}
+__device__ __forceinline__ unsigned char *wf_smem() {
+#ifdef FE_CUDA_EMU
+    return (unsigned char *)emu::dsmem();
+#else
+    extern __shared__ __align__(1024) unsigned char wf_smem_buf[];
+    return wf_smem_buf;
+#endif
+}
+/* whether key tile kv0 has keys past S or past the causal diagonal of one of the rows from i0 */
+__device__ __forceinline__ bool wf_tile_masked(const wf_params &p, int kv0, int i0) {
+    return kv0 + WF_BC > p.S || (p.causal && kv0 + WF_BC - 1 > i0 + p.S - p.T);
+}
+
 /* MINB: blocks an SM the registers must allow (1: 165 registers; 2: 128, no spills, so two
  * blocks of 96 KB of shared memory each share an SM) */
 template <bool BF, int MINB>
 __global__ void __launch_bounds__(WF_NT, MINB) wf_fwd_kernel(const wf_params p) {
-#ifdef FE_CUDA_EMU
-    unsigned char *sm = (unsigned char *)emu::dsmem();
-#else
-    extern __shared__ __align__(1024) unsigned char sm[];
-#endif
-    unsigned char *sQ = sm;
+    unsigned char *sm = wf_smem(), *sQ = sm;
     auto sK = [&](int st) { return sm + WF_BR * WF_D * 2 + st * 2 * WF_BC * WF_D * 2; };
     auto sV = [&](int st) { return sK(st) + WF_BC * WF_D * 2; };
     const int tid = (int)threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32;
     const int g = lane / 4, t = lane % 4;
-    /* blocks: heads fastest, query tiles from the last (the most keys under the mask) */
-    const int nh = p.B * p.Hq, nqb = (p.T + WF_BR - 1) / WF_BR;
-    const int bh = (int)blockIdx.x % nh, qb = nqb - 1 - (int)blockIdx.x / nh;
-    const int b = bh / p.Hq, h = bh % p.Hq, hk = h / (p.Hq / p.Hkv), i0 = qb * WF_BR;
-    const uint16_t *q = p.q + b * p.sq[0] + h * p.sq[1];
-    const uint16_t *k = p.k + b * p.sk[0] + hk * p.sk[1], *v = p.v + b * p.sv[0] + hk * p.sv[1];
-    /* key tiles: every one, or with the mask those up to the last key row i0 + 127 sees */
-    int ntiles = (p.S + WF_BC - 1) / WF_BC;
-    if (p.causal) {
-        const int last = i0 + WF_BR - 1 + p.S - p.T; /* may be negative: no key at all */
-        ntiles = last < 0 ? 0 : (last / WF_BC + 1 < ntiles ? last / WF_BC + 1 : ntiles);
-    }
-
-    wf_load<WF_BR>(sQ, q, p.sq[2], i0, p.T);
-    if (ntiles > 0) {
-        wf_load<WF_BC>(sK(0), k, p.sk[2], 0, p.S);
-        wf_load<WF_BC>(sV(0), v, p.sv[2], 0, p.S);
+    const wf_block w = wf_block_of(p);
+    wf_load<WF_BR>(sQ, w.q, p.sq[2], w.i0, p.T);
+    if (w.ntiles > 0) {
+        wf_load<WF_BC>(sK(0), w.k, p.sk[2], 0, p.S);
+        wf_load<WF_BC>(sV(0), w.v, p.sv[2], 0, p.S);
     }
     wg_cp_commit();
 
     /* this thread's rows (r = 0, 1): i0 + 64 wg + 16 warp + g + 8 r */
-    const int row0 = i0 + 64 * wg + 16 * warp + g;
-    float o[2][32], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    const int row0 = w.i0 + 64 * wg + 16 * warp + g;
+    float o[2][32], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
     for (int hh = 0; hh < 2; hh++)
         for (int i = 0; i < 32; i++)
             o[hh][i] = 0.f;
-    for (int j = 0; j < ntiles; j++) {
+    for (int j = 0; j < w.ntiles; j++) {
         const int st = j & 1, kv0 = j * WF_BC;
-        if (j + 1 < ntiles) { /* the next tile into the other stage, freed at the end of j - 1 */
-            wf_load<WF_BC>(sK(st ^ 1), k, p.sk[2], kv0 + WF_BC, p.S);
-            wf_load<WF_BC>(sV(st ^ 1), v, p.sv[2], kv0 + WF_BC, p.S);
+        if (j + 1 < w.ntiles) { /* the next tile into the other stage, freed at the end of j - 1 */
+            wf_load<WF_BC>(sK(st ^ 1), w.k, p.sk[2], kv0 + WF_BC, p.S);
+            wf_load<WF_BC>(sV(st ^ 1), w.v, p.sv[2], kv0 + WF_BC, p.S);
             wg_cp_commit();
             wg_cp_wait<1>();
         } else {
@@ -115,89 +241,76 @@ __global__ void __launch_bounds__(WF_NT, MINB) wf_fwd_kernel(const wf_params p) 
         wg_fence_proxy(); /* this thread's landed copies (and zero rows), for the MMAs */
         __syncthreads();
 
-        /* S = Q K^T for this warpgroup's 64 rows */
         float s[32];
         wg_fence();
-        for (int kk = 0; kk < 8; kk++) {
-            const int half = kk / 4, off = (kk % 4) * 32;
-            const uint64_t da = wg_desc(sQ + half * WF_BR * 128 + wg * 8192 + off, 16, 1024, 1);
-            const uint64_t db = wg_desc(sK(st) + half * WF_BC * 128 + off, 16, 1024, 1);
-            wg_ss_n64<BF>(s, da, db, kk > 0);
-        }
+        wf_qk<BF>(s, sQ, sK(st), wg);
         wg_commit();
         wg_wait0();
-
-        /* online softmax: s[4 jj + 2 r + e] is (row0 + 8 r, key kv0 + 8 jj + 2 t + e) */
-        const bool mask = kv0 + WF_BC > p.S || (p.causal && kv0 + WF_BC - 1 > i0 + p.S - p.T);
+        wf_softmax<true>(s, m, l, alpha, o, p, row0, kv0, wf_tile_masked(p, kv0, w.i0), t);
         uint32_t a[4][4];
-        for (int r = 0; r < 2; r++) {
-            const int i = row0 + 8 * r;
-            float mx = -INFINITY;
-            for (int jj = 0; jj < 8; jj++)
-                for (int e = 0; e < 2; e++) {
-                    const int key = kv0 + 8 * jj + 2 * t + e;
-                    float &x = s[4 * jj + 2 * r + e];
-                    x *= p.sl2;
-                    if (mask && (key >= p.S || (p.causal && key > i + p.S - p.T))) x = -INFINITY;
-                    mx = fmaxf(mx, x);
-                }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float mn = fmaxf(m[r], mx);
-            /* no visible key so far: nothing to scale, every p 0 */
-            const float alpha = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
-            float sum = 0.f;
-            for (int jj = 0; jj < 8; jj++)
-                for (int e = 0; e < 2; e++) {
-                    float &x = s[4 * jj + 2 * r + e];
-                    x = mn == -INFINITY ? 0.f : exp2f(x - mn);
-                    sum += x;
-                }
-            l[r] = l[r] * alpha + sum;
-            m[r] = mn;
-            for (int hh = 0; hh < 2; hh++)
-                for (int jj = 0; jj < 8; jj++)
-                    for (int e = 0; e < 2; e++)
-                        o[hh][4 * jj + 2 * r + e] *= alpha;
-        }
-        /* P as A fragments: k16 step u covers keys 16 u .. 16 u + 15, column blocks 2 u, 2 u + 1 */
-        for (int u = 0; u < 4; u++) {
-            a[u][0] = wg_pack<BF>(s[8 * u + 0], s[8 * u + 1]);
-            a[u][1] = wg_pack<BF>(s[8 * u + 2], s[8 * u + 3]);
-            a[u][2] = wg_pack<BF>(s[8 * u + 4], s[8 * u + 5]);
-            a[u][3] = wg_pack<BF>(s[8 * u + 6], s[8 * u + 7]);
-        }
-
-        /* O += P V, a half of D at a time (V MN-major: keys along k, d along n) */
+        wf_to_a<BF>(a, s);
         wg_fence();
-        for (int u = 0; u < 4; u++)
-            for (int hh = 0; hh < 2; hh++) {
-                const uint64_t db = wg_desc(sV(st) + hh * WF_BC * 128 + u * 2048, 16, 1024, 1);
-                wg_rs_n64<BF, 1>(o[hh], a[u], db, 1);
-            }
+        wf_pv<BF>(o, a, sV(st));
         wg_commit();
         wg_wait0();
         __syncthreads(); /* every warp is done with stage st before tile j + 2 loads into it */
     }
     wg_cp_wait<0>(); /* (nothing left in flight when there was no key tile) */
+    wf_store<BF>(o, m, l, p, w, row0, t);
+}
 
-    /* out = O / l, lse = (m + log2 l) ln 2; rows with no visible key: 0 and -inf */
-    for (int r = 0; r < 2; r++) {
-        const int i = row0 + 8 * r;
-        float lt = l[r];
-        lt += __shfl_xor_sync(0xffffffffu, lt, 1);
-        lt += __shfl_xor_sync(0xffffffffu, lt, 2);
-        if (i >= p.T) continue;
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
-        uint16_t *orow = p.out + b * p.so[0] + h * p.so[1] + (long long)i * p.so[2];
-        for (int hh = 0; hh < 2; hh++)
-            for (int jj = 0; jj < 8; jj++) {
-                const int d = 64 * hh + 8 * jj + 2 * t;
-                *(uint32_t *)(orow + d) =
-                    wg_pack<BF>(o[hh][4 * jj + 2 * r] * inv, o[hh][4 * jj + 2 * r + 1] * inv);
-            }
-        if (t == 0)
-            p.lse[((long long)b * p.Hq + h) * p.T + i] =
-                lt > 0.f ? (m[r] + log2f(lt)) * 0.69314718055994531f : -INFINITY;
+/* The pipelined version (see the top). */
+template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wf_fwd_pipe_kernel(const wf_params p) {
+    unsigned char *sm = wf_smem(), *sQ = sm;
+    auto sK = [&](int j) { return sm + WF_BR * WF_D * 2 + (j % 3) * 2 * WF_BC * WF_D * 2; };
+    auto sV = [&](int j) { return sK(j) + WF_BC * WF_D * 2; };
+    const int tid = (int)threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32;
+    const int g = lane / 4, t = lane % 4;
+    const wf_block w = wf_block_of(p);
+    auto load = [&](int j) { /* tile j into stage j % 3 */
+        wf_load<WF_BC>(sK(j), w.k, p.sk[2], j * WF_BC, p.S);
+        wf_load<WF_BC>(sV(j), w.v, p.sv[2], j * WF_BC, p.S);
+    };
+    wf_load<WF_BR>(sQ, w.q, p.sq[2], w.i0, p.T);
+    if (w.ntiles > 0) load(0);
+    wg_cp_commit();
+
+    const int row0 = w.i0 + 64 * wg + 16 * warp + g;
+    float o[2][32], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
+    for (int hh = 0; hh < 2; hh++)
+        for (int i = 0; i < 32; i++)
+            o[hh][i] = 0.f;
+    uint32_t a[2][4][4]; /* P of tiles j - 1 and j */
+    for (int j = 0; j < w.ntiles; j++) {
+        const int kv0 = j * WF_BC;
+        wg_cp_wait<0>(); /* tile j, issued a step ago */
+        wg_fence_proxy();
+        __syncthreads(); /* and every warp is done with tile j - 2's stage */
+        if (j + 1 < w.ntiles) load(j + 1);
+        wg_cp_commit();
+
+        float s[32];
+        wg_fence();
+        wf_qk<BF>(s, sQ, sK(j), wg);
+        wg_commit();
+        if (j > 0) { /* O += P_{j-1} V_{j-1} while the softmax of S_j runs */
+            wf_pv<BF>(o, a[(j - 1) & 1], sV(j - 1));
+            wg_commit();
+            wg_wait<1>();
+        } else {
+            wg_wait<0>();
+        }
+        wf_softmax<false>(s, m, l, alpha, o, p, row0, kv0, wf_tile_masked(p, kv0, w.i0), t);
+        wf_to_a<BF>(a[j & 1], s);
+        wg_wait<0>();
+        wf_rescale(o, alpha); /* O holds the tiles before j: to S_j's maxima */
     }
+    if (w.ntiles > 0) {
+        wg_fence();
+        wf_pv<BF>(o, a[(w.ntiles - 1) & 1], sV(w.ntiles - 1));
+        wg_commit();
+        wg_wait<0>();
+    }
+    wg_cp_wait<0>();
+    wf_store<BF>(o, m, l, p, w, row0, t);
 }

@@ -46,13 +46,15 @@ __device__ __forceinline__ void wg_commit() {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void wg_wait0() {
+/* wgmma.wait_group N: every group but the N newest complete */
+template <int N> __device__ __forceinline__ void wg_wait() {
 #ifdef FE_CUDA_EMU
-    emu::wgmma_wait(0);
+    emu::wgmma_wait(N);
 #else
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 #endif
 }
+__device__ __forceinline__ void wg_wait0() { wg_wait<0>(); }
 
 #define WG_R8(i) "%" #i
 #define WG_OUT8(d, i)                                                                              \
