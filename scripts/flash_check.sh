@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build the flash-attention check with nvcc alone, run it, then (unless --no-bench) the
 # benchmarks: ours (flash_check --bench --all) and PyTorch's SDPA beside it
-# (bench/attention.py, when torch is installed). Needs an sm_90 GPU (H100/H200).
+# (bench/attention.py, when torch is installed). With FE_FLASH_WGMMA=1 in the environment, the
+# D 128 cases and rows go through the experimental wgmma kernels. Needs an sm_90 GPU (H100/H200).
 # Logs go to $OUT when it is set, else to build-flash/. Exit status 1 when a check fails.
 #   scripts/flash_check.sh [--no-bench] [--emu] [--build-only]
 #     --emu  also run the CPU emulation of the kernels (g++ only, no GPU needed)
@@ -27,11 +28,16 @@ if [ "$emu" = 1 ]; then
 fi
 
 echo "== build (registers and spills per kernel in $log/flash_build.log)"
+# the experimental wgmma kernels (sm_90a) apart, linked in: FE_FLASH_WGMMA=1 at run time takes them
+nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -lineinfo -Iinclude -Isrc \
+  -Xcompiler -Wall,-Wextra,-Werror -Xptxas -v -c src/backends/cuda/wgmma/flash_wgmma.cu \
+  -o build-flash/flash_wgmma.o >"$log/flash_build.log" 2>&1 &&
 nvcc -O3 -std=c++17 -arch=sm_90 -lineinfo -Iinclude -Isrc -Xcompiler -Wall,-Wextra,-Werror \
-  -Xptxas -v tests/flash/flash_check.cu src/backends/cuda/flash_attention.cu \
-  -o build-flash/flash_check >"$log/flash_build.log" 2>&1 || { cat "$log/flash_build.log"; exit 1; }
+  -DFE_HAVE_WGMMA -Xptxas -v tests/flash/flash_check.cu src/backends/cuda/flash_attention.cu \
+  build-flash/flash_wgmma.o -o build-flash/flash_check >>"$log/flash_build.log" 2>&1 ||
+  { cat "$log/flash_build.log"; exit 1; }
 awk -F"'" '/Compiling entry function/ {k = $2} /spill stores/ {sp = $0; sub(/^ */, "", sp)}
-  /Used [0-9]+ registers/ && k ~ /fa_/ {match($0, /Used [0-9]+ registers/)
+  /Used [0-9]+ registers/ && k ~ /fa_|wf_|wb_/ {match($0, /Used [0-9]+ registers/)
   printf "  %-48s %s, %s\n", k, substr($0, RSTART, RLENGTH), sp}' "$log/flash_build.log"
 [ "$build_only" = 1 ] && exit 0
 

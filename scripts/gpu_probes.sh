@@ -14,9 +14,10 @@ dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT
 sm90a="-gencode arch=compute_90a,code=sm_90a"
 nvcc -O2 -arch=sm_90 tests/pdl/pdl_probe.cu -o "$dir/pdl_probe" &&
-  nvcc -O2 $sm90a tests/wgmma/wgmma_probe.cu -o "$dir/wgmma_probe" &&
-  nvcc -O3 -std=c++17 $sm90a -Iinclude -Isrc -Itests/wgmma -Xptxas -v tests/wgmma/wg_flash_check.cu \
-    src/backends/cuda/flash_attention.cu -o "$dir/wg_flash_check" >"$dir/ptxas.log" 2>&1 ||
+  nvcc -O2 $sm90a -Isrc/backends/cuda/wgmma tests/wgmma/wgmma_probe.cu -o "$dir/wgmma_probe" &&
+  nvcc -O3 -std=c++17 $sm90a -Iinclude -Isrc -Isrc/backends/cuda/wgmma -Xptxas -v \
+    tests/wgmma/wg_flash_check.cu src/backends/cuda/flash_attention.cu \
+    src/backends/cuda/wgmma/flash_wgmma.cu -o "$dir/wg_flash_check" >"$dir/ptxas.log" 2>&1 ||
   { cat "$dir/ptxas.log" 2>/dev/null; exit 1; }
 grep -A2 "Function properties for _Z[0-9]*w[fb]_[fb]wd_" "$dir/ptxas.log" |
   grep -o "_Z[0-9]*w[fb]_[fb]wd_[A-Za-z0-9_]*\|[0-9]* bytes spill stores\|Used [0-9]* registers" |

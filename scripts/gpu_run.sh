@@ -3,7 +3,7 @@
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
 #                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp flashvs rowab
-#                      sanall probes wgflash
+#                      sanall probes wgflash flashwg
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +58,8 @@ do_sanitize() {
     return $rc
 }
 do_flash() { OUT="$LOGS/flash" scripts/flash_check.sh; }
+# the same through the experimental wgmma kernels at D 128 (FE_FLASH_WGMMA=1), PyTorch beside them
+do_flashwg() { FE_FLASH_WGMMA=1 OUT="$LOGS/flashwg" scripts/flash_check.sh; }
 do_probes() { scripts/gpu_probes.sh; }
 do_wgflash() { scripts/gpu_probes.sh --bench; } # the probes, then the wgmma forward timed
 # compute-sanitizer memcheck and racecheck over every test program of build-gpu and over
@@ -393,6 +395,7 @@ for s in "$@"; do
     flashprof) stage flashprof do_flashprof ;;
     flashcmp) stage flashcmp do_flashcmp ;;
     flashvs) stage flashvs do_flashvs ;;
+    flashwg) stage flashwg do_flashwg ;;
     wgflash) stage wgflash do_wgflash ;;
     rowab) stage rowab do_rowab ;;
     *) echo "unknown stage $s" ;;

@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build-emu
-flags="-O1 -std=c++17 -Wall -Wextra -Werror -Wno-unknown-pragmas -Itests/cuda_emu -Itests/wgmma"
+flags="-O1 -std=c++17 -Wall -Wextra -Werror -Wno-unknown-pragmas -Itests/cuda_emu -Itests/wgmma
+  -Isrc/backends/cuda/wgmma"
 g++ $flags tests/wgmma/wgmma_emu.cpp -o build-emu/wgmma_emu
 g++ $flags tests/wgmma/wg_flash_emu.cpp -o build-emu/wg_flash_emu
 ./build-emu/wgmma_emu

@@ -8,6 +8,8 @@
  *   ./flash_check --bench    TFLOP/s, B=4 H=16 D=128 causal, T=S=1024..8192, then
  *                            B=4 Hq=32 Hkv=4 D=64 causal on (B, T, H, D) memory (TinyLlama)
  *        [--all]             also non-causal and D=64
+ * With FE_FLASH_WGMMA=1 (and the wgmma kernels linked in, as scripts/flash_check.sh builds it)
+ * the D=128 cases and rows run the experimental wgmma kernels instead of the mma.sync ones.
  *
  * Errors are relative Frobenius norms ||x - ref|| / ||ref|| of out, lse, gq, gk, gv,
  * plus the largest element error relative to max |ref|; PASS below 1e-2. Cases run

@@ -1,13 +1,15 @@
-/* The experimental wgmma flash kernels (wg_flash_fwd.cuh, wg_flash_bwd.cuh) on a GPU, beside the
- * library's mma.sync kernels (fe_flash_attention_forward, _backward) in the same process: first
+/* The experimental wgmma flash kernels (src/backends/cuda/wgmma/, through fe_flash_wgmma_forward
+ * and _backward) on a GPU, beside the library's mma.sync kernels (fe_flash_attention_forward,
+ * _backward, built here without the wgmma path) in the same process: first
  * their results against the library's on several shapes (normwise errors of out, gq, gk, gv under
  * 1e-2, lse within 1e-3, the same -inf rows), for each forward (wgmma-pipe: the pipelined one;
  * wgmma-1, wgmma-2: the plain one with one or two blocks an SM); then, with --bench, TFLOP/s of each, alternating, at B 4, H 16,
  * D 128, T = S = 1024..8192, causal and not (forward FLOPs 4 B H T S D, halved when causal;
  * backward 2.5 times that). The wgmma backward's time covers its three kernels and the memset of
  * its f32 scratch, as the library's covers its own. Built by scripts/gpu_probes.sh.
- *   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Iinclude -Isrc -Itests/wgmma \
- *        tests/wgmma/wg_flash_check.cu src/backends/cuda/flash_attention.cu -o wg_flash_check
+ *   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Iinclude -Isrc \
+ *        -Isrc/backends/cuda/wgmma tests/wgmma/wg_flash_check.cu \
+ *        src/backends/cuda/flash_attention.cu src/backends/cuda/wgmma/flash_wgmma.cu -o wg_flash_check
  *   ./wg_flash_check [--bench] */
 #include <math.h>
 #include <stdarg.h>
@@ -17,8 +19,11 @@
 
 #include <vector>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
 #include "backends/cuda/flash_attention.h"
-#include "wg_flash_bwd.cuh"
 
 static char g_err[512];
 extern "C" fe_status fe_set_error(fe_status st, const char *fmt, ...) { /* the library's setter */
@@ -41,9 +46,8 @@ struct op { /* one problem on the device, for both implementations */
     fe_flash_args a;
     uint16_t *q, *k, *v, *out, *dout, *gq, *gk, *gv;
     float *lse;
-    void *ws;    /* the library backward's scratch */
-    float *wbs;  /* the wgmma backward's: dQ, dK, dV in f32, then the row statistics */
-    wb_params w; /* the wgmma backward's arguments */
+    void *ws;  /* the library backward's scratch */
+    void *wbs; /* the wgmma backward's */
 };
 
 static uint16_t *upload(size_t n, bool bf, unsigned &seed) {
@@ -81,18 +85,7 @@ static op make(bool bf, int B, int Hq, int Hkv, int T, int S, bool causal, unsig
     a.q = o.q, a.k = o.k, a.v = o.v, a.out = o.out, a.lse = o.lse, a.gout = o.dout;
     a.gq = o.gq, a.gk = o.gk, a.gv = o.gv;
     CK(cudaMalloc(&o.ws, fe_flash_attention_workspace_size(&a)));
-    wb_params &w = o.w;
-    w.B = B, w.Hq = Hq, w.Hkv = Hkv, w.T = T, w.S = S, w.causal = causal;
-    w.TP = (T + WB_BR - 1) / WB_BR * WB_BR;
-    w.scale = (float)a.scale, w.sl2 = (float)(a.scale * 1.4426950408889634);
-    const fe_flash_strides *src[8] = {&a.sq, &a.sk, &a.sv, &a.sout, &a.sgout, &a.sgq, &a.sgk, &a.sgv};
-    long long(*dst[8])[3] = {&w.sq, &w.sk, &w.sv, &w.so, &w.sdo, &w.sdq, &w.sdk, &w.sdv};
-    for (int i = 0; i < 8; i++)
-        (*dst[i])[0] = src[i]->b, (*dst[i])[1] = src[i]->h, (*dst[i])[2] = src[i]->r;
-    CK(cudaMalloc(&o.wbs, (nq + 2 * nk + (size_t)B * Hq * 2 * w.TP) * 4));
-    w.fdq = o.wbs, w.fdk = w.fdq + nq, w.fdv = w.fdk + nk, w.stat = w.fdv + nk;
-    w.q = o.q, w.k = o.k, w.v = o.v, w.o = o.out, w.dout = o.dout, w.lse = o.lse;
-    w.dq = o.gq, w.dk = o.gk, w.dv = o.gv;
+    CK(cudaMalloc(&o.wbs, fe_flash_wgmma_scratch_size(&a)));
     return o;
 }
 static void release(op &o) {
@@ -101,47 +94,18 @@ static void release(op &o) {
         CK(cudaFree(p));
 }
 
-/* the wgmma forward: MINB 1 or 2 (wf_fwd_kernel's register bound), 0 the pipelined kernel */
-template <int MINB> static void wf_launch(const op &o) {
-    const fe_flash_args &a = o.a;
-    wf_params p;
-    p.q = o.q, p.k = o.k, p.v = o.v, p.out = o.out, p.lse = o.lse;
-    p.B = (int)a.B, p.Hq = (int)a.Hq, p.Hkv = (int)a.Hkv, p.T = (int)a.T, p.S = (int)a.S;
-    for (int x = 0; x < 3; x++) p.sq[x] = o.w.sq[x], p.sk[x] = o.w.sk[x], p.sv[x] = o.w.sv[x], p.so[x] = o.w.so[x];
-    p.sl2 = o.w.sl2, p.causal = a.causal;
-    static bool optin[2];
-    const bool bf = a.dtype == FE_BF16;
-    auto *kernel = MINB == 0 ? (bf ? wf_fwd_pipe_kernel<true> : wf_fwd_pipe_kernel<false>)
-                             : (bf ? wf_fwd_kernel<true, MINB ? MINB : 1>
-                                   : wf_fwd_kernel<false, MINB ? MINB : 1>);
-    const int smem = MINB == 0 ? WF_SMEM_PIPE : WF_SMEM;
-    if (!optin[bf]) {
-        CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        optin[bf] = true;
+/* the wgmma forward (variant 0: pipelined; 1, 2: plain, one or two blocks an SM), backward */
+static void wf_launch(const op &o, int variant) {
+    if (fe_flash_wgmma_forward(&o.a, variant, NULL)) {
+        fprintf(stderr, "wgmma forward: %s\n", g_err);
+        exit(2);
     }
-    const int nqb = (p.T + WF_BR - 1) / WF_BR;
-    kernel<<<(unsigned)(p.B * p.Hq * nqb), WF_NT, smem>>>(p);
-    CK(cudaGetLastError());
 }
 static void wb_launch(const op &o) {
-    const wb_params &w = o.w;
-    const bool bf = o.a.dtype == FE_BF16;
-    const size_t nq = (size_t)w.B * w.Hq * w.T * 128, nk = (size_t)w.B * w.Hkv * w.S * 128;
-    /* dQ (and dK, dV with grouped heads: atomics) start at zero */
-    CK(cudaMemsetAsync(w.fdq, 0, (nq + (w.Hq != w.Hkv ? 2 * nk : 0)) * 4));
-    const unsigned pre_blocks = (unsigned)(((long long)w.B * w.Hq * w.TP + 7) / 8);
-    bf ? wb_pre<true><<<pre_blocks, 256>>>(w) : wb_pre<false><<<pre_blocks, 256>>>(w);
-    static bool optin[2];
-    auto *kernel = bf ? wb_bwd_kernel<true, 1> : wb_bwd_kernel<false, 1>;
-    if (!optin[bf]) {
-        CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, WB_SMEM));
-        optin[bf] = true;
+    if (fe_flash_wgmma_backward(&o.a, o.wbs, NULL)) {
+        fprintf(stderr, "wgmma backward: %s\n", g_err);
+        exit(2);
     }
-    const int nkb = (w.S + WB_BC - 1) / WB_BC;
-    kernel<<<(unsigned)(w.B * w.Hq * nkb), WF_NT, WB_SMEM>>>(w);
-    const unsigned cv = (unsigned)((nq / 2 + nk + 255) / 256);
-    bf ? wb_convert<true><<<cv, 256>>>(w) : wb_convert<false><<<cv, 256>>>(w);
-    CK(cudaGetLastError());
 }
 static void lib_fwd(const op &o) {
     if (fe_flash_attention_forward(&o.a, NULL)) {
@@ -196,7 +160,7 @@ static bool check(int minb, bool bf, int B, int Hq, int Hkv, int T, int S, bool 
     for (void *p : {(void *)o.out, (void *)o.gq}) CK(cudaMemset(p, 0xff, nq * 2));
     for (void *p : {(void *)o.gk, (void *)o.gv}) CK(cudaMemset(p, 0xff, nk * 2));
     CK(cudaMemset(o.lse, 0xff, nl * 4));
-    minb == 0 ? wf_launch<0>(o) : minb == 1 ? wf_launch<1>(o) : wf_launch<2>(o);
+    wf_launch(o, minb);
     wb_launch(o);
     CK(cudaDeviceSynchronize());
     CK(cudaMemcpy(wl.data(), o.lse, nl * 4, cudaMemcpyDeviceToHost));
@@ -235,9 +199,9 @@ static void bench(bool causal) {
                 auto go = [&] {
                     switch (which) {
                     case 0: lib_fwd(o); break;
-                    case 1: wf_launch<1>(o); break;
-                    case 2: wf_launch<2>(o); break;
-                    case 3: wf_launch<0>(o); break;
+                    case 1: wf_launch(o, 1); break;
+                    case 2: wf_launch(o, 2); break;
+                    case 3: wf_launch(o, 0); break;
                     case 4: lib_bwd(o); break;
                     default: wb_launch(o);
                     }

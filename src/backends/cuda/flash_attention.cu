@@ -48,6 +48,7 @@
 
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #ifndef FE_FLASH_EMU
@@ -1201,10 +1202,32 @@ template <bool BF, int D> static fe_status fa_backward(const fa_params &p, int B
     return FE_OK;
 }
 
+/* Whether the experimental wgmma kernels (src/backends/cuda/wgmma/) take this call:
+ * FE_FLASH_WGMMA=1 (read once), D 128, queries and keys, and a compute capability 9.0 device.
+ * Off by default until they have been measured against these kernels. */
+static bool fa_use_wgmma(const fe_flash_args *a) {
+#ifdef FE_HAVE_WGMMA
+    static int on = -1;
+    if (__atomic_load_n(&on, __ATOMIC_RELAXED) < 0) {
+        const char *e = getenv("FE_FLASH_WGMMA");
+        __atomic_store_n(&on, e && !strcmp(e, "1") ? 1 : 0, __ATOMIC_RELAXED);
+    }
+    if (!on || a->D != 128 || a->T <= 0 || a->S <= 0) return false;
+    int major = 0, minor = 0;
+    return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, a->device) == cudaSuccess &&
+           cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, a->device) == cudaSuccess &&
+           major == 9 && minor == 0;
+#else
+    (void)a;
+    return false;
+#endif
+}
+
 extern "C" fe_status fe_flash_attention_forward(const fe_flash_args *a, void *stream) {
     fe_status st = fa_check(a, "flash attention forward", false);
     if (st) return st;
     if (a->B == 0 || a->Hq == 0 || a->T == 0) return FE_OK;
+    if (fa_use_wgmma(a)) return fe_flash_wgmma_forward(a, 0, stream);
     fa_params p = fa_make_params(a);
     cudaStream_t s = (cudaStream_t)stream;
     const int B = (int)a->B;
@@ -1230,6 +1253,7 @@ static size_t fa_kv_scratch(const fe_flash_args *a) {
 
 extern "C" size_t fe_flash_attention_workspace_size(const fe_flash_args *a) {
     if (!a || a->B <= 0 || a->Hq <= 0 || a->T <= 0 || a->D <= 0) return 0;
+    if (fa_use_wgmma(a)) return fe_flash_wgmma_scratch_size(a);
     const size_t rows = (size_t)a->B * (size_t)a->Hq * (size_t)a->T;
     const size_t prow = (size_t)a->B * (size_t)a->Hq * (size_t)FA_TPAD(a->T);
     return (rows * (size_t)a->D + 2 * fa_kv_scratch(a) + 2 * prow) * sizeof(float);
@@ -1249,19 +1273,23 @@ extern "C" fe_status fe_flash_attention_backward(const fe_flash_args *a, void *w
         st = fa_cuda_err(cudaMallocAsync(&w, ws, s), "cudaMallocAsync of the scratch");
         if (st) return st;
     }
-    fa_params p = fa_make_params(a);
-    p.dq = (float *)w;
-    if (p.dq) {
-        const size_t nq = (size_t)a->B * a->Hq * a->T * a->D, nkv = fa_kv_scratch(a);
-        p.dk = nkv ? p.dq + nq : NULL;
-        p.dv = nkv ? p.dk + nkv : NULL;
-        p.stat = p.dq + nq + 2 * nkv;
+    if (fa_use_wgmma(a)) {
+        st = fe_flash_wgmma_backward(a, w, s);
+    } else {
+        fa_params p = fa_make_params(a);
+        p.dq = (float *)w;
+        if (p.dq) {
+            const size_t nq = (size_t)a->B * a->Hq * a->T * a->D, nkv = fa_kv_scratch(a);
+            p.dk = nkv ? p.dq + nq : NULL;
+            p.dv = nkv ? p.dk + nkv : NULL;
+            p.stat = p.dq + nq + 2 * nkv;
+        }
+        const int B = (int)a->B;
+        if (a->dtype == FE_BF16)
+            st = a->D == 64 ? fa_backward<true, 64>(p, B, s) : fa_backward<true, 128>(p, B, s);
+        else
+            st = a->D == 64 ? fa_backward<false, 64>(p, B, s) : fa_backward<false, 128>(p, B, s);
     }
-    const int B = (int)a->B;
-    if (a->dtype == FE_BF16)
-        st = a->D == 64 ? fa_backward<true, 64>(p, B, s) : fa_backward<true, 128>(p, B, s);
-    else
-        st = a->D == 64 ? fa_backward<false, 64>(p, B, s) : fa_backward<false, 128>(p, B, s);
     if (w && !workspace) {
         fe_status st2 = fa_cuda_err(cudaFreeAsync(w, s), "cudaFreeAsync of the scratch");
         if (!st) st = st2;
