@@ -280,8 +280,11 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wf_fwd_pipe_kerne
     for (int hh = 0; hh < 2; hh++)
         for (int i = 0; i < 32; i++)
             o[hh][i] = 0.f;
-    uint32_t a[2][4][4]; /* P of tiles j - 1 and j */
-    for (int j = 0; j < w.ntiles; j++) {
+    /* P of tiles j - 1 and j, in two register sets taken in turn (an array indexed by j % 2
+     * would live in local memory) */
+    uint32_t a0[4][4], a1[4][4];
+    /* step j: prev holds P_{j-1}, cur gets P_j */
+    auto step = [&](int j, uint32_t(&prev)[4][4], uint32_t(&cur)[4][4]) {
         const int kv0 = j * WF_BC;
         wg_cp_wait<0>(); /* tile j, issued a step ago */
         wg_fence_proxy();
@@ -294,22 +297,30 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wf_fwd_pipe_kerne
         wf_qk<BF>(s, sQ, sK(j), wg);
         wg_commit();
         if (j > 0) { /* O += P_{j-1} V_{j-1} while the softmax of S_j runs */
-            wf_pv<BF>(o, a[(j - 1) & 1], sV(j - 1));
+            wf_pv<BF>(o, prev, sV(j - 1));
             wg_commit();
             wg_wait<1>();
         } else {
             wg_wait<0>();
         }
         wf_softmax<false>(s, m, l, alpha, o, p, row0, kv0, wf_tile_masked(p, kv0, w.i0), t);
-        wf_to_a<BF>(a[j & 1], s);
+        wf_to_a<BF>(cur, s);
         wg_wait<0>();
         wf_rescale(o, alpha); /* O holds the tiles before j: to S_j's maxima */
+    };
+    for (int j = 0; j < w.ntiles; j++) {
+        if (j & 1) step(j, a0, a1);
+        else step(j, a1, a0);
     }
-    if (w.ntiles > 0) {
+    auto last = [&](const uint32_t(&pl)[4][4]) { /* O += P V of the last tile */
         wg_fence();
-        wf_pv<BF>(o, a[(w.ntiles - 1) & 1], sV(w.ntiles - 1));
+        wf_pv<BF>(o, pl, sV(w.ntiles - 1));
         wg_commit();
         wg_wait<0>();
+    };
+    if (w.ntiles > 0) {
+        if ((w.ntiles - 1) & 1) last(a1);
+        else last(a0);
     }
     wg_cp_wait<0>();
     wf_store<BF>(o, m, l, p, w, row0, t);
