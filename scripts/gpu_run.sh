@@ -59,9 +59,9 @@ do_sanitize() {
 }
 do_flash() { OUT="$LOGS/flash" scripts/flash_check.sh; }
 # the same through the experimental wgmma kernels at D 128 (FE_FLASH_WGMMA=1), PyTorch beside them
-do_flashwg() { FE_FLASH_WGMMA=1 OUT="$LOGS/flashwg" scripts/flash_check.sh; }
-do_probes() { scripts/gpu_probes.sh; }
-do_wgflash() { scripts/gpu_probes.sh --bench; } # the probes, then the wgmma forward timed
+do_flashwg() { FE_FLASH_WGMMA=1 OUT="$LOGS/flashwg" timeout 400 scripts/flash_check.sh; }
+do_probes() { timeout 200 scripts/gpu_probes.sh; }
+do_wgflash() { timeout 300 scripts/gpu_probes.sh --bench; } # the probes, then the wgmma kernels timed
 # compute-sanitizer memcheck and racecheck over every test program of build-gpu and over
 # flash_check (its checks only), SANALL_JOBS runs at a time (default 4: with 8 on an H200 the
 # decoder, fused-loss, fused-optimizer and flash runs did not finish in 300 s), each capped at
