@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 src=src/backends/cuda/cuda_nn.cu
 mkdir -p build-emu
 {
-  awk '/^template <bool MAX> __device__ __forceinline__ float fr_reduce/{p=1} /^\/\* Fast-math pieces/{p=0} p' $src
+  awk '/^\/\* A barrier over the tpr threads of the calling/{p=1} /^\/\* Fast-math pieces/{p=0} p' $src
   awk '/^__device__ __forceinline__ void nn_wait_prev/{p=1} /^\/\* Launch k after the previous kernel/{p=0} p' $src
   awk '/^\/\* ---- RMSNorm backward on rows in registers/{p=1} /^\/\* Softmax \(LOG/{p=0} p' $src
   awk '/^__device__ __forceinline__ long long index_at/{p=1} p{print} p&&/^}/{exit}' $src

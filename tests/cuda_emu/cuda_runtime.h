@@ -137,8 +137,8 @@ struct block_state { /* a block of the running batch */
      * readers (wgmma_emu.h) issued and not yet complete; a copy into a byte being read, or an
      * asynchronous read of a byte still being copied, stops the run */
     std::vector<unsigned short> copying, reading;
-    long gen, warp_gen[32];
-    int count, warp_count[32];
+    long gen, warp_gen[32], named_gen[16];
+    int count, warp_count[32], named_count[16];
 };
 const size_t stack_bytes = 64 * 1024;
 const uint64_t stack_canary = 0x5ca1ab1e0ddba11ull; /* at the bottom of each stack */
@@ -183,6 +183,11 @@ inline void warp_barrier() {
     block_state &b = my_block();
     int w = (cur % nthreads) >> 5;
     arrive(b.warp_gen[w], b.warp_count[w], 32, 2);
+}
+/* bar.sync id, n: a barrier of the n threads of the block that name it (named barrier id) */
+inline void named_barrier(int id, int n) {
+    block_state &b = my_block();
+    arrive(b.named_gen[id], b.named_count[id], n, 4);
 }
 /* A barrier over every thread of a cooperative grid (device code's grid barrier on the host). */
 inline void grid_sync() {
@@ -254,6 +259,8 @@ inline void run_batch(const unsigned *ids, unsigned nb, size_t smem) {
         b.copying.assign(smem + 16, 0), b.reading.assign(smem + 16, 0);
         for (int w = 0; w < 32; w++)
             b.warp_gen[w] = 0, b.warp_count[w] = 0;
+        for (int n = 0; n < 16; n++)
+            b.named_gen[n] = 0, b.named_count[n] = 0;
     }
     grid_gen = 0, grid_count = 0;
     if (fibers.size() < (size_t)nfibers) fibers.resize(nfibers);
@@ -270,7 +277,7 @@ inline void run_batch(const unsigned *ids, unsigned nb, size_t smem) {
         f.ctx.uc_link = NULL;
         makecontext(&f.ctx, start_fiber, 0);
     }
-    static const char *const kinds[] = {"", "block", "warp", "grid"};
+    static const char *const kinds[] = {"", "block", "warp", "grid", "named"};
     for (;;) { /* run every fiber that can run until all are done */
         bool ran = false;
         int stuck = -1;

@@ -28,10 +28,18 @@ template <> double to_t<double>(double v) { return v; }
 
 /* ---- RMSNorm backward -------------------------------------------------------------------- */
 
+/* Each call takes the next of the two barrier kinds for the row sums: the block's, then the
+ * group's named barriers (FE_RMS_NAMED). */
 template <class T, int VPT, bool GE>
 static void rms_launch(rb_args<T> a, unsigned nb, bool part, size_t smem) {
-    if (part)
+    static int turn = 0;
+    const bool named = turn++ % 2 && RB_THREADS / a.tpr <= 15;
+    if (part && named)
+        emu::launch(nb, RB_THREADS, smem, [&] { k_rmsnorm_bwd_fast<T, VPT, true, GE, true>(a); });
+    else if (part)
         emu::launch(nb, RB_THREADS, smem, [&] { k_rmsnorm_bwd_fast<T, VPT, true, GE>(a); });
+    else if (named)
+        emu::launch(nb, RB_THREADS, 0, [&] { k_rmsnorm_bwd_fast<T, VPT, false, GE, true>(a); });
     else
         emu::launch(nb, RB_THREADS, 0, [&] { k_rmsnorm_bwd_fast<T, VPT, false, GE>(a); });
 }

@@ -161,12 +161,24 @@ static void fr_shape(int64_t C, size_t es, int *tpr, int *threads) {
 
 /* Sum (MAX: maximum, NaN winning) of v over the tpr threads of this thread's group; every
  * thread of the block must call it (barriers when tpr > 32). */
-template <bool MAX> __device__ __forceinline__ float fr_reduce(float v, float *sh, int tpr) {
+/* A barrier over the tpr threads of the calling thread's group (named barrier 1 + group; at most
+ * 15 groups a block), so that the groups of a block do not wait for each other. */
+__device__ __forceinline__ void fr_group_sync(int tpr) {
+#ifdef FE_CUDA_EMU
+    emu::named_barrier(1 + (int)threadIdx.x / tpr, tpr);
+#else
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + (int)threadIdx.x / tpr), "r"(tpr) : "memory");
+#endif
+}
+/* GROUP: the barriers are the group's own (fr_group_sync), not the block's */
+template <bool MAX, bool GROUP = false>
+__device__ __forceinline__ float fr_reduce(float v, float *sh, int tpr) {
     v = MAX ? cu_warp_max(v) : cu_warp_sum(v);
     if (tpr == 32) return v;
     int w = threadIdx.x >> 5, wpg = tpr >> 5, g0 = (w / wpg) * wpg;
     if ((threadIdx.x & 31) == 0) sh[w] = v;
-    __syncthreads();
+    if (GROUP) fr_group_sync(tpr);
+    else __syncthreads();
     float t = sh[g0];
     for (int k = 1; k < wpg; k++) {
         float u = sh[g0 + k];
@@ -175,7 +187,8 @@ template <bool MAX> __device__ __forceinline__ float fr_reduce(float v, float *s
         else
             t += u;
     }
-    __syncthreads();
+    if (GROUP) fr_group_sync(tpr);
+    else __syncthreads();
     return t;
 }
 
@@ -354,9 +367,9 @@ __device__ __forceinline__ void rb_load(rb_slot<VPT, GE> &s, const rb_args<T> &a
     s.rs = a.rstd[row];
 }
 
-/* gx of one row (every thread of the block calls it: the row sum may take barriers), and the
- * row's g * xhat added to acc. */
-template <typename T, int VPT, bool PART, bool GE>
+/* gx of one row (every thread of the block calls it: the row sum may take barriers; the group's
+ * own where NB), and the row's g * xhat added to acc. */
+template <typename T, int VPT, bool PART, bool GE, bool NB>
 __device__ __forceinline__ void rb_row(const rb_slot<VPT, GE> &s, const rb_args<T> &a, int row,
                                        int lane, const uint4 *wv, float (*acc)[cu_vn<T>::n],
                                        float *sh) {
@@ -377,7 +390,7 @@ __device__ __forceinline__ void rb_row(const rb_slot<VPT, GE> &s, const rb_args<
     if (!a.gx) return; /* uniform over the block */
     float rs = ok ? s.rs : 0.f;
     /* mean(g*w*xhat) * rstd = dot * rs^3 / C; gx = rs * (g*w - x * rs^2 * dot / C) */
-    float c = fr_reduce<false>(dot, sh, a.tpr) * rs * rs / (float)a.C;
+    float c = fr_reduce<false, NB>(dot, sh, a.tpr) * rs * rs / (float)a.C;
 #pragma unroll
     for (int v = 0; v < VPT; v++) {
         int j = (lane + v * a.tpr) * N;
@@ -395,7 +408,9 @@ __device__ __forceinline__ void rb_row(const rb_slot<VPT, GE> &s, const rb_args<
     }
 }
 
-template <typename T, int VPT, bool PART, bool GE>
+/* NB: the row sums wait at their group's named barrier instead of the block's (the groups of a
+ * block then keep their own pace; FE_RMS_NAMED=1, an experiment) */
+template <typename T, int VPT, bool PART, bool GE, bool NB = false>
 __global__ void __launch_bounds__(RB_THREADS, VPT == 1 && !GE ? 2 : 1)
     k_rmsnorm_bwd_fast(rb_args<T> a) {
     constexpr int N = cu_vn<T>::n;
@@ -420,15 +435,15 @@ __global__ void __launch_bounds__(RB_THREADS, VPT == 1 && !GE ? 2 : 1)
     rb_load<T, VPT, GE>(s1, a, row + G, lane);
     while (base < a.R) {
         rb_load<T, VPT, GE>(s2, a, row + 2 * G, lane);
-        rb_row<T, VPT, PART, GE>(s0, a, row, lane, wv, acc, sh);
+        rb_row<T, VPT, PART, GE, NB>(s0, a, row, lane, wv, acc, sh);
         base += G, row += G;
         if (base >= a.R) break;
         rb_load<T, VPT, GE>(s0, a, row + 2 * G, lane);
-        rb_row<T, VPT, PART, GE>(s1, a, row, lane, wv, acc, sh);
+        rb_row<T, VPT, PART, GE, NB>(s1, a, row, lane, wv, acc, sh);
         base += G, row += G;
         if (base >= a.R) break;
         rb_load<T, VPT, GE>(s1, a, row + 2 * G, lane);
-        rb_row<T, VPT, PART, GE>(s2, a, row, lane, wv, acc, sh);
+        rb_row<T, VPT, PART, GE, NB>(s2, a, row, lane, wv, acc, sh);
         base += G, row += G;
     }
     if constexpr (PART) {
@@ -891,10 +906,27 @@ extern "C" fe_status fe_cuda_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd
 
 /* Launch k_rmsnorm_bwd_fast<T, VPT, PART = gw != NULL, GE> (see there) and, for gw, the final
  * column sum. */
+/* FE_RMS_NAMED=1 (an experiment, read once): the RMSNorm backward's row sums wait at named
+ * barriers of their group instead of the block's */
+static bool rms_named(void) {
+    static int cache = -1;
+    int v = __atomic_load_n(&cache, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv("FE_RMS_NAMED");
+        v = e && !strcmp(e, "1");
+        __atomic_store_n(&cache, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
 template <typename T, int VPT, bool GE>
 static fe_status rmsnorm_bwd_launch(cu_dev *d, rb_args<T> a, fe_tensor *gw) {
-    void (*k)(rb_args<T>) =
-        gw ? k_rmsnorm_bwd_fast<T, VPT, true, GE> : k_rmsnorm_bwd_fast<T, VPT, false, GE>;
+    /* named barriers: 1 + group, at most 15 groups (tpr >= 64 where there are barriers at all) */
+    const bool nb_ = rms_named() && RB_THREADS / a.tpr <= 15;
+    void (*k)(rb_args<T>) = gw ? (nb_ ? k_rmsnorm_bwd_fast<T, VPT, true, GE, true>
+                                      : k_rmsnorm_bwd_fast<T, VPT, true, GE, false>)
+                               : (nb_ ? k_rmsnorm_bwd_fast<T, VPT, false, GE, true>
+                                      : k_rmsnorm_bwd_fast<T, VPT, false, GE, false>);
     size_t smem = gw ? (size_t)a.C * sizeof(float) : 0;
     int occ = 0;
     fe_status st =
