@@ -194,6 +194,10 @@ int main() {
         {true, 1, 2, 1, 200, 64, true, false},  /* rows with no visible key */
         {false, 1, 2, 2, 150, 150, true, true}, {false, 1, 4, 1, 33, 250, true, true},
         {true, 1, 2, 1, 257, 129, false, true},
+        {true, 1, 8, 1, 1, 300, true, false},   /* one query (decoding), eight heads a kv head */
+        {false, 1, 2, 2, 300, 1, false, false}, /* one key */
+        {true, 1, 2, 1, 256, 256, true, false}, /* whole tiles only */
+        {true, 1, 2, 2, 129, 257, false, true},
     };
     for (const wf_case &c : cases) run(c);
     printf("%s (wgmma flash forward and backward, %d of %zu cases failed)\n", fails ? "FAIL" : "PASS",
