@@ -140,7 +140,7 @@ static void run(const wf_case &c) {
                         [&] { c.bf ? wf_fwd_pipe_kernel<true>(p) : wf_fwd_pipe_kernel<false>(p); });
         else
             emu::launch(nqb, WF_NT, WF_SMEM,
-                        [&] { c.bf ? wf_fwd_kernel<true, 2>(p) : wf_fwd_kernel<false, 2>(p); });
+                        [&] { c.bf ? wf_fwd_kernel<true>(p) : wf_fwd_kernel<false>(p); });
         landed_f &= emu::wgmma_all_landed();
         for (size_t i = 0; i < nl; i++) {
             if (isinf(P.lse[i])) inf_ok &= L[i] == -INFINITY;
@@ -169,7 +169,7 @@ static void run(const wf_case &c) {
     emu::launch(pre_blocks, 256, 0, [&] { c.bf ? wb_pre<true>(w) : wb_pre<false>(w); });
     const int nkb = (c.S + WB_BC - 1) / WB_BC;
     emu::launch((unsigned)(c.B * c.Hq * nkb), WF_NT, WB_SMEM,
-                [&] { c.bf ? wb_bwd_kernel<true, 1>(w) : wb_bwd_kernel<false, 1>(w); });
+                [&] { c.bf ? wb_bwd_kernel<true>(w) : wb_bwd_kernel<false>(w); });
     const bool landed_b = emu::wgmma_all_landed();
     const unsigned cv_blocks = (unsigned)((nq / 2 + nk + 255) / 256);
     emu::launch(cv_blocks, 256, 0, [&] { c.bf ? wb_convert<true>(w) : wb_convert<false>(w); });

@@ -80,8 +80,7 @@ fe_status fe_flash_attention_backward(const fe_flash_args *a, void *workspace, v
  * compiled for sm_90a where FE_CUDA_ARCH includes 90 (FE_HAVE_WGMMA). The launchers above use
  * them when FE_FLASH_WGMMA=1 is set, D is 128 and the device has compute capability 9.0; they
  * are off by default until they have been measured. These take the same arguments (already
- * checked by the caller). variant: 0 the pipelined forward, 1 and 2 the plain one with one or
- * two blocks an SM. The backward needs fe_flash_wgmma_scratch_size(a) bytes of 16-byte aligned
+ * checked by the caller). variant: 0 the pipelined forward, 1 the plain one. The backward needs fe_flash_wgmma_scratch_size(a) bytes of 16-byte aligned
  * device scratch. */
 fe_status fe_flash_wgmma_forward(const fe_flash_args *a, int variant, void *stream);
 size_t fe_flash_wgmma_scratch_size(const fe_flash_args *a);

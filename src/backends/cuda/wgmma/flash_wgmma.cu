@@ -22,18 +22,15 @@ template <typename K> static fe_status wg_optin(K *k, int bytes, bool *done) {
 }
 
 template <bool BF> static fe_status wg_forward(const wf_params &p, int variant, cudaStream_t s) {
-    static bool optin[3];
+    static bool optin[2];
     const unsigned blocks = (unsigned)(p.B * p.Hq * ((p.T + WF_BR - 1) / WF_BR));
     fe_status st;
     if (variant == 0) {
         if ((st = wg_optin(wf_fwd_pipe_kernel<BF>, WF_SMEM_PIPE, &optin[0]))) return st;
         wf_fwd_pipe_kernel<BF><<<blocks, WF_NT, WF_SMEM_PIPE, s>>>(p);
-    } else if (variant == 1) {
-        if ((st = wg_optin(wf_fwd_kernel<BF, 1>, WF_SMEM, &optin[1]))) return st;
-        wf_fwd_kernel<BF, 1><<<blocks, WF_NT, WF_SMEM, s>>>(p);
     } else {
-        if ((st = wg_optin(wf_fwd_kernel<BF, 2>, WF_SMEM, &optin[2]))) return st;
-        wf_fwd_kernel<BF, 2><<<blocks, WF_NT, WF_SMEM, s>>>(p);
+        if ((st = wg_optin(wf_fwd_kernel<BF>, WF_SMEM, &optin[1]))) return st;
+        wf_fwd_kernel<BF><<<blocks, WF_NT, WF_SMEM, s>>>(p);
     }
     return wg_err(cudaGetLastError(), "forward kernel launch");
 }
@@ -68,8 +65,8 @@ template <bool BF> static fe_status wg_backward(const wb_params &w, cudaStream_t
     if (st) return st;
     wb_pre<BF><<<(unsigned)(((long long)w.B * w.Hq * w.TP + 7) / 8), 256, 0, s>>>(w);
     static bool optin;
-    if ((st = wg_optin(wb_bwd_kernel<BF, 1>, WB_SMEM, &optin))) return st;
-    wb_bwd_kernel<BF, 1><<<(unsigned)(w.B * w.Hq * ((w.S + WB_BC - 1) / WB_BC)), WF_NT, WB_SMEM, s>>>(w);
+    if ((st = wg_optin(wb_bwd_kernel<BF>, WB_SMEM, &optin))) return st;
+    wb_bwd_kernel<BF><<<(unsigned)(w.B * w.Hq * ((w.S + WB_BC - 1) / WB_BC)), WF_NT, WB_SMEM, s>>>(w);
     wb_convert<BF><<<(unsigned)((nq / 2 + nk + 255) / 256), 256, 0, s>>>(w);
     return wg_err(cudaGetLastError(), "backward kernel launch");
 }

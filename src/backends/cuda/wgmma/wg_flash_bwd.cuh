@@ -84,8 +84,7 @@ __device__ __forceinline__ int wb_el(int R, int r, int c) {
     return wf_off(R, r, c / 8) + (c % 8) * 2;
 }
 
-template <bool BF, int MINB>
-__global__ void __launch_bounds__(WF_NT, MINB) wb_bwd_kernel(const wb_params p) {
+template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wb_bwd_kernel(const wb_params p) {
 #ifdef FE_CUDA_EMU
     unsigned char *sm = (unsigned char *)emu::dsmem();
 #else
@@ -164,7 +163,7 @@ __global__ void __launch_bounds__(WF_NT, MINB) wb_bwd_kernel(const wb_params p) 
                     const int qi = 8 * jj + 2 * t + e, idx = 4 * jj + 2 * r + e;
                     const bool masked =
                         mask && (key >= p.S || (p.causal && key > q0 + qi + p.S - p.T));
-                    const float pr = masked ? 0.f : exp2f(s[idx] * p.sl2 - L2[qi]);
+                    const float pr = masked ? 0.f : wg_ex2(s[idx] * p.sl2 - L2[qi]);
                     s[idx] = pr;
                     dp[idx] = pr * (dp[idx] - Di[qi]);
                 }

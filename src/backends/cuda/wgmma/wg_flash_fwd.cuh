@@ -19,8 +19,7 @@
  *     the probe checked on an H200).
  * Two versions:
  *   wf_fwd_kernel waits for each product before it uses it: softmax and MMA do not overlap
- *     inside a warpgroup; the two warpgroups, and two blocks an SM with MINB 2, overlap each
- *     other. Two stages of K and V.
+ *     inside a warpgroup; only the two warpgroups overlap each other. Two stages of K and V.
  *   wf_fwd_pipe_kernel overlaps them inside a warpgroup, as FlashAttention-3 does: in step j
  *     it issues S_j = Q K_j^T and then O += P_{j-1} V_{j-1}, and computes the softmax of S_j
  *     while the second product runs; O is rescaled once that product has completed. So K_j and
@@ -139,12 +138,12 @@ __device__ __forceinline__ void wf_softmax(float (&s)[32], float (&m)[2], float 
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         const float mn = fmaxf(m[r], mx);
         /* no visible key so far: nothing to scale, every p 0 */
-        alpha[r] = mn == -INFINITY ? 1.f : exp2f(m[r] - mn);
+        alpha[r] = mn == -INFINITY ? 1.f : wg_ex2(m[r] - mn);
         float sum = 0.f;
         for (int jj = 0; jj < 8; jj++)
             for (int e = 0; e < 2; e++) {
                 float &x = s[4 * jj + 2 * r + e];
-                x = mn == -INFINITY ? 0.f : exp2f(x - mn);
+                x = mn == -INFINITY ? 0.f : wg_ex2(x - mn);
                 sum += x;
             }
         l[r] = l[r] * alpha[r] + sum;
@@ -205,10 +204,9 @@ __device__ __forceinline__ bool wf_tile_masked(const wf_params &p, int kv0, int 
     return kv0 + WF_BC > p.S || (p.causal && kv0 + WF_BC - 1 > i0 + p.S - p.T);
 }
 
-/* MINB: blocks an SM the registers must allow (1: 165 registers; 2: 128, no spills, so two
- * blocks of 96 KB of shared memory each share an SM) */
-template <bool BF, int MINB>
-__global__ void __launch_bounds__(WF_NT, MINB) wf_fwd_kernel(const wf_params p) {
+/* (Bounded to 128 registers for two blocks an SM, it spilled 36 to 128 bytes, depending on
+ * small changes: one block an SM.) */
+template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wf_fwd_kernel(const wf_params p) {
     unsigned char *sm = wf_smem(), *sQ = sm;
     auto sK = [&](int st) { return sm + WF_BR * WF_D * 2 + st * 2 * WF_BC * WF_D * 2; };
     auto sV = [&](int st) { return sK(st) + WF_BC * WF_D * 2; };

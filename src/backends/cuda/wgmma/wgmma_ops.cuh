@@ -153,6 +153,17 @@ template <int N> __device__ __forceinline__ void wg_cp_wait() {
 #endif
 }
 
+/* 2^x on the special-function unit (about 2 ulp; results below 2^-126 flush to 0; -inf gives 0) */
+__device__ __forceinline__ float wg_ex2(float x) {
+#ifdef FE_CUDA_EMU
+    return exp2f(x);
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
 /* two floats as a pair of 16-bit values, lo in the low half */
 template <bool BF> __device__ __forceinline__ uint32_t wg_pack(float lo, float hi) {
     uint32_t l, h;
