@@ -11,8 +11,9 @@
  *     warpgroup; it keeps its keys' dK and dV in f32 registers while it walks the query tiles
  *     of 64 rows that see them (Q, dO and the row statistics double-buffered with cp.async).
  *     Per query tile, with K, V, Q, dO in 128-byte-swizzled tiles as in the forward:
- *       S^T = K Q^T and dP^T = V dO^T (wgmma m64n64k16, both operands K-major in shared memory);
- *       P^T = exp2(S^T log2(e) scale - lse2), dS^T = P^T (dP^T - Di), on the fragments;
+ *       S^T = K Q^T and dP^T = V dO^T (wgmma m64n64k16, both operands K-major in shared memory),
+ *       as two groups, so that P^T = exp2(S^T log2(e) scale - lse2) is computed on the fragments
+ *       while the second runs; then dS^T = P^T (dP^T - Di);
  *       dV += P^T dO and dK += dS^T Q, the A operand from registers (the accumulator fragment
  *       packed to 16 bits), dO and Q read MN-major (d along n) from their K-major tiles;
  *       dS stored to shared memory (rows: queries), then dQ (64 queries x this warpgroup's half
@@ -138,22 +139,28 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wb_bwd_kernel(con
         if (qt + 1 < nqt) load_q(st ^ 1, qt + 1);
         wg_cp_commit();
 
-        /* S^T = K Q^T, dP^T = V dO^T for this warpgroup's 64 keys */
+        /* S^T = K Q^T, then dP^T = V dO^T, for this warpgroup's 64 keys, in two groups: P is
+         * computed from S while the dP product runs */
         float s[32], dp[32];
         wg_fence();
         for (int kk = 0; kk < 8; kk++) {
             const int half = kk / 4, off = (kk % 4) * 32;
             const uint64_t dq_ = wg_desc(sQ(st) + half * WB_TILE_Q / 2 + off, 16, 1024, 1);
-            const uint64_t ddo = wg_desc(sdO(st) + half * WB_TILE_Q / 2 + off, 16, 1024, 1);
             const uint64_t dkk = wg_desc(sK + half * WB_TILE_KV / 2 + wg * 8192 + off, 16, 1024, 1);
-            const uint64_t dvv = wg_desc(sV + half * WB_TILE_KV / 2 + wg * 8192 + off, 16, 1024, 1);
             wg_ss_n64<BF>(s, dkk, dq_, kk > 0);
+        }
+        wg_commit();
+        for (int kk = 0; kk < 8; kk++) {
+            const int half = kk / 4, off = (kk % 4) * 32;
+            const uint64_t ddo = wg_desc(sdO(st) + half * WB_TILE_Q / 2 + off, 16, 1024, 1);
+            const uint64_t dvv = wg_desc(sV + half * WB_TILE_KV / 2 + wg * 8192 + off, 16, 1024, 1);
             wg_ss_n64<BF>(dp, dvv, ddo, kk > 0);
         }
         wg_commit();
-        wg_wait0();
+        wg_wait<1>();
 
-        /* P^T and dS^T: s[4 jj + 2 r + e] is (key key0 + 8 r, query q0 + 8 jj + 2 t + e) */
+        /* P^T (in s), then dS^T (in dp): s[4 jj + 2 r + e] is (key key0 + 8 r, query
+         * q0 + 8 jj + 2 t + e) */
         const float *L2 = sSt(st), *Di = L2 + WB_BR;
         const bool mask = kv0 + WB_BC > p.S || (p.causal && kv0 + WB_BC - 1 > q0 + p.S - p.T);
         for (int r = 0; r < 2; r++) {
@@ -163,11 +170,13 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wb_bwd_kernel(con
                     const int qi = 8 * jj + 2 * t + e, idx = 4 * jj + 2 * r + e;
                     const bool masked =
                         mask && (key >= p.S || (p.causal && key > q0 + qi + p.S - p.T));
-                    const float pr = masked ? 0.f : wg_ex2(s[idx] * p.sl2 - L2[qi]);
-                    s[idx] = pr;
-                    dp[idx] = pr * (dp[idx] - Di[qi]);
+                    s[idx] = masked ? 0.f : wg_ex2(s[idx] * p.sl2 - L2[qi]);
                 }
         }
+        wg_wait<0>();
+        for (int jj = 0; jj < 8; jj++)
+            for (int i = 0; i < 4; i++)
+                dp[4 * jj + i] = s[4 * jj + i] * (dp[4 * jj + i] - Di[8 * jj + 2 * t + (i & 1)]);
         /* as A fragments (k: the queries, 16 a step), and dS into shared memory (rows: queries) */
         uint32_t pa[4][4], da[4][4];
         for (int u = 0; u < 4; u++)
