@@ -262,10 +262,12 @@ do_flashncu() {
 # Nsight Compute's warp-state, scheduler and memory sections for one timed T = 8192 (B 4, H 16,
 # D 128, causal) launch of each flash kernel of `flash_check --bench` (3 warm-up and 30/30/10
 # timed launches at T = 1024/2048/4096 come before: skip 80).
+# (FLASHPROF_KERNELS: the kernel names, default the mma.sync ones; with FE_FLASH_WGMMA=1
+# set, "wb_bwd_kernel wf_fwd_pipe_kernel" profiles the wgmma ones)
 do_flashprof() {
     [ -x build-flash/flash_check ] || scripts/flash_check.sh --no-bench >/dev/null || return 1
     local k
-    for k in fa_bwd8_kernel fa_fwd_kernel; do
+    for k in ${FLASHPROF_KERNELS:-fa_bwd8_kernel fa_fwd_kernel}; do
         timeout 240 ncu --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
             --section Occupancy --section LaunchStats --section ComputeWorkloadAnalysis \
             --section MemoryWorkloadAnalysis --section SourceCounters --print-details all \
