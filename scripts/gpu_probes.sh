@@ -4,7 +4,8 @@
 # and backward against the library's (tests/wgmma/wg_flash_check.cu); the last two need the
 # sm_90a target. Builds all three (ptxas's register and spill report of the wgmma kernels in the
 # output), then runs them; --build-only stops after the build (.ci/run, on a machine without a
-# GPU); --bench also times the wgmma kernels against the library's. Says so and exits 0 when nvcc is missing.
+# GPU); --bench also times the wgmma kernels against the library's; WG_SANITIZE=memcheck (or
+# racecheck) runs the wgmma check under compute-sanitizer instead. Says so and exits 0 when nvcc is missing.
 # Exit status 1 when a build or a probe fails.
 #   scripts/gpu_probes.sh [--build-only | --bench]
 set -uo pipefail
@@ -30,5 +31,9 @@ fi
 rc=0
 "$dir/pdl_probe" || rc=1
 "$dir/wgmma_probe" || rc=1
-"$dir/wg_flash_check" ${1:+"$1"} || rc=1
+if [ -n "${WG_SANITIZE:-}" ]; then # the wgmma check (not the timing) under compute-sanitizer
+  compute-sanitizer --tool "$WG_SANITIZE" --error-exitcode 99 "$dir/wg_flash_check" || rc=1
+else
+  "$dir/wg_flash_check" ${1:+"$1"} || rc=1
+fi
 exit $rc

@@ -3,7 +3,7 @@
 #   scripts/gpu_run.sh build test sanitize flash parity bench kernels hfparity decode
 #                      trainbench decoder profile decprof memtrace hostdiag
 #                      clocks flashncu ferbench gemmalgos rowprof flashprof base decab flashcmp flashvs rowab
-#                      sanall probes wgflash flashwg
+#                      sanall probes wgflash flashwg wgsan
 # Each stage keeps going after a failure of another; the summary at the end says what failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +62,7 @@ do_flash() { OUT="$LOGS/flash" scripts/flash_check.sh; }
 do_flashwg() { FE_FLASH_WGMMA=1 OUT="$LOGS/flashwg" timeout 400 scripts/flash_check.sh; }
 do_probes() { timeout 200 scripts/gpu_probes.sh; }
 do_wgflash() { timeout 300 scripts/gpu_probes.sh --bench; } # the probes, then the wgmma kernels timed
+do_wgsan() { WG_SANITIZE=memcheck timeout 400 scripts/gpu_probes.sh; } # the wgmma check under memcheck
 # compute-sanitizer memcheck and racecheck over every test program of build-gpu and over
 # flash_check (its checks only), SANALL_JOBS runs at a time (default 4: with 8 on an H200 the
 # decoder, fused-loss, fused-optimizer and flash runs did not finish in 300 s), each capped at
@@ -399,6 +400,7 @@ for s in "$@"; do
     flashvs) stage flashvs do_flashvs ;;
     flashwg) stage flashwg do_flashwg ;;
     wgflash) stage wgflash do_wgflash ;;
+    wgsan) stage wgsan do_wgsan ;;
     rowab) stage rowab do_rowab ;;
     *) echo "unknown stage $s" ;;
     esac
