@@ -198,29 +198,13 @@ extern "C" void fe_cuda_set_poison(bool on) {
     __atomic_store_n(&g_poison, on ? 1 : 0, __ATOMIC_RELAXED);
 }
 
-static bool poison_on(void) {
-    int v = __atomic_load_n(&g_poison, __ATOMIC_RELAXED);
-    if (v < 0) {
-        const char *e = getenv("FE_CUDA_POISON");
-        v = e && !strcmp(e, "1");
-        __atomic_store_n(&g_poison, v, __ATOMIC_RELAXED);
-    }
-    return v == 1;
-}
+static bool poison_on(void) { return cu_env_flag("FE_CUDA_POISON", &g_poison); }
 
 static int g_no_cache = -1;
 
 /* FE_CUDA_NO_CACHE=1 (read once): exact-size cudaMalloc/cudaFree for every tensor, so that
  * compute-sanitizer sees each allocation's true bounds. Slow; for checking only. */
-static bool no_cache(void) {
-    int v = __atomic_load_n(&g_no_cache, __ATOMIC_RELAXED);
-    if (v < 0) {
-        const char *e = getenv("FE_CUDA_NO_CACHE");
-        v = e && !strcmp(e, "1");
-        __atomic_store_n(&g_no_cache, v, __ATOMIC_RELAXED);
-    }
-    return v == 1;
-}
+static bool no_cache(void) { return cu_env_flag("FE_CUDA_NO_CACHE", &g_no_cache); }
 
 /* The block handed out: poisoned first in debug mode. */
 static fe_status hand_out(cu_dev *d, void *p, size_t size, void **out) {

@@ -9,6 +9,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "backends/cuda/cuda_backend.h"
 
@@ -47,6 +49,18 @@ static inline fe_status cu_scratch(cu_dev *d, size_t nbytes, void **p) {
 }
 static inline void cu_scratch_free(cu_dev *d, void *p, size_t nbytes) {
     fe_cuda_free((fe_device){FE_CUDA, d->index}, p, nbytes);
+}
+
+/* Environment switch `name`, read once into *cache (-1 until then; a setter may store 0 or 1
+ * there first), so that a call does not look it up again: on when it is exactly "1". */
+static inline bool cu_env_flag(const char *name, int *cache) {
+    int v = __atomic_load_n(cache, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv(name);
+        v = e && !strcmp(e, "1");
+        __atomic_store_n(cache, v, __ATOMIC_RELAXED);
+    }
+    return v == 1;
 }
 
 /* Blocks for a grid-stride loop over n items with `threads` per block. */

@@ -159,8 +159,6 @@ static void fr_shape(int64_t C, size_t es, int *tpr, int *threads) {
     *threads = *tpr > FR_THREADS ? *tpr : FR_THREADS;
 }
 
-/* Sum (MAX: maximum, NaN winning) of v over the tpr threads of this thread's group; every
- * thread of the block must call it (barriers when tpr > 32). */
 /* A barrier over the tpr threads of the calling thread's group (named barrier 1 + group; at most
  * 15 groups a block), so that the groups of a block do not wait for each other. */
 __device__ __forceinline__ void fr_group_sync(int tpr) {
@@ -170,7 +168,9 @@ __device__ __forceinline__ void fr_group_sync(int tpr) {
     asm volatile("bar.sync %0, %1;" ::"r"(1 + (int)threadIdx.x / tpr), "r"(tpr) : "memory");
 #endif
 }
-/* GROUP: the barriers are the group's own (fr_group_sync), not the block's */
+/* Sum (MAX: maximum, NaN winning) of v over the tpr threads of this thread's group; every
+ * thread of the block (with GROUP: of the group) must call it. Barriers when tpr > 32: the
+ * block's, or with GROUP the group's own (fr_group_sync). */
 template <bool MAX, bool GROUP = false>
 __device__ __forceinline__ float fr_reduce(float v, float *sh, int tpr) {
     v = MAX ? cu_warp_max(v) : cu_warp_sum(v);
@@ -904,25 +904,16 @@ extern "C" fe_status fe_cuda_rmsnorm(fe_tensor *y, fe_tensor *h, fe_tensor *rstd
     return cu_launched("rmsnorm kernel");
 }
 
-/* Launch k_rmsnorm_bwd_fast<T, VPT, PART = gw != NULL, GE> (see there) and, for gw, the final
- * column sum. */
 /* FE_RMS_NAMED=1 (an experiment, read once): the RMSNorm backward's row sums wait at named
  * barriers of their group instead of the block's */
-static bool rms_named(void) {
-    static int cache = -1;
-    int v = __atomic_load_n(&cache, __ATOMIC_RELAXED);
-    if (v < 0) {
-        const char *e = getenv("FE_RMS_NAMED");
-        v = e && !strcmp(e, "1");
-        __atomic_store_n(&cache, v, __ATOMIC_RELAXED);
-    }
-    return v;
-}
+static int g_rms_named = -1;
 
+/* Launch k_rmsnorm_bwd_fast<T, VPT, PART = gw != NULL, GE> (see there) and, for gw, the final
+ * column sum. */
 template <typename T, int VPT, bool GE>
 static fe_status rmsnorm_bwd_launch(cu_dev *d, rb_args<T> a, fe_tensor *gw) {
     /* named barriers: 1 + group, at most 15 groups (tpr >= 64 where there are barriers at all) */
-    const bool nb_ = rms_named() && RB_THREADS / a.tpr <= 15;
+    const bool nb_ = cu_env_flag("FE_RMS_NAMED", &g_rms_named) && RB_THREADS / a.tpr <= 15;
     void (*k)(rb_args<T>) = gw ? (nb_ ? k_rmsnorm_bwd_fast<T, VPT, true, GE, true>
                                       : k_rmsnorm_bwd_fast<T, VPT, true, GE, false>)
                                : (nb_ ? k_rmsnorm_bwd_fast<T, VPT, false, GE, true>
@@ -1709,8 +1700,8 @@ __global__ void __launch_bounds__(ER_THREADS)
 static size_t emb_align(size_t b) { return (b + 255) & ~(size_t)255; }
 
 /* The entries of a window whose gout rows the sort asks L2 for: FE_EMB_PREFETCH (default 4; 0
- * switches it off), read once, as the device's FE_CUDA_POISON and FE_CUDA_NO_CACHE are, so that a
- * call does not look it up again. 4 measured 0.5-1.5 us faster than 0 on a 62 us backward, 8 and
+ * switches it off), read once (a count, where cu_env_flag reads on/off switches), so that a call
+ * does not look it up again. 4 measured 0.5-1.5 us faster than 0 on a 62 us backward, 8 and
  * 16 less so (H200). */
 static int emb_prefetch_entries(void) {
     static int cache = -1;
