@@ -29,6 +29,8 @@
 
 #define WB_BC 128 /* keys a block */
 #define WB_BR 64  /* query rows a step */
+/* the forward's products serve here with the roles of its tiles swapped */
+static_assert(WB_BC == WF_BR && WB_BR == WF_BC, "wf_qk, wf_pv: tiles of 128 and 64 rows");
 /* shared memory: K, V (128 x 128), Q and dO of two stages (64 x 128), dS (64 x 128), then the
  * row statistics of two stages (lse2 and Di, 64 floats each) */
 #define WB_TILE_KV (WB_BC * WF_D * 2)
@@ -126,9 +128,7 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wb_bwd_kernel(con
     /* this thread's keys (r = 0, 1): kv0 + 64 wg + 16 warp + g + 8 r */
     const int key0 = kv0 + 64 * wg + 16 * warp + g;
     float dk[2][32], dv[2][32];
-    for (int hh = 0; hh < 2; hh++)
-        for (int i = 0; i < 32; i++)
-            dk[hh][i] = dv[hh][i] = 0.f;
+    wf_zero(dk), wf_zero(dv);
     for (int qt = qt0; qt < nqt; qt++) {
         const int st = (qt - qt0) & 1, q0 = qt * WB_BR;
         wg_cp_wait<0>(); /* tile qt, issued a step ago */
@@ -143,19 +143,9 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wb_bwd_kernel(con
          * computed from S while the dP product runs */
         float s[32], dp[32];
         wg_fence();
-        for (int kk = 0; kk < 8; kk++) {
-            const int half = kk / 4, off = (kk % 4) * 32;
-            const uint64_t dq_ = wg_desc(sQ(st) + half * WB_TILE_Q / 2 + off, 16, 1024, 1);
-            const uint64_t dkk = wg_desc(sK + half * WB_TILE_KV / 2 + wg * 8192 + off, 16, 1024, 1);
-            wg_ss_n64<BF>(s, dkk, dq_, kk > 0);
-        }
+        wf_qk<BF>(s, sK, sQ(st), wg);
         wg_commit();
-        for (int kk = 0; kk < 8; kk++) {
-            const int half = kk / 4, off = (kk % 4) * 32;
-            const uint64_t ddo = wg_desc(sdO(st) + half * WB_TILE_Q / 2 + off, 16, 1024, 1);
-            const uint64_t dvv = wg_desc(sV + half * WB_TILE_KV / 2 + wg * 8192 + off, 16, 1024, 1);
-            wg_ss_n64<BF>(dp, dvv, ddo, kk > 0);
-        }
+        wf_qk<BF>(dp, sV, sdO(st), wg);
         wg_commit();
         wg_wait<1>();
 
@@ -194,13 +184,8 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wb_bwd_kernel(con
 
         /* dV += P^T dO, dK += dS^T Q (dO, Q MN-major: d along n, the queries along k) */
         wg_fence();
-        for (int u = 0; u < 4; u++)
-            for (int hh = 0; hh < 2; hh++) {
-                const uint64_t ddo = wg_desc(sdO(st) + hh * WB_TILE_Q / 2 + u * 2048, 16, 1024, 1);
-                const uint64_t dq_ = wg_desc(sQ(st) + hh * WB_TILE_Q / 2 + u * 2048, 16, 1024, 1);
-                wg_rs_n64<BF, 1>(dv[hh], pa[u], ddo, 1);
-                wg_rs_n64<BF, 1>(dk[hh], da[u], dq_, 1);
-            }
+        wf_pv<BF>(dv, pa, sdO(st));
+        wf_pv<BF>(dk, da, sQ(st));
         wg_commit();
         wg_fence_proxy(); /* the dS stores, for the next product */
         __syncthreads();  /* dS complete from both warpgroups */

@@ -93,7 +93,24 @@ __device__ __forceinline__ wf_block wf_block_of(const wf_params &p) {
     return w;
 }
 
-/* Issue S = Q K^T for warpgroup wg's 64 rows (8 k16 steps; the caller fences and commits). */
+/* This thread's warpgroup, its t = lane % 4 and its first row (the second is 8 rows on):
+ * i0 + 64 wg + 16 warp + g */
+struct wf_thread {
+    int wg, t, row0;
+};
+__device__ __forceinline__ wf_thread wf_thread_of(const wf_block &w) {
+    const int tid = (int)threadIdx.x, lane = tid % 32;
+    return {tid / 128, lane % 4, w.i0 + 64 * (tid / 128) + 16 * ((tid / 32) % 4) + lane / 4};
+}
+__device__ __forceinline__ void wf_zero(float (&o)[2][32]) {
+    for (int hh = 0; hh < 2; hh++)
+        for (int i = 0; i < 32; i++)
+            o[hh][i] = 0.f;
+}
+
+/* Issue S = Q K^T for warpgroup wg's 64 rows (8 k16 steps; the caller fences and commits): sQ
+ * a tile of 128 rows, of which wg's 64, sK one of 64 rows. The backward takes it for K Q^T
+ * and V dO^T (128 keys a block, 64 queries a step). */
 template <bool BF>
 __device__ __forceinline__ void wf_qk(float (&s)[32], const unsigned char *sQ,
                                       const unsigned char *sK, int wg) {
@@ -104,7 +121,8 @@ __device__ __forceinline__ void wf_qk(float (&s)[32], const unsigned char *sQ,
         wg_ss_n64<BF>(s, da, db, kk > 0);
     }
 }
-/* Issue O += P V, a half of D at a time (V MN-major: keys along k, d along n). */
+/* Issue O += P V, a half of D at a time (V, 64 rows, MN-major: keys along k, d along n). The
+ * backward takes it for dV += P^T dO and dK += dS^T Q. */
 template <bool BF>
 __device__ __forceinline__ void wf_pv(float (&o)[2][32], const uint32_t (&a)[4][4],
                                       const unsigned char *sV) {
@@ -210,9 +228,9 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wf_fwd_kernel(con
     unsigned char *sm = wf_smem(), *sQ = sm;
     auto sK = [&](int st) { return sm + WF_BR * WF_D * 2 + st * 2 * WF_BC * WF_D * 2; };
     auto sV = [&](int st) { return sK(st) + WF_BC * WF_D * 2; };
-    const int tid = (int)threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32;
-    const int g = lane / 4, t = lane % 4;
     const wf_block w = wf_block_of(p);
+    const wf_thread th = wf_thread_of(w);
+    const int wg = th.wg, t = th.t, row0 = th.row0;
     wf_load<WF_BR>(sQ, w.q, p.sq[2], w.i0, p.T);
     if (w.ntiles > 0) {
         wf_load<WF_BC>(sK(0), w.k, p.sk[2], 0, p.S);
@@ -220,12 +238,8 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wf_fwd_kernel(con
     }
     wg_cp_commit();
 
-    /* this thread's rows (r = 0, 1): i0 + 64 wg + 16 warp + g + 8 r */
-    const int row0 = w.i0 + 64 * wg + 16 * warp + g;
     float o[2][32], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-    for (int hh = 0; hh < 2; hh++)
-        for (int i = 0; i < 32; i++)
-            o[hh][i] = 0.f;
+    wf_zero(o);
     for (int j = 0; j < w.ntiles; j++) {
         const int st = j & 1, kv0 = j * WF_BC;
         if (j + 1 < w.ntiles) { /* the next tile into the other stage, freed at the end of j - 1 */
@@ -262,9 +276,9 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wf_fwd_pipe_kerne
     unsigned char *sm = wf_smem(), *sQ = sm;
     auto sK = [&](int j) { return sm + WF_BR * WF_D * 2 + (j % 3) * 2 * WF_BC * WF_D * 2; };
     auto sV = [&](int j) { return sK(j) + WF_BC * WF_D * 2; };
-    const int tid = (int)threadIdx.x, wg = tid / 128, warp = (tid / 32) % 4, lane = tid % 32;
-    const int g = lane / 4, t = lane % 4;
     const wf_block w = wf_block_of(p);
+    const wf_thread th = wf_thread_of(w);
+    const int wg = th.wg, t = th.t, row0 = th.row0;
     auto load = [&](int j) { /* tile j into stage j % 3 */
         wf_load<WF_BC>(sK(j), w.k, p.sk[2], j * WF_BC, p.S);
         wf_load<WF_BC>(sV(j), w.v, p.sv[2], j * WF_BC, p.S);
@@ -273,11 +287,8 @@ template <bool BF> __global__ void __launch_bounds__(WF_NT, 1) wf_fwd_pipe_kerne
     if (w.ntiles > 0) load(0);
     wg_cp_commit();
 
-    const int row0 = w.i0 + 64 * wg + 16 * warp + g;
     float o[2][32], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f}, alpha[2];
-    for (int hh = 0; hh < 2; hh++)
-        for (int i = 0; i < 32; i++)
-            o[hh][i] = 0.f;
+    wf_zero(o);
     /* P of tiles j - 1 and j, in two register sets taken in turn (an array indexed by j % 2
      * would live in local memory) */
     uint32_t a0[4][4], a1[4][4];
