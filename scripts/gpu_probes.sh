@@ -5,8 +5,8 @@
 # sm_90a target. Builds all three (ptxas's register and spill report of the wgmma kernels in the
 # output), then runs them; --build-only stops after the build (.ci/run, on a machine without a
 # GPU); --bench also times the wgmma kernels against the library's; WG_SANITIZE=memcheck (or
-# racecheck) runs the wgmma check under compute-sanitizer instead. Says so and exits 0 when nvcc is missing.
-# Exit status 1 when a build or a probe fails.
+# racecheck) runs the wgmma check under compute-sanitizer instead. Says so and exits 0 when nvcc
+# is missing. Exit status 1 when a build or a probe fails.
 #   scripts/gpu_probes.sh [--build-only | --bench]
 set -uo pipefail
 cd "$(dirname "$0")/.."

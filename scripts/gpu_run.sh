@@ -67,12 +67,12 @@ do_wgsan() { WG_SANITIZE=memcheck timeout 400 scripts/gpu_probes.sh; } # the wgm
 # flash_check (its checks only), SANALL_JOBS runs at a time (default 4: with 8 on an H200 the
 # decoder, fused-loss, fused-optimizer and flash runs did not finish in 300 s), each capped at
 # SANALL_CAP seconds. SANALL_ONLY="tool:program[:case] ..." (program: flash_check or a test_*
-# name; case: a test's name filter, or flash_check's --cases=A:B) runs just those, in that order. Each run's verdict (and a
-# failed run's first report lines) goes to $OUT/sanall.txt as it ends, so a call cut short keeps
-# what finished; the full logs go into logs.tgz. A program that never calls CUDA counts as passed
+# name; case: a test's name filter, or flash_check's --cases=A:B) runs just those, in that
+# order. Each run's verdict (and a failed run's first report lines) goes to $OUT/sanall.txt as
+# it ends, so a call cut short keeps what finished; the full logs go into logs.tgz. A program that never calls CUDA counts as passed
 # ("terminated before first instrumented API call").
 do_sanall() {
-    local d="$LOGS/sanall" cap=${SANALL_CAP:-400} jobs=${SANALL_JOBS:-4} rc=0 t n tool e
+    local d="$LOGS/sanall" cap=${SANALL_CAP:-400} jobs=${SANALL_JOBS:-4} t n tool c e
     mkdir -p "$d"
     OUT="$LOGS/flash" scripts/flash_check.sh --build-only >/dev/null || return 1
     local runs=()

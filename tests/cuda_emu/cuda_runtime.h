@@ -15,8 +15,8 @@
  * emu::cp_async16 / cp_async_commit / cp_async_wait model cp.async: a copy lands only when a
  * wait_group completes its group; a copy into shared memory that an asynchronous MMA
  * (wgmma_emu.h) still reads, or such a read of memory a copy has not landed in yet, stops the
- * run. Races between threads cannot show here: a thread is never
- * interrupted between barriers. */
+ * run. Other races between threads cannot show here: a thread is never interrupted between
+ * barriers. */
 #pragma once
 #include <math.h>
 #include <stdint.h>

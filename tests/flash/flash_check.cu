@@ -21,7 +21,6 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,25 +29,7 @@
 #include <vector>
 
 #include "backends/cuda/flash_attention.h"
-
-/* The library's error setter (this program links only the kernels). */
-static char g_err[512];
-extern "C" fe_status fe_set_error(fe_status st, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
-    va_end(ap);
-    return st;
-}
-
-#define CK(x)                                                                                     \
-    do {                                                                                          \
-        cudaError_t e_ = (x);                                                                     \
-        if (e_ != cudaSuccess) {                                                                  \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));   \
-            exit(2);                                                                              \
-        }                                                                                         \
-    } while (0)
+#include "flash_standalone.h" /* g_err, fe_set_error, CK: this program links only the kernels */
 #define CKF(x)                                                                                    \
     do {                                                                                          \
         fe_status s_ = (x);                                                                       \

@@ -12,7 +12,6 @@
  *        src/backends/cuda/flash_attention.cu src/backends/cuda/wgmma/flash_wgmma.cu -o wg_flash_check
  *   ./wg_flash_check [--bench] */
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,24 +22,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "../flash/flash_standalone.h" /* g_err, fe_set_error, CK */
 #include "backends/cuda/flash_attention.h"
-
-static char g_err[512];
-extern "C" fe_status fe_set_error(fe_status st, const char *fmt, ...) { /* the library's setter */
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(g_err, sizeof g_err, fmt, ap);
-    va_end(ap);
-    return st;
-}
-#define CK(x)                                                                                      \
-    do {                                                                                           \
-        cudaError_t e_ = (x);                                                                      \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));    \
-            exit(2);                                                                               \
-        }                                                                                          \
-    } while (0)
 
 struct op { /* one problem on the device, for both implementations */
     fe_flash_args a;

@@ -11,7 +11,9 @@
  * does for one m16n8 tile. */
 #pragma once
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <sys/wait.h>
 #include <vector>
 
 #include "wgmma_ops.cuh"
@@ -172,6 +174,14 @@ inline int wg_smem_bytes(int N, int K, bool mn) { return (64 + N) * K * 2 + (mn 
     X(128, 64, true, false, true, 0, "m64n128, K 64, B MN-major, 128B, two atoms, swap 0")       \
     X(128, 64, true, false, true, 1, "m64n128, K 64, B MN-major, 128B, two atoms, swap 1")
 #define WG_N_MN 8
+/* Run MN-major case i in a process of its own (`argv0 mn i`): its exit status, 2 when it did not
+ * exit (a crash). */
+static int wg_run_mn_child(const char *argv0, int i) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' mn %d 2>&1", argv0, i);
+    const int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 2;
+}
 static const bool WG_MN_EXPECTED[WG_N_MN] = {false, true, true, false, true, false, true, false};
 /* the wrong elements of the failing ones on an H200 (-1: not yet run there) */
 static const int WG_MN_WRONG_H200[WG_N_MN] = {4051, 0, 0, 4044, 0, 4044, -1, -1};
